@@ -1,0 +1,65 @@
+"""Input validation shared by :mod:`geo3d.rotations` (private)."""
+
+from __future__ import annotations
+
+import torch
+
+_VALUE_CHECKS = True
+
+
+def set_value_checks(enabled: bool) -> bool:
+    """Enable or disable data-dependent input checks (non-finite / degenerate values).
+
+    Shape and dtype checks are always performed. Value checks need one reduction and, on
+    CUDA, a host synchronisation; they are skipped automatically inside ``torch.compile``.
+
+    Args:
+        enabled: new setting.
+
+    Returns:
+        The previous setting.
+    """
+    global _VALUE_CHECKS
+    old = _VALUE_CHECKS
+    _VALUE_CHECKS = bool(enabled)
+    return old
+
+
+def _fmt_tail(tail: tuple) -> str:
+    return "(..., " + ", ".join("*" if t is None else str(t) for t in tail) + ")"
+
+
+def check_tensor(name: str, x: object, tail: tuple = (), min_ndim: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``x`` is a floating tensor whose trailing dims are ``tail``."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if not (x.is_floating_point()):
+        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    nd = len(tail) if min_ndim is None else max(min_ndim, len(tail))
+    ok = x.ndim >= nd and all(
+        t is None or s == t for s, t in zip(x.shape[x.ndim - len(tail) :], tail)
+    )
+    if not ok:
+        raise ValueError(f"{name}: expected shape {_fmt_tail(tail)}, got {tuple(x.shape)}")
+
+
+def values_enabled() -> bool:
+    if not _VALUE_CHECKS:
+        return False
+    try:
+        return not torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover - very old torch
+        return True
+
+
+def check_values(name: str, ok: torch.Tensor, what: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless every entry of the bool tensor ``ok`` holds."""
+    if values_enabled() and ok.numel() > 0 and not bool(ok.all()):
+        bad = int((~ok).sum())
+        raise ValueError(f"{name}: {what} ({bad} offending element(s))")
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or inf (when value checks are enabled)."""
+    if values_enabled():
+        check_values(name, torch.isfinite(x), "expected finite values, got NaN or inf")

@@ -1,0 +1,255 @@
+"""Quaternions (scalar-first ``wxyz``) and rotation matrices."""
+
+from __future__ import annotations
+
+import torch
+
+from geo3d.rotations._checks import check_tensor, check_values, values_enabled
+
+__all__ = [
+    "quat_to_matrix",
+    "matrix_to_quat",
+    "quat_multiply",
+    "quat_conjugate",
+    "quat_apply",
+    "quat_slerp",
+    "quat_distance",
+    "quat_normalize",
+]
+
+
+def _check_quat_norm(name: str, n2: torch.Tensor) -> None:
+    if values_enabled():
+        check_values(
+            name,
+            torch.isfinite(n2) & (n2 > 0),
+            "expected finite quaternions with non-zero norm, got NaN/inf or a zero quaternion",
+        )
+
+
+def quat_normalize(q: torch.Tensor) -> torch.Tensor:
+    """Normalise quaternions to unit norm and canonicalise to ``w >= 0``.
+
+    Args:
+        q: quaternions ``wxyz``, shape :math:`(*, 4)`, non-zero.
+
+    Returns:
+        Unit quaternions with ``w >= 0``, shape :math:`(*, 4)`.
+    """
+    check_tensor("q", q, (4,))
+    n2 = (q * q).sum(-1, keepdim=True)
+    _check_quat_norm("q", n2)
+    return q * torch.copysign(torch.rsqrt(n2), q[..., :1])
+
+
+def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices from quaternions.
+
+    Non-unit quaternions are accepted and implicitly normalised (as scipy does), at the cost
+    of a single division: ``R = I + 2/|q|^2 (w [u]x + [u]x^2)``.
+
+    Args:
+        q: quaternions ``wxyz``, shape :math:`(*, 4)`, non-zero.
+
+    Returns:
+        Rotation matrices, shape :math:`(*, 3, 3)`.
+    """
+    check_tensor("q", q, (4,))
+    w, x, y, z = q.unbind(-1)
+    n2 = w * w + x * x + y * y + z * z
+    _check_quat_norm("q", n2)
+    s = 2.0 / n2
+    sx, sy, sz = x * s, y * s, z * s
+    xx, yy, zz = x * sx, y * sy, z * sz
+    xy, xz, yz = x * sy, x * sz, y * sz
+    wx, wy, wz = w * sx, w * sy, w * sz
+    out = torch.stack(
+        (
+            1.0 - (yy + zz), xy - wz, xz + wy,
+            xy + wz, 1.0 - (xx + zz), yz - wx,
+            xz - wy, yz + wx, 1.0 - (xx + yy),
+        ),
+        dim=-1,
+    )  # fmt: skip
+    return out.unflatten(-1, (3, 3))
+
+
+def _shepperd(R: torch.Tensor) -> torch.Tensor:
+    """Unnormalised quaternion (up to sign and a positive scale) by robust branch selection."""
+    m = R.flatten(-2)
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = m.unbind(-1)
+    tr = m00 + m11 + m22
+    a = m21 - m12
+    b = m02 - m20
+    c = m10 - m01
+    d = m01 + m10
+    e = m02 + m20
+    f = m12 + m21
+    # Row i of this symmetric matrix is 4 q_i q, its diagonal is 4 q_i^2.
+    M = torch.stack(
+        (
+            1.0 + tr, a, b, c,
+            a, 1.0 + 2.0 * m00 - tr, d, e,
+            b, d, 1.0 + 2.0 * m11 - tr, f,
+            c, e, f, 1.0 + 2.0 * m22 - tr,
+        ),
+        dim=-1,
+    ).unflatten(-1, (4, 4))  # fmt: skip
+    # Same choice as scipy (largest of tr, m00, m11, m22), computed from the decision values.
+    idx = torch.stack((tr, m00, m11, m22), dim=-1).argmax(dim=-1, keepdim=True)
+    return torch.gather(M, -2, idx.unsqueeze(-1).expand(*idx.shape[:-1], 1, 4)).squeeze(-2)
+
+
+def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions from rotation matrices (Shepperd / scipy branch selection).
+
+    The branch (largest of ``w^2, x^2, y^2, z^2``) is chosen per element without Python
+    branching, so the result is accurate everywhere, including rotations by π. The output
+    is normalised, which also maps slightly non-orthogonal matrices sensibly.
+
+    Args:
+        R: rotation matrices, shape :math:`(*, 3, 3)`.
+
+    Returns:
+        Unit quaternions ``wxyz`` with ``w >= 0``, shape :math:`(*, 4)`.
+    """
+    check_tensor("R", R, (3, 3))
+    v = _shepperd(R)
+    n2 = (v * v).sum(-1, keepdim=True)
+    if values_enabled():
+        check_values("R", torch.isfinite(n2), "expected finite values, got NaN or inf")
+    # copysign folds the w >= 0 canonicalisation into the normalisation.
+    return v * torch.copysign(torch.rsqrt(n2), v[..., :1])
+
+
+def quat_multiply(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Hamilton product ``p ⊗ q`` (rotation ``q`` first, then ``p``).
+
+    Args:
+        p: quaternions ``wxyz``, shape :math:`(*, 4)`.
+        q: quaternions ``wxyz``, shape :math:`(*, 4)`, broadcastable with ``p``.
+
+    Returns:
+        Product, shape :math:`(*, 4)` (broadcast). Not renormalised or canonicalised.
+    """
+    check_tensor("p", p, (4,))
+    check_tensor("q", q, (4,))
+    pw, px, py, pz = p.unbind(-1)
+    qw, qx, qy, qz = q.unbind(-1)
+    return torch.stack(
+        (
+            pw * qw - px * qx - py * qy - pz * qz,
+            pw * qx + px * qw + py * qz - pz * qy,
+            pw * qy - px * qz + py * qw + pz * qx,
+            pw * qz + px * qy - py * qx + pz * qw,
+        ),
+        dim=-1,
+    )
+
+
+def quat_conjugate(q: torch.Tensor) -> torch.Tensor:
+    """Quaternion conjugate ``(w, -x, -y, -z)`` (the inverse rotation for unit ``q``).
+
+    Args:
+        q: quaternions ``wxyz``, shape :math:`(*, 4)`.
+
+    Returns:
+        Shape :math:`(*, 4)`.
+    """
+    check_tensor("q", q, (4,))
+    return q * q.new_tensor([1.0, -1.0, -1.0, -1.0])
+
+
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    ax, ay, az = a.unbind(-1)
+    bx, by, bz = b.unbind(-1)
+    return torch.stack((ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx), dim=-1)
+
+
+def quat_apply(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Rotate vectors by quaternions: ``v' = R(q) v``.
+
+    Non-unit quaternions are implicitly normalised.
+
+    Args:
+        q: quaternions ``wxyz``, shape :math:`(*, 4)`, non-zero.
+        v: vectors, shape :math:`(*, 3)`, broadcastable with ``q``'s batch dims.
+
+    Returns:
+        Rotated vectors, shape :math:`(*, 3)` (broadcast).
+    """
+    check_tensor("q", q, (4,))
+    check_tensor("v", v, (3,))
+    n2 = (q * q).sum(-1, keepdim=True)
+    _check_quat_norm("q", n2)
+    w, u = q[..., :1], q[..., 1:]
+    uv = _cross(u, v)
+    return v + (2.0 / n2) * (w * uv + _cross(u, uv))
+
+
+def _unit_canonical(q: torch.Tensor) -> torch.Tensor:
+    n2 = (q * q).sum(-1, keepdim=True)
+    return q * torch.copysign(torch.rsqrt(n2), q[..., :1])
+
+
+def quat_slerp(q0: torch.Tensor, q1: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """Spherical linear interpolation along the shortest arc.
+
+    ``quat_slerp(q0, q1, 0) = q0``, ``quat_slerp(q0, q1, 1) = ±q1``; the rotation moves at
+    constant angular speed along the geodesic of SO(3) (like scipy's ``Slerp``).
+
+    Args:
+        q0: start quaternions ``wxyz``, shape :math:`(*, 4)`, non-zero.
+        q1: end quaternions ``wxyz``, shape :math:`(*, 4)`, non-zero.
+        t: interpolation times, a float or a tensor of shape :math:`(*)` broadcastable with
+            the batch dims of ``q0``/``q1``.
+
+    Returns:
+        Unit quaternions with ``w >= 0``, shape :math:`(*, 4)` (broadcast).
+    """
+    check_tensor("q0", q0, (4,))
+    check_tensor("q1", q1, (4,))
+    n0 = (q0 * q0).sum(-1)
+    n1 = (q1 * q1).sum(-1)
+    _check_quat_norm("q0", n0)
+    _check_quat_norm("q1", n1)
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t, dtype=q0.dtype, device=q0.device)
+    elif not t.is_floating_point():
+        raise ValueError(f"t: expected a floating-point tensor or a float, got dtype {t.dtype}")
+    q0 = _unit_canonical(q0)
+    q1 = _unit_canonical(q1)
+    r = quat_multiply(quat_conjugate(q0), q1)
+    rw, ru = r[..., :1], r[..., 1:]
+    # Shortest arc: the relative rotation's quaternion with w >= 0.
+    sgn = torch.copysign(torch.ones_like(rw), rw)
+    rw, ru = rw * sgn, ru * sgn
+    nu = torch.linalg.vector_norm(ru, dim=-1, keepdim=True)
+    phi = torch.atan2(nu, rw)  # half of the relative angle, in [0, π/2]
+    tt = t.unsqueeze(-1)
+    # sin(t φ) / sin(φ) = t sinc(t φ) / sinc(φ); sinc(φ) >= 2/π here, no singularity.
+    k = tt * torch.sinc(tt * phi / torch.pi) / torch.sinc(phi / torch.pi)
+    rt = torch.cat((torch.cos(tt * phi).expand(*k.shape), ru * k), dim=-1)
+    out = quat_multiply(q0, rt)
+    return out * torch.copysign(torch.ones_like(out[..., :1]), out[..., :1])
+
+
+def quat_distance(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+    """Geodesic (rotation-angle) distance between the rotations of two quaternions.
+
+    ``q`` and ``-q`` are the same rotation. Computed with ``atan2`` of the relative
+    quaternion, so the value is accurate near 0 and π and gradients stay finite there.
+
+    Args:
+        q1: quaternions ``wxyz``, shape :math:`(*, 4)`, non-zero.
+        q2: quaternions ``wxyz``, shape :math:`(*, 4)`, broadcastable with ``q1``.
+
+    Returns:
+        Angles in radians in ``[0, π]``, shape :math:`(*)`.
+    """
+    check_tensor("q1", q1, (4,))
+    check_tensor("q2", q2, (4,))
+    _check_quat_norm("q1", (q1 * q1).sum(-1))
+    _check_quat_norm("q2", (q2 * q2).sum(-1))
+    r = quat_multiply(quat_conjugate(q1), q2)
+    return 2.0 * torch.atan2(torch.linalg.vector_norm(r[..., 1:], dim=-1), r[..., 0].abs())
