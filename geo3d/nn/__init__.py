@@ -7,8 +7,10 @@ Vector Neuron layers take features ``(B, C, 3, ...)``; every encoder maps
 
 from ._baselines import DGCNN, PointNet
 from ._batchnorm import MaskedBatchNorm
+from ._egnn import EGNN, EGNNLayer
 from ._graph import masked_knn
 from ._output import EncoderOutput
+from ._tfn import TFNEncoder, e3nn_l1_to_xyz
 from ._vn import (
     VNBatchNorm,
     VNInvariant,
@@ -35,6 +37,10 @@ __all__ = [
     "vn_edge_features",
     "VNPointNet",
     "VNDGCNN",
+    "TFNEncoder",
+    "e3nn_l1_to_xyz",
+    "EGNN",
+    "EGNNLayer",
     "PointNet",
     "DGCNN",
 ]
