@@ -1,0 +1,67 @@
+"""Dataset loaders, formats, transforms and synthetic generators (``geo3d.datasets``).
+
+Import-light: trimesh and open3d are imported inside the functions that need them.
+"""
+
+from geo3d.datasets._cache import ArrayCache, file_digest
+from geo3d.datasets._io import (
+    MESH_EXTENSIONS,
+    MeshReadError,
+    load_mesh,
+    load_mesh_tensors,
+    load_point_cloud,
+    normalize_points,
+    sample_surface,
+    save_mesh,
+    save_point_cloud,
+)
+from geo3d.datasets._transforms import (
+    Center,
+    Compose,
+    FarthestPointSubsample,
+    Jitter,
+    Normalize,
+    RandomRotation,
+    RandomScale,
+    RandomSE3,
+    RandomSubsample,
+    RandomZRotation,
+    Transform,
+    haar_rotation,
+    sample_generator,
+)
+from geo3d.datasets.breaking_bad import BreakingBad, BreakingBadError, collate_parts
+
+__all__ = [
+    # I/O
+    "MESH_EXTENSIONS",
+    "MeshReadError",
+    "load_mesh",
+    "load_mesh_tensors",
+    "save_mesh",
+    "load_point_cloud",
+    "save_point_cloud",
+    "sample_surface",
+    "normalize_points",
+    # cache
+    "ArrayCache",
+    "file_digest",
+    # transforms
+    "Transform",
+    "Compose",
+    "RandomRotation",
+    "RandomZRotation",
+    "RandomSE3",
+    "RandomScale",
+    "Jitter",
+    "RandomSubsample",
+    "FarthestPointSubsample",
+    "Center",
+    "Normalize",
+    "haar_rotation",
+    "sample_generator",
+    # Breaking Bad
+    "BreakingBad",
+    "BreakingBadError",
+    "collate_parts",
+]
