@@ -1,0 +1,31 @@
+"""Group objects with one interface: ``sample``, ``identity``, ``compose``, ``inverse``,
+``matrix`` (defining representation), ``act``; finite groups also ``elements`` and
+``order``.
+
+Elements are matrices: ``SO2``/``O2``/``CyclicGroup``/``DihedralGroup``/``OcticGroup``
+``(2, 2)``, ``SO3``/``O3`` ``(3, 3)``, ``SE3`` ``(4, 4)`` homogeneous, ``Lorentz``
+``(4, 4)``.
+"""
+
+from geo3d.groups._base import FiniteGroup, Group
+from geo3d.groups._lorentz import Lorentz, boost, minkowski_dot, minkowski_metric
+from geo3d.groups._planar import O2, SO2, CyclicGroup, DihedralGroup, OcticGroup, rotation_2d
+from geo3d.groups._spatial import O3, SE3, SO3
+
+__all__ = [
+    "O2",
+    "O3",
+    "SE3",
+    "SO2",
+    "SO3",
+    "CyclicGroup",
+    "DihedralGroup",
+    "FiniteGroup",
+    "Group",
+    "Lorentz",
+    "OcticGroup",
+    "boost",
+    "minkowski_dot",
+    "minkowski_metric",
+    "rotation_2d",
+]

@@ -1,0 +1,189 @@
+"""Spatial groups: SO(3), O(3) and SE(3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from geo3d.groups._base import Group, _check_n, _check_vec, _orthogonality_error, _rand, _resolve
+
+__all__ = ["O3", "SE3", "SO3"]
+
+
+def _random_axes(k: int, generator, dtype, device) -> torch.Tensor:
+    v = torch.randn(k, 3, generator=generator, dtype=dtype, device=device)
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+def _pi_rotations(axes: torch.Tensor) -> torch.Tensor:
+    """Rotations by π about unit ``axes (k, 3)`` -> ``(k, 3, 3)``."""
+    from geo3d.rotations import axis_angle_to_matrix
+
+    return axis_angle_to_matrix(math.pi * axes)
+
+
+class SO3(Group):
+    """Rotations of 3D space, elements ``(3, 3)`` with ``det = +1``."""
+
+    element_shape = (3, 3)
+    dim = 3
+    name = "SO3"
+
+    def sample(self, n, generator=None, dtype=None, device=None):
+        """``n`` Haar-random rotations, shape ``(n, 3, 3)``."""
+        from geo3d.rotations import random_rotation_matrix
+
+        _check_n(n)
+        dtype, device = _resolve(generator, dtype, device)
+        return random_rotation_matrix(n, generator=generator, dtype=dtype, device=device)
+
+    def inverse(self, a):
+        self.check_element(a, "a")
+        return a.transpose(-1, -2)
+
+    def element_error(self, g):
+        """``max(|gᵀg − I|, |det g − 1|)``, shape ``batch_shape(g)``."""
+        self.check_element(g)
+        return torch.maximum(_orthogonality_error(g), (torch.linalg.det(g) - 1).abs())
+
+    def special_elements(self, generator=None, dtype=None, device=None):
+        """Identity, rotations by π about z and about two random axes, by π/2 about x."""
+        dtype, device = _resolve(generator, dtype, device)
+        axes = torch.cat(
+            [
+                torch.tensor([[0.0, 0.0, 1.0]], dtype=dtype, device=device),
+                _random_axes(2, generator, dtype, device),
+            ]
+        )
+        from geo3d.rotations import axis_angle_to_matrix
+
+        quarter = axis_angle_to_matrix(
+            torch.tensor([[math.pi / 2, 0.0, 0.0]], dtype=dtype, device=device)
+        )
+        els = torch.cat([self.identity(dtype, device)[None], _pi_rotations(axes), quarter])
+        labels = [
+            "identity",
+            "rotation by π about z",
+            "rotation by π about a random axis",
+            "rotation by π about a random axis",
+            "rotation by π/2 about x",
+        ]
+        return els, labels
+
+
+class O3(SO3):
+    """Rotations and reflections of 3D space, elements ``(3, 3)`` with ``det = ±1``."""
+
+    name = "O3"
+
+    def sample(self, n, generator=None, dtype=None, device=None):
+        """``n`` Haar-random elements (half of them with ``det = -1``), shape ``(n, 3, 3)``."""
+        r = super().sample(n, generator=generator, dtype=dtype, device=device)
+        flip = _rand(n, generator, r.dtype, r.device) < 0.5
+        return torch.where(flip[:, None, None], -r, r)
+
+    def element_error(self, g):
+        """``max(|gᵀg − I|, ||det g| − 1|)``, shape ``batch_shape(g)``."""
+        self.check_element(g)
+        return torch.maximum(_orthogonality_error(g), (torch.linalg.det(g).abs() - 1).abs())
+
+    def special_elements(self, generator=None, dtype=None, device=None):
+        """SO(3)'s special elements plus the inversion ``-I`` and mirror reflections."""
+        els, labels = super().special_elements(generator, dtype, device)
+        dtype, device = els.dtype, els.device
+        n = torch.cat(
+            [
+                torch.tensor([[0.0, 0.0, 1.0]], dtype=dtype, device=device),
+                _random_axes(1, generator, dtype, device),
+            ]
+        )
+        eye = torch.eye(3, dtype=dtype, device=device)
+        mirrors = eye - 2 * n[:, :, None] * n[:, None, :]
+        els = torch.cat([els, -eye[None], mirrors, -els[2:3]])
+        labels = labels + [
+            "inversion -I",
+            "mirror z -> -z",
+            "mirror across a random plane",
+            "rotoreflection (-rotation by π)",
+        ]
+        return els, labels
+
+
+class SE3(Group):
+    """Rigid motions ``x -> R x + t`` as ``(4, 4)`` homogeneous matrices.
+
+    Args:
+        translation_scale: standard deviation of the Gaussian translations drawn by
+            :meth:`sample`.
+    """
+
+    element_shape = (4, 4)
+    dim = 3
+    name = "SE3"
+
+    def __init__(self, translation_scale: float = 1.0) -> None:
+        if not (translation_scale >= 0 and math.isfinite(translation_scale)):
+            raise ValueError(
+                f"translation_scale: expected a finite value >= 0, got {translation_scale!r}"
+            )
+        self.translation_scale = float(translation_scale)
+
+    def __repr__(self) -> str:
+        return "SE3()" if self.translation_scale == 1.0 else f"SE3({self.translation_scale})"
+
+    @staticmethod
+    def from_rt(rot: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+        """Homogeneous matrices from ``rot (*, 3, 3)`` and ``trans (*, 3)`` -> ``(*, 4, 4)``."""
+        if rot.shape[-2:] != (3, 3):
+            raise ValueError(f"rot: expected shape (..., 3, 3), got {tuple(rot.shape)}")
+        _check_vec(trans, 3, "trans")
+        batch = torch.broadcast_shapes(rot.shape[:-2], trans.shape[:-1])
+        top = torch.cat([rot.expand(*batch, 3, 3), trans.expand(*batch, 3)[..., None]], -1)
+        bottom = torch.zeros(*batch, 1, 4, dtype=rot.dtype, device=rot.device)
+        bottom[..., 0, 3] = 1
+        return torch.cat([top, bottom], -2)
+
+    def sample(self, n, generator=None, dtype=None, device=None):
+        """``n`` random motions (Haar rotation, Gaussian translation), ``(n, 4, 4)``."""
+        from geo3d.rotations import random_rotation_matrix
+
+        _check_n(n)
+        dtype, device = _resolve(generator, dtype, device)
+        r = random_rotation_matrix(n, generator=generator, dtype=dtype, device=device)
+        t = self.translation_scale * torch.randn(
+            n, 3, generator=generator, dtype=dtype, device=device
+        )
+        return self.from_rt(r, t)
+
+    def inverse(self, a):
+        self.check_element(a, "a")
+        rt = a[..., :3, :3].transpose(-1, -2)
+        return self.from_rt(rt, -(rt @ a[..., :3, 3:]).squeeze(-1))
+
+    def act(self, g, x):
+        """``R x + t`` on points ``x (*, 3)``; ``g (*, 4, 4)`` broadcasts against ``x``."""
+        self.check_element(g)
+        _check_vec(x, 3)
+        return (g[..., :3, :3] @ x.unsqueeze(-1)).squeeze(-1) + g[..., :3, 3]
+
+    def element_error(self, g):
+        """Rotation-block error ``max(|RᵀR − I|, |det R − 1|)`` and bottom-row error."""
+        self.check_element(g)
+        r = g[..., :3, :3]
+        bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=g.dtype, device=g.device)
+        err = torch.maximum(_orthogonality_error(r), (torch.linalg.det(r) - 1).abs())
+        return torch.maximum(err, (g[..., 3, :] - bottom).abs().amax(-1))
+
+    def special_elements(self, generator=None, dtype=None, device=None):
+        """Identity, a pure translation, rotations by π (about z, random axis) with translation."""
+        dtype, device = _resolve(generator, dtype, device)
+        rots, labels = SO3().special_elements(generator, dtype, device)
+        t = self.translation_scale * torch.randn(
+            rots.shape[0], 3, generator=generator, dtype=dtype, device=device
+        )
+        t[0] = 0
+        eye = torch.eye(3, dtype=dtype, device=device)
+        els = torch.cat([self.from_rt(rots, t), self.from_rt(eye, t[1])[None]])
+        labels = ["identity"] + [s + " + translation" for s in labels[1:]] + ["pure translation"]
+        return els, labels
