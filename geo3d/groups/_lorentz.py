@@ -153,14 +153,14 @@ class Lorentz(Group):
     def special_elements(self, generator=None, dtype=None, device=None):
         """Identity, boosts at ``max_rapidity`` (along z and a random axis), a rotation by π;
         for ``proper=False`` also ``P``, ``T``, ``PT`` and a boosted parity."""
-        from geo3d.rotations import axis_angle_to_matrix
-
         dtype, device = _resolve(generator, dtype, device)
         d = torch.randn(2, 3, generator=generator, dtype=dtype, device=device)
         d = d / d.norm(dim=-1, keepdim=True)
         zeta = torch.stack([torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=device), d[0]])
         boosts = boost(self.max_rapidity * zeta)
-        rot = _embed_rotation(axis_angle_to_matrix(math.pi * d[1:]))
+        from geo3d.groups._spatial import _pi_rotations
+
+        rot = _embed_rotation(_pi_rotations(d[1:]))
         els = [self.identity(dtype, device)[None], boosts, rot, boosts[1:] @ rot]
         labels = [
             "identity",

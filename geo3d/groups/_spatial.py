@@ -18,9 +18,9 @@ def _random_axes(k: int, generator, dtype, device) -> torch.Tensor:
 
 def _pi_rotations(axes: torch.Tensor) -> torch.Tensor:
     """Rotations by π about unit ``axes (k, 3)`` -> ``(k, 3, 3)``."""
-    from geo3d.rotations import axis_angle_to_matrix
+    from geo3d.rotations import quat_to_matrix
 
-    return axis_angle_to_matrix(math.pi * axes)
+    return quat_to_matrix(torch.cat([torch.zeros_like(axes[:, :1]), axes], -1))
 
 
 class SO3(Group):
@@ -56,11 +56,10 @@ class SO3(Group):
                 _random_axes(2, generator, dtype, device),
             ]
         )
-        from geo3d.rotations import axis_angle_to_matrix
+        from geo3d.rotations import quat_to_matrix
 
-        quarter = axis_angle_to_matrix(
-            torch.tensor([[math.pi / 2, 0.0, 0.0]], dtype=dtype, device=device)
-        )
+        h = math.sqrt(0.5)
+        quarter = quat_to_matrix(torch.tensor([[h, h, 0.0, 0.0]], dtype=dtype, device=device))
         els = torch.cat([self.identity(dtype, device)[None], _pi_rotations(axes), quarter])
         labels = [
             "identity",
