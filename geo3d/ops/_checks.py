@@ -14,7 +14,9 @@ def _check_points(name: str, t: object, dim: int | None = None) -> torch.Tensor:
     if not t.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     if t.shape[-1] < 1:
-        raise ValueError(f"{name} must have at least one coordinate (D >= 1), got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have at least one coordinate (D >= 1), got shape {tuple(t.shape)}"
+        )
     if dim is not None and t.shape[-1] != dim:
         raise ValueError(
             f"{name} must have last dimension D={dim} to match, got shape {tuple(t.shape)}"
@@ -32,7 +34,9 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, xname: str = "x", yname: str =
             f"{xname} has shape {tuple(x.shape)}, {yname} has shape {tuple(y.shape)}"
         )
     if x.dtype != y.dtype:
-        raise ValueError(f"{xname} and {yname} must have the same dtype, got {x.dtype} and {y.dtype}")
+        raise ValueError(
+            f"{xname} and {yname} must have the same dtype, got {x.dtype} and {y.dtype}"
+        )
     if x.device != y.device:
         raise ValueError(
             f"{xname} and {yname} must be on the same device, got {x.device} and {y.device}"

@@ -39,7 +39,9 @@ def farthest_point_sampling(
     _check_points("x", x)
     n = _check_positive_int("n", n)
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise ValueError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
     batch_shape = x.shape[:-2]
     npts, dim = x.shape[-2], x.shape[-1]
     lens = _check_lengths("lengths", lengths, batch_shape, npts, x.device)

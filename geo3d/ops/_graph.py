@@ -54,16 +54,16 @@ def _to_padded(
     return padded, counts, flat
 
 
-def _edges(
-    idx: torch.Tensor, flat: torch.Tensor, flow: str
-) -> torch.Tensor:
+def _edges(idx: torch.Tensor, flat: torch.Tensor, flow: str) -> torch.Tensor:
     """Neighbour table ``idx (B, L, k)`` (padded positions, -1 = none) -> edge_index ``(2, E)``.
 
     Edges are grouped by centre (in increasing flat index), neighbours by increasing distance.
     """
     b, width, kk = idx.shape
     centre = flat[:, :, None].expand(b, width, kk)
-    nbr = torch.where(idx >= 0, flat.gather(1, idx.clamp(min=0).reshape(b, -1)).reshape(idx.shape), -1)
+    nbr = torch.where(
+        idx >= 0, flat.gather(1, idx.clamp(min=0).reshape(b, -1)).reshape(idx.shape), -1
+    )
     keep = (idx >= 0) & (centre >= 0)
     centre, nbr = centre[keep], nbr[keep]
     order = torch.argsort(centre, stable=True)

@@ -235,7 +235,10 @@ def _brute_candidates(
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             block = torch.baddbmm(
-                yy[b0:b1, None, :].expand(b1 - b0, r1 - r0, m), xc[b0:b1, r0:r1], ycT[b0:b1], alpha=-2
+                yy[b0:b1, None, :].expand(b1 - b0, r1 - r0, m),
+                xc[b0:b1, r0:r1],
+                ycT[b0:b1],
+                alpha=-2,
             )
             vals, inds = block.topk(kc, dim=-1, largest=False, sorted=True)
             cand[b0:b1, r0:r1] = inds
@@ -261,7 +264,7 @@ def _kdtree_candidates(
     rel = 4 * (dim + 4) * torch.finfo(x.dtype).eps
     xn = x.cpu().double().numpy()
     yn = y.cpu().double().numpy()
-    for bi, (nq, mr) in enumerate(zip(xl.tolist(), yl.tolist())):
+    for bi, (nq, mr) in enumerate(zip(xl.tolist(), yl.tolist(), strict=True)):
         if nq == 0 or mr == 0:
             continue
         q = min(kc, mr)
