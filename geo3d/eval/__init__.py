@@ -1,0 +1,28 @@
+"""Evaluation: GPU-batched metrics usable outside the apps.
+
+Shape assembly (Breaking Bad benchmark) metrics live in :mod:`geo3d.eval._assembly_metrics`.
+"""
+
+from geo3d.eval._assembly_metrics import (
+    align_to_anchor,
+    anchor_parts,
+    assembly_metrics,
+    part_accuracy,
+    part_chamfer,
+    rotation_errors,
+    shape_chamfer,
+    transform_parts,
+    translation_errors,
+)
+
+__all__ = [
+    "align_to_anchor",
+    "anchor_parts",
+    "assembly_metrics",
+    "part_accuracy",
+    "part_chamfer",
+    "rotation_errors",
+    "shape_chamfer",
+    "transform_parts",
+    "translation_errors",
+]

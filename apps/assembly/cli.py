@@ -1,0 +1,144 @@
+"""``geo3d assembly``: LightningCLI (fit/validate/test/predict), piece assembly, demo.
+
+Usage::
+
+    geo3d assembly fit --config demo.yaml [--trainer.max_epochs 5 ...]
+    geo3d assembly test --config demo.yaml --ckpt_path runs/x/checkpoints/last.ckpt
+    geo3d assembly predict --checkpoint last.ckpt --pieces a.obj b.obj [--out poses.json]
+    geo3d assembly demo [--out runs/demo] [--config-set demo|long]
+
+``--config NAME`` also accepts the name of a packaged config (``demo``, ``long``,
+``breaking_bad_everyday``, ``demo_global``, ``long_global``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "main", "config_path", "run_lightning_cli"]
+
+_LIGHTNING = ("fit", "validate", "test", "predict")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def config_path(name: str) -> str:
+    """Resolve a config argument: an existing path, or a packaged config name."""
+    p = Path(name)
+    if p.is_file():
+        return str(p)
+    for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if cand.is_file():
+            return str(cand)
+    return name
+
+
+def _resolve_configs(args: list[str]) -> list[str]:
+    out = list(args)
+    for i, a in enumerate(out):
+        if a == "--config" and i + 1 < len(out):
+            out[i + 1] = config_path(out[i + 1])
+        elif a.startswith("--config="):
+            out[i] = "--config=" + config_path(a.split("=", 1)[1])
+    return out
+
+
+def _make_cli_class() -> Any:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.plugins.io import CheckpointIO
+
+    from geo3d.apps.assembly._checkpoint import AtomicCheckpointIO
+
+    class AssemblyCLI(LightningCLI):
+        """LightningCLI with a ``checkpoint`` (ModelCheckpoint, ``save_last``) group and the
+        atomic checkpoint IO plugin always installed."""
+
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults({"checkpoint.save_last": True})
+
+        def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+            plugins = config.get("plugins") or []
+            plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+            if not any(isinstance(p, CheckpointIO) for p in plugins):
+                plugins.append(AtomicCheckpointIO())
+            config["plugins"] = plugins
+            return super()._instantiate_trainer(config, callbacks)
+
+    return AssemblyCLI
+
+
+def run_lightning_cli(args: list[str], run: bool = True) -> Any:
+    """Run LightningCLI on ``args`` (e.g. ``["fit", "--config", "demo"]``); returns the CLI."""
+    from geo3d.apps.assembly._data import AssemblyDataModule
+    from geo3d.apps.assembly._module import AssemblyModule
+
+    cls = _make_cli_class()
+    return cls(
+        AssemblyModule,
+        AssemblyDataModule,
+        args=_resolve_configs(args),
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def _predict_pieces(argv: list[str]) -> int:
+    import json
+
+    import torch
+
+    from geo3d.apps.assembly._api import assemble
+    from geo3d.apps.assembly._checkpoint import atomic_write_text
+
+    p = argparse.ArgumentParser(prog="geo3d assembly predict", description="Assemble pieces.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by `fit`")
+    p.add_argument("--pieces", nargs="+", required=True, help="mesh or point-cloud files")
+    p.add_argument("--num-points", type=int, default=512)
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write poses as JSON here (default: stdout)")
+    a = p.parse_args(argv)
+    T = assemble(a.pieces, a.checkpoint, num_points=a.num_points, scale=a.scale,
+                 generator=torch.Generator().manual_seed(a.seed))
+    text = json.dumps({"pieces": a.pieces, "poses": T.tolist()}, indent=2)
+    if a.out:
+        atomic_write_text(a.out, text)
+        print(f"wrote {a.out}")
+    else:
+        print(text)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch ``geo3d assembly ARGS``."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    cmd, rest = argv[0], list(argv[1:])
+    if cmd == "predict" and "--pieces" in rest:
+        return _predict_pieces(rest)
+    if cmd in _LIGHTNING:
+        run_lightning_cli([cmd, *rest])
+        return 0
+    if cmd == "demo":
+        from geo3d.apps.assembly._demo import demo_main
+
+        return demo_main(rest)
+    print(f"geo3d assembly: unknown command {cmd!r} (expected fit, validate, test, predict, "
+          "demo)", file=sys.stderr)
+    return 2
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``geo3d assembly`` (arguments are forwarded, see module docstring)."""
+    p = subparsers.add_parser(
+        "assembly", add_help=False,
+        help="shape assembly: fit/validate/test/predict (LightningCLI), demo",
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda ns: main(list(ns.args)))
