@@ -18,13 +18,27 @@ __all__ = [
 ]
 
 
+_IDX: dict = {}
+
+
+def _idx(device: torch.device, k: int) -> torch.Tensor:
+    """Cached index tensors ``[1, 2, 0]`` (k=1) and ``[2, 0, 1]`` (k=2) on ``device``."""
+    key = (str(device), k)
+    t = _IDX.get(key)
+    if t is None:
+        t = torch.tensor([(i + k) % 3 for i in range(3)], device=device)
+        _IDX[key] = t
+    return t
+
+
 def _check_quat_norm(name: str, n2: torch.Tensor) -> None:
-    if values_enabled():
-        check_values(
-            name,
-            torch.isfinite(n2) & (n2 > 0),
-            "expected finite quaternions with non-zero norm, got NaN/inf or a zero quaternion",
-        )
+    if values_enabled() and n2.numel() > 0:
+        lo, hi = torch.aminmax(n2.detach())  # NaN propagates into both
+        if not (bool(lo > 0) and bool(hi < float("inf"))):
+            raise ValueError(
+                f"{name}: expected finite quaternions with non-zero norm, "
+                "got NaN/inf or a zero quaternion"
+            )
 
 
 def quat_normalize(q: torch.Tensor) -> torch.Tensor:
@@ -55,22 +69,19 @@ def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
         Rotation matrices, shape :math:`(*, 3, 3)`.
     """
     check_tensor("q", q, (4,))
-    w, x, y, z = q.unbind(-1)
-    n2 = w * w + x * x + y * y + z * z
+    n2 = (q * q).sum(-1, keepdim=True)
     _check_quat_norm("q", n2)
-    s = 2.0 / n2
-    sx, sy, sz = x * s, y * s, z * s
-    xx, yy, zz = x * sx, y * sy, z * sz
-    xy, xz, yz = x * sy, x * sz, y * sz
-    wx, wy, wz = w * sx, w * sy, w * sz
-    out = torch.stack(
-        (
-            1.0 - (yy + zz), xy - wz, xz + wy,
-            xy + wz, 1.0 - (xx + zz), yz - wx,
-            xz - wy, yz + wx, 1.0 - (xx + yy),
-        ),
-        dim=-1,
-    )  # fmt: skip
+    # Few, vectorised passes (the cost on large batches is memory traffic, not flops).
+    u = q[..., 1:]
+    us = u * (2.0 / n2)  # 2 u / |q|^2
+    a = us * u  # 2(xx, yy, zz)/|q|^2
+    b = us * u.index_select(-1, _idx(q.device, 1))  # 2(xy, yz, zx)/|q|^2
+    c = q[..., :1] * us.index_select(-1, _idx(q.device, 2))  # 2(wz, wx, wy)/|q|^2
+    d = (1.0 - a.sum(-1, keepdim=True)) + a  # diagonal
+    d0, d1, d2 = d.unbind(-1)
+    m0, m1, m2 = (b - c).unbind(-1)  # R01, R12, R20
+    p0, p1, p2 = (b + c).unbind(-1)  # R10, R21, R02
+    out = torch.stack((d0, m0, p2, p0, d1, m1, m2, p1, d2), dim=-1)
     return out.unflatten(-1, (3, 3))
 
 

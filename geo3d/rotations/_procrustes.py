@@ -1,0 +1,224 @@
+"""Projection onto SO(3), rotation averaging, Kabsch and Umeyama alignment."""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
+from geo3d.rotations._quat import matrix_to_quat
+
+__all__ = ["project_to_so3", "geodesic_distance", "mean_rotation", "kabsch", "umeyama"]
+
+
+def _special_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """U, signed singular values s̃ and V' with M = U diag(s̃) V'ᵀ and det(U V'ᵀ) = +1."""
+    U, S, Vh = torch.linalg.svd(M)
+    V = Vh.transpose(-1, -2)
+    d = torch.det(U) * torch.det(V)
+    d = torch.where(d < 0, -torch.ones_like(d), torch.ones_like(d))
+    ones = torch.ones_like(d)
+    D = torch.stack((ones, ones, d), dim=-1)
+    return U, S * D, V * D.unsqueeze(-2)
+
+
+class _ProjectSO3(torch.autograd.Function):
+    """Special polar factor with the closed-form derivative.
+
+    For M = U diag(s̃) Vᵀ and R = U Vᵀ, dR = U X Vᵀ with
+    X_ij = (A_ij - A_ji)/(s̃_i + s̃_j), A = Uᵀ dM V. Hence for G = dL/dR:
+    dL/dM = U [(B - Bᵀ) / (s̃_i + s̃_j)] Vᵀ with B = Uᵀ G V. The denominators stay positive for
+    repeated singular values (unlike torch.linalg.svd's backward, which divides by
+    σ_i² - σ_j²); they vanish only where the projection itself is not unique.
+    """
+
+    @staticmethod
+    def forward(ctx, M: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        U, s, V = _special_svd(M)
+        R = U @ V.transpose(-1, -2)
+        ctx.save_for_backward(U, s, V)
+        return R
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, G: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        U, s, V = ctx.saved_tensors
+        B = U.transpose(-1, -2) @ G @ V
+        den = s.unsqueeze(-1) + s.unsqueeze(-2)
+        tiny = torch.finfo(s.dtype).tiny ** 0.5
+        den = torch.where(den.abs() < tiny, torch.full_like(den, tiny), den)
+        X = (B - B.transpose(-1, -2)) / den
+        return U @ X @ V.transpose(-1, -2)
+
+
+def project_to_so3(M: torch.Tensor) -> torch.Tensor:
+    """Nearest rotation (Frobenius norm) to a 3×3 matrix: the special orthogonal Procrustes.
+
+    ``R = U diag(1, 1, det(U Vᵀ)) Vᵀ`` from the SVD ``M = U Σ Vᵀ``. The backward pass uses
+    the closed-form polar-factor derivative (denominators ``σ_i + σ_j``), so gradients stay
+    finite at repeated singular values (e.g. ``M`` = a rotation, or the identity).
+
+    Args:
+        M: matrices, shape :math:`(*, 3, 3)`, finite.
+
+    Returns:
+        Rotation matrices, shape :math:`(*, 3, 3)`.
+    """
+    check_tensor("M", M, (3, 3))
+    check_finite("M", M)
+    if M.numel() == 0:
+        return M.clone()
+    return _ProjectSO3.apply(M)
+
+
+def geodesic_distance(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
+    """Rotation angle of ``R1ᵀ R2`` (the geodesic distance on SO(3)).
+
+    Computed as ``2 atan2(|u|, |w|)`` of the relative quaternion (robust branch
+    selection), accurate to machine precision near 0 and π, with finite gradients at 0 and π.
+
+    Args:
+        R1: rotation matrices, shape :math:`(*, 3, 3)`.
+        R2: rotation matrices, shape :math:`(*, 3, 3)`, broadcastable with ``R1``.
+
+    Returns:
+        Angles in radians in ``[0, π]``, shape :math:`(*)`.
+    """
+    check_tensor("R1", R1, (3, 3))
+    check_tensor("R2", R2, (3, 3))
+    q = matrix_to_quat(R1.transpose(-1, -2) @ R2)
+    return 2.0 * torch.atan2(torch.linalg.vector_norm(q[..., 1:], dim=-1), q[..., 0].abs())
+
+
+def _check_weights(weights: torch.Tensor, shape: torch.Size, what: str) -> None:
+    if not isinstance(weights, torch.Tensor) or not weights.is_floating_point():
+        raise ValueError(f"weights: expected a floating-point tensor of shape {what}")
+    try:
+        torch.broadcast_shapes(weights.shape, shape)
+    except RuntimeError:
+        raise ValueError(
+            f"weights: expected shape broadcastable to {tuple(shape)} {what}, "
+            f"got {tuple(weights.shape)}"
+        ) from None
+    if values_enabled() and weights.numel() > 0:
+        check_finite("weights", weights)
+        if bool((weights < 0).any()):
+            raise ValueError("weights: expected non-negative weights, got negative values")
+
+
+def mean_rotation(
+    R: torch.Tensor, weights: torch.Tensor | None = None, dim: int = -3
+) -> torch.Tensor:
+    """Chordal L2 mean: ``argmin_M Σ w_i |M - R_i|_F²`` over SO(3).
+
+    Equal to projecting the weighted arithmetic mean of the matrices onto SO(3) (the same
+    minimiser as scipy's ``Rotation.mean``).
+
+    Args:
+        R: rotation matrices, shape :math:`(*, N, *, 3, 3)`; averaged over ``dim``.
+        weights: optional non-negative weights, shape broadcastable to ``R.shape[:-2]``.
+        dim: the batch dimension of ``R`` to average over (must not be one of the last two).
+
+    Returns:
+        Mean rotations, shape ``R.shape`` without ``dim``.
+    """
+    check_tensor("R", R, (3, 3), min_ndim=3)
+    if not isinstance(dim, int) or not (-R.ndim <= dim < R.ndim):
+        raise ValueError(f"dim: expected an int in [{-R.ndim}, {R.ndim - 3}], got {dim!r}")
+    d = dim % R.ndim
+    if d >= R.ndim - 2:
+        raise ValueError(
+            f"dim: expected a batch dimension of R (not one of its last two), got {dim}"
+        )
+    if R.shape[d] == 0:
+        raise ValueError(f"R: expected at least one rotation along dim={dim}, got shape "
+                         f"{tuple(R.shape)}")
+    if weights is None:
+        M = R.mean(dim=d)
+    else:
+        _check_weights(weights, R.shape[:-2], "(R.shape[:-2])")
+        w = weights.unsqueeze(-1).unsqueeze(-1)
+        M = (R * w).sum(dim=d)
+    return project_to_so3(M)
+
+
+def _prep(P: torch.Tensor, Q: torch.Tensor, weights: torch.Tensor | None):
+    check_tensor("P", P, (None, 3), min_ndim=2)
+    check_tensor("Q", Q, (None, 3), min_ndim=2)
+    if P.shape[-2] != Q.shape[-2]:
+        raise ValueError(
+            f"Q: expected the same number of points as P ({P.shape[-2]}), got shape "
+            f"{tuple(Q.shape)} (P has shape {tuple(P.shape)})"
+        )
+    try:
+        batch = torch.broadcast_shapes(P.shape[:-2], Q.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"Q: expected batch dims broadcastable with P's {tuple(P.shape[:-2])}, got "
+            f"{tuple(Q.shape[:-2])}"
+        ) from None
+    check_finite("P", P)
+    check_finite("Q", Q)
+    n = P.shape[-2]
+    if weights is None:
+        w = torch.full((*batch, n), 1.0 / max(n, 1), dtype=P.dtype, device=P.device)
+    else:
+        _check_weights(weights, torch.Size((*batch, n)), "(..., N)")
+        w = weights.to(P.dtype).expand(*batch, n)
+        tot = w.sum(-1, keepdim=True)
+        if values_enabled() and bool((tot <= 0).any()):
+            raise ValueError("weights: expected a positive total weight per batch element")
+        w = w / tot
+    wv = w.unsqueeze(-1)
+    pm = (wv * P).sum(-2)
+    qm = (wv * Q).sum(-2)
+    Pc = P - pm.unsqueeze(-2)
+    Qc = Q - qm.unsqueeze(-2)
+    H = (wv * Qc).transpose(-1, -2) @ Pc  # Σ w q̃ p̃ᵀ  (3, 3)
+    return w, pm, qm, Pc, H
+
+
+def kabsch(
+    P: torch.Tensor, Q: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rigid alignment ``argmin_{R,t} Σ w_i |R p_i + t - q_i|²`` with ``R ∈ SO(3)``.
+
+    The determinant fix (never a reflection) is part of :func:`project_to_so3`, whose
+    backward pass is stable, so the result is differentiable.
+
+    Args:
+        P: source points, shape :math:`(*, N, 3)`.
+        Q: target points, shape :math:`(*, N, 3)`.
+        weights: optional non-negative weights, shape :math:`(*, N)`, positive sum.
+
+    Returns:
+        ``(R, t)`` with ``Q ≈ P Rᵀ + t``: shapes :math:`(*, 3, 3)` and :math:`(*, 3)`.
+    """
+    _, pm, qm, _, H = _prep(P, Q, weights)
+    R = project_to_so3(H)
+    t = qm - (R @ pm.unsqueeze(-1)).squeeze(-1)
+    return R, t
+
+
+def umeyama(
+    P: torch.Tensor, Q: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Similarity alignment ``argmin_{s,R,t} Σ w_i |s R p_i + t - q_i|²`` (Umeyama 1991).
+
+    Args:
+        P: source points, shape :math:`(*, N, 3)`, not all equal.
+        Q: target points, shape :math:`(*, N, 3)`.
+        weights: optional non-negative weights, shape :math:`(*, N)`, positive sum.
+
+    Returns:
+        ``(s, R, t)`` with ``Q ≈ s P Rᵀ + t``: shapes :math:`(*)`, :math:`(*, 3, 3)`,
+        :math:`(*, 3)`.
+    """
+    w, pm, qm, Pc, H = _prep(P, Q, weights)
+    R = project_to_so3(H)
+    var_p = (w * (Pc * Pc).sum(-1)).sum(-1)
+    if values_enabled() and var_p.numel() > 0 and bool((var_p <= 0).any()):
+        raise ValueError("P: expected points that are not all identical (zero variance)")
+    s = (R * H).sum((-1, -2)) / var_p
+    t = qm - s.unsqueeze(-1) * (R @ pm.unsqueeze(-1)).squeeze(-1)
+    return s, R, t
