@@ -135,8 +135,8 @@ def load_mesh_tensors(
         ``vertices`` of shape :math:`(V, 3)` in ``dtype`` and ``faces`` :math:`(F, 3)` long.
     """
     mesh = load_mesh(path)
-    return (torch.as_tensor(np.asarray(mesh.vertices), dtype=dtype),
-            torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long))
+    return (torch.as_tensor(np.array(mesh.vertices), dtype=dtype),
+            torch.as_tensor(np.array(mesh.faces), dtype=torch.long))
 
 
 def save_mesh(

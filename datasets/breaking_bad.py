@@ -334,8 +334,8 @@ class BreakingBad(Dataset):
             else path.as_posix()
         digest = hashlib.sha256(f"{self.sample_seed}:{rel}".encode()).digest()
         gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-        v = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float64)
-        f = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
+        v = torch.as_tensor(np.array(mesh.vertices), dtype=torch.float64)
+        f = torch.as_tensor(np.array(mesh.faces), dtype=torch.long)
         try:
             pts, nrm, _ = sample_surface(v, f, self.num_points, generator=gen)
         except ValueError as err:

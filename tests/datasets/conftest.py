@@ -53,3 +53,11 @@ def write_layout(root: Path, objects=OBJECTS, subset="everyday", val=(), modes=T
 def bb_root(tmp_path: Path) -> Path:
     """A tiny dataset: 3 objects (2-3 pieces), each with fractured_0 and mode_0."""
     return write_layout(tmp_path / "bb")
+
+
+@pytest.fixture
+def layout():
+    """The helpers above, for tests (test modules cannot import conftest under importlib)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(OBJECTS=OBJECTS, box_pieces=box_pieces, write_layout=write_layout)

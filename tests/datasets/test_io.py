@@ -1,0 +1,230 @@
+"""Mesh / point-cloud I/O, surface sampling and normalisation (issue: datasets §1)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from geo3d.datasets import (
+    MeshReadError,
+    load_mesh,
+    load_mesh_tensors,
+    load_point_cloud,
+    normalize_points,
+    sample_surface,
+    save_mesh,
+    save_point_cloud,
+)
+
+
+def _box():
+    import trimesh
+
+    return trimesh.creation.box(extents=(2.0, 1.0, 0.5))
+
+
+def _box_surface_distance(p: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+    """Distance of points to the surface of the centred box with half extents."""
+    q = p.abs() - half
+    outside = q.clamp_min(0).norm(dim=-1)
+    inside = q.max(dim=-1).values.clamp_max(0)
+    return (outside + inside).abs()
+
+
+class TestMeshIO:
+    @pytest.mark.parametrize("ext", ["obj", "ply", "off", "stl", "glb"])
+    def test_roundtrip(self, tmp_path, ext):
+        box = _box()
+        path = tmp_path / f"box.{ext}"
+        save_mesh(path, box)
+        back = load_mesh(path)
+        assert math.isclose(back.area, box.area, rel_tol=1e-6)
+        assert math.isclose(abs(back.volume), box.volume, rel_tol=1e-6)
+        np.testing.assert_allclose(back.bounds, box.bounds, atol=1e-6)
+        assert not [f for f in os.listdir(tmp_path) if f != path.name]  # no temp left
+
+    def test_save_from_tensors(self, tmp_path):
+        box = _box()
+        v = torch.as_tensor(box.vertices)
+        f = torch.as_tensor(box.faces)
+        save_mesh(tmp_path / "b.ply", vertices=v, faces=f)
+        v2, f2 = load_mesh_tensors(tmp_path / "b.ply")
+        assert v2.dtype == torch.float64 and f2.dtype == torch.long
+        torch.testing.assert_close(v2, v.double())
+        assert torch.equal(f2, f.long())
+
+    def test_atomic_write_keeps_old_file_on_failure(self, tmp_path, monkeypatch):
+        path = tmp_path / "b.obj"
+        save_mesh(path, _box())
+        before = path.read_bytes()
+
+        def boom(*a, **k):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(os, "replace", boom)
+        import trimesh
+
+        with pytest.raises(OSError, match="disk full"):
+            save_mesh(path, trimesh.creation.icosphere())
+        assert path.read_bytes() == before
+        assert os.listdir(tmp_path) == ["b.obj"]
+
+    def test_missing_empty_garbage(self, tmp_path):
+        with pytest.raises(MeshReadError, match="does not exist") as e:
+            load_mesh(tmp_path / "nope.obj")
+        assert e.value.path.endswith("nope.obj")
+        (tmp_path / "z.obj").write_bytes(b"")
+        with pytest.raises(MeshReadError, match="empty"):
+            load_mesh(tmp_path / "z.obj")
+        (tmp_path / "g.obj").write_bytes(bytes(range(256)) * 8)
+        with pytest.raises(MeshReadError):
+            load_mesh(tmp_path / "g.obj")
+        (tmp_path / "g2.obj").write_text("v 1 2\nf 9 9 9\n")
+        with pytest.raises(MeshReadError):
+            load_mesh(tmp_path / "g2.obj")
+        (tmp_path / "x.abc").write_text("v 0 0 0\n")
+        with pytest.raises(MeshReadError, match="extension"):
+            load_mesh(tmp_path / "x.abc")
+
+    def test_bad_arguments(self, tmp_path):
+        with pytest.raises(ValueError, match="path"):
+            save_mesh(tmp_path / "b.xyz", _box())
+        with pytest.raises(ValueError, match="faces"):
+            save_mesh(tmp_path / "b.obj", vertices=torch.zeros(3, 3), faces=torch.zeros(3, 2))
+
+
+class TestPointCloudIO:
+    @pytest.mark.parametrize("ext", ["ply", "xyz"])
+    def test_roundtrip_with_normals(self, tmp_path, ext, generator):
+        pts = torch.randn(50, 3, generator=generator, dtype=torch.float64)
+        nrm = torch.nn.functional.normalize(torch.randn(50, 3, generator=generator,
+                                                        dtype=torch.float64), dim=-1)
+        save_point_cloud(tmp_path / f"p.{ext}", pts, nrm)
+        p2, n2 = load_point_cloud(tmp_path / f"p.{ext}", dtype=torch.float64)
+        torch.testing.assert_close(p2, pts, atol=1e-12, rtol=0)
+        torch.testing.assert_close(n2, nrm, atol=1e-12, rtol=0)
+        save_point_cloud(tmp_path / f"q.{ext}", pts)
+        p3, n3 = load_point_cloud(tmp_path / f"q.{ext}")
+        assert n3 is None and p3.dtype == torch.float32
+        torch.testing.assert_close(p3, pts.float())
+
+    def test_pcd_roundtrip(self, tmp_path, generator, open3d_module):
+        pts = torch.randn(40, 3, generator=generator, dtype=torch.float64)
+        nrm = torch.nn.functional.normalize(torch.randn(40, 3, generator=generator,
+                                                        dtype=torch.float64), dim=-1)
+        save_point_cloud(tmp_path / "p.pcd", pts, nrm)
+        p2, n2 = load_point_cloud(tmp_path / "p.pcd", dtype=torch.float64)
+        torch.testing.assert_close(p2, pts, atol=1e-6, rtol=0)
+        torch.testing.assert_close(n2, nrm, atol=1e-6, rtol=0)
+        assert os.listdir(tmp_path) == ["p.pcd"]
+
+    def test_errors(self, tmp_path):
+        with pytest.raises(FileNotFoundError):
+            load_point_cloud(tmp_path / "none.ply")
+        with pytest.raises(ValueError, match="points"):
+            save_point_cloud(tmp_path / "p.ply", torch.zeros(4, 2))
+        with pytest.raises(ValueError, match="normals"):
+            save_point_cloud(tmp_path / "p.ply", torch.zeros(4, 3), torch.zeros(5, 3))
+        with pytest.raises(ValueError, match="path"):
+            save_point_cloud(tmp_path / "p.stl", torch.zeros(4, 3))
+
+
+class TestSampleSurface:
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_points_on_surface_with_face_normals(self, dtype, generator):
+        box = _box()
+        v = torch.as_tensor(box.vertices, dtype=dtype)
+        f = torch.as_tensor(box.faces)
+        pts, nrm, face = sample_surface(v, f, 2000, generator=generator)
+        assert pts.shape == (2000, 3) and nrm.shape == (2000, 3) and face.shape == (2000,)
+        assert pts.dtype == dtype and nrm.dtype == dtype
+        half = torch.tensor([1.0, 0.5, 0.25], dtype=dtype)
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        assert _box_surface_distance(pts, half).max() < tol
+        expected_n = torch.as_tensor(np.array(box.face_normals), dtype=dtype)[face]
+        torch.testing.assert_close(nrm, expected_n, atol=tol, rtol=0)
+
+    def test_area_weighting_and_uniformity(self):
+        # two triangles with areas 1/2 and 3/2: expect 25% / 75% of the samples
+        v = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0],
+                          [0, 0, 1], [3, 0, 1], [0, 1, 1]], dtype=torch.float64)
+        f = torch.tensor([[0, 1, 2], [3, 4, 5]])
+        n = 40000
+        pts, _, face = sample_surface(v, f, n, generator=torch.Generator().manual_seed(1))
+        frac = (face == 0).double().mean().item()
+        assert abs(frac - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n)
+        # uniform inside a triangle: mean of the samples = the triangle's centroid
+        mean0 = pts[face == 0].mean(0)
+        torch.testing.assert_close(mean0, torch.tensor([1 / 3, 1 / 3, 0.0], dtype=torch.float64),
+                                   atol=0.01, rtol=0)
+        # and points stay inside: barycentric coordinates >= 0
+        p = pts[face == 0]
+        assert (p[:, 0] >= 0).all() and (p[:, 1] >= 0).all() and (p[:, :2].sum(1) <= 1).all()
+
+    def test_reproducible_and_honours_generator(self):
+        box = _box()
+        v, f = torch.as_tensor(box.vertices), torch.as_tensor(box.faces)
+        a = sample_surface(v, f, 100, generator=torch.Generator().manual_seed(3))[0]
+        b = sample_surface(v, f, 100, generator=torch.Generator().manual_seed(3))[0]
+        c = sample_surface(v, f, 100, generator=torch.Generator().manual_seed(4))[0]
+        assert torch.equal(a, b) and not torch.equal(a, c)
+
+    def test_errors(self):
+        v = torch.zeros(3, 3)
+        f = torch.tensor([[0, 1, 2]])
+        with pytest.raises(ValueError, match="area"):
+            sample_surface(v, f, 10)
+        with pytest.raises(ValueError, match="vertices"):
+            sample_surface(torch.zeros(3, 2), f, 10)
+        with pytest.raises(ValueError, match="faces"):
+            sample_surface(torch.eye(3), torch.tensor([0, 1, 2]), 10)
+        with pytest.raises(ValueError, match="num_points"):
+            sample_surface(torch.eye(3), f, -1)
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    def test_cuda(self):
+        box = _box()
+        v = torch.as_tensor(box.vertices, device="cuda")
+        f = torch.as_tensor(box.faces, device="cuda")
+        g = torch.Generator(device="cuda").manual_seed(0)
+        pts, nrm, _ = sample_surface(v, f, 500, generator=g)
+        assert pts.device.type == "cuda"
+        assert _box_surface_distance(pts.cpu(), torch.tensor([1.0, 0.5, 0.25],
+                                                             dtype=torch.float64)).max() < 1e-9
+
+
+class TestNormalize:
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_sphere(self, dtype, generator):
+        pts = (torch.randn(4, 100, 3, generator=generator) * 3 + 5).to(dtype)
+        out, center, scale = normalize_points(pts)
+        assert center.shape == (4, 3) and scale.shape == (4,)
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(out.mean(-2), torch.zeros(4, 3, dtype=dtype), atol=tol, rtol=0)
+        torch.testing.assert_close(out.norm(dim=-1).amax(-1), torch.ones(4, dtype=dtype),
+                                   atol=tol, rtol=0)
+        torch.testing.assert_close(out * scale[:, None, None] + center[:, None], pts,
+                                   atol=tol * 10, rtol=0)
+
+    def test_box_and_mask(self, generator):
+        pts = torch.rand(2, 50, 3, generator=generator, dtype=torch.float64) * 4 - 1
+        mask = torch.ones(2, 50, dtype=torch.bool)
+        mask[:, 40:] = False
+        pts[:, 40:] = 1e6  # padding must be ignored
+        out, center, scale = normalize_points(pts, mask, mode="box")
+        valid = out[:, :40]
+        assert valid.abs().amax(dim=(-1, -2)).sub(1).abs().max() < 1e-12
+        assert (out[:, 40:] == 0).all()
+        lo, hi = pts[:, :40].amin(1), pts[:, :40].amax(1)
+        torch.testing.assert_close(center, (lo + hi) / 2)
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="points"):
+            normalize_points(torch.zeros(5, 2))
+        with pytest.raises(ValueError, match="mask"):
+            normalize_points(torch.zeros(5, 3), torch.ones(4, dtype=torch.bool))
+        with pytest.raises(ValueError, match="mode"):
+            normalize_points(torch.zeros(5, 3), mode="cube")

@@ -1,0 +1,197 @@
+"""Seeded, recorded point-cloud transforms (issue: datasets §1)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from geo3d.datasets import (
+    Center,
+    Compose,
+    FarthestPointSubsample,
+    Jitter,
+    Normalize,
+    RandomRotation,
+    RandomScale,
+    RandomSE3,
+    RandomSubsample,
+    RandomZRotation,
+    haar_rotation,
+    sample_generator,
+)
+
+DT = torch.float64
+
+
+def _apply_T(T: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return x @ T[..., :3, :3].transpose(-1, -2) + T[..., None, :3, 3]
+
+
+def _cloud(*batch, n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*batch, n, 3, generator=g, dtype=DT) + 2.0
+
+
+AFFINE = [RandomRotation(), RandomZRotation(), RandomSE3(0.5), RandomScale(0.5, 2.0),
+          RandomScale(0.5, 2.0, anisotropic=True), Center(), Normalize(), Normalize("box")]
+
+
+class TestRecordedTransform:
+    @pytest.mark.parametrize("t", AFFINE, ids=lambda t: repr(t))
+    def test_transform_matrix_reproduces_points(self, t):
+        x = _cloud(3, 2)
+        out = t({"points": x}, torch.Generator().manual_seed(0))
+        assert out["points"].shape == x.shape and out["transform"].shape == (3, 2, 4, 4)
+        torch.testing.assert_close(out["points"], _apply_T(out["transform"], x),
+                                   atol=1e-12, rtol=0)
+        assert out["applied"][-1][0] == type(t).__name__
+
+    def test_compose_chains_transforms_and_indices(self):
+        x = _cloud(2, n=100)
+        t = Compose([Center(), RandomRotation(), RandomSubsample(30), RandomSE3(1.0),
+                     FarthestPointSubsample(10), RandomScale()])
+        out = t(x, torch.Generator().manual_seed(5))
+        idx = out["indices"]
+        assert idx.shape == (2, 10)
+        orig = torch.gather(x, 1, idx[..., None].expand(2, 10, 3))
+        torch.testing.assert_close(out["points"], _apply_T(out["transform"], orig),
+                                   atol=1e-12, rtol=0)
+        assert [a[0] for a in out["applied"]] == ["Center", "RandomRotation", "RandomSubsample",
+                                                   "RandomSE3", "FarthestPointSubsample",
+                                                   "RandomScale"]
+
+    def test_center_and_normalize_results(self):
+        x = _cloud(4)
+        c = Center()(x)["points"]
+        torch.testing.assert_close(c.mean(-2), torch.zeros(4, 3, dtype=DT), atol=1e-12, rtol=0)
+        n = Normalize()(x)["points"]
+        torch.testing.assert_close(n.norm(dim=-1).amax(-1), torch.ones(4, dtype=DT))
+
+    def test_center_respects_mask(self):
+        x = _cloud(n=10)
+        x[7:] = 100.0
+        mask = torch.arange(10) < 7
+        out = Center()({"points": x, "mask": mask})
+        torch.testing.assert_close(out["points"][:7].mean(0), torch.zeros(3, dtype=DT),
+                                   atol=1e-12, rtol=0)
+
+    def test_normals_follow(self):
+        # points on the plane z = x with normal (-1, 0, 1)/sqrt(2); after any affine map the
+        # transformed normal must stay orthogonal to the transformed plane
+        g = torch.Generator().manual_seed(0)
+        uv = torch.randn(5, 20, 2, generator=g, dtype=DT)
+        pts = torch.stack([uv[..., 0], uv[..., 1], uv[..., 0]], -1)
+        nrm = torch.tensor([-1.0, 0.0, 1.0], dtype=DT).div(math.sqrt(2)).expand(5, 20, 3)
+        for t in [RandomRotation(), RandomScale(0.3, 3.0, anisotropic=True), RandomSE3()]:
+            out = t({"points": pts, "normals": nrm}, g)
+            p, n = out["points"], out["normals"]
+            torch.testing.assert_close(n.norm(dim=-1), torch.ones(5, 20, dtype=DT))
+            tangent = p[:, 1:] - p[:, :1]
+            assert (tangent * n[:, 1:]).sum(-1).abs().max() < 1e-10
+
+
+class TestRotations:
+    def test_proper_rotations(self):
+        R = haar_rotation(500, generator=torch.Generator().manual_seed(0), dtype=DT)
+        torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=DT).expand(500, 3, 3))
+        torch.testing.assert_close(torch.linalg.det(R), torch.ones(500, dtype=DT))
+
+    def test_haar_moments(self):
+        # Haar on SO(3): E[R] = 0, E[tr R] = 0, E[(tr R)^2] = 1, and the rotation angle has
+        # density (1 - cos θ)/π on [0, π], hence E[θ] = π/2 + 2/π
+        n = 20000
+        R = haar_rotation(n, generator=torch.Generator().manual_seed(1), dtype=DT)
+        se = 1 / math.sqrt(n)
+        assert R.mean(0).abs().max() < 5 * se
+        tr = R.diagonal(dim1=-2, dim2=-1).sum(-1)
+        assert abs(tr.mean()) < 5 * se * 1.0
+        assert abs((tr**2).mean() - 1) < 5 * se * 2.0
+        theta = torch.acos(((tr - 1) / 2).clamp(-1, 1))
+        assert abs(theta.mean() - (math.pi / 2 + 2 / math.pi)) < 5 * se * 0.8
+
+    def test_z_rotation_is_about_z_and_uniform(self):
+        x = _cloud(4000, n=2)
+        out = RandomZRotation()(x, torch.Generator().manual_seed(2))
+        torch.testing.assert_close(out["points"][..., 2], x[..., 2])
+        angle = out["applied"][0][1]["angle"]
+        assert angle.min() >= 0 and angle.max() < 2 * math.pi
+        assert abs(torch.cos(angle).mean()) < 0.05 and abs(torch.sin(angle).mean()) < 0.05
+
+    def test_independent_per_leading_index(self):
+        out = RandomRotation()(_cloud(2, 3), torch.Generator().manual_seed(0))
+        R = out["applied"][0][1]["rotation"].reshape(6, 3, 3)
+        assert all(not torch.allclose(R[i], R[j]) for i in range(6) for j in range(i))
+
+    def test_se3_translation_scale(self):
+        out = RandomSE3(translation_std=0.0)(_cloud(10), torch.Generator().manual_seed(0))
+        assert out["transform"][..., :3, 3].abs().max() == 0
+
+
+class TestOthers:
+    def test_jitter_records_clipped_noise(self):
+        x = _cloud(3)
+        out = Jitter(sigma=0.1, clip=0.15)(x, torch.Generator().manual_seed(0))
+        noise = out["applied"][0][1]["noise"]
+        torch.testing.assert_close(out["points"] - x, noise)
+        assert noise.abs().max() <= 0.15 and noise.std() > 0.05
+        assert "transform" not in out
+
+    def test_random_subsample(self):
+        x = _cloud(4, n=50)
+        out = RandomSubsample(20)(x, torch.Generator().manual_seed(0))
+        idx = out["indices"]
+        assert idx.shape == (4, 20)
+        assert all(len(set(row.tolist())) == 20 for row in idx)  # no replacement
+        torch.testing.assert_close(out["points"], torch.gather(x, 1, idx[..., None].expand(4, 20, 3)))
+        up = RandomSubsample(80)(x, torch.Generator().manual_seed(0))  # fewer points: replace
+        assert up["points"].shape == (4, 80, 3)
+
+    def test_fps_covers_clusters(self):
+        g = torch.Generator().manual_seed(0)
+        centers = torch.tensor([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]], dtype=DT)
+        x = (centers[:, None] + 0.01 * torch.randn(4, 25, 3, generator=g, dtype=DT)).reshape(100, 3)
+        out = FarthestPointSubsample(4)(x, g)
+        cluster = out["indices"] // 25
+        assert sorted(cluster.tolist()) == [0, 1, 2, 3]
+        with pytest.raises(ValueError, match="num_points"):
+            FarthestPointSubsample(200)(x)
+
+    def test_seeding(self):
+        x = _cloud(2)
+        t = Compose([RandomRotation(), Jitter(), RandomSubsample(10)])
+        a = t(x, sample_generator(0, 1, 7))["points"]
+        b = t(x, sample_generator(0, 1, 7))["points"]
+        c = t(x, sample_generator(0, 2, 7))["points"]
+        d = t(x, sample_generator(0, 1, 8))["points"]
+        e = t(x, sample_generator(1, 1, 7))["points"]
+        assert torch.equal(a, b)
+        assert not torch.equal(a, c) and not torch.equal(a, d) and not torch.equal(a, e)
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_dtypes(self, dtype):
+        x = _cloud(2).to(dtype)
+        out = Compose([RandomSE3(), RandomScale(), Jitter()])(x, torch.Generator().manual_seed(0))
+        assert out["points"].dtype == dtype and out["transform"].dtype == dtype
+
+    def test_bad_input(self):
+        with pytest.raises(ValueError, match="points"):
+            RandomRotation()(torch.zeros(5, 2))
+        with pytest.raises(ValueError, match="normals"):
+            RandomRotation()({"points": torch.zeros(5, 3), "normals": torch.zeros(4, 3)})
+        with pytest.raises(ValueError, match="sample"):
+            RandomRotation()({"pts": torch.zeros(5, 3)})
+        with pytest.raises(ValueError, match="low"):
+            RandomScale(2.0, 1.0)
+        with pytest.raises(ValueError, match="num_points"):
+            RandomSubsample(0)
+        with pytest.raises(ValueError, match="seed"):
+            sample_generator(1.5)
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    def test_cuda(self):
+        x = _cloud(2).cuda()
+        for g in (torch.Generator().manual_seed(0), torch.Generator("cuda").manual_seed(0)):
+            out = Compose([RandomSE3(), RandomSubsample(10), FarthestPointSubsample(5),
+                           Jitter()])(x, g)
+            assert out["points"].device.type == "cuda"
