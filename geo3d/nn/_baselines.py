@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ._batchnorm import MaskedBatchNorm
 from ._graph import masked_knn
-from ._output import EncoderOutput, center_points, check_points_mask, zero_padded
+from ._output import EncoderOutput, center_points, check_points_mask, zero_padded, zero_rows
 
 __all__ = ["PointNet", "DGCNN"]
 
@@ -90,7 +90,7 @@ class PointNet(nn.Module):
             h = layer(h, mask)
         h = self.out(h, mask)  # (B, N, F)
         g = _pool(h, mask, self.pooling, dim=1)
-        return EncoderOutput(invariant=g, equivariant=None, point_features=h)
+        return EncoderOutput(invariant=g, equivariant=None, point_features=zero_rows(h, mask))
 
 
 class DGCNN(nn.Module):
@@ -158,4 +158,4 @@ class DGCNN(nn.Module):
             outs.append(x)
         h = self.out(torch.cat(outs, dim=-1), mask)  # (B, N, F)
         g = _pool(h, mask, self.pooling, dim=1)
-        return EncoderOutput(invariant=g, equivariant=None, point_features=h)
+        return EncoderOutput(invariant=g, equivariant=None, point_features=zero_rows(h, mask))

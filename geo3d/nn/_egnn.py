@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ._graph import masked_knn
-from ._output import EncoderOutput, check_points_mask, masked_mean, zero_padded
+from ._output import EncoderOutput, check_points_mask, masked_mean, zero_padded, zero_rows
 
 __all__ = ["EGNN", "EGNNLayer"]
 
@@ -122,5 +122,5 @@ class EGNN(nn.Module):
         xc = x - masked_mean(x, pm, dim=1).unsqueeze(1)  # (B, N, 3)
         pvec = self.vec_weights(h).unsqueeze(-1) * xc.unsqueeze(2)  # (B, N, V, 3)
         vec = masked_mean(pvec, pm.unsqueeze(-1), dim=1)  # (B, V, 3)
-        return EncoderOutput(invariant=inv, equivariant=vec, point_features=h,
-                             point_equivariant=pvec)
+        return EncoderOutput(invariant=inv, equivariant=vec, point_features=zero_rows(h, mask),
+                             point_equivariant=zero_rows(pvec, mask))

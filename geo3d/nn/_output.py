@@ -20,9 +20,9 @@ class EncoderOutput:
             :math:`(B, C_{eq}, 3)` (rotate as ``v @ R.T`` / ``R v`` per channel), or ``None``
             for encoders without equivariant outputs.
         point_features: per-point invariant features, shape :math:`(B, N, C_{pt})`, or
-            ``None``. Rows of padded points are unspecified (finite) values.
+            ``None``. Rows of padded points are zero.
         point_equivariant: per-point equivariant vector features, shape
-            :math:`(B, N, C_{peq}, 3)`, or ``None``.
+            :math:`(B, N, C_{peq}, 3)`, or ``None``. Rows of padded points are zero.
     """
 
     invariant: Tensor
@@ -73,3 +73,9 @@ def center_points(points: Tensor, mask: Tensor) -> Tensor:
 def zero_padded(points: Tensor, mask: Tensor) -> Tensor:
     """Replace padded points ``(B, N, 3)`` by zeros so that their values cannot leak."""
     return torch.where(mask[..., None], points, torch.zeros((), dtype=points.dtype, device=points.device))
+
+
+def zero_rows(x: Tensor, mask: Tensor) -> Tensor:
+    """Zero the rows of padded points: ``x (B, N, ...)``, ``mask (B, N)``."""
+    m = mask.reshape(*mask.shape, *([1] * (x.dim() - 2)))
+    return torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device))

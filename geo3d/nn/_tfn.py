@@ -9,7 +9,7 @@ from e3nn.nn import FullyConnectedNet, Gate
 from torch import Tensor, nn
 
 from ._graph import masked_knn
-from ._output import EncoderOutput, check_points_mask, masked_mean, zero_padded
+from ._output import EncoderOutput, check_points_mask, masked_mean, zero_padded, zero_rows
 
 __all__ = ["TFNEncoder", "e3nn_l1_to_xyz"]
 
@@ -183,5 +183,5 @@ class TFNEncoder(nn.Module):
         f1 = e3nn_l1_to_xyz(f[..., self.idx1].reshape(B, N, -1, 3))  # (B, N, C1, 3)
         inv = masked_mean(f0, pm, dim=1)
         eq = masked_mean(f1, pm.unsqueeze(-1), dim=1)
-        return EncoderOutput(invariant=inv, equivariant=eq, point_features=f0,
-                             point_equivariant=f1)
+        return EncoderOutput(invariant=inv, equivariant=eq, point_features=zero_rows(f0, mask),
+                             point_equivariant=zero_rows(f1, mask))

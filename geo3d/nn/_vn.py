@@ -278,9 +278,9 @@ class VNInvariant(nn.Module):
         z = _channel_mix(self.vn_lin, z)  # (B, 2|3, 3, *S)
         if self.normalize_frame:
             v1, v2 = z[:, 0], z[:, 1]
-            u1 = v1 / torch.sqrt((v1 * v1).sum(1, keepdim=True) + EPS * EPS)
+            u1 = torch.nn.functional.normalize(v1, dim=1, eps=1e-12)
             v2 = v2 - (v2 * u1).sum(1, keepdim=True) * u1
-            u2 = v2 / torch.sqrt((v2 * v2).sum(1, keepdim=True) + EPS * EPS)
+            u2 = torch.nn.functional.normalize(v2, dim=1, eps=1e-12)
             u3 = torch.cross(u1, u2, dim=1)
             z = torch.stack([u1, u2, u3], dim=1)
         inv = torch.einsum("bcx...,bjx...->bcj...", x, z)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ._graph import masked_knn
-from ._output import EncoderOutput, center_points, check_points_mask, zero_padded
+from ._output import EncoderOutput, center_points, check_points_mask, zero_padded, zero_rows
 from ._vn import (
     VNBatchNorm,
     VNInvariant,
@@ -45,8 +45,8 @@ def _readout(x: Tensor, mask: Tensor, global_pool: nn.Module, std: VNInvariant) 
     return EncoderOutput(
         invariant=inv.reshape(B, 3 * F),
         equivariant=g,
-        point_features=point_inv,
-        point_equivariant=x.permute(0, 3, 1, 2),
+        point_features=zero_rows(point_inv, mask),
+        point_equivariant=zero_rows(x.permute(0, 3, 1, 2), mask),
     )
 
 
