@@ -149,7 +149,10 @@ def _evaluate(
         err = torch.zeros((), dtype=torch.float64)
         scale = torch.zeros((), dtype=torch.float64)
         for k, (r, y, yg) in enumerate(zip(out_reps, ys, ygs, strict=True)):
-            expected = y if r is None else r.act(g, y)
+            try:
+                expected = y if r is None else r.act(g, y)
+            except ValueError as err:
+                raise ValueError(f"out_rep: output {k} of fn does not fit {r!r}: {err}") from None
             if expected.shape != yg.shape:
                 raise ValueError(
                     f"fn: output {k} has shape {tuple(yg.shape)} on the transformed input but "
