@@ -31,6 +31,8 @@ from geo3d.datasets._transforms import (
     sample_generator,
 )
 from geo3d.datasets.breaking_bad import BreakingBad, BreakingBadError, collate_parts
+from geo3d.datasets.fracture import FractureError, fracture_mesh, generate_dataset
+from geo3d.datasets.shapes import SHAPE_CATEGORIES, make_shape
 
 __all__ = [
     # I/O
@@ -64,4 +66,10 @@ __all__ = [
     "BreakingBad",
     "BreakingBadError",
     "collate_parts",
+    # fracture generator (procedural shapes, Breaking Bad layout writer)
+    "SHAPE_CATEGORIES",
+    "make_shape",
+    "fracture_mesh",
+    "generate_dataset",
+    "FractureError",
 ]
