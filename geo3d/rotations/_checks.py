@@ -37,7 +37,7 @@ def check_tensor(name: str, x: object, tail: tuple = (), min_ndim: int | None = 
         raise ValueError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
     nd = len(tail) if min_ndim is None else max(min_ndim, len(tail))
     ok = x.ndim >= nd and all(
-        t is None or s == t for s, t in zip(x.shape[x.ndim - len(tail) :], tail)
+        t is None or s == t for s, t in zip(x.shape[x.ndim - len(tail) :], tail, strict=False)
     )
     if not ok:
         raise ValueError(f"{name}: expected shape {_fmt_tail(tail)}, got {tuple(x.shape)}")

@@ -59,8 +59,11 @@ def fused(name: str) -> Callable:
         try:
             compiled = torch.compile(eager, dynamic=True)
         except Exception as err:  # pragma: no cover - depends on the platform
-            warnings.warn(f"geo3d.rotations: torch.compile unavailable ({err}); using eager "
-                          f"{name}", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"geo3d.rotations: torch.compile unavailable ({err}); using eager {name}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             _CACHE[name] = eager
             return eager
 

@@ -100,7 +100,9 @@ def _nz_hypot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """hypot with a zero (not NaN) gradient at (0, 0)."""
     s = a * a + b * b
     pos = s > 0
-    return torch.where(pos, torch.sqrt(torch.where(pos, s, torch.ones_like(s))), torch.zeros_like(s))
+    return torch.where(
+        pos, torch.sqrt(torch.where(pos, s, torch.ones_like(s))), torch.zeros_like(s)
+    )
 
 
 def _safe_atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -175,8 +177,9 @@ def matrix_to_euler(R: torch.Tensor, convention: str, warn: bool = True) -> torc
     """Euler angles from rotation matrices, like ``Rotation.from_matrix(R).as_euler(convention)``.
 
     Same algorithm as scipy (quaternion-based, Bernardes & Viollet 2022) and the same
-    angle ranges: first and third angles in ``[-π, π)``, the second in ``[0, π]`` for
-    symmetric sequences (e.g. ``"zxz"``) and in ``[-π/2, π/2]`` otherwise. At gimbal lock
+    angle ranges: every angle is wrapped to ``[-π, π)``; the second lies in ``[0, π]`` for
+    symmetric sequences (e.g. ``"zxz"``; π itself reads -π after the wrap, as in scipy)
+    and in ``[-π/2, π/2]`` otherwise. At gimbal lock
     (second angle within 1e-7 of its limits) the angle at index 2 is set to 0 and a
     ``UserWarning`` is emitted (disable with ``warn=False``), as scipy does.
 

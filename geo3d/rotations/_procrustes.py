@@ -131,8 +131,9 @@ def mean_rotation(
             f"dim: expected a batch dimension of R (not one of its last two), got {dim}"
         )
     if R.shape[d] == 0:
-        raise ValueError(f"R: expected at least one rotation along dim={dim}, got shape "
-                         f"{tuple(R.shape)}")
+        raise ValueError(
+            f"R: expected at least one rotation along dim={dim}, got shape {tuple(R.shape)}"
+        )
     if weights is None:
         M = R.mean(dim=d)
     else:

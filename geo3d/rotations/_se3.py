@@ -114,4 +114,3 @@ def se3_apply(T: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ) from None
     R, t = T[..., :3, :3], T[..., :3, 3]
     return (R @ x.unsqueeze(-1)).squeeze(-1) + t
-

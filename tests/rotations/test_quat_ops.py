@@ -1,0 +1,91 @@
+"""Quaternion algebra, slerp and distances against scipy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import geo3d.rotations as G
+
+TOL = 1e-10
+
+
+def test_multiply_conjugate_apply(random_quats, all_quats, sp):
+    p, q = random_quats[:200], all_quats[: 200]
+    pq = G.quat_multiply(p, q)
+    ref = (sp.from_quat(p) * sp.from_quat(q)).as_matrix()  # q first, then p
+    assert np.abs(G.quat_to_matrix(pq).numpy() - ref).max() < TOL
+    assert (G.quat_to_matrix(G.quat_conjugate(q)) - G.quat_to_matrix(q).mT).abs().max() < TOL
+    ident = G.quat_multiply(q, G.quat_conjugate(q))
+    assert (ident - torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)).abs().max() < 1e-14
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    assert np.abs(G.quat_apply(q, v).numpy() - sp.from_quat(q).apply(v.numpy())).max() < TOL
+    # non-unit quaternions are normalised, broadcasting over batch dims
+    out = G.quat_apply(3.0 * q[:5, None], v[None, :7])
+    assert out.shape == (5, 7, 3)
+    ref = (G.quat_to_matrix(q[:5, None]) @ v[None, :7, :, None]).squeeze(-1)
+    assert (out - ref).abs().max() < TOL
+
+
+def test_slerp_matches_scipy(random_quats, sp):
+    from scipy.spatial.transform import Slerp
+
+    q0, q1 = random_quats[:50], random_quats[50:100]
+    # include near-identical and near-antipodal pairs
+    q1 = q1.clone()
+    q1[0] = q0[0]
+    q1[1] = -q0[1]
+    q1[2] = q0[2] + 1e-9
+    q1[2] = q1[2] / q1[2].norm()
+    ts = torch.tensor([0.0, 0.1, 0.5, 0.77, 1.0], dtype=torch.float64)
+    for i in range(len(q0)):
+        key = sp.R.from_quat(torch.stack((q0[i], q1[i]))[:, [1, 2, 3, 0]].numpy())
+        ref = Slerp([0.0, 1.0], key)(ts.numpy()).as_matrix()
+        out = G.quat_to_matrix(G.quat_slerp(q0[i], q1[i], ts))
+        assert np.abs(out.numpy() - ref).max() < TOL
+    # batched t broadcasting and endpoints
+    out = G.quat_slerp(q0, q1, torch.zeros(len(q0), dtype=torch.float64))
+    assert torch.minimum((out - q0).abs().amax(-1), (out + q0).abs().amax(-1)).max() < 1e-14
+    out = G.quat_slerp(q0[:, None], q1[:, None], ts)
+    assert out.shape == (50, 5, 4) and (out[..., 0] >= 0).all()
+    # constant angular speed
+    d = G.quat_distance(q0[:, None], out)
+    full = G.quat_distance(q0, q1)
+    assert (d - full[:, None] * ts).abs().max() < 1e-12
+
+
+def test_distances_match_scipy(all_quats, random_quats, sp):
+    q1 = all_quats
+    q2 = random_quats[torch.arange(len(q1)) % len(random_quats)]
+    r1, r2 = sp.from_quat(q1), sp.from_quat(q2)
+    ref = (r1.inv() * r2).magnitude()
+    assert np.abs(G.quat_distance(q1, q2).numpy() - ref).max() < TOL
+    assert np.abs(G.quat_distance(q1, -q2).numpy() - ref).max() < TOL
+    R1 = torch.from_numpy(r1.as_matrix())
+    R2 = torch.from_numpy(r2.as_matrix())
+    assert np.abs(G.geodesic_distance(R1, R2).numpy() - ref).max() < TOL
+    # hard cases relative to the identity: angles near 0 and π to machine precision
+    eye = torch.eye(3, dtype=torch.float64).expand_as(R1)
+    ref0 = r1.magnitude()
+    assert np.abs(G.geodesic_distance(eye, R1).numpy() - ref0).max() < TOL
+    ident = torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)
+    assert np.abs(G.quat_distance(ident, q1).numpy() - ref0).max() < TOL
+    # tiny angles are resolved (not rounded to 0 as an acos would)
+    small = G.axis_angle_to_matrix(torch.tensor([[1e-9, 0.0, 0.0]], dtype=torch.float64))
+    assert abs(G.geodesic_distance(eye[:1], small).item() - 1e-9) < 1e-18
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_distance_is_invariant(dtype):
+    g = torch.Generator().manual_seed(4)
+    A, B, C = (G.random_rotation_matrix(30, generator=g, dtype=dtype) for _ in range(3))
+    d = G.geodesic_distance(A, B)
+    tol = 1e-4 if dtype == torch.float32 else 1e-12
+    assert (G.geodesic_distance(C @ A, C @ B) - d).abs().max() < tol
+    assert (G.geodesic_distance(A @ C, B @ C) - d).abs().max() < tol
+    assert (G.geodesic_distance(B, A) - d).abs().max() < tol
+    assert ((d >= 0) & (d <= math.pi)).all()
