@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -83,22 +85,32 @@ def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
     return value
 
 
+def _sqdist_cols(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    """:func:`_sqdist_exact` on per-coordinate tensors ``a[d]``, ``b[d]`` (broadcastable).
+
+    Same operations in the same order, so bitwise the same values, but the coordinates can be
+    contiguous tensors (much faster than strided slices of ``(..., D)`` tensors).
+    """
+    diff = a[0] - b[0]
+    acc = diff * diff
+    for d in range(1, len(a)):
+        diff = a[d] - b[d]
+        acc = acc + diff * diff
+    return acc
+
+
 def _sqdist_exact(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distance ``sum_d (a_d - b_d)^2`` with a fixed summation order.
 
-    ``a`` and ``b`` broadcast against each other, shapes ``(..., D)``. The sum is accumulated
-    coordinate by coordinate (d = 0, 1, ..., D-1) with elementwise operations only, so the
-    value for a given pair of points is bitwise identical whatever the shapes of the tensors
-    it is computed in. This is *the* distance that :func:`knn` ranks by. For D > 8 (feature
-    spaces) the differences are materialised and reduced with ``sum(-1)`` over the contiguous
-    last axis instead (far fewer kernel launches; same reduction order for a given D).
+    ``a`` and ``b`` broadcast against each other, shapes ``(..., D)``. For D <= 8 the sum is
+    accumulated coordinate by coordinate (d = 0, 1, ..., D-1) with elementwise operations
+    only, so the value for a given pair of points is bitwise identical whatever the shapes of
+    the tensors it is computed in. This is *the* distance that :func:`knn` ranks by. For D > 8
+    (feature spaces) the differences are materialised and reduced with ``sum(-1)`` over the
+    contiguous last axis instead (far fewer kernel launches; same reduction order for a
+    given D).
     """
     if a.shape[-1] > 8:
         diff = a - b
         return (diff * diff).sum(-1)
-    diff = a[..., 0] - b[..., 0]
-    acc = diff * diff
-    for d in range(1, a.shape[-1]):
-        diff = a[..., d] - b[..., d]
-        acc = acc + diff * diff
-    return acc
+    return _sqdist_cols(a.unbind(-1), b.unbind(-1))

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ._checks import _check_lengths, _check_points, _check_positive_int, _sqdist_exact
+from ._checks import _check_lengths, _check_points, _check_positive_int, _sqdist_cols, _sqdist_exact
 
 __all__ = ["farthest_point_sampling"]
 
@@ -63,10 +63,14 @@ def farthest_point_sampling(
     ar = torch.arange(b, device=dev)
     cur = start
     nsel = torch.minimum(lens, torch.tensor(n, device=dev))
+    cols = list(xb.movedim(-1, 0).contiguous()) if dim <= 8 else None  # D x (B, N)
     for t in range(min(n, npts)):
         active = t < nsel
         out[:, t] = torch.where(active, cur, -1)
-        d = _sqdist_exact(xb, xb[ar, cur][:, None, :])
+        if cols is not None:
+            d = _sqdist_cols(cols, [c[ar, cur][:, None] for c in cols])
+        else:
+            d = _sqdist_exact(xb, xb[ar, cur][:, None, :])
         mind = torch.minimum(mind, torch.where(valid, d, -math.inf))
         mind[ar, cur] = -math.inf  # selected: never again (even with duplicate points)
         cur = torch.argmax(mind, dim=1)  # first maximal index on ties

@@ -7,7 +7,13 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from ._checks import _check_lengths, _check_pair, _check_positive_int, _sqdist_exact
+from ._checks import (
+    _check_lengths,
+    _check_pair,
+    _check_positive_int,
+    _sqdist_cols,
+    _sqdist_exact,
+)
 
 __all__ = ["KNN", "knn"]
 
@@ -203,7 +209,7 @@ def _brute_candidates(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, n, dim = x.shape
     m = y.shape[1]
-    kc = min(m, k + max(4, k // 4))
+    kc = min(m, k)
     dev, dt = x.device, x.dtype
     inf = torch.tensor(math.inf, dtype=dt, device=dev)
     ymask = torch.arange(m, device=dev)[None] < yl[:, None]  # (B, M)
@@ -229,7 +235,7 @@ def _brute_candidates(
     else:
         bb = 1
     cand = torch.empty((b, n, kc), dtype=torch.long, device=dev)
-    kth = torch.empty((b, n), dtype=dt, device=dev)
+    nxt = torch.full((b, n), math.inf, dtype=dt, device=dev)
     for b0 in range(0, b, bb):
         b1 = min(b, b0 + bb)
         for r0 in range(0, n, rows):
@@ -240,11 +246,17 @@ def _brute_candidates(
                 ycT[b0:b1],
                 alpha=-2,
             )
-            vals, inds = block.topk(kc, dim=-1, largest=False, sorted=True)
+            if kc == 1:
+                inds = block.argmin(-1, keepdim=True)
+            else:
+                inds = block.topk(kc, dim=-1, largest=False, sorted=False).indices
             cand[b0:b1, r0:r1] = inds
-            kth[b0:b1, r0:r1] = vals[..., -1]
-            del block, vals, inds
-    bound = kth + xx - tol
+            if kc < m:
+                # the (k+1)-th smallest approximate distance bounds every excluded point
+                block.scatter_(-1, inds, math.inf)
+                nxt[b0:b1, r0:r1] = block.amin(-1)
+            del block, inds
+    bound = nxt + xx - tol
     bound = torch.where((yl <= kc)[:, None], inf, bound)
     return cand, bound
 
@@ -317,7 +329,7 @@ def _torch_cluster_candidates(
     cand = torch.full((b, n, kc), m, dtype=torch.long, device=dev)
     cand[qpos[q, 0], qpos[q, 1], slot] = rpos[r, 1]
     valid = cand < yl[:, None, None]
-    d = _sqdist_exact(x[:, :, None, :], _gather_rows(y, torch.where(valid, cand, 0)))
+    d = _cand_sqdist(x, y, torch.where(valid, cand, 0))
     d = torch.where(valid, d, -math.inf)
     rel = 4 * (dim + 4) * torch.finfo(x.dtype).eps
     bound = d.amax(-1) * (1.0 - rel)
@@ -336,6 +348,22 @@ def _gather_rows(y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     b, dim = y.shape[0], y.shape[-1]
     flat = idx.reshape(b, -1, 1).expand(-1, -1, dim)
     return y.gather(1, flat).reshape(*idx.shape, dim)
+
+
+def _cand_sqdist(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Exact squared distances ``(B, R, K)`` from ``x (B, R, D)`` to ``y[b, idx[b, r, j]]``.
+
+    ``idx (B, R, K)`` must lie in [0, M). Differentiable w.r.t. ``x`` and ``y``; for D <= 8 it
+    gathers one coordinate at a time (no ``(B, R, K, D)`` tensor).
+    """
+    b, r, kk = idx.shape
+    dim = x.shape[-1]
+    if dim > 8:
+        return _sqdist_exact(x[:, :, None, :], _gather_rows(y, idx))
+    flat = idx.reshape(b, r * kk)
+    ycols = [y[..., d].gather(1, flat).view(b, r, kk) for d in range(dim)]
+    xcols = [x[:, :, d, None] for d in range(dim)]
+    return _sqdist_cols(xcols, ycols)
 
 
 def _sort_by_dist_then_index(
@@ -369,7 +397,7 @@ def _certify(
         r1 = min(n, r0 + rows)
         c = cand[:, r0:r1]
         valid = (c >= 0) & (c < yl[:, None, None])
-        d = _sqdist_exact(x[:, r0:r1, None, :], _gather_rows(y, torch.where(valid, c, 0)))
+        d = _cand_sqdist(x[:, r0:r1], y, torch.where(valid, c, 0))
         d = d.masked_fill(~valid, math.inf)
         d, c = _sort_by_dist_then_index(d, torch.where(valid, c, m))
         if kc >= k:
@@ -401,10 +429,17 @@ def _exact_rows(
         return out
     kk = min(k, m)
     ar = torch.arange(m, device=xr.device)
-    rows = chunk_size or max(1, _budget(xr.device) // (m * 32))
+    rows = chunk_size or max(
+        1, _budget(xr.device) // (m * (32 + 2 * xr.shape[-1] * xr.element_size()))
+    )
+    dim = xr.shape[-1]
+    ycols = [c[None] for c in yv.T.contiguous()] if dim <= 8 else None
     for r0 in range(0, r, rows):
         r1 = min(r, r0 + rows)
-        d = _sqdist_exact(xr[r0:r1, None, :], yv[None])  # (c, m)
+        if ycols is not None:
+            d = _sqdist_cols([xr[r0:r1, j, None] for j in range(dim)], ycols)  # (c, m)
+        else:
+            d = _sqdist_exact(xr[r0:r1, None, :], yv[None])
         thr = d.topk(kk, dim=-1, largest=False, sorted=True).values[:, -1:]
         # every point strictly closer than the kk-th distance is in; among those AT that
         # distance the lowest indices are: encode that order in one integer key.
@@ -420,5 +455,5 @@ def _gather_sqdist(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch
     valid = idx >= 0
     if y.shape[1] == 0:
         return torch.full(idx.shape, math.inf, dtype=x.dtype, device=x.device) + 0 * x.sum()
-    d = _sqdist_exact(x[:, :, None, :], _gather_rows(y, idx.clamp(min=0)))
+    d = _cand_sqdist(x, y, idx.clamp(min=0))
     return d.masked_fill(~valid, math.inf)
