@@ -84,4 +84,3 @@ def close_up_to_sign(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def up_to_sign():
     return close_up_to_sign
-

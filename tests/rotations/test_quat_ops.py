@@ -14,7 +14,7 @@ TOL = 1e-10
 
 
 def test_multiply_conjugate_apply(random_quats, all_quats, sp):
-    p, q = random_quats[:200], all_quats[: 200]
+    p, q = random_quats[:200], all_quats[:200]
     pq = G.quat_multiply(p, q)
     ref = (sp.from_quat(p) * sp.from_quat(q)).as_matrix()  # q first, then p
     assert np.abs(G.quat_to_matrix(pq).numpy() - ref).max() < TOL
