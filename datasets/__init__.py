@@ -15,6 +15,7 @@ from geo3d.datasets._io import (
     save_mesh,
     save_point_cloud,
 )
+from geo3d.datasets._seeded import SeededTransformDataset
 from geo3d.datasets._transforms import (
     Center,
     Compose,
@@ -62,6 +63,7 @@ __all__ = [
     "Normalize",
     "haar_rotation",
     "sample_generator",
+    "SeededTransformDataset",
     # Breaking Bad
     "BreakingBad",
     "BreakingBadError",

@@ -360,6 +360,7 @@ class BreakingBad(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = len(self)
+        index = int(index)  # numpy / 0-d tensor indices from samplers
         if not -n <= index < n:
             raise IndexError(f"index: expected in [-{n}, {n}), got {index}")
         index = index % n

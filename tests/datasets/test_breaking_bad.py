@@ -201,6 +201,8 @@ class TestSeeding:
         assert not torch.equal(a["rot"], b["rot"])
         ds.set_epoch(0)
         assert torch.equal(ds[3]["rot"], a["rot"])
+        assert torch.equal(ds[np.int64(3)]["rot"], a["rot"])
+        assert torch.equal(ds[-3]["rot"], a["rot"])  # len 6: -3 is index 3
         assert not torch.equal(BreakingBad(bb_root, max_parts=4, num_points=32, seed=8)[3]["rot"],
                                a["rot"])
 

@@ -195,3 +195,39 @@ class TestOthers:
             out = Compose([RandomSE3(), RandomSubsample(10), FarthestPointSubsample(5),
                            Jitter()])(x, g)
             assert out["points"].device.type == "cuda"
+
+
+class _Clouds(torch.utils.data.Dataset):
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        return _cloud(n=16, seed=i), i
+
+
+def test_seeded_dataset_same_for_any_worker_count():
+    from geo3d.datasets import SeededTransformDataset
+    from torch.utils.data import DataLoader
+
+    ds = SeededTransformDataset(_Clouds(), Compose([RandomRotation(), Jitter(),
+                                                    RandomSubsample(8)]), seed=3)
+
+    def run(workers):
+        loader = DataLoader(ds, batch_size=2, num_workers=workers,
+                            persistent_workers=workers > 0,
+                            collate_fn=lambda b: (torch.stack([x[0]["points"] for x in b]),
+                                                  [x[1] for x in b]))
+        out = []
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            out.append(torch.cat([pts for pts, _ in loader]))
+        ds.set_epoch(0)
+        return out
+
+    ref, got = run(0), run(2)
+    assert not torch.equal(ref[0], ref[1])
+    assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
+    pts, label = ds[4]
+    assert label == 4 and pts["points"].shape == (8, 3)
+    with pytest.raises(ValueError, match="seed"):
+        SeededTransformDataset(_Clouds(), Jitter(), seed=None)
