@@ -1,6 +1,7 @@
 """Loader for the Breaking Bad fracture-reassembly dataset (and data in its layout).
 
-Layout (as published at breaking-bad-dataset.github.io, after ``decompress.py``)::
+Layout (as published at breaking-bad-dataset.github.io, after ``decompress.py``; split
+files directly in ROOT, as ``multi_part_assembly`` configures them, are accepted too)::
 
     ROOT/
       data_split/{everyday,artifact,other}.{train,val}.txt
@@ -243,7 +244,10 @@ class BreakingBad(Dataset):
     def _build_index(self) -> list[tuple[str, list[Path]]]:
         samples: list[tuple[str, list[Path]]] = []
         for subset in self.subsets:
-            split_file = self.root / "data_split" / f"{subset}.{self.split}.txt"
+            fname = f"{subset}.{self.split}.txt"
+            split_file = self.root / "data_split" / fname
+            if not split_file.is_file() and (self.root / fname).is_file():
+                split_file = self.root / fname  # multi_part_assembly keeps them in ROOT
             if not split_file.is_file():
                 raise FileNotFoundError(
                     f"root: expected the split file {str(split_file)!r} (layout "
@@ -274,17 +278,19 @@ class BreakingBad(Dataset):
         return samples
 
     def _index_fracture(self, frac: Path) -> tuple[str, list[Path]] | None:
-        pieces = sorted((f for f in frac.iterdir()
-                         if f.is_file() and f.suffix.lower() in MESH_EXTENSIONS
-                         and not f.name.startswith(".")),
-                        key=lambda f: _natural_key(f.name))
-        if not pieces:
+        with os.scandir(frac) as it:  # one syscall per folder, d_type for is_file
+            entries = [e for e in it
+                       if not e.name.startswith(".") and e.is_file()
+                       and os.path.splitext(e.name)[1].lower() in MESH_EXTENSIONS]
+        if not entries:
             self._problem(frac, "fracture folder has no piece meshes")
             return None
-        empty = [p for p in pieces if p.stat().st_size == 0]
+        entries.sort(key=lambda e: _natural_key(e.name))
+        empty = [e for e in entries if e.stat().st_size == 0]
         if empty:
-            self._problem(empty[0], "piece mesh is empty (0 bytes)")
+            self._problem(empty[0].path, "piece mesh is empty (0 bytes)")
             return None
+        pieces = [frac / e.name for e in entries]
         if not self.min_parts <= len(pieces) <= self.max_parts:
             self.num_filtered += 1
             return None

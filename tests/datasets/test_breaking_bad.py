@@ -83,6 +83,12 @@ class TestIndex:
         root = write_layout(tmp_path / "r", val=("obj_c",))
         assert len(_quiet(root=root, split="train", num_points=8)) == 4
         assert len(_quiet(root=root, split="val", num_points=8)) == 2
+        # split files directly in ROOT (multi_part_assembly's placement) are found too
+        for f in (root / "data_split").iterdir():
+            f.rename(root / f.name)
+        assert len(_quiet(root=root, split="val", num_points=8)) == 2
+        for f in root.glob("*.txt"):
+            f.rename(root / "data_split" / f.name)
         # artifact: no category level; a line may also name a fracture folder directly
         art = root / "artifact" / "39084_sf" / "fractured_3"
         art.mkdir(parents=True)
