@@ -10,7 +10,13 @@ import torch
 from geo3d.groups import Group
 from geo3d.reps import Rep
 
-__all__ = ["EquivarianceReport", "assert_equivariant", "equivariance_error", "elements_to_test"]
+__all__ = [
+    "EquivarianceError",
+    "EquivarianceReport",
+    "assert_equivariant",
+    "equivariance_error",
+    "elements_to_test",
+]
 
 RepSpec = Rep | Sequence[Rep | None] | None
 
@@ -80,6 +86,22 @@ def _outputs(y, n: int, is_tuple: bool) -> tuple[torch.Tensor, ...]:
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"fn: output {k} must be a torch.Tensor, got {type(t).__name__}")
     return ys
+
+
+class EquivarianceError(AssertionError):
+    """Raised by :func:`assert_equivariant`; carries the per-element results.
+
+    Attributes:
+        errors: per-element errors ``(k,)``.
+        labels: one description per tested element.
+        worst: index of the worst element.
+    """
+
+    def __init__(self, message: str, errors: torch.Tensor, labels: list[str], worst: int):
+        super().__init__(message)
+        self.errors = errors
+        self.labels = labels
+        self.worst = worst
 
 
 @dataclass
@@ -248,7 +270,7 @@ def assert_equivariant(
         the per-element errors, shape ``(k,)``.
 
     Raises:
-        AssertionError: naming the worst element (its label, error and tolerance) and how
+        EquivarianceError: (an ``AssertionError``) naming the worst element (its label, error and tolerance) and how
             many elements failed.
     """
     if not (atol >= 0 and rtol >= 0):
@@ -279,10 +301,13 @@ def assert_equivariant(
         )
         failed = [rep.labels[i] for i in torch.nonzero(bad).flatten().tolist()]
         more = "" if len(failed) <= 5 else f", ... ({len(failed) - 5} more)"
-        raise AssertionError(
+        raise EquivarianceError(
             f"{fname} is not equivariant under {group!r}: {len(failed)} of {len(rep.labels)} "
             f"tested elements exceed the tolerance. Worst: element {worst} "
             f"({rep.labels[worst]}) with error {float(rep.errors[worst]):.3e} > {tol_txt}. "
-            f"Failing: {', '.join(failed[:5])}{more}."
+            f"Failing: {', '.join(failed[:5])}{more}.",
+            rep.errors,
+            rep.labels,
+            worst,
         )
     return rep.errors
