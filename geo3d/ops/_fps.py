@@ -45,7 +45,7 @@ def farthest_point_sampling(
     batch_shape = x.shape[:-2]
     npts, dim = x.shape[-2], x.shape[-1]
     lens = _check_lengths("lengths", lengths, batch_shape, npts, x.device)
-    xb = x.detach().reshape(-1, npts, dim)
+    xb = x.detach().reshape(math.prod(batch_shape), npts, dim)
     b = xb.shape[0]
     dev = x.device
     out = torch.full((b, n), -1, dtype=torch.long, device=dev)

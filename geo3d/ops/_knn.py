@@ -114,8 +114,9 @@ def knn(
     m = y.shape[-2]
     xl = _check_lengths("x_lengths", x_lengths, batch_shape, n, x.device)
     yl = _check_lengths("y_lengths", y_lengths, batch_shape, m, x.device)
-    xb = x.reshape(-1, n, dim)
-    yb = y.reshape(-1, m, dim)
+    nb = math.prod(batch_shape)
+    xb = x.reshape(nb, n, dim)
+    yb = y.reshape(nb, m, dim)
     backend = _resolve_backend(backend, x.device, n, m, dim)
 
     if xb.shape[0] == 0 or n == 0 or m == 0:
