@@ -228,3 +228,40 @@ class TestNormalize:
             normalize_points(torch.zeros(5, 3), torch.ones(4, dtype=torch.bool))
         with pytest.raises(ValueError, match="mode"):
             normalize_points(torch.zeros(5, 3), mode="cube")
+
+
+class TestEquivariance:
+    """Sampling and normalisation commute with rigid motions (geo3d.testing)."""
+
+    def test_normalize_points(self):
+        from geo3d.groups import O3, SE3
+        from geo3d.reps import Points, Vector
+        from geo3d.testing import assert_equivariant
+
+        g = torch.Generator().manual_seed(0)
+        pts = torch.randn(2, 40, 3, generator=g, dtype=torch.float64)
+        assert_equivariant(lambda x: normalize_points(x)[0], SE3(), Points(SE3()),
+                           Vector(SE3()), inputs=(pts,), atol=1e-9, generator=g)
+        assert_equivariant(lambda x: normalize_points(x)[0], O3(), Vector(O3()),
+                           Vector(O3()), inputs=(pts,), atol=1e-9, generator=g)
+        # the scale is invariant, the centre moves with the points
+        assert_equivariant(lambda x: normalize_points(x)[2], SE3(), Points(SE3()),
+                           None, inputs=(pts,), atol=1e-9, generator=g)
+        assert_equivariant(lambda x: normalize_points(x)[1], SE3(), Points(SE3()),
+                           Points(SE3()), inputs=(pts,), atol=1e-9, generator=g)
+
+    def test_sample_surface(self):
+        from geo3d.groups import SE3
+        from geo3d.reps import Points, Vector
+        from geo3d.testing import assert_equivariant
+
+        box = _box()
+        v = torch.as_tensor(np.array(box.vertices))
+        f = torch.as_tensor(np.array(box.faces))
+
+        def sample(verts):
+            pts, nrm, _ = sample_surface(verts, f, 300, generator=torch.Generator().manual_seed(5))
+            return pts, nrm
+
+        assert_equivariant(sample, SE3(), Points(SE3()), (Points(SE3()), Vector(SE3())),
+                           inputs=(v,), atol=1e-9, generator=torch.Generator().manual_seed(1))

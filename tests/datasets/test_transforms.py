@@ -231,3 +231,15 @@ def test_seeded_dataset_same_for_any_worker_count():
     assert label == 4 and pts["points"].shape == (8, 3)
     with pytest.raises(ValueError, match="seed"):
         SeededTransformDataset(_Clouds(), Jitter(), seed=None)
+
+
+def test_center_and_normalize_are_se3_equivariant():
+    from geo3d.groups import SE3
+    from geo3d.reps import Points, Vector
+    from geo3d.testing import assert_equivariant
+
+    g = torch.Generator().manual_seed(0)
+    pts = _cloud(2, n=30)
+    for t in (Center(), Normalize()):
+        assert_equivariant(lambda x, t=t: t(x)["points"], SE3(), Points(SE3()),
+                           Vector(SE3()), inputs=(pts,), atol=1e-9, generator=g)
