@@ -123,13 +123,17 @@ class VNDGCNN(nn.Module):
         mask = check_points_mask(points, mask)
         x = center_points(points, mask) if self.center else zero_padded(points, mask)
         feats = x.transpose(1, 2).unsqueeze(1)  # (B, 1, 3, N)
+        # Without padding (and with k <= N) the masked code paths are skipped (same result).
+        dense = bool(mask.all()) and self.k <= x.shape[1]
+        pmask = None if dense else mask
         outs = []
         for conv, pool in zip(self.convs, self.pools, strict=True):
-            idx, nmask = masked_knn(_vn_to_points(feats), self.k, mask)
+            idx, nmask = masked_knn(_vn_to_points(feats), self.k, pmask)
+            nmask = None if dense else nmask
             e = vn_edge_features(feats, idx, cross=self.cross)  # (B, mult*C, 3, N, k)
             feats = pool(conv(e, nmask), nmask)  # (B, h, 3, N)
             outs.append(feats)
-        h = self.conv_out(torch.cat(outs, dim=1), mask)  # (B, F, 3, N)
+        h = self.conv_out(torch.cat(outs, dim=1), pmask)  # (B, F, 3, N)
         return _readout(h, mask, self.global_pool, self.std)
 
 
@@ -194,12 +198,15 @@ class VNPointNet(nn.Module):
         mask = check_points_mask(points, mask)
         x = center_points(points, mask) if self.center else zero_padded(points, mask)
         feats = x.transpose(1, 2).unsqueeze(1)  # (B, 1, 3, N)
-        idx, nmask = masked_knn(x, self.k, mask)
+        dense = bool(mask.all()) and self.k <= x.shape[1]
+        pmask = None if dense else mask
+        idx, nmask = masked_knn(x, self.k, pmask)
+        nmask = None if dense else nmask
         e = vn_edge_features(feats, idx, cross=self.cross)
         h = self.pool_pos(self.conv_pos(e, nmask), nmask)  # (B, h0, 3, N)
         for layer in self.mlp:
-            h = layer(h, mask)
+            h = layer(h, pmask)
         h = self.lin_out(h)
         if self.bn_out is not None:
-            h = self.bn_out(h, mask)
+            h = self.bn_out(h, pmask)
         return _readout(h, mask, self.global_pool, self.std)
