@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import re
 import shutil
 from pathlib import Path
@@ -92,7 +94,7 @@ def test_pieces_on_disk_tile_the_object(generated):
                 )
                 for p in pieces
             ]
-            union = manifold3d.Manifold.batch_boolean(solids, manifold3d.OpType.Add)
+            union = functools.reduce(operator.add, solids)  # (batch_boolean is less exact)
             assert abs(union.volume() - original.volume) <= 1e-6 * original.volume
 
 
