@@ -325,8 +325,13 @@ class BreakingBad(Dataset):
 
     def _piece_points(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """Canonical (object-frame) sampled points and normals of one piece, cached."""
+        # The sampling seed mixes sample_seed with the piece's path relative to ROOT, so
+        # the path is part of the key too: byte-identical pieces in two folders get their
+        # own entries and the result never depends on which one was read first.
+        rel = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) \
+            else path.as_posix()
         options = {"v": _SAMPLER_VERSION, "num_points": self.num_points,
-                   "sample_seed": self.sample_seed}
+                   "sample_seed": self.sample_seed, "path": rel}
         key = None
         if self.cache is not None:
             if not path.is_file():
@@ -336,8 +341,6 @@ class BreakingBad(Dataset):
             if hit is not None and hit.get("points", np.empty(0)).shape == (self.num_points, 3):
                 return hit["points"], hit["normals"]
         mesh = load_mesh(path)
-        rel = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) \
-            else path.as_posix()
         digest = hashlib.sha256(f"{self.sample_seed}:{rel}".encode()).digest()
         gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
         v = torch.as_tensor(np.array(mesh.vertices), dtype=torch.float64)

@@ -402,3 +402,23 @@ def test_ground_truth_is_equivariant_to_moving_the_files(bb_root, tmp_path):
             n = a["num_parts"]
             expected = _assemble(a)[:n] @ g[:3, :3].T + g[:3, 3]
             torch.testing.assert_close(_assemble(b)[:n], expected, atol=1e-5, rtol=0)
+
+
+def test_identical_piece_files_do_not_share_a_cache_entry(bb_root, tmp_path):
+    """Sampling is seeded by the piece's path; the cache must not mix two such pieces."""
+    import shutil
+
+    src = bb_root / "everyday/Bottle/obj_a/fractured_0"
+    shutil.copytree(src, bb_root / "everyday/Bottle/obj_a/fractured_1")  # byte-identical
+    kw = dict(max_parts=4, num_points=32, seed=0, rotate=False, shuffle_points=False)
+    fresh = BreakingBad(bb_root, **kw, cache=False)
+    forward = BreakingBad(bb_root, **kw, cache_dir=tmp_path / "c1")
+    backward = BreakingBad(bb_root, **kw, cache_dir=tmp_path / "c2")
+    names = [n for n, _ in fresh.samples]
+    i0, i1 = names.index("everyday/Bottle/obj_a/fractured_0"), names.index(
+        "everyday/Bottle/obj_a/fractured_1")
+    a = [forward[i0]["points"], forward[i1]["points"]]
+    b = [backward[i1]["points"], backward[i0]["points"]][::-1]  # other access order
+    c = [fresh[i0]["points"], fresh[i1]["points"]]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
