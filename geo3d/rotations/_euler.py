@@ -140,9 +140,15 @@ def quat_to_euler(q: torch.Tensor, convention: str, warn: bool = True) -> torch.
     else:
         a, b, c, d = qw - qj, qi + qk * sign, qj + qw, qk * sign - qi
     eps = 1e-7
-    half_sum = _safe_atan2(b, a)
-    half_diff = _safe_atan2(d, c)
-    mid = 2.0 * torch.atan2(_nz_hypot(c, d), _nz_hypot(a, b))
+    if torch.is_grad_enabled() and q.requires_grad:
+        # zero (not NaN) gradients at the (0, 0) points met at gimbal lock
+        half_sum = _safe_atan2(b, a)
+        half_diff = _safe_atan2(d, c)
+        mid = 2.0 * torch.atan2(_nz_hypot(c, d), _nz_hypot(a, b))
+    else:
+        half_sum = torch.atan2(b, a)
+        half_diff = torch.atan2(d, c)
+        mid = 2.0 * torch.atan2(torch.hypot(c, d), torch.hypot(a, b))
     case1 = mid.abs() <= eps
     case2 = (mid - math.pi).abs() <= eps
     case0 = ~(case1 | case2)

@@ -1,0 +1,107 @@
+"""Shared helpers for geo3d benchmarks: device names, environment info, timing, JSON output.
+
+Usage from another benchmark::
+
+    from _common import device_name, env_info, measure, write_json_atomic  # run as a script
+    # or: from benchmarks._common import ...                          # from the repo root
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def cpu_name() -> str:
+    """CPU model name from /proc/cpuinfo (falls back to :func:`platform.processor`)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str | torch.device) -> str:
+    """Human-readable name of ``device`` (CPU model or ``torch.cuda.get_device_name``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def env_info(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Device, library versions, thread count and UTC time, for the top of a result file."""
+    info: dict[str, Any] = {
+        "device": str(device),
+        "device_name": device_name(device),
+        "cpu_name": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        info["loadavg_1min"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    for mod in ("numpy", "scipy", "roma", "pytorch3d"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # not installed (or no __version__)
+            info[mod] = None
+    return info
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (temp file in the same folder + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def measure(
+    fn: Callable[[], Any],
+    device: str | torch.device = "cpu",
+    min_run_time: float = 0.2,
+    rounds: int = 3,
+    label: str = "",
+) -> dict[str, float]:
+    """Time ``fn()`` with :mod:`torch.utils.benchmark` (CUDA-synchronised).
+
+    Runs ``rounds`` blocked autoranges and reports the smallest median (robust on a shared
+    machine: interference only ever adds time) and every round's median, in seconds.
+    """
+    from torch.utils.benchmark import Timer
+
+    timer = Timer(stmt="fn()", globals={"fn": fn}, label=label)
+    medians = []
+    for _ in range(rounds):
+        m = timer.blocked_autorange(min_run_time=min_run_time)
+        medians.append(float(m.median))
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+    return {"time_s": min(medians), "round_medians_s": medians}

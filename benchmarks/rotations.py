@@ -1,0 +1,310 @@
+#!/usr/bin/env python
+"""Benchmark geo3d.rotations against roma, scipy (and pytorch3d when installed).
+
+For every shared conversion, at batch sizes 1e3 and 1e6, float32, on CPU and on CUDA when
+available: eager geo3d, roma, scipy (CPU only, float64 internally), pytorch3d (if
+importable), the fused geo3d path (``geo3d.rotations.fused``, torch.compile; large batches
+only) and the memory-bandwidth bound. The bound is the time of ``x.clone()`` where ``x``
+holds as many bytes as the conversion's input + output (``copy_io``); ``copy_traffic`` is
+a clone with the same total memory traffic as the conversion (half as many bytes) and is
+recorded for reference. Prints a table with ratios; writes
+``benchmarks/results/rotations_<device>.json`` atomically.
+
+    .venv/bin/python benchmarks/rotations.py                 # full run (a few minutes)
+    .venv/bin/python benchmarks/rotations.py --sizes 1000 --no-fused   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, env_info, measure, write_json_atomic  # noqa: E402
+
+import geo3d.rotations as G  # noqa: E402
+
+
+def _optional(name: str):
+    try:
+        return __import__(name, fromlist=["_"])
+    except Exception:
+        return None
+
+
+def make_cases(n: int, device: str, dtype: torch.dtype, seed: int = 0) -> list[dict[str, Any]]:
+    """Inputs and callables for every conversion (inputs prepared outside the timing)."""
+    roma = _optional("roma")
+    p3d = _optional("pytorch3d.transforms")
+    from scipy.spatial.transform import Rotation
+
+    g = torch.Generator().manual_seed(seed)
+    q = G.random_quat(n, generator=g, dtype=dtype).to(device)
+    q2 = G.random_quat(n, generator=g, dtype=dtype).to(device)
+    R = G.quat_to_matrix(q)
+    R2 = G.quat_to_matrix(q2)
+    v = G.quat_to_axis_angle(q)
+    x6 = G.matrix_to_sixd(R) + 0.1 * torch.randn(n, 6, generator=g, dtype=dtype).to(device)
+    ang = G.matrix_to_euler(R, "xyz", warn=False)
+    pts = torch.randn(n, 3, generator=g, dtype=dtype).to(device)
+    # roma uses xyzw quaternions and (..., 3, 2) matrices for 6D: give it its native layout.
+    qx, q2x = q[:, [1, 2, 3, 0]].contiguous(), q2[:, [1, 2, 3, 0]].contiguous()
+    m32 = x6.view(n, 2, 3).transpose(-1, -2).contiguous()
+    cpu = device == "cpu"
+    npq = qx.double().cpu().numpy() if cpu else None
+    npR = R.double().cpu().numpy() if cpu else None
+    npv = v.double().cpu().numpy() if cpu else None
+    npa = ang.double().cpu().numpy() if cpu else None
+    npp = pts.double().cpu().numpy() if cpu else None
+    r1 = Rotation.from_quat(npq) if cpu else None
+    r2 = Rotation.from_quat(q2x.double().cpu().numpy()) if cpu else None
+
+    def c(name, inputs, geo, rm=None, sc=None, pt=None):
+        return {
+            "name": name,
+            "inputs": inputs,
+            "geo3d": geo,
+            "roma": rm if roma else None,
+            "scipy": sc if cpu else None,
+            "pytorch3d": pt if p3d else None,
+        }
+
+    T = p3d
+    return [
+        c(
+            "quat_to_matrix",
+            (q,),
+            lambda: G.quat_to_matrix(q),
+            lambda: roma.unitquat_to_rotmat(qx),
+            lambda: Rotation.from_quat(npq).as_matrix(),
+            lambda: T.quaternion_to_matrix(q),
+        ),
+        c(
+            "matrix_to_quat",
+            (R,),
+            lambda: G.matrix_to_quat(R),
+            lambda: roma.rotmat_to_unitquat(R),
+            lambda: Rotation.from_matrix(npR).as_quat(),
+            lambda: T.matrix_to_quaternion(R),
+        ),
+        c(
+            "axis_angle_to_matrix",
+            (v,),
+            lambda: G.axis_angle_to_matrix(v),
+            lambda: roma.rotvec_to_rotmat(v),
+            lambda: Rotation.from_rotvec(npv).as_matrix(),
+            lambda: T.axis_angle_to_matrix(v),
+        ),
+        c(
+            "matrix_to_axis_angle",
+            (R,),
+            lambda: G.matrix_to_axis_angle(R),
+            lambda: roma.rotmat_to_rotvec(R),
+            lambda: Rotation.from_matrix(npR).as_rotvec(),
+            lambda: T.matrix_to_axis_angle(R),
+        ),
+        c(
+            "axis_angle_to_quat",
+            (v,),
+            lambda: G.axis_angle_to_quat(v),
+            lambda: roma.rotvec_to_unitquat(v),
+            lambda: Rotation.from_rotvec(npv).as_quat(),
+            lambda: T.axis_angle_to_quaternion(v),
+        ),
+        c(
+            "quat_to_axis_angle",
+            (q,),
+            lambda: G.quat_to_axis_angle(q),
+            lambda: roma.unitquat_to_rotvec(qx),
+            lambda: Rotation.from_quat(npq).as_rotvec(),
+            lambda: T.quaternion_to_axis_angle(q),
+        ),
+        c(
+            "sixd_to_matrix",
+            (x6,),
+            lambda: G.sixd_to_matrix(x6),
+            lambda: roma.special_gramschmidt(m32),
+            None,
+            lambda: T.rotation_6d_to_matrix(x6),
+        ),
+        c(
+            "euler_to_matrix",
+            (ang,),
+            lambda: G.euler_to_matrix(ang, "xyz"),
+            lambda: roma.euler_to_rotmat("xyz", ang),
+            lambda: Rotation.from_euler("xyz", npa).as_matrix(),
+            lambda: T.euler_angles_to_matrix(ang, "ZYX"),
+        ),
+        c(
+            "matrix_to_euler",
+            (R,),
+            lambda: G.matrix_to_euler(R, "xyz"),
+            lambda: roma.rotmat_to_euler("xyz", R),
+            lambda: Rotation.from_matrix(npR).as_euler("xyz"),
+            lambda: T.matrix_to_euler_angles(R, "ZYX"),
+        ),
+        c(
+            "quat_multiply",
+            (q, q2),
+            lambda: G.quat_multiply(q, q2),
+            lambda: roma.quat_product(qx, q2x),
+            lambda: (r1 * r2).as_quat(),
+            lambda: T.quaternion_raw_multiply(q, q2),
+        ),
+        c(
+            "quat_apply",
+            (q, pts),
+            lambda: G.quat_apply(q, pts),
+            lambda: roma.quat_action(qx, pts, is_normalized=True),
+            lambda: r1.apply(npp),
+            lambda: T.quaternion_apply(q, pts),
+        ),
+        c(
+            "geodesic_distance",
+            (R, R2),
+            lambda: G.geodesic_distance(R, R2),
+            lambda: roma.rotmat_geodesic_distance(R, R2),
+            lambda: (r1.inv() * r2).magnitude(),
+            lambda: T.so3_relative_angle(R, R2),
+        ),
+    ]
+
+
+FUSABLE = set(G.FUSED_FUNCTIONS)
+
+
+def _fused_call(name: str, inputs: tuple) -> Callable[[], Any]:
+    f = G.fused(name)
+    if name == "euler_to_matrix":
+        return lambda: f(*inputs, "xyz")
+    if name == "matrix_to_euler":
+        return lambda: f(*inputs, "xyz")
+    return lambda: f(*inputs)
+
+
+def run(device: str, sizes: list[int], fused: bool, rounds: int, min_time: float) -> dict:
+    dtype = torch.float32
+    env = env_info(device)
+    rows = []
+    for n in sizes:
+        mt = min_time if n <= 10_000 else max(min_time, 0.5)
+        for case in make_cases(n, device, dtype):
+            name = case["name"]
+            out = case["geo3d"]()
+            in_bytes = sum(t.numel() * t.element_size() for t in case["inputs"])
+            out_bytes = out.numel() * out.element_size()
+            row: dict[str, Any] = {
+                "conversion": name,
+                "batch": n,
+                "dtype": "float32",
+                "device": device,
+                "in_bytes": in_bytes,
+                "out_bytes": out_bytes,
+                "times_s": {},
+                "rounds": {},
+            }
+            impls = ["geo3d", "roma", "scipy", "pytorch3d"]
+            calls = {k: case[k] for k in impls if case[k] is not None}
+            io = torch.empty((in_bytes + out_bytes) // 4, dtype=dtype, device=device)
+            half = torch.empty((in_bytes + out_bytes) // 8, dtype=dtype, device=device)
+            calls["copy_io"] = io.clone
+            calls["copy_traffic"] = half.clone
+            if fused and n >= 100_000 and name in FUSABLE:
+                t0 = time.perf_counter()
+                with warnings.catch_warnings(record=True) as w:
+                    warnings.simplefilter("always")
+                    fcall = _fused_call(name, case["inputs"])
+                    fout = fcall()
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                row["fused_compile_s"] = time.perf_counter() - t0
+                row["fused_warnings"] = [
+                    str(x.message) for x in w if "Gimbal" not in str(x.message)
+                ]
+                row["fused_max_abs_diff"] = float((fout - out).abs().max())
+                calls["geo3d_fused"] = fcall
+            for k, fn in calls.items():
+                r = 1 if k == "scipy" and n > 10_000 else rounds
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    m = measure(fn, device=device, min_run_time=mt, rounds=r, label=name)
+                row["times_s"][k] = m["time_s"]
+                row["rounds"][k] = m["round_medians_s"]
+            t = row["times_s"]
+            row["ratio_geo3d_over_roma"] = t["geo3d"] / t["roma"] if "roma" in t else None
+            if "geo3d_fused" in t:
+                row["ratio_fused_over_copy_io"] = t["geo3d_fused"] / t["copy_io"]
+                row["ratio_fused_over_copy_traffic"] = t["geo3d_fused"] / t["copy_traffic"]
+                row["ratio_fused_over_roma"] = t["geo3d_fused"] / t["roma"] if "roma" in t else None
+            rows.append(row)
+            _print_row(row)
+    return {
+        "benchmark": "rotations",
+        "env": env,
+        "timing": {
+            "statistic": "min over rounds of torch.utils.benchmark blocked_autorange medians",
+            "rounds": rounds,
+            "min_run_time_s": min_time,
+            "bandwidth_bound": "copy_io = clone of a buffer of in_bytes + out_bytes bytes; "
+            "copy_traffic = clone of (in_bytes + out_bytes)/2 bytes",
+        },
+        "results": rows,
+    }
+
+
+def _fmt(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return f"{t * 1e6:9.1f}us" if t < 1e-3 else f"{t * 1e3:9.2f}ms"
+
+
+HEADER = (
+    f"{'conversion':22s} {'batch':>8s} {'geo3d':>11s} {'roma':>11s} {'scipy':>11s} "
+    f"{'pt3d':>11s} {'fused':>11s} {'copy_io':>11s} {'g/roma':>7s} {'fused/copy':>10s}"
+)
+
+
+def _print_row(r: dict) -> None:
+    t = r["times_s"]
+    ratio = r["ratio_geo3d_over_roma"]
+    fr = r.get("ratio_fused_over_copy_io")
+    print(
+        f"{r['conversion']:22s} {r['batch']:>8d} {_fmt(t.get('geo3d')):>11s} "
+        f"{_fmt(t.get('roma')):>11s} {_fmt(t.get('scipy')):>11s} "
+        f"{_fmt(t.get('pytorch3d')):>11s} {_fmt(t.get('geo3d_fused')):>11s} "
+        f"{_fmt(t.get('copy_io')):>11s} "
+        f"{(f'{ratio:.2f}' if ratio else '-'):>7s} {(f'{fr:.2f}' if fr else '-'):>10s}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 1_000_000])
+    p.add_argument("--devices", nargs="+", default=None, help="default: cpu (+cuda if present)")
+    p.add_argument("--no-fused", action="store_true", help="skip the torch.compile path")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--min-time", type=float, default=0.2, help="seconds per autorange")
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    a = p.parse_args(argv)
+    devices = a.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    for dev in devices:
+        print(
+            f"== {dev}: {env_info(dev)['device_name']}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, float32"
+        )
+        print(HEADER)
+        res = run(dev, a.sizes, not a.no_fused, a.rounds, a.min_time)
+        path = write_json_atomic(a.out_dir / f"rotations_{dev}.json", res)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
