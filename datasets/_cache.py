@@ -42,9 +42,12 @@ class ArrayCache:
 
     Args:
         root: the cache folder (created on first write).
-        hash_mode: ``"content"`` (default) hashes the file bytes on each lookup (reading
-            bytes, not parsing the mesh); ``"stat"`` uses path + size + mtime instead,
-            faster on slow disks but blind to an edit that keeps size and mtime.
+        hash_mode: ``"content"`` (default): the key holds the SHA-256 of the file bytes.
+            Like git's index, the digest is remembered in this process per
+            (path, size, mtime_ns, inode), so a file is hashed again only after it changed
+            on disk; a new process (or a new ``ArrayCache``) hashes every file once.
+            ``"stat"``: the key holds path + size + mtime instead of the digest (no
+            reading at all, blind to an edit that keeps size and mtime).
 
     Attributes:
         hits, misses: counters of :meth:`get` outcomes in this process.
@@ -57,13 +60,22 @@ class ArrayCache:
         self.hash_mode = hash_mode
         self.hits = 0
         self.misses = 0
+        #: number of files hashed by this object (digests are memoised by stat)
+        self.hashed = 0
+        self._digests: dict[tuple[str, int, int, int], str] = {}
 
     def source_id(self, path: str | os.PathLike) -> str:
         """The part of the key that identifies the source file."""
-        if self.hash_mode == "content":
-            return file_digest(path)
         st = os.stat(path)
-        return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+        if self.hash_mode == "stat":
+            return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
+        memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        digest = self._digests.get(memo)
+        if digest is None:
+            digest = file_digest(path)
+            self.hashed += 1
+            self._digests[memo] = digest
+        return digest
 
     def key(self, path: str | os.PathLike, options: dict[str, Any]) -> str:
         """Cache key (hex) for a source file and a JSON-serialisable dict of options."""
