@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
@@ -20,20 +22,6 @@ __all__ = [
 # terms kept). They keep values accurate and gradients finite at θ = 0: the other branch is
 # evaluated at a safe dummy input, so that torch.where's unused branch has no NaN gradient.
 _SMALL = 1e-3
-
-
-def _sin_over_x_and_1mcos_over_x2(t2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sin θ/θ, (1 - cos θ)/θ²) as functions of θ² (smooth at 0)."""
-    small = t2 < _SMALL
-    t2s = torch.where(small, torch.ones_like(t2), t2)
-    t = torch.sqrt(t2s)
-    h = 0.5 * t
-    sh = torch.sin(h)
-    big_a = torch.sin(t) / t
-    big_b = 2.0 * (sh / t) ** 2  # 2 sin²(θ/2)/θ² : no cancellation
-    sm_a = 1.0 - t2 / 6.0 * (1.0 - t2 / 20.0 * (1.0 - t2 / 42.0))
-    sm_b = 0.5 - t2 / 24.0 * (1.0 - t2 / 30.0 * (1.0 - t2 / 56.0))
-    return torch.where(small, sm_a, big_a), torch.where(small, sm_b, big_b)
 
 
 def so3_hat(omega: torch.Tensor) -> torch.Tensor:
@@ -77,16 +65,20 @@ def axis_angle_to_matrix(v: torch.Tensor) -> torch.Tensor:
         Rotation matrices, shape :math:`(*, 3, 3)`.
     """
     check_tensor("v", v, (3,))
-    t2 = (v * v).sum(-1, keepdim=True)
     if values_enabled():
-        check_finite("v", t2)
-    a, b = _sin_over_x_and_1mcos_over_x2(t2)
+        check_finite("v", v)
+    # sin θ/θ = sinc(θ/π) and (1 - cos θ)/θ² = sinc(θ/2π)²/2: smooth, exact at θ = 0, and
+    # vector_norm has a zero (not NaN) gradient at 0, so the gradient at v = 0 is exact.
+    th = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    a = torch.sinc(th * (1.0 / math.pi))
+    hb = torch.sinc(th * (0.5 / math.pi))
+    b = 0.5 * hb * hb
     # R = I + a [v]x + b [v]x² = (1 - b θ²) I + b v vᵀ + a [v]x
     bv = b * v
     p = bv * v  # b (xx, yy, zz)
     q = bv * v.index_select(-1, _idx(v.device, 1))  # b (xy, yz, zx)
     r = a * v.index_select(-1, _idx(v.device, 2))  # a (z, x, y)
-    d = (1.0 - b * t2) + p
+    d = (1.0 - p.sum(-1, keepdim=True)) + p
     d0, d1, d2 = d.unbind(-1)
     m0, m1, m2 = (q - r).unbind(-1)  # R01, R12, R20
     p0, p1, p2 = (q + r).unbind(-1)  # R10, R21, R02
@@ -104,20 +96,13 @@ def axis_angle_to_quat(v: torch.Tensor) -> torch.Tensor:
         Unit quaternions ``wxyz`` with ``w >= 0``, shape :math:`(*, 4)`.
     """
     check_tensor("v", v, (3,))
-    t2 = (v * v).sum(-1, keepdim=True)
     if values_enabled():
-        check_finite("v", t2)
-    small = t2 < _SMALL
-    t = torch.sqrt(torch.where(small, torch.ones_like(t2), t2))
-    h = 0.5 * t
-    big_w, big_k = torch.cos(h), torch.sin(h) / t
-    sm_w = 1.0 - t2 / 8.0 * (1.0 - t2 / 48.0 * (1.0 - t2 / 120.0))
-    sm_k = 0.5 * (1.0 - t2 / 24.0 * (1.0 - t2 / 80.0 * (1.0 - t2 / 168.0)))
-    w = torch.where(small, sm_w, big_w)
-    k = torch.where(small, sm_k, big_k)
-    # w >= 0 (angles beyond π give the antipodal quaternion)
-    k = k * torch.copysign(torch.ones_like(w), w)
-    return torch.cat((w.abs(), v * k), dim=-1)
+        check_finite("v", v)
+    th = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    w = torch.cos(0.5 * th)
+    k = 0.5 * torch.sinc(th * (0.5 / math.pi))  # sin(θ/2)/θ, exact and smooth at 0
+    # w >= 0: angles beyond π give the antipodal quaternion
+    return torch.cat((w.abs(), v * torch.where(w < 0, -k, k)), dim=-1)
 
 
 def quat_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
@@ -137,16 +122,13 @@ def quat_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
         _check_quat_norm("q", (q * q).sum(-1))
     w = q[..., :1]
     u = q[..., 1:]
-    sgn = torch.copysign(torch.ones_like(w), w)
-    w = w.abs()
-    n2 = (u * u).sum(-1, keepdim=True)
-    small = n2 < _SMALL * (w * w)  # |u|/|w| small: θ small (also implies w > 0)
-    n = torch.sqrt(torch.where(small, torch.ones_like(n2), n2))
-    big = 2.0 * torch.atan2(n, w) / n
-    ws = torch.where(small, w, torch.ones_like(w))
-    r2 = n2 / (ws * ws)
-    sm = (2.0 / ws) * (1.0 - r2 * (1.0 / 3.0 - r2 * (1.0 / 5.0 - r2 * (1.0 / 7.0 - r2 / 9.0))))
-    return u * (sgn * torch.where(small, sm, big))
+    n = torch.linalg.vector_norm(u, dim=-1, keepdim=True)  # zero gradient at 0, not NaN
+    aw = w.abs()
+    # 2 atan2(n, |w|)/n has no cancellation for n > 0; only n = 0 needs its limit 2/|w|.
+    zero = n == 0
+    f = 2.0 * torch.atan2(n, aw) / torch.where(zero, torch.ones_like(n), n)
+    f = torch.where(zero, 2.0 / aw, f)
+    return u * torch.copysign(f, w)
 
 
 def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _VALUE_CHECKS = True
@@ -60,6 +62,11 @@ def check_values(name: str, ok: torch.Tensor, what: str) -> None:
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or inf (when value checks are enabled)."""
-    if values_enabled():
-        check_values(name, torch.isfinite(x), "expected finite values, got NaN or inf")
+    """Raise ``ValueError`` if ``x`` holds NaN or inf (when value checks are enabled).
+
+    One reduction (``aminmax``, which propagates NaN) and one host read.
+    """
+    if values_enabled() and x.numel() > 0:
+        lo, hi = torch.aminmax(x.detach())
+        if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):
+            raise ValueError(f"{name}: expected finite values, got NaN or inf")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from geo3d.rotations._checks import check_tensor, check_values, values_enabled
@@ -34,7 +36,7 @@ def _idx(device: torch.device, k: int) -> torch.Tensor:
 def _check_quat_norm(name: str, n2: torch.Tensor) -> None:
     if values_enabled() and n2.numel() > 0:
         lo, hi = torch.aminmax(n2.detach())  # NaN propagates into both
-        if not (bool(lo > 0) and bool(hi < float("inf"))):
+        if not (lo.item() > 0 and hi.item() < math.inf):
             raise ValueError(
                 f"{name}: expected finite quaternions with non-zero norm, "
                 "got NaN/inf or a zero quaternion"
@@ -133,6 +135,12 @@ def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
     return v * torch.copysign(torch.rsqrt(n2), v[..., :1])
 
 
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.shape != b.shape:
+        a, b = torch.broadcast_tensors(a, b)
+    return torch.linalg.cross(a, b, dim=-1)
+
+
 def quat_multiply(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Hamilton product ``p ⊗ q`` (rotation ``q`` first, then ``p``).
 
@@ -145,17 +153,11 @@ def quat_multiply(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("p", p, (4,))
     check_tensor("q", q, (4,))
-    pw, px, py, pz = p.unbind(-1)
-    qw, qx, qy, qz = q.unbind(-1)
-    return torch.stack(
-        (
-            pw * qw - px * qx - py * qy - pz * qz,
-            pw * qx + px * qw + py * qz - pz * qy,
-            pw * qy - px * qz + py * qw + pz * qx,
-            pw * qz + px * qy - py * qx + pz * qw,
-        ),
-        dim=-1,
-    )
+    pw, pu = p[..., :1], p[..., 1:]
+    qw, qu = q[..., :1], q[..., 1:]
+    w = pw * qw - (pu * qu).sum(-1, keepdim=True)
+    u = torch.addcmul(pw * qu, qw, pu) + _cross(pu, qu)
+    return torch.cat((w, u), dim=-1)
 
 
 def quat_conjugate(q: torch.Tensor) -> torch.Tensor:
@@ -169,12 +171,6 @@ def quat_conjugate(q: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("q", q, (4,))
     return q * q.new_tensor([1.0, -1.0, -1.0, -1.0])
-
-
-def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    ax, ay, az = a.unbind(-1)
-    bx, by, bz = b.unbind(-1)
-    return torch.stack((ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx), dim=-1)
 
 
 def quat_apply(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
