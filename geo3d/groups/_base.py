@@ -149,11 +149,17 @@ class Group:
     def __repr__(self) -> str:
         return f"{self.name}()"
 
+    def _key(self) -> tuple:
+        """Identifies the mathematical group (sampling parameters excluded)."""
+        return (type(self).__name__,)
+
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and repr(self) == repr(other)
+        """Same mathematical group (e.g. ``Lorentz(max_rapidity=2) == Lorentz()``,
+        ``OcticGroup() == DihedralGroup(4)``); sampling parameters are ignored."""
+        return isinstance(other, Group) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash(repr(self))
+        return hash(self._key())
 
 
 def _check_vec(x: torch.Tensor, d: int, name: str = "x") -> None:

@@ -101,6 +101,9 @@ class Lorentz(Group):
     def __repr__(self) -> str:
         return f"Lorentz(proper={self.proper}, max_rapidity={self.max_rapidity:g})"
 
+    def _key(self) -> tuple:
+        return ("Lorentz", self.proper)
+
     def metric(self, dtype=None, device=None) -> torch.Tensor:
         """``η``, shape ``(4, 4)``."""
         return minkowski_metric(dtype, device)

@@ -112,6 +112,9 @@ class CyclicGroup(FiniteGroup):
     def __repr__(self) -> str:
         return f"CyclicGroup({self.n})"
 
+    def _key(self) -> tuple:
+        return ("CyclicGroup", self.n)
+
 
 class DihedralGroup(FiniteGroup):
     """The dihedral group D_n (order ``2n``): rotations by ``2πk/n`` and reflections.
@@ -136,6 +139,9 @@ class DihedralGroup(FiniteGroup):
 
     def __repr__(self) -> str:
         return f"DihedralGroup({self.n})"
+
+    def _key(self) -> tuple:
+        return ("DihedralGroup", self.n)
 
 
 class OcticGroup(DihedralGroup):

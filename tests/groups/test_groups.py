@@ -225,4 +225,8 @@ def test_constructor_validation():
 def test_group_equality():
     assert CyclicGroup(4) == CyclicGroup(4) and CyclicGroup(4) != CyclicGroup(3)
     assert SO3() == SO3() and SO3() != O3()
-    assert hash(SE3()) == hash(SE3())
+    assert hash(SE3()) == hash(SE3(translation_scale=3.0)) and SE3() == SE3(2.0)
+    # equality is the mathematical group: sampling parameters do not matter
+    assert OcticGroup() == DihedralGroup(4) and OcticGroup() != CyclicGroup(4)
+    assert Lorentz(max_rapidity=3.0) == Lorentz() and Lorentz(proper=True) != Lorentz()
+    assert SO3() != "SO3()"

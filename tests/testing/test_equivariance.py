@@ -279,3 +279,12 @@ def test_cuda():
         lambda p: p.mean(-2), se3, Points(se3), Points(se3), batch=(2, 9), device="cuda"
     )
     assert errs.shape[0] > 0
+
+
+def test_reps_of_the_same_group_with_other_sampling_parameters():
+    # LorentzVector() is built on Lorentz(); testing under Lorentz(max_rapidity=4) samples
+    # larger boosts but it is the same group, so the reps are accepted
+    lor = Lorentz(max_rapidity=4.0)
+    v = LorentzVector()
+    errs = assert_equivariant(minkowski_dot, lor, (v, v), None, atol=0, rtol=1e-11)
+    assert errs.shape[0] > 16
