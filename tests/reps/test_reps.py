@@ -337,3 +337,15 @@ def test_custom_rep(generator):
         Custom(grp, act=3)
     rr = Custom(grp, act=right.act, randn=lambda *b, **kw: grp.sample(b[0], **kw))
     assert rr.randn(4, generator=generator, dtype=F64).shape == (4, 3, 3)
+
+
+def test_gradients_finite_at_singular_elements():
+    # Wigner-D at the identity and at a rotation by π (gimbal points of Euler angles)
+    ir = Irreps(O3(), "1x1o + 1x2e + 1x3o")
+    pi_z = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=F64))
+    for g0 in (torch.eye(3, dtype=F64), pi_z):
+        g = g0.clone().requires_grad_(True)
+        ir.matrix(g).square().sum().backward()
+        assert bool(torch.isfinite(g.grad).all())
+    x = torch.randn(2, ir.dim, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: ir.act(pi_z, x), (x,))
