@@ -371,6 +371,8 @@ def fracture_mesh(
         )
     if resolution < 4:
         raise ValueError(f"resolution must be >= 4, got {resolution!r}")
+    if not (hasattr(mesh, "faces") and hasattr(mesh, "is_watertight")):
+        raise ValueError(f"mesh must be a trimesh.Trimesh, got {type(mesh).__name__}")
     if not mesh.is_watertight:
         raise ValueError("mesh must be watertight (mesh.is_watertight is False)")
     if rng is None:

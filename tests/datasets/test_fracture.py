@@ -140,6 +140,8 @@ def test_bad_input_raises():
         fracture_mesh(mesh, 2, seed=0, noise=-0.1)
     with pytest.raises(ValueError, match="min_volume_fraction"):
         fracture_mesh(mesh, 4, seed=0, min_volume_fraction=0.3)
+    with pytest.raises(ValueError, match="trimesh"):
+        fracture_mesh(trimesh.Scene([mesh]), 2, seed=0)
     open_mesh = trimesh.Trimesh(mesh.vertices, mesh.faces[:-1], process=False)
     with pytest.raises(ValueError, match="watertight"):
         fracture_mesh(open_mesh, 2, seed=0)
