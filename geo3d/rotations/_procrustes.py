@@ -7,6 +7,8 @@ from torch.autograd.function import once_differentiable
 
 from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
 
+_INV_SQRT2 = 0.7071067811865476
+
 __all__ = ["project_to_so3", "geodesic_distance", "mean_rotation", "kabsch", "umeyama"]
 
 
@@ -85,21 +87,23 @@ def geodesic_distance(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("R1", R1, (3, 3))
     check_tensor("R2", R2, (3, 3))
-    # θ = atan2(sin θ, cos θ) of M = R1ᵀ R2 without forming M: with r1_k, r2_k the rows,
-    # vee(M - Mᵀ) = Σ_k r2_k × r1_k = 2 sin θ n and tr M = Σ R1 ∘ R2 = 1 + 2 cos θ.
-    # Both parts carry absolute error ~ε, so θ is accurate to ~ε everywhere (no acos).
     try:
-        R1, R2 = torch.broadcast_tensors(R1, R2)
+        torch.broadcast_shapes(R1.shape, R2.shape)
     except RuntimeError:
         raise ValueError(
             f"R2: expected batch dims broadcastable with R1's {tuple(R1.shape[:-2])}, got "
             f"{tuple(R2.shape[:-2])}"
         ) from None
-    s = torch.linalg.cross(R2, R1, dim=-1).sum(-2)
-    tr = (R1 * R2).sum((-1, -2))
+    # θ = atan2(sin θ, cos θ) for M = R1ᵀ R2: |M - Mᵀ|_F = 2√2 sin θ, tr M - 1 = 2 cos θ.
+    # Both carry absolute error ~ε, so θ is accurate to ~ε everywhere, including near 0
+    # and π (unlike acos/asin of the trace or of |R1 - R2|), and the gradient stays finite.
+    M = R1.transpose(-1, -2) @ R2
+    s = torch.linalg.vector_norm(M - M.transpose(-1, -2), dim=(-1, -2))
+    c = M.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0
+    theta = torch.atan2(s * _INV_SQRT2, c)
     if values_enabled():
-        check_finite("R1, R2", tr)
-    return torch.atan2(torch.linalg.vector_norm(s, dim=-1), tr - 1.0)
+        check_finite("R1, R2", theta)
+    return theta
 
 
 def _check_weights(weights: torch.Tensor, shape: torch.Size, what: str) -> None:
