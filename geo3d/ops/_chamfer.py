@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple
 
 import torch
 
-from ._checks import _check_lengths, _check_pair
-from ._knn import Backend, knn
+from ._checks import _check_lengths, _check_pair, _check_positive_int
+from ._knn import _BACKENDS, Backend, _nearest_both, knn
 
 __all__ = ["ChamferPerPoint", "chamfer_distance"]
 
@@ -37,28 +38,6 @@ def _safe_sqrt(d: torch.Tensor) -> torch.Tensor:
     """sqrt with a zero (not infinite) gradient at 0."""
     pos = d > 0
     return torch.where(pos, torch.where(pos, d, 1).sqrt(), 0)
-
-
-def _nearest(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    al: torch.Tensor | None,
-    bl: torch.Tensor | None,
-    squared: bool,
-    backend: Backend,
-    chunk_size: int | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    d, i = knn(a, b, 1, al, bl, backend=backend, chunk_size=chunk_size)
-    d, i = d[..., 0], i[..., 0]
-    n = a.shape[-2]
-    valid = torch.arange(n, device=a.device) < (
-        al[..., None] if al is not None else torch.tensor(n, device=a.device)
-    )
-    valid = valid.expand(d.shape)
-    d = torch.where(valid, d, 0)  # padded rows: 0 (their inf carries no gradient)
-    if not squared:
-        d = _safe_sqrt(d)
-    return d, i, valid
 
 
 def _point_reduce(d: torch.Tensor, valid: torch.Tensor, how: str) -> torch.Tensor:
@@ -131,29 +110,46 @@ def chamfer_distance(
             f"reduction={reduction!r}"
         )
     batch_shape = x.shape[:-2]
-    _check_lengths("x_lengths", x_lengths, batch_shape, x.shape[-2], x.device)
-    _check_lengths("y_lengths", y_lengths, batch_shape, y.shape[-2], x.device)
-    if x_lengths is not None:
-        x_lengths = x_lengths.to(device=x.device, dtype=torch.long)
-    if y_lengths is not None:
-        y_lengths = y_lengths.to(device=x.device, dtype=torch.long)
-
-    dxy, ixy, vx = _nearest(x, y, x_lengths, y_lengths, squared, backend, chunk_size)
+    n, m, dim = x.shape[-2], y.shape[-2], x.shape[-1]
+    xl = _check_lengths("x_lengths", x_lengths, batch_shape, n, x.device)
+    yl = _check_lengths("y_lengths", y_lengths, batch_shape, m, x.device)
+    if chunk_size is not None:
+        chunk_size = _check_positive_int("chunk_size", chunk_size)
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    nb = math.prod(batch_shape)
+    xb, yb = x.reshape(nb, n, dim), y.reshape(nb, m, dim)
+    vx = torch.arange(n, device=x.device)[None] < xl[:, None]
+    vy = torch.arange(m, device=x.device)[None] < yl[:, None]
     if single_directional:
-        dyx = iyx = vy = None
+        dxy, ixy = knn(xb, yb, 1, xl, yl, backend=backend, chunk_size=chunk_size)
+        dxy, ixy = dxy[..., 0], ixy[..., 0]
+        dyx = iyx = None
     else:
-        dyx, iyx, vy = _nearest(y, x, y_lengths, x_lengths, squared, backend, chunk_size)
+        dxy, ixy, dyx, iyx = _nearest_both(xb, yb, xl, yl, backend, chunk_size)
+
+    def finish(d: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        d = torch.where(valid, d, 0)  # padded points: 0 (their inf carries no gradient)
+        return d if squared else _safe_sqrt(d)
+
+    dxy = finish(dxy, vx)
+    if dyx is not None:
+        dyx = finish(dyx, vy)
+
+    def unflat(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.reshape(*batch_shape, t.shape[-1])
 
     if point_reduction is None:
-        loss = (dxy, dyx)
+        loss = (unflat(dxy), unflat(dyx))
     else:
         loss = _point_reduce(dxy, vx, point_reduction)
         if dyx is not None:
             loss = loss + _point_reduce(dyx, vy, point_reduction)
+        loss = loss.reshape(batch_shape)
         if reduction == "mean":
             loss = loss.mean()
         elif reduction == "sum":
             loss = loss.sum()
     if return_per_point:
-        return loss, ChamferPerPoint(dxy, ixy, dyx, iyx)
+        return loss, ChamferPerPoint(unflat(dxy), unflat(ixy), unflat(dyx), unflat(iyx))
     return loss

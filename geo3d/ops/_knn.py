@@ -262,6 +262,120 @@ def _brute_candidates(
     return cand, bound
 
 
+def _brute_nearest_both(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    xl: torch.Tensor,
+    yl: torch.Tensor,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest-neighbour candidates both ways (x -> y and y -> x) from ONE pass over the
+    chunked distance blocks (for the Chamfer distance).
+
+    Returns ``cand_xy (B, N, 1)``, ``bound_xy (B, N)``, ``cand_yx (B, M, 1)``,
+    ``bound_yx (B, M)`` with the meaning of the other candidate generators.
+    """
+    b, n, dim = x.shape
+    m = y.shape[1]
+    dev, dt = x.device, x.dtype
+    inf = torch.tensor(math.inf, dtype=dt, device=dev)
+    ymask = torch.arange(m, device=dev)[None] < yl[:, None]
+    xmask = torch.arange(n, device=dev)[None] < xl[:, None]
+    ysafe = torch.where(ymask[..., None], y, 0)
+    center = ysafe.sum(1, keepdim=True) / yl.clamp(min=1).to(dt)[:, None, None]
+    yc = torch.where(ymask[..., None], y - center, 0)
+    xc = torch.where(xmask[..., None], x - center, 0)
+    yy = (yc * yc).sum(-1)
+    xx = (xc * xc).sum(-1)
+    ymax, xmax = yy.amax(1).sqrt(), xx.amax(1).sqrt()
+    c = (4 * dim + 8) * _gemm_eps(dt)
+    tol_x = c * (xx.sqrt() + ymax[:, None]) ** 2
+    tol_y = c * (yy.sqrt() + xmax[:, None]) ** 2
+    yy = torch.where(ymask, yy, inf)
+    xx = torch.where(xmask, xx, inf)
+    ycT = yc.transpose(1, 2)
+
+    rows = chunk_size or max(1, _budget(dev) // (m * dt.itemsize))
+    if rows >= n:
+        bb, rows = max(1, rows // n), n
+    else:
+        bb = 1
+    cand_x = torch.empty((b, n, 1), dtype=torch.long, device=dev)
+    nxt_x = torch.full((b, n), math.inf, dtype=dt, device=dev)
+    best_v = torch.full((b, 1, m), math.inf, dtype=dt, device=dev)
+    best_i = torch.zeros((b, 1, m), dtype=torch.long, device=dev)
+    second_v = torch.full((b, 1, m), math.inf, dtype=dt, device=dev)
+    for b0 in range(0, b, bb):
+        b1 = min(b, b0 + bb)
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            block = torch.baddbmm(
+                yy[b0:b1, None, :].expand(b1 - b0, r1 - r0, m),
+                xc[b0:b1, r0:r1],
+                ycT[b0:b1],
+                alpha=-2,
+            )
+            block.add_(xx[b0:b1, r0:r1, None])  # full approximate distances, inf on padding
+            # rows: nearest y and the second smallest value
+            v, i = block.min(-1, keepdim=True)
+            cand_x[b0:b1, r0:r1] = i
+            if m > 1:
+                block.scatter_(-1, i, math.inf)
+                nxt_x[b0:b1, r0:r1] = block.amin(-1)
+                block.scatter_(-1, i, v)
+            # columns: nearest x among these rows and the second smallest, merged with the
+            # running best over earlier row blocks (ties keep the earlier = lower row)
+            cv, ci = block.min(1, keepdim=True)
+            if r1 - r0 > 1:
+                block.scatter_(1, ci, math.inf)
+                cv2 = block.amin(1, keepdim=True)
+            else:
+                cv2 = torch.full_like(cv, math.inf)
+            bv, bi, sv = best_v[b0:b1], best_i[b0:b1], second_v[b0:b1]
+            better = cv < bv
+            second_v[b0:b1] = torch.where(better, torch.minimum(bv, cv2), torch.minimum(sv, cv))
+            best_i[b0:b1] = torch.where(better, ci + r0, bi)
+            best_v[b0:b1] = torch.where(better, cv, bv)
+            del block, v, i, cv, ci, cv2
+    bound_x = torch.where((yl <= 1)[:, None], inf, nxt_x - tol_x)
+    bound_y = torch.where((xl <= 1)[:, None], inf, second_v[:, 0] - tol_y)
+    return cand_x, bound_x, best_i.transpose(1, 2), bound_y
+
+
+def _nearest_both(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    xl: torch.Tensor,
+    yl: torch.Tensor,
+    backend: str,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact nearest neighbours both ways for flattened ``x (B, N, D)``, ``y (B, M, D)``.
+
+    Returns ``(d_xy (B, N), i_xy (B, N), d_yx (B, M), i_yx (B, M))`` with :func:`knn`'s
+    fill values; distances are differentiable.
+    """
+    n, m = x.shape[1], y.shape[1]
+    backend = _resolve_backend(backend, x.device, max(n, m), max(n, m), x.shape[-1])
+    if x.shape[0] == 0 or n == 0 or m == 0:
+        ixy = torch.full((x.shape[0], n, 1), -1, dtype=torch.long, device=x.device)
+        iyx = torch.full((x.shape[0], m, 1), -1, dtype=torch.long, device=x.device)
+    elif backend == "brute":
+        with torch.no_grad():
+            xd, yd = x.detach(), y.detach()
+            cx, bx, cy, by = _brute_nearest_both(xd, yd, xl, yl, chunk_size)
+            ixy = _certify(xd, yd, 1, xl, yl, cx, bx, chunk_size)
+            iyx = _certify(yd, xd, 1, yl, xl, cy, by, chunk_size)
+    else:
+        with torch.no_grad():
+            xd, yd = x.detach(), y.detach()
+            ixy = _knn_indices(xd, yd, 1, xl, yl, backend, chunk_size)
+            iyx = _knn_indices(yd, xd, 1, yl, xl, backend, chunk_size)
+    dxy = _gather_sqdist(x, y, ixy)[..., 0]
+    dyx = _gather_sqdist(y, x, iyx)[..., 0]
+    return dxy, ixy[..., 0], dyx, iyx[..., 0]
+
+
 def _kdtree_candidates(
     x: torch.Tensor, y: torch.Tensor, k: int, xl: torch.Tensor, yl: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,8 +395,9 @@ def _kdtree_candidates(
         if nq == 0 or mr == 0:
             continue
         q = min(kc, mr)
-        tree = cKDTree(yn[bi, :mr])
-        dd, ii = tree.query(xn[bi, :nq], k=q, workers=-1)
+        tree = cKDTree(yn[bi, :mr], balanced_tree=False)
+        # a thread pool only pays off for many queries
+        dd, ii = tree.query(xn[bi, :nq], k=q, workers=-1 if nq >= 8192 else 1)
         cand[bi, :nq, :q] = torch.from_numpy(ii.reshape(nq, q).astype("int64", copy=False))
         if q < mr:
             bound[bi, :nq] = torch.from_numpy(dd.reshape(nq, q)[:, -1]) ** 2 * (1.0 - rel)

@@ -100,6 +100,45 @@ class TestValues:
         torch.testing.assert_close(out, dxy.mean(-1) + dyx.mean(-1))
 
 
+class TestFusedBrutePass:
+    """The brute backend finds both directions from one chunked pass: check the merge of
+    column minima across row blocks, ties and padding against the dense reference."""
+
+    @pytest.mark.parametrize("chunk_size", [1, 3, 7, None])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_exact_per_point(self, chunk_size, dtype, generator, knn_ref):
+        x = _rand(generator, 3, 23, 3, dtype=dtype)
+        y = _rand(generator, 3, 17, 3, dtype=dtype)
+        y[0, 10:] = y[0, :7].clone()  # exact duplicates: ties must go to the lower index
+        x[1, 5:9] = y[1, 2].clone()  # several x tie for the same y
+        xl, yl = torch.tensor([23, 9, 1]), torch.tensor([17, 17, 4])
+        _, pp = chamfer_distance(
+            x,
+            y,
+            xl,
+            yl,
+            reduction=None,
+            return_per_point=True,
+            backend="brute",
+            chunk_size=chunk_size,
+        )
+        for b in range(3):
+            nx, ny = int(xl[b]), int(yl[b])
+            rd, ri = knn_ref(x[b, :nx], y[b, :ny], 1)
+            assert torch.equal(pp.idx_xy[b, :nx], ri[:, 0])
+            assert torch.equal(pp.dist_xy[b, :nx], rd[:, 0])
+            rd, ri = knn_ref(y[b, :ny], x[b, :nx], 1)
+            assert torch.equal(pp.idx_yx[b, :ny], ri[:, 0])
+            assert torch.equal(pp.dist_yx[b, :ny], rd[:, 0])
+            assert torch.all(pp.idx_xy[b, nx:] == -1) and torch.all(pp.idx_yx[b, ny:] == -1)
+
+    def test_same_as_kdtree(self, generator):
+        x, y = _rand(generator, 2, 300, 3), _rand(generator, 2, 200, 3)
+        a = chamfer_distance(x, y, reduction=None, backend="brute", chunk_size=64)
+        b = chamfer_distance(x, y, reduction=None, backend="kdtree")
+        assert torch.equal(a, b)
+
+
 class TestGradients:
     @pytest.mark.parametrize("squared", [True, False])
     def test_gradcheck(self, squared, generator):
