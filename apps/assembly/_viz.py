@@ -17,11 +17,11 @@ __all__ = ["save_pictures", "write_ply", "scatter_layout", "part_colors"]
 
 
 def part_colors(n: int) -> np.ndarray:
-    """``(n, 3)`` uint8 distinct colours (tab20 cycle)."""
+    """``(n, 3)`` uint8 distinct colours (tab10 cycle)."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab20"]
-    return (np.array([cmap(i % 20)[:3] for i in range(n)]) * 255).astype(np.uint8)
+    cmap = matplotlib.colormaps["tab10"]
+    return (np.array([cmap(i % 10)[:3] for i in range(n)]) * 255).astype(np.uint8)
 
 
 def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray) -> None:
@@ -105,7 +105,7 @@ def save_pictures(items: list[dict[str, Any]], out_dir: str | Path) -> list[Path
             for i in range(pts.shape[0]):
                 if bool(valid[i]):
                     c = cloud[i].numpy()
-                    ax.scatter(c[:, 0], c[:, 1], c[:, 2], s=1, color=cols[i] / 255.0)
+                    ax.scatter(c[:, 0], c[:, 1], c[:, 2], s=2, color=cols[i] / 255.0)
             ax.set_title(title)
             ax.set_box_aspect((1, 1, 1)) if a else None
             ax.set_axis_off()

@@ -46,11 +46,40 @@ def _resolve_configs(args: list[str]) -> list[str]:
 
 
 def _make_cli_class() -> Any:
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.plugins.io import CheckpointIO
 
     from geo3d.apps.assembly._checkpoint import AtomicCheckpointIO
+
+    class PredictionWriter(BasePredictionWriter):
+        """Writes ``predictions.json`` (one entry per object: name, 4x4 poses of its valid
+        parts) into the trainer's log dir (``predictions_rank<r>.json`` under DDP)."""
+
+        def __init__(self) -> None:
+            super().__init__(write_interval="epoch")
+
+        def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+            import json
+
+            import torch
+
+            from geo3d.apps.assembly._checkpoint import atomic_write_text
+
+            objs = []
+            for out in predictions:
+                for i in range(out["rot"].shape[0]):
+                    v = out["valid"][i]
+                    T = torch.eye(4).repeat(int(v.sum()), 1, 1)
+                    T[:, :3, :3] = out["rot"][i][v]
+                    T[:, :3, 3] = out["trans"][i][v]
+                    name = out["name"][i] if i < len(out["name"]) else str(len(objs))
+                    objs.append({"name": name, "poses": T.tolist()})
+            d = Path(trainer.log_dir or trainer.default_root_dir)
+            fname = "predictions.json" if trainer.world_size == 1 else \
+                f"predictions_rank{trainer.global_rank}.json"
+            atomic_write_text(d / fname, json.dumps(objs))
+            print(f"wrote {d / fname} ({len(objs)} objects)")
 
     class AssemblyCLI(LightningCLI):
         """LightningCLI with a ``checkpoint`` (ModelCheckpoint, ``save_last``) group and the
@@ -66,6 +95,8 @@ def _make_cli_class() -> Any:
             if not any(isinstance(p, CheckpointIO) for p in plugins):
                 plugins.append(AtomicCheckpointIO())
             config["plugins"] = plugins
+            if getattr(self, "subcommand", None) == "predict":
+                callbacks = [*callbacks, PredictionWriter()]
             return super()._instantiate_trainer(config, callbacks)
 
     return AssemblyCLI

@@ -1,0 +1,135 @@
+"""Assembly networks: exact SE(3) equivariance of the pose head, masks, cross-part mixing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geo3d.apps.assembly import EquivariantAssembler, GlobalAssembler
+from geo3d.rotations import random_rotation_matrix
+
+
+def _tiny(dtype: torch.dtype = torch.float64, **kw) -> EquivariantAssembler:
+    torch.manual_seed(0)
+    m = EquivariantAssembler(feat_dim=8, k=5, hidden=[4, 4, 8], d_model=16, num_layers=1,
+                             num_heads=2, **kw)
+    return m.to(dtype).eval()
+
+
+def _parts(gen: torch.Generator, dtype: torch.dtype, B: int = 2, P: int = 3, N: int = 24):
+    pts = torch.randn(B, P, N, 3, generator=gen, dtype=dtype) * torch.tensor(
+        [1.0, 0.6, 0.3], dtype=dtype)
+    valid = torch.ones(B, P, dtype=torch.bool)
+    valid[1, -1] = False
+    return pts, valid
+
+
+def _assembled(out: dict, pts: torch.Tensor) -> torch.Tensor:
+    return pts @ out["rot"].transpose(-1, -2) + out["trans"][:, :, None]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+def test_assembly_invariant_to_per_part_rigid_motions(dtype, tol, generator):
+    """Rotating (and translating) each input part by its own g leaves the assembly unchanged,
+    and the predicted rotation becomes R g^-1."""
+    m = _tiny(dtype)
+    pts, valid = _parts(generator, dtype)
+    out = m(pts, valid)
+    for _ in range(4):
+        g = random_rotation_matrix(2, 3, generator=generator, dtype=dtype)
+        s = torch.randn(2, 3, 1, 3, generator=generator, dtype=dtype)
+        moved = pts @ g.transpose(-1, -2) + s
+        out2 = m(moved, valid)
+        a1, a2 = _assembled(out, pts), _assembled(out2, moved)
+        assert (a1 - a2)[valid].abs().max() < tol
+        expect = out["rot"] @ g.transpose(-1, -2)
+        assert (out2["rot"] - expect)[valid].abs().max() < tol
+        # frames rotate with the input: E(g p) = g E(p)
+        assert (out2["frame"] - g @ out["frame"])[valid].abs().max() < tol
+
+
+def test_rotation_is_proper(generator):
+    m = _tiny()
+    pts, valid = _parts(generator, torch.float64)
+    R = m(pts, valid)["rot"]
+    eye = torch.eye(3, dtype=R.dtype)
+    assert torch.allclose(R @ R.transpose(-1, -2), eye.expand_as(R), atol=1e-10)
+    assert torch.allclose(torch.linalg.det(R), torch.ones(R.shape[:2], dtype=R.dtype), atol=1e-10)
+
+
+def test_padded_parts_do_not_leak(generator):
+    m = _tiny()
+    pts, valid = _parts(generator, torch.float64)
+    out = m(pts, valid)
+    junk = pts.clone()
+    junk[1, -1] = 1e3 * torch.randn(pts.shape[2:], generator=generator, dtype=pts.dtype)
+    out2 = m(junk, valid)
+    for k in ("rot", "trans"):
+        assert torch.equal(out[k][valid], out2[k][valid]) or torch.allclose(
+            out[k][valid], out2[k][valid], atol=1e-12)
+    # padded parts get identity / zero
+    assert torch.equal(out2["rot"][1, -1], torch.eye(3, dtype=pts.dtype))
+    assert torch.equal(out2["trans"][1, -1], torch.zeros(3, dtype=pts.dtype))
+
+
+def test_pose_of_a_part_depends_on_the_other_parts(generator):
+    """The cross-part attention really conditions each part's pose on the others."""
+    m = _tiny()
+    with torch.no_grad():  # make sure the attention path is not negligible at init
+        for p in m.mixer.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    pts, valid = _parts(generator, torch.float64)
+    out = m(pts, valid)
+    other = pts.clone()
+    other[0, 1] = other[0, 1] * 1.7
+    out2 = m(other, valid)
+    assert (out["rot"][0, 0] - out2["rot"][0, 0]).abs().max() > 1e-6
+    # ...and not on other objects of the batch
+    assert torch.allclose(out["rot"][1], out2["rot"][1], atol=1e-12)
+
+
+def test_gradients_finite(generator):
+    m = _tiny(torch.float32)
+    m.train()
+    pts, valid = _parts(generator, torch.float32)
+    out = m(pts, valid)
+    (out["rot"].sum() + out["trans"].sum()).backward()
+    for p in m.parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all()
+
+
+def test_global_baseline_shapes_and_not_equivariant(generator):
+    torch.manual_seed(0)
+    m = GlobalAssembler(encoder="pointnet", feat_dim=16, d_model=16).double().eval()
+    with torch.no_grad():
+        m.rot_head.weight.normal_(0, 1.0, generator=generator)
+    pts, valid = _parts(generator, torch.float64)
+    out = m(pts, valid)
+    assert out["rot"].shape == (2, 3, 3, 3) and out["trans"].shape == (2, 3, 3)
+    g = random_rotation_matrix(2, 3, generator=generator, dtype=torch.float64)
+    moved = pts @ g.transpose(-1, -2)
+    diff = (_assembled(out, pts) - _assembled(m(moved, valid), moved))[valid].abs().max()
+    assert diff > 1e-3  # a plain MLP head is not equivariant
+
+
+def test_bad_input():
+    m = _tiny()
+    with pytest.raises(ValueError, match="points"):
+        m(torch.zeros(2, 3, 3), torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="valid"):
+        m(torch.zeros(2, 3, 8, 3, dtype=torch.float64), torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="encoder"):
+        EquivariantAssembler(encoder="dgcnn", feat_dim=8, k=4)
+    with pytest.raises(ValueError, match="encoder"):
+        EquivariantAssembler(encoder="nope")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
+def test_cuda_matches_cpu(generator):
+    m = _tiny()
+    pts, valid = _parts(generator, torch.float64)
+    a = m(pts, valid)
+    b = m.cuda()(pts.cuda(), valid.cuda())
+    assert torch.allclose(a["rot"], b["rot"].cpu(), atol=1e-8)
