@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-
 from geo3d.apps.assembly._checkpoint import load_checkpoint
+from torch import Tensor
 
 __all__ = ["assemble", "load_model", "load_piece"]
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from geo3d.apps.assembly._checkpoint import atomic_write_text
 
 __all__ = ["demo_main", "format_table"]
@@ -82,6 +81,7 @@ def _registration(datamodule: Any, seed: int) -> dict[str, Any] | None:
         print("open3d not installed: skipping the registration baseline", flush=True)
         return None
     from geo3d.apps.assembly._registration import registration_baseline
+
     from geo3d.eval import anchor_parts, assembly_metrics
 
     sums: dict[str, float] = {}
@@ -113,7 +113,14 @@ def demo_main(argv: list[str]) -> int:
                    help="packaged configs: demo (minutes) or long (real experiment)")
     p.add_argument("--max-epochs", type=int, default=None, help="override trainer.max_epochs")
     p.add_argument("--no-registration", action="store_true", help="skip the open3d baseline")
+    p.add_argument("--models", default="equivariant,global",
+                   help="comma list of models to train (runs of the other models already in "
+                        "OUT/results.json are kept: two processes can train one model each)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: small models gain little from more "
+                        "and lose a lot on a shared machine)")
     a, extra = p.parse_known_args(argv)
+    torch.set_num_threads(max(1, a.threads))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data"
@@ -123,32 +130,53 @@ def demo_main(argv: list[str]) -> int:
 
     from geo3d.apps.assembly.cli import config_path
 
-    runs = {
-        "equivariant": _train_and_test("equivariant", [config_path(a.config_set)], out,
-                                       data_root, extra),
-        "global": _train_and_test(
-            "global", [config_path(a.config_set), config_path(f"{a.config_set}_global")], out,
-            data_root, extra,
-        ),
+    models = [m.strip() for m in a.models.split(",") if m.strip()]
+    for m in models:
+        if m not in ("equivariant", "global"):
+            p.error(f"--models: expected equivariant and/or global, got {m!r}")
+    # generate the data once, before any training process needs it
+    from geo3d.apps.assembly.cli import run_lightning_cli
+
+    prep = run_lightning_cli(["fit", "--config", config_path(a.config_set),
+                              "--data.root", str(data_root)], run=False)
+    print(f"=== data: {data_root} (generated on first use)", flush=True)
+    prep.datamodule.prepare_data()
+    configs = {
+        "equivariant": [config_path(a.config_set)],
+        "global": [config_path(a.config_set), config_path(f"{a.config_set}_global")],
     }
+    runs: dict[str, Any] = {}
+    previous = out / "results.json"
+    if previous.is_file():
+        try:
+            old = json.loads(previous.read_text())
+            if old.get("config_set") == a.config_set:
+                runs.update({k: v for k, v in old.get("runs", {}).items() if k not in models})
+        except (OSError, ValueError):
+            pass
+    for m in models:
+        runs[m] = _train_and_test(m, configs[m], out, data_root, extra)
+    if previous.is_file():  # another process may have finished meanwhile
+        try:
+            old = json.loads(previous.read_text())
+            if old.get("config_set") == a.config_set:
+                runs.update({k: v for k, v in old.get("runs", {}).items() if k not in models})
+        except (OSError, ValueError):
+            pass
+    runs = {k: runs[k] for k in ("equivariant", "global") if k in runs}
     rows = []
     for name, r in runs.items():
         for proto in ("absolute", "anchor"):
             rows.append((name, proto, r["metrics"].get(proto, {})))
     reg = None
     if not a.no_registration:
-        from geo3d.apps.assembly.cli import run_lightning_cli
-
-        cli = run_lightning_cli(["fit", "--config", config_path(a.config_set),
-                                 "--data.root", str(data_root)], run=False)
-        cli.datamodule.prepare_data()
         print("\n=== registration baseline (open3d FPFH+RANSAC+ICP, two-piece objects)",
               flush=True)
-        reg = _registration(cli.datamodule, seed=0)
+        reg = _registration(prep.datamodule, seed=0)
         if reg is not None:
             rows.append((f"registration (n={reg['num_objects']})", "anchor", reg["anchor"]))
     table = format_table(rows)
-    n_obj = runs["equivariant"]["metrics"].get("num_objects", 0)
+    n_obj = next(iter(runs.values()))["metrics"].get("num_objects", 0)
     print(f"\n=== held-out objects: {n_obj}, pieces randomly rotated; "
           "absolute = Breaking Bad frame, anchor = largest piece fixed to its true pose\n")
     print(table)

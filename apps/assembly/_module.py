@@ -10,11 +10,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
-
 from geo3d.apps.assembly._checkpoint import atomic_write_text
 from geo3d.apps.assembly._losses import assembly_loss
 from geo3d.apps.assembly._model import EquivariantAssembler, GlobalAssembler
+from torch import Tensor
+
 from geo3d.eval import anchor_parts, assembly_metrics
 
 __all__ = ["AssemblyModule", "PROTOCOLS", "METRICS"]
@@ -213,7 +213,7 @@ class AssemblyModule(L.LightningModule):
         vec = torch.stack([torch.as_tensor(self._eval_sums[k]).to(self.device) for k in keys])
         if self.trainer is not None and self.trainer.world_size > 1:
             vec = self.trainer.strategy.reduce(vec, reduce_op="sum")
-        sums = dict(zip(keys, vec.tolist()))
+        sums = dict(zip(keys, vec.tolist(), strict=True))
         count = sums.pop("count")
         results: dict[str, Any] = {"num_objects": int(count)}
         for key, total in sums.items():

@@ -96,6 +96,6 @@ def registration_baseline(
         o = idx[0] if idx[1] == a else idx[1]
         target = (points[b, a].double() @ gt_rot[b, a].double().T + gt_trans[b, a].double())
         T = register_pair(points[b, o].double().numpy(), target.numpy(), seed=seed + b)
-        rot[b, o] = torch.as_tensor(T[:3, :3], dtype=rot.dtype)
-        trans[b, o] = torch.as_tensor(T[:3, 3], dtype=trans.dtype)
+        rot[b, o] = torch.tensor(T[:3, :3], dtype=rot.dtype)
+        trans[b, o] = torch.tensor(T[:3, 3], dtype=trans.dtype)
     return rot, trans, used

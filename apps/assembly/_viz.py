@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-
 from geo3d.apps.assembly._checkpoint import atomic_write_bytes
+from torch import Tensor
 
 __all__ = ["save_pictures", "write_ply", "scatter_layout", "part_colors"]
 
@@ -43,7 +42,7 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray) -> None:
         "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
     )
     body = "".join(
-        f"{p[0]:.6f} {p[1]:.6f} {p[2]:.6f} {c[0]} {c[1]} {c[2]}\n" for p, c in zip(points, colors)
+        f"{p[0]:.6f} {p[1]:.6f} {p[2]:.6f} {c[0]} {c[1]} {c[2]}\n" for p, c in zip(points, colors, strict=True)
     )
     atomic_write_bytes(path, (head + body).encode("ascii"))
 

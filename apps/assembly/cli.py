@@ -46,11 +46,10 @@ def _resolve_configs(args: list[str]) -> list[str]:
 
 
 def _make_cli_class() -> Any:
+    from geo3d.apps.assembly._checkpoint import AtomicCheckpointIO
     from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.plugins.io import CheckpointIO
-
-    from geo3d.apps.assembly._checkpoint import AtomicCheckpointIO
 
     class PredictionWriter(BasePredictionWriter):
         """Writes ``predictions.json`` (one entry per object: name, 4x4 poses of its valid
@@ -63,7 +62,6 @@ def _make_cli_class() -> Any:
             import json
 
             import torch
-
             from geo3d.apps.assembly._checkpoint import atomic_write_text
 
             objs = []
@@ -122,7 +120,6 @@ def _predict_pieces(argv: list[str]) -> int:
     import json
 
     import torch
-
     from geo3d.apps.assembly._api import assemble
     from geo3d.apps.assembly._checkpoint import atomic_write_text
 

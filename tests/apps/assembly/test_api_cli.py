@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-
 from geo3d.apps.assembly import assemble, load_model
+
 from geo3d.cli import main as geo3d_main
 from geo3d.rotations import random_rotation_matrix
 

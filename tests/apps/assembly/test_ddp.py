@@ -9,11 +9,10 @@ import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader
-
 from geo3d.apps.assembly import AssemblyModule
 from geo3d.datasets.breaking_bad import collate_parts
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _toy import ToyParts  # noqa: E402

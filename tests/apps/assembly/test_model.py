@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from geo3d.apps.assembly import EquivariantAssembler, GlobalAssembler
+
 from geo3d.rotations import random_rotation_matrix
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from geo3d.apps.assembly import AssemblyModule, AtomicCheckpointIO, load_checkpoint, load_model
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
-
-from geo3d.apps.assembly import AssemblyModule, AtomicCheckpointIO, load_checkpoint, load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _toy import ToyParts  # noqa: E402
