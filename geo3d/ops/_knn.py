@@ -383,7 +383,7 @@ def _kdtree_candidates(
 
     b, n, dim = x.shape
     m = y.shape[1]
-    kc = min(m, k + 2)
+    kc = min(m, k + 1)
     cand = torch.full((b, n, kc), m, dtype=torch.long)
     bound = torch.full((b, n), math.inf, dtype=torch.float64)
     # scipy works in float64 (near-exact for float32 inputs); the bound allows for the
@@ -485,11 +485,28 @@ def _cand_sqdist(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.T
 def _sort_by_dist_then_index(
     d: torch.Tensor, idx: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort the last axis by (d, idx) ascending: sort by index, then stably by distance."""
-    idx, order = torch.sort(idx, dim=-1, stable=True)
-    d = d.gather(-1, order)
-    d, order = torch.sort(d, dim=-1, stable=True)
-    return d, idx.gather(-1, order)
+    """Sort the last axis by (d, idx) ascending: sort by index, then stably by distance.
+
+    Rows that are already in order (typical for k-d tree candidates) are left alone.
+    """
+    kk = d.shape[-1]
+    if kk <= 1:
+        return d, idx
+    shape = d.shape
+    d, idx = d.reshape(-1, kk), idx.reshape(-1, kk)
+    dn, dp = d[:, 1:], d[:, :-1]
+    in_order = ((dn > dp) | ((dn == dp) & (idx[:, 1:] > idx[:, :-1]))).all(-1)
+    bad = torch.nonzero(~in_order)[:, 0]
+    if bad.numel() == 0:
+        return d.reshape(shape), idx.reshape(shape)
+    db, ib = d[bad], idx[bad]
+    ib, order = torch.sort(ib, dim=-1, stable=True)
+    db = db.gather(-1, order)
+    db, order = torch.sort(db, dim=-1, stable=True)
+    ib = ib.gather(-1, order)
+    d, idx = d.clone(), idx.clone()
+    d[bad], idx[bad] = db, ib
+    return d.reshape(shape), idx.reshape(shape)
 
 
 def _certify(
