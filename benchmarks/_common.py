@@ -105,3 +105,30 @@ def measure(
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
     return {"time_s": min(medians), "round_medians_s": medians}
+
+
+def measure_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    device: str | torch.device = "cpu",
+    min_run_time: float = 0.2,
+    rounds: int | dict[str, int] = 3,
+) -> dict[str, dict[str, Any]]:
+    """Time several callables in interleaved rounds (A B C A B C ...).
+
+    On a shared machine, load changes over time; interleaving exposes every candidate to
+    the same conditions. Per callable: the smallest per-round median and all medians (s).
+    ``rounds`` may be a dict giving some callables fewer rounds (e.g. a slow reference).
+    """
+    from torch.utils.benchmark import Timer
+
+    timers = {k: Timer(stmt="fn()", globals={"fn": f}, label=k) for k, f in fns.items()}
+    nr = {k: rounds.get(k, 1) if isinstance(rounds, dict) else rounds for k in fns}
+    med: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(max(nr.values(), default=0)):
+        for k, t in timers.items():
+            if r < nr[k]:
+                m = t.blocked_autorange(min_run_time=min_run_time)
+                med[k].append(float(m.median))
+                if torch.device(device).type == "cuda":
+                    torch.cuda.synchronize()
+    return {k: {"time_s": min(v), "round_medians_s": v} for k, v in med.items()}

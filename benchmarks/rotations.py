@@ -23,11 +23,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, env_info, measure, write_json_atomic  # noqa: E402
+from _common import RESULTS_DIR, env_info, measure_interleaved, write_json_atomic  # noqa: E402
 
 import geo3d.rotations as G  # noqa: E402
 
@@ -230,11 +229,11 @@ def run(device: str, sizes: list[int], fused: bool, rounds: int, min_time: float
                 ]
                 row["fused_max_abs_diff"] = float((fout - out).abs().max())
                 calls["geo3d_fused"] = fcall
-            for k, fn in calls.items():
-                r = 1 if k == "scipy" and n > 10_000 else rounds
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    m = measure(fn, device=device, min_run_time=mt, rounds=r, label=name)
+            nrounds = {k: (1 if k == "scipy" and n > 10_000 else rounds) for k in calls}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ms = measure_interleaved(calls, device=device, min_run_time=mt, rounds=nrounds)
+            for k, m in ms.items():
                 row["times_s"][k] = m["time_s"]
                 row["rounds"][k] = m["round_medians_s"]
             t = row["times_s"]
@@ -249,7 +248,8 @@ def run(device: str, sizes: list[int], fused: bool, rounds: int, min_time: float
         "benchmark": "rotations",
         "env": env,
         "timing": {
-            "statistic": "min over rounds of torch.utils.benchmark blocked_autorange medians",
+            "statistic": "min over interleaved rounds of torch.utils.benchmark "
+            "blocked_autorange medians",
             "rounds": rounds,
             "min_run_time_s": min_time,
             "bandwidth_bound": "copy_io = clone of a buffer of in_bytes + out_bytes bytes; "

@@ -138,7 +138,7 @@ def mean_rotation(
     Returns:
         Mean rotations, shape ``R.shape`` without ``dim``.
     """
-    check_tensor("R", R, (3, 3), min_ndim=3)
+    check_tensor("R", R, (None, 3, 3))
     if not isinstance(dim, int) or not (-R.ndim <= dim < R.ndim):
         raise ValueError(f"dim: expected an int in [{-R.ndim}, {R.ndim - 3}], got {dim!r}")
     d = dim % R.ndim
@@ -155,6 +155,10 @@ def mean_rotation(
     else:
         _check_weights(weights, R.shape[:-2], "(R.shape[:-2])")
         w = weights.unsqueeze(-1).unsqueeze(-1)
+        if values_enabled():
+            tot = torch.broadcast_to(weights, R.shape[:-2]).sum(dim=d)
+            if tot.numel() > 0 and not tot.min().item() > 0:
+                raise ValueError(f"weights: expected a positive total weight along dim={dim}")
         M = (R * w).sum(dim=d)
     return project_to_so3(M)
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from geo3d.rotations._checks import check_tensor, check_values, values_enabled
+from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
 
 __all__ = [
     "quat_to_matrix",
@@ -129,8 +129,7 @@ def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
     check_tensor("R", R, (3, 3))
     v = _shepperd(R)
     n2 = (v * v).sum(-1, keepdim=True)
-    if values_enabled():
-        check_values("R", torch.isfinite(n2), "expected finite values, got NaN or inf")
+    check_finite("R", n2)
     # copysign folds the w >= 0 canonicalisation into the normalisation.
     return v * torch.copysign(torch.rsqrt(n2), v[..., :1])
 
