@@ -79,7 +79,8 @@ class TFNEncoder(nn.Module):
 
     Outputs: ``invariant`` = pooled ``0e`` channels ``(B, C0)``; ``equivariant`` = pooled
     ``1o`` channels as xyz vectors ``(B, C1, 3)`` (converted from e3nn's l=1 basis with
-    :func:`e3nn_l1_to_xyz`); ``point_features`` = per-point ``0e`` channels.
+    :func:`e3nn_l1_to_xyz`), None when ``irreps_out`` has no ``1o``; ``point_features`` =
+    per-point ``0e`` channels.
 
     Claims (tested, to e3nn float tolerances): O(3) — rotations and reflections (``1o``
     outputs flip under inversion like vectors, ``0e`` are invariant) — and translation
@@ -183,5 +184,7 @@ class TFNEncoder(nn.Module):
         f1 = e3nn_l1_to_xyz(f[..., self.idx1].reshape(B, N, -1, 3))  # (B, N, C1, 3)
         inv = masked_mean(f0, pm, dim=1)
         eq = masked_mean(f1, pm.unsqueeze(-1), dim=1)
+        if self.equivariant_dim == 0:  # no 1o channels requested
+            return EncoderOutput(invariant=inv, point_features=zero_rows(f0, mask))
         return EncoderOutput(invariant=inv, equivariant=eq, point_features=zero_rows(f0, mask),
                              point_equivariant=zero_rows(f1, mask))

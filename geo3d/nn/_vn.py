@@ -53,8 +53,8 @@ def _channel_mix(linear: nn.Linear, x: Tensor) -> Tensor:
 
 def _dot3(a: Tensor, b: Tensor) -> Tensor:
     # Inner product over the xyz axis (dim 2), kept: (B, C, 3, *S) -> (B, C, 1, *S).
-    # Written as three slice products: much faster on CPU than a strided reduction.
-    return a[:, :, 0:1] * b[:, :, 0:1] + a[:, :, 1:2] * b[:, :, 1:2] + a[:, :, 2:3] * b[:, :, 2:3]
+    # vecdot is several times faster (forward + backward) than (a * b).sum(2) or slicing.
+    return torch.linalg.vecdot(a, b, dim=2).unsqueeze(2)
 
 
 def _safe_norm(x: Tensor) -> Tensor:
@@ -88,14 +88,14 @@ class VNLinear(nn.Module):
 
 def _vn_relu(p: Tensor, d: Tensor, negative_slope: float, eps: float) -> Tensor:
     # Keep p where <p, d> >= 0; otherwise remove its component along d. Mixed with identity
-    # by the negative slope.
-    dot = _dot3(p, d)
-    d_norm_sq = _dot3(d, d)
-    proj = p - (dot / (d_norm_sq + eps)) * d
-    out = torch.where(dot >= 0, p, proj)
-    if negative_slope == 0.0:
-        return out
-    return negative_slope * p + (1.0 - negative_slope) * out
+    # by the negative slope s:  s p + (1 - s) q  =  p - (1 - s) [<p,d> < 0] <p,d>/(|d|^2+eps) d,
+    # computed in that second form (one full-size temporary instead of five).
+    dot = _dot3(p, d)  # (B, C, 1, *S)
+    coef = dot / (_dot3(d, d) + eps)
+    coef = torch.where(dot < 0, coef, torch.zeros_like(coef))
+    if negative_slope != 0.0:
+        coef = coef * (1.0 - negative_slope)
+    return p - coef * d
 
 
 class VNLeakyReLU(nn.Module):
@@ -131,10 +131,10 @@ class VNLeakyReLU(nn.Module):
 
 
 class VNBatchNorm(nn.Module):
-    """Batch norm of vector norms; directions are kept.
+    """Batch norm of vector norms; directions are kept (up to sign).
 
     ``x -> x / (|x| + eps) * BN(|x|)`` with BN over the norms ``|x|`` (shape
-    :math:`(B, C, *S)`). Padded entries (``mask`` False) are excluded from the batch
+    :math:`(B, C, *S)`); as in Deng et al., a negative normalised norm flips the vector. Padded entries (``mask`` False) are excluded from the batch
     statistics. Note that in training mode the statistics mix samples of the batch, so the
     output of one sample depends on the others (equivariance holds for one rotation applied
     to the whole batch, or in eval mode per sample).

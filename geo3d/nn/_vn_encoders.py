@@ -16,6 +16,7 @@ from ._vn import (
     VNLinearLeakyReLU,
     VNMaxPool,
     VNMeanPool,
+    _vn_relu,
     vn_edge_features,
 )
 
@@ -34,6 +35,40 @@ def _vn_to_points(x: Tensor) -> Tensor:
     # (B, C, 3, N) -> (B, N, 3C) for distances in feature space.
     B, C, _, N = x.shape
     return x.permute(0, 3, 1, 2).reshape(B, N, C * 3)
+
+
+def _gather_neighbors(y: Tensor, idx: Tensor) -> Tensor:
+    # y (B, C, 3, N), idx (B, N, k) -> (B, C, 3, N, k) with [..., i, j] = y[..., idx[b, i, j]].
+    B, C, _, N = y.shape
+    k = idx.shape[-1]
+    flat = idx.reshape(B, 1, 1, N * k).expand(B, C, 3, N * k)
+    return torch.gather(y, 3, flat).view(B, C, 3, N, k)
+
+
+def _edge_conv(conv: VNLinearLeakyReLU, x: Tensor, idx: Tensor, cross: bool,
+               nmask: Tensor | None) -> Tensor:
+    """``conv(vn_edge_features(x, idx, cross), nmask)`` without building the edge tensor.
+
+    By linearity ``W [x_j - x_i; x_i] = W_1 x_j + (W_2 - W_1) x_i``: the channel maps run on
+    the N points, and only their results are gathered over the k neighbours (exact up to
+    float rounding). The cross-product variant uses the generic path.
+    """
+    if cross:
+        return conv(vn_edge_features(x, idx, cross=True), nmask)
+    C = x.shape[1]
+
+    def split_map(w: Tensor) -> Tensor:
+        a, b = w[:, :C], w[:, C:]
+        y = torch.matmul(torch.cat([a, b - a], dim=0), x.reshape(x.shape[0], C, -1))
+        y = y.view(x.shape[0], 2 * w.shape[0], 3, x.shape[-1])
+        yj, yi = y[:, : w.shape[0]], y[:, w.shape[0]:]
+        return _gather_neighbors(yj, idx) + yi.unsqueeze(-1)
+
+    p = split_map(conv.map_to_feat.weight)
+    if conv.bn is not None:
+        p = conv.bn(p, nmask)
+    d = split_map(conv.map_to_dir.weight)
+    return _vn_relu(p, d, conv.negative_slope, conv.eps)
 
 
 def _readout(x: Tensor, mask: Tensor, global_pool: nn.Module, std: VNInvariant) -> EncoderOutput:
@@ -130,8 +165,8 @@ class VNDGCNN(nn.Module):
         for conv, pool in zip(self.convs, self.pools, strict=True):
             idx, nmask = masked_knn(_vn_to_points(feats), self.k, pmask)
             nmask = None if dense else nmask
-            e = vn_edge_features(feats, idx, cross=self.cross)  # (B, mult*C, 3, N, k)
-            feats = pool(conv(e, nmask), nmask)  # (B, h, 3, N)
+            e = _edge_conv(conv, feats, idx, self.cross, nmask)  # (B, h, 3, N, k)
+            feats = pool(e, nmask)  # (B, h, 3, N)
             outs.append(feats)
         h = self.conv_out(torch.cat(outs, dim=1), pmask)  # (B, F, 3, N)
         return _readout(h, mask, self.global_pool, self.std)
@@ -202,8 +237,8 @@ class VNPointNet(nn.Module):
         pmask = None if dense else mask
         idx, nmask = masked_knn(x, self.k, pmask)
         nmask = None if dense else nmask
-        e = vn_edge_features(feats, idx, cross=self.cross)
-        h = self.pool_pos(self.conv_pos(e, nmask), nmask)  # (B, h0, 3, N)
+        e = _edge_conv(self.conv_pos, feats, idx, self.cross, nmask)
+        h = self.pool_pos(e, nmask)  # (B, h0, 3, N)
         for layer in self.mlp:
             h = layer(h, pmask)
         h = self.lin_out(h)

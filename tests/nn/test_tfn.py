@@ -52,6 +52,9 @@ def test_irreps_configuration(build):
     # Hidden irreps unreachable from the scalar input in layer 1 (0o, 1e) are dropped there.
     first = model.layers[0]["gate"].irreps_out
     assert all(ir.p == (-1) ** ir.l for _, ir in first)
+    scalar_only = build(lambda: TFNEncoder(irreps_hidden="4x0e", irreps_out="3x0e", k=4))
+    out = scalar_only(torch.randn(2, 10, 3, dtype=torch.float64))
+    assert out.invariant.shape == (2, 3) and out.equivariant is None
     with pytest.raises(ValueError, match="irreps_out"):
         TFNEncoder(irreps_out="4x1o")
     with pytest.raises(ValueError, match="k"):

@@ -222,3 +222,15 @@ def test_cuda_matches_cpu(build, generator):
     out_cpu = layer(x)
     out_gpu = layer.cuda()(x.cuda())
     torch.testing.assert_close(out_gpu.cpu(), out_cpu)
+
+
+def test_fused_edge_conv_equals_edge_features_then_conv(build, generator):
+    from geo3d.nn._vn_encoders import _edge_conv
+
+    conv = build(lambda: VNLinearLeakyReLU(6, 5))
+    x = _feats(generator, 2, 3, 3, 30)
+    idx = torch.randint(0, 30, (2, 30, 8), generator=generator)
+    mask = torch.rand(2, 30, 8, generator=generator) > 0.2
+    for cross, c in ((False, conv), (True, build(lambda: VNLinearLeakyReLU(9, 5)))):
+        ref = c(vn_edge_features(x, idx, cross=cross), mask)
+        torch.testing.assert_close(_edge_conv(c, x, idx, cross, mask), ref, atol=1e-12, rtol=0)
