@@ -34,8 +34,9 @@ _LOCK = threading.Lock()
 def fused(name: str) -> Callable:
     """Return a fused (``torch.compile``-d) version of the conversion ``name``.
 
-    The compiled function is created on first use and cached; inputs with new shapes
-    reuse it (``dynamic=True``). If compilation or the compiled call fails (no C++
+    The compiled function is created on first use and cached. The first shape gets a
+    specialised kernel; after a second shape torch.compile switches to a dynamic-shape
+    kernel, so varying batch sizes do not recompile endlessly. If compilation or the compiled call fails (no C++
     compiler, unsupported platform), a ``RuntimeWarning`` is emitted once and the eager
     function is used from then on. Fused functions skip data-dependent value checks
     (shape checks are kept) and are meant for large batches (≳1e5 elements); gradients
@@ -57,7 +58,7 @@ def fused(name: str) -> Callable:
         if fn is not None:
             return fn
         try:
-            compiled = torch.compile(eager, dynamic=True)
+            compiled = torch.compile(eager)
         except Exception as err:  # pragma: no cover - depends on the platform
             warnings.warn(
                 f"geo3d.rotations: torch.compile unavailable ({err}); using eager {name}",
