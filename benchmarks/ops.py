@@ -112,6 +112,8 @@ def _make_fn(op: str, method: str, x, y):
 def worker(case: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    if case.get("threads"):
+        torch.set_num_threads(case["threads"])
     device = torch.device(case["device"])
     cuda = device.type == "cuda"
     g = torch.Generator().manual_seed(0)
@@ -135,13 +137,14 @@ def worker(case: dict[str, Any]) -> dict[str, Any]:
     else:
         reset_ok = _reset_peak()
         base = _rss_bytes()
-    times = []
+    times, cpu_times = [], []
     t_total = time.perf_counter()
     while True:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         sync()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         del out
         if len(times) >= case["max_reps"] or time.perf_counter() - t_total > case["min_time"]:
             break
@@ -153,6 +156,8 @@ def worker(case: dict[str, Any]) -> dict[str, Any]:
         **case,
         "time_s": min(times),
         "times_s": times,
+        # CPU time of the process (all threads): robust to other jobs on a shared machine
+        "cpu_time_s": min(cpu_times),
         "peak_extra_bytes": int(max(peak, 0)),
         "peak_method": "cuda_max_memory_allocated"
         if cuda
@@ -184,6 +189,10 @@ def plan(args) -> tuple[list[dict[str, Any]], list[str]]:
                 methods.append("torch_cluster")
             elif op == "knn":
                 skipped.append("torch_cluster: not installed")
+            if args.methods:
+                methods = [mt for mt in methods if mt in args.methods]
+            if args.ops and op not in args.ops:
+                continue
             for n in args.sizes:
                 for method in methods:
                     tag = f"{device} {op} {method} N=M={n}"
@@ -210,6 +219,7 @@ def plan(args) -> tuple[list[dict[str, Any]], list[str]]:
                             "method": method,
                             "n": n,
                             "k": K if op == "knn" else 1,
+                            "threads": args.threads,
                             "max_reps": 5,
                             "min_time": 1.0,
                         }
@@ -236,11 +246,11 @@ def _fmt_mem(b: int | None) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        f"{'device':6} {'op':8} {'N=M':>8} {'method':14} {'time':>10} {'peak extra':>13} "
-        f"{'dense/this':>10}"
+        f"{'device':6} {'op':8} {'N=M':>8} {'method':14} {'wall':>10} {'cpu':>10} "
+        f"{'peak extra':>13} {'dense/this wall':>15} {'cpu':>8}"
     ]
     base = {
-        (r["device"], r["op"], r["n"]): r["time_s"]
+        (r["device"], r["op"], r["n"]): (r["time_s"], r["cpu_time_s"])
         for r in results
         if r["method"] in ("cdist_topk", "cdist_min") and "time_s" in r
     }
@@ -251,10 +261,11 @@ def table(results: list[dict[str, Any]]) -> str:
             )
             continue
         b = base.get((r["device"], r["op"], r["n"]))
-        ratio = f"{b / r['time_s']:9.2f}x" if b else "         -"
+        ratio = f"{b[0] / r['time_s']:14.2f}x" if b else f"{'-':>15}"
+        cratio = f"{b[1] / max(r['cpu_time_s'], 1e-9):7.2f}x" if b else f"{'-':>8}"
         lines.append(
             f"{r['device']:6} {r['op']:8} {r['n']:>8} {r['method']:14} {r['time_s']:9.4f}s "
-            f"{_fmt_mem(r['peak_extra_bytes']):>13} {ratio}"
+            f"{r['cpu_time_s']:9.4f}s {_fmt_mem(r['peak_extra_bytes']):>13} {ratio} {cratio}"
         )
     return "\n".join(lines)
 
@@ -264,9 +275,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000, 200000, 1000000])
     ap.add_argument("--devices", nargs="+", default=None)
+    ap.add_argument("--methods", nargs="+", default=None, help="only these methods")
+    ap.add_argument("--ops", nargs="+", default=None, choices=["knn", "chamfer"])
     ap.add_argument("--dense-budget-gb", type=float, default=8.0)
     ap.add_argument("--max-brute-cpu", type=int, default=20000)
     ap.add_argument("--max-cpu", type=int, default=1000000)
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch (and k-d tree) threads per case"
+    )
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per case")
     ap.add_argument("--out", default=None, help="JSON path (default results/ops_<device>.json)")
     args = ap.parse_args(argv)
@@ -305,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
                 "benchmark": "geo3d.ops knn / chamfer_distance vs dense cdist",
                 "env": env_info(device),
                 "params": {
+                    "threads": args.threads or torch.get_num_threads(),
                     "k": K,
                     "dim": DIM,
                     "batch": 1,

@@ -228,7 +228,11 @@ def _brute_candidates(
     # |expanded - exact| <= c * eps * (|x| + |y|)^2 covers the rounding of the matmul, of
     # the norms and of the exact re-scoring (with a safety factor of 2).
     tol = (4 * dim + 8) * _gemm_eps(dt) * (xx.sqrt() + ymax[:, None]) ** 2
-    ycT = yc.transpose(1, 2)
+    # one matmul gives |y|^2 - 2 x.y (the row constant |x|^2 does not change the ranking):
+    # [x, 1] @ [-2 y, |y|^2]^T, no broadcast copy and no extra pass over the block
+    ones = torch.ones_like(xc[..., :1])
+    xa = torch.cat([xc, ones], -1)
+    yaT = torch.cat([-2 * yc, yy[..., None]], -1).transpose(1, 2)
 
     rows = chunk_size or max(1, _budget(dev) // (m * dt.itemsize))
     if rows >= n:
@@ -241,12 +245,7 @@ def _brute_candidates(
         b1 = min(b, b0 + bb)
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
-            block = torch.baddbmm(
-                yy[b0:b1, None, :].expand(b1 - b0, r1 - r0, m),
-                xc[b0:b1, r0:r1],
-                ycT[b0:b1],
-                alpha=-2,
-            )
+            block = torch.bmm(xa[b0:b1, r0:r1], yaT[b0:b1])
             if kc == 1:
                 inds = block.argmin(-1, keepdim=True)
             else:
@@ -293,7 +292,11 @@ def _brute_nearest_both(
     tol_y = c * (yy.sqrt() + xmax[:, None]) ** 2
     yy = torch.where(ymask, yy, inf)
     xx = torch.where(xmask, xx, inf)
-    ycT = yc.transpose(1, 2)
+    # full approximate distances (inf on padding) from one matmul:
+    # [x, 1, |x|^2] @ [-2 y, |y|^2, 1]^T
+    ones_x, ones_y = torch.ones_like(xc[..., :1]), torch.ones_like(yc[..., :1])
+    xa = torch.cat([xc, ones_x, xx[..., None]], -1)
+    yaT = torch.cat([-2 * yc, yy[..., None], ones_y], -1).transpose(1, 2)
 
     rows = chunk_size or max(1, _budget(dev) // (m * dt.itemsize))
     if rows >= n:
@@ -309,13 +312,7 @@ def _brute_nearest_both(
         b1 = min(b, b0 + bb)
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
-            block = torch.baddbmm(
-                yy[b0:b1, None, :].expand(b1 - b0, r1 - r0, m),
-                xc[b0:b1, r0:r1],
-                ycT[b0:b1],
-                alpha=-2,
-            )
-            block.add_(xx[b0:b1, r0:r1, None])  # full approximate distances, inf on padding
+            block = torch.bmm(xa[b0:b1, r0:r1], yaT[b0:b1])
             # rows: nearest y and the second smallest value
             v, i = block.min(-1, keepdim=True)
             cand_x[b0:b1, r0:r1] = i
@@ -396,8 +393,9 @@ def _kdtree_candidates(
             continue
         q = min(kc, mr)
         tree = cKDTree(yn[bi, :mr], balanced_tree=False)
-        # a thread pool only pays off for many queries
-        dd, ii = tree.query(xn[bi, :nq], k=q, workers=-1 if nq >= 8192 else 1)
+        # as many threads as torch uses; a thread pool only pays off for many queries
+        workers = torch.get_num_threads() if nq >= 8192 else 1
+        dd, ii = tree.query(xn[bi, :nq], k=q, workers=workers)
         cand[bi, :nq, :q] = torch.from_numpy(ii.reshape(nq, q).astype("int64", copy=False))
         if q < mr:
             bound[bi, :nq] = torch.from_numpy(dd.reshape(nq, q)[:, -1]) ** 2 * (1.0 - rel)
