@@ -65,12 +65,13 @@ def knn(
     only when a rigorous rounding-error bound proves that no excluded point can beat (or tie)
     its k-th neighbour; otherwise that row is recomputed exactly against all of ``y``. So the
     result equals a brute-force evaluation of all ``N x M`` exact distances followed by a
-    stable sort, bit for bit, on every backend.
+    stable sort, bit for bit, on every backend (for D > 8 the exact distance is a
+    ``sum(-1)`` reduction, whose order torch fixes per D).
 
     Memory is bounded: the brute-force backend works on blocks of rows, so its peak extra
-    memory is O(chunk * M + N * k) (block size from :data:`MEMORY_BUDGET_CPU` /
-    :data:`MEMORY_BUDGET_CUDA`, or ``chunk_size`` rows); the k-d tree backend needs
-    O(M + N * k). Nothing of size N x M is ever allocated.
+    memory is O(chunk * M + N * k) (blocks of at most 256 MiB on CPU / 1 GiB on CUDA, see
+    ``geo3d.ops._knn.MEMORY_BUDGET_CPU`` / ``MEMORY_BUDGET_CUDA``, or ``chunk_size`` rows); the
+    k-d tree backend needs O(M + N * k). Nothing of size N x M is ever allocated.
 
     Ragged batches: ``x_lengths[b]`` / ``y_lengths[b]`` give the number of valid (leading)
     points; padded points of ``y`` are never returned. Fill values: a padded query row
