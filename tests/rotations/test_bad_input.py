@@ -88,9 +88,10 @@ NAN = float("nan")
 INF = float("inf")
 
 VALUE_CASES = [
-    (lambda: G.quat_to_matrix(torch.zeros(2, 4)), r"q: .*zero quaternion"),
-    (lambda: G.quat_to_matrix(torch.tensor([NAN, 0, 0, 1])), r"q: .*NaN/inf"),
-    (lambda: G.quat_to_matrix(torch.tensor([INF, 0, 0, 1])), r"q: .*NaN/inf"),
+    (lambda: G.quat_to_matrix(torch.zeros(2, 4), normalize=True), r"q: .*zero quaternion"),
+    (lambda: G.quat_to_matrix(torch.tensor([NAN, 0, 0, 1]), True), r"q: .*NaN/inf"),
+    (lambda: G.quat_to_matrix(torch.tensor([INF, 0, 0, 1])), r"q: expected finite"),
+    (lambda: G.quat_to_matrix(torch.tensor([NAN, 0, 0, 1])), r"q: expected finite"),
     (lambda: G.quat_apply(torch.zeros(4), v3), r"q: .*zero"),
     (lambda: G.quat_to_axis_angle(torch.zeros(4)), r"q: .*zero"),
     (lambda: G.quat_slerp(q, torch.zeros(4), 0.2), r"q1: .*zero"),
@@ -152,12 +153,12 @@ def test_unknown_euler_conventions(conv):
 def test_value_checks_can_be_disabled():
     old = G.set_value_checks(False)
     try:
-        out = G.quat_to_matrix(torch.zeros(4))
+        out = G.quat_to_matrix(torch.zeros(4), normalize=True)
         assert not torch.isfinite(out).all()
     finally:
         G.set_value_checks(old)
     with pytest.raises(ValueError):
-        G.quat_to_matrix(torch.zeros(4))
+        G.quat_to_matrix(torch.zeros(4), normalize=True)
 
 
 def test_valid_edge_values_do_not_raise():
@@ -166,4 +167,4 @@ def test_valid_edge_values_do_not_raise():
     assert G.matrix_to_axis_angle(
         torch.diag(torch.tensor([1.0, -1, -1]))
     ).abs().max() == pytest.approx(math.pi)
-    assert torch.allclose(G.quat_to_matrix(torch.tensor([5.0, 0, 0, 0])), torch.eye(3))
+    assert torch.allclose(G.quat_to_matrix(torch.tensor([5.0, 0, 0, 0]), True), torch.eye(3))
