@@ -36,10 +36,10 @@ def test_equivariant_output_rotates_with_plain_matrices(build, generator):
     pts = torch.randn(2, 24, 3, generator=generator, dtype=torch.float64)
     # The xyz output must transform with the ordinary matrix R (and -I flips it: 1o).
     assert_equivariant(lambda p: model(p).equivariant, O3(), Vector(O3()), Vector(O3()),
-                       inputs=(pts,), n_samples=3, atol=1e-10, generator=generator)
+                       inputs=(pts,), n_samples=2, atol=1e-10, generator=generator)
     # Cross-check against geo3d's e3nn-backed irreps rep on the raw l=1 layout.
     assert_equivariant(lambda p: model(p).point_equivariant.flatten(-2), O3(), Vector(O3()),
-                       Irreps(O3(), "3x1o"), inputs=(pts,), n_samples=2, atol=1e-10,
+                       Irreps(O3(), "3x1o"), inputs=(pts,), n_samples=1, atol=1e-10,
                        generator=generator)
 
 
