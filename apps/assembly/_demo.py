@@ -137,8 +137,9 @@ def demo_main(argv: list[str]) -> int:
     # generate the data once, before any training process needs it
     from geo3d.apps.assembly.cli import run_lightning_cli
 
-    prep = run_lightning_cli(["fit", "--config", config_path(a.config_set),
-                              "--data.root", str(data_root)], run=False)
+    prep = run_lightning_cli(["--config", config_path(a.config_set),
+                              "--data.root", str(data_root), "--trainer.logger", "false"],
+                             run=False)
     print(f"=== data: {data_root} (generated on first use)", flush=True)
     prep.datamodule.prepare_data()
     configs = {

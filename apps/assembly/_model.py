@@ -119,8 +119,12 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
     part's invariant token is ``[F E (C×3 coordinates in its own frame), |F|, G]``.
     Masked multi-head self-attention over the valid parts of an object lets every part's
     pose depend on all others (padded parts never attend or get attended). From the
-    attended invariant token a 6D rotation ``Q`` and a translation ``t`` are read out;
-    the part's rotation is ``R = Q Eᵀ``. Rotating input part ``i`` by ``g`` therefore gives
+    attended invariant token a translation ``t`` is read out, and the rotation either as
+    ``R = Q Eᵀ`` with a 6D rotation ``Q`` (``rot_readout="frame"``) or, by default
+    (``"steer"``), as ``R = Sᵀ`` where the columns of ``S`` come from Gram–Schmidt of two
+    vectors ``Σ_c w_kc(token) F_c`` (invariant weights steering the equivariant channels;
+    ``S`` holds the assembled frame's axes in input coordinates, ``S(g p) = g S(p)``).
+    Either way ``R(g p) = R(p) g⁻¹``. Rotating input part ``i`` by ``g`` therefore gives
     ``R g⁻¹`` and the same assembled part ``R g⁻¹ (g p) + t``; translating it shifts only
     the centring correction. Exact by construction (up to float rounding and knn ties).
 
@@ -134,6 +138,7 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         dropout: attention dropout.
         hidden: encoder block widths (``None``: encoder default).
         batch_norm: batch norm inside the encoder.
+        rot_readout: ``"steer"`` (default) or ``"frame"`` (see above).
     """
 
     def __init__(
@@ -147,9 +152,14 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         dropout: float = 0.0,
         hidden: list[int] | None = None,
         batch_norm: bool = True,
+        rot_readout: str = "steer",
     ) -> None:
         super().__init__()
         from geo3d.nn import VNLinear
+
+        if rot_readout not in ("steer", "frame"):
+            raise ValueError(f"rot_readout: expected 'steer' or 'frame', got {rot_readout!r}")
+        self.rot_readout = rot_readout
 
         self.encoder = build_encoder(encoder, feat_dim, k, hidden, batch_norm)
         c_eq, c_inv = _probe(self.encoder, k)
@@ -164,6 +174,14 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         self.mixer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.out_norm = nn.LayerNorm(d_model)
         self._init_heads(d_model)
+        # "steer": per-part weights (2 x C) from the attended invariant token combine the
+        # equivariant channels into two vectors, Gram-Schmidt -> the assembled frame's axes
+        # in input coordinates (a static VN linear map gives the initial guess).
+        self.steer = nn.Linear(d_model, 2 * c_eq)
+        with torch.no_grad():
+            self.steer.weight.mul_(0.1)
+            self.steer.bias.zero_()
+        self.steer_static = VNLinear(c_eq, 2)
 
     def forward(self, points: Tensor, valid: Tensor) -> dict[str, Tensor]:
         """Predict part poses.
@@ -188,9 +206,14 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         tok = torch.cat([H.flatten(1), F.norm(dim=-1), enc.invariant], dim=-1)
         tok = _scatter(self.embed(tok), valid)  # (B, P, D)
         tok = self.out_norm(self.mixer(tok, src_key_padding_mask=~valid))[valid]
-        Q = sixd_to_matrix(self.rot_head(tok))
         t = self.trans_head(tok)
-        R = Q @ E.transpose(-1, -2)
+        if self.rot_readout == "steer":
+            w = self.steer(tok).reshape(-1, 2, F.shape[1])  # (M, 2, C) invariant weights
+            u = w @ F + self.steer_static(F)  # (M, 2, 3) equivariant vectors
+            R = sixd_to_matrix(torch.cat([u[:, 0], u[:, 1]], dim=-1)).transpose(-1, -2)
+        else:
+            Q = sixd_to_matrix(self.rot_head(tok))
+            R = Q @ E.transpose(-1, -2)
         t = t - (R @ c[..., None])[..., 0]  # account for the centring of the input part
         eye = torch.eye(3, dtype=points.dtype, device=points.device)
         rot = torch.where(valid[..., None, None], _scatter(R, valid), eye)

@@ -57,6 +57,8 @@ class AssemblyModule(L.LightningModule):
         feat_dim: encoder width; k: DGCNN neighbours; hidden: encoder block widths.
         batch_norm: batch norm inside the encoder.
         d_model, num_layers, num_heads: pose head / cross-part attention sizes.
+        rot_readout: equivariant rotation readout, ``"steer"`` or ``"frame"``
+            (see :class:`EquivariantAssembler`).
         lr, weight_decay: Adam(W) settings; cosine decay to ``lr * min_lr_ratio`` over the run.
         rot_augment: randomly re-rotate every training part (needed by ``global``; the
             equivariant model does not need it).
@@ -77,6 +79,7 @@ class AssemblyModule(L.LightningModule):
         d_model: int = 128,
         num_layers: int = 2,
         num_heads: int = 4,
+        rot_readout: str = "steer",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         min_lr_ratio: float = 0.01,
@@ -93,7 +96,8 @@ class AssemblyModule(L.LightningModule):
         self.save_hyperparameters()
         if arch == "equivariant":
             self.net = EquivariantAssembler(
-                encoder, feat_dim, k, d_model, num_layers, num_heads, 0.0, hidden, batch_norm
+                encoder, feat_dim, k, d_model, num_layers, num_heads, 0.0, hidden, batch_norm,
+                rot_readout,
             )
         elif arch == "global":
             self.net = GlobalAssembler(encoder, feat_dim, k, d_model, hidden, batch_norm)

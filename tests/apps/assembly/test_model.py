@@ -28,11 +28,14 @@ def _assembled(out: dict, pts: torch.Tensor) -> torch.Tensor:
     return pts @ out["rot"].transpose(-1, -2) + out["trans"][:, :, None]
 
 
+@pytest.mark.parametrize("readout", ["steer", "frame"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
-def test_assembly_invariant_to_per_part_rigid_motions(dtype, tol, generator):
+def test_assembly_invariant_to_per_part_rigid_motions(dtype, tol, readout, generator):
     """Rotating (and translating) each input part by its own g leaves the assembly unchanged,
     and the predicted rotation becomes R g^-1."""
-    m = _tiny(dtype)
+    m = _tiny(dtype, rot_readout=readout)
+    with torch.no_grad():  # non-trivial steering weights
+        m.steer.weight.normal_(0, 0.5, generator=generator)
     pts, valid = _parts(generator, dtype)
     out = m(pts, valid)
     for _ in range(4):
@@ -123,6 +126,8 @@ def test_bad_input():
         EquivariantAssembler(encoder="dgcnn", feat_dim=8, k=4)
     with pytest.raises(ValueError, match="encoder"):
         EquivariantAssembler(encoder="nope")
+    with pytest.raises(ValueError, match="rot_readout"):
+        EquivariantAssembler(feat_dim=8, k=4, hidden=[4, 4, 8], rot_readout="euler")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
