@@ -97,8 +97,12 @@ def quat_to_matrix(q: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     return out.unflatten(-1, (3, 3))
 
 
-def _shepperd(R: torch.Tensor) -> torch.Tensor:
-    """Unnormalised quaternion (up to sign and a positive scale) by robust branch selection."""
+def _shepperd(R: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Unnormalised quaternion components (up to sign and a positive scale), chosen by
+    scipy's robust branch selection: the largest of tr R, R00, R11, R22 (i.e. of 4w², 4x²,
+    4y², 4z²) picks row i of the symmetric matrix 4 q qᵀ, which is 4 q_i q. Selection is
+    elementwise (``torch.where``), without Python branching or gathers, so it also fuses
+    into a single kernel under ``torch.compile``."""
     m = R.flatten(-2)
     m00, m01, m02, m10, m11, m12, m20, m21, m22 = m.unbind(-1)
     tr = m00 + m11 + m22
@@ -108,19 +112,15 @@ def _shepperd(R: torch.Tensor) -> torch.Tensor:
     d = m01 + m10
     e = m02 + m20
     f = m12 + m21
-    # Row i of this symmetric matrix is 4 q_i q, its diagonal is 4 q_i^2.
-    M = torch.stack(
-        (
-            1.0 + tr, a, b, c,
-            a, 1.0 + 2.0 * m00 - tr, d, e,
-            b, d, 1.0 + 2.0 * m11 - tr, f,
-            c, e, f, 1.0 + 2.0 * m22 - tr,
-        ),
-        dim=-1,
-    ).unflatten(-1, (4, 4))  # fmt: skip
-    # Same choice as scipy (largest of tr, m00, m11, m22), computed from the decision values.
-    idx = torch.stack((tr, m00, m11, m22), dim=-1).argmax(dim=-1, keepdim=True)
-    return torch.gather(M, -2, idx.unsqueeze(-1).expand(*idx.shape[:-1], 1, 4)).squeeze(-2)
+    # same tie-breaking as argmax over (tr, m00, m11, m22): the first maximum wins
+    cw = (tr >= m00) & (tr >= m11) & (tr >= m22)
+    cx = (m00 >= m11) & (m00 >= m22)
+    cy = m11 >= m22
+    w = torch.where(cw, 1.0 + tr, torch.where(cx, a, torch.where(cy, b, c)))
+    x = torch.where(cw, a, torch.where(cx, 1.0 + 2.0 * m00 - tr, torch.where(cy, d, e)))
+    y = torch.where(cw, b, torch.where(cx, d, torch.where(cy, 1.0 + 2.0 * m11 - tr, f)))
+    z = torch.where(cw, c, torch.where(cx, e, torch.where(cy, f, 1.0 + 2.0 * m22 - tr)))
+    return w, x, y, z
 
 
 def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
@@ -137,11 +137,12 @@ def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
         Unit quaternions ``wxyz`` with ``w >= 0``, shape :math:`(*, 4)`.
     """
     check_tensor("R", R, (3, 3))
-    v = _shepperd(R)
-    n2 = (v * v).sum(-1, keepdim=True)
+    w, x, y, z = _shepperd(R)
+    n2 = (w * w + x * x) + (y * y + z * z)
     check_finite("R", n2)
     # copysign folds the w >= 0 canonicalisation into the normalisation.
-    return v * torch.copysign(torch.rsqrt(n2), v[..., :1])
+    k = torch.copysign(torch.rsqrt(n2), w)
+    return torch.stack((w * k, x * k, y * k, z * k), dim=-1)
 
 
 def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
