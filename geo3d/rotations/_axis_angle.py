@@ -67,22 +67,29 @@ def axis_angle_to_matrix(v: torch.Tensor) -> torch.Tensor:
     check_tensor("v", v, (3,))
     if values_enabled():
         check_finite("v", v)
-    # sin θ/θ = sinc(θ/π) and (1 - cos θ)/θ² = sinc(θ/2π)²/2: smooth, exact at θ = 0, and
-    # vector_norm has a zero (not NaN) gradient at 0, so the gradient at v = 0 is exact.
-    th = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    # sin θ/θ = sinc(θ/π) and (1 - cos θ)/θ² = sinc(θ/2π)²/2: smooth and exact at θ = 0.
+    # θ = sqrt(θ²) through torch.where with a safe input, so the gradient at v = 0 is exact
+    # (not NaN). Scalar components: no small-dim reductions or gathers, fuses when compiled.
+    x, y, z = v.unbind(-1)
+    t2 = x * x + y * y + z * z
+    pos = t2 > 0
+    th = torch.where(pos, torch.sqrt(torch.where(pos, t2, 1.0)), 0.0)
     a = torch.sinc(th * (1.0 / math.pi))
     hb = torch.sinc(th * (0.5 / math.pi))
     b = 0.5 * hb * hb
     # R = I + a [v]x + b [v]x² = (1 - b θ²) I + b v vᵀ + a [v]x
-    bv = b * v
-    p = bv * v  # b (xx, yy, zz)
-    q = bv * v.index_select(-1, _idx(v.device, 1))  # b (xy, yz, zx)
-    r = a * v.index_select(-1, _idx(v.device, 2))  # a (z, x, y)
-    d = (1.0 - p.sum(-1, keepdim=True)) + p
-    d0, d1, d2 = d.unbind(-1)
-    m0, m1, m2 = (q - r).unbind(-1)  # R01, R12, R20
-    p0, p1, p2 = (q + r).unbind(-1)  # R10, R21, R02
-    out = torch.stack((d0, m0, p2, p0, d1, m1, m2, p1, d2), dim=-1)
+    c = 1.0 - b * t2
+    bx, by, bz = b * x, b * y, b * z
+    ax, ay, az = a * x, a * y, a * z
+    xy, xz, yz = bx * y, bx * z, by * z
+    out = torch.stack(
+        (
+            c + bx * x, xy - az, xz + ay,
+            xy + az, c + by * y, yz - ax,
+            xz - ay, yz + ax, c + bz * z,
+        ),
+        dim=-1,
+    )  # fmt: skip
     return out.unflatten(-1, (3, 3))
 
 
