@@ -7,7 +7,7 @@ import math
 import torch
 
 from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
-from geo3d.rotations._quat import _check_quat_norm, _idx, matrix_to_quat
+from geo3d.rotations._quat import _check_quat_norm, matrix_to_quat
 
 __all__ = [
     "axis_angle_to_matrix",

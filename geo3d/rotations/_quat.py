@@ -20,19 +20,6 @@ __all__ = [
 ]
 
 
-_IDX: dict = {}
-
-
-def _idx(device: torch.device, k: int) -> torch.Tensor:
-    """Cached index tensors ``[1, 2, 0]`` (k=1) and ``[2, 0, 1]`` (k=2) on ``device``."""
-    key = (str(device), k)
-    t = _IDX.get(key)
-    if t is None:
-        t = torch.tensor([(i + k) % 3 for i in range(3)], device=device)
-        _IDX[key] = t
-    return t
-
-
 def _check_quat_norm(name: str, n2: torch.Tensor) -> None:
     if values_enabled() and n2.numel() > 0:
         lo, hi = torch.aminmax(n2.detach())  # NaN propagates into both
