@@ -6,6 +6,18 @@ Public API (imported lazily so that ``geo3d --help`` stays fast):
 * :class:`EquivariantAssembler`, :class:`GlobalAssembler` — the networks.
 * :class:`AssemblyModule`, :class:`AssemblyDataModule` — Lightning training code.
 * :class:`AtomicCheckpointIO`, :func:`load_checkpoint`, :func:`load_model`.
+
+Evaluation protocols (:func:`geo3d.eval.assembly_metrics`):
+
+* ``absolute`` (a) — Breaking Bad's metrics in the ground-truth frame, for comparability.
+  The global orientation of an object cannot be observed from independently rotated
+  pieces, so this only rewards models that learned the dataset's canonical frame.
+* ``anchor`` (b) — the prediction is first moved rigidly so that the anchor (largest part
+  by squared radius of gyration of its points) sits at its true pose, then all parts are
+  scored (as later methods do). This scores the relative arrangement only.
+
+Command line: ``geo3d assembly fit|validate|test|predict --config demo`` (LightningCLI),
+``geo3d assembly predict --checkpoint CKPT --pieces a.obj b.obj``, ``geo3d assembly demo``.
 """
 
 from __future__ import annotations

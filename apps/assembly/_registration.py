@@ -39,6 +39,8 @@ def register_pair(
 
     Returns:
         :math:`(4, 4)` float64 matrix ``T`` with ``target ≈ T[:3, :3] @ source + T[:3, 3]``.
+        When neither ICP nor RANSAC finds any overlap (or diverges far from the target),
+        the fallback is the pure translation that puts the centroids together.
     """
     o3d = _o3d()
     source = np.asarray(source, dtype=np.float64)
@@ -70,7 +72,15 @@ def register_pair(
     icp = reg.registration_icp(
         src, tgt, voxel, ransac.transformation, reg.TransformationEstimationPointToPlane()
     )
-    return np.asarray(icp.transformation, dtype=np.float64)
+    diag = float(np.linalg.norm(target.max(0) - target.min(0)))
+    fallback = np.eye(4)  # no overlap found: put the centroids together, keep the rotation
+    fallback[:3, 3] = target.mean(0) - source.mean(0)
+    for cand, fit in ((icp.transformation, icp.fitness), (ransac.transformation, ransac.fitness)):
+        T = np.asarray(cand, dtype=np.float64)
+        moved = source.mean(0) @ T[:3, :3].T + T[:3, 3]
+        if fit > 0 and np.isfinite(T).all() and np.linalg.norm(moved - target.mean(0)) < 2 * diag:
+            return T
+    return fallback
 
 
 def registration_baseline(

@@ -20,7 +20,8 @@ def _parts(gen: torch.Generator, dtype: torch.dtype, B: int = 2, P: int = 3, N: 
     pts = torch.randn(B, P, N, 3, generator=gen, dtype=dtype) * torch.tensor(
         [1.0, 0.6, 0.3], dtype=dtype)
     valid = torch.ones(B, P, dtype=torch.bool)
-    valid[1, -1] = False
+    if B > 1:
+        valid[1, -1] = False
     return pts, valid
 
 
@@ -138,3 +139,21 @@ def test_cuda_matches_cpu(generator):
     a = m(pts, valid)
     b = m.cuda()(pts.cuda(), valid.cuda())
     assert torch.allclose(a["rot"], b["rot"].cpu(), atol=1e-8)
+
+
+def test_rotation_output_with_assert_equivariant(generator):
+    """Same g on every part, through geo3d.testing: R(g·x) = R(x)·g⁻¹, t invariant."""
+    from geo3d.groups import SO3
+    from geo3d.reps import Custom
+    from geo3d.testing import assert_equivariant
+
+    m = _tiny()
+    pts, valid = _parts(generator, torch.float64, B=1)
+    G = SO3()
+    on_points = Custom(G, act=lambda g, x: x @ g.transpose(-1, -2))
+    right = Custom(G, act=lambda g, R: R @ g.transpose(-1, -2))
+    same = Custom(G, act=lambda g, t: t)
+    assert_equivariant(
+        lambda x: (m(x, valid)["rot"], m(x, valid)["trans"]), G, on_points, (right, same),
+        inputs=(pts,), n_samples=4, atol=1e-9, generator=generator,
+    )
