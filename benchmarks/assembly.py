@@ -22,7 +22,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, env_info, measure_interleaved, write_json_atomic  # noqa: E402
-
 from geo3d.apps.assembly import AssemblyModule  # noqa: E402
 from geo3d.apps.assembly._losses import assembly_loss  # noqa: E402
 
