@@ -119,12 +119,15 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
     part's invariant token is ``[F E (C×3 coordinates in its own frame), |F|, G]``.
     Masked multi-head self-attention over the valid parts of an object lets every part's
     pose depend on all others (padded parts never attend or get attended). From the
-    attended invariant token a translation ``t`` is read out, and the rotation either as
-    ``R = Q Eᵀ`` with a 6D rotation ``Q`` (``rot_readout="frame"``) or, by default
-    (``"steer"``), as ``R = Sᵀ`` where the columns of ``S`` come from Gram–Schmidt of two
-    vectors ``Σ_c w_kc(token) F_c`` (invariant weights steering the equivariant channels;
-    ``S`` holds the assembled frame's axes in input coordinates, ``S(g p) = g S(p)``).
-    Either way ``R(g p) = R(p) g⁻¹``. Rotating input part ``i`` by ``g`` therefore gives
+    attended invariant token the pose is read out either as ``R = Q Eᵀ`` with a 6D
+    rotation ``Q`` and an invariant translation ``t`` (``rot_readout="frame"``) or, by
+    default (``"steer"``), as ``R = Sᵀ`` where the columns of ``S`` come from Gram–Schmidt
+    of two vectors ``Σ_c w_kc(token) F_c`` (invariant weights steering the equivariant
+    channels; ``S`` holds the assembled frame's axes in input coordinates,
+    ``S(g p) = g S(p)``) and ``t = R u`` with an equivariant offset ``u = Σ_c v_c(token)
+    F_c`` (where the part sits relative to the object, seen from the part: observable from
+    its shape, unlike an absolute translation). Either way ``R(g p) = R(p) g⁻¹`` and ``t``
+    is invariant. Rotating input part ``i`` by ``g`` therefore gives
     ``R g⁻¹`` and the same assembled part ``R g⁻¹ (g p) + t``; translating it shifts only
     the centring correction. Exact by construction (up to float rounding and knn ties).
 
@@ -173,15 +176,22 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         )
         self.mixer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.out_norm = nn.LayerNorm(d_model)
-        self._init_heads(d_model)
-        # "steer": per-part weights (2 x C) from the attended invariant token combine the
-        # equivariant channels into two vectors, Gram-Schmidt -> the assembled frame's axes
-        # in input coordinates (a static VN linear map gives the initial guess).
-        self.steer = nn.Linear(d_model, 2 * c_eq)
-        with torch.no_grad():
-            self.steer.weight.mul_(0.1)
-            self.steer.bias.zero_()
-        self.steer_static = VNLinear(c_eq, 2)
+        if rot_readout == "frame":
+            self._init_heads(d_model)
+        else:
+            # per-part weights (2 x C) from the attended invariant token combine the
+            # equivariant channels into two vectors, Gram-Schmidt -> the assembled frame's
+            # axes in input coordinates (a static VN linear map gives the initial guess).
+            self.steer = nn.Linear(d_model, 2 * c_eq)
+            self.steer_static = VNLinear(c_eq, 2)
+            # translation: an equivariant offset u (from the part to its place, in the
+            # part's input coordinates), mapped by the predicted rotation: t = R u.
+            self.steer_t = nn.Linear(d_model, c_eq)
+            self.steer_t_static = VNLinear(c_eq, 1)
+            with torch.no_grad():
+                for lin in (self.steer, self.steer_t):
+                    lin.weight.mul_(0.1)
+                    lin.bias.zero_()
 
     def forward(self, points: Tensor, valid: Tensor) -> dict[str, Tensor]:
         """Predict part poses.
@@ -206,14 +216,16 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         tok = torch.cat([H.flatten(1), F.norm(dim=-1), enc.invariant], dim=-1)
         tok = _scatter(self.embed(tok), valid)  # (B, P, D)
         tok = self.out_norm(self.mixer(tok, src_key_padding_mask=~valid))[valid]
-        t = self.trans_head(tok)
         if self.rot_readout == "steer":
             w = self.steer(tok).reshape(-1, 2, F.shape[1])  # (M, 2, C) invariant weights
             u = w @ F + self.steer_static(F)  # (M, 2, 3) equivariant vectors
             R = sixd_to_matrix(torch.cat([u[:, 0], u[:, 1]], dim=-1)).transpose(-1, -2)
+            off = (self.steer_t(tok)[:, None] @ F + self.steer_t_static(F))[:, 0]  # (M, 3)
+            t = (R @ off[..., None])[..., 0]
         else:
             Q = sixd_to_matrix(self.rot_head(tok))
             R = Q @ E.transpose(-1, -2)
+            t = self.trans_head(tok)
         t = t - (R @ c[..., None])[..., 0]  # account for the centring of the input part
         eye = torch.eye(3, dtype=points.dtype, device=points.device)
         rot = torch.where(valid[..., None, None], _scatter(R, valid), eye)

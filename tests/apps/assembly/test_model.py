@@ -35,8 +35,10 @@ def test_assembly_invariant_to_per_part_rigid_motions(dtype, tol, readout, gener
     """Rotating (and translating) each input part by its own g leaves the assembly unchanged,
     and the predicted rotation becomes R g^-1."""
     m = _tiny(dtype, rot_readout=readout)
-    with torch.no_grad():  # non-trivial steering weights
-        m.steer.weight.normal_(0, 0.5, generator=generator)
+    if readout == "steer":
+        with torch.no_grad():  # non-trivial steering weights
+            m.steer.weight.normal_(0, 0.5, generator=generator)
+            m.steer_t.weight.normal_(0, 0.5, generator=generator)
     pts, valid = _parts(generator, dtype)
     out = m(pts, valid)
     for _ in range(4):
@@ -92,15 +94,17 @@ def test_pose_of_a_part_depends_on_the_other_parts(generator):
     assert torch.allclose(out["rot"][1], out2["rot"][1], atol=1e-12)
 
 
-def test_gradients_finite(generator):
-    m = _tiny(torch.float32)
+@pytest.mark.parametrize("readout", ["steer", "frame"])
+def test_gradients_finite_and_every_parameter_used(readout, generator):
+    """Every parameter gets a finite gradient (DDP without find_unused_parameters needs it)."""
+    m = _tiny(torch.float32, rot_readout=readout)
     m.train()
     pts, valid = _parts(generator, torch.float32)
     out = m(pts, valid)
     (out["rot"].sum() + out["trans"].sum()).backward()
-    for p in m.parameters():
-        if p.grad is not None:
-            assert torch.isfinite(p.grad).all()
+    for name, p in m.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
 
 
 def test_global_baseline_shapes_and_not_equivariant(generator):
