@@ -13,6 +13,7 @@ from torch import Tensor, nn
 __all__ = ["EquivariantAssembler", "GlobalAssembler", "build_encoder", "check_parts"]
 
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+_GRAM = 16  # VN projections whose Gram matrix forms the invariant part token
 
 
 def check_parts(points: Tensor, valid: Tensor) -> Tensor:
@@ -114,13 +115,15 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
     """SE(3)-equivariant multi-part assembler (Wu et al., ICCV 2023, redesigned head).
 
     Per valid part: centre it, encode with a VN encoder into equivariant features
-    ``F (C, 3)`` and invariant ``G``. A VN linear map gives two vectors, Gram–Schmidt
-    makes them a frame ``E`` (columns rotate with the input: ``E(g p) = g E(p)``). The
-    part's invariant token is ``[F E (C×3 coordinates in its own frame), |F|, G]``.
+    ``F (C, 3)`` and invariant ``G``. The part's invariant token is ``[Gram matrix of 16
+    VN-linear projections of F, |F|, G]`` (exact invariants that need no frame, so they
+    stay well conditioned in float32).
     Masked multi-head self-attention over the valid parts of an object lets every part's
     pose depend on all others (padded parts never attend or get attended). From the
     attended invariant token the pose is read out either as ``R = Q Eᵀ`` with a 6D
-    rotation ``Q`` and an invariant translation ``t`` (``rot_readout="frame"``) or, by
+    rotation ``Q``, a frame ``E`` from Gram–Schmidt of two VN-linear vectors (columns
+    rotate with the input: ``E(g p) = g E(p)``) and an invariant translation ``t``
+    (``rot_readout="frame"``) or, by
     default (``"steer"``), as ``R = Sᵀ`` where the columns of ``S`` come from Gram–Schmidt
     of two vectors ``Σ_c w_kc(token) F_c`` (invariant weights steering the equivariant
     channels; ``S`` holds the assembled frame's axes in input coordinates,
@@ -168,8 +171,10 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         c_eq, c_inv = _probe(self.encoder, k)
         if c_eq == 0:
             raise ValueError(f"encoder: {encoder!r} has no equivariant output; use a VN encoder")
-        self.frame = VNLinear(c_eq, 2)
-        self.embed = _mlp([3 * c_eq + c_eq + c_inv, d_model, d_model])
+        self.frame = VNLinear(c_eq, 2) if rot_readout == "frame" else None
+        # invariants without a frame (well conditioned): Gram matrix of 16 VN projections
+        self.gram = VNLinear(c_eq, _GRAM)
+        self.embed = _mlp([_GRAM * _GRAM + c_eq + c_inv, d_model, d_model])
         layer = nn.TransformerEncoderLayer(
             d_model, num_heads, dim_feedforward=2 * d_model, dropout=dropout,
             batch_first=True, norm_first=True,
@@ -202,7 +207,8 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
 
         Returns:
             dict with ``rot (B, P, 3, 3)``, ``trans (B, P, 3)`` (identity / zero on padded
-            parts) and ``frame (B, P, 3, 3)`` (the equivariant part frames ``E``).
+            parts) and ``frame (B, P, 3, 3)`` (the equivariant part frames: ``E`` for
+            ``"frame"``, ``S`` for ``"steer"``; ``frame(g p) = g frame(p)``).
         """
         from geo3d.rotations import sixd_to_matrix
 
@@ -210,19 +216,21 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         x, c = _centre(points[valid])  # (M, N, 3), (M, 3)
         enc = self.encoder(x)
         F = enc.equivariant  # (M, C, 3)
-        v = self.frame(F)  # (M, 2, 3)
-        E = sixd_to_matrix(torch.cat([v[:, 0], v[:, 1]], dim=-1))  # (M, 3, 3), columns
-        H = F @ E  # (M, C, 3) coordinates of each channel in the part's own frame
-        tok = torch.cat([H.flatten(1), F.norm(dim=-1), enc.invariant], dim=-1)
+        Pj = self.gram(F)  # (M, K, 3)
+        gram = (Pj @ Pj.transpose(-1, -2)).flatten(1)  # (M, K*K) rotation invariants
+        tok = torch.cat([gram, F.norm(dim=-1), enc.invariant], dim=-1)
         tok = _scatter(self.embed(tok), valid)  # (B, P, D)
         tok = self.out_norm(self.mixer(tok, src_key_padding_mask=~valid))[valid]
         if self.rot_readout == "steer":
             w = self.steer(tok).reshape(-1, 2, F.shape[1])  # (M, 2, C) invariant weights
             u = w @ F + self.steer_static(F)  # (M, 2, 3) equivariant vectors
-            R = sixd_to_matrix(torch.cat([u[:, 0], u[:, 1]], dim=-1)).transpose(-1, -2)
+            E = sixd_to_matrix(torch.cat([u[:, 0], u[:, 1]], dim=-1))  # S, columns
+            R = E.transpose(-1, -2)
             off = (self.steer_t(tok)[:, None] @ F + self.steer_t_static(F))[:, 0]  # (M, 3)
             t = (R @ off[..., None])[..., 0]
         else:
+            v = self.frame(F)  # (M, 2, 3)
+            E = sixd_to_matrix(torch.cat([v[:, 0], v[:, 1]], dim=-1))  # (M, 3, 3), columns
             Q = sixd_to_matrix(self.rot_head(tok))
             R = Q @ E.transpose(-1, -2)
             t = self.trans_head(tok)
