@@ -63,25 +63,96 @@ def test_compile_unavailable(monkeypatch, fresh_cache):
     assert torch.equal(f(R), G.matrix_to_quat(R))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["quat_to_matrix", "matrix_to_quat", "axis_angle_to_matrix"])
-def test_fused_matches_eager(name):
-    g = torch.Generator().manual_seed(0)
-    q = G.random_quat(257, generator=g, dtype=torch.float64)
-    x = {
-        "quat_to_matrix": q,
-        "matrix_to_quat": G.quat_to_matrix(q),
-        "axis_angle_to_matrix": G.quat_to_axis_angle(q),
+def _inputs(name: str, q: torch.Tensor, g: torch.Generator) -> tuple:
+    """Arguments for ``name`` built from unit quaternions ``q`` (hard cases included)."""
+    R = G.quat_to_matrix(q)
+    v = G.quat_to_axis_angle(q)
+    n = len(q)
+    noise = torch.randn(n, 6, generator=g, dtype=q.dtype)
+    q2 = G.random_quat(n, generator=g, dtype=q.dtype)
+    return {
+        "quat_to_matrix": (q,),
+        "matrix_to_quat": (R,),
+        # angles up to 2π: the antipodal branch of axis_angle_to_quat is exercised
+        "axis_angle_to_matrix": (v * 1.9,),
+        "matrix_to_axis_angle": (R,),
+        "axis_angle_to_quat": (v * 1.9,),
+        "quat_to_axis_angle": (q * 1.5,),  # non-unit: implicitly normalised
+        "sixd_to_matrix": (G.matrix_to_sixd(R) + 0.1 * noise,),
+        "matrix_to_sixd": (R,),
+        "euler_to_matrix": (G.matrix_to_euler(R, "xyz", warn=False), "xyz"),
+        "matrix_to_euler": (R, "ZXZ"),
+        "quat_multiply": (q, q2),
+        "quat_apply": (q * 2.0, noise[:, :3]),
     }[name]
+
+
+def _grad(f, args: tuple) -> list[torch.Tensor]:
+    xs = [a.detach().clone().requires_grad_(True) for a in args if isinstance(a, torch.Tensor)]
+    it = iter(xs)
+    full = [next(it) if isinstance(a, torch.Tensor) else a for a in args]
+    out = f(*full)
+    w = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).reshape(out.shape)
+    return list(torch.autograd.grad((out * w).sum(), xs))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", G.FUSED_FUNCTIONS)
+def test_fused_matches_eager(name, all_quats):
+    """Float64: the fused formulation equals the eager function to ~1e-13 on hard cases
+    (angles 0, π, near-π, Shepperd ties) and random rotations, for two batch sizes
+    (static, then dynamic shapes), with equal and finite gradients."""
+    g = torch.Generator().manual_seed(0)
+    args = _inputs(name, all_quats, g)
+    eager = getattr(G, name)
     f = G.fused(name)
+    kw = {"warn": False} if name == "matrix_to_euler" else {}
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # must really compile here
-        out = f(x)
-        out2 = f(x[:100])  # new size: dynamic shapes, no failure
-    ref = getattr(G, name)(x)
-    assert (out - ref).abs().max() < 1e-13
-    assert (out2 - ref[:100]).abs().max() < 1e-13
-    xg = x.detach().clone().requires_grad_(True)
-    (gr,) = torch.autograd.grad(f(xg).sum(), xg)
-    (ge,) = torch.autograd.grad(getattr(G, name)(xg).sum(), xg)
-    assert (gr - ge).abs().max() < 1e-12
+        out = f(*args)
+        part = tuple(a[:100] if isinstance(a, torch.Tensor) else a for a in args)
+        out2 = f(*part)  # new size: dynamic shapes, no failure
+        ref = eager(*args, **kw)
+        assert out.dtype == torch.float64 and out.shape == ref.shape
+        assert (out - ref).abs().max() < 1e-12
+        assert (out2 - ref[:100]).abs().max() < 1e-12
+        gf = _grad(f, args)
+        ge = _grad(lambda *a: eager(*a, **kw), args)
+    for a, b in zip(gf, ge, strict=True):
+        assert torch.isfinite(a).all()
+        assert ((a - b).abs() <= 1e-9 * (1.0 + b.abs())).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", G.FUSED_FUNCTIONS)
+def test_fused_float32(name):
+    """Float32: fused and eager agree to float32 rounding on random inputs."""
+    g = torch.Generator().manual_seed(1)
+    q = G.random_quat(4096, generator=g)
+    args = _inputs(name, q, g)
+    kw = {"warn": False} if name == "matrix_to_euler" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        out = G.fused(name)(*args)
+    ref = getattr(G, name)(*args, **kw)
+    assert out.dtype == torch.float32
+    err = (out - ref).abs()
+    if name == "matrix_to_euler":  # angles near ±π may wrap to the other end
+        err = torch.minimum(err, (err - 2 * torch.pi).abs())
+    assert err.max() < 2e-5
+
+
+@pytest.mark.slow
+def test_fused_euler_conventions_and_bad_input():
+    """One compiled graph per convention; bad conventions/shapes raise ValueError."""
+    g = torch.Generator().manual_seed(2)
+    R = G.random_rotation_matrix(64, generator=g, dtype=torch.float64)
+    f = G.fused("matrix_to_euler")
+    for conv in ("xyz", "ZYX"):
+        ang = f(R, conv)
+        assert (ang - G.matrix_to_euler(R, conv, warn=False)).abs().max() < 1e-12
+        assert (G.fused("euler_to_matrix")(ang, convention=conv) - R).abs().max() < 1e-12
+    with pytest.raises(ValueError, match="convention"):
+        f(R, "xyy")
+    with pytest.raises(ValueError, match="R: expected shape"):
+        f(R[..., :2], "xyz")
