@@ -106,14 +106,18 @@ def run_lightning_cli(args: list[str], run: bool = True) -> Any:
     from geo3d.apps.assembly._module import AssemblyModule
 
     cls = _make_cli_class()
-    return cls(
-        AssemblyModule,
-        AssemblyDataModule,
-        args=_resolve_configs(args),
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the arguments come from `args`, not argv
+    try:
+        return cls(
+            AssemblyModule,
+            AssemblyDataModule,
+            args=_resolve_configs(args),
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+    finally:
+        sys.argv = argv
 
 
 def _predict_pieces(argv: list[str]) -> int:
@@ -168,5 +172,7 @@ def add_parser(subparsers: Any) -> None:
         "assembly", add_help=False,
         help="shape assembly: fit/validate/test/predict (LightningCLI), demo",
     )
+    p.add_argument("-h", "--help", action="store_true", dest="assembly_help",
+                   help="show the assembly commands")
     p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda ns: main(list(ns.args)))
+    p.set_defaults(func=lambda ns: main(["--help"] if ns.assembly_help else list(ns.args)))
