@@ -61,12 +61,7 @@ def quat_to_matrix(q: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         Rotation matrices, shape :math:`(*, 3, 3)`.
     """
     check_tensor("q", q, (4,))
-    # Components as contiguous rows (one transposing copy): each elementwise op below then
-    # streams contiguous memory instead of re-reading every cache line of the interleaved
-    # input, and the output is written by one transposing copy instead of 9 strided ones
-    # (≈1.4x faster than the interleaved version at 1e6 on CPU; identical values).
-    batch = q.shape[:-1]
-    w, x, y, z = q.reshape(-1, 4).t().contiguous()
+    w, x, y, z = q.unbind(-1)
     if normalize:
         n2 = (w * w + x * x) + (y * y + z * z)
         _check_quat_norm("q", n2)
@@ -84,8 +79,9 @@ def quat_to_matrix(q: torch.Tensor, normalize: bool = False) -> torch.Tensor:
             xy + wz, 1.0 - (xx + zz), yz - wx,
             xz - wy, yz + wx, 1.0 - (xx + yy),
         ),
+        dim=-1,
     )  # fmt: skip
-    return out.t().reshape(batch + (3, 3))
+    return out.unflatten(-1, (3, 3))
 
 
 def _shepperd(R: torch.Tensor) -> tuple[torch.Tensor, ...]:
