@@ -138,8 +138,8 @@ def demo_main(argv: list[str]) -> int:
     from geo3d.apps.assembly.cli import run_lightning_cli
 
     prep = run_lightning_cli(["--config", config_path(a.config_set),
-                              "--data.root", str(data_root), "--trainer.logger", "false"],
-                             run=False)
+                              "--data.root", str(data_root), *extra,
+                              "--trainer.logger", "false"], run=False)
     print(f"=== data: {data_root} (generated on first use)", flush=True)
     prep.datamodule.prepare_data()
     configs = {
@@ -170,6 +170,15 @@ def demo_main(argv: list[str]) -> int:
         for proto in ("absolute", "anchor"):
             rows.append((name, proto, r["metrics"].get(proto, {})))
     reg = None
+    if a.no_registration and previous.is_file():  # keep a baseline computed by another run
+        try:
+            old = json.loads(previous.read_text())
+            if old.get("config_set") == a.config_set:
+                reg = old.get("registration")
+        except (OSError, ValueError):
+            pass
+    if reg is not None:
+        rows.append((f"registration (n={reg['num_objects']})", "anchor", reg["anchor"]))
     if not a.no_registration:
         print("\n=== registration baseline (open3d FPFH+RANSAC+ICP, two-piece objects)",
               flush=True)
