@@ -372,7 +372,7 @@ def _run(args: argparse.Namespace) -> int:
 #: Whether this module also registers ``geo3d demo``. Set to False once the shape-assembly
 #: app registers its own ``demo`` (argparse rejects two sub-parsers with one name);
 #: ``geo3d report`` stays.
-REGISTER_DEMO = True
+REGISTER_DEMO = False
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -21,6 +21,31 @@ SUBCOMMANDS: list[str] = [
 ]
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    """``geo3d demo``: the README's main job.
+
+    It runs the shape-assembly demo (``geo3d assembly demo``: synthetic fractures, training of
+    the equivariant model and the Global baseline, evaluation, pictures). The CLI is the top
+    of the layer stack, so it may reach into ``geo3d.apps``; the core never does.
+    """
+    p = sub.add_parser(
+        "demo",
+        help="the main job: synthetic fracture data -> train equivariant + Global assembly "
+        "models -> metrics table and pictures (same as `geo3d assembly demo`)",
+        add_help=False,
+    )
+    # argparse's REMAINDER cannot capture a leading "--help": take it explicitly.
+    p.add_argument("-h", "--help", action="store_true", dest="demo_help")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+    def run(ns: argparse.Namespace) -> int:
+        from geo3d.apps.assembly.cli import main as assembly_main
+
+        return assembly_main(["demo", *(["--help"] if ns.demo_help else []), *ns.args])
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="geo3d",
@@ -40,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(sub)
+        if name == "geo3d.apps.assembly.cli":
+            _add_demo(sub)
     return parser
 
 

@@ -44,8 +44,8 @@ def test_report_passes_and_is_readable(capsys):
     assert "FAIL" not in out
 
 
-def test_demo_alias_and_float32(capsys):
-    assert main(["demo", "--samples", "4", "--dtype", "float32"]) == 0
+def test_report_float32(capsys):
+    assert main(["report", "--samples", "4", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
     assert "float32" in out and out.strip().splitlines()[-1].startswith("PASS")
 

@@ -102,3 +102,11 @@ def test_unknown_subcommand_exits_nonzero():
     with pytest.raises(SystemExit) as exc:
         main(["no-such-command"])
     assert exc.value.code != 0
+
+
+def test_demo_subcommand_is_the_assembly_demo(capsys):
+    from geo3d.cli import main
+
+    assert main(["demo", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "geo3d assembly demo" in out and "--out" in out
