@@ -107,6 +107,8 @@ def test_unknown_subcommand_exits_nonzero():
 def test_demo_subcommand_is_the_assembly_demo(capsys):
     from geo3d.cli import main
 
-    assert main(["demo", "--help"]) == 0
+    with pytest.raises(SystemExit) as exc:  # argparse's --help exits 0
+        main(["demo", "--help"])
+    assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "geo3d assembly demo" in out and "--out" in out
