@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, env_info, measure_interleaved, write_json_atomic  # noqa: E402
 
 import geo3d.rotations as G  # noqa: E402
+from geo3d.rotations._compiled import _inductor_options  # noqa: E402
 
 
 def _optional(name: str):
@@ -265,6 +266,8 @@ def run(device: str, sizes: list[int], fused: bool, rounds: int, min_time: float
             "min_run_time_s": min_time,
             "bandwidth_bound": "copy_io = clone of a buffer of in_bytes + out_bytes bytes; "
             "copy_traffic = clone of (in_bytes + out_bytes)/2 bytes",
+            "fused": "geo3d.rotations.fused: component-wise formulations (_compiled.py) "
+            f"compiled with inductor options {_inductor_options()}",
         },
         "results": rows,
     }
