@@ -12,7 +12,8 @@ from typing import Callable
 import torch
 
 from geo3d.rotations._checks import check_tensor
-from geo3d.rotations._euler import _elementary, _nz_hypot, _parse, _qmul, _safe_atan2
+from geo3d.rotations._euler import _elementary, _nz_hypot, _parse, _qmul
+from geo3d.rotations._fast_math import atan2
 from geo3d.rotations._quat import _shepperd
 from geo3d.rotations._sixd import matrix_to_sixd
 
@@ -76,7 +77,7 @@ def _rotvec_from_quat_comps(w, x, y, z) -> torch.Tensor:
     n = _safe_sqrt(x * x + y * y + z * z)
     aw = w.abs()
     zero = n == 0
-    f = 2.0 * torch.atan2(n, aw) / torch.where(zero, 1.0, n)
+    f = 2.0 * atan2(n, aw, nonneg=True) / torch.where(zero, 1.0, n)
     f = torch.where(zero, 2.0 / aw, f)
     f = torch.copysign(f, w)
     return torch.stack((x * f, y * f, z * f), dim=-1)
@@ -187,9 +188,9 @@ def _euler_from_quat_comps(qc: tuple, convention: str) -> torch.Tensor:
         a, b, c, d = qw, qi, qj, qk * sign
     else:
         a, b, c, d = qw - qj, qi + qk * sign, qj + qw, qk * sign - qi
-    half_sum = _safe_atan2(b, a)
-    half_diff = _safe_atan2(d, c)
-    mid = 2.0 * torch.atan2(_nz_hypot(c, d), _nz_hypot(a, b))
+    half_sum = atan2(b, a)  # finite gradient at (0, 0) (float64: _safe_atan2's rule)
+    half_diff = atan2(d, c)
+    mid = 2.0 * atan2(_nz_hypot(c, d), _nz_hypot(a, b), nonneg=True)
     eps = 1e-7
     case1 = mid.abs() <= eps
     case2 = (mid - math.pi).abs() <= eps
