@@ -8,10 +8,28 @@ import torch
 from geo3d.datasets._transforms import sample_generator
 from torch.utils.data import Dataset
 
-__all__ = ["SeededTransformDataset"]
+__all__ = ["SeededTransformDataset", "SharedEpoch"]
 
 
-class SeededTransformDataset(Dataset):
+class SharedEpoch:
+    """Mixin: an epoch counter in shared memory, so :meth:`set_epoch` reaches persistent
+    DataLoader workers. Call :meth:`_init_epoch` in ``__init__``."""
+
+    def _init_epoch(self) -> None:
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds the per-item randomness (visible to live workers)."""
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch: expected an int >= 0, got {epoch!r}")
+        self._epoch.fill_(epoch)
+
+
+class SeededTransformDataset(SharedEpoch, Dataset):
     """Apply ``transform(item, generator)`` to the items of ``dataset``, reproducibly.
 
     The generator of item ``index`` is ``sample_generator(seed, epoch, index)``, so the
@@ -32,19 +50,10 @@ class SeededTransformDataset(Dataset):
         if not callable(transform):
             raise ValueError(f"transform: expected a callable, got {type(transform).__name__}")
         self.dataset, self.transform, self.seed = dataset, transform, seed
-        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+        self._init_epoch()
 
     def __len__(self) -> int:
         return len(self.dataset)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        if not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch: expected an int >= 0, got {epoch!r}")
-        self._epoch.fill_(epoch)
 
     def __getitem__(self, index: int) -> Any:
         index = int(index)

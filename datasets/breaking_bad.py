@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from geo3d.datasets._cache import ArrayCache
 from geo3d.datasets._io import MESH_EXTENSIONS, MeshReadError, load_mesh, sample_surface
+from geo3d.datasets._seeded import SharedEpoch
 from geo3d.datasets._transforms import haar_rotation, sample_generator
 from torch.utils.data import Dataset, default_collate
 
@@ -86,7 +87,7 @@ def collate_parts(batch: Sequence[dict[str, Any]], trim: bool = False) -> dict[s
     return out
 
 
-class BreakingBad(Dataset):
+class BreakingBad(SharedEpoch, Dataset):
     """Breaking Bad fracture assembly dataset (``ROOT/data_split`` layout, see module doc).
 
     Args:
@@ -209,7 +210,7 @@ class BreakingBad(Dataset):
                 else self.root / ".geo3d_cache" / "breaking_bad"
             self.cache = ArrayCache(cdir, hash_mode=hash_mode)
         # shared memory: persistent DataLoader workers see set_epoch() updates
-        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+        self._init_epoch()
         #: entries skipped while building the index: list of (path, reason)
         self.skipped: list[tuple[str, str]] = []
         #: fracture folders left out by the min/max part filter
@@ -312,16 +313,6 @@ class BreakingBad(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that seeds the per-item randomness (visible to live workers)."""
-        if not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch: expected an int >= 0, got {epoch!r}")
-        self._epoch.fill_(epoch)
 
     def _piece_points(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """Canonical (object-frame) sampled points and normals of one piece, cached."""
