@@ -33,7 +33,7 @@ from geo3d.datasets._transforms import (
 )
 from geo3d.datasets.breaking_bad import BreakingBad, BreakingBadError, collate_parts
 from geo3d.datasets.fracture import FractureError, fracture_mesh, generate_dataset
-from geo3d.datasets.shapes import SHAPE_CATEGORIES, make_shape
+from geo3d.datasets.shapes import ORIENTED_CATEGORIES, SHAPE_CATEGORIES, make_shape
 
 __all__ = [
     # I/O
@@ -69,6 +69,7 @@ __all__ = [
     "BreakingBadError",
     "collate_parts",
     # fracture generator (procedural shapes, Breaking Bad layout writer)
+    "ORIENTED_CATEGORIES",
     "SHAPE_CATEGORIES",
     "make_shape",
     "fracture_mesh",

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # trimesh is imported lazily (slow import)
     import trimesh
 
 __all__ = [
+    "ORIENTED_CATEGORIES",
     "SHAPE_CATEGORIES",
     "make_shape",
     "manifold_to_trimesh",
@@ -223,6 +224,68 @@ def _vase(rng: np.random.Generator) -> manifold3d.Manifold:
     return _revolve(pts)
 
 
+# ---- families with a canonical orientation (no rotational self-symmetry) --------------
+# A fragment of a solid of revolution cannot tell how far the object was turned about its
+# axis, so its absolute pose is ambiguous. These families have at most a mirror plane
+# (not a rotation), so every piece has exactly one correct absolute pose.
+
+
+def _chair(rng: np.random.Generator) -> manifold3d.Manifold:
+    w, d = rng.uniform(0.45, 0.6), rng.uniform(0.4, 0.55)
+    seat_t, seat_h = rng.uniform(0.05, 0.08), rng.uniform(0.4, 0.5)
+    leg = rng.uniform(0.04, 0.06)
+    back_h = rng.uniform(0.35, 0.55)
+    cube = manifold3d.Manifold.cube
+    chair = cube((w, d, seat_t)).translate((0.0, 0.0, seat_h))
+    for sx in (0.0, w - leg):
+        for sy in (0.0, d - leg):
+            chair += cube((leg, leg, seat_h + seat_t / 2)).translate((sx, sy, 0.0))
+    back_t = rng.uniform(0.04, 0.07)
+    chair += cube((w, back_t, back_h + seat_t)).translate((0.0, d - back_t, seat_h))
+    return chair
+
+
+def _bracket(rng: np.random.Generator) -> manifold3d.Manifold:
+    """An L bracket with unequal arms and a hole in the long arm."""
+    long_arm, short_arm = rng.uniform(0.8, 1.0), rng.uniform(0.35, 0.6)
+    width, t = rng.uniform(0.25, 0.45), rng.uniform(0.06, 0.1)
+    cube = manifold3d.Manifold.cube
+    bracket = cube((long_arm, width, t)) + cube((t, width, short_arm))
+    hole = manifold3d.Manifold.cylinder(
+        3 * t, rng.uniform(0.25, 0.35) * width, circular_segments=24, center=True
+    ).translate((rng.uniform(0.55, 0.75) * long_arm, width / 2, t / 2))
+    return bracket - hole
+
+
+def _hammer(rng: np.random.Generator) -> manifold3d.Manifold:
+    """A handle with a head that sticks out further on one side (the claw)."""
+    length, r = rng.uniform(0.8, 1.0), rng.uniform(0.035, 0.05)
+    handle = manifold3d.Manifold.cylinder(length, r, circular_segments=24)
+    head_h, head_w = rng.uniform(0.08, 0.12), rng.uniform(0.08, 0.12)
+    face, claw = rng.uniform(0.12, 0.18), rng.uniform(0.25, 0.35)
+    head = manifold3d.Manifold.cube((face + claw, head_w, head_h)).translate(
+        (-face, -head_w / 2, length - head_h / 2)
+    )
+    striker = manifold3d.Manifold.cylinder(
+        0.06, 0.6 * head_h, circular_segments=24
+    ).rotate((0.0, -90.0, 0.0)).translate((-face + 0.01, 0.0, length))
+    return handle + head + striker
+
+
+def _stairs(rng: np.random.Generator) -> manifold3d.Manifold:
+    """A flight of 3-5 steps (a staircase profile extruded sideways)."""
+    n = int(rng.integers(3, 6))
+    rise, run = rng.uniform(0.12, 0.2), rng.uniform(0.15, 0.25)
+    width = rng.uniform(0.4, 0.8)
+    cube = manifold3d.Manifold.cube
+    stairs = cube((run * n, width, rise))
+    for i in range(1, n):
+        stairs += cube((run * (n - i), width, rise * (i + 1) - 1e-3)).translate(
+            (run * i, 0.0, 0.0)
+        )
+    return stairs
+
+
 _BUILDERS: dict[str, Callable[[np.random.Generator], manifold3d.Manifold]] = {
     "Bottle": _bottle,
     "Bowl": _bowl,
@@ -234,7 +297,15 @@ _BUILDERS: dict[str, Callable[[np.random.Generator], manifold3d.Manifold]] = {
     "Cone": _cone,
     "Capsule": _capsule,
     "Vase": _vase,
+    "Chair": _chair,
+    "Bracket": _bracket,
+    "Hammer": _hammer,
+    "Stairs": _stairs,
 }
+
+#: Categories whose shapes have no rotational self-symmetry (at most a mirror plane), so
+#: the absolute pose of every piece is well defined: the synthetic assembly demo uses them.
+ORIENTED_CATEGORIES: tuple[str, ...] = ("Mug", "Chair", "Bracket", "Hammer", "Stairs")
 
 #: Names of the procedural shape categories, usable as Breaking Bad category folders.
 SHAPE_CATEGORIES: tuple[str, ...] = tuple(_BUILDERS)
@@ -265,7 +336,7 @@ def make_shape(
     Args:
         category: one of :data:`SHAPE_CATEGORIES` (``"Bottle"``, ``"Bowl"``, ``"Mug"``,
             ``"Box"``, ``"Sphere"``, ``"Torus"``, ``"Cylinder"``, ``"Cone"``, ``"Capsule"``,
-            ``"Vase"``).
+            ``"Vase"``, ``"Chair"``, ``"Bracket"``, ``"Hammer"``, ``"Stairs"``).
         seed: integer seed of the shape parameters (takes precedence over the others).
         generator: torch generator; one int64 is drawn from it to seed the parameters.
         rng: numpy generator used directly (for callers that already hold one).

@@ -121,18 +121,26 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
     Masked multi-head self-attention over the valid parts of an object lets every part's
     pose depend on all others (padded parts never attend or get attended). From the
     attended invariant token the pose is read out either as ``R = Q Eᵀ`` with a 6D
-    rotation ``Q``, a frame ``E`` from Gram–Schmidt of two VN-linear vectors (columns
-    rotate with the input: ``E(g p) = g E(p)``) and an invariant translation ``t``
-    (``rot_readout="frame"``) or, by
-    default (``"steer"``), as ``R = Sᵀ`` where the columns of ``S`` come from Gram–Schmidt
-    of two vectors ``Σ_c w_kc(token) F_c`` (invariant weights steering the equivariant
-    channels; ``S`` holds the assembled frame's axes in input coordinates,
-    ``S(g p) = g S(p)``) and ``t = R u`` with an equivariant offset ``u = Σ_c v_c(token)
-    F_c`` (where the part sits relative to the object, seen from the part: observable from
-    its shape, unlike an absolute translation). Either way ``R(g p) = R(p) g⁻¹`` and ``t``
-    is invariant. Rotating input part ``i`` by ``g`` therefore gives
-    ``R g⁻¹`` and the same assembled part ``R g⁻¹ (g p) + t``; translating it shifts only
-    the centring correction. Exact by construction (up to float rounding and knn ties).
+    rotation ``Q``, a frame ``E`` = the nearest rotation (SVD, det fixed) to three
+    VN-linear vectors (columns rotate with the input: ``E(g p) = g E(p)``) and an invariant
+    translation ``t`` (``rot_readout="frame"``) or, by default (``"steer"``), as ``R = Sᵀ``
+    where ``S`` is the nearest rotation to three vectors ``Σ_c w_kc(token) F_c`` (invariant
+    weights steering the equivariant channels; ``S`` holds the assembled frame's axes in
+    input coordinates, ``S(g p) = g S(p)``) and ``t = R u`` with an equivariant offset
+    ``u = Σ_c v_c(token) F_c`` (where the part sits relative to the object, seen from the
+    part: observable from its shape, unlike an absolute translation). Either way
+    ``R(g p) = R(p) g⁻¹`` and ``t`` is invariant. Rotating input part ``i`` by ``g``
+    therefore gives ``R g⁻¹`` and the same assembled part ``R g⁻¹ (g p) + t``; translating
+    it shifts only the centring correction. Exact by construction (up to float rounding and knn ties).
+
+    Why three vectors and an SVD rather than Gram–Schmidt of two: VN features are
+    O(3)-equivariant, so on a mirror-symmetric input (a chair, a mug) every feature lies in
+    the mirror plane and no feature can point along its normal. Gram–Schmidt of two
+    features then cannot produce a frame whose first or second axis is that normal; the
+    det-fixed SVD can (the missing axis comes out as a cross product, a pseudo-vector).
+    In a whole-shape canonicalisation test on such shapes (160 training shapes, 40
+    epochs) a VN-PointNet stayed near chance with Gram–Schmidt (~120° geodesic error) and
+    reached ~90° with the SVD; a VN-DGCNN with the SVD reached ~60° after 150 epochs.
 
     Args:
         encoder: ``"vn_dgcnn"`` or ``"vn_pointnet"``.
@@ -171,7 +179,7 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         c_eq, c_inv = _probe(self.encoder, k)
         if c_eq == 0:
             raise ValueError(f"encoder: {encoder!r} has no equivariant output; use a VN encoder")
-        self.frame = VNLinear(c_eq, 2) if rot_readout == "frame" else None
+        self.frame = VNLinear(c_eq, 3) if rot_readout == "frame" else None
         # invariants without a frame (well conditioned): Gram matrix of 16 VN projections
         self.gram = VNLinear(c_eq, _GRAM)
         self.embed = _mlp([_GRAM * _GRAM + c_eq + c_inv, d_model, d_model])
@@ -184,11 +192,12 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         if rot_readout == "frame":
             self._init_heads(d_model)
         else:
-            # per-part weights (2 x C) from the attended invariant token combine the
-            # equivariant channels into two vectors, Gram-Schmidt -> the assembled frame's
-            # axes in input coordinates (a static VN linear map gives the initial guess).
-            self.steer = nn.Linear(d_model, 2 * c_eq)
-            self.steer_static = VNLinear(c_eq, 2)
+            # per-part weights (3 x C) from the attended invariant token combine the
+            # equivariant channels into three vectors, projected onto SO(3) -> the
+            # assembled frame's axes in input coordinates (a static VN linear map gives the
+            # initial guess).
+            self.steer = nn.Linear(d_model, 3 * c_eq)
+            self.steer_static = VNLinear(c_eq, 3)
             # translation: an equivariant offset u (from the part to its place, in the
             # part's input coordinates), mapped by the predicted rotation: t = R u.
             self.steer_t = nn.Linear(d_model, c_eq)
@@ -210,7 +219,7 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
             parts) and ``frame (B, P, 3, 3)`` (the equivariant part frames: ``E`` for
             ``"frame"``, ``S`` for ``"steer"``; ``frame(g p) = g frame(p)``).
         """
-        from geo3d.rotations import sixd_to_matrix
+        from geo3d.rotations import project_to_so3, sixd_to_matrix
 
         valid = check_parts(points, valid)
         x, c = _centre(points[valid])  # (M, N, 3), (M, 3)
@@ -222,15 +231,14 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         tok = _scatter(self.embed(tok), valid)  # (B, P, D)
         tok = self.out_norm(self.mixer(tok, src_key_padding_mask=~valid))[valid]
         if self.rot_readout == "steer":
-            w = self.steer(tok).reshape(-1, 2, F.shape[1])  # (M, 2, C) invariant weights
-            u = w @ F + self.steer_static(F)  # (M, 2, 3) equivariant vectors
-            E = sixd_to_matrix(torch.cat([u[:, 0], u[:, 1]], dim=-1))  # S, columns
+            w = self.steer(tok).reshape(-1, 3, F.shape[1])  # (M, 3, C) invariant weights
+            u = w @ F + self.steer_static(F)  # (M, 3, 3) equivariant vectors
+            E = project_to_so3(u.transpose(-1, -2))  # S: columns from the three vectors
             R = E.transpose(-1, -2)
             off = (self.steer_t(tok)[:, None] @ F + self.steer_t_static(F))[:, 0]  # (M, 3)
             t = (R @ off[..., None])[..., 0]
         else:
-            v = self.frame(F)  # (M, 2, 3)
-            E = sixd_to_matrix(torch.cat([v[:, 0], v[:, 1]], dim=-1))  # (M, 3, 3), columns
+            E = project_to_so3(self.frame(F).transpose(-1, -2))  # (M, 3, 3), columns
             Q = sixd_to_matrix(self.rot_head(tok))
             R = Q @ E.transpose(-1, -2)
             t = self.trans_head(tok)

@@ -161,3 +161,33 @@ def test_rotation_output_with_assert_equivariant(generator):
         lambda x: (m(x, valid)["rot"], m(x, valid)["trans"]), G, on_points, (right, same),
         inputs=(pts,), n_samples=4, atol=1e-9, generator=generator,
     )
+
+
+@pytest.mark.parametrize("readout", ["steer", "frame"])
+def test_can_fit_the_pose_of_a_mirror_symmetric_part(readout):
+    """VN features of a mirror-symmetric part all lie in its mirror plane. The readout must
+    still reach a frame with an axis along the plane's normal (a Gram–Schmidt readout of
+    two VN vectors cannot: its first two axes stay in the plane, error >= 90°)."""
+    from geo3d.rotations import geodesic_distance
+
+    g = torch.Generator().manual_seed(0)
+    # a chair: mirror plane x = 0 (its normal is the canonical x axis)
+    x = torch.rand(64, 3, generator=g, dtype=torch.float64) - 0.5
+    x = torch.cat([x, x * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)])
+    pts = (x * torch.tensor([0.3, 1.0, 0.6], dtype=torch.float64)) + torch.tensor(
+        [0.0, 0.2, 0.0], dtype=torch.float64) * (x[:, 2:] > 0)
+    pts = pts[None, None]
+    assert torch.allclose(pts[..., 0].sort(-1).values, (-pts[..., 0]).sort(-1).values)
+    m = _tiny(rot_readout=readout).train()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    eye = torch.eye(3, dtype=torch.float64)
+    for _ in range(150):
+        loss = geodesic_distance(m(pts, valid)["rot"][0, 0], eye)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    with torch.no_grad():
+        err = geodesic_distance(m(pts, valid)["rot"][0, 0], eye).rad2deg()
+    assert err < 10.0, f"{readout}: {float(err):.1f}°"
