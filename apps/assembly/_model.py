@@ -39,6 +39,7 @@ def build_encoder(
     k: int,
     hidden: list[int] | None = None,
     batch_norm: bool = True,
+    dynamic_graph: bool = True,
 ) -> nn.Module:
     """Point-cloud encoder from :mod:`geo3d.nn` by name.
 
@@ -48,6 +49,8 @@ def build_encoder(
         k: neighbours of the DGCNN graphs.
         hidden: block widths (``None``: the encoder's default).
         batch_norm: use (masked) batch norm inside the encoder.
+        dynamic_graph: ``"vn_dgcnn"`` recomputes the kNN graph from the features of every
+            block (``False``: reuses the coordinate graph, see :class:`geo3d.nn.VNDGCNN`).
     """
     import geo3d.nn as gnn
 
@@ -55,7 +58,7 @@ def build_encoder(
     if hidden is not None:
         kw["hidden"] = tuple(int(h) for h in hidden)
     if name == "vn_dgcnn":
-        return gnn.VNDGCNN(k=k, **kw)
+        return gnn.VNDGCNN(k=k, dynamic=dynamic_graph, **kw)
     if name == "vn_pointnet":
         return gnn.VNPointNet(k=k, **kw)
     if name == "dgcnn":
@@ -153,6 +156,9 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         hidden: encoder block widths (``None``: encoder default).
         batch_norm: batch norm inside the encoder.
         rot_readout: ``"steer"`` (default) or ``"frame"`` (see above).
+        dynamic_graph: VN-DGCNN's feature-space (dynamic) kNN graphs; ``False`` reuses the
+            coordinate graph (faster; float32 equivariance then only breaks at exact
+            coordinate ties, not at near-ties of learned features).
     """
 
     def __init__(
@@ -167,6 +173,7 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         hidden: list[int] | None = None,
         batch_norm: bool = True,
         rot_readout: str = "steer",
+        dynamic_graph: bool = True,
     ) -> None:
         super().__init__()
         from geo3d.nn import VNLinear
@@ -175,7 +182,7 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
             raise ValueError(f"rot_readout: expected 'steer' or 'frame', got {rot_readout!r}")
         self.rot_readout = rot_readout
 
-        self.encoder = build_encoder(encoder, feat_dim, k, hidden, batch_norm)
+        self.encoder = build_encoder(encoder, feat_dim, k, hidden, batch_norm, dynamic_graph)
         c_eq, c_inv = _probe(self.encoder, k)
         if c_eq == 0:
             raise ValueError(f"encoder: {encoder!r} has no equivariant output; use a VN encoder")

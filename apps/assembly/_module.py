@@ -59,6 +59,9 @@ class AssemblyModule(L.LightningModule):
         d_model, num_layers, num_heads: pose head / cross-part attention sizes.
         rot_readout: equivariant rotation readout, ``"steer"`` or ``"frame"``
             (see :class:`EquivariantAssembler`).
+        dynamic_graph: (equivariant arch only) VN-DGCNN recomputes its kNN graph from the
+            features of every block (``False``: reuses the coordinate graph; see
+            :class:`EquivariantAssembler`).
         lr, weight_decay: Adam(W) settings; cosine decay to ``lr * min_lr_ratio`` over the run.
         rot_augment: randomly re-rotate every training part (needed by ``global``; the
             equivariant model does not need it).
@@ -80,6 +83,7 @@ class AssemblyModule(L.LightningModule):
         num_layers: int = 2,
         num_heads: int = 4,
         rot_readout: str = "steer",
+        dynamic_graph: bool = True,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         min_lr_ratio: float = 0.01,
@@ -97,7 +101,7 @@ class AssemblyModule(L.LightningModule):
         if arch == "equivariant":
             self.net = EquivariantAssembler(
                 encoder, feat_dim, k, d_model, num_layers, num_heads, 0.0, hidden, batch_norm,
-                rot_readout,
+                rot_readout, dynamic_graph,
             )
         elif arch == "global":
             self.net = GlobalAssembler(encoder, feat_dim, k, d_model, hidden, batch_norm)

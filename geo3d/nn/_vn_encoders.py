@@ -112,6 +112,13 @@ class VNDGCNN(nn.Module):
         normalize_frame: orthonormal frame in the invariant readout.
         negative_slope: VN leaky-ReLU slope.
         batch_norm: VN batch norm in every block.
+        dynamic: recompute the kNN graph from each block's features (DGCNN's dynamic
+            graph, the default). ``False`` reuses the coordinate graph in every block: one
+            kNN instead of one per block, and the output is then continuous in the input
+            except at exact coordinate-distance ties. With the dynamic graph, float32
+            rounding can flip near-tied feature-space neighbours of a rotated input, so a
+            small fraction of outputs (under 1% of parts of a trained assembly model)
+            deviate from exact equivariance by up to a few percent; float64 is exact.
 
     Shape:
         - points: :math:`(B, N, 3)`, mask: :math:`(B, N)` bool.
@@ -123,7 +130,7 @@ class VNDGCNN(nn.Module):
                  hidden: Sequence[int] = (21, 21, 42, 85), pooling: str = "mean",
                  neighbor_pooling: str = "mean", cross: bool = False, center: bool = True,
                  normalize_frame: bool = False, negative_slope: float = 0.2,
-                 batch_norm: bool = True) -> None:
+                 batch_norm: bool = True, dynamic: bool = True) -> None:
         super().__init__()
         if k < 1:
             raise ValueError(f"k: expected a positive integer, got {k}")
@@ -134,6 +141,7 @@ class VNDGCNN(nn.Module):
         self.hidden = tuple(int(h) for h in hidden)
         self.cross = bool(cross)
         self.center = bool(center)
+        self.dynamic = bool(dynamic)
         mult = 3 if cross else 2
         convs, pools = [], []
         c_in = 1
@@ -162,9 +170,10 @@ class VNDGCNN(nn.Module):
         dense = bool(mask.all()) and self.k <= x.shape[1]
         pmask = None if dense else mask
         outs = []
-        for conv, pool in zip(self.convs, self.pools, strict=True):
-            idx, nmask = masked_knn(_vn_to_points(feats), self.k, pmask)
-            nmask = None if dense else nmask
+        for i, (conv, pool) in enumerate(zip(self.convs, self.pools, strict=True)):
+            if i == 0 or self.dynamic:
+                idx, nmask = masked_knn(_vn_to_points(feats), self.k, pmask)
+                nmask = None if dense else nmask
             e = _edge_conv(conv, feats, idx, self.cross, nmask)  # (B, h, 3, N, k)
             feats = pool(e, nmask)  # (B, h, 3, N)
             outs.append(feats)

@@ -20,6 +20,8 @@ EQUIVARIANT = {
     "vn_dgcnn_max_cross": (
         lambda: VNDGCNN(k=6, feat_dim=8, hidden=(4, 6), pooling="max", neighbor_pooling="max",
                         cross=True, normalize_frame=True), SO3, 1e-9),
+    "vn_dgcnn_static": (lambda: VNDGCNN(k=8, feat_dim=12, hidden=(4, 4, 6), dynamic=False),
+                        O3, 1e-9),
     "vn_pointnet": (lambda: VNPointNet(k=8, feat_dim=12, hidden=(4, 6, 8)), O3, 1e-9),
     "egnn_knn": (lambda: EGNN(hidden_dim=16, num_layers=2, out_dim=8, vector_dim=4, k=8), O3, 1e-9),
     "egnn_full": (lambda: EGNN(hidden_dim=16, num_layers=2, out_dim=8, vector_dim=4, k=None), O3,
@@ -224,3 +226,24 @@ def test_cuda_matches_cpu(build, generator, name):
     out = model(pts, mask)
     out_gpu = model.cuda()(pts.cuda(), mask.cuda())
     torch.testing.assert_close(out_gpu.invariant.cpu(), out.invariant, atol=1e-8, rtol=1e-6)
+
+
+def test_vn_dgcnn_static_graph_computes_one_knn(monkeypatch):
+    """dynamic=False reuses the coordinate graph: one kNN per forward, not one per block,
+    and the first block sees the same neighbours as the dynamic model."""
+    import geo3d.nn._vn_encoders as enc
+
+    calls = []
+    real = enc.masked_knn
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(enc, "masked_knn", spy)
+    x = torch.randn(2, 30, 3, generator=torch.Generator().manual_seed(0))
+    VNDGCNN(k=6, feat_dim=8, hidden=(4, 4, 6), dynamic=False)(x)
+    assert len(calls) == 1
+    calls.clear()
+    VNDGCNN(k=6, feat_dim=8, hidden=(4, 4, 6))(x)
+    assert len(calls) == 3
