@@ -209,8 +209,16 @@ def _euler_from_quat_comps(qc: tuple, convention: str) -> torch.Tensor:
     if extrinsic and not symmetric:
         ang2 = ang2 * sign
     ang1 = mid if symmetric else mid - 0.5 * math.pi
-    out = torch.stack((ang0, ang1, ang2), dim=-1)
-    return torch.remainder(out + math.pi, 2.0 * math.pi) - math.pi
+    # every angle is in [-2π, 2π]: one conditional shift per component wraps it to
+    # [-π, π) like the eager ``remainder(x + π, 2π) - π``, inside the same fused loop (a
+    # remainder on the stacked result became a second pass over the output)
+    return torch.stack((_wrap(ang0), _wrap(ang1), _wrap(ang2)), dim=-1)
+
+
+def _wrap(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in ``[-2π, 2π]`` wrapped to ``[-π, π)``."""
+    return torch.where(x >= math.pi, x - 2.0 * math.pi,
+                       torch.where(x < -math.pi, x + 2.0 * math.pi, x))
 
 
 def _f_matrix_to_euler(R: torch.Tensor, convention: str, warn: bool = True) -> torch.Tensor:
