@@ -73,8 +73,9 @@ def project_to_so3(M: torch.Tensor) -> torch.Tensor:
 def geodesic_distance(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     """Rotation angle of ``R1ᵀ R2`` (the geodesic distance on SO(3)).
 
-    Computed as ``2 atan2(|u|, |w|)`` of the relative quaternion (robust branch
-    selection), accurate to machine precision near 0 and π, with finite gradients at 0 and π.
+    Computed as ``atan2(sin θ, cos θ)`` from the skew part and the trace of ``R1ᵀ R2``
+    (see the comment in the code), accurate to ~machine precision near 0 and π, with
+    finite gradients at 0 and π.
 
     Args:
         R1: rotation matrices, shape :math:`(*, 3, 3)`.
