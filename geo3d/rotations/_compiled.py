@@ -13,7 +13,7 @@ import torch
 
 from geo3d.rotations._checks import check_tensor
 from geo3d.rotations._euler import _elementary, _nz_hypot, _parse, _qmul
-from geo3d.rotations._fast_math import atan2
+from geo3d.rotations._fast_math import atan2, half_angle_over_sin
 from geo3d.rotations._quat import _shepperd
 from geo3d.rotations._sixd import matrix_to_sixd
 
@@ -75,11 +75,7 @@ def _rotvec_from_quat_comps(w, x, y, z) -> torch.Tensor:
     """Rotation vectors from (not necessarily unit) quaternion components, as
     :func:`quat_to_axis_angle`: ``u sign(w) 2 atan2(|u|, |w|)/|u|``, scale invariant."""
     n = _safe_sqrt(x * x + y * y + z * z)
-    aw = w.abs()
-    zero = n == 0
-    f = 2.0 * atan2(n, aw, nonneg=True) / torch.where(zero, 1.0, n)
-    f = torch.where(zero, 2.0 / aw, f)
-    f = torch.copysign(f, w)
+    f = torch.copysign(half_angle_over_sin(n, w.abs()), w)
     return torch.stack((x * f, y * f, z * f), dim=-1)
 
 

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-__all__ = ["atan2"]
+__all__ = ["atan2", "half_angle_over_sin"]
 
 # atan(t) ≈ t P(t²) on [0, 1]: max abs error 1.4e-8 (least-squares minimax fit in float64).
 _P = (
@@ -69,3 +69,33 @@ def atan2(y: torch.Tensor, x: torch.Tensor, nonneg: bool = False) -> torch.Tenso
         return r
     r = torch.where(torch.signbit(x), math.pi - r, r)
     return torch.copysign(r, y)
+
+
+def half_angle_over_sin(n: torch.Tensor, aw: torch.Tensor) -> torch.Tensor:
+    """``2 atan2(n, aw) / n`` for ``n, aw >= 0`` (``2 / aw`` at ``n = 0``), fast in float32.
+
+    This is the factor that maps the vector part ``u`` of a quaternion (``n = |u|``,
+    ``aw = |w|``) to its rotation vector. In float32 it takes one division: with
+    ``inv = 1 / max(n, aw)`` and ``t = min(n, aw) inv``, ``atan(t) = t P(t²)`` gives
+    ``2 P(t²) inv`` when ``n <= aw`` (no division by a possibly zero ``n``) and
+    ``2 (π/2 - t P(t²)) inv`` otherwise. Other dtypes use :func:`torch.atan2` (exact).
+
+    Args:
+        n: vector-part norms, shape :math:`(*)`, ``>= 0``.
+        aw: absolute scalar parts, same shape, ``>= 0``; not both zero.
+
+    Returns:
+        shape :math:`(*)`.
+    """
+    if n.dtype != torch.float32 or aw.dtype != torch.float32:
+        zero = n == 0
+        f = 2.0 * atan2(n, aw, nonneg=True) / torch.where(zero, 1.0, n)
+        return torch.where(zero, 2.0 / aw, f)
+    swap = n > aw
+    inv = 1.0 / torch.where(swap, n, aw)
+    t = torch.where(swap, aw, n) * inv
+    z = t * t
+    p = _P[-1]
+    for c in _P[-2::-1]:
+        p = p * z + c
+    return (2.0 * inv) * torch.where(swap, 0.5 * math.pi - t * p, p)
