@@ -134,7 +134,8 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
     part: observable from its shape, unlike an absolute translation). Either way
     ``R(g p) = R(p) g⁻¹`` and ``t`` is invariant. Rotating input part ``i`` by ``g``
     therefore gives ``R g⁻¹`` and the same assembled part ``R g⁻¹ (g p) + t``; translating
-    it shifts only the centring correction. Exact by construction (up to float rounding and knn ties).
+    it shifts only the centring correction. Exact by construction (up to float rounding
+    and knn ties).
 
     Why three vectors and an SVD rather than Gram–Schmidt of two: VN features are
     O(3)-equivariant, so on a mirror-symmetric input (a chair, a mug) every feature lies in
@@ -157,8 +158,8 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         batch_norm: batch norm inside the encoder.
         rot_readout: ``"steer"`` (default) or ``"frame"`` (see above).
         dynamic_graph: VN-DGCNN's feature-space (dynamic) kNN graphs; ``False`` reuses the
-            coordinate graph (faster; float32 equivariance then only breaks at exact
-            coordinate ties, not at near-ties of learned features).
+            coordinate graph (faster, and float32 rounding can no longer flip near-tied
+            neighbours in feature space).
     """
 
     def __init__(
