@@ -129,9 +129,10 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
     translation ``t`` (``rot_readout="frame"``) or, by default (``"steer"``), as ``R = Sᵀ``
     where ``S`` is the nearest rotation to three vectors ``Σ_c w_kc(token) F_c`` (invariant
     weights steering the equivariant channels; ``S`` holds the assembled frame's axes in
-    input coordinates, ``S(g p) = g S(p)``) and ``t = R u`` with an equivariant offset
+    input coordinates, ``S(g p) = g S(p)``) and ``t = R u + b`` with an equivariant offset
     ``u = Σ_c v_c(token) F_c`` (where the part sits relative to the object, seen from the
-    part: observable from its shape, unlike an absolute translation). Either way
+    part) and an invariant ``b(token)`` (the same, read in the assembled frame from
+    invariants; it lets the model place parts while their rotation is uncertain). Either way
     ``R(g p) = R(p) g⁻¹`` and ``t`` is invariant. Rotating input part ``i`` by ``g``
     therefore gives ``R g⁻¹`` and the same assembled part ``R g⁻¹ (g p) + t``; translating
     it shifts only the centring correction. Exact by construction (up to float rounding
@@ -210,8 +211,11 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
             # part's input coordinates), mapped by the predicted rotation: t = R u.
             self.steer_t = nn.Linear(d_model, c_eq)
             self.steer_t_static = VNLinear(c_eq, 1)
+            # plus an invariant offset in the assembled frame (where the part sits in the
+            # object, read from invariants: a hedge while the rotation is uncertain)
+            self.steer_t_inv = nn.Linear(d_model, 3)
             with torch.no_grad():
-                for lin in (self.steer, self.steer_t):
+                for lin in (self.steer, self.steer_t, self.steer_t_inv):
                     lin.weight.mul_(0.1)
                     lin.bias.zero_()
 
@@ -244,7 +248,7 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
             E = project_to_so3(u.transpose(-1, -2))  # S: columns from the three vectors
             R = E.transpose(-1, -2)
             off = (self.steer_t(tok)[:, None] @ F + self.steer_t_static(F))[:, 0]  # (M, 3)
-            t = (R @ off[..., None])[..., 0]
+            t = (R @ off[..., None])[..., 0] + self.steer_t_inv(tok)
         else:
             E = project_to_so3(self.frame(F).transpose(-1, -2))  # (M, 3, 3), columns
             Q = sixd_to_matrix(self.rot_head(tok))
