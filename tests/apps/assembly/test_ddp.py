@@ -69,7 +69,11 @@ def test_ddp_two_processes_match_single_process_gradients(tmp_path):
         if p.grad is None:
             continue
         assert torch.allclose(g0[n], g1[n], atol=1e-7), n  # all-reduced: equal on ranks
-        assert torch.allclose(g0[n], p.grad, rtol=1e-4, atol=1e-6), n
+        # float32: the all-reduced sum of two half-batch gradients and the union batch's
+        # gradient differ by summation order, so compare on the scale of the whole tensor
+        scale = float(p.grad.abs().max())
+        err = float((g0[n] - p.grad).abs().max())
+        assert err <= 1e-5 * scale + 1e-7, (n, err, scale)
     # the ranks really saw different data: their local gradients must differ
     local = []
     for r in range(2):
@@ -81,4 +85,5 @@ def test_ddp_two_processes_match_single_process_gradients(tmp_path):
         local.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
     n0 = names[0]
     assert not torch.allclose(local[0][n0], local[1][n0])
-    assert torch.allclose((local[0][n0] + local[1][n0]) / 2, g0[n0], rtol=1e-4, atol=1e-6)
+    mean = (local[0][n0] + local[1][n0]) / 2
+    assert float((mean - g0[n0]).abs().max()) <= 1e-5 * float(g0[n0].abs().max()) + 1e-7
