@@ -11,10 +11,11 @@ from typing import Callable
 
 import torch
 
+from geo3d.rotations._axis_angle import axis_angle_to_matrix
 from geo3d.rotations._checks import check_tensor
 from geo3d.rotations._euler import _elementary, _nz_hypot, _parse, _qmul
 from geo3d.rotations._fast_math import atan2, half_angle_over_sin
-from geo3d.rotations._quat import _shepperd
+from geo3d.rotations._quat import _matrix_from_quat_comps, _shepperd, quat_to_matrix
 from geo3d.rotations._sixd import matrix_to_sixd
 
 __all__ = ["fused", "FUSED_FUNCTIONS"]
@@ -54,23 +55,6 @@ def _safe_sqrt(t2: torch.Tensor) -> torch.Tensor:
     return torch.where(pos, torch.sqrt(torch.where(pos, t2, 1.0)), 0.0)
 
 
-def _matrix_from_quat_comps(w, x, y, z, scale2) -> torch.Tensor:
-    """Rotation matrices (*, 3, 3) from quaternion components; ``scale2`` = 2/|q|² or 2."""
-    x2, y2, z2 = x * scale2, y * scale2, z * scale2
-    xx, yy, zz = x * x2, y * y2, z * z2
-    xy, xz, yz = x * y2, x * z2, y * z2
-    wx, wy, wz = w * x2, w * y2, w * z2
-    out = torch.stack(
-        (
-            1.0 - (yy + zz), xy - wz, xz + wy,
-            xy + wz, 1.0 - (xx + zz), yz - wx,
-            xz - wy, yz + wx, 1.0 - (xx + yy),
-        ),
-        dim=-1,
-    )  # fmt: skip
-    return out.unflatten(-1, (3, 3))
-
-
 def _rotvec_from_quat_comps(w, x, y, z) -> torch.Tensor:
     """Rotation vectors from (not necessarily unit) quaternion components, as
     :func:`quat_to_axis_angle`: ``u sign(w) 2 atan2(|u|, |w|)/|u|``, scale invariant."""
@@ -79,41 +63,11 @@ def _rotvec_from_quat_comps(w, x, y, z) -> torch.Tensor:
     return torch.stack((x * f, y * f, z * f), dim=-1)
 
 
-def _f_quat_to_matrix(q: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-    check_tensor("q", q, (4,))
-    w, x, y, z = q.unbind(-1)
-    s = 2.0 / ((w * w + x * x) + (y * y + z * z)) if normalize else 2.0
-    return _matrix_from_quat_comps(w, x, y, z, s)
-
-
 def _f_matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
     check_tensor("R", R, (3, 3))
     w, x, y, z = _shepperd(R)
     k = torch.copysign(torch.rsqrt((w * w + x * x) + (y * y + z * z)), w)
     return torch.stack((w * k, x * k, y * k, z * k), dim=-1)
-
-
-def _f_axis_angle_to_matrix(v: torch.Tensor) -> torch.Tensor:
-    check_tensor("v", v, (3,))
-    x, y, z = v.unbind(-1)
-    t2 = x * x + y * y + z * z
-    th = _safe_sqrt(t2)
-    a = torch.sinc(th * (1.0 / math.pi))
-    hb = torch.sinc(th * (0.5 / math.pi))
-    b = 0.5 * hb * hb
-    c = 1.0 - b * t2
-    bx, by, bz = b * x, b * y, b * z
-    ax, ay, az = a * x, a * y, a * z
-    xy, xz, yz = bx * y, bx * z, by * z
-    out = torch.stack(
-        (
-            c + bx * x, xy - az, xz + ay,
-            xy + az, c + by * y, yz - ax,
-            xz - ay, yz + ax, c + bz * z,
-        ),
-        dim=-1,
-    )  # fmt: skip
-    return out.unflatten(-1, (3, 3))
 
 
 def _f_matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
@@ -250,9 +204,11 @@ def _f_quat_apply(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 _IMPLS: dict[str, Callable] = {
-    "quat_to_matrix": _f_quat_to_matrix,
+    # already scalar-component formulations whose value checks switch off under
+    # torch.compile: the eager functions themselves fuse into one loop
+    "quat_to_matrix": quat_to_matrix,
     "matrix_to_quat": _f_matrix_to_quat,
-    "axis_angle_to_matrix": _f_axis_angle_to_matrix,
+    "axis_angle_to_matrix": axis_angle_to_matrix,
     "matrix_to_axis_angle": _f_matrix_to_axis_angle,
     "axis_angle_to_quat": _f_axis_angle_to_quat,
     "quat_to_axis_angle": _f_quat_to_axis_angle,

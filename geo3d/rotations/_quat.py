@@ -65,11 +65,16 @@ def quat_to_matrix(q: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     if normalize:
         n2 = (w * w + x * x) + (y * y + z * z)
         _check_quat_norm("q", n2)
-        s = 2.0 / n2
-        x2, y2, z2 = x * s, y * s, z * s
-    else:
-        check_finite("q", q)
-        x2, y2, z2 = x + x, y + y, z + z
+        return _matrix_from_quat_comps(w, x, y, z, 2.0 / n2)
+    check_finite("q", q)
+    return _matrix_from_quat_comps(w, x, y, z, 2.0)
+
+
+def _matrix_from_quat_comps(w, x, y, z, scale2) -> torch.Tensor:
+    """Rotation matrices (*, 3, 3) from quaternion components; ``scale2`` = 2/|q|² or 2.
+
+    Scalar components, one ``stack``: also what the fused (compiled) kernels use."""
+    x2, y2, z2 = x * scale2, y * scale2, z * scale2
     xx, yy, zz = x * x2, y * y2, z * z2
     xy, xz, yz = x * y2, x * z2, y * z2
     wx, wy, wz = w * x2, w * y2, w * z2
