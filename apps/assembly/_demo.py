@@ -105,6 +105,15 @@ def _registration(datamodule: Any, seed: int) -> dict[str, Any] | None:
     return {"num_objects": count, "anchor": {k: v / count for k, v in sums.items()}}
 
 
+def _previous_results(path: Path, config_set: str) -> dict[str, Any]:
+    """The ``results.json`` of an earlier run of the same config set, or ``{}``."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) and old.get("config_set") == config_set else {}
+
+
 def demo_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="geo3d assembly demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,36 +156,18 @@ def demo_main(argv: list[str]) -> int:
         "global": [config_path(a.config_set), config_path(f"{a.config_set}_global")],
     }
     runs: dict[str, Any] = {}
-    previous = out / "results.json"
-    if previous.is_file():
-        try:
-            old = json.loads(previous.read_text())
-            if old.get("config_set") == a.config_set:
-                runs.update({k: v for k, v in old.get("runs", {}).items() if k not in models})
-        except (OSError, ValueError):
-            pass
     for m in models:
         runs[m] = _train_and_test(m, configs[m], out, data_root, extra)
-    if previous.is_file():  # another process may have finished meanwhile
-        try:
-            old = json.loads(previous.read_text())
-            if old.get("config_set") == a.config_set:
-                runs.update({k: v for k, v in old.get("runs", {}).items() if k not in models})
-        except (OSError, ValueError):
-            pass
+    # read after training: another process (--models) may have finished meanwhile
+    old = _previous_results(out / "results.json", a.config_set)
+    runs.update({k: v for k, v in old.get("runs", {}).items() if k not in models})
     runs = {k: runs[k] for k in ("equivariant", "global") if k in runs}
     rows = []
     for name, r in runs.items():
         for proto in ("absolute", "anchor"):
             rows.append((name, proto, r["metrics"].get(proto, {})))
-    reg = None
-    if a.no_registration and previous.is_file():  # keep a baseline computed by another run
-        try:
-            old = json.loads(previous.read_text())
-            if old.get("config_set") == a.config_set:
-                reg = old.get("registration")
-        except (OSError, ValueError):
-            pass
+    # --no-registration keeps a baseline computed by another run
+    reg = old.get("registration") if a.no_registration else None
     if reg is not None:
         rows.append((f"registration (n={reg['num_objects']})", "anchor", reg["anchor"]))
     if not a.no_registration:

@@ -23,3 +23,15 @@ def test_demo_end_to_end(tmp_path):
         assert run["train_parts_per_s"] > 0
     assert "PA %" in res["table"]
     assert list(out.rglob("pictures_test/*.png")) and list(out.rglob("pictures_test/*.ply"))
+
+
+def test_previous_results_only_from_the_same_config_set(tmp_path):
+    from geo3d.apps.assembly._demo import _previous_results
+
+    p = tmp_path / "results.json"
+    assert _previous_results(p, "demo") == {}  # missing
+    p.write_text("{not json")
+    assert _previous_results(p, "demo") == {}  # unreadable
+    p.write_text(json.dumps({"config_set": "long", "runs": {"global": {}}}))
+    assert _previous_results(p, "demo") == {}
+    assert _previous_results(p, "long")["runs"] == {"global": {}}
