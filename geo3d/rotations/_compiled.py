@@ -13,7 +13,15 @@ import torch
 
 from geo3d.rotations._axis_angle import axis_angle_to_matrix
 from geo3d.rotations._checks import check_tensor
-from geo3d.rotations._euler import _elementary, _nz_hypot, _parse, _qmul
+from geo3d.rotations._euler import (
+    _elementary,
+    _euler_abcd,
+    _euler_angles,
+    _euler_setup,
+    _nz_hypot,
+    _parse,
+    _qmul,
+)
 from geo3d.rotations._fast_math import atan2, half_angle_over_sin
 from geo3d.rotations._quat import _matrix_from_quat_comps, _shepperd, quat_to_matrix
 from geo3d.rotations._sixd import matrix_to_sixd
@@ -123,42 +131,12 @@ def _f_euler_to_matrix(angles: torch.Tensor, convention: str) -> torch.Tensor:
 
 def _euler_from_quat_comps(qc: tuple, convention: str) -> torch.Tensor:
     """:func:`geo3d.rotations.quat_to_euler` on components, gradient-safe, no warning."""
-    axes, intrinsic = _parse(convention)
-    extrinsic = not intrinsic
-    if intrinsic:
-        axes = axes[::-1]
-    i, j, k = axes
-    symmetric = i == k
-    if symmetric:
-        k = 3 - i - j
-    sign = float((i - j) * (j - k) * (k - i) // 2)
-    qw = qc[0]
-    qi, qj, qk = qc[1 + i], qc[1 + j], qc[1 + k]
-    if symmetric:
-        a, b, c, d = qw, qi, qj, qk * sign
-    else:
-        a, b, c, d = qw - qj, qi + qk * sign, qj + qw, qk * sign - qi
+    extrinsic, symmetric, i, j, k, sign = _euler_setup(convention)
+    a, b, c, d = _euler_abcd(qc[0], qc[1 + i], qc[1 + j], qc[1 + k], symmetric, sign)
     half_sum = atan2(b, a)  # finite gradient at (0, 0) (float64: _safe_atan2's rule)
     half_diff = atan2(d, c)
     mid = 2.0 * atan2(_nz_hypot(c, d), _nz_hypot(a, b), nonneg=True)
-    eps = 1e-7
-    case1 = mid.abs() <= eps
-    case2 = (mid - math.pi).abs() <= eps
-    case0 = ~(case1 | case2)
-    a0 = torch.where(case1, 2.0 * half_sum, 2.0 * half_diff * (-1.0 if extrinsic else 1.0))
-    first = half_sum - half_diff
-    third = half_sum + half_diff
-    if extrinsic:
-        ang0 = torch.where(case0, first, a0)
-        ang2 = torch.where(case0, third, 0.0)
-    else:
-        ang2 = torch.where(case0, first, 0.0)
-        ang0 = torch.where(case0, third, a0)
-        if not symmetric:
-            ang0 = ang0 * sign
-    if extrinsic and not symmetric:
-        ang2 = ang2 * sign
-    ang1 = mid if symmetric else mid - 0.5 * math.pi
+    ang0, ang1, ang2, _ = _euler_angles(half_sum, half_diff, mid, extrinsic, symmetric, sign)
     # every angle is in [-2π, 2π]: one conditional shift per component wraps it to
     # [-π, π) like the eager ``remainder(x + π, 2π) - π``, inside the same fused loop (a
     # remainder on the stacked result became a second pass over the output)

@@ -111,6 +111,53 @@ def _safe_atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.atan2(y, torch.where(zero, torch.ones_like(x), x))
 
 
+def _euler_setup(convention: str) -> tuple[bool, bool, int, int, int, float]:
+    """``(extrinsic, symmetric, i, j, k, sign)`` of Bernardes & Viollet's algorithm."""
+    axes, intrinsic = _parse(convention)
+    if intrinsic:
+        axes = axes[::-1]
+    i, j, k = axes
+    symmetric = i == k
+    if symmetric:
+        k = 3 - i - j
+    sign = float((i - j) * (j - k) * (k - i) // 2)
+    return not intrinsic, symmetric, i, j, k, sign
+
+
+def _euler_abcd(qw, qi, qj, qk, symmetric: bool, sign: float) -> tuple:
+    if symmetric:
+        return qw, qi, qj, qk * sign
+    return qw - qj, qi + qk * sign, qj + qw, qk * sign - qi
+
+
+_GIMBAL_EPS = 1e-7
+
+
+def _euler_angles(half_sum, half_diff, mid, extrinsic: bool, symmetric: bool, sign: float):
+    """The three angles (unwrapped) and the non-gimbal mask, from the half-angle sums.
+
+    Bernardes & Viollet (2022), as implemented in scipy (including its gimbal-lock rule:
+    the angle at index 2 is set to 0, the one at index 0 absorbs the rotation)."""
+    case1 = mid.abs() <= _GIMBAL_EPS
+    case2 = (mid - math.pi).abs() <= _GIMBAL_EPS
+    case0 = ~(case1 | case2)
+    a0 = torch.where(case1, 2.0 * half_sum, 2.0 * half_diff * (-1.0 if extrinsic else 1.0))
+    first = half_sum - half_diff
+    third = half_sum + half_diff
+    if extrinsic:
+        ang0 = torch.where(case0, first, a0)
+        ang2 = torch.where(case0, third, 0.0)
+    else:
+        ang2 = torch.where(case0, first, 0.0)
+        ang0 = torch.where(case0, third, a0)
+        if not symmetric:
+            ang0 = ang0 * sign
+    if extrinsic and not symmetric:
+        ang2 = ang2 * sign
+    ang1 = mid if symmetric else mid - 0.5 * math.pi
+    return ang0, ang1, ang2, case0
+
+
 def quat_to_euler(q: torch.Tensor, convention: str, warn: bool = True) -> torch.Tensor:
     """Euler angles from quaternions (see :func:`matrix_to_euler`).
 
@@ -122,24 +169,11 @@ def quat_to_euler(q: torch.Tensor, convention: str, warn: bool = True) -> torch.
     Returns:
         Angles in radians, shape :math:`(*, 3)`.
     """
-    axes, intrinsic = _parse(convention)
+    extrinsic, symmetric, i, j, k, sign = _euler_setup(convention)
     check_tensor("q", q, (4,))
-    extrinsic = not intrinsic
-    if intrinsic:
-        axes = axes[::-1]
-    i, j, k = axes
-    symmetric = i == k
-    if symmetric:
-        k = 3 - i - j
-    sign = float((i - j) * (j - k) * (k - i) // 2)
     # scipy's xyzw layout: index 3 is the scalar part; ours is wxyz.
-    qw = q[..., 0]
-    qi, qj, qk = q[..., 1 + i], q[..., 1 + j], q[..., 1 + k]
-    if symmetric:
-        a, b, c, d = qw, qi, qj, qk * sign
-    else:
-        a, b, c, d = qw - qj, qi + qk * sign, qj + qw, qk * sign - qi
-    eps = 1e-7
+    a, b, c, d = _euler_abcd(q[..., 0], q[..., 1 + i], q[..., 1 + j], q[..., 1 + k],
+                             symmetric, sign)
     if torch.is_grad_enabled() and q.requires_grad:
         # zero (not NaN) gradients at the (0, 0) points met at gimbal lock
         half_sum = _safe_atan2(b, a)
@@ -149,32 +183,14 @@ def quat_to_euler(q: torch.Tensor, convention: str, warn: bool = True) -> torch.
         half_sum = torch.atan2(b, a)
         half_diff = torch.atan2(d, c)
         mid = 2.0 * torch.atan2(torch.hypot(c, d), torch.hypot(a, b))
-    case1 = mid.abs() <= eps
-    case2 = (mid - math.pi).abs() <= eps
-    case0 = ~(case1 | case2)
+    ang0, ang1, ang2, case0 = _euler_angles(half_sum, half_diff, mid, extrinsic, symmetric,
+                                            sign)
     if warn and not torch.compiler.is_compiling() and bool((~case0).any()):
         warnings.warn(
             "Gimbal lock detected. Setting third angle to zero since it is not possible to "
             "uniquely determine all angles.",
             stacklevel=3,
         )
-    # Bernardes & Viollet (2022), as implemented in scipy (including its gimbal-lock rule:
-    # the angle at index 2 is set to 0, the one at index 0 absorbs the rotation).
-    a0 = torch.where(case1, 2.0 * half_sum, 2.0 * half_diff * (-1.0 if extrinsic else 1.0))
-    zero = torch.zeros_like(a0)
-    first = half_sum - half_diff
-    third = half_sum + half_diff
-    if extrinsic:
-        ang0 = torch.where(case0, first, a0)
-        ang2 = torch.where(case0, third, zero)
-    else:
-        ang2 = torch.where(case0, first, zero)
-        ang0 = torch.where(case0, third, a0)
-        if not symmetric:
-            ang0 = ang0 * sign
-    if extrinsic and not symmetric:
-        ang2 = ang2 * sign
-    ang1 = mid if symmetric else mid - 0.5 * math.pi
     out = torch.stack((ang0, ang1, ang2), dim=-1)
     return torch.remainder(out + math.pi, 2.0 * math.pi) - math.pi
 
