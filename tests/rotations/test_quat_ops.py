@@ -89,3 +89,39 @@ def test_distance_is_invariant(dtype):
     assert (G.geodesic_distance(A @ C, B @ C) - d).abs().max() < tol
     assert (G.geodesic_distance(B, A) - d).abs().max() < tol
     assert ((d >= 0) & (d <= math.pi)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_geodesic_distance_fast_and_precise_formulas_agree(dtype, monkeypatch):
+    # the eager path mixes 2 asin(|R2 - R1| / 2√2) with the atan2 formula for angles
+    # within a few degrees of π: across that switch (and under broadcasting) it must
+    # agree with the atan2 formula everywhere, and stay differentiable
+    from geo3d.rotations import _procrustes
+    from geo3d.rotations._procrustes import _geodesic_precise
+
+    monkeypatch.setattr(_procrustes, "_FAST_MIN_NUMEL", 0)  # small batches skip the switch
+    g = torch.Generator().manual_seed(11)
+    axes = torch.nn.functional.normalize(torch.randn(8, 3, generator=g, dtype=torch.float64), dim=-1)
+    gaps = torch.tensor([0.0, 1e-8, 1e-4, 0.01, 0.0199, 0.0201, 0.2, 2.0], dtype=torch.float64)
+    angles = math.pi - gaps
+    R = G.axis_angle_to_matrix(axes * angles[:, None]).to(dtype)
+    R = torch.cat([R, G.random_rotation_matrix(64, generator=g, dtype=dtype)])
+    eye = torch.eye(3, dtype=dtype)
+    d = G.geodesic_distance(eye, R)  # broadcast (3, 3) against (N, 3, 3)
+    ref = _geodesic_precise(eye.expand_as(R), R)
+    # the asin formula turns an error δ in |R2 - R1| into δ / (√2 cos(θ/2)) <= ~70δ where
+    # it is used, δ a few ε
+    tol = 400 * torch.finfo(dtype).eps
+    assert (d - ref).abs().max() < tol
+    assert (d[:8].double() - angles).abs().max() < (1e-5 if dtype == torch.float32 else 1e-12)
+    A = G.random_rotation_matrix(72, generator=g, dtype=dtype)
+    d2 = G.geodesic_distance(A, A @ R)
+    # (products carry a few more ε of non-orthogonality, hence 2 tol)
+    assert (d2 - _geodesic_precise(A, A @ R)).abs().max() < 2 * tol
+    if dtype == torch.float64:
+        x = R.clone().requires_grad_(True)
+        G.geodesic_distance(eye, x).sum().backward()
+        assert torch.isfinite(x.grad).all()
+        # (not at gaps below gradcheck's step: |x| is not smooth at 0 either)
+        m = R[4:72].clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda m: G.geodesic_distance(eye, m), (m,))
