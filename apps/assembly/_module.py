@@ -57,8 +57,10 @@ class AssemblyModule(L.LightningModule):
         feat_dim: encoder width; k: DGCNN neighbours; hidden: encoder block widths.
         batch_norm: batch norm inside the encoder.
         d_model, num_layers, num_heads: pose head / cross-part attention sizes.
-        rot_readout: equivariant rotation readout, ``"steer"`` or ``"frame"``
+        rot_readout: equivariant rotation readout, ``"steer"``, ``"frame"`` or ``"pca"``
             (see :class:`EquivariantAssembler`).
+        hypotheses: pose hypotheses per part (``"pca"`` readout; trained winner-takes-all
+            with a score cross-entropy, see :func:`assembly_loss`).
         dynamic_graph: (equivariant arch only) VN-DGCNN recomputes its kNN graph from the
             features of every block (``False``: reuses the coordinate graph; see
             :class:`EquivariantAssembler`).
@@ -84,6 +86,7 @@ class AssemblyModule(L.LightningModule):
         num_heads: int = 4,
         rot_readout: str = "steer",
         dynamic_graph: bool = True,
+        hypotheses: int = 1,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         min_lr_ratio: float = 0.01,
@@ -101,7 +104,7 @@ class AssemblyModule(L.LightningModule):
         if arch == "equivariant":
             self.net = EquivariantAssembler(
                 encoder, feat_dim, k, d_model, num_layers, num_heads, 0.0, hidden, batch_norm,
-                rot_readout, dynamic_graph,
+                rot_readout, dynamic_graph, hypotheses,
             )
         elif arch == "global":
             self.net = GlobalAssembler(encoder, feat_dim, k, d_model, hidden, batch_norm)
@@ -150,6 +153,7 @@ class AssemblyModule(L.LightningModule):
         loss, terms = assembly_loss(
             points, valid, pred["rot"], pred["trans"], rot, batch["trans"],
             h.w_rot, h.w_trans, h.w_part_cd, h.w_shape_cd, h.loss_frame,
+            hypotheses=pred if "hyp_rot" in pred else None,
         )
         B = points.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=B)

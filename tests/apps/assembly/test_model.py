@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from geo3d.apps.assembly import EquivariantAssembler, GlobalAssembler
@@ -29,7 +31,7 @@ def _assembled(out: dict, pts: torch.Tensor) -> torch.Tensor:
     return pts @ out["rot"].transpose(-1, -2) + out["trans"][:, :, None]
 
 
-@pytest.mark.parametrize("readout", ["steer", "frame"])
+@pytest.mark.parametrize("readout", ["steer", "frame", "pca"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
 def test_assembly_invariant_to_per_part_rigid_motions(dtype, tol, readout, generator):
     """Rotating (and translating) each input part by its own g leaves the assembly unchanged,
@@ -94,7 +96,7 @@ def test_pose_of_a_part_depends_on_the_other_parts(generator):
     assert torch.allclose(out["rot"][1], out2["rot"][1], atol=1e-12)
 
 
-@pytest.mark.parametrize("readout", ["steer", "frame"])
+@pytest.mark.parametrize("readout", ["steer", "frame", "pca"])
 def test_gradients_finite_and_every_parameter_used(readout, generator):
     """Every parameter gets a finite gradient (DDP without find_unused_parameters needs it)."""
     m = _tiny(torch.float32, rot_readout=readout)
@@ -133,6 +135,10 @@ def test_bad_input():
         EquivariantAssembler(encoder="nope")
     with pytest.raises(ValueError, match="rot_readout"):
         EquivariantAssembler(feat_dim=8, k=4, hidden=[4, 4, 8], rot_readout="euler")
+    with pytest.raises(ValueError, match="hypotheses.*pca"):
+        EquivariantAssembler(feat_dim=8, k=4, hidden=[4, 4, 8], hypotheses=4)
+    with pytest.raises(ValueError, match="hypotheses"):
+        EquivariantAssembler(feat_dim=8, k=4, hidden=[4, 4, 8], rot_readout="pca", hypotheses=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -163,7 +169,7 @@ def test_rotation_output_with_assert_equivariant(generator):
     )
 
 
-@pytest.mark.parametrize("readout", ["steer", "frame"])
+@pytest.mark.parametrize("readout", ["steer", "frame", "pca"])
 def test_can_fit_the_pose_of_a_mirror_symmetric_part(readout):
     """VN features of a mirror-symmetric part all lie in its mirror plane. The readout must
     still reach a frame with an axis along the plane's normal (a Gram–Schmidt readout of
@@ -191,3 +197,72 @@ def test_can_fit_the_pose_of_a_mirror_symmetric_part(readout):
     with torch.no_grad():
         err = geodesic_distance(m(pts, valid)["rot"][0, 0], eye).rad2deg()
     assert err < 10.0, f"{readout}: {float(err):.1f}°"
+
+
+def test_pca_frame_rotates_with_the_input(generator):
+    from geo3d.apps.assembly._model import pca_frame
+
+    x = torch.randn(5, 50, 3, generator=generator, dtype=torch.float64)
+    x = x * torch.tensor([1.0, 0.6, 0.3], dtype=torch.float64) + 0.3 * x**2  # skewed
+    x = x - x.mean(1, keepdim=True)
+    E, ext = pca_frame(x)
+    eye = torch.eye(3, dtype=torch.float64)
+    assert torch.allclose(E.transpose(-1, -2) @ E, eye.expand_as(E), atol=1e-12)
+    assert torch.allclose(torch.linalg.det(E), torch.ones(5, dtype=torch.float64))
+    assert (ext[:, :-1] >= ext[:, 1:]).all()
+    g = random_rotation_matrix(5, generator=generator, dtype=torch.float64)
+    E2, ext2 = pca_frame(x @ g.transpose(-1, -2))
+    assert torch.allclose(E2, g @ E, atol=1e-10)
+    assert torch.allclose(ext2, ext, atol=1e-12)
+    # the canonical coordinates are invariant
+    assert torch.allclose((x @ g.transpose(-1, -2)) @ E2, x @ E, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+def test_multi_hypothesis_head_is_equivariant(dtype, tol, generator):
+    """Every hypothesis follows R_k(g p) = R_k(p) g⁻¹ with invariant t_k and scores, so the
+    chosen pose does too; the prediction is the best-scored hypothesis."""
+    m = _tiny(dtype, rot_readout="pca", hypotheses=6)
+    with torch.no_grad():
+        m.hyp_head.weight.normal_(0, 0.5, generator=generator)
+    pts, valid = _parts(generator, dtype)
+    pts = pts + 0.3 * pts**2  # generic (skewed) parts: a well-defined principal frame
+    out = m(pts, valid)
+    assert out["hyp_rot"].shape == (2, 3, 6, 3, 3)
+    assert out["hyp_trans"].shape == (2, 3, 6, 3) and out["hyp_logits"].shape == (2, 3, 6)
+    best = out["hyp_logits"].argmax(-1)
+    assert torch.equal(out["rot"][valid], out["hyp_rot"][valid][torch.arange(5), best[valid]])
+    for _ in range(3):
+        g = random_rotation_matrix(2, 3, generator=generator, dtype=dtype)
+        s = torch.randn(2, 3, 1, 3, generator=generator, dtype=dtype)
+        moved = pts @ g.transpose(-1, -2) + s
+        out2 = m(moved, valid)
+        assert (_assembled(out, pts) - _assembled(out2, moved))[valid].abs().max() < tol
+        expect = out["hyp_rot"] @ g.transpose(-1, -2)[:, :, None]
+        assert (out2["hyp_rot"] - expect)[valid].abs().max() < tol
+        assert (out2["hyp_logits"] - out["hyp_logits"])[valid].abs().max() < tol
+
+
+def test_winner_takes_all_loss_trains_the_best_hypothesis_and_its_score():
+    from geo3d.apps.assembly._losses import assembly_loss, select_hypotheses
+
+    g = torch.Generator().manual_seed(3)
+    B, P, K = 2, 3, 4
+    gt_rot = random_rotation_matrix(B, P, generator=g, dtype=torch.float64)
+    gt_trans = torch.randn(B, P, 3, generator=g, dtype=torch.float64)
+    HR = random_rotation_matrix(B, P, K, generator=g, dtype=torch.float64)
+    Ht = torch.randn(B, P, K, 3, generator=g, dtype=torch.float64)
+    HR[:, :, 2] = gt_rot  # hypothesis 2 is exact
+    Ht[:, :, 2] = gt_trans
+    logits = torch.zeros(B, P, K, dtype=torch.float64, requires_grad=True)
+    hyp = {"hyp_rot": HR.requires_grad_(True), "hyp_trans": Ht, "hyp_logits": logits}
+    rot, trans, cost = select_hypotheses(hyp, gt_rot, gt_trans)
+    assert torch.allclose(rot, gt_rot) and torch.allclose(trans, gt_trans)
+    assert (cost.argmin(-1) == 2).all()
+    pts = torch.randn(B, P, 16, 3, generator=g, dtype=torch.float64)
+    valid = torch.ones(B, P, dtype=torch.bool)
+    loss, terms = assembly_loss(pts, valid, rot, trans, gt_rot, gt_trans, hypotheses=hyp)
+    assert terms["rot"] < 1e-6 and abs(float(terms["cls"]) - math.log(K)) < 1e-9
+    loss.backward()
+    # the score of the winner goes up, the others down
+    assert (logits.grad[..., 2] < 0).all() and (logits.grad[..., [0, 1, 3]] > 0).all()
