@@ -125,3 +125,17 @@ def test_geodesic_distance_fast_and_precise_formulas_agree(dtype, monkeypatch):
         # (not at gaps below gradcheck's step: |x| is not smooth at 0 either)
         m = R[4:72].clone().requires_grad_(True)
         assert torch.autograd.gradcheck(lambda m: G.geodesic_distance(eye, m), (m,))
+
+
+def test_geodesic_distance_fast_path_rejects_non_finite(monkeypatch):
+    from geo3d.rotations import _procrustes
+
+    monkeypatch.setattr(_procrustes, "_FAST_MIN_NUMEL", 0)
+    R = G.random_rotation_matrix(4, generator=torch.Generator().manual_seed(0))
+    bad = R.clone()
+    bad[2, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"R1, R2: expected finite"):
+        G.geodesic_distance(R, bad)
+    bad[2, 1, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"R1, R2: expected finite"):
+        G.geodesic_distance(bad, R)
