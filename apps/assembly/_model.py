@@ -323,7 +323,9 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         Returns:
             dict with ``rot (B, P, 3, 3)``, ``trans (B, P, 3)`` (identity / zero on padded
             parts) and ``frame (B, P, 3, 3)`` (the equivariant part frames: ``E`` for
-            ``"frame"``, ``S`` for ``"steer"``; ``frame(g p) = g frame(p)``).
+            ``"frame"`` and ``"pca"``, ``S`` for ``"steer"``; ``frame(g p) = g frame(p)``);
+            for ``"pca"`` also ``hyp_rot (B, P, K, 3, 3)``, ``hyp_trans (B, P, K, 3)`` and
+            ``hyp_logits (B, P, K)`` (``rot``/``trans`` are the best-scored hypothesis).
         """
         from geo3d.rotations import project_to_so3, sixd_to_matrix
 
