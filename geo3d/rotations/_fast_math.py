@@ -30,12 +30,16 @@ _P = (
 )
 
 
-def _atan_unit(t: torch.Tensor) -> torch.Tensor:
-    z = t * t
+def _atan_poly(z: torch.Tensor) -> torch.Tensor:
+    """``P(z)`` (Horner), so that ``atan(t) ≈ t P(t²)`` on ``[0, 1]``."""
     p = _P[-1]
     for c in _P[-2::-1]:
         p = p * z + c
-    return t * p
+    return p
+
+
+def _atan_unit(t: torch.Tensor) -> torch.Tensor:
+    return t * _atan_poly(t * t)
 
 
 def atan2(y: torch.Tensor, x: torch.Tensor, nonneg: bool = False) -> torch.Tensor:
@@ -94,8 +98,5 @@ def half_angle_over_sin(n: torch.Tensor, aw: torch.Tensor) -> torch.Tensor:
     swap = n > aw
     inv = 1.0 / torch.where(swap, n, aw)
     t = torch.where(swap, aw, n) * inv
-    z = t * t
-    p = _P[-1]
-    for c in _P[-2::-1]:
-        p = p * z + c
+    p = _atan_poly(t * t)
     return (2.0 * inv) * torch.where(swap, 0.5 * math.pi - t * p, p)
