@@ -112,16 +112,22 @@ def measure_interleaved(
     device: str | torch.device = "cpu",
     min_run_time: float = 0.2,
     rounds: int | dict[str, int] = 3,
+    num_threads: int = 1,
 ) -> dict[str, dict[str, Any]]:
     """Time several callables in interleaved rounds (A B C A B C ...).
 
     On a shared machine, load changes over time; interleaving exposes every candidate to
     the same conditions. Per callable: the smallest per-round median and all medians (s).
     ``rounds`` may be a dict giving some callables fewer rounds (e.g. a slow reference).
+    ``num_threads``: torch's CPU threads while timing (torch.utils.benchmark's default, 1,
+    unless given).
     """
     from torch.utils.benchmark import Timer
 
-    timers = {k: Timer(stmt="fn()", globals={"fn": f}, label=k) for k, f in fns.items()}
+    timers = {
+        k: Timer(stmt="fn()", globals={"fn": f}, label=k, num_threads=num_threads)
+        for k, f in fns.items()
+    }
     nr = {k: rounds.get(k, 1) if isinstance(rounds, dict) else rounds for k in fns}
     med: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(max(nr.values(), default=0)):

@@ -3,8 +3,9 @@
 
 For every shared conversion, at batch sizes 1e3 and 1e6, float32, on CPU and on CUDA when
 available: eager geo3d, roma, scipy (CPU only, float64 internally), pytorch3d (if
-importable), the fused geo3d path (``geo3d.rotations.fused``, torch.compile; large batches
-only) and the memory-bandwidth bound. The bound is the time of ``x.clone()`` where ``x``
+importable), the fused geo3d path (``geo3d.rotations.fused``; large batches only: the
+native C kernels for float32 on CPU, ``torch.compile`` otherwise), the compiled kernels
+alone (``geo3d_compiled``, for comparison) and the memory-bandwidth bound. The bound is the time of ``x.clone()`` where ``x``
 holds as many bytes as the conversion's input + output (``copy_io``); ``copy_traffic`` is
 a clone with the same total memory traffic as the conversion (half as many bytes) and is
 recorded for reference. Prints a table with ratios; writes
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, env_info, measure_interleaved, write_json_atomic  # noqa: E402
 
 import geo3d.rotations as G  # noqa: E402
+from geo3d.rotations import _native  # noqa: E402
 from geo3d.rotations._compiled import _inductor_options  # noqa: E402
 
 
@@ -184,16 +186,21 @@ def make_cases(n: int, device: str, dtype: torch.dtype, seed: int = 0) -> list[d
 FUSABLE = set(G.FUSED_FUNCTIONS)
 
 
-def _fused_call(name: str, inputs: tuple) -> Callable[[], Any]:
+def _fused_call(name: str, inputs: tuple, compiled_only: bool = False) -> Callable[[], Any]:
     f = G.fused(name)
-    if name == "euler_to_matrix":
-        return lambda: f(*inputs, "xyz")
-    if name == "matrix_to_euler":
-        return lambda: f(*inputs, "xyz")
-    return lambda: f(*inputs)
+    args = (*inputs, "xyz") if name in ("euler_to_matrix", "matrix_to_euler") else inputs
+    if compiled_only:  # the torch.compile kernels even where the C kernels would serve
+
+        def call():
+            with _native.disabled():
+                return f(*args)
+
+        return call
+    return lambda: f(*args)
 
 
-def run(device: str, sizes: list[int], fused: bool, rounds: int, min_time: float) -> dict:
+def run(device: str, sizes: list[int], fused: bool, rounds: int, min_time: float,
+        threads: int = 1) -> dict:
     dtype = torch.float32
     env = env_info(device)
     rows = []
@@ -229,11 +236,20 @@ def run(device: str, sizes: list[int], fused: bool, rounds: int, min_time: float
                     if device == "cuda":
                         torch.cuda.synchronize()
                 row["fused_compile_s"] = time.perf_counter() - t0
+                row["fused_backend"] = (
+                    "native" if _native.applies(name, case["inputs"][0]) else "torch.compile"
+                )
                 row["fused_warnings"] = [
                     str(x.message) for x in w if "Gimbal" not in str(x.message)
                 ]
                 row["fused_max_abs_diff"] = float((fout - out).abs().max())
                 calls["geo3d_fused"] = fcall
+                if row["fused_backend"] == "native":
+                    ccall = _fused_call(name, case["inputs"], compiled_only=True)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        ccall()  # compile outside the timing
+                    calls["geo3d_compiled"] = ccall
             if n > 10_000 and "scipy" in calls:  # seconds per call: one timed call
                 sc = calls.pop("scipy")
                 t0 = time.perf_counter()
@@ -243,7 +259,8 @@ def run(device: str, sizes: list[int], fused: bool, rounds: int, min_time: float
             nrounds = rounds
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ms = measure_interleaved(calls, device=device, min_run_time=mt, rounds=nrounds)
+                ms = measure_interleaved(calls, device=device, min_run_time=mt, rounds=nrounds,
+                                         num_threads=threads)
             for k, m in ms.items():
                 row["times_s"][k] = m["time_s"]
                 row["rounds"][k] = m["round_medians_s"]
@@ -254,6 +271,8 @@ def run(device: str, sizes: list[int], fused: bool, rounds: int, min_time: float
                 row["ratio_fused_over_copy_io"] = t["geo3d_fused"] / t["copy_io"]
                 row["ratio_fused_over_copy_traffic"] = t["geo3d_fused"] / t["copy_traffic"]
                 row["ratio_fused_over_roma"] = t["geo3d_fused"] / t["roma"] if "roma" in t else None
+            if "geo3d_compiled" in t:
+                row["ratio_compiled_over_copy_io"] = t["geo3d_compiled"] / t["copy_io"]
             rows.append(row)
             _print_row(row)
     return {
@@ -264,10 +283,14 @@ def run(device: str, sizes: list[int], fused: bool, rounds: int, min_time: float
             "blocked_autorange medians (scipy at batch > 1e4: one timed call)",
             "rounds": rounds,
             "min_run_time_s": min_time,
+            "cpu_threads": threads,
             "bandwidth_bound": "copy_io = clone of a buffer of in_bytes + out_bytes bytes; "
             "copy_traffic = clone of (in_bytes + out_bytes)/2 bytes",
-            "fused": "geo3d.rotations.fused: component-wise formulations (_compiled.py) "
-            f"compiled with inductor options {_inductor_options()}",
+            "fused": "geo3d.rotations.fused: float32 CPU inputs without grad go to the "
+            "native C kernels (_native.c, cc -O3 -march=native, torch's thread count: 1 "
+            "inside torch.utils.benchmark); otherwise component-wise formulations "
+            f"(_compiled.py) compiled with inductor options {_inductor_options()} "
+            "(geo3d_compiled: those alone)",
         },
         "results": rows,
     }
@@ -281,7 +304,8 @@ def _fmt(t: float | None) -> str:
 
 HEADER = (
     f"{'conversion':22s} {'batch':>8s} {'geo3d':>11s} {'roma':>11s} {'scipy':>11s} "
-    f"{'pt3d':>11s} {'fused':>11s} {'copy_io':>11s} {'g/roma':>7s} {'fused/copy':>10s}"
+    f"{'pt3d':>11s} {'fused':>11s} {'compiled':>11s} {'copy_io':>11s} {'g/roma':>7s} "
+    f"{'fused/copy':>10s}"
 )
 
 
@@ -293,7 +317,7 @@ def _print_row(r: dict) -> None:
         f"{r['conversion']:22s} {r['batch']:>8d} {_fmt(t.get('geo3d')):>11s} "
         f"{_fmt(t.get('roma')):>11s} {_fmt(t.get('scipy')):>11s} "
         f"{_fmt(t.get('pytorch3d')):>11s} {_fmt(t.get('geo3d_fused')):>11s} "
-        f"{_fmt(t.get('copy_io')):>11s} "
+        f"{_fmt(t.get('geo3d_compiled')):>11s} {_fmt(t.get('copy_io')):>11s} "
         f"{(f'{ratio:.2f}' if ratio else '-'):>7s} {(f'{fr:.2f}' if fr else '-'):>10s}",
         flush=True,
     )
@@ -326,6 +350,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per autorange")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads while timing, for every implementation and the copy "
+        "(default 1, torch.utils.benchmark's default; results of other counts are written "
+        "to rotations_cpu_<N>threads.json)",
+    )
+    p.add_argument(
         "--no-malloc-tuning",
         action="store_true",
         help="keep glibc's default mmap threshold (large tensors page-faulted on every call)",
@@ -335,14 +367,16 @@ def main(argv: list[str] | None = None) -> None:
         _reexec_with_malloc_tuning()
     devices = a.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     for dev in devices:
+        threads = a.threads if dev == "cpu" else 1
         print(
             f"== {dev}: {env_info(dev)['device_name']}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, float32"
+            f"timed with {threads} CPU thread(s), float32"
         )
         print(HEADER)
-        res = run(dev, a.sizes, not a.no_fused, a.rounds, a.min_time)
+        res = run(dev, a.sizes, not a.no_fused, a.rounds, a.min_time, threads)
         res["env"]["malloc_env"] = {k: os.environ.get(k) for k in MALLOC_ENV}
-        path = write_json_atomic(a.out_dir / f"rotations_{dev}.json", res)
+        suffix = f"_{threads}threads" if threads != 1 else ""
+        path = write_json_atomic(a.out_dir / f"rotations_{dev}{suffix}.json", res)
         print(f"wrote {path}")
 
 

@@ -1,0 +1,230 @@
+"""The native float32 CPU kernels behind ``geo3d.rotations.fused`` (``_native.c``).
+
+Every kernel is checked against the float64 eager function applied to the same float32
+input (so that the input's rounding is not counted), on random inputs and the hard cases
+of ``all_quats`` (angles 0 and π, within 1e-8 of them, Shepperd ties, w ≈ 0)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import geo3d.rotations as G
+from geo3d.rotations import _compiled, _native
+
+EPS = torch.finfo(torch.float32).eps
+CONVENTIONS = [c for s in _native.SEQUENCES for c in (s, s.upper())]
+
+
+@pytest.fixture(scope="module")
+def lib():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the build must work here
+        out = _native.library()
+    assert out is not None
+    return out
+
+
+@pytest.fixture(scope="module")
+def quats(all_quats) -> torch.Tensor:
+    """float32 unit quaternions: the hard cases, then random ones (odd count: the scalar
+    tail of every vector loop runs too)."""
+    g = torch.Generator().manual_seed(7)
+    q = torch.cat((all_quats, G.random_quat(20_011, generator=g, dtype=torch.float64)))
+    return q.float()
+
+
+def _ref(name: str, x: torch.Tensor, **kw) -> torch.Tensor:
+    """The float64 eager result for the float32 input x."""
+    return getattr(G, name)(x.double(), **kw)
+
+
+def _native_out(name: str, x: torch.Tensor, **kw) -> torch.Tensor:
+    out = G.fused(name)(x, **kw)
+    assert out.dtype == torch.float32
+    return out
+
+
+@pytest.mark.parametrize(
+    "name, scale",
+    [
+        ("quat_to_matrix", 1.0),
+        ("matrix_to_quat", 1.0),
+        ("axis_angle_to_matrix", 1.9),  # angles up to 1.9π
+        ("matrix_to_axis_angle", 1.0),
+        ("axis_angle_to_quat", 1.9),
+        ("quat_to_axis_angle", 1.5),  # non-unit: implicitly normalised
+        ("sixd_to_matrix", 1.0),
+    ],
+)
+def test_kernels_match_float64(lib, quats, name, scale):
+    R = G.quat_to_matrix(quats)
+    x = {
+        "quat_to_matrix": quats,
+        "matrix_to_quat": R,
+        "axis_angle_to_matrix": G.quat_to_axis_angle(quats) * scale,
+        "matrix_to_axis_angle": R,
+        "axis_angle_to_quat": G.quat_to_axis_angle(quats) * scale,
+        "quat_to_axis_angle": quats * scale,
+        "sixd_to_matrix": G.matrix_to_sixd(R)
+        + 0.1 * torch.randn(len(R), 6, generator=torch.Generator().manual_seed(3)),
+    }[name]
+    assert _native.applies(name, x)
+    out = _native_out(name, x)
+    ref = _ref(name, x)
+    assert out.shape == ref.shape
+    err = (out.double() - ref).abs()
+    if name in ("matrix_to_quat",):  # q and -q are the same rotation when w = 0
+        err = torch.minimum(err, (out.double() + ref).abs())
+    # values are O(1) (O(π) for rotation vectors): a few float32 ulps
+    bound = {"matrix_to_axis_angle": 8 * math.pi, "quat_to_axis_angle": 8 * math.pi,
+             "axis_angle_to_quat": 8.0, "axis_angle_to_matrix": 8.0}.get(name, 4.0) * EPS
+    if name == "matrix_to_axis_angle":
+        # at π, v and -v are the same rotation
+        err = torch.minimum(err, (out.double() + ref).abs())
+    assert err.max() < bound, (name, err.max().item())
+
+
+def test_quat_to_matrix_normalize_and_large_angles(lib):
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(4099, 4, generator=g) * 3.0
+    out = G.fused("quat_to_matrix")(q, normalize=True)
+    ref = G.quat_to_matrix(q.double(), normalize=True)
+    assert (out.double() - ref).abs().max() < 4 * EPS
+    # rotation vectors far beyond 2π: the trig argument reduction stays accurate
+    v = torch.randn(4099, 3, generator=g) * 300.0
+    theta = v.double().norm(dim=-1)
+    for name in ("axis_angle_to_quat", "axis_angle_to_matrix"):
+        err = (G.fused(name)(v).double() - _ref(name, v)).abs()
+        if name == "axis_angle_to_quat":
+            err = torch.minimum(err, (G.fused(name)(v).double() + _ref(name, v)).abs())
+        # float32 θ = |v| itself is off by an ulp of θ, which no float32 code avoids
+        err = err.flatten(1).max(1).values
+        assert (err < 4 * EPS * (2.0 + theta)).all(), (name, (err / theta).max().item())
+    # exactly zero rotation vectors: the identity, no NaN
+    z = torch.zeros(33, 3)
+    assert torch.equal(G.fused("axis_angle_to_matrix")(z), torch.eye(3).expand(33, 3, 3))
+    assert torch.equal(G.fused("axis_angle_to_quat")(z)[:, 0], torch.ones(33))
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_euler_kernels_all_conventions(lib, quats, convention):
+    R = G.quat_to_matrix(quats)
+    ang = G.fused("matrix_to_euler")(R, convention)
+    ref = G.matrix_to_euler(R.double(), convention, warn=False)
+    # gimbal lock rows (and rows so near it that float32 and float64 decide differently)
+    # have ill-conditioned individual angles: there the rotation they give is compared
+    mid = ref[:, 1] if convention.lower()[0] == convention.lower()[2] else ref[:, 1] + math.pi / 2
+    safe = (mid.abs() > 1e-3) & ((mid.abs() - math.pi).abs() > 1e-3)
+    d = (ang.double() - ref).abs()
+    d = torch.minimum(d, (d - 2 * math.pi).abs())  # -π and π are the same angle
+    assert d[safe].max() < 2e-5
+    assert ((ang >= -math.pi) & (ang < math.pi)).all()  # scipy's range, wrapped
+    back = G.euler_to_matrix(ang.double(), convention)
+    assert (back - R.double()).abs().max() < 1e-5
+    # and the other way
+    a = torch.rand(20_011, 3, generator=torch.Generator().manual_seed(11)) * 4 * math.pi
+    a = a - 2 * math.pi
+    out = G.fused("euler_to_matrix")(a, convention)
+    assert (out.double() - G.euler_to_matrix(a.double(), convention)).abs().max() < 8 * EPS
+
+
+def test_same_result_for_any_thread_count_and_layout(lib, quats):
+    R = G.quat_to_matrix(quats)
+    v = G.quat_to_axis_angle(quats)
+    old = torch.get_num_threads()
+    big_R = R.repeat(3, 1, 1)  # 60k rows: several threads and chunk boundaries
+    try:
+        torch.set_num_threads(1)
+        one = (G.fused("matrix_to_euler")(big_R, "zyx"), G.fused("axis_angle_to_quat")(v))
+        torch.set_num_threads(4)
+        many = (G.fused("matrix_to_euler")(big_R, "zyx"), G.fused("axis_angle_to_quat")(v))
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(one, many, strict=True):
+        assert torch.equal(a, b)
+    # batch shapes, non-contiguous and expanded inputs, the input left alone
+    Rb = R[:240].reshape(4, 6, 10, 3, 3)
+    out = G.fused("matrix_to_axis_angle")(Rb)
+    assert out.shape == (4, 6, 10, 3)
+    assert torch.equal(out.reshape(240, 3), G.fused("matrix_to_axis_angle")(R[:240]))
+    Rt = R[:100].transpose(-1, -2)  # non-contiguous
+    assert not Rt.is_contiguous()
+    assert torch.equal(G.fused("matrix_to_quat")(Rt),
+                       G.fused("matrix_to_quat")(Rt.contiguous()))
+    e = torch.eye(3).expand(5, 7, 3, 3)
+    assert G.fused("matrix_to_quat")(e).shape == (5, 7, 4)
+    keep = v.clone()
+    G.fused("axis_angle_to_matrix")(v)
+    assert torch.equal(v, keep)
+    assert G.fused("sixd_to_matrix")(torch.zeros(0, 6)).shape == (0, 3, 3)
+    assert G.fused("quat_to_matrix")(quats[0]).shape == (3, 3)  # no batch dims
+
+
+def test_when_the_native_path_applies(lib, monkeypatch):
+    x = torch.randn(10, 3)
+    assert _native.applies("axis_angle_to_quat", x)
+    assert not _native.applies("axis_angle_to_quat", x.double())
+    assert not _native.applies("quat_apply", torch.randn(10, 4))  # no kernel
+    xg = x.clone().requires_grad_(True)
+    assert not _native.applies("axis_angle_to_quat", xg)  # needs the autograd graph
+    with torch.no_grad():
+        assert _native.applies("axis_angle_to_quat", xg)
+    with _native.disabled():
+        assert not _native.applies("axis_angle_to_quat", x)
+    assert _native.applies("axis_angle_to_quat", x)
+    monkeypatch.setenv("GEO3D_NATIVE", "0")
+    assert not _native.applies("axis_angle_to_quat", x)
+
+
+def test_bad_input_is_rejected_before_the_kernel(lib):
+    with pytest.raises(ValueError, match=r"R: expected shape \(\.\.\., 3, 3\), got \(4, 3\)"):
+        G.fused("matrix_to_quat")(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="convention"):
+        G.fused("matrix_to_euler")(torch.eye(3), "xyy")
+    with pytest.raises(ValueError, match="convention"):
+        G.fused("euler_to_matrix")(torch.zeros(3), "abc")
+    with pytest.raises(ValueError, match=r"q: expected shape \(\.\.\., 4\)"):
+        G.fused("quat_to_axis_angle")(torch.zeros(2, 3))
+
+
+def test_build_failure_warns_once_and_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(_native, "_STATE", {"lib": None, "error": None, "warned": False,
+                                            "off": 0})
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("GEO3D_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.warns(RuntimeWarning, match="native float32 kernels unavailable"):
+        assert _native.library() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only
+        assert _native.library() is None
+        assert not _native.applies("matrix_to_quat", torch.eye(3))
+    sig = _compiled.inspect.signature(G.matrix_to_quat)
+    assert _compiled._native_call("matrix_to_quat", sig, (torch.eye(3),), {}) is None
+
+
+def test_cache_key_and_location(monkeypatch, tmp_path):
+    monkeypatch.setenv("GEO3D_CACHE_DIR", str(tmp_path))
+    assert _native._cache_dir() == tmp_path / "native"
+    monkeypatch.delenv("GEO3D_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _native._cache_dir() == tmp_path / "xdg" / "geo3d" / "native"
+    sig = _native._cpu_signature()
+    assert sig.splitlines()[0]  # machine name first
+
+
+def test_failed_compiler_run_reports_its_error(monkeypatch, tmp_path):
+    """A compiler that runs but fails: the error names it, the build is retried without
+    -march=native (the flag a non-x86 compiler may lack), and no partial file stays."""
+    script = tmp_path / "fakecc"
+    script.write_text("#!/bin/sh\necho 'fakecc 1.0'\n"
+                      "case \"$1\" in --version) exit 0;; esac\necho boom >&2\nexit 3\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("CC", str(script))
+    monkeypatch.setenv("GEO3D_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError, match="fakecc -O3 -fno-math-errno.* exited with 3: boom"):
+        _native._build()
+    assert list((tmp_path / "cache" / "native").iterdir()) == []
