@@ -112,18 +112,19 @@ INLINE void sinc_cos(float h, float *s_over_h, float *c_out) {
 INLINE float min_f(float a, float b) { return a < b ? a : b; }
 INLINE float max_f(float a, float b) { return a > b ? a : b; }
 
-/* atan(t) = t P(t^2) on [0, 1], max abs error 1.4e-8 (same fit as _fast_math._P). */
+/* atan(t) = t P(t^2) on [0, 1], max abs error 1.4e-8 (same fit as _fast_math._P).
+ * Estrin's scheme: 4 dependent multiply-adds instead of Horner's 8. The conversions
+ * that use it are bound by the latency of one row's chain (division, polynomial,
+ * selects), not by throughput, so a shorter chain is a faster loop. */
 INLINE float atan_poly(float z) {
-    float p = 0.0029035524794655885f;
-    p = p * z - 0.01628300779502918f;
-    p = p * z + 0.0430393674480887f;
-    p = p * z - 0.07533676014310682f;
-    p = p * z + 0.10654677364056798f;
-    p = p * z - 0.14207133644339076f;
-    p = p * z + 0.1999305410479578f;
-    p = p * z - 0.33333093957073434f;
-    p = p * z + 0.9999999863667087f;
-    return p;
+    float z2 = z * z, z4 = z2 * z2;
+    float p01 = 0.9999999863667087f - 0.33333093957073434f * z;
+    float p23 = 0.1999305410479578f - 0.14207133644339076f * z;
+    float p45 = 0.10654677364056798f - 0.07533676014310682f * z;
+    float p67 = 0.0430393674480887f - 0.01628300779502918f * z;
+    float q03 = p01 + p23 * z2;
+    float q47 = p45 + p67 * z2;
+    return q03 + (q47 + 0.0029035524794655885f * z4) * z4;
 }
 
 /* atan2(y, x) for y, x >= 0 (0 at (0, 0)) */
@@ -315,11 +316,12 @@ INLINE void quat_to_euler_row(const float *q, float *o, const int ax0, const int
     }
     float half_sum = atan2_f(b, a);
     float half_diff = atan2_f(d, c);
-    /* mid = 2 atan2(hypot(c, d), hypot(a, b)) with one square root: with u = c² + d²,
-     * v = a² + b², t = sqrt(min(u, v) / max(u, v)) and atan(t) or π/2 - atan(t) */
+    /* mid = 2 atan2(hypot(c, d), hypot(a, b)) with one square root, off the critical
+     * path: with u = c² + d², v = a² + b², t² = min(u, v) / max(u, v) feeds the
+     * polynomial while t = sqrt(t²) is computed; then atan(t) or π/2 - atan(t) */
     float u = c * c + d * d, v = a * a + b * b;
-    float t = sqrtf(min_f(u, v) / max_f(max_f(u, v), 1.17549435e-38f));
-    float r = t * atan_poly(t * t);
+    float t2 = min_f(u, v) / max_f(max_f(u, v), 1.17549435e-38f);
+    float r = sqrtf(t2) * atan_poly(t2);
     float mid = 2.0f * (u > v ? HALF_PI_F - r : r);
     int case1 = fabsf(mid) <= GIMBAL_EPS;
     int case2 = fabsf(mid - PI_F) <= GIMBAL_EPS;
@@ -506,6 +508,70 @@ static void join4(const float *R a, const float *R b, const float *R c, const fl
     }
 }
 
+/* Rows of 9 through vector registers (GCC >= 12, clang): 16 rows are 9 vectors of 16
+ * floats, split into 9 component vectors by two rounds of stride-3 splits, with no trip
+ * through memory in between (the loop version above stores and reloads the middle
+ * round). Each stride-3 split of 3 vectors is 6 two-source shuffles (vpermt2ps with
+ * AVX-512). */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define HAVE_SHUFFLE 1
+typedef float v16f __attribute__((vector_size(64)));
+#define SHUF __builtin_shufflevector
+
+INLINE v16f load16(const float *p) {
+    v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+INLINE void store16(float *p, v16f v) { memcpy(p, &v, sizeof v); }
+
+/* o_e[k] = (a|b|c)[3k + e] */
+INLINE void split3v(v16f a, v16f b, v16f c, v16f *o0, v16f *o1, v16f *o2) {
+    v16f t0 = SHUF(a, b, 0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 0, 0, 0, 0, 0);
+    *o0 = SHUF(t0, c, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 17, 20, 23, 26, 29);
+    v16f t1 = SHUF(a, b, 1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 0, 0, 0, 0, 0);
+    *o1 = SHUF(t1, c, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 18, 21, 24, 27, 30);
+    v16f t2 = SHUF(a, b, 2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 0, 0, 0, 0, 0, 0);
+    *o2 = SHUF(t2, c, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 19, 22, 25, 28, 31);
+}
+
+/* (a|b|c)[3k + e] = o_e[k] */
+INLINE void join3v(v16f o0, v16f o1, v16f o2, v16f *a, v16f *b, v16f *c) {
+    v16f t0 = SHUF(o0, o1, 0, 16, 0, 1, 17, 0, 2, 18, 0, 3, 19, 0, 4, 20, 0, 5);
+    *a = SHUF(t0, o2, 0, 1, 16, 3, 4, 17, 6, 7, 18, 9, 10, 19, 12, 13, 20, 15);
+    v16f t1 = SHUF(o0, o1, 21, 0, 6, 22, 0, 7, 23, 0, 8, 24, 0, 9, 25, 0, 10, 26);
+    *b = SHUF(t1, o2, 0, 21, 2, 3, 22, 5, 6, 23, 8, 9, 24, 11, 12, 25, 14, 15);
+    v16f t2 = SHUF(o0, o1, 0, 11, 27, 0, 12, 28, 0, 13, 29, 0, 14, 30, 0, 15, 31, 0);
+    *c = SHUF(t2, o2, 26, 1, 2, 27, 4, 5, 28, 7, 8, 29, 10, 11, 30, 13, 14, 31);
+}
+
+/* 16 rows of 9 floats at src -> comp[c][i0 .. i0 + 15]. Component c = 3h + e of a row
+ * (row h, column e of the matrix) is element 3(3i + h) + e of the stream: the first
+ * round splits by e, the second by h. */
+static void split9x16(const float *src, float (*comp)[BLOCK], int i0) {
+    v16f t[3][3], h[3];
+    for (int g = 0; g < 3; g++)
+        split3v(load16(src + 48 * g), load16(src + 48 * g + 16), load16(src + 48 * g + 32),
+                &t[0][g], &t[1][g], &t[2][g]);
+    for (int e = 0; e < 3; e++) {
+        split3v(t[e][0], t[e][1], t[e][2], &h[0], &h[1], &h[2]);
+        for (int r = 0; r < 3; r++) store16(&comp[3 * r + e][i0], h[r]);
+    }
+}
+
+static void join9x16(float (*comp)[BLOCK], int i0, float *dst) {
+    v16f t[3][3], v[3];
+    for (int e = 0; e < 3; e++)
+        join3v(load16(&comp[e][i0]), load16(&comp[3 + e][i0]), load16(&comp[6 + e][i0]),
+               &t[e][0], &t[e][1], &t[e][2]);
+    for (int g = 0; g < 3; g++) {
+        join3v(t[0][g], t[1][g], t[2][g], &v[0], &v[1], &v[2]);
+        for (int r = 0; r < 3; r++) store16(dst + 48 * g + 16 * r, v[r]);
+    }
+}
+#endif
+
 /* rows of w floats at src -> comp[c][i]; tmp holds 9 * BLOCK floats */
 static void split(const float *src, int w, int n, float (*comp)[BLOCK], float *tmp) {
     float *t0 = tmp, *t1 = tmp + 3 * BLOCK, *t2 = tmp + 6 * BLOCK;
@@ -519,6 +585,12 @@ static void split(const float *src, int w, int n, float (*comp)[BLOCK], float *t
         split2(t2, n, comp[2], comp[5]);
         break;
     case 9: /* (n, 9) = (3n, 3): component 3h + e of row i is t_e[3i + h] */
+#ifdef HAVE_SHUFFLE
+        if (n == BLOCK) {
+            for (int i0 = 0; i0 < BLOCK; i0 += 16) split9x16(src + 9 * i0, comp, i0);
+            break;
+        }
+#endif
         split3(src, 3 * n, t0, t1, t2);
         split3(t0, n, comp[0], comp[3], comp[6]);
         split3(t1, n, comp[1], comp[4], comp[7]);
@@ -533,6 +605,12 @@ static void join(float (*comp)[BLOCK], int w, int n, float *dst, float *tmp) {
     case 3: join3(comp[0], comp[1], comp[2], n, dst); break;
     case 4: join4(comp[0], comp[1], comp[2], comp[3], n, dst); break;
     case 9:
+#ifdef HAVE_SHUFFLE
+        if (n == BLOCK) {
+            for (int i0 = 0; i0 < BLOCK; i0 += 16) join9x16(comp, i0, dst + 9 * i0);
+            break;
+        }
+#endif
         join3(comp[0], comp[3], comp[6], n, t0);
         join3(comp[1], comp[4], comp[7], n, t1);
         join3(comp[2], comp[5], comp[8], n, t2);
