@@ -388,7 +388,17 @@ static void stream_out(float *dst, const float *src, int n, int nt);
         }                                                                               \
     }
 
-#define BLOCKED(NAME, IW, OW, ROW)                                                      \
+/* one pass over a block: rows of SW components (SRC[c][i]) -> rows of DW (DST[c][i]) */
+#define PASS(SRC, SW, DST, DW, ROW)                                                     \
+    for (int i = 0; i < nb; i++) {                                                      \
+        float a_[SW], o_[DW];                                                           \
+        for (int c = 0; c < (SW); c++) a_[c] = SRC[c][i];                               \
+        ROW(a_, o_);                                                                    \
+        for (int c = 0; c < (DW); c++) DST[c][i] = o_[c];                               \
+    }
+
+/* the block loop: split the input block into ic, run BODY (ic -> oc), join and store */
+#define BLOCKS(NAME, IW, OW, BODY)                                                      \
     static void k_##NAME(const float *R in, float *R out, int64_t n, int nt) {          \
         float ic[IW][BLOCK] __attribute__((aligned(64)));                               \
         float oc[OW][BLOCK] __attribute__((aligned(64)));                               \
@@ -397,53 +407,22 @@ static void stream_out(float *dst, const float *src, int n, int nt);
         for (int64_t lo = 0; lo < n; lo += BLOCK) {                                     \
             int nb = (int)(n - lo < BLOCK ? n - lo : BLOCK);                            \
             split(in + lo * (IW), IW, nb, ic, tmp);                                     \
-            for (int i = 0; i < nb; i++) {                                              \
-                float a[IW], o[OW];                                                     \
-                for (int c = 0; c < IW; c++) a[c] = ic[c][i];                           \
-                ROW(a, o);                                                              \
-                for (int c = 0; c < OW; c++) oc[c][i] = o[c];                           \
-            }                                                                           \
+            BODY                                                                        \
             join(oc, OW, nb, ob, tmp);                                                  \
             stream_out(out + lo * (OW), ob, nb * (OW), nt);                             \
         }                                                                               \
     }
 
+#define BLOCKED(NAME, IW, OW, ROW) BLOCKS(NAME, IW, OW, PASS(ic, IW, oc, OW, ROW))
+
 /* BLOCKED in three passes (rows of IW -> 4 -> 3 -> OW), for matrix_to_euler: the long
  * matrix -> quaternion -> angles chain split into loops of fewer live values each
  * (measured ~15% faster than one loop: less register pressure) */
 #define BLOCKED3(NAME, IW, OW, ROW1, ROW2, ROW3)                                        \
-    static void k_##NAME(const float *R in, float *R out, int64_t n, int nt) {          \
-        float ic[IW][BLOCK] __attribute__((aligned(64)));                               \
-        float mc[4][BLOCK] __attribute__((aligned(64)));                                \
-        float hc[3][BLOCK] __attribute__((aligned(64)));                                \
-        float oc[OW][BLOCK] __attribute__((aligned(64)));                               \
-        float tmp[9 * BLOCK] __attribute__((aligned(64)));                              \
-        float ob[9 * BLOCK] __attribute__((aligned(64)));                               \
-        for (int64_t lo = 0; lo < n; lo += BLOCK) {                                     \
-            int nb = (int)(n - lo < BLOCK ? n - lo : BLOCK);                            \
-            split(in + lo * (IW), IW, nb, ic, tmp);                                     \
-            for (int i = 0; i < nb; i++) {                                              \
-                float a[IW], m[4];                                                      \
-                for (int c = 0; c < IW; c++) a[c] = ic[c][i];                           \
-                ROW1(a, m);                                                             \
-                for (int c = 0; c < 4; c++) mc[c][i] = m[c];                            \
-            }                                                                           \
-            for (int i = 0; i < nb; i++) {                                              \
-                float m[4], h[3];                                                       \
-                for (int c = 0; c < 4; c++) m[c] = mc[c][i];                            \
-                ROW2(m, h);                                                             \
-                for (int c = 0; c < 3; c++) hc[c][i] = h[c];                            \
-            }                                                                           \
-            for (int i = 0; i < nb; i++) {                                              \
-                float h[3], o[OW];                                                      \
-                for (int c = 0; c < 3; c++) h[c] = hc[c][i];                            \
-                ROW3(h, o);                                                             \
-                for (int c = 0; c < OW; c++) oc[c][i] = o[c];                           \
-            }                                                                           \
-            join(oc, OW, nb, ob, tmp);                                                  \
-            stream_out(out + lo * (OW), ob, nb * (OW), nt);                             \
-        }                                                                               \
-    }
+    BLOCKS(NAME, IW, OW,                                                                \
+           float mc[4][BLOCK] __attribute__((aligned(64)));                             \
+           float hc[3][BLOCK] __attribute__((aligned(64)));                             \
+           PASS(ic, IW, mc, 4, ROW1) PASS(mc, 4, hc, 3, ROW2) PASS(hc, 3, oc, OW, ROW3))
 
 INLINE void r_shepperd(const float *a, float *q) {
     shepperd(a, &q[0], &q[1], &q[2], &q[3]);
@@ -460,29 +439,21 @@ BLOCKED(quat_to_axis_angle, 4, 3, r_quat_to_axis_angle)
 BLOCKED(sixd_to_matrix, 6, 9, r_sixd_to_matrix)
 DIRECT(quat_to_matrix_normalize, 4, 9, r_quat_to_matrix_normalize)
 
-#define EULER(S, A0, A1, A2)                                                            \
-    INLINE void r_e2m_##S##_0(const float *a, float *o) {                               \
-        euler_to_matrix_row(a, o, A0, A1, A2, 0);                                       \
+/* one convention: S the sequence's index, I intrinsic (0/1), A0-A2 its axes */
+#define EULER_ONE(S, I, A0, A1, A2)                                                     \
+    INLINE void r_e2m_##S##_##I(const float *a, float *o) {                             \
+        euler_to_matrix_row(a, o, A0, A1, A2, I);                                       \
     }                                                                                   \
-    INLINE void r_e2m_##S##_1(const float *a, float *o) {                               \
-        euler_to_matrix_row(a, o, A0, A1, A2, 1);                                       \
+    INLINE void r_q2a_##S##_##I(const float *q, float *h) {                             \
+        quat_to_euler_angles(q, h, A0, A1, A2, I);                                      \
     }                                                                                   \
-    INLINE void r_q2a_##S##_0(const float *q, float *h) {                               \
-        quat_to_euler_angles(q, h, A0, A1, A2, 0);                                      \
+    INLINE void r_a2e_##S##_##I(const float *h, float *o) {                             \
+        euler_from_angles(h, o, A0, A1, A2, I);                                         \
     }                                                                                   \
-    INLINE void r_q2a_##S##_1(const float *q, float *h) {                               \
-        quat_to_euler_angles(q, h, A0, A1, A2, 1);                                      \
-    }                                                                                   \
-    INLINE void r_a2e_##S##_0(const float *h, float *o) {                               \
-        euler_from_angles(h, o, A0, A1, A2, 0);                                         \
-    }                                                                                   \
-    INLINE void r_a2e_##S##_1(const float *h, float *o) {                               \
-        euler_from_angles(h, o, A0, A1, A2, 1);                                         \
-    }                                                                                   \
-    BLOCKED(e2m_##S##_0, 3, 9, r_e2m_##S##_0)                                           \
-    BLOCKED(e2m_##S##_1, 3, 9, r_e2m_##S##_1)                                           \
-    BLOCKED3(m2e_##S##_0, 9, 3, r_shepperd, r_q2a_##S##_0, r_a2e_##S##_0)               \
-    BLOCKED3(m2e_##S##_1, 9, 3, r_shepperd, r_q2a_##S##_1, r_a2e_##S##_1)
+    BLOCKED(e2m_##S##_##I, 3, 9, r_e2m_##S##_##I)                                       \
+    BLOCKED3(m2e_##S##_##I, 9, 3, r_shepperd, r_q2a_##S##_##I, r_a2e_##S##_##I)
+
+#define EULER(S, A0, A1, A2) EULER_ONE(S, 0, A0, A1, A2) EULER_ONE(S, 1, A0, A1, A2)
 
 EULER(0, 0, 1, 2)
 EULER(1, 0, 2, 1)
