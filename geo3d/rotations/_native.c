@@ -278,12 +278,15 @@ INLINE void qmul_elementary(const float *p, int axis, float c, float s, int righ
     o[1 + k] = p[1 + k] * c - sg * p[1 + j];
 }
 
-INLINE void euler_to_matrix_row(const float *a, float *o, const int ax0, const int ax1,
-                                const int ax2, const int intrinsic) {
-    float s0, c0, s1, c1, s2, c2;
-    sin_cos(0.5f * a[0], &s0, &c0);
-    sin_cos(0.5f * a[1], &s1, &c1);
-    sin_cos(0.5f * a[2], &s2, &c2);
+/* euler_to_matrix in two passes (fewer live values per loop): the sines and cosines of
+ * the half angles, then the product of the three elementary quaternions as a matrix */
+INLINE void half_sin_cos(const float *a, float *sc) {
+    for (int k = 0; k < 3; k++) sin_cos(0.5f * a[k], &sc[2 * k], &sc[2 * k + 1]);
+}
+
+INLINE void euler_to_matrix_sc(const float *sc, float *o, const int ax0, const int ax1,
+                               const int ax2, const int intrinsic) {
+    float s0 = sc[0], c0 = sc[1], s1 = sc[2], c1 = sc[3], s2 = sc[4], c2 = sc[5];
     float p[4] = {c0, 0.0f, 0.0f, 0.0f}, t[4], q[4];
     p[1 + ax0] = s0;
     /* intrinsic: e0 e1 e2; extrinsic: e2 e1 e0 */
@@ -373,6 +376,7 @@ INLINE void euler_from_angles(const float *h, float *o, const int ax0, const int
 typedef void (*kernel_fn)(const float *R, float *R, int64_t, int nt);
 
 static void split(const float *src, int w, int n, float (*comp)[BLOCK], float *tmp);
+static void split3(const float *R s, int n, float *R a, float *R b, float *R c);
 
 static void join(float (*comp)[BLOCK], int w, int n, float *dst, float *tmp);
 static void stream_out(float *dst, const float *src, int n, int nt);
@@ -397,6 +401,23 @@ static void stream_out(float *dst, const float *src, int n, int nt);
         for (int c = 0; c < (DW); c++) DST[c][i] = o_[c];                               \
     }
 
+/* the first pass, from the block's input. Rows of 9 are read half split: after one
+ * stride-3 split into t_e = tmp + 3 e BLOCK, component 3h + e of row i is t_e[3i + h],
+ * which the loop reads as a stride-3 group (GCC's permutes, as a second split would do,
+ * without storing and reloading the nine component arrays) */
+#define FIRST_PASS(IW, DST, DW, ROW)                                                    \
+    if ((IW) == 9) {                                                                    \
+        for (int i = 0; i < nb; i++) {                                                  \
+            float a_[9], o_[DW];                                                        \
+            for (int h = 0; h < 3; h++)                                                 \
+                for (int e = 0; e < 3; e++) a_[3 * h + e] = tmp[3 * (e * BLOCK + i) + h]; \
+            ROW(a_, o_);                                                                \
+            for (int c = 0; c < (DW); c++) DST[c][i] = o_[c];                           \
+        }                                                                               \
+    } else {                                                                            \
+        PASS(ic, IW, DST, DW, ROW)                                                      \
+    }
+
 /* the block loop: split the input block into ic, run BODY (ic -> oc), join and store */
 #define BLOCKS(NAME, IW, OW, BODY)                                                      \
     static void k_##NAME(const float *R in, float *R out, int64_t n, int nt) {          \
@@ -406,14 +427,24 @@ static void stream_out(float *dst, const float *src, int n, int nt);
         float ob[9 * BLOCK] __attribute__((aligned(64)));                               \
         for (int64_t lo = 0; lo < n; lo += BLOCK) {                                     \
             int nb = (int)(n - lo < BLOCK ? n - lo : BLOCK);                            \
-            split(in + lo * (IW), IW, nb, ic, tmp);                                     \
+            if ((IW) == 9)                                                              \
+                split3(in + lo * 9, 3 * nb, tmp, tmp + 3 * BLOCK, tmp + 6 * BLOCK);     \
+            else                                                                        \
+                split(in + lo * (IW), IW, nb, ic, tmp);                                 \
             BODY                                                                        \
             join(oc, OW, nb, ob, tmp);                                                  \
             stream_out(out + lo * (OW), ob, nb * (OW), nt);                             \
         }                                                                               \
     }
 
-#define BLOCKED(NAME, IW, OW, ROW) BLOCKS(NAME, IW, OW, PASS(ic, IW, oc, OW, ROW))
+#define BLOCKED(NAME, IW, OW, ROW) BLOCKS(NAME, IW, OW, FIRST_PASS(IW, oc, OW, ROW))
+
+/* BLOCKED in two passes (rows of IW -> MW -> OW), for euler_to_matrix: loops with fewer
+ * live values each (measured faster than one loop: less register pressure) */
+#define BLOCKED2(NAME, IW, MW, OW, ROW1, ROW2)                                          \
+    BLOCKS(NAME, IW, OW,                                                                \
+           float mc[MW][BLOCK] __attribute__((aligned(64)));                            \
+           FIRST_PASS(IW, mc, MW, ROW1) PASS(mc, MW, oc, OW, ROW2))
 
 /* BLOCKED in three passes (rows of IW -> 4 -> 3 -> OW), for matrix_to_euler: the long
  * matrix -> quaternion -> angles chain split into loops of fewer live values each
@@ -422,7 +453,7 @@ static void stream_out(float *dst, const float *src, int n, int nt);
     BLOCKS(NAME, IW, OW,                                                                \
            float mc[4][BLOCK] __attribute__((aligned(64)));                             \
            float hc[3][BLOCK] __attribute__((aligned(64)));                             \
-           PASS(ic, IW, mc, 4, ROW1) PASS(mc, 4, hc, 3, ROW2) PASS(hc, 3, oc, OW, ROW3))
+           FIRST_PASS(IW, mc, 4, ROW1) PASS(mc, 4, hc, 3, ROW2) PASS(hc, 3, oc, OW, ROW3))
 
 INLINE void r_shepperd(const float *a, float *q) {
     shepperd(a, &q[0], &q[1], &q[2], &q[3]);
@@ -441,8 +472,8 @@ DIRECT(quat_to_matrix_normalize, 4, 9, r_quat_to_matrix_normalize)
 
 /* one convention: S the sequence's index, I intrinsic (0/1), A0-A2 its axes */
 #define EULER_ONE(S, I, A0, A1, A2)                                                     \
-    INLINE void r_e2m_##S##_##I(const float *a, float *o) {                             \
-        euler_to_matrix_row(a, o, A0, A1, A2, I);                                       \
+    INLINE void r_e2m_##S##_##I(const float *sc, float *o) {                            \
+        euler_to_matrix_sc(sc, o, A0, A1, A2, I);                                       \
     }                                                                                   \
     INLINE void r_q2a_##S##_##I(const float *q, float *h) {                             \
         quat_to_euler_angles(q, h, A0, A1, A2, I);                                      \
@@ -450,7 +481,7 @@ DIRECT(quat_to_matrix_normalize, 4, 9, r_quat_to_matrix_normalize)
     INLINE void r_a2e_##S##_##I(const float *h, float *o) {                             \
         euler_from_angles(h, o, A0, A1, A2, I);                                         \
     }                                                                                   \
-    BLOCKED(e2m_##S##_##I, 3, 9, r_e2m_##S##_##I)                                       \
+    BLOCKED2(e2m_##S##_##I, 3, 6, 9, half_sin_cos, r_e2m_##S##_##I)                    \
     BLOCKED3(m2e_##S##_##I, 9, 3, r_shepperd, r_q2a_##S##_##I, r_a2e_##S##_##I)
 
 #define EULER(S, A0, A1, A2) EULER_ONE(S, 0, A0, A1, A2) EULER_ONE(S, 1, A0, A1, A2)
