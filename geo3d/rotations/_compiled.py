@@ -265,7 +265,7 @@ def fused(name: str) -> Callable:
 
     * float32 CPU tensors that need no gradient go to hand-vectorised C kernels
       (``_native.c``), built with the system C compiler on first use and cached. They take
-      0.5-1.4x the time of a copy of the same bytes at 1e6 rotations
+      0.5-1.5x the time of a copy of the same bytes at 1e6 rotations
       (``benchmarks/rotations.py``);
     * everything else (float64, CUDA, inputs that require grad) goes to dedicated
       formulations of the eager functions (the same maths on scalar components, so that
