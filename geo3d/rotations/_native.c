@@ -105,7 +105,7 @@ INLINE void sinc_cos(float h, float *s_over_h, float *c_out) {
     float C = (q & 1) ? s : c;
     S = (q & 2) ? -S : S;
     *c_out = ((q + 1) & 2) ? -C : C;
-    *s_over_h = (q == 0) ? sr : S / (q == 0 ? 1.0f : h);
+    *s_over_h = (q == 0) ? sr : S / h; /* q != 0: |h| >= pi/4 */
 }
 
 /* x86's minps/maxps semantics (fminf/fmaxf would be library calls: NaN rules) */
@@ -376,7 +376,6 @@ INLINE void euler_from_angles(const float *h, float *o, const int ax0, const int
 typedef void (*kernel_fn)(const float *R, float *R, int64_t, int nt);
 
 static void split(const float *src, int w, int n, float (*comp)[BLOCK], float *tmp);
-static void split3(const float *R s, int n, float *R a, float *R b, float *R c);
 
 static void join(float (*comp)[BLOCK], int w, int n, float *dst, float *tmp);
 static void stream_out(float *dst, const float *src, int n, int nt);
@@ -427,10 +426,7 @@ static void stream_out(float *dst, const float *src, int n, int nt);
         float ob[9 * BLOCK] __attribute__((aligned(64)));                               \
         for (int64_t lo = 0; lo < n; lo += BLOCK) {                                     \
             int nb = (int)(n - lo < BLOCK ? n - lo : BLOCK);                            \
-            if ((IW) == 9)                                                              \
-                split3(in + lo * 9, 3 * nb, tmp, tmp + 3 * BLOCK, tmp + 6 * BLOCK);     \
-            else                                                                        \
-                split(in + lo * (IW), IW, nb, ic, tmp);                                 \
+            split(in + lo * (IW), IW, nb, ic, tmp);                                     \
             BODY                                                                        \
             join(oc, OW, nb, ob, tmp);                                                  \
             stream_out(out + lo * (OW), ob, nb * (OW), nt);                             \
@@ -583,7 +579,7 @@ static void join9x16(float (*comp)[BLOCK], int i0, float *dst) {
 }
 #endif
 
-/* rows of w floats at src -> comp[c][i]; tmp holds 9 * BLOCK floats */
+/* rows of w floats at src -> comp[c][i] (w = 9: see below); tmp holds 9 * BLOCK floats */
 static void split(const float *src, int w, int n, float (*comp)[BLOCK], float *tmp) {
     float *t0 = tmp, *t1 = tmp + 3 * BLOCK, *t2 = tmp + 6 * BLOCK;
     switch (w) {
@@ -595,13 +591,11 @@ static void split(const float *src, int w, int n, float (*comp)[BLOCK], float *t
         split2(t1, n, comp[1], comp[4]);
         split2(t2, n, comp[2], comp[5]);
         break;
-    case 9: /* (n, 9) = (3n, 3): component 3h + e of row i is t_e[3i + h] */
-        /* (the same in registers, as join9x16, ran faster in L1 but slower on data
-         * streaming from memory: matrix_to_quat 0.94 vs 0.74 of a copy at 1e6 rows) */
+    case 9: /* (n, 9) = (3n, 3): component 3h + e of row i is t_e[3i + h]. Only this
+             * round: FIRST_PASS reads t_e with stride-3 loads (comp is not filled).
+             * (Both rounds in registers, as join9x16, ran faster in L1 but slower on
+             * data streaming from memory: matrix_to_quat 0.94 vs 0.74 of a copy.) */
         split3(src, 3 * n, t0, t1, t2);
-        split3(t0, n, comp[0], comp[3], comp[6]);
-        split3(t1, n, comp[1], comp[4], comp[7]);
-        split3(t2, n, comp[2], comp[5], comp[8]);
         break;
     }
 }

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -217,7 +218,7 @@ def run(name: str, x: torch.Tensor, convention: str | None = None) -> torch.Tens
     batch = x.shape[: x.dim() - len(in_shape)]
     x = x.detach().contiguous()
     out = torch.empty((*batch, *out_shape), dtype=torch.float32)
-    n = x.numel() // max(1, _prod(in_shape))
+    n = x.numel() // math.prod(in_shape)
     if n:
         rc = library().geo3d_rot_f32(
             kid, x.data_ptr(), out.data_ptr(), n, torch.get_num_threads()
@@ -226,9 +227,3 @@ def run(name: str, x: torch.Tensor, convention: str | None = None) -> torch.Tens
             raise RuntimeError(f"geo3d native kernel {name} ({kid}) returned {rc}")
     return out
 
-
-def _prod(shape: tuple[int, ...]) -> int:
-    p = 1
-    for s in shape:
-        p *= s
-    return p
