@@ -86,6 +86,7 @@ def test_rotation_errors_against_scipy_with_wrap(generator):
     pred = random_rotation_matrix(B, P, generator=generator, dtype=torch.float64)
     valid = torch.ones(B, P, dtype=torch.bool)
     valid[0, 2] = False
+    valid[3, 0] = False  # leading padding too
     got = rotation_errors(pred, gt, valid, reduction="none")
     e1 = Rotation.from_matrix(pred.reshape(-1, 3, 3).numpy()).as_euler("xyz", degrees=True)
     e2 = Rotation.from_matrix(gt.reshape(-1, 3, 3).numpy()).as_euler("xyz", degrees=True)
@@ -96,12 +97,83 @@ def test_rotation_errors_against_scipy_with_wrap(generator):
     geo = np.degrees(rel.magnitude()).reshape(B, P)
     v = valid.numpy()
     for b in range(B):
+        db = d[b][v[b]]  # (n, 3)
+        # benchmark: per-part RMSE over the 3 angles, then the mean over valid parts
         assert got["rmse_r_euler"][b].item() == pytest.approx(
-            math.sqrt((d[b][v[b]] ** 2).mean()), rel=1e-6)
-        assert got["mae_r_euler"][b].item() == pytest.approx(d[b][v[b]].mean(), rel=1e-6)
+            np.sqrt((db**2).mean(-1)).mean(), rel=1e-6)
+        assert got["rmse_r_euler_pooled"][b].item() == pytest.approx(
+            math.sqrt((db**2).mean()), rel=1e-6)
+        assert got["mae_r_euler"][b].item() == pytest.approx(db.mean(), rel=1e-6)
         assert got["rmse_r_geo"][b].item() == pytest.approx(
             math.sqrt((geo[b][v[b]] ** 2).mean()), rel=1e-6)
         assert got["mae_r_geo"][b].item() == pytest.approx(geo[b][v[b]].mean(), rel=1e-6)
+
+
+def test_benchmark_rmse_hand_computed_two_parts():
+    """One exact part, one off by 30 deg about x: the benchmark's RMSE(R) is
+    (0 + sqrt(30^2 / 3)) / 2 = 8.660 deg; pooling the parts first gives sqrt(30^2 / 6)."""
+    r30 = torch.tensor(Rotation.from_euler("x", 30, degrees=True).as_matrix())
+    eye = torch.eye(3, dtype=torch.float64)
+    pred = torch.stack([eye, r30])[None]
+    gt = torch.stack([eye, eye])[None]
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    got = rotation_errors(pred, gt, valid)
+    assert got["rmse_r_euler"].item() == pytest.approx(5 * math.sqrt(3), abs=1e-9)  # 8.660
+    assert got["rmse_r_euler_pooled"].item() == pytest.approx(math.sqrt(150), abs=1e-9)
+    assert got["mae_r_euler"].item() == pytest.approx(5.0, abs=1e-9)
+    assert got["mae_r_geo"].item() == pytest.approx(15.0, abs=1e-9)
+    assert got["rmse_r_geo"].item() == pytest.approx(math.sqrt(450), abs=1e-9)
+    # translations: one exact part, one off by (3, 0, 0)
+    t = translation_errors(torch.tensor([[[0.0, 0, 0], [3, 0, 0]]], dtype=torch.float64),
+                           torch.zeros(1, 2, 3, dtype=torch.float64), valid)
+    assert t["rmse_t"].item() == pytest.approx(math.sqrt(3) / 2, abs=1e-12)
+    assert t["rmse_t_pooled"].item() == pytest.approx(math.sqrt(1.5), abs=1e-12)
+    assert t["mae_t"].item() == pytest.approx(0.5, abs=1e-12)
+
+
+def _reference_rot_metrics(pred, gt, valid):
+    """Brute-force transcription of the benchmark's definition, pure Python per part:
+    quaternion (scipy) -> Euler angles by the quaternion formulas of the reference's
+    qeuler(q, "zyx") (R = Rz Ry Rx), d = min(|e1 - e2|, 360 - |e1 - e2|), per-part
+    sqrt(mean d^2) and mean |d|, means over valid parts then over objects."""
+
+    def euler(R):
+        x, y, z, w = Rotation.from_matrix(R).as_quat()  # scipy: scalar last
+        ex = math.atan2(2 * (w * x + y * z), 1 - 2 * (x * x + y * y))
+        ey = math.asin(max(-1.0, min(1.0, 2 * (w * y - x * z))))
+        ez = math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+        return [math.degrees(ex), math.degrees(ey), math.degrees(ez)]
+
+    rmse_obj, mae_obj = [], []
+    for b in range(pred.shape[0]):
+        rm, ma = [], []
+        for p in range(pred.shape[1]):
+            if not valid[b, p]:
+                continue
+            e1, e2 = euler(pred[b, p].numpy()), euler(gt[b, p].numpy())
+            d = [min(abs(u - w), 360 - abs(u - w)) for u, w in zip(e1, e2)]
+            rm.append(math.sqrt(sum(x * x for x in d) / 3))
+            ma.append(sum(d) / 3)
+        rmse_obj.append(sum(rm) / len(rm))
+        mae_obj.append(sum(ma) / len(ma))
+    return sum(rmse_obj) / len(rmse_obj), sum(mae_obj) / len(mae_obj)
+
+
+def test_rotation_errors_match_a_brute_force_benchmark_transcription(generator):
+    B, P = 5, 4
+    gt = random_rotation_matrix(B, P, generator=generator, dtype=torch.float64)
+    # errors of all sizes, small to large
+    small = random_rotation_matrix(B, P, generator=generator, dtype=torch.float64)
+    pred = gt.clone()
+    pred[:2] = random_rotation_matrix(2, P, generator=generator, dtype=torch.float64)
+    pred[2:] = gt[2:] @ torch.linalg.matrix_exp(
+        0.1 * (small[2:] - small[2:].transpose(-1, -2)))
+    valid = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 0],
+                          [1, 1, 0, 1]], dtype=torch.bool)
+    rmse, mae = _reference_rot_metrics(pred, gt, valid)
+    got = rotation_errors(pred, gt, valid)
+    assert got["rmse_r_euler"].item() == pytest.approx(rmse, rel=1e-9)
+    assert got["mae_r_euler"].item() == pytest.approx(mae, rel=1e-9)
 
 
 def test_euler_wrap_179_vs_minus_179():
@@ -114,11 +186,21 @@ def test_euler_wrap_179_vs_minus_179():
 
 def test_translation_errors(generator):
     _, valid, _, trans = _batch(generator)
-    pred = trans + 1.0
+    # errors of both signs per part: (+1, -2, +2) and (-1, +2, -2) alternate
+    err = torch.tensor([[1.0, -2.0, 2.0], [-1.0, 2.0, -2.0]], dtype=trans.dtype)
+    pred = trans + err.repeat(1, 2, 1)[:, : trans.shape[1]]
     pred[~valid] = 1e6
     got = translation_errors(pred, trans, valid)
-    assert got["rmse_t"].item() == pytest.approx(1.0)
-    assert got["mae_t"].item() == pytest.approx(1.0)
+    assert got["rmse_t"].item() == pytest.approx(math.sqrt(3.0))  # sqrt((1+4+4)/3)
+    assert got["mae_t"].item() == pytest.approx(5 / 3)  # (1+2+2)/3, not the signed mean
+    # per-part errors of different sizes: benchmark mean of per-part RMSEs
+    pred = trans.clone()
+    pred[:, 0, 0] -= 3.0
+    got = translation_errors(pred, trans, valid, reduction="none")
+    n = valid.sum(1).double()
+    assert torch.allclose(got["rmse_t"], math.sqrt(3.0) / n)
+    assert torch.allclose(got["rmse_t_pooled"], (3.0 / n).sqrt())
+    assert torch.allclose(got["mae_t"], 1.0 / n)
 
 
 def test_anchor_protocol_removes_a_global_rigid_motion(generator):
