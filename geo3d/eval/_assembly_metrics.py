@@ -58,7 +58,7 @@ __all__ = [
 def _check(name: str, x: Tensor, shape: tuple, what: str) -> None:
     if not isinstance(x, Tensor):
         raise ValueError(f"{name}: expected a tensor of shape {what}, got {type(x).__name__}")
-    if x.dim() != len(shape) or any(s is not None and s != t for s, t in zip(shape, x.shape)):
+    if x.dim() != len(shape) or any(s is not None and s != t for s, t in zip(shape, x.shape, strict=True)):
         raise ValueError(f"{name}: expected shape {what}, got {tuple(x.shape)}")
 
 

@@ -16,6 +16,7 @@ from geo3d.eval import (
     part_accuracy,
     rotation_errors,
     shape_chamfer,
+    transform_parts,
     translation_errors,
 )
 from geo3d.rotations import random_rotation_matrix
@@ -151,7 +152,7 @@ def _reference_rot_metrics(pred, gt, valid):
             if not valid[b, p]:
                 continue
             e1, e2 = euler(pred[b, p].numpy()), euler(gt[b, p].numpy())
-            d = [min(abs(u - w), 360 - abs(u - w)) for u, w in zip(e1, e2)]
+            d = [min(abs(u - w), 360 - abs(u - w)) for u, w in zip(e1, e2, strict=True)]
             rm.append(math.sqrt(sum(x * x for x in d) / 3))
             ma.append(sum(d) / 3)
         rmse_obj.append(sum(rm) / len(rm))
@@ -260,3 +261,112 @@ def test_bad_input(generator):
         assembly_metrics(pts, torch.zeros_like(valid), rot, trans, rot, trans)
     with pytest.raises(ValueError, match="reduction"):
         translation_errors(trans, trans, valid, reduction="sum")
+
+
+def test_anchor_with_leading_padding_and_point_mask_against_brute_force(generator):
+    B, P, N = 3, 4, 12
+    pts = torch.randn(B, P, N, 3, generator=generator, dtype=torch.float64)
+    pts = pts * torch.rand(B, P, 1, 1, generator=generator, dtype=torch.float64) * 3
+    valid = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    point_mask = torch.rand(B, P, N, generator=generator) < 0.6
+    point_mask[..., 0] = True
+    junk = pts.clone()
+    junk[~point_mask] = float("nan")  # masked points must not enter
+    junk[~valid] = 1e6  # padded parts (leading here) are never the anchor
+    got = anchor_parts(junk, valid, point_mask)
+    for b in range(B):
+        sizes = []
+        for p in range(P):
+            if not valid[b, p]:
+                sizes.append(-1.0)
+                continue
+            x = pts[b, p][point_mask[b, p]].numpy()
+            sizes.append(float(((x - x.mean(0)) ** 2).sum(1).mean()))
+        assert got[b].item() == int(np.argmax(sizes))
+    # the point mask changes the answer: a part that is large only through masked points
+    pts2 = pts.clone()
+    pts2[0, 2] = pts2[0, 3] * 0.5
+    pts2[0, 2, 0] = 1e3  # one huge point ...
+    pm = torch.ones(B, P, N, dtype=torch.bool)
+    assert anchor_parts(pts2, valid, pm)[0].item() == 2
+    pm[0, 2, 0] = False  # ... masked out
+    assert anchor_parts(pts2, valid, pm)[0].item() == 3
+
+
+def test_metrics_with_leading_padded_parts_against_brute_force(generator):
+    pts, _, rot, trans = _batch(generator)
+    valid = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]], dtype=torch.bool)
+    prot = random_rotation_matrix(3, 4, generator=generator, dtype=pts.dtype)
+    ptrans = trans + 0.3 * torch.randn(trans.shape, generator=generator, dtype=pts.dtype)
+    junk_pts, junk_rot = pts.clone(), prot.clone()
+    junk_pts[~valid] = float("nan")
+    junk_rot[~valid] = 0.0  # not a rotation: padded parts must not be converted
+    m = assembly_metrics(junk_pts, valid, junk_rot, ptrans, rot, trans, reduction="none")
+    for b in range(3):
+        v = valid[b]
+        x = (pts[b, v] @ prot[b, v].transpose(-1, -2) + ptrans[b, v, None]).reshape(-1, 3)
+        y = (pts[b, v] @ rot[b, v].transpose(-1, -2) + trans[b, v, None]).reshape(-1, 3)
+        assert m["shape_cd"][b].item() == pytest.approx(_brute_cd(x, y), rel=1e-9)
+        per_part = [_brute_cd(pts[b, p] @ prot[b, p].T + ptrans[b, p],
+                              pts[b, p] @ rot[b, p].T + trans[b, p]) for p in range(4) if v[p]]
+        assert m["part_acc"][b].item() == pytest.approx(np.mean(np.array(per_part) < 0.01))
+        d = (ptrans[b, v] - trans[b, v]).numpy()
+        assert m["rmse_t"][b].item() == pytest.approx(np.sqrt((d**2).mean(1)).mean(), rel=1e-9)
+        assert m["mae_t"][b].item() == pytest.approx(np.abs(d).mean(), rel=1e-9)
+        geo = np.degrees((Rotation.from_matrix(prot[b, v].numpy()).inv()
+                          * Rotation.from_matrix(rot[b, v].numpy())).magnitude())
+        assert m["mae_r_geo"][b].item() == pytest.approx(geo.mean(), rel=1e-7)
+    assert all(torch.isfinite(v).all() for v in m.values())
+
+
+def test_empty_batch_and_empty_parts():
+    pts = torch.zeros(0, 2, 5, 3)
+    valid = torch.zeros(0, 2, dtype=torch.bool)
+    rot, trans = torch.eye(3).expand(0, 2, 3, 3), torch.zeros(0, 2, 3)
+    m = rotation_errors(rot, rot, valid, reduction="none")
+    assert all(v.shape == (0,) for v in m.values())
+    t = translation_errors(trans, trans, valid, reduction="none")
+    assert all(v.shape == (0,) for v in t.values())
+    assert anchor_parts(pts, valid).shape == (0,)
+    with pytest.raises(ValueError, match="reduction"):
+        rotation_errors(rot, rot, valid)
+    with pytest.raises(ValueError, match="reduction"):
+        translation_errors(trans, trans, valid)
+    empty_parts = torch.zeros(1, 2, 0, 3)
+    v1 = torch.ones(1, 2, dtype=torch.bool)
+    r1, t1 = torch.eye(3).expand(1, 2, 3, 3), torch.zeros(1, 2, 3)
+    with pytest.raises(ValueError, match="points"):
+        assembly_metrics(empty_parts, v1, r1, t1, r1, t1)
+    with pytest.raises(ValueError, match="points"):
+        anchor_parts(empty_parts, v1)
+
+
+def test_masks_that_do_not_match_raise_value_errors(generator):
+    pts, valid, rot, trans = _batch(generator)
+    with pytest.raises(ValueError, match="point_mask"):
+        anchor_parts(pts, valid, torch.ones(3, 4, 1, dtype=torch.bool))  # would broadcast
+    with pytest.raises(ValueError, match="point_mask"):
+        anchor_parts(pts, valid, torch.ones(4, 16, dtype=torch.bool))
+    with pytest.raises(ValueError, match="valid"):
+        rotation_errors(rot, rot, valid[:1])  # would broadcast over B
+    with pytest.raises(ValueError, match="valid"):
+        translation_errors(trans, trans, valid[:, :1])
+    with pytest.raises(ValueError, match="anchor"):
+        align_to_anchor(rot, trans, rot, trans, torch.tensor([0, 4, 1]))
+    with pytest.raises(ValueError, match="anchor"):
+        align_to_anchor(rot, trans, rot, trans, torch.tensor([0.0, 1.0, 1.0]))
+
+
+def test_outputs_never_alias_inputs(generator):
+    pts, valid, rot, trans = _batch(generator)
+    anchor = anchor_parts(pts, valid)
+    r, t = align_to_anchor(rot, trans, rot, trans, anchor)
+    before = rot.clone(), trans.clone()
+    r.add_(1.0)
+    t.add_(1.0)
+    assert torch.equal(rot, before[0]) and torch.equal(trans, before[1])
+    # column-major input
+    pts_f = pts.transpose(-1, -2).contiguous().transpose(-1, -2)
+    out = transform_parts(pts_f, rot, trans)
+    out.add_(1.0)
+    assert torch.equal(pts_f, pts)
