@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     from geo3d import __version__
 
     parser.add_argument("--version", action="version", version=f"geo3d {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of errors (also: GEO3D_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
@@ -70,13 +72,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_user_error(err: BaseException) -> bool:
+    """Errors caused by the user's input (bad arguments, files, data), reported by the CLI
+    as one line: ``ValueError`` (and its geo3d subclasses such as ``MeshReadError``),
+    ``FileNotFoundError``/``NotADirectoryError``/``IsADirectoryError``, and any exception
+    class defined in a ``geo3d`` module (e.g. the checkpoint reader's ``CheckpointError``)."""
+    if isinstance(err, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+        return True
+    return any(c.__module__.startswith("geo3d.") for c in type(err).__mro__)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``geo3d`` command line; returns the exit code.
+
+    User errors (see :func:`is_user_error`) print one line ``geo3d: error: ...`` to
+    stderr and return 2; with ``--debug`` (or ``GEO3D_DEBUG=1``) they propagate with
+    their full traceback. Other exceptions always propagate (they are bugs).
+    """
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0 if args.command is None else 2
-    code = args.func(args)
+    debug = args.debug or os.environ.get("GEO3D_DEBUG", "") not in ("", "0")
+    try:
+        code = args.func(args)
+    except Exception as err:
+        if debug or not is_user_error(err):
+            raise
+        msg = " ".join(str(err).split()) or type(err).__name__
+        print(f"geo3d: error: {msg} (run with --debug for the traceback)", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 
