@@ -7,7 +7,8 @@ import math
 import torch
 
 from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
-from geo3d.rotations._quat import _check_quat_norm, matrix_to_quat
+from geo3d.rotations._matrix_input import as_rotation
+from geo3d.rotations._quat import _check_quat_norm, _quat_from_rotation
 
 __all__ = [
     "axis_angle_to_matrix",
@@ -115,40 +116,67 @@ def axis_angle_to_quat(v: torch.Tensor) -> torch.Tensor:
 def quat_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
     """Rotation vectors from quaternions (angle in ``[0, π]``).
 
-    Uses ``θ = 2 atan2(|u|, |w|)``, accurate near 0 and π, with a Taylor branch so the
-    gradient is finite at the identity. Non-unit quaternions are implicitly normalised.
+    Uses ``θ = 2 atan2(|u|, |w|)``, accurate near 0 and π; the gradient is finite at the
+    identity and at ``w = 0`` (rotation by π), where it is the limit from ``w > 0``.
+    Non-unit quaternions are implicitly normalised.
 
     Args:
         q: quaternions ``wxyz``, shape :math:`(*, 4)`, non-zero.
 
     Returns:
         Rotation vectors, shape :math:`(*, 3)`.
+
+    Raises:
+        ValueError: wrong shape; (value checks on) a zero or non-finite quaternion.
+
+    Example:
+        >>> quat_to_axis_angle(torch.tensor([0.0, 1.0, 0.0, 0.0]))
+        tensor([3.1416, 0.0000, 0.0000])
     """
     check_tensor("q", q, (4,))
     if values_enabled():
         _check_quat_norm("q", (q * q).sum(-1))
+    return _rotvec_from_quat(q)
+
+
+def _rotvec_from_quat(q: torch.Tensor) -> torch.Tensor:
+    """quat_to_axis_angle without checks."""
     w = q[..., :1]
     u = q[..., 1:]
     n = torch.linalg.vector_norm(u, dim=-1, keepdim=True)  # zero gradient at 0, not NaN
-    aw = w.abs()
+    # |w| as w·sign(w) with sign(±0) = ±1: the derivative at w = +0 is the one-sided +1
+    # (abs's would be 0), so the gradient at a rotation by π is that of the w > 0 side.
+    sgn = torch.copysign(torch.ones_like(w), w)
+    aw = w * sgn
     # 2 atan2(n, |w|)/n has no cancellation for n > 0; only n = 0 needs its limit 2/|w|.
+    # Safe where: each discarded branch is evaluated at a harmless input (n = 1, |w| = 1),
+    # so its backward never produces 0 · inf = NaN.
     zero = n == 0
     f = 2.0 * torch.atan2(n, aw) / torch.where(zero, torch.ones_like(n), n)
-    f = torch.where(zero, 2.0 / aw, f)
-    return u * torch.copysign(f, w)
+    f = torch.where(zero, 2.0 / torch.where(zero, aw, torch.ones_like(aw)), f)
+    return u * (f * sgn)
 
 
 def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
     """Rotation vectors from rotation matrices (angle in ``[0, π]``).
 
     Goes through :func:`matrix_to_quat` (robust branch selection), so rotations by π about
-    any axis are exact and gradients are finite at the identity and at π.
+    any axis are exact and gradients are finite at the identity and at π. Matrices that
+    are not rotations follow the package policy (:mod:`geo3d.rotations`): nearest
+    rotation for ``det > 0``, ``ValueError`` for ``det <= 0`` or NaN/inf.
 
     Args:
         R: rotation matrices, shape :math:`(*, 3, 3)`.
 
     Returns:
         Rotation vectors, shape :math:`(*, 3)`.
+
+    Raises:
+        ValueError: wrong shape; (value checks on) non-finite ``R`` or ``det(R) <= 0``.
+
+    Example:
+        >>> matrix_to_axis_angle(torch.diag(torch.tensor([1.0, -1.0, -1.0])))
+        tensor([3.1416, 0.0000, 0.0000])
     """
     check_tensor("R", R, (3, 3))
-    return quat_to_axis_angle(matrix_to_quat(R))
+    return _rotvec_from_quat(_quat_from_rotation(as_rotation("R", R)))

@@ -13,7 +13,11 @@ def set_value_checks(enabled: bool) -> bool:
     """Enable or disable data-dependent input checks (non-finite / degenerate values).
 
     Shape and dtype checks are always performed. Value checks need one reduction and, on
-    CUDA, a host synchronisation; they are skipped automatically inside ``torch.compile``.
+    CUDA, a host synchronisation; they are skipped automatically while tracing
+    (``torch.compile``/``torch.export``, ``torch.jit.trace``, and the ``torch.func``
+    transforms ``vmap``, ``grad``, ``jacrev``, ``jacfwd``), where a host read of the data
+    is impossible or meaningless. Inputs are then assumed valid (e.g. matrices are assumed
+    to be rotations).
 
     Args:
         enabled: new setting.
@@ -45,13 +49,19 @@ def check_tensor(name: str, x: object, tail: tuple = (), min_ndim: int | None = 
         raise ValueError(f"{name}: expected shape {_fmt_tail(tail)}, got {tuple(x.shape)}")
 
 
+def tracing() -> bool:
+    """True inside ``torch.compile``/``export``, ``torch.jit.trace`` or a ``torch.func``
+    transform (vmap, grad, jacrev, jacfwd, ...): no data-dependent Python branch may run."""
+    return bool(
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._are_functorch_transforms_active()
+    )
+
+
 def values_enabled() -> bool:
-    if not _VALUE_CHECKS:
-        return False
-    try:
-        return not torch.compiler.is_compiling()
-    except AttributeError:  # pragma: no cover - very old torch
-        return True
+    """Whether data-dependent value checks run now (enabled and not tracing)."""
+    return _VALUE_CHECKS and not tracing()
 
 
 def check_values(name: str, ok: torch.Tensor, what: str) -> None:

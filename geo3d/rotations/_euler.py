@@ -7,8 +7,9 @@ import warnings
 
 import torch
 
-from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
-from geo3d.rotations._quat import matrix_to_quat, quat_to_matrix
+from geo3d.rotations._checks import check_finite, check_tensor, tracing, values_enabled
+from geo3d.rotations._matrix_input import _tracks_derivative, as_rotation
+from geo3d.rotations._quat import _quat_from_rotation, quat_to_matrix
 
 __all__ = ["euler_to_matrix", "matrix_to_euler"]
 
@@ -174,8 +175,9 @@ def quat_to_euler(q: torch.Tensor, convention: str, warn: bool = True) -> torch.
     # scipy's xyzw layout: index 3 is the scalar part; ours is wxyz.
     a, b, c, d = _euler_abcd(q[..., 0], q[..., 1 + i], q[..., 1 + j], q[..., 1 + k],
                              symmetric, sign)
-    if torch.is_grad_enabled() and q.requires_grad:
-        # zero (not NaN) gradients at the (0, 0) points met at gimbal lock
+    if _tracks_derivative(q):
+        # zero (not NaN) gradients at the (0, 0) points met at gimbal lock (reverse and
+        # forward mode, torch.func included)
         half_sum = _safe_atan2(b, a)
         half_diff = _safe_atan2(d, c)
         mid = 2.0 * torch.atan2(_nz_hypot(c, d), _nz_hypot(a, b))
@@ -185,7 +187,7 @@ def quat_to_euler(q: torch.Tensor, convention: str, warn: bool = True) -> torch.
         mid = 2.0 * torch.atan2(torch.hypot(c, d), torch.hypot(a, b))
     ang0, ang1, ang2, case0 = _euler_angles(half_sum, half_diff, mid, extrinsic, symmetric,
                                             sign)
-    if warn and not torch.compiler.is_compiling() and bool((~case0).any()):
+    if warn and not tracing() and bool((~case0).any()):
         warnings.warn(
             "Gimbal lock detected. Setting third angle to zero since it is not possible to "
             "uniquely determine all angles.",
@@ -212,7 +214,16 @@ def matrix_to_euler(R: torch.Tensor, convention: str, warn: bool = True) -> torc
 
     Returns:
         Angles in radians, shape :math:`(*, 3)`.
+
+    Raises:
+        ValueError: bad ``convention`` or shape; (value checks on) non-finite ``R`` or
+            ``det(R) <= 0``. Other matrices are read as their nearest rotation (the policy
+            of :mod:`geo3d.rotations`).
+
+    Example:
+        >>> matrix_to_euler(torch.eye(3), "xyz")
+        tensor([0., 0., 0.])
     """
     _parse(convention)
     check_tensor("R", R, (3, 3))
-    return quat_to_euler(matrix_to_quat(R), convention, warn=warn)
+    return quat_to_euler(_quat_from_rotation(as_rotation("R", R)), convention, warn=warn)

@@ -23,33 +23,64 @@ def _special_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return U, S * D, V * D.unsqueeze(-2)
 
 
+def _damped_inverse(den: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``1/den`` where ``den >= e``, ``den/e²`` below (0 at 0, continuous at ``e``), with
+    ``e = ε^(1/3) σ₁`` (ε the dtype's epsilon): bounded by ``1/e``. ``den`` is a sum of two
+    singular values, which vanishes only where the projection is not unique (rank ≤ 1, or
+    det < 0 with σ₂ = σ₃); there a rounding-level ``den`` (~ε σ₁) contributes at most
+    ``ε^(1/3)`` (relative) instead of ``1/ε``, and since the factor keeps the sign of
+    ``1/den``, the result is still a descent direction for the well-defined part."""
+    e = (torch.finfo(s.dtype).eps ** (1.0 / 3.0)) * s[..., :1].abs().unsqueeze(-1)
+    e = e.clamp_min(torch.finfo(s.dtype).tiny ** 0.25)
+    big = den >= e
+    return torch.where(big, 1.0 / torch.where(big, den, torch.ones_like(den)), den / (e * e))
+
+
+def _polar_differential(U, s, V, A_from: torch.Tensor) -> torch.Tensor:
+    """``U [(A - Aᵀ) ⊙ inv(s̃_i + s̃_j)] Vᵀ`` with ``A = Uᵀ A_from V`` (damped inverse)."""
+    A = U.transpose(-1, -2) @ A_from @ V
+    inv = _damped_inverse(s.unsqueeze(-1) + s.unsqueeze(-2), s)
+    return U @ ((A - A.transpose(-1, -2)) * inv) @ V.transpose(-1, -2)
+
+
 class _ProjectSO3(torch.autograd.Function):
-    """Special polar factor with the closed-form derivative.
+    """Special polar factor with the closed-form derivative (forward and reverse mode).
 
     For M = U diag(s̃) Vᵀ and R = U Vᵀ, dR = U X Vᵀ with
-    X_ij = (A_ij - A_ji)/(s̃_i + s̃_j), A = Uᵀ dM V. Hence for G = dL/dR:
-    dL/dM = U [(B - Bᵀ) / (s̃_i + s̃_j)] Vᵀ with B = Uᵀ G V. The denominators stay positive for
-    repeated singular values (unlike torch.linalg.svd's backward, which divides by
-    σ_i² - σ_j²); they vanish only where the projection itself is not unique.
+    X_ij = (A_ij - A_ji)/(s̃_i + s̃_j), A = Uᵀ dM V (the jvp). Hence for G = dL/dR:
+    dL/dM = U [(B - Bᵀ) / (s̃_i + s̃_j)] Vᵀ with B = Uᵀ G V (the vjp; the operator is
+    self-adjoint up to the swap of U and V). The denominators stay positive for repeated
+    singular values (unlike torch.linalg.svd's backward, which divides by σ_i² - σ_j²);
+    they vanish only where the projection itself is not unique, where
+    :func:`_damped_inverse` keeps the derivative bounded (as roma's ``gradient_eps``).
+    ``setup_context`` style with ``generate_vmap_rule``: works under ``torch.func``.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, M: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(M: torch.Tensor):  # type: ignore[override]
         U, s, V = _special_svd(M)
-        R = U @ V.transpose(-1, -2)
+        return U @ V.transpose(-1, -2), U, s, V
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        _, U, s, V = output
+        ctx.mark_non_differentiable(U, s, V)
         ctx.save_for_backward(U, s, V)
-        return R
+        ctx.save_for_forward(U, s, V)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, G: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, G, gU, gs, gV):  # type: ignore[override]
         U, s, V = ctx.saved_tensors
-        B = U.transpose(-1, -2) @ G @ V
-        den = s.unsqueeze(-1) + s.unsqueeze(-2)
-        tiny = torch.finfo(s.dtype).tiny ** 0.5
-        den = torch.where(den.abs() < tiny, torch.full_like(den, tiny), den)
-        X = (B - B.transpose(-1, -2)) / den
-        return U @ X @ V.transpose(-1, -2)
+        # vjp: the adjoint of dM -> U X(Uᵀ dM V) Vᵀ is G -> U X(Uᵀ G V) Vᵀ as well
+        return _polar_differential(U, s, V, G)
+
+    @staticmethod
+    def jvp(ctx, dM):  # type: ignore[override]
+        U, s, V = ctx.saved_tensors
+        return _polar_differential(U, s, V, dM), None, None, None
 
 
 def project_to_so3(M: torch.Tensor) -> torch.Tensor:
@@ -69,7 +100,7 @@ def project_to_so3(M: torch.Tensor) -> torch.Tensor:
     check_finite("M", M)
     if M.numel() == 0:
         return M.clone()
-    return _ProjectSO3.apply(M)
+    return _ProjectSO3.apply(M)[0]
 
 
 def geodesic_distance(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:

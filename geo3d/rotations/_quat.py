@@ -119,20 +119,39 @@ def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
     """Unit quaternions from rotation matrices (Shepperd / scipy branch selection).
 
     The branch (largest of ``w^2, x^2, y^2, z^2``) is chosen per element without Python
-    branching, so the result is accurate everywhere, including rotations by π. The output
-    is normalised, which also maps slightly non-orthogonal matrices sensibly.
+    branching, so the result is accurate everywhere, including rotations by π.
+    Matrices that are not rotations follow the package policy (see
+    :mod:`geo3d.rotations`): ``det > 0`` gives the quaternion of the nearest rotation
+    (like scipy >= 1.15), ``det <= 0`` or NaN/inf raises.
 
     Args:
         R: rotation matrices, shape :math:`(*, 3, 3)`.
 
     Returns:
         Unit quaternions ``wxyz`` with ``w >= 0``, shape :math:`(*, 4)`.
+
+    Raises:
+        ValueError: wrong shape; (value checks on) non-finite ``R`` or ``det(R) <= 0``.
+
+    Reference:
+        S. W. Shepperd, "Quaternion from rotation matrix", J. Guidance and Control 1(3),
+        1978, DOI 10.2514/3.55767; branch rule of scipy's ``Rotation.from_matrix``.
+
+    Example:
+        >>> matrix_to_quat(torch.diag(torch.tensor([1.0, -1.0, -1.0])))
+        tensor([0., 1., 0., 0.])
     """
     check_tensor("R", R, (3, 3))
+    from geo3d.rotations._matrix_input import as_rotation
+
+    return _quat_from_rotation(as_rotation("R", R))
+
+
+def _quat_from_rotation(R: torch.Tensor) -> torch.Tensor:
+    """matrix_to_quat without checks (R assumed a rotation)."""
     w, x, y, z = _shepperd(R)
     n2 = (w * w + x * x) + (y * y + z * z)
-    check_finite("R", n2)
-    # copysign folds the w >= 0 canonicalisation into the normalisation.
+    # copysign folds the w >= 0 canonicalisation into the normalisation (w = +0 stays +).
     k = torch.copysign(torch.rsqrt(n2), w)
     return torch.stack((w * k, x * k, y * k, z * k), dim=-1)
 

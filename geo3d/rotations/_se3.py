@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from geo3d.rotations._axis_angle import _SMALL, axis_angle_to_matrix, matrix_to_axis_angle
+from geo3d.rotations._axis_angle import (
+    _SMALL,
+    _rotvec_from_quat,
+    axis_angle_to_matrix,
+)
 from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
+from geo3d.rotations._matrix_input import as_rotation
+from geo3d.rotations._quat import _quat_from_rotation
 
 __all__ = ["se3_exp", "se3_log", "se3_inverse", "se3_apply"]
 
@@ -56,15 +62,29 @@ def se3_exp(xi: torch.Tensor) -> torch.Tensor:
 def se3_log(T: torch.Tensor) -> torch.Tensor:
     """Logarithm map SE(3) → se(3) (rotation angle in ``[0, π]``).
 
+    The rotation block follows the policy of :mod:`geo3d.rotations` (nearest rotation for
+    ``det > 0``, ``ValueError`` for ``det <= 0`` or NaN/inf). Gradients are finite at the
+    identity and at rotations by π.
+
     Args:
         T: homogeneous transforms, shape :math:`(*, 4, 4)` (the last row is ignored).
 
     Returns:
         Twists ``(v, ω)``, shape :math:`(*, 6)`.
+
+    Raises:
+        ValueError: wrong shape; (value checks on) non-finite ``T`` or a rotation block
+            with ``det <= 0``.
+
+    Example:
+        >>> se3_log(torch.eye(4))
+        tensor([0., 0., 0., 0., 0., 0.])
     """
     check_tensor("T", T, (4, 4))
-    R, t = T[..., :3, :3], T[..., :3, 3]
-    w = matrix_to_axis_angle(R)
+    if values_enabled():
+        check_finite("T", T[..., :3, :])
+    R, t = as_rotation("T", T[..., :3, :3], "rotation blocks T[..., :3, :3]"), T[..., :3, 3]
+    w = _rotvec_from_quat(_quat_from_rotation(R))
     t2 = (w * w).sum(-1, keepdim=True)
     small, th = _safe_theta(t2)
     h = 0.5 * th
@@ -87,7 +107,9 @@ def se3_inverse(T: torch.Tensor) -> torch.Tensor:
         Shape :math:`(*, 4, 4)`.
     """
     check_tensor("T", T, (4, 4))
-    Rt = T[..., :3, :3].transpose(-1, -2)
+    if values_enabled():
+        check_finite("T", T[..., :3, :])
+    Rt = as_rotation("T", T[..., :3, :3], "rotation blocks T[..., :3, :3]").transpose(-1, -2)
     t = -(Rt @ T[..., :3, 3:]).squeeze(-1)
     return _homogeneous(Rt, t)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from geo3d.rotations._checks import check_tensor, values_enabled
+from geo3d.rotations._matrix_input import as_rotation
 
 __all__ = ["sixd_to_matrix", "matrix_to_sixd"]
 
@@ -46,11 +47,27 @@ def sixd_to_matrix(x: torch.Tensor) -> torch.Tensor:
 def matrix_to_sixd(R: torch.Tensor) -> torch.Tensor:
     """6D vectors ``[c1, c2]`` (first two columns) of rotation matrices.
 
+    Matrices that are not rotations follow the policy of :mod:`geo3d.rotations` (the
+    columns of the nearest rotation for ``det > 0``; ``ValueError`` for ``det <= 0`` or
+    NaN/inf). The output is a new tensor (never a view of ``R``).
+
     Args:
         R: rotation matrices, shape :math:`(*, 3, 3)`.
 
     Returns:
         Shape :math:`(*, 6)`.
+
+    Raises:
+        ValueError: wrong shape; (value checks on) non-finite ``R`` or ``det(R) <= 0``.
+
+    Example:
+        >>> matrix_to_sixd(torch.eye(3))
+        tensor([1., 0., 0., 0., 1., 0.])
     """
     check_tensor("R", R, (3, 3))
-    return R[..., :2].transpose(-1, -2).reshape(*R.shape[:-2], 6)
+    R = as_rotation("R", R)
+    # stack copies: a reshape could return a view aliasing R for column-major layouts
+    return torch.stack(
+        (R[..., 0, 0], R[..., 1, 0], R[..., 2, 0], R[..., 0, 1], R[..., 1, 1], R[..., 2, 1]),
+        dim=-1,
+    )

@@ -49,7 +49,7 @@ def _cases():
         "axis_angle_to_quat": (G.axis_angle_to_quat, (v,)),
         "quat_to_axis_angle": (G.quat_to_axis_angle, (q,)),
         "sixd_to_matrix": (G.sixd_to_matrix, (x6,)),
-        "matrix_to_sixd": (G.matrix_to_sixd, (M,)),
+        "matrix_to_sixd": (G.matrix_to_sixd, (_rot(),)),
         "euler_to_matrix": (lambda a: G.euler_to_matrix(a, "zyx"), (ang,)),
         "euler_to_matrix_sym": (lambda a: G.euler_to_matrix(a, "XZX"), (ang,)),
         "matrix_to_euler": (lambda R: G.matrix_to_euler(R, "xyz"), (_rot(),)),
