@@ -7,7 +7,9 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from ._checks import _check_lengths, _check_pair, _check_positive_int
+from geo3d._validation import value_error
+
+from ._checks import _check_finite_points, _check_lengths, _check_pair, _check_positive_int
 from ._knn import _BACKENDS, Backend, _nearest_both, knn
 
 __all__ = ["ChamferPerPoint", "chamfer_distance"]
@@ -72,8 +74,8 @@ def chamfer_distance(
     where red is the mean (``point_reduction="mean"``, the default) or the sum. The defaults
     give pytorch3d's ``chamfer_distance`` convention (sum of the two mean squared nearest
     distances), the one used by the shape-assembly metric. Only the valid points (given by
-    the lengths) enter; a mean over zero points is 0, and a point with no valid point on the
-    other side has distance ``inf``. Nearest neighbours are exact and found with bounded
+    the lengths) enter; a mean over zero points is 0 (and so is ``reduction="mean"`` over an
+    empty batch), and a point with no valid point on the other side has distance ``inf``. Nearest neighbours are exact and found with bounded
     memory through :func:`knn` (never an N x M matrix). Differentiable w.r.t. ``x`` and
     ``y``; with ``squared=False`` the gradient at coincident points is 0 (not NaN).
 
@@ -98,16 +100,21 @@ def chamfer_distance(
         tuple ``(dist_xy, dist_yx)`` (``point_reduction=None``; ``dist_yx`` None if
         single-directional); followed by a :class:`ChamferPerPoint` when
         ``return_per_point``: ``(loss, per_point)``.
+
+    Raises:
+        ValueError: for bad shapes/dtypes/devices of ``x`` and ``y``, lengths of the wrong
+            shape or range, unknown reductions or backend, and (when value checks are on, see
+            :func:`geo3d.rotations.set_value_checks`) NaN/inf in a valid point of ``x`` or
+            ``y``; padded points are not checked.
     """
     _check_pair(x, y)
     if reduction not in ("mean", "sum", None):
-        raise ValueError(f"reduction must be 'mean', 'sum' or None, got {reduction!r}")
+        raise value_error("reduction", "'mean', 'sum' or None", repr(reduction))
     if point_reduction not in ("mean", "sum", None):
-        raise ValueError(f"point_reduction must be 'mean', 'sum' or None, got {point_reduction!r}")
+        raise value_error("point_reduction", "'mean', 'sum' or None", repr(point_reduction))
     if point_reduction is None and reduction is not None:
-        raise ValueError(
-            f"point_reduction=None returns per-point terms and needs reduction=None, got "
-            f"reduction={reduction!r}"
+        raise value_error(
+            "reduction", "None with point_reduction=None (per-point terms)", repr(reduction)
         )
     batch_shape = x.shape[:-2]
     n, m, dim = x.shape[-2], y.shape[-2], x.shape[-1]
@@ -116,9 +123,11 @@ def chamfer_distance(
     if chunk_size is not None:
         chunk_size = _check_positive_int("chunk_size", chunk_size)
     if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        raise value_error("backend", f"one of {_BACKENDS}", repr(backend))
     nb = math.prod(batch_shape)
     xb, yb = x.reshape(nb, n, dim), y.reshape(nb, m, dim)
+    _check_finite_points("x", xb, xl)
+    _check_finite_points("y", yb, yl)
     vx = torch.arange(n, device=x.device)[None] < xl[:, None]
     vy = torch.arange(m, device=x.device)[None] < yl[:, None]
     if single_directional:
@@ -147,7 +156,8 @@ def chamfer_distance(
             loss = loss + _point_reduce(dyx, vy, point_reduction)
         loss = loss.reshape(batch_shape)
         if reduction == "mean":
-            loss = loss.mean()
+            # mean over an empty batch: 0 (like a mean over zero points), not NaN
+            loss = loss.sum() / max(loss.numel(), 1)
         elif reduction == "sum":
             loss = loss.sum()
     if return_per_point:

@@ -1,4 +1,8 @@
-"""Input validation and batching helpers shared by the point-cloud kernels."""
+"""Input validation and batching helpers shared by the point-cloud kernels.
+
+Errors follow the package style ``f"{name}: expected {what}, got {actual}"`` (built by
+:func:`geo3d._validation.value_error`).
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,21 @@ from collections.abc import Sequence
 
 import torch
 
+from geo3d._validation import check_finite, value_error
+
 
 def _check_points(name: str, t: object, dim: int | None = None) -> torch.Tensor:
     """Check that ``t`` is a floating tensor of shape ``(..., N, D)``."""
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise value_error(name, "a torch.Tensor", type(t).__name__)
     if t.ndim < 2:
-        raise ValueError(f"{name} must have shape (..., N, D), got shape {tuple(t.shape)}")
+        raise value_error(name, "shape (..., N, D)", f"shape {tuple(t.shape)}")
     if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        raise value_error(name, "a floating-point tensor", f"dtype {t.dtype}")
     if t.shape[-1] < 1:
-        raise ValueError(
-            f"{name} must have at least one coordinate (D >= 1), got shape {tuple(t.shape)}"
-        )
+        raise value_error(name, "at least one coordinate (D >= 1)", f"shape {tuple(t.shape)}")
     if dim is not None and t.shape[-1] != dim:
-        raise ValueError(
-            f"{name} must have last dimension D={dim} to match, got shape {tuple(t.shape)}"
-        )
+        raise value_error(name, f"last dimension D = {dim} (to match)", f"shape {tuple(t.shape)}")
     return t
 
 
@@ -31,18 +33,27 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, xname: str = "x", yname: str =
     _check_points(xname, x)
     _check_points(yname, y, dim=x.shape[-1])
     if x.shape[:-2] != y.shape[:-2]:
-        raise ValueError(
-            f"{xname} and {yname} must have the same batch shape (*L, ., D): "
-            f"{xname} has shape {tuple(x.shape)}, {yname} has shape {tuple(y.shape)}"
+        raise value_error(
+            yname,
+            f"the batch shape of {xname} {tuple(x.shape[:-2])} (shape (*L, M, D))",
+            f"shape {tuple(y.shape)}",
         )
     if x.dtype != y.dtype:
-        raise ValueError(
-            f"{xname} and {yname} must have the same dtype, got {x.dtype} and {y.dtype}"
-        )
+        raise value_error(yname, f"dtype {x.dtype} (the dtype of {xname})", f"dtype {y.dtype}")
     if x.device != y.device:
-        raise ValueError(
-            f"{xname} and {yname} must be on the same device, got {x.device} and {y.device}"
-        )
+        raise value_error(yname, f"device {x.device} (the device of {xname})", f"{y.device}")
+
+
+def _check_finite_points(name: str, x: torch.Tensor, lengths: torch.Tensor | None) -> None:
+    """ValueError if a valid point of ``x (B, N, D)`` (rows < ``lengths (B,)``) is NaN/inf.
+
+    Padded rows are not checked. Skipped with value checks off (see
+    :func:`geo3d.rotations.set_value_checks`), under ``torch.compile`` and ``torch.vmap``.
+    """
+    valid = None
+    if lengths is not None:
+        valid = torch.arange(x.shape[-2], device=x.device)[None] < lengths[:, None]
+    check_finite(name, x, valid)
 
 
 def _check_lengths(
@@ -58,19 +69,18 @@ def _check_lengths(
     if lengths is None:
         return torch.full((b,), n, dtype=torch.long, device=device)
     if not isinstance(lengths, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor or None, got {type(lengths).__name__}")
+        raise value_error(name, "a torch.Tensor or None", type(lengths).__name__)
     if lengths.shape != batch_shape:
-        raise ValueError(
-            f"{name} must have shape {tuple(batch_shape)} (the batch shape), "
-            f"got shape {tuple(lengths.shape)}"
+        raise value_error(
+            name, f"shape {tuple(batch_shape)} (the batch shape)", f"shape {tuple(lengths.shape)}"
         )
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-        raise ValueError(f"{name} must be an integer tensor, got dtype {lengths.dtype}")
+        raise value_error(name, "an integer tensor", f"dtype {lengths.dtype}")
     lengths = lengths.to(device=device, dtype=torch.long).reshape(b)
     if lengths.numel() > 0:
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 0 or hi > n:
-            raise ValueError(f"{name} values must lie in [0, {n}], got values in [{lo}, {hi}]")
+            raise value_error(name, f"values in [0, {n}]", f"values in [{lo}, {hi}]")
     return lengths
 
 
@@ -79,9 +89,9 @@ def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
         if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
             value = int(value)
         else:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+            raise value_error(name, f"an int >= {minimum}", repr(value))
     if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+        raise value_error(name, f"an int >= {minimum}", value)
     return value
 
 

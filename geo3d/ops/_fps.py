@@ -6,7 +6,16 @@ import math
 
 import torch
 
-from ._checks import _check_lengths, _check_points, _check_positive_int, _sqdist_cols, _sqdist_exact
+from geo3d._validation import value_error
+
+from ._checks import (
+    _check_finite_points,
+    _check_lengths,
+    _check_points,
+    _check_positive_int,
+    _sqdist_cols,
+    _sqdist_exact,
+)
 
 __all__ = ["farthest_point_sampling"]
 
@@ -35,17 +44,21 @@ def farthest_point_sampling(
     Returns:
         indices, shape :math:`(*, n)`, int64. When ``n`` exceeds the number of valid points
         the selection holds every valid point once and the rest is filled with -1.
+
+    Raises:
+        ValueError: for a badly shaped or non-floating ``x``, ``n < 1``, bad ``lengths`` or
+            ``generator``, and (when value checks are on, see
+            :func:`geo3d.rotations.set_value_checks`) NaN/inf in a valid point of ``x``.
     """
     _check_points("x", x)
     n = _check_positive_int("n", n)
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-        )
+        raise value_error("generator", "a torch.Generator or None", type(generator).__name__)
     batch_shape = x.shape[:-2]
     npts, dim = x.shape[-2], x.shape[-1]
     lens = _check_lengths("lengths", lengths, batch_shape, npts, x.device)
     xb = x.detach().reshape(math.prod(batch_shape), npts, dim)
+    _check_finite_points("x", xb, lens)
     b = xb.shape[0]
     dev = x.device
     out = torch.full((b, n), -1, dtype=torch.long, device=dev)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from geo3d._validation import shape_of, value_error
+
 __all__ = ["gather_points"]
 
 
@@ -20,22 +22,31 @@ def gather_points(x: torch.Tensor, idx: torch.Tensor, fill_value: float = 0.0) -
         fill_value: value for negative indices.
 
     Returns:
-        shape :math:`(B, *S, *F)`.
+        shape :math:`(B, *S, *F)`, a new tensor (never a view of ``x``). ``x`` holds values
+        (coordinates or features) and is not checked for NaN/inf: they are gathered as is.
+
+    Raises:
+        ValueError: ``x`` not a tensor with a point axis, ``idx`` not an integer tensor with
+            ``x``'s batch size, or indices outside ``[-1, N)``.
+
+    Example:
+        >>> x = torch.arange(6.0).reshape(1, 3, 2)
+        >>> gather_points(x, torch.tensor([[2, -1]])).tolist()
+        [[[4.0, 5.0], [0.0, 0.0]]]
     """
     if not isinstance(x, torch.Tensor) or x.ndim < 2:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a tensor of shape (B, N, *F), got {shape}")
+        raise value_error("x", "a tensor of shape (B, N, *F)", shape_of(x))
     if not isinstance(idx, torch.Tensor) or idx.ndim < 1 or idx.shape[0] != x.shape[0]:
-        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(f"idx must be an integer tensor of shape ({x.shape[0]}, ...), got {shape}")
+        raise value_error("idx", f"an integer tensor of shape ({x.shape[0]}, ...)", shape_of(idx))
     if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-        raise ValueError(f"idx must be an integer tensor, got dtype {idx.dtype}")
+        raise value_error("idx", "an integer tensor", f"dtype {idx.dtype}")
     idx = idx.to(device=x.device, dtype=torch.long)
     n = x.shape[1]
     if idx.numel() and (int(idx.max()) >= n or int(idx.min()) < -1):
-        raise ValueError(
-            f"idx values must lie in [-1, {n}) (N = x.shape[1]), got values in "
-            f"[{int(idx.min())}, {int(idx.max())}]"
+        raise value_error(
+            "idx",
+            f"values in [-1, {n}) (N = x.shape[1])",
+            f"values in [{int(idx.min())}, {int(idx.max())}]",
         )
     b = x.shape[0]
     feat = x.shape[2:]

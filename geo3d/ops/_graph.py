@@ -6,6 +6,8 @@ from typing import Literal
 
 import torch
 
+from geo3d._validation import check_finite, shape_of, value_error
+
 from ._checks import _check_positive_int
 from ._knn import Backend, knn
 
@@ -16,20 +18,18 @@ Flow = Literal["source_to_target", "target_to_source"]
 
 def _check_flat(x: object, batch: object) -> tuple[torch.Tensor, torch.Tensor | None]:
     if not isinstance(x, torch.Tensor) or x.ndim != 2 or not x.is_floating_point():
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a floating tensor of shape (N, D), got {shape}")
+        raise value_error("x", "a floating tensor of shape (N, D)", shape_of(x))
     if x.shape[1] < 1:
-        raise ValueError(f"x must have at least one feature (N, D>=1), got {tuple(x.shape)}")
-    if batch is None:
-        return x, None
-    if not isinstance(batch, torch.Tensor) or batch.shape != (x.shape[0],):
-        shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
-        raise ValueError(f"batch must be an integer tensor of shape ({x.shape[0]},), got {shape}")
-    if batch.is_floating_point() or batch.dtype == torch.bool:
-        raise ValueError(f"batch must be an integer tensor, got dtype {batch.dtype}")
-    batch = batch.to(device=x.device, dtype=torch.long)
-    if batch.numel() and int(batch.min()) < 0:
-        raise ValueError(f"batch values must be >= 0, got minimum {int(batch.min())}")
+        raise value_error("x", "at least one feature (N, D >= 1)", tuple(x.shape))
+    if batch is not None:
+        if not isinstance(batch, torch.Tensor) or batch.shape != (x.shape[0],):
+            raise value_error("batch", f"an integer tensor of shape ({x.shape[0]},)", shape_of(batch))
+        if batch.is_floating_point() or batch.dtype == torch.bool:
+            raise value_error("batch", "an integer tensor", f"dtype {batch.dtype}")
+        batch = batch.to(device=x.device, dtype=torch.long)
+        if batch.numel() and int(batch.min()) < 0:
+            raise value_error("batch", "values >= 0", f"minimum {int(batch.min())}")
+    check_finite("x", x)
     return x, batch
 
 
@@ -75,7 +75,7 @@ def _edges(idx: torch.Tensor, flat: torch.Tensor, flow: str) -> torch.Tensor:
 
 def _check_flow(flow: str) -> None:
     if flow not in ("source_to_target", "target_to_source"):
-        raise ValueError(f"flow must be 'source_to_target' or 'target_to_source', got {flow!r}")
+        raise value_error("flow", "'source_to_target' or 'target_to_source'", repr(flow))
 
 
 def _drop_self(idx: torch.Tensor, dists: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,13 +112,24 @@ def knn_graph(
         x: node positions/features, shape :math:`(N, D)`.
         k: neighbours per node, ``>= 1``.
         batch: graph index of every node, shape :math:`(N,)`, int (None: one graph).
-        loop: include self-loops (each node is then its own first neighbour).
+        loop: include self-loops (each node is then its own first neighbour, also when it
+            has duplicates: ``k=1`` gives exactly the self-loops).
         flow: ``"source_to_target"`` (default) or ``"target_to_source"`` (rows swapped).
         cosine: use cosine distance (neighbours of the L2-normalised features).
         backend: passed to :func:`knn`.
 
     Returns:
         edge_index, shape :math:`(2, E)`, int64, with :math:`E \le N k`.
+
+    Raises:
+        ValueError: ``x`` not a floating ``(N, D)`` tensor, bad ``batch``, ``k < 1``, unknown
+            ``flow``, and (when value checks are on, see
+            :func:`geo3d.rotations.set_value_checks`) NaN/inf in ``x``.
+
+    Example:
+        >>> x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]])
+        >>> knn_graph(x, 1, loop=True).tolist()  # duplicates: still each node to itself
+        [[0, 1, 2], [0, 1, 2]]
     """
     x, batch = _check_flat(x, batch)
     k = _check_positive_int("k", k)
@@ -159,18 +170,29 @@ def radius_graph(
         batch: graph index of every node, shape :math:`(N,)` (None: one graph).
         loop: include self-loops.
         max_num_neighbors: maximum neighbours per centre; with ``loop`` the self-loop counts
-            as one of them (as in torch_cluster).
+            as one of them (as in torch_cluster) and is always kept, also when the node has
+            duplicates (they tie with it at distance 0).
         flow: ``"source_to_target"`` (default) or ``"target_to_source"``.
         backend: passed to :func:`knn`.
 
     Returns:
         edge_index, shape :math:`(2, E)`, int64.
+
+    Raises:
+        ValueError: ``x`` not a floating ``(N, D)`` tensor, bad ``batch``, ``r`` not positive,
+            ``max_num_neighbors < 1``, unknown ``flow``, and (when value checks are on, see
+            :func:`geo3d.rotations.set_value_checks`) NaN/inf in ``x``.
+
+    Example:
+        >>> x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]])
+        >>> radius_graph(x, 1.0, loop=True, max_num_neighbors=1).tolist()
+        [[0, 1, 2], [0, 1, 2]]
     """
     x, batch = _check_flat(x, batch)
     if isinstance(r, torch.Tensor):
         r = float(r)
     if not isinstance(r, (int, float)) or isinstance(r, bool) or not r > 0:
-        raise ValueError(f"r must be a positive number, got {r!r}")
+        raise value_error("r", "a positive number", repr(r))
     max_num_neighbors = _check_positive_int("max_num_neighbors", max_num_neighbors)
     _check_flow(flow)
     padded, lengths, flat = _to_padded(x.detach(), batch)

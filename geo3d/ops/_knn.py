@@ -7,7 +7,10 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from geo3d._validation import value_error
+
 from ._checks import (
+    _check_finite_points,
     _check_lengths,
     _check_pair,
     _check_positive_int,
@@ -56,7 +59,11 @@ def knn(
     For every query ``x[..., i, :]`` returns the ``k`` points ``y[..., j, :]`` with the smallest
     squared distance :math:`\sum_d (x_{id} - y_{jd})^2`, ordered by (distance, index): equal
     distances are resolved to the lower index, deterministically, including which of several
-    tied candidates makes it into the top ``k``.
+    tied candidates makes it into the top ``k``. One exception to that tie rule: when ``y`` is
+    ``x`` itself (the same tensor object, as in ``knn(x, x, k)``), every query point ``i`` that
+    is a valid reference point is its own first neighbour (distance 0), even when duplicates
+    of it have lower indices; the other neighbours follow by (distance, index). So
+    ``knn(x, x, k).idx[..., 0]`` is ``arange(N)`` for any input, duplicates included.
 
     "Exact" means exact with respect to that distance evaluated in the input dtype with a fixed
     summation order (see ``_sqdist_exact``): candidates may be *selected* with a fast
@@ -96,7 +103,14 @@ def knn(
 
     Returns:
         :class:`KNN` ``(dists, idx)``: squared distances :math:`(*, N, k)` in the input
-        dtype and int64 indices :math:`(*, N, k)`.
+        dtype and int64 indices :math:`(*, N, k)` (new tensors, never views of the inputs).
+
+    Raises:
+        ValueError: for a non-tensor, non-floating or wrongly shaped ``x``/``y``, mismatched
+            batch shapes, dtypes or devices, ``k < 1``, lengths of the wrong shape, dtype or
+            range, an unknown backend, and (when value checks are on, see
+            :func:`geo3d.rotations.set_value_checks`) NaN/inf in a valid point of ``x`` or
+            ``y`` (padded points may hold anything).
 
     Example:
         >>> x = torch.rand(2, 100, 3)
@@ -104,12 +118,13 @@ def knn(
         >>> bool((i[..., 0] == torch.arange(100)).all())  # each point is its own nearest
         True
     """
+    same = y is x
     _check_pair(x, y)
     k = _check_positive_int("k", k)
     if chunk_size is not None:
         chunk_size = _check_positive_int("chunk_size", chunk_size)
     if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        raise value_error("backend", f"one of {_BACKENDS}", repr(backend))
     batch_shape = x.shape[:-2]
     n, dim = x.shape[-2], x.shape[-1]
     m = y.shape[-2]
@@ -118,6 +133,9 @@ def knn(
     nb = math.prod(batch_shape)
     xb = x.reshape(nb, n, dim)
     yb = y.reshape(nb, m, dim)
+    _check_finite_points("x", xb, xl)
+    if not same:
+        _check_finite_points("y", yb, yl)
     backend = _resolve_backend(backend, x.device, n, m, dim)
 
     if xb.shape[0] == 0 or n == 0 or m == 0:
@@ -125,8 +143,34 @@ def knn(
     else:
         with torch.no_grad():
             idx = _knn_indices(xb.detach(), yb.detach(), k, xl, yl, backend, chunk_size)
+            if same:
+                idx = _self_first(idx, xl, yl)
     dists = _gather_sqdist(xb, yb, idx)
     return KNN(dists.reshape(*batch_shape, n, k), idx.reshape(*batch_shape, n, k))
+
+
+def _self_first(idx: torch.Tensor, xl: torch.Tensor, yl: torch.Tensor) -> torch.Tensor:
+    """Put every query ``i`` first in its own row ``idx[b, i]`` (``(B, N, k)``, y is x).
+
+    Only valid query rows whose ``i`` is also a valid reference point (``i < xl[b]``,
+    ``i < yl[b]``) change: ``i`` is removed
+    where it occurs and prepended; where it does not occur (more than ``k - 1`` duplicates of
+    it at lower indices, or ties at the k-th distance) the last entry is dropped. The distance
+    of ``i`` to itself is exactly 0, the smallest possible, so the result is the top ``k``
+    under the order (distance, j != i, j).
+    """
+    b, n, k = idx.shape
+    me = torch.arange(n, device=idx.device)[None, :, None]
+    # (B, N, 1): a valid query that is itself a valid reference point
+    rowv = (me < yl[:, None, None]) & (me < xl[:, None, None])
+    rest = idx.masked_fill(idx == me, -2)  # mark i; keep the order of the others
+    # stable partition: the entries != -2 keep their order; take the first k - 1 of them
+    key = (rest == -2).to(torch.long)
+    order = torch.argsort(key, dim=-1, stable=True)
+    others = rest.gather(-1, order)[..., : k - 1]
+    first = me.expand(b, n, 1)
+    out = torch.cat([first, others], dim=-1)
+    return torch.where(rowv, out, idx)
 
 
 # --------------------------------------------------------------------------------------------

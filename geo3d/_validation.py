@@ -1,0 +1,72 @@
+"""Input validation shared by geo3d.ops and geo3d.nn (private; re-exported nowhere).
+
+One error style for the package: ``ValueError(f"{name}: expected {what}, got {actual}")``
+(the style of :mod:`geo3d.rotations`), built by :func:`value_error`.
+
+Data-dependent checks (non-finite coordinates) follow the one project-wide switch
+:func:`geo3d.rotations.set_value_checks`: they run when it is on, and are skipped inside
+``torch.compile`` and for tensors batched by ``torch.vmap`` (where a data-dependent
+``bool()`` cannot be evaluated), so tracing is never broken by a check.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_finite", "value_error", "values_enabled"]
+
+
+def value_error(name: str, what: str, actual: object) -> ValueError:
+    """``ValueError(f"{name}: expected {what}, got {actual}")`` (to be raised by the caller)."""
+    return ValueError(f"{name}: expected {what}, got {actual}")
+
+
+def shape_of(x: object) -> object:
+    """``tuple(x.shape)`` for a tensor, else the type name (for error messages)."""
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def values_enabled() -> bool:
+    """True when data-dependent checks should run (the switch of ``geo3d.rotations``)."""
+    # imported here: geo3d.rotations may adopt this module without an import cycle
+    from geo3d.rotations._checks import values_enabled as _rotations_values_enabled
+
+    return _rotations_values_enabled()
+
+
+def _vmapped(x: torch.Tensor) -> bool:
+    """True if ``x`` is (or wraps) a tensor batched by ``torch.vmap`` at some level."""
+    f = getattr(torch._C, "_functorch", None)
+    if f is None:  # pragma: no cover - very old torch
+        return False
+    t = x
+    while f.is_functorch_wrapped_tensor(t):
+        if f.is_batchedtensor(t):
+            return True
+        t = f.get_unwrapped(t)
+    return False
+
+
+def check_finite(name: str, x: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+    """Raise ``ValueError`` naming ``name`` if an entry of ``x`` that counts is NaN or inf.
+
+    Args:
+        name: argument name for the message.
+        x: tensor of shape :math:`(*S, *F)`.
+        valid: optional bool tensor of shape :math:`S` (a prefix of ``x.shape``): only the
+            entries where it is True are checked (padding may hold anything).
+    """
+    if x.numel() == 0 or not x.is_floating_point() or not values_enabled() or _vmapped(x):
+        return
+    bad = ~torch.isfinite(x.detach())
+    if valid is not None:
+        if _vmapped(valid):
+            return
+        v = valid.reshape(*valid.shape, *([1] * (x.dim() - valid.dim())))
+        bad = bad & v
+    if bool(bad.any()):
+        count = int(bad.sum())
+        first = tuple(int(i) for i in torch.nonzero(bad)[0].tolist())
+        raise value_error(
+            name, "finite coordinates", f"{count} NaN/inf value(s) (first at index {first})"
+        )
