@@ -7,6 +7,7 @@ from geo3d.datasets._cache import ArrayCache, file_digest
 from geo3d.datasets._io import (
     MESH_EXTENSIONS,
     MeshReadError,
+    PointCloudReadError,
     load_mesh,
     load_mesh_tensors,
     load_point_cloud,
@@ -39,6 +40,7 @@ __all__ = [
     # I/O
     "MESH_EXTENSIONS",
     "MeshReadError",
+    "PointCloudReadError",
     "load_mesh",
     "load_mesh_tensors",
     "save_mesh",

@@ -19,6 +19,7 @@ import torch
 __all__ = [
     "MESH_EXTENSIONS",
     "MeshReadError",
+    "PointCloudReadError",
     "atomic_write_bytes",
     "load_mesh",
     "load_mesh_tensors",
@@ -41,6 +42,16 @@ class MeshReadError(ValueError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"cannot read mesh {self.path!r}: {reason}")
+
+
+class PointCloudReadError(ValueError):
+    """A point-cloud file is empty, unparsable, holds no points or non-finite values.
+    ``path`` names it."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read point cloud {self.path!r}: {reason}")
 
 
 def _import_open3d() -> Any:
@@ -183,40 +194,95 @@ def _as_numpy(x: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
 def load_point_cloud(
     path: str | os.PathLike, *, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Read a point cloud: PLY/OBJ/OFF/XYZ through trimesh, PCD through open3d.
+    """Read a point cloud: PLY/OBJ/OFF/XYZ through trimesh (XYZ with numpy), PCD through
+    open3d.
 
     For a mesh file, its vertices are returned (use :func:`sample_surface` to sample the
-    surface instead).
+    surface instead). Files are parsed in float64 and cast to ``dtype`` at the end (pass
+    ``dtype=torch.float64`` for coordinates far from the origin: float32 keeps only ~7
+    significant digits).
+
+    Args:
+        path: the file (``.ply``, ``.pcd``, ``.xyz``, ``.obj``, ``.off``).
+        dtype: dtype of the returned tensors.
 
     Returns:
-        ``points`` :math:`(N, 3)` and ``normals`` :math:`(N, 3)` or ``None`` when the file
-        stores none.
+        ``points`` :math:`(N, 3)` with :math:`N \\ge 1` and ``normals`` :math:`(N, 3)` or
+        ``None`` when the file stores none.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        PointCloudReadError: the file is empty (0 bytes), cannot be parsed (garbage,
+            truncated binary data; open3d only warns, its empty result is caught here),
+            holds no points, or holds non-finite coordinates or normals. The message
+            names the file. (A text file cut at a line boundary is indistinguishable from
+            a shorter valid file and is read as such.)
+        ValueError: an unsupported extension.
+
+    Example:
+        >>> import tempfile, os, torch
+        >>> d = tempfile.mkdtemp()
+        >>> save_point_cloud(os.path.join(d, "a.xyz"), torch.eye(3))
+        >>> load_point_cloud(os.path.join(d, "a.xyz"))[0].shape
+        torch.Size([3, 3])
     """
+    import warnings
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: point cloud {str(path)!r} does not exist")
     ext = _suffix(path)
-    normals = None
-    if ext == ".pcd":
-        o3d = _import_open3d()
-        pcd = o3d.io.read_point_cloud(str(path))
-        pts = np.asarray(pcd.points)
-        if pcd.has_normals():
-            normals = np.asarray(pcd.normals)
-    elif ext == ".xyz":
-        arr = np.loadtxt(path, ndmin=2)
-        pts = arr[:, :3]
-        if arr.shape[1] >= 6:
-            normals = arr[:, 3:6]
-    elif ext in (".ply", ".obj", ".off"):
-        import trimesh
-
-        geom = trimesh.load(str(path), process=False)
-        pts = np.asarray(geom.vertices)
-        if ext == ".ply":
-            normals = _ply_vertex_normals(geom)
-    else:
+    if ext not in _POINT_EXTENSIONS:
         raise ValueError(f"path: expected an extension in {_POINT_EXTENSIONS}, got {ext!r}")
+    if path.stat().st_size == 0:
+        raise PointCloudReadError(path, "file is empty (0 bytes)")
+    normals = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy/trimesh warnings become the error below
+            if ext == ".pcd":
+                o3d = _import_open3d()
+                pcd = o3d.io.read_point_cloud(str(path))
+                pts = np.asarray(pcd.points, dtype=np.float64)
+                if pcd.has_normals():
+                    normals = np.asarray(pcd.normals, dtype=np.float64)
+                if len(pts) == 0:
+                    raise PointCloudReadError(
+                        path, "open3d read no points (the file does not parse as PCD, is "
+                              "truncated, or stores none)")
+            elif ext == ".xyz":
+                arr = np.loadtxt(path, ndmin=2, dtype=np.float64)
+                if arr.size and arr.shape[1] < 3:
+                    raise PointCloudReadError(
+                        path, f"expected at least 3 columns (x y z), got {arr.shape[1]}")
+                pts = arr[:, :3]
+                if arr.shape[1] >= 6:
+                    normals = arr[:, 3:6]
+            else:  # .ply, .obj, .off
+                import trimesh
+
+                geom = trimesh.load(str(path), process=False)
+                if not hasattr(geom, "vertices"):
+                    raise PointCloudReadError(path, f"no vertices parsed (got "
+                                                    f"{type(geom).__name__})")
+                pts = np.asarray(geom.vertices, dtype=np.float64)
+                if ext == ".ply":
+                    normals = _ply_vertex_normals(geom)
+    except PointCloudReadError:
+        raise
+    except ImportError:
+        raise
+    except Exception as err:  # parsers raise many types on garbage input
+        raise PointCloudReadError(path, f"parse error: {type(err).__name__}: {err}") from err
+    pts = np.asarray(pts, dtype=np.float64).reshape(-1, 3)
+    if len(pts) == 0:
+        raise PointCloudReadError(path, "the file holds no points")
+    bad = ~np.isfinite(pts).all(axis=1)
+    if bad.any():
+        raise PointCloudReadError(path, f"{int(bad.sum())} point(s) with non-finite "
+                                        f"coordinates (first: row {int(np.argmax(bad))})")
+    if normals is not None and not np.isfinite(normals).all():
+        raise PointCloudReadError(path, "non-finite normals")
     pts_t = torch.as_tensor(np.ascontiguousarray(pts), dtype=dtype)
     nrm_t = None if normals is None else torch.as_tensor(np.ascontiguousarray(normals),
                                                          dtype=dtype)

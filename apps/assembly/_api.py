@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,64 +13,186 @@ import torch
 from geo3d.apps.assembly._checkpoint import load_checkpoint
 from torch import Tensor
 
-__all__ = ["assemble", "load_model", "load_piece"]
+__all__ = ["assemble", "load_model", "load_piece", "PieceError", "PIECE_EXTENSIONS"]
 
-_MESH_EXT = {".obj", ".stl", ".off", ".glb", ".gltf"}
+_MESH_EXT = (".obj", ".stl", ".off", ".glb", ".gltf")
+#: File extensions :func:`load_piece` (and ``assemble``/``geo3d assembly predict``) read.
+PIECE_EXTENSIONS: tuple[str, ...] = (*_MESH_EXT, ".ply", ".pcd", ".xyz", ".txt", ".npy")
+
+
+class PieceError(ValueError):
+    """A piece given to :func:`assemble` cannot be used; ``index`` and ``path`` name it
+    (``path`` is ``None`` for in-memory arrays)."""
+
+    def __init__(self, index: int | None, path: str | os.PathLike | None, reason: str) -> None:
+        self.index, self.path, self.reason = index, None if path is None else str(path), reason
+        where = "pieces" if index is None else f"pieces[{index}]"
+        if path is not None:
+            where += f" ({str(path)!r})"
+        super().__init__(f"{where}: {reason}")
 
 
 def load_model(checkpoint: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """Rebuild an :class:`AssemblyModule` from a Lightning checkpoint (``weights_only=True``)."""
+    """Rebuild an :class:`AssemblyModule` from a Lightning checkpoint (``weights_only=True``).
+
+    The returned module has ``trained_max_parts`` set to the data module's ``max_parts``
+    of the training run when the checkpoint records it (``None`` otherwise).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: (a ``RuntimeError``) a truncated/corrupt checkpoint, or one
+            without ``state_dict``.
+    """
     from geo3d.apps.assembly._module import AssemblyModule
 
     ckpt = load_checkpoint(checkpoint, map_location=map_location)
     if "state_dict" not in ckpt:
-        raise RuntimeError(f"checkpoint {str(checkpoint)!r}: no 'state_dict' entry")
+        from geo3d.apps.assembly._checkpoint import CheckpointError
+
+        raise CheckpointError(checkpoint, f"checkpoint {str(checkpoint)!r}: no 'state_dict' "
+                                          "entry")
     hp = dict(ckpt.get("hyper_parameters", {}))
     hp = {k: v for k, v in hp.items() if not k.startswith("_")}
     model = AssemblyModule(**hp)
     model.load_state_dict(ckpt["state_dict"])
+    dm = ckpt.get("datamodule_hyper_parameters") or {}
+    mp = dm.get("max_parts") if isinstance(dm, dict) else None
+    model.trained_max_parts = int(mp) if isinstance(mp, int) else None
     return model.eval()
 
 
+def _ply_has_faces(path: Path) -> bool:
+    """Whether a PLY header declares a non-empty ``face`` element (unreadable header:
+    True, so that the mesh reader reports the parse error)."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0:
+        return True
+    for line in head[:end].decode("ascii", "replace").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "element" and parts[1] == "face":
+            return parts[2] != "0"
+    return False
+
+
+def _read_piece_file(path: Path, num_points: int, generator: torch.Generator | None) -> Tensor:
+    """float64 points of one piece file (surface samples for meshes, vertices for clouds)."""
+    from geo3d.datasets import (
+        MeshReadError,
+        PointCloudReadError,
+        load_mesh,
+        load_point_cloud,
+        sample_surface,
+    )
+
+    ext = path.suffix.lower()
+    if ext not in PIECE_EXTENSIONS:
+        raise PieceError(None, path, f"unsupported extension {ext!r}; expected one of "
+                                     f"{PIECE_EXTENSIONS}")
+    if ext in _MESH_EXT or (ext == ".ply" and _ply_has_faces(path)):
+        mesh = load_mesh(path)  # MeshReadError: empty, garbage, no faces, NaN vertices
+        v = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float64)
+        f = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
+        try:
+            pts, _, _ = sample_surface(v, f, num_points, generator=generator)
+        except ValueError as err:
+            raise MeshReadError(path, str(err)) from err
+        return pts
+    if ext in (".npy", ".txt"):
+        if path.stat().st_size == 0:
+            raise PointCloudReadError(path, "file is empty (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                arr = np.load(path, allow_pickle=False) if ext == ".npy" else \
+                    np.loadtxt(path, ndmin=2, dtype=np.float64)
+            arr = np.asarray(arr, dtype=np.float64)
+        except Exception as err:  # garbage / truncated files
+            raise PointCloudReadError(path, f"parse error: {type(err).__name__}: {err}") \
+                from err
+        if arr.ndim != 2 or arr.shape[1] < 3:
+            raise PointCloudReadError(path, f"expected an (M, 3) array (or more columns), "
+                                            f"got shape {arr.shape}")
+        return torch.as_tensor(arr[:, :3].copy(), dtype=torch.float64)
+    return load_point_cloud(path, dtype=torch.float64)[0]  # .ply without faces, .pcd, .xyz
+
+
 def load_piece(
-    piece: Any, num_points: int, generator: torch.Generator | None = None
+    piece: Any,
+    num_points: int,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """One piece as ``(num_points, 3)`` float32 points.
+    """One piece as ``(num_points, 3)`` points.
 
     ``piece`` is an array/tensor ``(M, 3)`` (resampled to ``num_points``), or a path: mesh
-    files (``.obj/.stl/.off/.glb``, and ``.ply`` with faces) are surface-sampled; ``.ply``
-    without faces, ``.xyz/.txt`` and ``.npy`` are read as point clouds.
+    files (``.obj/.stl/.off/.glb/.gltf``, and ``.ply`` whose header declares faces) are
+    surface-sampled (area-weighted, through ``generator``); ``.ply`` without faces,
+    ``.pcd``, ``.xyz``, ``.txt`` and ``.npy`` are read as point clouds (the readers of
+    :mod:`geo3d.datasets`). Files are read in float64 and cast to ``dtype`` at the end.
+    The result never shares memory with ``piece``.
+
+    Args:
+        piece: ``(M, 3)`` array/tensor, or a file path.
+        num_points: number of points returned (clouds are subsampled without, or padded
+            by drawing with, replacement).
+        generator: optional :class:`torch.Generator` for every random draw.
+        dtype: dtype of the result.
+
+    Returns:
+        Points, shape :math:`(num\\_points, 3)`.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        geo3d.datasets.MeshReadError, geo3d.datasets.PointCloudReadError: the file is
+            empty, does not parse, or holds no points or non-finite values (the message
+            names the file).
+        PieceError: an unsupported extension, a wrong shape or non-finite values in an
+            array.
+
+    Example:
+        >>> import torch
+        >>> load_piece(torch.rand(100, 3), 16, torch.Generator().manual_seed(0)).shape
+        torch.Size([16, 3])
     """
+    path = None
     if isinstance(piece, (str, os.PathLike)):
         path = Path(piece)
         if not path.is_file():
             raise FileNotFoundError(f"pieces: no such file {str(path)!r}")
-        ext = path.suffix.lower()
-        if ext == ".npy":
-            pts = np.load(path)
-        elif ext in (".xyz", ".txt"):
-            pts = np.loadtxt(path)[:, :3]
-        else:
-            import trimesh
-
-            geom = trimesh.load(path, force="mesh" if ext in _MESH_EXT else None)
-            if isinstance(geom, trimesh.Trimesh) and len(geom.faces) > 0:
-                seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-                pts, _ = trimesh.sample.sample_surface(geom, num_points, seed=seed)
-            else:
-                pts = np.asarray(getattr(geom, "vertices", geom))
-        piece = pts
-    x = torch.as_tensor(np.asarray(piece), dtype=torch.float32)
+        x = _read_piece_file(path, num_points, generator)
+    else:
+        try:
+            arr = piece.detach().cpu() if isinstance(piece, Tensor) else np.asarray(piece)
+            x = torch.as_tensor(arr).to(torch.float64)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise PieceError(None, None, f"expected a point cloud of shape (M, 3), got "
+                                         f"{type(piece).__name__} ({err})") from err
     if x.dim() != 2 or x.shape[-1] != 3 or x.shape[0] == 0:
-        raise ValueError(f"pieces: expected point clouds of shape (M, 3), got {tuple(x.shape)}")
+        raise PieceError(None, path, f"expected a point cloud of shape (M, 3) with M >= 1, "
+                                     f"got {tuple(x.shape)}")
+    bad = ~torch.isfinite(x).all(-1)
+    if bool(bad.any()):
+        raise PieceError(None, path, f"{int(bad.sum())} point(s) with non-finite "
+                                     f"coordinates (first: row {int(bad.float().argmax())})")
     if x.shape[0] != num_points:
-        replace = x.shape[0] < num_points
-        if replace:
+        if x.shape[0] < num_points:
             idx = torch.randint(0, x.shape[0], (num_points,), generator=generator)
         else:
             idx = torch.randperm(x.shape[0], generator=generator)[:num_points]
         x = x[idx]
-    return x
+    out = x.to(dtype)
+    if isinstance(piece, Tensor) and out.untyped_storage().data_ptr() == \
+            piece.untyped_storage().data_ptr():
+        out = out.clone()
+    return out
+
+
+def _model_k(model: Any) -> int | None:
+    hp = getattr(model, "hparams", None)
+    k = hp.get("k") if hasattr(hp, "get") else None
+    return int(k) if isinstance(k, int) else None
 
 
 def assemble(
@@ -82,32 +205,89 @@ def assemble(
 ) -> Tensor:
     """Assemble fractured pieces.
 
+    Each piece is read in float64 and centred at its own centroid in float64 before it
+    is cast to float32 for the network, so coordinates far from the origin (e.g. 1e5 in
+    mm) lose nothing: shifting every input by the same vector moves the assembled
+    placement by exactly that much. Returned poses are float64 for the same reason.
+
     Args:
-        pieces: list of point clouds (arrays/tensors of shape :math:`(M_i, 3)`) or file
-            paths (meshes are surface-sampled), each in its own arbitrary frame.
+        pieces: at least 2 pieces: point clouds (arrays/tensors of shape
+            :math:`(M_i, 3)`) or file paths (see :func:`load_piece` for the formats:
+            meshes are surface-sampled, ``.ply``/``.pcd``/``.xyz``/``.txt``/``.npy``
+            clouds are read), each in its own arbitrary frame.
         checkpoint: path of a checkpoint written by ``geo3d assembly fit`` (loaded with
             ``weights_only=True``), or an already loaded ``AssemblyModule``.
-        num_points: points per piece fed to the network (resampled).
+        num_points: points per piece fed to the network (resampled); at least the
+            model's ``k`` (kNN neighbours).
         scale: coordinates are multiplied by ``scale`` before the network (use it to bring
             metric data to the training scale); returned translations are in input units.
         device: where to run (default: CPU).
-        generator: optional :class:`torch.Generator` for the resampling.
+        generator: optional :class:`torch.Generator` for the sampling/resampling.
 
     Returns:
-        Poses of shape :math:`(P, 4, 4)` (float32, CPU): ``T[i] @ [x, 1]`` places point
+        Poses of shape :math:`(P, 4, 4)` (float64, CPU): ``T[i] @ [x, 1]`` places point
         ``x`` of piece ``i`` (in its input coordinates) into the common assembled frame.
+
+    Raises:
+        ValueError: fewer than 2 pieces, ``num_points`` or ``scale`` out of range.
+        FileNotFoundError: a piece file does not exist (the message names its index).
+        PieceError: a piece cannot be used: an unreadable, empty or non-finite file, a
+            cloud with fewer distinct points than the model's ``k``, a wrong shape or
+            NaN values (the message names the piece's index and path).
+
+    Warns:
+        UserWarning: more pieces than the checkpoint's training data had (its
+            ``data.max_parts``): the model runs, but was never trained on such objects.
+
+    Example:
+        >>> from geo3d.apps.assembly import assemble  # doctest: +SKIP
+        >>> T = assemble(["a.obj", "b.ply"], "last.ckpt")  # doctest: +SKIP
     """
-    if len(pieces) < 1:
-        raise ValueError("pieces: expected at least one piece, got an empty list")
+    if isinstance(pieces, (str, os.PathLike)) or not hasattr(pieces, "__len__"):
+        raise ValueError(f"pieces: expected a list of point clouds or file paths, got "
+                         f"{type(pieces).__name__}")
+    if len(pieces) < 2:
+        raise ValueError(f"pieces: expected at least 2 pieces to assemble, got {len(pieces)}")
+    if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 1:
+        raise ValueError(f"num_points: expected an int >= 1, got {num_points!r}")
+    if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale: expected a finite number > 0, got {scale!r}")
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_model(checkpoint)
+    k = _model_k(model)
+    if k is not None and num_points < k:
+        raise ValueError(f"num_points: expected at least the model's k={k}, got {num_points}")
+    max_parts = getattr(model, "trained_max_parts", None)
+    if max_parts is not None and len(pieces) > max_parts:
+        warnings.warn(f"assemble: {len(pieces)} pieces, but the checkpoint was trained on "
+                      f"objects of at most {max_parts} parts; the result may be poor",
+                      UserWarning, stacklevel=2)
     model = model.eval().to(device or "cpu")
-    pts = torch.stack([load_piece(p, num_points, generator) for p in pieces])  # (P, N, 3)
-    pts = pts.to(device or "cpu") * float(scale)
-    valid = torch.ones(1, pts.shape[0], dtype=torch.bool, device=pts.device)
+    pts64 = []
+    for i, p in enumerate(pieces):
+        path = p if isinstance(p, (str, os.PathLike)) else None
+        try:
+            x = load_piece(p, num_points, generator, dtype=torch.float64)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"pieces[{i}]: no such file {str(path)!r}") from err
+        except PieceError as err:
+            raise PieceError(i, path, err.reason) from err
+        except ValueError as err:  # MeshReadError / PointCloudReadError name the file
+            raise PieceError(i, path, str(err)) from err
+        distinct = torch.unique(x, dim=0).shape[0]
+        if k is not None and distinct < k:
+            raise PieceError(i, path, f"expected at least k={k} distinct points (the "
+                                      f"model's kNN size), got {distinct}")
+        pts64.append(x)
+    x64 = torch.stack(pts64)  # (P, N, 3) float64, input coordinates
+    c = x64.mean(dim=1)  # (P, 3) float64 centroids
+    xin = ((x64 - c[:, None]) * float(scale)).to(torch.float32).to(device or "cpu")
+    valid = torch.ones(1, xin.shape[0], dtype=torch.bool, device=xin.device)
     with torch.no_grad():
-        out = model(pts[None], valid)
-    rot, trans = out["rot"][0].float().cpu(), out["trans"][0].float().cpu() / float(scale)
-    T = torch.eye(4).repeat(pts.shape[0], 1, 1)
+        out = model(xin[None], valid)
+    rot = out["rot"][0].detach().cpu().to(torch.float64)
+    trans = out["trans"][0].detach().cpu().to(torch.float64) / float(scale)
+    # y = R (x - c) + t  =>  T = [R, t - R c]
+    T = torch.eye(4, dtype=torch.float64).repeat(x64.shape[0], 1, 1)
     T[:, :3, :3] = rot
-    T[:, :3, 3] = trans
+    T[:, :3, 3] = trans - (rot @ c[..., None])[..., 0]
     return T

@@ -10,7 +10,17 @@ import torch
 from geo3d.datasets._io import atomic_write_bytes  # one atomic-write implementation
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "load_checkpoint", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "load_checkpoint", "atomic_write_bytes",
+           "atomic_write_text"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is truncated, corrupt or not a geo3d/Lightning checkpoint;
+    ``path`` names it."""
+
+    def __init__(self, path: str | os.PathLike, message: str) -> None:
+        self.path = str(path)
+        super().__init__(message)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -23,7 +33,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
     Raises:
         FileNotFoundError: the file does not exist.
-        RuntimeError: the file is truncated or not a checkpoint; the message names the file.
+        CheckpointError: (a ``RuntimeError``) the file is truncated or not a checkpoint;
+            the message names the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -32,13 +43,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # zip/unpickling errors of truncated or foreign files
         size = path.stat().st_size
-        raise RuntimeError(
-            f"checkpoint {str(path)!r} ({size} bytes) could not be read: it is truncated, "
+        raise CheckpointError(
+            path, f"checkpoint {str(path)!r} ({size} bytes) could not be read: it is truncated, "
             f"corrupted or not a torch checkpoint ({type(err).__name__}: {err}). "
             "Delete it and resume from an earlier checkpoint."
         ) from err
     if not isinstance(ckpt, dict):
-        raise RuntimeError(f"checkpoint {str(path)!r}: expected a dict, got {type(ckpt).__name__}")
+        raise CheckpointError(path, f"checkpoint {str(path)!r}: expected a dict, got "
+                                    f"{type(ckpt).__name__}")
     return ckpt
 
 

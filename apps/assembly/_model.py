@@ -27,7 +27,7 @@ def _spread_sixd(k: int) -> Tensor:
     for perm in itertools.permutations(range(3)):
         for signs in itertools.product((1.0, -1.0), repeat=3):
             m = torch.zeros(3, 3, dtype=torch.float64)
-            for i, (j, sg) in enumerate(zip(perm, signs)):
+            for i, (j, sg) in enumerate(zip(perm, signs, strict=True)):
                 m[i, j] = sg
             if torch.linalg.det(m) > 0:
                 mats.append(m)

@@ -3,6 +3,7 @@
 Usage::
 
     geo3d assembly fit --config demo.yaml [--trainer.max_epochs 5 ...]
+    geo3d assembly fit --config demo.yaml --ckpt_path last   # resume the newest last.ckpt
     geo3d assembly test --config demo.yaml --ckpt_path runs/x/checkpoints/last.ckpt
     geo3d assembly predict --checkpoint last.ckpt --pieces a.obj b.obj [--out poses.json]
     geo3d assembly demo [--out runs/demo] [--config-set demo|long]
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "main", "config_path", "run_lightning_cli"]
+__all__ = ["add_parser", "main", "config_path", "run_lightning_cli", "resolve_last_checkpoint"]
 
 _LIGHTNING = ("fit", "validate", "test", "predict")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -85,7 +86,16 @@ def _make_cli_class() -> Any:
 
         def add_arguments_to_parser(self, parser: Any) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.set_defaults({"checkpoint.save_last": True})
+            # last.ckpt after every training epoch (not only at validation epochs), so a
+            # killed run loses at most one epoch; writes are atomic (AtomicCheckpointIO)
+            parser.set_defaults({"checkpoint.save_last": True,
+                                 "checkpoint.save_on_train_epoch_end": True})
+
+        def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+            kwargs = super()._prepare_subcommand_kwargs(subcommand)
+            if kwargs.get("ckpt_path") == "last":
+                kwargs["ckpt_path"] = resolve_last_checkpoint(self.trainer, subcommand)
+            return kwargs
 
         def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
             plugins = config.get("plugins") or []
@@ -98,6 +108,43 @@ def _make_cli_class() -> Any:
             return super()._instantiate_trainer(config, callbacks)
 
     return AssemblyCLI
+
+
+def _find_last_checkpoints(roots: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for root in roots:
+        if root.is_dir():
+            found += [p for p in root.rglob("last*.ckpt") if p.is_file()]
+    return found
+
+
+def resolve_last_checkpoint(trainer: Any, subcommand: str) -> str | None:
+    """What ``--ckpt_path last`` means for ``geo3d assembly``: the newest ``last*.ckpt``
+    (by modification time) anywhere under the run directory (``trainer.default_root_dir``,
+    which holds every ``lightning_logs/version_N/checkpoints``) or under an explicit
+    ``checkpoint.dirpath``. Lightning itself only looks in the new run's own version
+    folder, where nothing exists yet, and silently trains from scratch.
+
+    With no checkpoint found, ``fit`` starts a fresh run and prints a notice saying so
+    (so the same command can start and resume a job); ``validate``/``test``/``predict``
+    raise ``FileNotFoundError``.
+    """
+    roots = [Path(trainer.default_root_dir)]
+    cb = getattr(trainer, "checkpoint_callback", None)
+    if cb is not None and getattr(cb, "dirpath", None):
+        roots.append(Path(cb.dirpath))
+    found = _find_last_checkpoints(roots)
+    where = " or ".join(repr(str(r)) for r in roots)
+    if not found:
+        if subcommand == "fit":
+            print(f"geo3d assembly fit: --ckpt_path last: no last.ckpt under {where}; "
+                  "starting a fresh run", file=sys.stderr, flush=True)
+            return None
+        raise FileNotFoundError(f"ckpt_path: 'last' but no last*.ckpt exists under {where}")
+    best = max(found, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+    print(f"geo3d assembly {subcommand}: --ckpt_path last -> {best}", file=sys.stderr,
+          flush=True)
+    return str(best)
 
 
 def run_lightning_cli(args: list[str], run: bool = True) -> Any:

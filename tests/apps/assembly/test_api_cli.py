@@ -101,9 +101,10 @@ def test_assemble_api_is_equivariant_per_piece(trained: Path, generator):
     s = torch.randn(3, 3, generator=generator)
     moved = [p @ g[i].T + s[i] for i, p in enumerate(pieces)]
     T2 = assemble(moved, ckpt, num_points=32)  # also loads from the path
+    assert T.dtype == torch.float64
     for i, p in enumerate(pieces):
-        a = p @ T[i, :3, :3].T + T[i, :3, 3]
-        b = moved[i] @ T2[i, :3, :3].T + T2[i, :3, 3]
+        a = p.double() @ T[i, :3, :3].T + T[i, :3, 3]
+        b = moved[i].double() @ T2[i, :3, :3].T + T2[i, :3, 3]
         assert (a - b).abs().max() < 1e-4
 
 
@@ -118,7 +119,204 @@ def test_assemble_reads_mesh_files(trained: Path, tmp_path):
     assert T.shape == (2, 4, 4) and torch.isfinite(T).all()
     with pytest.raises(ValueError, match="pieces"):
         assemble([], ckpt)
-    with pytest.raises(FileNotFoundError, match="missing.obj"):
-        assemble([tmp_path / "missing.obj"], ckpt)
-    with pytest.raises(ValueError, match="pieces"):
-        assemble([np.zeros((5, 2))], ckpt)
+    with pytest.raises(FileNotFoundError, match=r"pieces\[1\].*missing.obj"):
+        assemble([pa, tmp_path / "missing.obj"], ckpt)
+    with pytest.raises(ValueError, match=r"pieces\[0\].*shape \(M, 3\)"):
+        assemble([np.zeros((5, 2)), np.zeros((5, 3))], ckpt)
+
+
+def _ckpt(trained: Path) -> Path:
+    return sorted((trained / "run").rglob("last.ckpt"))[-1]
+
+
+def test_assemble_large_coordinates_keep_the_relative_placement(trained: Path, tmp_path):
+    """Shifting every piece by (1e5, -1e5, 5e4) moves the assembly by exactly that shift:
+    pieces are centred in float64 before the float32 network and poses are float64."""
+    model = load_model(_ckpt(trained))
+    g = torch.Generator().manual_seed(3)
+    pieces = [torch.randn(40, 3, generator=g, dtype=torch.float64) * 0.2 + i * 0.3
+              for i in range(3)]
+    shift = torch.tensor([1e5, -1e5, 5e4], dtype=torch.float64)
+    T = assemble(pieces, model, num_points=32, generator=torch.Generator().manual_seed(0))
+    T2 = assemble([p + shift for p in pieces], model, num_points=32,
+                  generator=torch.Generator().manual_seed(0))
+    assert T.dtype == T2.dtype == torch.float64
+    for i, p in enumerate(pieces):
+        a = p @ T[i, :3, :3].T + T[i, :3, 3]
+        b = (p + shift) @ T2[i, :3, :3].T + T2[i, :3, 3]
+        assert (a - b).abs().max() < 1e-5, i
+    # the same through files (read in float64) and with a scale factor
+    files = []
+    for i, p in enumerate(pieces):
+        f = tmp_path / f"p{i}.xyz"
+        f.write_text("\n".join(" ".join(repr(float(v)) for v in row) for row in p + shift))
+        files.append(f)
+    T3 = assemble(files, model, num_points=32, scale=2.0,
+                  generator=torch.Generator().manual_seed(0))
+    T4 = assemble([p * 1.0 for p in pieces], model, num_points=32, scale=2.0,
+                  generator=torch.Generator().manual_seed(0))
+    for i, p in enumerate(pieces):
+        a = p @ T4[i, :3, :3].T + T4[i, :3, 3]
+        b = (p + shift) @ T3[i, :3, :3].T + T3[i, :3, 3]
+        assert (a - b).abs().max() < 1e-5, i
+
+
+def test_assemble_reads_every_point_cloud_format(trained: Path, tmp_path):
+    from geo3d.datasets import save_point_cloud
+
+    model = load_model(_ckpt(trained))
+    g = torch.Generator().manual_seed(1)
+    cloud = torch.randn(50, 3, generator=g, dtype=torch.float64) * 0.2
+    paths = []
+    for ext in ("ply", "xyz"):
+        paths.append(tmp_path / f"c.{ext}")
+        save_point_cloud(paths[-1], cloud)
+    np.save(tmp_path / "c.npy", cloud.numpy())
+    np.savetxt(tmp_path / "c.txt", cloud.numpy())
+    paths += [tmp_path / "c.npy", tmp_path / "c.txt"]
+    try:
+        import open3d  # noqa: F401
+
+        paths.append(tmp_path / "c.pcd")
+        save_point_cloud(paths[-1], cloud)
+    except ImportError:
+        pass
+    Ts = [assemble([p, cloud], model, num_points=50, generator=torch.Generator().manual_seed(0))
+          for p in paths]
+    ref = assemble([cloud, cloud], model, num_points=50,
+                   generator=torch.Generator().manual_seed(0))
+    for p, T in zip(paths, Ts, strict=True):  # every reader returns the same points
+        assert torch.allclose(T, ref, atol=1e-5), p.name
+
+
+def _bad_files(tmp_path: Path) -> dict[str, Path]:
+    box = trimesh.creation.box((0.5, 0.3, 0.2))
+    good = tmp_path / "good.ply"
+    box.export(good)
+    data = good.read_bytes()
+    files = {"good": good}
+    files["truncated"] = tmp_path / "truncated.ply"
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    files["zero"] = tmp_path / "zero.ply"
+    files["zero"].write_bytes(b"")
+    files["garbage"] = tmp_path / "garbage.ply"
+    files["garbage"].write_bytes(bytes(range(256)) * 3)
+    files["nan"] = tmp_path / "nan.obj"
+    files["nan"].write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv nan 0 1\nv 0 0 1\n"
+                            "f 1 2 3\nf 1 2 4\nf 1 3 5\n")
+    files["garbage_pcd"] = tmp_path / "garbage.pcd"
+    files["garbage_pcd"].write_bytes(b"# .PCD v0.7\nFIELDS x y\nDATA ascii\n1 2\n")
+    return files
+
+
+@pytest.mark.parametrize("bad", ["truncated", "zero", "garbage", "nan", "garbage_pcd"])
+def test_assemble_names_the_bad_piece(trained: Path, tmp_path, bad):
+    from geo3d.apps.assembly import PieceError
+
+    model = load_model(_ckpt(trained))
+    f = _bad_files(tmp_path)
+    if bad == "garbage_pcd":
+        pytest.importorskip("open3d")
+    with pytest.raises(PieceError, match=rf"pieces\[1\] \('.*{f[bad].name}'\)") as e:
+        assemble([f["good"], f[bad], f["good"]], model, num_points=16)
+    assert e.value.index == 1 and e.value.path == str(f[bad])
+
+
+def test_assemble_nan_piece_small_piece_single_piece_and_too_many(trained: Path):
+    from geo3d.apps.assembly import PieceError
+
+    model = load_model(_ckpt(trained))
+    assert model.trained_max_parts == 3  # recorded by the CLI run (data.max_parts)
+    g = torch.Generator().manual_seed(0)
+    good = torch.randn(20, 3, generator=g)
+    nan = good.clone()
+    nan[4, 1] = float("nan")
+    with pytest.raises(PieceError, match=r"pieces\[2\].*non-finite.*row 4"):
+        assemble([good, good, nan], model, num_points=16)
+    with pytest.raises(PieceError, match=r"pieces\[1\].*k=5 distinct points.*got 3"):
+        assemble([good, good[:3]], model, num_points=16)  # model k = 5
+    with pytest.raises(ValueError, match=r"num_points.*k=5"):
+        assemble([good, good], model, num_points=4)
+    with pytest.raises(ValueError, match="at least 2 pieces"):
+        assemble([good], model)
+    with pytest.warns(UserWarning, match="at most 3 parts"):
+        T = assemble([good + i for i in range(4)], model, num_points=16)
+    assert T.shape == (4, 4, 4) and torch.isfinite(T).all()
+
+
+def test_load_piece_never_aliases_its_input():
+    from geo3d.apps.assembly import load_piece
+
+    x = torch.rand(16, 3)
+    out = load_piece(x, 16)
+    out.add_(1.0)
+    assert (x < 1).all()
+    xt = torch.rand(3, 16).T  # column-major input
+    before = xt.clone()
+    load_piece(xt, 16).zero_()
+    assert torch.equal(xt, before)
+
+
+def test_cli_prints_one_line_for_user_errors(trained: Path, tmp_path, capsys):
+    f = _bad_files(tmp_path)
+    ckpt = str(_ckpt(trained))
+    argv = ["assembly", "predict", "--checkpoint", ckpt, "--pieces", str(f["good"]),
+            str(f["truncated"])]
+    assert geo3d_main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith("geo3d: error: pieces[1]") and "truncated.ply" in lines[0]
+    # a missing checkpoint, a truncated one
+    assert geo3d_main(["assembly", "predict", "--checkpoint", str(tmp_path / "no.ckpt"),
+                       "--pieces", str(f["good"]), str(f["good"])]) == 2
+    assert "no.ckpt" in capsys.readouterr().err
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(Path(ckpt).read_bytes()[:1000])
+    assert geo3d_main(["assembly", "predict", "--checkpoint", str(bad), "--pieces",
+                       str(f["good"]), str(f["good"])]) == 2
+    err = capsys.readouterr().err
+    assert "bad.ckpt" in err and "truncated" in err and "Traceback" not in err
+    # --debug: the full traceback (the exception propagates)
+    from geo3d.apps.assembly import PieceError
+
+    with pytest.raises(PieceError, match="truncated.ply"):
+        geo3d_main(["--debug", *argv])
+
+
+def test_cli_fit_resumes_with_ckpt_path_last(trained: Path, tmp_path, capsys):
+    """The README's resume command continues the newest run (epoch and global step) instead
+    of starting from scratch; last.ckpt is written after every epoch, also when validation
+    runs only every 5 epochs; `last` with no checkpoint is a documented fresh start."""
+    from geo3d.apps.assembly import load_checkpoint
+    from geo3d.apps.assembly.cli import run_lightning_cli
+
+    cfg = tmp_path / "tiny.yaml"
+    text = (trained / "tiny.yaml").read_text().replace(f"{trained}/run", f"{tmp_path}/run")
+    text = text.replace(f"{tmp_path}/data", f"{trained}/data")
+    text = text.replace("  num_sanity_val_steps: 0", "  num_sanity_val_steps: 0\n"
+                        "  check_val_every_n_epoch: 5")
+    cfg.write_text(text)
+    base = ["fit", "--config", str(cfg), "--trainer.default_root_dir", str(tmp_path / "run")]
+    # no checkpoint yet: a fresh start, said so
+    cli1 = run_lightning_cli([*base, "--ckpt_path", "last"])
+    assert "no last.ckpt" in capsys.readouterr().err
+    steps = cli1.trainer.global_step
+    assert steps >= 1 and cli1.trainer.current_epoch == 1
+    lasts = list((tmp_path / "run").rglob("last.ckpt"))
+    assert len(lasts) == 1  # written without a validation epoch
+    assert load_checkpoint(lasts[0])["global_step"] == steps
+    parts_one_epoch = cli1.model.train_parts
+    # resume: one more epoch only, continuing the step count
+    cli2 = run_lightning_cli([*base, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert "--ckpt_path last ->" in capsys.readouterr().err
+    assert cli2.trainer.current_epoch == 2
+    assert cli2.trainer.global_step == 2 * steps
+    assert cli2.model.train_parts == parts_one_epoch  # this process trained one epoch
+    newest = max((tmp_path / "run").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    ck = load_checkpoint(newest)
+    assert ck["global_step"] == 2 * steps and ck["epoch"] == 1
+    # validate/test with `last` and nothing to find: a clear error
+    with pytest.raises(FileNotFoundError, match="ckpt_path.*last"):
+        run_lightning_cli(["test", "--config", str(cfg), "--trainer.default_root_dir",
+                           str(tmp_path / "empty"), "--ckpt_path", "last"])
