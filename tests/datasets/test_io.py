@@ -10,6 +10,7 @@ import pytest
 import torch
 from geo3d.datasets import (
     MeshReadError,
+    PointCloudReadError,
     load_mesh,
     load_mesh_tensors,
     load_point_cloud,
@@ -130,6 +131,110 @@ class TestPointCloudIO:
             save_point_cloud(tmp_path / "p.ply", torch.zeros(4, 3), torch.zeros(5, 3))
         with pytest.raises(ValueError, match="path"):
             save_point_cloud(tmp_path / "p.stl", torch.zeros(4, 3))
+
+
+def _good_file(tmp_path, ext):
+    """A valid file of each format (point clouds for .xyz/.pcd, a box mesh otherwise)."""
+    path = tmp_path / f"good.{ext}"
+    if ext in ("xyz", "pcd"):
+        pts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]] * 8,
+                           dtype=torch.float64) + 0.125 * torch.arange(32.0)[:, None]
+        save_point_cloud(path, pts)
+    else:
+        save_mesh(path, _box())
+    return path
+
+
+def _nan_file(tmp_path, ext):
+    """A file of the format whose data holds a NaN coordinate."""
+    path = tmp_path / f"nan.{ext}"
+    if ext == "xyz":
+        path.write_text("0 0 0\n1 0 0\nnan 1 0\n0 0 1\n")
+    elif ext == "pcd":
+        path.write_text("# .PCD v0.7\nVERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\n"
+                        "COUNT 1 1 1\nWIDTH 3\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS 3\n"
+                        "DATA ascii\n0 0 0\nnan 1 0\n0 0 1\n")
+    else:
+        box = _box()
+        v = np.array(box.vertices)
+        v[0, 1] = np.nan
+        save_mesh(path, vertices=v, faces=np.array(box.faces))
+    return path
+
+
+_CLOUD_EXTS = ["ply", "xyz", "pcd", "obj", "off"]
+_MESH_EXTS = ["obj", "ply", "off", "stl", "glb"]
+
+
+class TestUnreadableFiles:
+    """Every reader: a file that does not parse, or parses to empty or non-finite data,
+    raises an error that names the file (never an empty or NaN result)."""
+
+    @pytest.mark.parametrize("kind", ["zero", "garbage", "truncated", "nan"])
+    @pytest.mark.parametrize("ext", _CLOUD_EXTS)
+    def test_load_point_cloud(self, tmp_path, ext, kind, request):
+        if ext == "pcd":
+            request.getfixturevalue("open3d_module")
+        good = _good_file(tmp_path, ext)
+        assert load_point_cloud(good)[0].shape[0] >= 4  # the fixture itself reads
+        path = tmp_path / f"{kind}.{ext}"
+        if kind == "zero":
+            path.write_bytes(b"")
+        elif kind == "garbage":
+            path.write_bytes(bytes(range(256)) * 4)
+        elif kind == "truncated":
+            data = good.read_bytes()
+            if ext in ("xyz", "obj", "off"):
+                # text: cut inside a line, so that a column/row is missing
+                path.write_bytes(data[: data.index(b"\n", len(data) // 2) - 3] + b"\n")
+            else:
+                path.write_bytes(data[: len(data) * 2 // 3])
+        else:
+            path = _nan_file(tmp_path, ext)
+        if ext in ("obj",) and kind == "truncated":
+            # an OBJ cut inside a line is still a valid OBJ with fewer vertices (documented)
+            pts, _ = load_point_cloud(path)
+            assert 0 < pts.shape[0] < load_point_cloud(good)[0].shape[0]
+            assert torch.isfinite(pts).all()
+            return
+        with pytest.raises(PointCloudReadError, match=path.name) as e:
+            load_point_cloud(path)
+        assert e.value.path == str(path)
+
+    @pytest.mark.parametrize("kind", ["zero", "garbage", "truncated", "nan"])
+    @pytest.mark.parametrize("ext", _MESH_EXTS)
+    def test_load_mesh(self, tmp_path, ext, kind):
+        good = _good_file(tmp_path, ext)
+        assert len(load_mesh(good).faces) == 12
+        path = tmp_path / f"{kind}.{ext}"
+        if kind == "zero":
+            path.write_bytes(b"")
+        elif kind == "garbage":
+            path.write_bytes(bytes(range(256)) * 4)
+        elif kind == "truncated":
+            data = good.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+        else:
+            path = _nan_file(tmp_path, ext)
+        try:
+            mesh = load_mesh(path)
+        except MeshReadError as err:
+            assert err.path == str(path) and path.name in str(err)
+            return
+        # a text mesh cut in half can still parse (fewer faces); it must then be finite and
+        # smaller -- never silently the same mesh or one with NaN vertices
+        assert kind == "truncated" and ext in ("obj", "off")
+        assert np.isfinite(mesh.vertices).all() and len(mesh.faces) < 12
+
+    def test_xyz_with_too_few_columns(self, tmp_path):
+        (tmp_path / "two.xyz").write_text("1 2\n3 4\n")
+        with pytest.raises(PointCloudReadError, match="two.xyz.*3 columns"):
+            load_point_cloud(tmp_path / "two.xyz")
+
+    def test_non_finite_normals(self, tmp_path):
+        (tmp_path / "n.xyz").write_text("0 0 0 0 0 1\n1 0 0 inf 0 1\n")
+        with pytest.raises(PointCloudReadError, match="n.xyz.*normals"):
+            load_point_cloud(tmp_path / "n.xyz")
 
 
 class TestSampleSurface:
