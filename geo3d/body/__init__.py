@@ -1,0 +1,72 @@
+"""Human body layer: SMPL family through smplx (loaded safely), a tiny procedural SMPL-layout
+body, kinematics, part labels, motions and body scans.
+
+Layering: imports only geo3d.rotations (and numpy/torch/scipy/smplx); optional heavy
+dependencies (open3d, anny, matplotlib) are imported inside the functions that need them.
+"""
+
+from geo3d.body._kinematics import (
+    SMPL_JOINT_NAMES,
+    SMPL_PARENTS,
+    FKOutput,
+    check_parents,
+    forward_kinematics,
+    global_to_local,
+    joint_index,
+    local_to_global,
+)
+from geo3d.body._model import (
+    MODEL_TYPES,
+    REQUIRED_KEYS,
+    convert_model,
+    find_model_file,
+    load_body_model,
+    pose_body,
+    validate_model_dict,
+)
+from geo3d.body._parts import (
+    ARTEQ_NUM_PARTS,
+    ARTEQ_PART_MAP,
+    arteq_part_labels,
+    part_labels,
+    smpl_to_arteq_labels,
+)
+from geo3d.body._safe_io import (
+    RestrictedUnpickler,
+    UnsafePickleError,
+    read_model_file,
+    safe_load_npz,
+    safe_load_pickle,
+)
+from geo3d.body._tiny import TINY_REST_JOINTS, tiny_body_dict, write_tiny_body
+
+__all__ = [
+    "SMPL_JOINT_NAMES",
+    "SMPL_PARENTS",
+    "FKOutput",
+    "check_parents",
+    "forward_kinematics",
+    "global_to_local",
+    "joint_index",
+    "local_to_global",
+    "MODEL_TYPES",
+    "REQUIRED_KEYS",
+    "convert_model",
+    "find_model_file",
+    "load_body_model",
+    "pose_body",
+    "validate_model_dict",
+    "ARTEQ_NUM_PARTS",
+    "ARTEQ_PART_MAP",
+    "arteq_part_labels",
+    "part_labels",
+    "smpl_to_arteq_labels",
+    "RestrictedUnpickler",
+    "UnsafePickleError",
+    "read_model_file",
+    "safe_load_npz",
+    "safe_load_pickle",
+    "TINY_REST_JOINTS",
+    "tiny_body_dict",
+    "write_tiny_body",
+]

@@ -1,0 +1,324 @@
+"""Safe reading of SMPL-family model files: a restricted unpickler and a pickle-free npz reader.
+
+``pickle.load`` runs arbitrary code named by the file. The official SMPL v1.0/v1.1 ``.pkl``
+files were written by Python 2 and hold ``chumpy`` objects (``chumpy.ch.Ch``), and upstream
+chumpy does not import on numpy >= 1.24 / Python 3.11. :class:`RestrictedUnpickler` resolves
+only an allow-list of globals:
+
+- numpy arrays, dtypes and scalars (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``,
+  ``numpy.dtype``, ``scalar``, ``_frombuffer``; also under numpy 2's ``numpy._core``);
+- scipy sparse matrices/arrays (any ``scipy.sparse`` module path, class name checked);
+- chumpy arrays: ``chumpy.ch.Ch`` (its pickled ``__dict__`` holds the value in ``x``; see
+  ``chumpy/ch.py``, ``Ch.__getstate__`` drops only the caches) and ``chumpy.reshape.Reshape``
+  (``a`` reshaped to ``newshape``). They come back as plain ``numpy.ndarray``;
+- a few inert builtins (``set``, ``frozenset``, ``complex``, ``bytearray``, ``object``,
+  ``_codecs.encode``) and ``copyreg._reconstructor`` restricted to the classes above.
+
+Anything else raises :class:`UnsafePickleError` naming ``module.name`` *before* the object is
+created, so a ``__reduce__`` payload such as ``os.system`` never runs.
+"""
+
+from __future__ import annotations
+
+import codecs
+import copyreg
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "UnsafePickleError",
+    "RestrictedUnpickler",
+    "safe_load_pickle",
+    "safe_load_npz",
+    "read_model_file",
+    "atomic_save_npz",
+]
+
+
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle names a global outside the allow-list (also a :class:`ValueError`)."""
+
+
+class _ChumpyArray:
+    """Stand-in for chumpy's ``Ch``: keeps the pickled ``__dict__``; replaced by its ``x``."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class _ChumpyReshape(_ChumpyArray):
+    """Stand-in for ``chumpy.reshape.Reshape``: ``a`` reshaped to ``newshape``."""
+
+
+_NUMPY_MODULES = {"numpy.core.multiarray", "numpy._core.multiarray"}
+_NUMPY_NUMERIC = {"numpy.core.numeric", "numpy._core.numeric"}
+_SPARSE_NAMES = {
+    "csc_matrix", "csr_matrix", "coo_matrix", "bsr_matrix", "dia_matrix", "dok_matrix",
+    "lil_matrix", "csc_array", "csr_array", "coo_array", "bsr_array", "dia_array",
+}  # fmt: skip
+_BUILTINS = {
+    "set": set, "frozenset": frozenset, "complex": complex, "bytearray": bytearray, "object": object,
+}  # fmt: skip
+
+
+def _allowed_classes() -> set[type]:
+    import scipy.sparse as sp
+
+    return {np.ndarray, np.dtype, _ChumpyArray, _ChumpyReshape} | {
+        getattr(sp, n) for n in _SPARSE_NAMES if hasattr(sp, n)
+    }
+
+
+def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    # copyreg._reconstructor(cls, object, None) is how protocol 0/1 pickles create instances
+    # of new-style classes; only allow-listed classes may be created this way.
+    if not isinstance(cls, type) or cls not in _allowed_classes() or base is not object:
+        raise UnsafePickleError(f"pickle: refusing copyreg._reconstructor for {cls!r}")
+    return copyreg._reconstructor(cls, base, state)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the allow-listed globals (see module docs).
+
+    Raises:
+        UnsafePickleError: from :meth:`find_class` for any other global, naming it.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+        if module in _NUMPY_MODULES and name in {"_reconstruct", "scalar"}:
+            return getattr(_np_multiarray(), name)
+        if module in _NUMPY_NUMERIC and name == "_frombuffer":
+            return _np_numeric()._frombuffer
+        if module == "numpy" and name in {"ndarray", "dtype"}:
+            return getattr(np, name)
+        if module == "numpy.dtypes" and name.endswith("DType"):
+            import numpy.dtypes as npd
+
+            cls = getattr(npd, name, None)
+            if isinstance(cls, type) and issubclass(cls, np.dtype):
+                return cls
+        if module.startswith("scipy.sparse") and name in _SPARSE_NAMES:
+            import scipy.sparse as sp
+
+            if hasattr(sp, name):
+                return getattr(sp, name)
+        if module.split(".")[0] == "chumpy":
+            if name == "Ch":
+                return _ChumpyArray
+            if name == "Reshape":
+                return _ChumpyReshape
+            raise UnsafePickleError(
+                f"pickle: refusing chumpy class {module}.{name} (only chumpy.ch.Ch and "
+                "chumpy.reshape.Reshape arrays are converted to numpy)"
+            )
+        if module in {"builtins", "__builtin__"} and name in _BUILTINS:
+            return _BUILTINS[name]
+        if module == "_codecs" and name == "encode":
+            return codecs.encode
+        if module in {"copyreg", "copy_reg"} and name == "_reconstructor":
+            return _safe_reconstructor
+        raise UnsafePickleError(
+            f"pickle: refusing to load global {module}.{name}: only numpy arrays/dtypes, scipy "
+            "sparse matrices and chumpy arrays are allowed in a body model file"
+        )
+
+
+def _np_multiarray() -> Any:
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    return multiarray
+
+
+def _np_numeric() -> Any:
+    try:
+        from numpy._core import numeric  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import numeric  # type: ignore[no-redef]
+    return numeric
+
+
+def _to_plain(obj: Any, depth: int = 0) -> Any:
+    """Replace chumpy stand-ins by ndarrays, recursively through dicts/lists/tuples."""
+    if depth > 100:
+        raise UnsafePickleError("pickle: nesting deeper than 100 levels")
+    if isinstance(obj, _ChumpyReshape):
+        st = obj.state if isinstance(getattr(obj, "state", None), dict) else {}
+        if "a" not in st or "newshape" not in st:
+            raise UnsafePickleError("pickle: chumpy Reshape without 'a'/'newshape' in its state")
+        return np.reshape(np.asarray(_to_plain(st["a"], depth + 1)), st["newshape"])
+    if isinstance(obj, _ChumpyArray):
+        st = obj.state if isinstance(getattr(obj, "state", None), dict) else {}
+        if "x" not in st:
+            raise UnsafePickleError("pickle: chumpy Ch without its value 'x' in its state")
+        return np.asarray(_to_plain(st["x"], depth + 1))
+    if isinstance(obj, dict):
+        return {k: _to_plain(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_plain(v, depth + 1) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_to_plain(v, depth + 1) for v in obj)
+    if isinstance(obj, np.ndarray) and obj.dtype == object:
+        out = np.empty(obj.shape, dtype=object)
+        for i, v in np.ndenumerate(obj):
+            out[i] = _to_plain(v, depth + 1)
+        return out
+    return obj
+
+
+def safe_load_pickle(file: str | os.PathLike | io.IOBase | bytes) -> Any:
+    """Load a pickle through :class:`RestrictedUnpickler`, chumpy arrays turned into ndarrays.
+
+    Python 2 pickles (the official SMPL files) are read with ``encoding="latin1"``.
+
+    Args:
+        file: a path, an open binary file or the pickle's bytes.
+
+    Returns:
+        The unpickled object (for a model file, a dict of arrays).
+
+    Raises:
+        UnsafePickleError: the pickle names a global outside the allow-list.
+        FileNotFoundError: the path does not exist.
+
+    Example:
+        >>> import pickle, numpy as np
+        >>> safe_load_pickle(pickle.dumps({"a": np.arange(3)}))["a"].tolist()
+        [0, 1, 2]
+    """
+    if isinstance(file, (bytes, bytearray)):
+        f: Any = io.BytesIO(file)
+    elif isinstance(file, (str, os.PathLike)):
+        f = open(file, "rb")  # noqa: SIM115
+    else:
+        f = file
+    try:
+        obj = RestrictedUnpickler(f, encoding="latin1").load()
+    finally:
+        if f is not file:
+            f.close()
+    return _to_plain(obj)
+
+
+def safe_load_npz(path: str | os.PathLike) -> dict[str, Any]:
+    """Read every array of an ``.npz`` without ``allow_pickle``; object arrays go through
+    :class:`RestrictedUnpickler` instead of :func:`pickle.load`.
+
+    Args:
+        path: the ``.npz`` file.
+
+    Returns:
+        ``{key: array}`` (object arrays of 0 dims are unwrapped to their Python object).
+
+    Raises:
+        UnsafePickleError: an object array names a global outside the allow-list.
+        ValueError: the file is not an npz archive.
+
+    Example:
+        >>> import tempfile, os, numpy as np
+        >>> p = os.path.join(tempfile.mkdtemp(), "a.npz"); np.savez(p, x=np.eye(2))
+        >>> safe_load_npz(p)["x"].shape
+        (2, 2)
+    """
+    out: dict[str, Any] = {}
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"path: expected an .npz archive, got {path} ({err})") from None
+    with zf:
+        for member in zf.namelist():
+            if not member.endswith(".npy"):
+                continue
+            key = member[: -len(".npy")]
+            with zf.open(member) as fh:
+                data = io.BytesIO(fh.read())
+            version = np.lib.format.read_magic(data)
+            if version == (1, 0):
+                _, _, dtype = np.lib.format.read_array_header_1_0(data)
+            else:
+                _, _, dtype = np.lib.format.read_array_header_2_0(data)
+            data.seek(0)
+            if dtype.hasobject:
+                # Skip the header, then the pickled object array.
+                np.lib.format.read_magic(data)
+                if version == (1, 0):
+                    np.lib.format.read_array_header_1_0(data)
+                else:
+                    np.lib.format.read_array_header_2_0(data)
+                arr = safe_load_pickle(data)
+                if isinstance(arr, np.ndarray) and arr.dtype == object and arr.ndim == 0:
+                    arr = arr.item()
+            else:
+                arr = np.lib.format.read_array(data, allow_pickle=False)
+            out[key] = arr
+    return out
+
+
+def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a SMPL-family model file (``.pkl`` or ``.npz``) safely into a dict.
+
+    Args:
+        path: the model file.
+
+    Returns:
+        ``{key: value}`` with ndarrays (chumpy arrays converted), scipy sparse matrices and
+        whatever plain Python values the file holds.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsafePickleError: the file names a global outside the allow-list.
+        ValueError: unknown extension or the pickle does not hold a dict.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"model file not found: {p}")
+    if p.suffix == ".npz":
+        return safe_load_npz(p)
+    if p.suffix == ".pkl":
+        obj = safe_load_pickle(p)
+        if not isinstance(obj, dict):
+            raise ValueError(
+                f"path: expected a pickled dict of arrays, got {type(obj).__name__} in {p}"
+            )
+        return obj
+    raise ValueError(f"path: expected a .pkl or .npz model file, got {p}")
+
+
+def atomic_save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Write an uncompressed ``.npz`` atomically (temp file in the same folder, then rename).
+
+    Args:
+        path: destination (its name is kept as given; no ``.npz`` is appended).
+        arrays: ``{key: array}``; object arrays are refused.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        ValueError: an array has ``dtype=object``.
+    """
+    p = Path(path)
+    for k, v in arrays.items():
+        if np.asarray(v).dtype == object:
+            raise ValueError(
+                f"arrays: expected plain (non-object) arrays, got dtype=object for {k!r}"
+            )
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
