@@ -140,6 +140,14 @@ class BreakingBad(SharedEpoch, Dataset):
 
     Call :meth:`set_epoch` at the start of every epoch: the epoch lives in shared memory,
     so persistent DataLoader workers see it too.
+
+    Raises:
+        FileNotFoundError: ``root`` or a split file does not exist.
+        BreakingBadError: no sample at all is found for the split (the message names the
+            root, the split file and why: missing object folders, broken pieces, the
+            part-count or category filter), or, with ``strict=True``, any missing or
+            broken entry.
+        ValueError: bad arguments.
     """
 
     def __init__(
@@ -219,9 +227,14 @@ class BreakingBad(SharedEpoch, Dataset):
         self.load_failures: dict[str, str] = {}
         self._warned_load = False
 
+        #: the split files read (one per subset)
+        self.split_files: list[Path] = []
+        self._num_lines = 0
         self.samples: list[tuple[str, list[Path]]] = self._build_index()
         if validate:
             self._validate()
+        if not self.samples:
+            self._raise_empty()
         if self.skipped:
             msg = (f"BreakingBad: skipped {len(self.skipped)} missing or broken entr"
                    f"{'y' if len(self.skipped) == 1 else 'ies'} under {str(self.root)!r} "
@@ -230,6 +243,25 @@ class BreakingBad(SharedEpoch, Dataset):
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ index
+
+    def _raise_empty(self) -> None:
+        files = ", ".join(repr(str(f)) for f in self.split_files)
+        parts = [f"{self._num_lines} object line(s) kept from the split file(s)"]
+        if self.categories is not None:
+            parts[0] += f" after the category filter {self.categories}"
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} missing or broken (first: "
+                         f"{self.skipped[0][0]}: {self.skipped[0][1]})")
+        if self.num_filtered:
+            parts.append(f"{self.num_filtered} fracture folder(s) outside "
+                         f"min_parts..max_parts = {self.min_parts}..{self.max_parts}")
+        raise BreakingBadError(
+            self.split_files[0] if len(self.split_files) == 1 else self.root,
+            f"BreakingBad: no sample found for split {self.split!r} under root "
+            f"{str(self.root)!r} (split file(s) {files}; " + "; ".join(parts) + "). The "
+            "lines of a split file name object folders relative to the root: check that "
+            "they exist there (e.g. not renamed or nested one level deeper when "
+            "decompressing) and that the part-count and category filters keep something")
 
     def _problem(self, path: str | os.PathLike, reason: str) -> None:
         if self.strict:
@@ -253,10 +285,12 @@ class BreakingBad(SharedEpoch, Dataset):
                 raise FileNotFoundError(
                     f"root: expected the split file {str(split_file)!r} (layout "
                     f"ROOT/data_split/<subset>.<split>.txt), it does not exist")
+            self.split_files.append(split_file)
             lines = [ln.strip().strip("/") for ln in split_file.read_text().splitlines()]
             for line in lines:
                 if not line or line.startswith("#") or not self._keep_line(line):
                     continue
+                self._num_lines += 1
                 obj_dir = self.root / line
                 if not obj_dir.is_dir():
                     self._problem(obj_dir, "object folder listed in the split does not exist")

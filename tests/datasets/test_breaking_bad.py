@@ -422,3 +422,32 @@ def test_identical_piece_files_do_not_share_a_cache_entry(bb_root, tmp_path):
     c = [fresh[i0]["points"], fresh[i1]["points"]]
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
+
+
+class TestEmptySplit:
+    """No object of a split found (folders renamed on decompression, a filter that keeps
+    nothing): a clear error naming the root and the split file, never a length-0 dataset
+    that makes training die later with torch's num_samples=0 error."""
+
+    def test_renamed_object_folders(self, bb_root):
+        (bb_root / "everyday").rename(bb_root / "everyday_renamed")
+        with pytest.raises(BreakingBadError, match="no sample found") as e:
+            BreakingBad(bb_root, num_points=16)
+        msg = str(e.value)
+        assert str(bb_root) in msg and "everyday.train.txt" in msg
+        assert "object folder listed in the split does not exist" in msg
+        assert e.value.path.endswith("everyday.train.txt")
+
+    def test_filters_that_keep_nothing(self, bb_root):
+        with pytest.raises(BreakingBadError, match=r"min_parts..max_parts = 5..6"):
+            BreakingBad(bb_root, min_parts=5, max_parts=6, num_points=16)
+        with pytest.raises(BreakingBadError, match="category filter"):
+            BreakingBad(bb_root, categories=["Chair"], num_points=16)
+
+    def test_datamodule_fit_gets_the_clear_error(self, bb_root):
+        from geo3d.apps.assembly import AssemblyDataModule
+
+        (bb_root / "everyday").rename(bb_root / "moved")
+        dm = AssemblyDataModule(str(bb_root), num_points=16, max_parts=4)
+        with pytest.raises(BreakingBadError, match="everyday.train.txt"):
+            dm.train_dataloader()
