@@ -97,6 +97,25 @@ def _reduce(x: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
 
 
+def _recentre(pred_trans: Tensor, gt_trans: Tensor, valid: Tensor | None = None
+              ) -> tuple[Tensor, Tensor]:
+    """Subtract a common per-object origin (mean of the true translations, in float64)
+    from both translations: chamfer distances do not change, but float32 inputs far from
+    the origin (e.g. 1e5) no longer lose the object-scale digits."""
+    w = torch.ones(gt_trans.shape[:2], dtype=torch.float64, device=gt_trans.device) \
+        if valid is None else valid.to(torch.float64)
+    g64 = torch.where(w[..., None] > 0, gt_trans.to(torch.float64), 0.0)
+    o = g64.sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)[..., None]
+    return ((pred_trans.to(torch.float64) - o).to(pred_trans.dtype),
+            (gt_trans.to(torch.float64) - o).to(gt_trans.dtype))
+
+
+def _zero_padded(points: Tensor, valid: Tensor) -> Tensor:
+    """Padded parts may hold anything (NaN padding): replace them by zeros."""
+    return torch.where(valid[:, :, None, None], points,
+                       torch.zeros((), dtype=points.dtype, device=points.device))
+
+
 def _check_reduction(reduction: str) -> None:
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
@@ -164,6 +183,7 @@ def anchor_parts(points: Tensor, valid: Tensor, point_mask: Tensor | None = None
     # masked points may hold anything (NaN padding): they must not enter
     points = torch.where(point_mask[..., None], points, torch.zeros((), dtype=points.dtype,
                                                                      device=points.device))
+    points = points.to(torch.float64)  # uncentred float32 parts: no cancellation
     w = point_mask.to(points.dtype)[..., None]
     cnt = w.sum(2).clamp_min(1.0)
     c = (points * w).sum(2) / cnt
@@ -204,13 +224,14 @@ def align_to_anchor(
     if B and not bool(((anchor >= 0) & (anchor < P)).all()):
         raise ValueError(f"anchor: expected indices in [0, {P}), got {anchor.tolist()}")
     ar = torch.arange(B, device=anchor.device)
-    Ra, ta = pred_rot[ar, anchor], pred_trans[ar, anchor]
-    Ga, ga = gt_rot[ar, anchor], gt_trans[ar, anchor]
+    f64 = torch.float64  # translations far from the origin: no float32 cancellation
+    Ra, ta = pred_rot[ar, anchor].to(f64), pred_trans[ar, anchor].to(f64)
+    Ga, ga = gt_rot[ar, anchor].to(f64), gt_trans[ar, anchor].to(f64)
     RA = Ga @ Ra.transpose(-1, -2)  # (B, 3, 3)
     tA = ga - (RA @ ta[..., None])[..., 0]
-    rot = RA[:, None] @ pred_rot
-    trans = (RA[:, None] @ pred_trans[..., None])[..., 0] + tA[:, None]
-    return rot, trans
+    rot = RA[:, None] @ pred_rot.to(f64)
+    trans = (RA[:, None] @ pred_trans.to(f64)[..., None])[..., 0] + tA[:, None]
+    return rot.to(pred_rot.dtype), trans.to(pred_trans.dtype)
 
 
 def part_chamfer(
@@ -237,6 +258,7 @@ def part_chamfer(
 
     _check_points(points)
     B, P, N, _ = points.shape
+    pred_trans, gt_trans = _recentre(pred_trans, gt_trans)
     x = transform_parts(points, pred_rot, pred_trans).reshape(B * P, N, 3)
     y = transform_parts(points, gt_rot, gt_trans).reshape(B * P, N, 3)
     cd = chamfer_distance(x, y, squared=True, reduction=None, point_reduction="mean")
@@ -265,6 +287,7 @@ def part_accuracy(
     B, P = points.shape[:2]
     valid = _check_valid(valid, B, P)
     _check_reduction(reduction)
+    points = _zero_padded(points, valid)
     cd = part_chamfer(points, pred_rot, pred_trans, gt_rot, gt_trans)
     ok = (cd < threshold).to(points.dtype)
     return _reduce(_valid_mean(ok, valid), reduction)
@@ -295,6 +318,8 @@ def shape_chamfer(
     B, P, N, _ = points.shape
     valid = _check_valid(valid, B, P)
     _check_reduction(reduction)
+    pred_trans, gt_trans = _recentre(pred_trans, gt_trans, valid)
+    points = _zero_padded(points, valid)
     x = transform_parts(points, pred_rot, pred_trans)
     y = transform_parts(points, gt_rot, gt_trans)
     # pack valid parts first so that each object is a prefix of length num_valid * N
@@ -478,6 +503,10 @@ def assembly_metrics(
     B, P = points.shape[:2]
     valid = _check_valid(valid, B, P)
     _check_reduction(reduction)
+    _check("pred_trans", pred_trans, (B, P, 3), f"(B, P, 3) = {(B, P, 3)}")
+    _check("gt_trans", gt_trans, (B, P, 3), f"(B, P, 3) = {(B, P, 3)}")
+    # one object-centred origin for everything below (float64 offsets, see _recentre)
+    pred_trans, gt_trans = _recentre(pred_trans, gt_trans, valid)
     if protocol == "anchor":
         if anchor is None:
             anchor = anchor_parts(points, valid)

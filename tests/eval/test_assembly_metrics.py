@@ -370,3 +370,28 @@ def test_outputs_never_alias_inputs(generator):
     out = transform_parts(pts_f, rot, trans)
     out.add_(1.0)
     assert torch.equal(pts_f, pts)
+
+
+@pytest.mark.parametrize("protocol", ["absolute", "anchor"])
+def test_float32_far_from_the_origin_scores_like_near_it(generator, protocol):
+    """Translating the whole scene by (1e5, -1e5, 5e4) in float32 changes no metric: the
+    metrics work relative to the object (float64 offsets), not in absolute float32."""
+    pts, valid, rot, trans = _batch(generator)
+    small = Rotation.from_rotvec(0.1 * np.random.default_rng(0).normal(size=(12, 3)))
+    prot = rot @ torch.as_tensor(small.as_matrix()).reshape(3, 4, 3, 3)
+    ptrans = trans + 0.05 * torch.randn(trans.shape, generator=generator, dtype=pts.dtype)
+    shift = torch.tensor([1e5, -1e5, 5e4], dtype=torch.float64)
+    f = torch.float32
+    near = assembly_metrics(pts, valid, prot, ptrans, rot, trans, protocol=protocol,
+                            reduction="none")
+    # float32 inputs whose translations are far away (representable offsets: 1/128 grid)
+    far_t = (trans * 128).round() / 128
+    far_pt = (ptrans * 128).round() / 128
+    ref = assembly_metrics(pts, valid, prot, far_pt, rot, far_t, protocol=protocol,
+                           reduction="none")
+    far = assembly_metrics(pts.to(f), valid, prot.to(f), (far_pt + shift).to(f),
+                           rot.to(f), (far_t + shift).to(f), protocol=protocol,
+                           reduction="none")
+    assert near["part_acc"].shape == (3,)
+    for k in ("shape_cd", "rmse_t", "mae_t", "part_acc"):
+        assert torch.allclose(far[k].double(), ref[k], rtol=1e-4, atol=1e-6), k
