@@ -24,6 +24,17 @@ from geo3d.body._model import (
     pose_body,
     validate_model_dict,
 )
+from geo3d.body._motions import (
+    JOINT_LIMITS,
+    MOTION_KINDS,
+    Motion,
+    euler_xyz_to_matrix,
+    extreme_poses,
+    read_amass,
+    synthetic_motion,
+    synthetic_motions,
+    write_amass,
+)
 from geo3d.body._parts import (
     ARTEQ_NUM_PARTS,
     ARTEQ_PART_MAP,
@@ -56,6 +67,15 @@ __all__ = [
     "load_body_model",
     "pose_body",
     "validate_model_dict",
+    "JOINT_LIMITS",
+    "MOTION_KINDS",
+    "Motion",
+    "euler_xyz_to_matrix",
+    "extreme_poses",
+    "read_amass",
+    "synthetic_motion",
+    "synthetic_motions",
+    "write_amass",
     "ARTEQ_NUM_PARTS",
     "ARTEQ_PART_MAP",
     "arteq_part_labels",
