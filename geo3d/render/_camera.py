@@ -223,6 +223,9 @@ def icosphere_viewpoints(
     """Camera centres on the vertices of a subdivided icosahedron (a geodesic sphere).
 
     Level ``l`` has ``10 · 4^l + 2`` vertices: 12, 42 (the reference's default), 162, ...
+    With the poles on the z axis, level 1 gives the same 42 camera directions as the
+    reference's ``data/obj_poses.npy`` (qq456cvb/3DCorrEnhance; checked to 1e-5), whose
+    in-plane rolls differ from :func:`look_at`'s.
     The order is deterministic: the 12 icosahedron vertices first (north pole, the upper
     ring, the lower ring, south pole), then the edge midpoints of each subdivision in the
     order of first appearance.
