@@ -422,7 +422,20 @@ def normalize_points(
             (fits the cube :math:`[-1, 1]^3`).
 
     Returns:
-        ``normalized`` :math:`(*, N, 3)`, ``center`` :math:`(*, 3)`, ``scale`` :math:`(*)`.
+        ``normalized`` :math:`(*, N, 3)` (masked points set to 0), ``center``
+        :math:`(*, 3)`, ``scale`` :math:`(*)`, in the dtype of ``points`` (computed in
+        float64). A cloud with no valid point gets centre 0 and scale 1; a cloud of one
+        point (or identical points) gets scale 1.
+
+    Raises:
+        ValueError: bad shapes (``mask`` must match ``points`` exactly) or ``mode``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[0.0, 0, 0], [2, 0, 0]])
+        >>> normalize_points(x)[0]
+        tensor([[-1.,  0.,  0.],
+                [ 1.,  0.,  0.]])
     """
     if points.ndim < 2 or points.shape[-1] != 3:
         raise ValueError(f"points: expected shape (*, N, 3), got {tuple(points.shape)}")
@@ -431,6 +444,20 @@ def normalize_points(
     elif mask.shape != points.shape[:-1]:
         raise ValueError(f"mask: expected shape {tuple(points.shape[:-1])}, "
                          f"got {tuple(mask.shape)}")
+    if mode not in ("sphere", "box"):
+        raise ValueError(f"mode: expected 'sphere' or 'box', got {mode!r}")
+    if points.shape[-2] == 0:  # empty clouds: documented centre 0, scale 1
+        batch = points.shape[:-2]
+        return (points.clone(), torch.zeros(*batch, 3, dtype=points.dtype, device=points.device),
+                torch.ones(batch, dtype=points.dtype, device=points.device))
+    if points.dtype != torch.float64 and points.is_floating_point():
+        # centre and scale in float64, round once: float32 clouds far from the origin
+        # (e.g. 1e5) keep their shape (no cancellation in points - center)
+        out, center, scale = normalize_points(points.to(torch.float64), mask, mode=mode)
+        return out.to(points.dtype), center.to(points.dtype), scale.to(points.dtype)
+    mask = mask.bool()
+    points = torch.where(mask[..., None], points, torch.zeros((), dtype=points.dtype,
+                                                              device=points.device))
     m = mask.to(points.dtype)[..., None]
     count = m.sum(-2).clamp_min(1)
     if mode == "sphere":

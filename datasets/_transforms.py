@@ -12,7 +12,10 @@ the (shallow-copied) dict and records what it did, so that targets can be comput
 
 - ``"transform"``: :math:`(*, 4, 4)` homogeneous matrix of the cumulative affine map,
   ``points_now = T[..., :3, :3] @ points_original + T[..., :3, 3]`` (exact for every
-  transform except :class:`Jitter`, which adds the recorded noise on top);
+  transform except :class:`Jitter`, which adds the recorded noise on top). It is float64
+  for float64 *and* float32/16 points: affine maps are evaluated in float64 and the
+  points rounded once, so centring or normalising float32 coordinates far from the
+  origin (e.g. 1e5) loses nothing to cancellation and ``T`` holds the exact offsets;
 - ``"indices"``: :math:`(*, M)` long, cumulative indices of the kept points into the
   original ones (set by the subsampling transforms; ``normals``/``mask`` follow);
 - ``"applied"``: list of ``(name, params)`` in order, ``params`` holding the drawn values
@@ -122,19 +125,27 @@ def _batch(sample: Sample) -> torch.Size:
 
 
 def _record_affine(sample: Sample, A: torch.Tensor, b: torch.Tensor) -> None:
-    """Apply x -> A x + b to points (and normals), compose into sample['transform']."""
+    """Apply x -> A x + b to points (and normals), compose into sample['transform'].
+
+    The map is evaluated in float64 and rounded once to the points' dtype, so float32
+    clouds far from the origin (e.g. centring coordinates of 1e5) lose nothing to
+    cancellation."""
     pts = sample["points"]
-    sample["points"] = pts @ A.transpose(-1, -2) + b[..., None, :]
+    wide = torch.float64 if pts.dtype in (torch.float16, torch.bfloat16, torch.float32) \
+        else pts.dtype
+    out = pts.to(wide) @ A.to(wide).transpose(-1, -2) + b.to(wide)[..., None, :]
+    sample["points"] = out.to(pts.dtype)
     if sample.get("normals") is not None:
         # normals transform by the inverse transpose (= A for rotations), then renormalise
-        n = sample["normals"] @ torch.linalg.inv(A)
+        nrm = sample["normals"]
+        n = (nrm.to(wide) @ torch.linalg.inv(A.to(wide))).to(nrm.dtype)
         sample["normals"] = n / n.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(n.dtype).tiny)
-    T = torch.zeros(*A.shape[:-2], 4, 4, dtype=pts.dtype, device=pts.device)
-    T[..., :3, :3] = A
-    T[..., :3, 3] = b
+    T = torch.zeros(*A.shape[:-2], 4, 4, dtype=wide, device=pts.device)
+    T[..., :3, :3] = A.to(wide)
+    T[..., :3, 3] = b.to(wide)
     T[..., 3, 3] = 1
     prev = sample.get("transform")
-    sample["transform"] = T if prev is None else T @ prev
+    sample["transform"] = T if prev is None else T @ prev.to(wide)
 
 
 def _select(sample: Sample, idx: torch.Tensor) -> None:
@@ -149,12 +160,45 @@ def _select(sample: Sample, idx: torch.Tensor) -> None:
     sample["indices"] = idx if prev is None else torch.gather(prev, -1, idx)
 
 
+def _storages(obj: Any, out: set[int]) -> set[int]:
+    """Data pointers of the storages of every tensor in a (nested) sample."""
+    if isinstance(obj, torch.Tensor):
+        out.add(obj.untyped_storage().data_ptr())
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _storages(v, out)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _storages(v, out)
+    return out
+
+
+def _unshare(obj: Any, inputs: set[int]) -> Any:
+    """Copy of a (nested) sample where every tensor sharing storage with ``inputs`` is
+    cloned (containers are rebuilt), so no output aliases the caller's tensors."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone() if obj.untyped_storage().data_ptr() in inputs else obj
+    if isinstance(obj, dict):
+        return {k: _unshare(v, inputs) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unshare(v, inputs) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_unshare(v, inputs) for v in obj)
+    return obj
+
+
 class Transform:
-    """Base class: subclasses implement :meth:`apply` on a validated, copied sample."""
+    """Base class: subclasses implement :meth:`apply` on a validated, copied sample.
+
+    Calling a transform never returns a tensor that shares memory with the input sample
+    (unchanged entries such as ``normals`` under :class:`Jitter`, ``mask``, or earlier
+    ``applied`` records are copied), so editing the output in place never changes the
+    input."""
 
     def __call__(self, sample: Sample | torch.Tensor,
                  generator: torch.Generator | None = None) -> Sample:
-        return self.apply(_as_sample(sample), generator)
+        inputs = _storages(sample, set())
+        return _unshare(self.apply(_as_sample(sample), generator), inputs)
 
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         raise NotImplementedError
@@ -349,33 +393,37 @@ class FarthestPointSubsample(Transform):
 
 
 def _masked_centroid(sample: Sample) -> torch.Tensor:
+    """Centroid over valid points, accumulated in float64; an all-masked cloud gives 0."""
     pts = sample["points"]
+    wide = pts.to(torch.float64) if pts.dtype != torch.float64 else pts
     mask = sample.get("mask")
     if mask is None:
-        return pts.mean(-2)
-    m = mask.to(pts.dtype)[..., None]
-    return (pts * m).sum(-2) / m.sum(-2).clamp_min(1)
+        return wide.mean(-2) if pts.shape[-2] else wide.sum(-2)
+    m = mask.to(torch.float64)[..., None]
+    wide = torch.where(mask[..., None], wide, torch.zeros((), dtype=wide.dtype))
+    return (wide * m).sum(-2) / m.sum(-2).clamp_min(1)
 
 
 class Center(Transform):
     """Translate each cloud so that its centroid (over valid points) is at the origin.
 
-    Records ``("Center", {"center": (*, 3)})``; ``points ← points − center``.
+    Records ``("Center", {"center": (*, 3)})`` (float64, accumulated in float64 whatever
+    the points' dtype); ``points ← points − center``.
     """
 
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
-        c = _masked_centroid(sample)
-        eye = torch.eye(3, dtype=c.dtype, device=c.device).expand(*c.shape[:-1], 3, 3)
-        _record_affine(sample, eye, -c)
-        sample["applied"].append((type(self).__name__, {"center": c}))
+        c64 = _masked_centroid(sample)
+        eye = torch.eye(3, dtype=c64.dtype, device=c64.device).expand(*c64.shape[:-1], 3, 3)
+        _record_affine(sample, eye, -c64)
+        sample["applied"].append((type(self).__name__, {"center": c64}))
         return sample
 
 
 class Normalize(Transform):
     """Centre and scale to unit size (see :func:`geo3d.datasets.normalize_points`).
 
-    Records ``("Normalize", {"center": (*, 3), "scale": (*)})``;
-    ``points ← (points − center) / scale``.
+    Records ``("Normalize", {"center": (*, 3), "scale": (*)})`` (float64, computed in
+    float64 whatever the points' dtype); ``points ← (points − center) / scale``.
     """
 
     def __init__(self, mode: str = "sphere") -> None:
@@ -386,7 +434,9 @@ class Normalize(Transform):
     def apply(self, sample: Sample, generator: torch.Generator | None) -> Sample:
         from geo3d.datasets._io import normalize_points
 
-        _, center, scale = normalize_points(sample["points"], sample.get("mask"), mode=self.mode)
+        pts = sample["points"]
+        wide = pts.to(torch.float64) if pts.dtype != torch.float64 else pts
+        _, center, scale = normalize_points(wide, sample.get("mask"), mode=self.mode)
         inv = (1 / scale)[..., None].expand(*scale.shape, 3)
         _record_affine(sample, torch.diag_embed(inv), -center * inv)
         sample["applied"].append((type(self).__name__, {"center": center, "scale": scale}))

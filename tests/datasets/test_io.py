@@ -335,6 +335,47 @@ class TestNormalize:
             normalize_points(torch.zeros(5, 3), mode="cube")
 
 
+    @pytest.mark.parametrize("mode", ["sphere", "box"])
+    def test_float32_far_from_the_origin(self, mode, generator):
+        """A unit-size float32 cloud at (1e5, -1e5, 5e4): normalising in float32 would
+        cancel ~1e-2 of its shape; the result equals the float64 computation on the same
+        float32 values to float32 rounding."""
+        local = torch.randn(3, 200, 3, generator=generator, dtype=torch.float64) * 0.5
+        pts32 = (local + torch.tensor([1e5, -1e5, 5e4], dtype=torch.float64)).float()
+        out, center, scale = normalize_points(pts32, mode=mode)
+        ref, c64, s64 = normalize_points(pts32.double(), mode=mode)
+        assert out.dtype == center.dtype == torch.float32
+        assert (out.double() - ref).abs().max() < 1e-6
+        assert (center.double() - c64).abs().max() <= 0.01  # float32 spacing at 1e5
+
+    def test_empty_and_fully_masked_clouds(self):
+        out, center, scale = normalize_points(torch.zeros(2, 0, 3))
+        assert out.shape == (2, 0, 3) and torch.equal(center, torch.zeros(2, 3))
+        assert torch.equal(scale, torch.ones(2))
+        pts = torch.full((1, 4, 3), float("nan"))
+        for mode in ("sphere", "box"):
+            out, center, scale = normalize_points(pts, torch.zeros(1, 4, dtype=torch.bool),
+                                                  mode=mode)
+            assert torch.equal(out, torch.zeros(1, 4, 3)), mode
+            assert torch.equal(center, torch.zeros(1, 3)) and torch.equal(scale, torch.ones(1))
+
+    def test_mask_that_would_broadcast_is_an_error(self):
+        with pytest.raises(ValueError, match="mask"):
+            normalize_points(torch.zeros(2, 5, 3), torch.ones(1, 5, dtype=torch.bool))
+        with pytest.raises(ValueError, match="mask"):
+            normalize_points(torch.zeros(2, 5, 3), torch.ones(5, dtype=torch.bool))
+
+    def test_output_never_aliases_input(self):
+        x = torch.rand(3, 8).T  # column-major
+        before = x.clone()
+        for out in normalize_points(x):
+            out.add_(1.0)
+        assert torch.equal(x, before)
+        e = torch.zeros(0, 3)
+        normalize_points(e)[0].resize_(5, 3).fill_(1.0)
+        assert e.shape == (0, 3)
+
+
 class TestEquivariance:
     """Sampling and normalisation commute with rigid motions (geo3d.testing)."""
 

@@ -172,7 +172,8 @@ class TestOthers:
     def test_dtypes(self, dtype):
         x = _cloud(2).to(dtype)
         out = Compose([RandomSE3(), RandomScale(), Jitter()])(x, torch.Generator().manual_seed(0))
-        assert out["points"].dtype == dtype and out["transform"].dtype == dtype
+        # the recorded map is float64 whatever the points' dtype (exact large offsets)
+        assert out["points"].dtype == dtype and out["transform"].dtype == torch.float64
 
     def test_bad_input(self):
         with pytest.raises(ValueError, match="points"):
@@ -243,3 +244,59 @@ def test_center_and_normalize_are_se3_equivariant():
     for t in (Center(), Normalize()):
         assert_equivariant(lambda x, t=t: t(x)["points"], SE3(), Points(SE3()),
                            Vector(SE3()), inputs=(pts,), atol=1e-9, generator=g)
+
+
+class TestRandomScaleRange:
+    @pytest.mark.parametrize("anisotropic", [False, True])
+    def test_draws_fill_exactly_low_to_high(self, anisotropic):
+        """The lower bound matters: with [0.5, 0.6] every factor lies in the range and
+        the draws reach both ends (a scale of high * u, or ignoring low, falls below)."""
+        x = torch.ones(4000, 1, 3, dtype=DT)
+        out = RandomScale(0.5, 0.6, anisotropic=anisotropic)(x, torch.Generator().manual_seed(0))
+        s = out["applied"][-1][1]["scale"]  # (4000, 3)
+        torch.testing.assert_close(out["points"][:, 0], s, atol=0, rtol=0)  # x = 1
+        assert float(s.min()) >= 0.5 and float(s.max()) <= 0.6
+        assert float(s.min()) < 0.5 + 1e-3 and float(s.max()) > 0.6 - 1e-3
+        # uniform on [0.5, 0.6]: mean 0.55, sd 0.1 / sqrt(12); 4000 draws -> se 4.6e-4
+        assert abs(float(s.mean()) - 0.55) < 3e-3
+        if not anisotropic:
+            assert torch.equal(s[:, 0], s[:, 1]) and torch.equal(s[:, 0], s[:, 2])
+        else:
+            assert not torch.equal(s[:, 0], s[:, 1])
+
+
+class TestLargeCoordinates:
+    @pytest.mark.parametrize("t", [Center(), Normalize(), Normalize("box")], ids=repr)
+    def test_float32_far_from_the_origin(self, t):
+        """Centring/normalising a float32 cloud at (1e5, -1e5, 5e4) happens in float64:
+        the result equals the float64 computation on the same float32 values (float32
+        arithmetic would cancel ~1e-2 of a unit-size shape), and the recorded float64
+        transform reproduces it."""
+        g = torch.Generator().manual_seed(0)
+        local = torch.randn(2, 300, 3, generator=g, dtype=DT) * 0.5
+        x32 = (local + torch.tensor([1e5, -1e5, 5e4], dtype=DT)).float()
+        out = t({"points": x32})
+        ref = t({"points": x32.double()})
+        assert out["points"].dtype == torch.float32
+        assert (out["points"].double() - ref["points"]).abs().max() < 1e-6
+        assert out["transform"].dtype == torch.float64
+        assert (_apply_T(out["transform"], x32.double()) - out["points"].double()).abs().max() \
+            < 1e-6
+
+
+class TestNoAliasing:
+    @pytest.mark.parametrize("t", [*AFFINE, Jitter(), RandomSubsample(5), Compose([])],
+                             ids=repr)
+    def test_output_never_shares_memory_with_the_input(self, t):
+        x = _cloud(2, n=16).transpose(-1, -2).contiguous().transpose(-1, -2)  # column-major
+        nrm = torch.nn.functional.normalize(_cloud(2, n=16, seed=1), dim=-1)
+        mask = torch.ones(2, 16, dtype=torch.bool)
+        sample = {"points": x, "normals": nrm, "mask": mask,
+                  "applied": [("Earlier", {"r": torch.eye(3)})]}
+        before = {k: v.clone() for k, v in sample.items() if isinstance(v, torch.Tensor)}
+        out = t(sample, torch.Generator().manual_seed(0))
+        for v in (out["points"], out["normals"], out["mask"], out["applied"][0][1]["r"]):
+            v.zero_() if v.dtype != torch.bool else v.logical_not_()
+        for k, v in before.items():
+            assert torch.equal(sample[k], v), k
+        assert torch.equal(sample["applied"][0][1]["r"], torch.eye(3))
