@@ -280,4 +280,8 @@ def quat_distance(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
     _check_quat_norm("q1", (q1 * q1).sum(-1))
     _check_quat_norm("q2", (q2 * q2).sum(-1))
     r = quat_multiply(quat_conjugate(q1), q2)
-    return 2.0 * torch.atan2(torch.linalg.vector_norm(r[..., 1:], dim=-1), r[..., 0].abs())
+    rw = r[..., 0]
+    # |w| as w·sign(w) with sign(±0) = ±1: at a distance of exactly π (w = 0) the gradient
+    # is the one-sided limit from w > 0, not abs's zero subgradient.
+    aw = rw * torch.copysign(torch.ones_like(rw), rw)
+    return 2.0 * torch.atan2(torch.linalg.vector_norm(r[..., 1:], dim=-1), aw)
