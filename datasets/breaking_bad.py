@@ -50,7 +50,7 @@ __all__ = ["BreakingBad", "BreakingBadError", "collate_parts", "SUBSETS"]
 
 SUBSETS: tuple[str, ...] = ("everyday", "artifact", "other")
 _FRACTURE_RE = re.compile(r"^(fractured|fracture|mode)_\d+$")
-_SAMPLER_VERSION = "area_weighted_v1"
+_SAMPLER_VERSION = "area_weighted_v2_f64"  # v2: points cached in float64 (v1: float32)
 
 
 class BreakingBadError(ValueError):
@@ -349,7 +349,8 @@ class BreakingBad(SharedEpoch, Dataset):
         return len(self.samples)
 
     def _piece_points(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """Canonical (object-frame) sampled points and normals of one piece, cached."""
+        """Canonical (object-frame) sampled points (float64) and normals of one piece,
+        cached."""
         # The sampling seed mixes sample_seed with the piece's path relative to ROOT, so
         # the path is part of the key too: byte-identical pieces in two folders get their
         # own entries and the result never depends on which one was read first.
@@ -363,8 +364,10 @@ class BreakingBad(SharedEpoch, Dataset):
                 raise MeshReadError(path, "file does not exist")
             key = self.cache.key(path, options)
             hit = self.cache.get(key)
-            if hit is not None and hit.get("points", np.empty(0)).shape == (self.num_points, 3):
-                return hit["points"], hit["normals"]
+            pts = None if hit is None else hit.get("points")
+            if pts is not None and pts.shape == (self.num_points, 3) \
+                    and pts.dtype == np.float64:
+                return pts, hit["normals"]
         mesh = load_mesh(path)
         digest = hashlib.sha256(f"{self.sample_seed}:{rel}".encode()).digest()
         gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
@@ -374,7 +377,9 @@ class BreakingBad(SharedEpoch, Dataset):
             pts, nrm, _ = sample_surface(v, f, self.num_points, generator=gen)
         except ValueError as err:
             raise MeshReadError(path, str(err)) from err
-        arrays = {"points": pts.numpy().astype(np.float32),
+        # points stay float64 until each part is centred (pieces far from the origin,
+        # e.g. scans in mm at 1e5, keep their shape); normals are unit vectors
+        arrays = {"points": pts.numpy().astype(np.float64),
                   "normals": nrm.numpy().astype(np.float32)}
         if key is not None:
             try:

@@ -30,8 +30,10 @@ def box_pieces(cuts, extents=(2.0, 1.0, 0.6), offset=(0.3, -0.1, 0.2)):
     return pieces
 
 
-def write_layout(root: Path, objects=OBJECTS, subset="everyday", val=(), modes=True):
-    """Write ROOT/data_split/<subset>.{train,val}.txt and the piece OBJ files."""
+def write_layout(root: Path, objects=OBJECTS, subset="everyday", val=(), modes=True,
+                 shift=(0.0, 0.0, 0.0)):
+    """Write ROOT/data_split/<subset>.{train,val}.txt and the piece OBJ files (every piece
+    translated by ``shift``)."""
     split = {"train": [], "val": []}
     for cat, obj, cuts in objects:
         line = f"{subset}/{cat}/{obj}"
@@ -42,6 +44,7 @@ def write_layout(root: Path, objects=OBJECTS, subset="everyday", val=(), modes=T
             d.mkdir(parents=True, exist_ok=True)
             pcs = box_pieces(cuts if k == 0 else cuts[:1])
             for i, m in enumerate(pcs):
+                m.apply_translation(shift)
                 m.export(d / f"piece_{i}.obj")
     (root / "data_split").mkdir(parents=True, exist_ok=True)
     for name, lines in split.items():

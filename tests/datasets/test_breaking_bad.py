@@ -451,3 +451,30 @@ class TestEmptySplit:
         dm = AssemblyDataModule(str(bb_root), num_points=16, max_parts=4)
         with pytest.raises(BreakingBadError, match="everyday.train.txt"):
             dm.train_dataloader()
+
+
+class TestLargeCoordinates:
+    def test_pieces_far_from_the_origin_keep_their_shape(self, tmp_path, layout):
+        """Pieces stored at (1e5, -1e5, 5e4) (e.g. scans in mm): sampled in float64 and
+        centred per part in float64, they give the same centred points as the same
+        pieces at the origin (float32 sampling/caching would cancel ~1e-2)."""
+        shift = (1e5, -1e5, 5e4)
+        near = layout.write_layout(tmp_path / "near")
+        far = layout.write_layout(tmp_path / "far", shift=shift)
+        for normalize in (False, True):
+            kw = dict(max_parts=4, num_points=64, seed=0, normalize=normalize)
+            a, b = BreakingBad(near, **kw), BreakingBad(far, **kw)
+            for i in range(len(a)):
+                ia, ib = a[i], b[i]
+                assert (ia["points"] - ib["points"]).abs().max() < 1e-5
+                n = ia["num_parts"]
+                if normalize:  # object centred in float64 first: the whole item matches
+                    assert (ia["trans"] - ib["trans"]).abs().max() < 1e-5
+                    assert (ib["center"].double() - ia["center"].double()
+                            - torch.tensor(shift, dtype=torch.float64)).abs().max() < 1e-2
+                else:  # float32 ground-truth translations: exact up to float32 spacing
+                    d = ib["trans"][:n].double() - ia["trans"][:n].double()
+                    assert (d - torch.tensor(shift, dtype=torch.float64)).abs().max() < 1e-2
+        # a second pass reads the float64 cache and gives the same items
+        kw = dict(max_parts=4, num_points=64, seed=0)
+        assert torch.equal(BreakingBad(far, **kw)[0]["points"], BreakingBad(far, **kw)[0]["points"])
