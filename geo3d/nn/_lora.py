@@ -67,15 +67,23 @@ class LoRAQKV(nn.Module):
         if not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank: expected a positive int, got {rank!r}")
         targets = tuple(targets)
-        if not targets or any(t not in _TARGETS for t in targets) or len(set(targets)) != len(targets):
+        if (
+            not targets
+            or any(t not in _TARGETS for t in targets)
+            or len(set(targets)) != len(targets)
+        ):
             raise ValueError(f"targets: expected distinct names from {_TARGETS}, got {targets!r}")
         self.base = base
         self.rank, self.scale = rank, float(scale)
         self.targets = tuple(t for t in _TARGETS if t in targets)  # q, k, v order
         c = base.in_features
         f = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.ParameterDict({t: nn.Parameter(torch.empty(rank, c, **f)) for t in self.targets})
-        self.lora_B = nn.ParameterDict({t: nn.Parameter(torch.zeros(c, rank, **f)) for t in self.targets})
+        self.lora_A = nn.ParameterDict(
+            {t: nn.Parameter(torch.empty(rank, c, **f)) for t in self.targets}
+        )
+        self.lora_B = nn.ParameterDict(
+            {t: nn.Parameter(torch.zeros(c, rank, **f)) for t in self.targets}
+        )
         with torch.no_grad():
             for t in self.targets:  # as nn.Linear(C, r).reset_parameters() in the reference
                 nn.init.kaiming_uniform_(self.lora_A[t], a=math.sqrt(5), generator=generator)
@@ -113,8 +121,11 @@ class LoRAQKV(nn.Module):
         """A plain ``nn.Linear`` with ``W + delta_weight()`` (same outputs, no adapter cost)."""
         base = self.base
         out = nn.Linear(
-            base.in_features, base.out_features, base.bias is not None,
-            device=base.weight.device, dtype=base.weight.dtype,
+            base.in_features,
+            base.out_features,
+            base.bias is not None,
+            device=base.weight.device,
+            dtype=base.weight.dtype,
         )
         with torch.no_grad():
             out.weight.copy_(base.weight + self.delta_weight())
@@ -183,7 +194,9 @@ class LoRAViT(nn.Module):
         idx = []
         for b in blocks:
             if not isinstance(b, int) or not -depth <= b < depth:
-                raise ValueError(f"blocks: expected ints in [{-depth}, {depth - 1}], got {list(blocks)}")
+                raise ValueError(
+                    f"blocks: expected ints in [{-depth}, {depth - 1}], got {list(blocks)}"
+                )
             idx.append(b % depth)
         if len(set(idx)) != len(idx) or not idx:
             raise ValueError(f"blocks: expected distinct block indices, got {list(blocks)}")
@@ -198,7 +211,11 @@ class LoRAViT(nn.Module):
                 raise ValueError(f"vit: expected a backbone without adapters, block {i} has one")
             attn.qkv = LoRAQKV(attn.qkv, rank, targets, scale, generator)
             self.adapters[str(i)] = attn.qkv
-        self.rank, self.targets, self.scale = rank, self.adapters[str(self.block_indices[0])].targets, scale
+        self.rank, self.targets, self.scale = (
+            rank,
+            self.adapters[str(self.block_indices[0])].targets,
+            scale,
+        )
         c = vit.embed_dim
         w = vit.cls_token
         self.refine_conv = (
@@ -206,7 +223,9 @@ class LoRAViT(nn.Module):
         )
         if self.refine_conv is not None and not w.is_meta:
             with torch.no_grad():  # nn.Conv2d's default init, drawn from `generator`
-                nn.init.kaiming_uniform_(self.refine_conv.weight, a=math.sqrt(5), generator=generator)
+                nn.init.kaiming_uniform_(
+                    self.refine_conv.weight, a=math.sqrt(5), generator=generator
+                )
                 bound = 1.0 / math.sqrt(9 * c)
                 self.refine_conv.bias.uniform_(-bound, bound, generator=generator)
         self.merged = False
@@ -249,9 +268,13 @@ class LoRAViT(nn.Module):
 
     def _meta(self) -> dict:
         return {
-            "rank": self.rank, "targets": list(self.targets), "blocks": list(self.block_indices),
-            "scale": self.scale, "refine_conv": self.refine_conv is not None,
-            "depth": len(self.vit.blocks), "embed_dim": self.vit.embed_dim,
+            "rank": self.rank,
+            "targets": list(self.targets),
+            "blocks": list(self.block_indices),
+            "scale": self.scale,
+            "refine_conv": self.refine_conv is not None,
+            "depth": len(self.vit.blocks),
+            "embed_dim": self.vit.embed_dim,
         }
 
     def save_adapters(
@@ -276,9 +299,17 @@ class LoRAViT(nn.Module):
             obj: dict = {"format": "geo3d.lora", "config": self._meta(), "state_dict": sd}
         else:
             if self.refine_conv is None:
-                raise ValueError("refine_conv: expected a refinement convolution for the reference format, got None")
-            obj = {"state_dict": {"refine_conv": {
-                "weight": sd["refine_conv.weight"], "bias": sd["refine_conv.bias"]}}}
+                raise ValueError(
+                    "refine_conv: expected a refinement convolution for the reference format, got None"
+                )
+            obj = {
+                "state_dict": {
+                    "refine_conv": {
+                        "weight": sd["refine_conv.weight"],
+                        "bias": sd["refine_conv.bias"],
+                    }
+                }
+            }
             n = 0
             for i in self.block_indices:
                 for t in self.targets:
@@ -327,7 +358,9 @@ class LoRAViT(nn.Module):
             )
         for k, v in sd.items():
             if v.shape != mine[k].shape:
-                raise ValueError(f"{k}: expected shape {tuple(mine[k].shape)}, got {tuple(v.shape)}")
+                raise ValueError(
+                    f"{k}: expected shape {tuple(mine[k].shape)}, got {tuple(v.shape)}"
+                )
         with torch.no_grad():
             for k, v in sd.items():
                 mine[k].copy_(v)  # detached views share storage with the parameters

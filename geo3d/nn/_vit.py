@@ -391,11 +391,11 @@ class VisionTransformer(nn.Module):
         self.ffn = ffn
         self.interpolate = interpolate
         reg = num_register_tokens > 0
-        self.interpolate_offset = (0.0 if reg else 0.1) if interpolate_offset is None else float(
-            interpolate_offset
+        self.interpolate_offset = (
+            (0.0 if reg else 0.1) if interpolate_offset is None else float(interpolate_offset)
         )
-        self.interpolate_antialias = reg if interpolate_antialias is None else bool(
-            interpolate_antialias
+        self.interpolate_antialias = (
+            reg if interpolate_antialias is None else bool(interpolate_antialias)
         )
         self.init_values = init_values
 
@@ -515,9 +515,13 @@ class VisionTransformer(nn.Module):
             else:
                 grid = out
             if grid.shape != (b, c, h, w):
-                raise ValueError(f"hook: expected a grid of shape {(b, c, h, w)}, got {tuple(grid.shape)}")
+                raise ValueError(
+                    f"hook: expected a grid of shape {(b, c, h, w)}, got {tuple(grid.shape)}"
+                )
             if prefix.shape != (b, p, c):
-                raise ValueError(f"hook: expected a prefix of shape {(b, p, c)}, got {tuple(prefix.shape)}")
+                raise ValueError(
+                    f"hook: expected a prefix of shape {(b, p, c)}, got {tuple(prefix.shape)}"
+                )
             x = torch.cat((prefix, grid.flatten(2).transpose(1, 2)), dim=1)
         return x
 
@@ -526,9 +530,11 @@ class VisionTransformer(nn.Module):
         if not isinstance(images, Tensor) or images.ndim != 4:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"images: expected shape (B, C, H, W), got {shape}")
-        in_chans = self.patch_embed.proj.in_channels if isinstance(
-            self.patch_embed, PatchEmbed
-        ) else images.shape[1]
+        in_chans = (
+            self.patch_embed.proj.in_channels
+            if isinstance(self.patch_embed, PatchEmbed)
+            else images.shape[1]
+        )
         if images.shape[1] != in_chans:
             raise ValueError(
                 f"images: expected {in_chans} channels at dim 1, got shape {tuple(images.shape)}"
@@ -548,9 +554,7 @@ class VisionTransformer(nn.Module):
         if self.pos_embed is None:
             raise ValueError("pos_encoding: this model has no learned position table")
         if self.interpolate == "hf":
-            return interpolate_pos_embed(
-                self.pos_embed, grid, 0.0, self.num_register_tokens > 0
-            )
+            return interpolate_pos_embed(self.pos_embed, grid, 0.0, self.num_register_tokens > 0)
         return interpolate_pos_embed(
             self.pos_embed, grid, self.interpolate_offset, self.interpolate_antialias
         )
@@ -596,7 +600,9 @@ class VisionTransformer(nn.Module):
             cls = cls + pos[:, :1]
             x = x + pos[:, 1:]
         elif self.pos_encoding is not None:
-            x = x + self.pos_encoding(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
+            x = x + self.pos_encoding(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(
+                1, 2
+            )
         parts = [cls.expand(b, -1, -1)]
         if self.register_tokens is not None:
             parts.append(self.register_tokens.expand(b, -1, -1))

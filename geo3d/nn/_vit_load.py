@@ -38,8 +38,12 @@ _HF_LAYER_RENAMES = {
     "mlp.weights_in": "mlp.w12",  # older SwiGLU (already [gate; up])
 }
 _HF_QKV = {
-    "attention.q_proj": 0, "attention.k_proj": 1, "attention.v_proj": 2,
-    "attention.attention.query": 0, "attention.attention.key": 1, "attention.attention.value": 2,
+    "attention.q_proj": 0,
+    "attention.k_proj": 1,
+    "attention.v_proj": 2,
+    "attention.attention.query": 0,
+    "attention.attention.key": 1,
+    "attention.attention.value": 2,
 }
 _HF_GATE_UP = {"mlp.gate_proj": 0, "mlp.up_proj": 1}
 _HF_TOP = {
@@ -87,7 +91,7 @@ def hf_to_official_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor
         ['cls_token', 'norm.weight']
     """
     if all(k.startswith("dinov2.") for k in state_dict):
-        state_dict = {k[len("dinov2."):]: v for k, v in state_dict.items()}
+        state_dict = {k[len("dinov2.") :]: v for k, v in state_dict.items()}
     out: dict[str, Tensor] = {}
     qkv: dict[tuple[int, str], dict[int, Tensor]] = {}
     gate_up: dict[tuple[int, str], dict[int, Tensor]] = {}
@@ -120,8 +124,7 @@ def hf_to_official_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor
         for (i, leaf), parts in sorted(groups.items()):
             if len(parts) != n:
                 raise ValueError(
-                    f"state_dict: expected {n} parts for blocks.{i}.{name}.{leaf}, got "
-                    f"{len(parts)}"
+                    f"state_dict: expected {n} parts for blocks.{i}.{name}.{leaf}, got {len(parts)}"
                 )
             out[f"blocks.{i}.{name}.{leaf}"] = torch.cat([parts[j] for j in range(n)], 0)
     return out
@@ -130,7 +133,7 @@ def hf_to_official_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor
 def _strip_official(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     for prefix in ("module.", "backbone.", "teacher.backbone.", "student.backbone."):
         if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     # training checkpoints with block_chunks > 0 name blocks "blocks.<chunk>.<index>."
     chunked = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
     if any(chunked.match(k) for k in sd):
@@ -181,13 +184,13 @@ def vit_from_state_dict(
     sd = _strip_official(dict(state_dict))
     for need in ("cls_token", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight"):
         if need not in sd:
-            raise ValueError(
-                f"state_dict: expected DINOv2 key {need!r}, got keys {_fmt(sd)}"
-            )
+            raise ValueError(f"state_dict: expected DINOv2 key {need!r}, got keys {_fmt(sd)}")
     dim = sd["cls_token"].shape[-1]
     pw = sd["patch_embed.proj.weight"]
     if pw.shape[-1] != pw.shape[-2]:
-        raise ValueError(f"patch_embed.proj.weight: expected a square kernel, got {tuple(pw.shape)}")
+        raise ValueError(
+            f"patch_embed.proj.weight: expected a square kernel, got {tuple(pw.shape)}"
+        )
     patch, in_chans = int(pw.shape[-1]), int(pw.shape[1])
     depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"^blocks\.(\d+)\.", k)))
     heads = num_heads if num_heads is not None else max(dim // 64, 1)
@@ -256,18 +259,23 @@ def _load_hf_folder(folder: Path) -> tuple[dict[str, Tensor], dict]:
     config = json.loads((folder / "config.json").read_text())
     mt = config.get("model_type")
     if mt not in _HF_MODEL_TYPES:
-        raise ValueError(f"path: expected a config.json with model_type in {_HF_MODEL_TYPES}, got {mt!r}")
+        raise ValueError(
+            f"path: expected a config.json with model_type in {_HF_MODEL_TYPES}, got {mt!r}"
+        )
     act = config.get("hidden_act", "gelu")
     if not config.get("use_swiglu_ffn", False) and act != "gelu":
         raise ValueError(f"hidden_act: expected 'gelu' (as DINOv2), got {act!r}")
-    st, idx, binf = (folder / n for n in (
-        "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
-    ))
+    st, idx, binf = (
+        folder / n
+        for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    )
     if st.exists() or idx.exists():
         from safetensors.torch import load_file
 
-        files = [st] if st.exists() else sorted(
-            {folder / f for f in json.loads(idx.read_text())["weight_map"].values()}
+        files = (
+            [st]
+            if st.exists()
+            else sorted({folder / f for f in json.loads(idx.read_text())["weight_map"].values()})
         )
         sd: dict[str, Tensor] = {}
         for f in files:
@@ -334,7 +342,9 @@ def load_vit(
         raise FileNotFoundError(f"path: expected an existing file or folder, got {str(path)!r}")
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise ValueError(f"path: expected a Hugging Face folder with config.json, got {str(path)!r}")
+            raise ValueError(
+                f"path: expected a Hugging Face folder with config.json, got {str(path)!r}"
+            )
         sd, config = _load_hf_folder(path)
         if num_heads is None:
             num_heads = config.get("num_attention_heads")
@@ -349,7 +359,9 @@ def load_vit(
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"path: expected a state dict of tensors, got {type(obj).__name__} in {str(path)!r}")
+        raise ValueError(
+            f"path: expected a state dict of tensors, got {type(obj).__name__} in {str(path)!r}"
+        )
     if any(k.startswith(("embeddings.", "encoder.layer.", "dinov2.")) for k in obj):
         obj = hf_to_official_state_dict(obj)
     return vit_from_state_dict(obj, num_heads, interpolate, strict=strict, **kwargs)

@@ -133,7 +133,9 @@ class TestInterpolation:
     def test_float32_close_to_float64(self):
         vit = _small()
         ref = _official_reference(vit.pos_embed.detach(), (6, 9), False)
-        torch.testing.assert_close(vit.position_embedding((6, 9)).detach().double(), ref, atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            vit.position_embedding((6, 9)).detach().double(), ref, atol=1e-6, rtol=0
+        )
 
     def test_non_square_table_rejected(self):
         with pytest.raises(ValueError, match="pos_embed"):
@@ -177,7 +179,9 @@ class TestForward:
         # the position table is resized to the strided grid (reference's _fix_pos_enc)
         prepared, hw = vit.prepare_tokens(x, patch_stride=7)
         ref = _official_reference(vit.pos_embed.detach(), (5, 7), False).float()
-        torch.testing.assert_close(prepared[:, 1:] - g7.flatten(2).transpose(1, 2), ref[:, 1:], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            prepared[:, 1:] - g7.flatten(2).transpose(1, 2), ref[:, 1:], atol=1e-5, rtol=0
+        )
 
     def test_masks_replace_patches(self):
         vit = _small()
@@ -193,7 +197,9 @@ class TestForward:
         vit = _small()
         x = torch.randn(1, 3, 28, 42)
         layers = vit.get_intermediate_layers(x, n=2)
-        torch.testing.assert_close(layers[-1]["patch_tokens"], vit.forward_features(x)["patch_tokens"])
+        torch.testing.assert_close(
+            layers[-1]["patch_tokens"], vit.forward_features(x)["patch_tokens"]
+        )
         tok, _ = vit.prepare_tokens(x)
         first = vit.norm(vit.blocks[0](tok))
         torch.testing.assert_close(layers[0]["cls"], first[:, 0])
@@ -220,7 +226,9 @@ class TestHooks:
         pat = pat.reshape(2, gh, gw, 64).flip(2).reshape(2, gh * gw, 64)
         t = vit.norm(vit.blocks[1](torch.cat([pre, pat], 1)))
         torch.testing.assert_close(got["cls"], t[:, 0])
-        torch.testing.assert_close(got["patch_tokens"], t[:, 5:].transpose(1, 2).reshape(2, 64, gh, gw))
+        torch.testing.assert_close(
+            got["patch_tokens"], t[:, 5:].transpose(1, 2).reshape(2, 64, gh, gw)
+        )
         # removed: back to the plain output; blocks are permutation equivariant (no position
         # term after the embedding), so the hooked grid is the plain grid flipped
         plain = vit.forward_features(x)["patch_tokens"]
@@ -299,15 +307,25 @@ class TestConstruction:
 
     @pytest.mark.parametrize(
         "factory,size,heads,swiglu",
-        [(vit_small, 384, 6, False), (vit_base, 768, 12, False),
-         (vit_large, 1024, 16, False), (vit_giant2, 1536, 24, True)],
+        [
+            (vit_small, 384, 6, False),
+            (vit_base, 768, 12, False),
+            (vit_large, 1024, 16, False),
+            (vit_giant2, 1536, 24, True),
+        ],
     )
     def test_parameter_count_equals_transformers(self, factory, size, heads, swiglu):
         # an independent count: transformers' Dinov2Model with the same hyper-parameters
         tr = pytest.importorskip("transformers")
         depth = {384: 12, 768: 12, 1024: 24, 1536: 40}[size]
-        cfg = tr.Dinov2Config(hidden_size=size, num_hidden_layers=depth, num_attention_heads=heads,
-                              image_size=518, patch_size=14, use_swiglu_ffn=swiglu)
+        cfg = tr.Dinov2Config(
+            hidden_size=size,
+            num_hidden_layers=depth,
+            num_attention_heads=heads,
+            image_size=518,
+            patch_size=14,
+            use_swiglu_ffn=swiglu,
+        )
         with torch.device("meta"):
             hf = tr.Dinov2Model(cfg)
         ours = factory(device="meta")
@@ -315,9 +333,15 @@ class TestConstruction:
 
     @pytest.mark.parametrize(
         "kw,name",
-        [({"num_heads": 3}, "num_heads"), ({"ffn": "gelu"}, "ffn"), ({"interpolate": "x"}, "interpolate"),
-         ({"depth": -1}, "depth"), ({"img_size": 7}, "img_size"), ({"pos_encoding": "sincos"}, "pos_encoding"),
-         ({"patch_stride": 0}, "patch_stride")],
+        [
+            ({"num_heads": 3}, "num_heads"),
+            ({"ffn": "gelu"}, "ffn"),
+            ({"interpolate": "x"}, "interpolate"),
+            ({"depth": -1}, "depth"),
+            ({"img_size": 7}, "img_size"),
+            ({"pos_encoding": "sincos"}, "pos_encoding"),
+            ({"patch_stride": 0}, "patch_stride"),
+        ],
     )
     def test_bad_arguments(self, kw, name):
         with pytest.raises(ValueError, match=name):
@@ -334,12 +358,16 @@ class TestConstruction:
         with pytest.raises(ValueError, match="images"):
             vit.forward_features(torch.randn(1, 3, 36, 28), patch_stride=7)  # (36 - 14) % 7 != 0
         with pytest.raises(ValueError, match="masks"):
-            vit.forward_features(torch.randn(1, 3, 28, 28), masks=torch.zeros(1, 3, dtype=torch.bool))
+            vit.forward_features(
+                torch.randn(1, 3, 28, 28), masks=torch.zeros(1, 3, dtype=torch.bool)
+            )
 
 
 def test_bad_images_message_only_for_bad_sizes():
     vit = _small()
-    assert vit.forward_features(torch.randn(1, 3, 35, 28), patch_stride=7)["patch_tokens"].shape[-2:] == (4, 3)
+    assert vit.forward_features(torch.randn(1, 3, 35, 28), patch_stride=7)["patch_tokens"].shape[
+        -2:
+    ] == (4, 3)
 
 
 def test_imagenet_normalize():
@@ -347,7 +375,9 @@ def test_imagenet_normalize():
     y = imagenet_normalize(x)
     for c in range(3):
         torch.testing.assert_close(y[:, c], (x[:, c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c])
-    assert VisionTransformer.normalize is imagenet_normalize or VisionTransformer.normalize(x).equal(y)
+    assert VisionTransformer.normalize is imagenet_normalize or VisionTransformer.normalize(
+        x
+    ).equal(y)
     with pytest.raises(ValueError, match="images"):
         imagenet_normalize(torch.rand(2, 4, 4, 4))
     with pytest.raises(ValueError, match="images"):

@@ -28,10 +28,18 @@ DIM, DEPTH, HEADS, PATCH, NATIVE = 64, 2, 2, 14, 56
 
 
 def _hf_model(registers: bool, swiglu: bool, seed: int = 0):
-    kw = dict(hidden_size=DIM, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
-              image_size=NATIVE, patch_size=PATCH, use_swiglu_ffn=swiglu)
+    kw = dict(
+        hidden_size=DIM,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        image_size=NATIVE,
+        patch_size=PATCH,
+        use_swiglu_ffn=swiglu,
+    )
     if registers:
-        model = tr.Dinov2WithRegistersModel(tr.Dinov2WithRegistersConfig(num_register_tokens=4, **kw))
+        model = tr.Dinov2WithRegistersModel(
+            tr.Dinov2WithRegistersConfig(num_register_tokens=4, **kw)
+        )
     else:
         model = tr.Dinov2Model(tr.Dinov2Config(**kw))
     g = torch.Generator().manual_seed(seed)
@@ -41,7 +49,9 @@ def _hf_model(registers: bool, swiglu: bool, seed: int = 0):
     return model.eval()
 
 
-def _compare(vit: VisionTransformer, hf, hw, registers: int, masks=None, dtype=torch.float32) -> float:
+def _compare(
+    vit: VisionTransformer, hf, hw, registers: int, masks=None, dtype=torch.float32
+) -> float:
     g = torch.Generator().manual_seed(hw[0] * 100 + hw[1])
     x = torch.randn(2, 3, *hw, generator=g, dtype=dtype)
     with torch.no_grad():
@@ -79,7 +89,11 @@ class TestHFParity:
         folder, hf = hf_folders[registers, swiglu]
         assert (folder / "model.safetensors").exists()
         vit = load_vit(folder, interpolate="hf")
-        assert (vit.num_register_tokens, vit.ffn, vit.num_heads) == (4 * registers, "swiglu" if swiglu else "mlp", HEADS)
+        assert (vit.num_register_tokens, vit.ffn, vit.num_heads) == (
+            4 * registers,
+            "swiglu" if swiglu else "mlp",
+            HEADS,
+        )
         for hw in SIZES:
             assert _compare(vit, hf, hw, vit.num_register_tokens) <= 1e-5, hw
 
@@ -137,7 +151,9 @@ class TestOlderHFNames:
         (tmp_path / "bin").mkdir()
         for d in ("st", "bin"):
             (tmp_path / d / "config.json").write_text((folder / "config.json").read_text())
-        safetensors_torch.save_file({k: v.contiguous() for k, v in old.items()}, str(tmp_path / "st" / "model.safetensors"))
+        safetensors_torch.save_file(
+            {k: v.contiguous() for k, v in old.items()}, str(tmp_path / "st" / "model.safetensors")
+        )
         torch.save(old, tmp_path / "bin" / "pytorch_model.bin")
         for d in ("st", "bin"):
             vit = load_vit(tmp_path / d, interpolate="hf")
@@ -153,51 +169,86 @@ def _official_state_dict(dim=128, depth=3, patch=14, m=4, registers=0, swiglu=Fa
     def r(*shape, base=0.0):
         return 0.3 * torch.randn(*shape, generator=g) + base
 
-    sd = {"cls_token": r(1, 1, dim), "pos_embed": r(1, 1 + m * m, dim), "mask_token": r(1, dim),
-          "patch_embed.proj.weight": r(dim, 3, patch, patch), "patch_embed.proj.bias": r(dim),
-          "norm.weight": r(dim, base=1.0), "norm.bias": r(dim)}
+    sd = {
+        "cls_token": r(1, 1, dim),
+        "pos_embed": r(1, 1 + m * m, dim),
+        "mask_token": r(1, dim),
+        "patch_embed.proj.weight": r(dim, 3, patch, patch),
+        "patch_embed.proj.bias": r(dim),
+        "norm.weight": r(dim, base=1.0),
+        "norm.bias": r(dim),
+    }
     if registers:
         sd["register_tokens"] = r(1, registers, dim)
     hidden = (int(4 * dim * 2 / 3) + 7) // 8 * 8 if swiglu else 4 * dim
     for i in range(depth):
         b = f"blocks.{i}."
-        sd |= {b + "norm1.weight": r(dim, base=1.0), b + "norm1.bias": r(dim),
-               b + "attn.qkv.weight": r(3 * dim, dim), b + "attn.qkv.bias": r(3 * dim),
-               b + "attn.proj.weight": r(dim, dim), b + "attn.proj.bias": r(dim),
-               b + "ls1.gamma": r(dim, base=1.0), b + "norm2.weight": r(dim, base=1.0),
-               b + "norm2.bias": r(dim), b + "ls2.gamma": r(dim, base=1.0)}
+        sd |= {
+            b + "norm1.weight": r(dim, base=1.0),
+            b + "norm1.bias": r(dim),
+            b + "attn.qkv.weight": r(3 * dim, dim),
+            b + "attn.qkv.bias": r(3 * dim),
+            b + "attn.proj.weight": r(dim, dim),
+            b + "attn.proj.bias": r(dim),
+            b + "ls1.gamma": r(dim, base=1.0),
+            b + "norm2.weight": r(dim, base=1.0),
+            b + "norm2.bias": r(dim),
+            b + "ls2.gamma": r(dim, base=1.0),
+        }
         if swiglu:
-            sd |= {b + "mlp.w12.weight": r(2 * hidden, dim), b + "mlp.w12.bias": r(2 * hidden),
-                   b + "mlp.w3.weight": r(dim, hidden), b + "mlp.w3.bias": r(dim)}
+            sd |= {
+                b + "mlp.w12.weight": r(2 * hidden, dim),
+                b + "mlp.w12.bias": r(2 * hidden),
+                b + "mlp.w3.weight": r(dim, hidden),
+                b + "mlp.w3.bias": r(dim),
+            }
         else:
-            sd |= {b + "mlp.fc1.weight": r(hidden, dim), b + "mlp.fc1.bias": r(hidden),
-                   b + "mlp.fc2.weight": r(dim, hidden), b + "mlp.fc2.bias": r(dim)}
+            sd |= {
+                b + "mlp.fc1.weight": r(hidden, dim),
+                b + "mlp.fc1.bias": r(hidden),
+                b + "mlp.fc2.weight": r(dim, hidden),
+                b + "mlp.fc2.bias": r(dim),
+            }
     return sd
 
 
 def _official_to_hf(sd, depth):
     """Inverse mapping written independently of geo3d's converter (split qkv and w12)."""
-    out = {"embeddings.cls_token": sd["cls_token"], "embeddings.mask_token": sd["mask_token"],
-           "embeddings.position_embeddings": sd["pos_embed"],
-           "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
-           "embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
-           "layernorm.weight": sd["norm.weight"], "layernorm.bias": sd["norm.bias"]}
+    out = {
+        "embeddings.cls_token": sd["cls_token"],
+        "embeddings.mask_token": sd["mask_token"],
+        "embeddings.position_embeddings": sd["pos_embed"],
+        "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
+        "layernorm.weight": sd["norm.weight"],
+        "layernorm.bias": sd["norm.bias"],
+    }
     if "register_tokens" in sd:
         out["embeddings.register_tokens"] = sd["register_tokens"]
     for i in range(depth):
         o, h = f"blocks.{i}.", f"encoder.layer.{i}."
         for leaf in ("weight", "bias"):
             q, k, v = sd[o + "attn.qkv." + leaf].chunk(3, 0)
-            out |= {h + "attention.q_proj." + leaf: q, h + "attention.k_proj." + leaf: k,
-                    h + "attention.v_proj." + leaf: v,
-                    h + "attention.o_proj." + leaf: sd[o + "attn.proj." + leaf],
-                    h + "norm1." + leaf: sd[o + "norm1." + leaf], h + "norm2." + leaf: sd[o + "norm2." + leaf]}
+            out |= {
+                h + "attention.q_proj." + leaf: q,
+                h + "attention.k_proj." + leaf: k,
+                h + "attention.v_proj." + leaf: v,
+                h + "attention.o_proj." + leaf: sd[o + "attn.proj." + leaf],
+                h + "norm1." + leaf: sd[o + "norm1." + leaf],
+                h + "norm2." + leaf: sd[o + "norm2." + leaf],
+            }
             if o + "mlp.w12.weight" in sd:
                 gate, up = sd[o + "mlp.w12." + leaf].chunk(2, 0)
-                out |= {h + "mlp.gate_proj." + leaf: gate, h + "mlp.up_proj." + leaf: up,
-                        h + "mlp.down_proj." + leaf: sd[o + "mlp.w3." + leaf]}
+                out |= {
+                    h + "mlp.gate_proj." + leaf: gate,
+                    h + "mlp.up_proj." + leaf: up,
+                    h + "mlp.down_proj." + leaf: sd[o + "mlp.w3." + leaf],
+                }
             else:
-                out |= {h + "mlp.fc1." + leaf: sd[o + "mlp.fc1." + leaf], h + "mlp.fc2." + leaf: sd[o + "mlp.fc2." + leaf]}
+                out |= {
+                    h + "mlp.fc1." + leaf: sd[o + "mlp.fc1." + leaf],
+                    h + "mlp.fc2." + leaf: sd[o + "mlp.fc2." + leaf],
+                }
         out[h + "layer_scale1.lambda1"] = sd[o + "ls1.gamma"]
         out[h + "layer_scale2.lambda1"] = sd[o + "ls2.gamma"]
     return out
@@ -210,14 +261,29 @@ class TestOfficial:
         f = tmp_path / "dinov2_test_pretrain.pth"
         torch.save(sd, f)
         vit = load_vit(f, interpolate="hf")
-        assert (vit.embed_dim, len(vit.blocks), vit.num_heads, vit.patch_size, vit.img_size) == (128, 3, 2, 14, 56)
+        assert (vit.embed_dim, len(vit.blocks), vit.num_heads, vit.patch_size, vit.img_size) == (
+            128,
+            3,
+            2,
+            14,
+            56,
+        )
         assert (vit.num_register_tokens, vit.ffn) == (registers, "swiglu" if swiglu else "mlp")
         for k, v in vit.state_dict().items():
             assert torch.equal(v, sd[k]), k
-        kw = dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=2, image_size=56,
-                  patch_size=14, use_swiglu_ffn=swiglu)
-        hf = (tr.Dinov2WithRegistersModel(tr.Dinov2WithRegistersConfig(num_register_tokens=4, **kw))
-              if registers else tr.Dinov2Model(tr.Dinov2Config(**kw))).eval()
+        kw = dict(
+            hidden_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+            use_swiglu_ffn=swiglu,
+        )
+        hf = (
+            tr.Dinov2WithRegistersModel(tr.Dinov2WithRegistersConfig(num_register_tokens=4, **kw))
+            if registers
+            else tr.Dinov2Model(tr.Dinov2Config(**kw))
+        ).eval()
         missing, unexpected = hf.load_state_dict(_official_to_hf(sd, 3), strict=True)
         for hw in ((56, 56), (42, 70)):
             assert _compare(vit, hf, hw, registers) <= 1e-5
@@ -231,14 +297,22 @@ class TestOfficial:
         f = tmp_path / "w.pth"
         torch.save(sd, f)
         vit = load_vit(f).double()
-        kw = dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=2, image_size=56, patch_size=14)
+        kw = dict(
+            hidden_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+        )
         hf = tr.Dinov2Model(tr.Dinov2Config(**kw)).eval()
         hf.load_state_dict(_official_to_hf(sd, 3))
         hf.double()
         emb = hf.embeddings
 
         def official(embeddings, height, width):
-            return _official_reference(emb.position_embeddings.detach(), (height // 14, width // 14), False)
+            return _official_reference(
+                emb.position_embeddings.detach(), (height // 14, width // 14), False
+            )
 
         emb.interpolate_pos_encoding = official
         for hw in ((28, 70), (70, 98)):
@@ -270,7 +344,12 @@ class TestOfficial:
 
     def test_hf_unexpected_key_named(self):
         with pytest.raises(ValueError, match=r"classifier\.weight"):
-            hf_to_official_state_dict({"embeddings.cls_token": torch.zeros(1, 1, 4), "classifier.weight": torch.zeros(2, 4)})
+            hf_to_official_state_dict(
+                {
+                    "embeddings.cls_token": torch.zeros(1, 1, 4),
+                    "classifier.weight": torch.zeros(2, 4),
+                }
+            )
 
     def test_bad_paths(self, tmp_path):
         with pytest.raises(FileNotFoundError, match="path"):
@@ -290,14 +369,22 @@ def test_infers_every_dinov2_size(factory):
     # meta tensors: the official S/B/L/g layouts (registers, SwiGLU for g) without memory
     ref = factory(device="meta", num_register_tokens=4)
     vit = vit_from_state_dict(ref.state_dict())
-    assert (vit.embed_dim, len(vit.blocks), vit.num_heads, vit.ffn, vit.num_register_tokens, vit.img_size) == (
-        ref.embed_dim, len(ref.blocks), ref.num_heads, ref.ffn, 4, 518)
+    assert (
+        vit.embed_dim,
+        len(vit.blocks),
+        vit.num_heads,
+        vit.ffn,
+        vit.num_register_tokens,
+        vit.img_size,
+    ) == (ref.embed_dim, len(ref.blocks), ref.num_heads, ref.ffn, 4, 518)
     assert vit.blocks[0].mlp.state_dict().keys() == ref.blocks[0].mlp.state_dict().keys()
     assert [p.shape for p in vit.parameters()] == [p.shape for p in ref.parameters()]
 
 
 def _test_vit_module():
-    spec = importlib.util.spec_from_file_location("_geo3d_test_vit", Path(__file__).with_name("test_vit.py"))
+    spec = importlib.util.spec_from_file_location(
+        "_geo3d_test_vit", Path(__file__).with_name("test_vit.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

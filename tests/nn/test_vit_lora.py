@@ -21,7 +21,9 @@ DIM = 64
 
 
 def _vit(depth=6, dtype=torch.float64, seed=0) -> VisionTransformer:
-    vit = VisionTransformer(DIM, depth, 2, img_size=28, generator=torch.Generator().manual_seed(seed))
+    vit = VisionTransformer(
+        DIM, depth, 2, img_size=28, generator=torch.Generator().manual_seed(seed)
+    )
     return vit.to(dtype).eval()
 
 
@@ -58,18 +60,23 @@ class TestLoRAQKV:
 
     def test_init_matches_reference(self):
         # A as nn.Linear(C, r) (kaiming_uniform a=sqrt(5): |A| <= 1/sqrt(C)), B zero
-        layer = LoRAQKV(torch.nn.Linear(64, 192), rank=4, generator=torch.Generator().manual_seed(0))
+        layer = LoRAQKV(
+            torch.nn.Linear(64, 192), rank=4, generator=torch.Generator().manual_seed(0)
+        )
         for t in ("q", "v"):
             assert layer.lora_A[t].shape == (4, 64) and layer.lora_B[t].shape == (64, 4)
             assert torch.equal(layer.lora_B[t], torch.zeros(64, 4))
             assert float(layer.lora_A[t].detach().abs().max()) <= 1 / 8
             assert float(layer.lora_A[t].detach().std()) > 0.05  # not zero / not tiny
         ref = torch.nn.Linear(64, 4, bias=False)
-        torch.nn.init.kaiming_uniform_(ref.weight, a=5**0.5, generator=torch.Generator().manual_seed(0))
+        torch.nn.init.kaiming_uniform_(
+            ref.weight, a=5**0.5, generator=torch.Generator().manual_seed(0)
+        )
         torch.testing.assert_close(layer.lora_A["q"], ref.weight)
 
     @pytest.mark.parametrize(
-        "kw,name", [({"rank": 0}, "rank"), ({"targets": ("q", "x")}, "targets"), ({"targets": ()}, "targets")]
+        "kw,name",
+        [({"rank": 0}, "rank"), ({"targets": ("q", "x")}, "targets"), ({"targets": ()}, "targets")],
     )
     def test_bad_arguments(self, kw, name):
         with pytest.raises(ValueError, match=name):
@@ -83,7 +90,12 @@ class TestLoRAViT:
         model = _lora(randomize_b=False, refine_conv=False)
         plain = _vit()
         x = torch.randn(1, 3, 28, 42, dtype=torch.float64)
-        torch.testing.assert_close(model.forward_features(x)["patch_tokens"], plain.forward_features(x)["patch_tokens"], atol=1e-12, rtol=0)
+        torch.testing.assert_close(
+            model.forward_features(x)["patch_tokens"],
+            plain.forward_features(x)["patch_tokens"],
+            atol=1e-12,
+            rtol=0,
+        )
 
     def test_reference_setting_blocks_and_freezing(self):
         model = _lora()
@@ -103,7 +115,9 @@ class TestLoRAViT:
         model = _lora()
         x = torch.randn(1, 3, 42, 28, dtype=torch.float64)
         out = model.forward_features(x)
-        torch.testing.assert_close(out["patch_tokens"], model.refine_conv(out["patch_tokens_backbone"]))
+        torch.testing.assert_close(
+            out["patch_tokens"], model.refine_conv(out["patch_tokens_backbone"])
+        )
         assert out["patch_tokens"].shape == (1, DIM, 3, 2)
 
     @pytest.mark.parametrize("factory,dim", [(vit_small, 384), (vit_base, 768)])
@@ -122,7 +136,8 @@ class TestLoRAViT:
         assert set(model.adapters["0"].lora_A) == {"k"}
 
     @pytest.mark.parametrize(
-        "kw,name", [({"blocks": [6]}, "blocks"), ({"blocks": [1, -5]}, "blocks"), ({"rank": -1}, "rank")]
+        "kw,name",
+        [({"blocks": [6]}, "blocks"), ({"blocks": [1, -5]}, "blocks"), ({"rank": -1}, "rank")],
     )
     def test_bad_arguments(self, kw, name):
         with pytest.raises(ValueError, match=name):
@@ -180,9 +195,17 @@ class TestSaveLoad:
     def test_loads_a_reference_style_checkpoint(self, tmp_path):
         # a Lightning checkpoint as the reference's on_save_checkpoint writes it
         g = torch.Generator().manual_seed(3)
-        ckpt = {"epoch": 99, "global_step": 1000, "pytorch-lightning_version": "2.0.0",
-                "state_dict": {"refine_conv": {"weight": torch.randn(DIM, DIM, 3, 3, generator=g, dtype=torch.float64),
-                                               "bias": torch.randn(DIM, generator=g, dtype=torch.float64)}}}
+        ckpt = {
+            "epoch": 99,
+            "global_step": 1000,
+            "pytorch-lightning_version": "2.0.0",
+            "state_dict": {
+                "refine_conv": {
+                    "weight": torch.randn(DIM, DIM, 3, 3, generator=g, dtype=torch.float64),
+                    "bias": torch.randn(DIM, generator=g, dtype=torch.float64),
+                }
+            },
+        }
         for n in range(8):
             ckpt[f"w_a_{n:03d}"] = torch.randn(4, DIM, generator=g, dtype=torch.float64)
             ckpt[f"w_b_{n:03d}"] = torch.randn(DIM, 4, generator=g, dtype=torch.float64)
