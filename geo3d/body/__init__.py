@@ -49,6 +49,13 @@ from geo3d.body._safe_io import (
     safe_load_npz,
     safe_load_pickle,
 )
+from geo3d.body._scans import (
+    BodyScan,
+    depth_camera_scan,
+    look_at,
+    pinhole_intrinsics,
+    sample_surface_scan,
+)
 from geo3d.body._tiny import TINY_REST_JOINTS, tiny_body_dict, write_tiny_body
 
 __all__ = [
@@ -86,6 +93,11 @@ __all__ = [
     "read_model_file",
     "safe_load_npz",
     "safe_load_pickle",
+    "BodyScan",
+    "depth_camera_scan",
+    "look_at",
+    "pinhole_intrinsics",
+    "sample_surface_scan",
     "TINY_REST_JOINTS",
     "tiny_body_dict",
     "write_tiny_body",
