@@ -8,7 +8,7 @@ Vector Neuron layers take features ``(B, C, 3, ...)``; every encoder maps
 from ._baselines import DGCNN, PointNet
 from ._batchnorm import MaskedBatchNorm
 from ._egnn import EGNN, EGNNLayer
-from ._graph import masked_knn
+from ._graph import Neighborhood, knn_neighborhood, masked_knn
 from ._lora import LoRAQKV, LoRAViT, lora_trainable_parameter_count
 from ._output import EncoderOutput
 from ._tfn import TFNEncoder, e3nn_l1_to_xyz
@@ -41,6 +41,8 @@ __all__ = [
     "EncoderOutput",
     "MaskedBatchNorm",
     "masked_knn",
+    "knn_neighborhood",
+    "Neighborhood",
     "VNLinear",
     "VNLeakyReLU",
     "VNBatchNorm",

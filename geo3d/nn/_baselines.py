@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ._batchnorm import MaskedBatchNorm
-from ._graph import masked_knn
+from ._graph import _knn_neighborhood
 from ._output import EncoderOutput, center_points, check_points_mask, zero_padded, zero_rows
 
 __all__ = ["PointNet", "DGCNN"]
@@ -30,9 +30,15 @@ class _PointMLP(nn.Module):
         return self.act(y) if self.act is not None else y
 
 
-def _pool(x: Tensor, mask: Tensor, kind: str, dim: int) -> Tensor:
-    # x (..., M, ..., C) pooled over `dim` with mask broadcasting to x minus the channel dim.
+def _pool(x: Tensor, mask: Tensor, kind: str, dim: int, weight: Tensor | None = None) -> Tensor:
+    # x (..., M, ..., C) pooled over `dim` with mask broadcasting to x minus the channel dim;
+    # the mean is weighted by `weight` (shape of mask) when given.
     m = mask.unsqueeze(-1)
+    if kind == "mean" and weight is not None:
+        w = torch.where(mask, weight, torch.zeros((), dtype=x.dtype, device=x.device)).unsqueeze(-1)
+        num = torch.where(m, x * w, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim)
+        den = w.sum(dim)
+        return num / torch.where(den > 0, den, torch.ones((), dtype=x.dtype, device=x.device))
     if kind == "max":
         neg = torch.finfo(x.dtype).min
         out = torch.where(m, x, torch.full((), neg, dtype=x.dtype, device=x.device)).amax(dim)
@@ -148,13 +154,14 @@ class DGCNN(nn.Module):
         B, N, _ = x.shape
         outs = []
         for block in self.blocks:
-            idx, nmask = masked_knn(x, self.k, mask)  # (B, N, k)
+            # tie-symmetric graph: permutation-invariant also on grids and duplicates
+            idx, nmask, w = _knn_neighborhood(x, self.k, mask)  # (B, N, K)
             kk = idx.shape[-1]
             C = x.shape[-1]
             xj = torch.gather(x, 1, idx.reshape(B, N * kk, 1).expand(B, N * kk, C)).view(B, N, kk, C)
             xi = x.unsqueeze(2).expand(B, N, kk, C)
-            e = block(torch.cat([xj - xi, xi], dim=-1), nmask)  # (B, N, k, h)
-            x = _pool(e, nmask, self.neighbor_pooling, dim=2)  # (B, N, h)
+            e = block(torch.cat([xj - xi, xi], dim=-1), nmask)  # (B, N, K, h)
+            x = _pool(e, nmask, self.neighbor_pooling, dim=2, weight=w)  # (B, N, h)
             outs.append(x)
         h = self.out(torch.cat(outs, dim=-1), mask)  # (B, N, F)
         g = _pool(h, mask, self.pooling, dim=1)

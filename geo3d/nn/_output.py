@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from geo3d._validation import check_finite
+
 __all__ = ["EncoderOutput"]
 
 
@@ -32,7 +34,11 @@ class EncoderOutput:
 
 
 def check_points_mask(points: Tensor, mask: Tensor | None) -> Tensor:
-    """Validate ``points (B, N, 3)`` and ``mask (B, N)``; return a bool mask (all valid if None)."""
+    """Validate ``points (B, N, 3)`` and ``mask (B, N)``; return a bool mask (all valid if None).
+
+    Valid points must be finite (a ``ValueError`` naming ``points`` otherwise, when value
+    checks are on: :func:`geo3d.rotations.set_value_checks`); padded ones are not checked.
+    """
     if not isinstance(points, Tensor) or points.dim() != 3 or points.shape[-1] != 3:
         shape = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
         raise ValueError(f"points: expected shape (B, N, 3), got {shape}")
@@ -42,13 +48,16 @@ def check_points_mask(points: Tensor, mask: Tensor | None) -> Tensor:
     if N == 0:
         raise ValueError("points: expected at least one point, got N = 0")
     if mask is None:
+        check_finite("points", points)
         return torch.ones(B, N, dtype=torch.bool, device=points.device)
     if not isinstance(mask, Tensor) or mask.shape != (B, N):
         shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(f"mask: expected shape (B, N) = {(B, N)}, got {shape}")
     if mask.dtype != torch.bool:
         raise ValueError(f"mask: expected dtype torch.bool (True = valid), got {mask.dtype}")
-    return mask.to(points.device)
+    mask = mask.to(points.device)
+    check_finite("points", points, mask)  # padded points may hold anything
+    return mask
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int) -> Tensor:
@@ -64,9 +73,15 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int) -> Tensor:
 
 
 def center_points(points: Tensor, mask: Tensor) -> Tensor:
-    """Subtract the masked centroid of ``points (B, N, 3)``; padded points become 0."""
-    c = masked_mean(points, mask[..., None], dim=1)  # (B, 3)
-    out = points - c[:, None, :]
+    """Subtract the masked centroid of ``points (B, N, 3)``; padded points become 0.
+
+    Computed in float64 and cast back (float32 clouds far from the origin keep their shape).
+    """
+    wide = points.to(torch.float64) if points.dtype in (
+        torch.float16, torch.bfloat16, torch.float32) else points
+    wide = torch.where(mask[..., None], wide, torch.zeros((), dtype=wide.dtype, device=wide.device))
+    c = masked_mean(wide, mask[..., None], dim=1)  # (B, 3)
+    out = (wide - c[:, None, :]).to(points.dtype)
     return torch.where(mask[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 

@@ -8,7 +8,7 @@ from e3nn.math import soft_one_hot_linspace
 from e3nn.nn import FullyConnectedNet, Gate
 from torch import Tensor, nn
 
-from ._graph import masked_knn
+from ._graph import _knn_neighborhood, weighted_mean
 from ._output import EncoderOutput, check_points_mask, masked_mean, zero_padded, zero_rows
 
 __all__ = ["TFNEncoder", "e3nn_l1_to_xyz"]
@@ -58,12 +58,12 @@ class _Conv(nn.Module):
                                         torch.nn.functional.silu)
         self.self_connection = o3.Linear(irreps_in, irreps_out)
 
-    def forward(self, f: Tensor, idx: Tensor, nbr_mask: Tensor, sh: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, f: Tensor, idx: Tensor, weight: Tensor, sh: Tensor, emb: Tensor) -> Tensor:
         B, N, D = f.shape
         K = idx.shape[-1]
         fj = torch.gather(f, 1, idx.reshape(B, N * K, 1).expand(B, N * K, D)).view(B, N, K, D)
         msg = self.tp(fj, sh, self.radial(emb))  # (B, N, K, D_out)
-        agg = masked_mean(msg, nbr_mask.unsqueeze(-1), dim=2)
+        agg = weighted_mean(msg, weight.unsqueeze(-1), dim=2)  # 0 on masked slots
         return agg + self.self_connection(f)
 
 
@@ -161,10 +161,12 @@ class TFNEncoder(nn.Module):
         mask = check_points_mask(points, mask)
         x = zero_padded(points, mask)
         B, N, _ = x.shape
-        # k + 1 so that dropping the self edge leaves k neighbours.
-        idx, nbr_mask = masked_knn(x, self.k + 1, mask)
+        # k + 1 so that dropping the self edge leaves k neighbours; points tied at the k-th
+        # distance share the last slots (see knn_neighborhood), so grids stay equivariant.
+        idx, nbr_mask, weight = _knn_neighborhood(x, self.k + 1, mask)
         self_idx = torch.arange(N, device=x.device).view(1, N, 1)
         nbr_mask = nbr_mask & (idx != self_idx)
+        weight = torch.where(nbr_mask, weight, torch.zeros((), dtype=x.dtype, device=x.device))
         K = idx.shape[-1]
         xj = torch.gather(x, 1, idx.reshape(B, N * K, 1).expand(B, N * K, 3)).view(B, N, K, 3)
         vec = xj - x.unsqueeze(2)  # (B, N, K, 3)
@@ -177,8 +179,8 @@ class TFNEncoder(nn.Module):
                                     basis="gaussian", cutoff=False) * self.num_basis ** 0.5
         f = torch.ones(B, N, 1, dtype=x.dtype, device=x.device)
         for layer in self.layers:
-            f = layer["gate"](layer["conv"](f, idx, nbr_mask, sh, emb))
-        f = self.conv_out(f, idx, nbr_mask, sh, emb)  # (B, N, dim irreps_out)
+            f = layer["gate"](layer["conv"](f, idx, weight, sh, emb))
+        f = self.conv_out(f, idx, weight, sh, emb)  # (B, N, dim irreps_out)
         pm = mask.unsqueeze(-1)
         f0 = f[..., self.idx0]  # (B, N, C0)
         f1 = e3nn_l1_to_xyz(f[..., self.idx1].reshape(B, N, -1, 3))  # (B, N, C1, 3)

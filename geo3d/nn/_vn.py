@@ -38,6 +38,9 @@ def _check_mask(mask: Tensor | None, x: Tensor) -> None:
     if mask is None:
         return
     expected = x.shape[:1] + x.shape[3:]
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"mask: expected a bool tensor of shape {tuple(expected)}, got "
+                         f"{type(mask).__name__}")
     if mask.shape != expected or mask.dtype != torch.bool:
         raise ValueError(
             f"mask: expected bool tensor of shape {tuple(expected)}, got {mask.dtype} {tuple(mask.shape)}")
@@ -237,15 +240,32 @@ class VNMaxPool(nn.Module):
 
 
 class VNMeanPool(nn.Module):
-    """Masked mean over the last dim.
+    """Masked (optionally weighted) mean over the last dim.
+
+    With ``weight`` (e.g. the tie-sharing weights of :func:`geo3d.nn.knn_neighborhood`) the
+    result is ``sum_m w_m x_m / sum_m w_m`` over the valid entries (0 where no weight).
 
     Shape:
-        - x: :math:`(B, C, 3, *S, M)`, mask: :math:`(B, *S, M)` -> :math:`(B, C, 3, *S)`.
+        - x: :math:`(B, C, 3, *S, M)`, mask and weight: :math:`(B, *S, M)` ->
+          :math:`(B, C, 3, *S)`.
     """
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None,
+                weight: Tensor | None = None) -> Tensor:
         if x.dim() < 4 or x.shape[2] != 3:
             raise ValueError(f"x: expected shape (B, C, 3, ..., M), got {tuple(x.shape)}")
+        if weight is not None:
+            expected = x.shape[:1] + x.shape[3:]
+            if not isinstance(weight, Tensor) or weight.shape != expected:
+                shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+                raise ValueError(f"weight: expected shape {tuple(expected)}, got {shape}")
+            _check_mask(mask, x)
+            w = weight.unsqueeze(1).unsqueeze(2)
+            if mask is not None:
+                w = torch.where(mask.unsqueeze(1).unsqueeze(2), w, torch.zeros_like(w))
+            num = torch.where(w != 0, x * w, torch.zeros((), dtype=x.dtype, device=x.device))
+            den = w.to(x.dtype).sum(-1)
+            return num.sum(-1) / torch.where(den > 0, den, torch.ones_like(den))
         if mask is None:
             return x.mean(dim=-1)
         _check_mask(mask, x)

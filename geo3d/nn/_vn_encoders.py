@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._graph import masked_knn
+from ._graph import _knn_neighborhood
 from ._output import EncoderOutput, center_points, check_points_mask, zero_padded, zero_rows
 from ._vn import (
     VNBatchNorm,
@@ -71,6 +71,26 @@ def _edge_conv(conv: VNLinearLeakyReLU, x: Tensor, idx: Tensor, cross: bool,
     return _vn_relu(p, d, conv.negative_slope, conv.eps)
 
 
+def _neighborhood(x: Tensor, k: int, pmask: Tensor | None
+                  ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Tie-symmetric kNN graph of ``x (B, N, D)``: ``(idx, nmask, weight)``.
+
+    ``nmask``/``weight`` are None when every row has exactly ``k`` unit-weight neighbours and
+    nothing is padded (the fast unmasked path, bitwise the plain kNN graph).
+    """
+    nb = _knn_neighborhood(x, k, pmask)
+    if pmask is None and nb.idx.shape[-1] == k and bool(nb.mask.all()):
+        return nb.idx, None, None
+    return nb.idx, nb.mask, nb.weight
+
+
+def _pool_neighbors(pool: nn.Module, e: Tensor, nmask: Tensor | None,
+                    weight: Tensor | None) -> Tensor:
+    if isinstance(pool, VNMeanPool):
+        return pool(e, nmask, weight)
+    return pool(e, nmask)  # max: over the whole (tie-extended) neighbour set
+
+
 def _readout(x: Tensor, mask: Tensor, global_pool: nn.Module, std: VNInvariant) -> EncoderOutput:
     # x: per-point VN features (B, F, 3, N).
     B, F, _, N = x.shape
@@ -114,11 +134,17 @@ class VNDGCNN(nn.Module):
         batch_norm: VN batch norm in every block.
         dynamic: recompute the kNN graph from each block's features (DGCNN's dynamic
             graph, the default). ``False`` reuses the coordinate graph in every block: one
-            kNN instead of one per block, and the output is then continuous in the input
-            except at exact coordinate-distance ties. With the dynamic graph, float32
-            rounding can flip near-tied feature-space neighbours of a rotated input, so a
-            small fraction of outputs (under 1% of parts of a trained assembly model)
-            deviate from exact equivariance by up to a few percent; float64 is exact.
+            kNN instead of one per block.
+
+    Neighbourhoods and ties: every graph (coordinates and, with ``dynamic``, features) is
+    built by :func:`knn_neighborhood`: distances equal up to a tolerance (rounding, see
+    there) are ties, and all points tied at the k-th distance share the remaining slots
+    (weighted mean pooling; max pooling and batch-norm statistics take each of them once).
+    So the claims above hold exactly (float64, to rounding) also on grid-like clouds, with
+    duplicate points and under permutations. What can still break them: distances that
+    differ by about the tolerance (float64: ~1.5e-8 relative), and, in float32, rounding
+    of *feature* distances of a rotated input beyond the float32 tolerance (3.5e-4
+    relative), so a small fraction of float32 outputs of the dynamic graph may deviate.
 
     Shape:
         - points: :math:`(B, N, 3)`, mask: :math:`(B, N)` bool.
@@ -166,16 +192,15 @@ class VNDGCNN(nn.Module):
         mask = check_points_mask(points, mask)
         x = center_points(points, mask) if self.center else zero_padded(points, mask)
         feats = x.transpose(1, 2).unsqueeze(1)  # (B, 1, 3, N)
-        # Without padding (and with k <= N) the masked code paths are skipped (same result).
+        # Without padding, ties (and with k <= N) the masked code paths are skipped.
         dense = bool(mask.all()) and self.k <= x.shape[1]
         pmask = None if dense else mask
         outs = []
         for i, (conv, pool) in enumerate(zip(self.convs, self.pools, strict=True)):
             if i == 0 or self.dynamic:
-                idx, nmask = masked_knn(_vn_to_points(feats), self.k, pmask)
-                nmask = None if dense else nmask
-            e = _edge_conv(conv, feats, idx, self.cross, nmask)  # (B, h, 3, N, k)
-            feats = pool(e, nmask)  # (B, h, 3, N)
+                idx, nmask, w = _neighborhood(_vn_to_points(feats), self.k, pmask)
+            e = _edge_conv(conv, feats, idx, self.cross, nmask)  # (B, h, 3, N, K)
+            feats = _pool_neighbors(pool, e, nmask, w)  # (B, h, 3, N)
             outs.append(feats)
         h = self.conv_out(torch.cat(outs, dim=1), pmask)  # (B, F, 3, N)
         return _readout(h, mask, self.global_pool, self.std)
@@ -244,10 +269,9 @@ class VNPointNet(nn.Module):
         feats = x.transpose(1, 2).unsqueeze(1)  # (B, 1, 3, N)
         dense = bool(mask.all()) and self.k <= x.shape[1]
         pmask = None if dense else mask
-        idx, nmask = masked_knn(x, self.k, pmask)
-        nmask = None if dense else nmask
+        idx, nmask, w = _neighborhood(x, self.k, pmask)
         e = _edge_conv(self.conv_pos, feats, idx, self.cross, nmask)
-        h = self.pool_pos(e, nmask)  # (B, h0, 3, N)
+        h = _pool_neighbors(self.pool_pos, e, nmask, w)  # (B, h0, 3, N)
         for layer in self.mlp:
             h = layer(h, pmask)
         h = self.lin_out(h)

@@ -234,13 +234,13 @@ def test_vn_dgcnn_static_graph_computes_one_knn(monkeypatch):
     import geo3d.nn._vn_encoders as enc
 
     calls = []
-    real = enc.masked_knn
+    real = enc._knn_neighborhood
 
     def spy(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(enc, "masked_knn", spy)
+    monkeypatch.setattr(enc, "_knn_neighborhood", spy)
     x = torch.randn(2, 30, 3, generator=torch.Generator().manual_seed(0))
     VNDGCNN(k=6, feat_dim=8, hidden=(4, 4, 6), dynamic=False)(x)
     assert len(calls) == 1
