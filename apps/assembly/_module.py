@@ -22,7 +22,7 @@ __all__ = ["AssemblyModule", "PROTOCOLS", "METRICS"]
 PROTOCOLS = ("absolute", "anchor")
 METRICS = (
     "part_acc", "shape_cd", "rmse_r_euler", "mae_r_euler", "rmse_r_geo", "mae_r_geo",
-    "rmse_t", "mae_t",
+    "rmse_t", "mae_t", "rmse_r_euler_pooled", "rmse_t_pooled",
 )
 
 
