@@ -8,6 +8,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
+from geo3d.rotations._matrix_input import as_rotation
 
 __all__ = ["project_to_so3", "geodesic_distance", "mean_rotation", "kabsch", "umeyama"]
 
@@ -86,15 +87,33 @@ class _ProjectSO3(torch.autograd.Function):
 def project_to_so3(M: torch.Tensor) -> torch.Tensor:
     """Nearest rotation (Frobenius norm) to a 3×3 matrix: the special orthogonal Procrustes.
 
-    ``R = U diag(1, 1, det(U Vᵀ)) Vᵀ`` from the SVD ``M = U Σ Vᵀ``. The backward pass uses
-    the closed-form polar-factor derivative (denominators ``σ_i + σ_j``), so gradients stay
-    finite at repeated singular values (e.g. ``M`` = a rotation, or the identity).
+    ``R = U diag(1, 1, det(U Vᵀ)) Vᵀ`` from the SVD ``M = U Σ Vᵀ``. The derivative
+    (reverse and forward mode, ``torch.func`` included) is the closed-form polar-factor
+    derivative (denominators ``σ_i + σ_j``), so it is exact at repeated singular values
+    (e.g. ``M`` = a rotation, or the identity). Where the projection is not unique
+    (rank <= 1, e.g. singular values (1, 0, 0)), one nearest rotation is returned and the
+    denominators below ``ε^(1/3) σ₁`` are damped (like roma's ``gradient_eps``): the
+    gradient stays bounded (``<= |dL/dR| / (ε^(1/3) σ₁)``) and a descent direction.
 
     Args:
         M: matrices, shape :math:`(*, 3, 3)`, finite.
 
     Returns:
         Rotation matrices, shape :math:`(*, 3, 3)`.
+
+    Raises:
+        ValueError: wrong shape; (value checks on) non-finite ``M``.
+
+    Reference:
+        N. J. Higham, "Computing the polar decomposition — with applications", SIAM J.
+        Sci. Stat. Comput. 7(4), 1986, DOI 10.1137/0907079; roma
+        ``roma/mappings.py::_ProcrustesManualDerivatives`` (damped derivative).
+
+    Example:
+        >>> project_to_so3(2.0 * torch.eye(3))
+        tensor([[1., 0., 0.],
+                [0., 1., 0.],
+                [0., 0., 1.]])
     """
     check_tensor("M", M, (3, 3))
     check_finite("M", M)
@@ -192,14 +211,17 @@ def _geodesic_precise(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
 
 def _check_weights(weights: torch.Tensor, shape: torch.Size, what: str) -> None:
     if not isinstance(weights, torch.Tensor) or not weights.is_floating_point():
-        raise ValueError(f"weights: expected a floating-point tensor of shape {what}")
+        got = weights.dtype if isinstance(weights, torch.Tensor) else type(weights).__name__
+        raise ValueError(f"weights: expected a floating-point tensor of shape {what}, got {got}")
     try:
-        torch.broadcast_shapes(weights.shape, shape)
+        ok = torch.broadcast_shapes(weights.shape, shape) == shape
     except RuntimeError:
+        ok = False
+    if not ok:  # must broadcast TO shape: extra or mismatched dims would change the result
         raise ValueError(
             f"weights: expected shape broadcastable to {tuple(shape)} {what}, "
             f"got {tuple(weights.shape)}"
-        ) from None
+        )
     if values_enabled() and weights.numel() > 0:
         check_finite("weights", weights)
         if bool((weights < 0).any()):
@@ -212,15 +234,31 @@ def mean_rotation(
     """Chordal L2 mean: ``argmin_M Σ w_i |M - R_i|_F²`` over SO(3).
 
     Equal to projecting the weighted arithmetic mean of the matrices onto SO(3) (the same
-    minimiser as scipy's ``Rotation.mean``).
+    minimiser as scipy's ``Rotation.mean``). Where the mean matrix has rank <= 1 (e.g. two
+    rotations π apart) the minimiser is not unique: one of them is returned and the
+    gradient stays bounded (see :func:`project_to_so3`). Input matrices follow the policy
+    of :mod:`geo3d.rotations` (nearest rotation for ``det > 0``).
 
     Args:
         R: rotation matrices, shape :math:`(*, N, *, 3, 3)`; averaged over ``dim``.
-        weights: optional non-negative weights, shape broadcastable to ``R.shape[:-2]``.
+        weights: optional non-negative weights, shape broadcastable to ``R.shape[:-2]``
+            (broadcasting may not add dims), positive total along ``dim``.
         dim: the batch dimension of ``R`` to average over (must not be one of the last two).
 
     Returns:
-        Mean rotations, shape ``R.shape`` without ``dim``.
+        Mean rotations, shape ``R.shape`` without ``dim`` (an empty batch gives an empty
+        result).
+
+    Raises:
+        ValueError: bad shapes or ``dim``; ``R.shape[dim] == 0``; (value checks on)
+            non-finite input, ``det(R_i) <= 0``, negative weights or a zero total weight.
+
+    Example:
+        >>> R = torch.stack((torch.eye(3), torch.eye(3)))
+        >>> mean_rotation(R)
+        tensor([[1., 0., 0.],
+                [0., 1., 0.],
+                [0., 0., 1.]])
     """
     check_tensor("R", R, (None, 3, 3))
     if not isinstance(dim, int) or not (-R.ndim <= dim < R.ndim):
@@ -234,6 +272,7 @@ def mean_rotation(
         raise ValueError(
             f"R: expected at least one rotation along dim={dim}, got shape {tuple(R.shape)}"
         )
+    R = as_rotation("R", R)
     if weights is None:
         M = R.mean(dim=d)
     else:
@@ -283,24 +322,50 @@ def _prep(P: torch.Tensor, Q: torch.Tensor, weights: torch.Tensor | None):
     return w, pm, qm, Pc, H
 
 
+def _project_or_identity(H: torch.Tensor) -> torch.Tensor:
+    """project_to_so3(H), and the identity where H = 0 (no information: N = 0, coincident
+    points): the documented value instead of whatever the SVD of 0 returns."""
+    R = project_to_so3(H)
+    zero = (H == 0).flatten(-2).all(-1)[..., None, None]
+    return torch.where(zero, torch.eye(3, dtype=H.dtype, device=H.device), R)
+
+
 def kabsch(
     P: torch.Tensor, Q: torch.Tensor, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rigid alignment ``argmin_{R,t} Σ w_i |R p_i + t - q_i|²`` with ``R ∈ SO(3)``.
 
     The determinant fix (never a reflection) is part of :func:`project_to_so3`, whose
-    backward pass is stable, so the result is differentiable.
+    backward pass is stable, so the result is differentiable. Degenerate configurations
+    (collinear points: a rotation about the line is free) return one optimal rotation with
+    bounded gradients; with no information (``N = 0``, or all points of ``P`` or ``Q``
+    coincident) ``R`` is the identity.
 
     Args:
         P: source points, shape :math:`(*, N, 3)`.
         Q: target points, shape :math:`(*, N, 3)`.
-        weights: optional non-negative weights, shape :math:`(*, N)`, positive sum.
+        weights: optional non-negative weights, shape :math:`(*, N)` (broadcasting may not
+            add dims), positive sum.
 
     Returns:
         ``(R, t)`` with ``Q ≈ P Rᵀ + t``: shapes :math:`(*, 3, 3)` and :math:`(*, 3)`.
+
+    Raises:
+        ValueError: bad shapes or weights; (value checks on) non-finite points or weights,
+            negative weights or a zero total weight.
+
+    Reference:
+        W. Kabsch, "A solution for the best rotation to relate two sets of vectors",
+        Acta Cryst. A32, 1976, DOI 10.1107/S0567739476001873.
+
+    Example:
+        >>> P = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]])
+        >>> R, t = kabsch(P, P + 1.0)
+        >>> t
+        tensor([1., 1., 1.])
     """
     _, pm, qm, _, H = _prep(P, Q, weights)
-    R = project_to_so3(H)
+    R = _project_or_identity(H)
     t = qm - (R @ pm.unsqueeze(-1)).squeeze(-1)
     return R, t
 
@@ -310,17 +375,35 @@ def umeyama(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Similarity alignment ``argmin_{s,R,t} Σ w_i |s R p_i + t - q_i|²`` (Umeyama 1991).
 
+    Degenerate configurations behave as in :func:`kabsch` (``Q`` all coincident gives
+    ``s = 0`` and ``R = I``).
+
     Args:
         P: source points, shape :math:`(*, N, 3)`, not all equal.
         Q: target points, shape :math:`(*, N, 3)`.
-        weights: optional non-negative weights, shape :math:`(*, N)`, positive sum.
+        weights: optional non-negative weights, shape :math:`(*, N)` (broadcasting may not
+            add dims), positive sum.
 
     Returns:
         ``(s, R, t)`` with ``Q ≈ s P Rᵀ + t``: shapes :math:`(*)`, :math:`(*, 3, 3)`,
         :math:`(*, 3)`.
+
+    Raises:
+        ValueError: as :func:`kabsch`; (value checks on) ``P`` with zero variance (all
+            points equal, or ``N = 0``).
+
+    Reference:
+        S. Umeyama, "Least-squares estimation of transformation parameters between two
+        point patterns", IEEE TPAMI 13(4), 1991, DOI 10.1109/34.88573.
+
+    Example:
+        >>> P = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]])
+        >>> s, R, t = umeyama(P, 2.0 * P)
+        >>> round(float(s), 6)
+        2.0
     """
     w, pm, qm, Pc, H = _prep(P, Q, weights)
-    R = project_to_so3(H)
+    R = _project_or_identity(H)
     var_p = (w * (Pc * Pc).sum(-1)).sum(-1)
     if values_enabled() and var_p.numel() > 0 and bool((var_p <= 0).any()):
         raise ValueError("P: expected points that are not all identical (zero variance)")
