@@ -5,9 +5,14 @@
 Elements are matrices: ``SO2``/``O2``/``CyclicGroup``/``DihedralGroup``/``OcticGroup``
 ``(2, 2)``, ``SO3``/``O3`` ``(3, 3)``, ``SE3`` ``(4, 4)`` homogeneous, ``Lorentz``
 ``(4, 4)``.
+
+Every operation that takes elements checks that they are elements (``Group.validate``:
+``element_error <= sqrt(eps)`` of the dtype) when value checks are on
+(``geo3d.rotations.set_value_checks``; skipped under ``torch.compile``, ``torch.vmap`` and
+other ``torch.func`` transforms), and returns new tensors, never views of its inputs.
 """
 
-from geo3d.groups._base import FiniteGroup, Group
+from geo3d.groups._base import FiniteGroup, Group, value_checks_active
 from geo3d.groups._lorentz import Lorentz, boost, minkowski_dot, minkowski_metric
 from geo3d.groups._planar import O2, SO2, CyclicGroup, DihedralGroup, OcticGroup, rotation_2d
 from geo3d.groups._spatial import O3, SE3, SO3
@@ -28,4 +33,5 @@ __all__ = [
     "minkowski_dot",
     "minkowski_metric",
     "rotation_2d",
+    "value_checks_active",
 ]

@@ -2,9 +2,65 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["FiniteGroup", "Group"]
+__all__ = ["FiniteGroup", "Group", "value_checks_active"]
+
+
+def _transformed(t: torch.Tensor) -> bool:
+    """True while ``t`` is traced: torch.func transforms (vmap, grad, jvp), jit tracing,
+    meta/fake tensors. Data-dependent checks (a host read of a reduction) are skipped then."""
+    if torch.jit.is_tracing():
+        return True
+    try:
+        from torch._C import _functorch
+
+        if _functorch.peek_interpreter_stack() is not None:
+            return True
+        if _functorch.is_functorch_wrapped_tensor(t):
+            return True
+    except (ImportError, AttributeError):  # pragma: no cover - torch without functorch
+        pass
+    return t.device.type == "meta"
+
+
+def value_checks_active(*tensors: torch.Tensor) -> bool:
+    """Whether data-dependent checks (group membership) run for these tensors.
+
+    Follows :func:`geo3d.rotations.set_value_checks` (off: never; skipped inside
+    ``torch.compile``) and is also off under ``torch.vmap``/``torch.func`` transforms,
+    ``torch.jit`` tracing and for meta tensors, where reading a value is impossible.
+
+    Example:
+        >>> import torch
+        >>> value_checks_active(torch.eye(3))
+        True
+    """
+    try:
+        from geo3d.rotations._checks import values_enabled
+    except ImportError:  # pragma: no cover - layout change in geo3d.rotations
+        values_enabled = lambda: not torch.compiler.is_compiling()  # noqa: E731
+    if not values_enabled():
+        return False
+    return not any(_transformed(t) for t in tensors)
+
+
+def _broadcast(name_a: str, batch_a, name_b: str, batch_b) -> torch.Size:
+    """Broadcast two batch shapes or raise a ValueError naming both arguments."""
+    try:
+        return torch.broadcast_shapes(tuple(batch_a), tuple(batch_b))
+    except RuntimeError:
+        raise ValueError(
+            f"{name_b}: expected batch dims that broadcast against {name_a}'s batch "
+            f"shape {tuple(batch_a)}, got {tuple(batch_b)}"
+        ) from None
+
+
+def _fresh(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy (never a view of ``t``, whatever its strides)."""
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def _resolve(
@@ -67,6 +123,51 @@ class Group:
             raise ValueError(f"{name}: expected a floating point tensor, got {g.dtype}")
         return g
 
+    def element_tolerance(self, dtype: torch.dtype) -> float:
+        """Tolerance of the membership check in :meth:`validate`: ``sqrt(eps)`` of ``dtype``
+        (1.5e-8 in float64, 3.5e-4 in float32, 3.1e-2 in float16), on :meth:`element_error`."""
+        return math.sqrt(torch.finfo(dtype).eps)
+
+    def validate(self, g: torch.Tensor, name: str = "g") -> torch.Tensor:
+        """Shape check (:meth:`check_element`) and, when value checks are active (see
+        :func:`value_checks_active`), a membership check: every element must have
+        ``element_error(g) <= element_tolerance(g.dtype)``. Non-finite entries fail.
+
+        Every operation that takes elements (``compose``, ``inverse``, ``matrix``, ``act``
+        and every rep's ``matrix``/``act``) calls it, so a matrix that is not a group
+        element (``2·R``, a shear, a reflection given to SO3) raises instead of giving a
+        meaningless (e.g. non-orthogonal) result.
+
+        Returns:
+            ``g`` itself (a check, not a copy).
+
+        Raises:
+            ValueError: naming ``name``, for a wrong shape/dtype or a non-element.
+
+        Example:
+            >>> import torch
+            >>> from geo3d.groups import SO3
+            >>> SO3().validate(2 * torch.eye(3))  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: g: expected elements of SO3() (element_error <= 0.00035 in torch.float32...
+        """
+        self.check_element(g, name)
+        if g.numel() == 0 or not value_checks_active(g):
+            return g
+        gd = g.detach()
+        tol = self.element_tolerance(g.dtype)
+        err = self.element_error(gd)
+        bad = ~(err <= tol)  # NaN counts as bad
+        if bool(bad.any()):
+            worst = float(torch.nan_to_num(err.float(), nan=math.inf).max())
+            raise ValueError(
+                f"{name}: expected elements of {self} (element_error <= {tol:.2g} in "
+                f"{g.dtype}; value checks: geo3d.rotations.set_value_checks), got "
+                f"{int(bad.sum())} of {bad.numel()} with element_error up to {worst:.3g}"
+            )
+        return g
+
     def batch_shape(self, g: torch.Tensor) -> torch.Size:
         """Leading batch shape of ``g`` (everything before ``element_shape``)."""
         return g.shape[: g.dim() - len(self.element_shape)]
@@ -85,7 +186,7 @@ class Group:
     def identity(
         self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
     ) -> torch.Tensor:
-        """The identity element, shape ``element_shape``."""
+        """The identity element, shape ``element_shape`` (a new tensor on every call)."""
         dtype, device = _resolve(None, dtype, device)
         return torch.eye(self.element_shape[-1], dtype=dtype, device=device)
 
@@ -95,29 +196,51 @@ class Group:
         Args:
             a: shape :math:`(*, *element\\_shape)`.
             b: shape :math:`(*, *element\\_shape)`.
+
+        Raises:
+            ValueError: naming ``a``/``b`` for a wrong shape, a non-element (see
+                :meth:`validate`) or batch dims that do not broadcast.
         """
-        self.check_element(a, "a")
-        self.check_element(b, "b")
+        self.validate(a, "a")
+        self.validate(b, "b")
+        _broadcast("a", self.batch_shape(a), "b", self.batch_shape(b))
         return a @ b
 
     def inverse(self, a: torch.Tensor) -> torch.Tensor:
-        """Inverse element, same shape as ``a``."""
-        self.check_element(a, "a")
+        """Inverse element, same shape as ``a`` (a new tensor, never a view of ``a``).
+
+        Raises:
+            ValueError: naming ``a`` for a wrong shape or a non-element.
+        """
+        self.validate(a, "a")
         return torch.linalg.inv(a)
 
     def matrix(self, g: torch.Tensor) -> torch.Tensor:
-        """Defining representation: shape :math:`(*, d, d)` (the element itself)."""
-        return self.check_element(g)
+        """Defining representation: shape :math:`(*, d, d)` (a copy of the element).
+
+        Raises:
+            ValueError: naming ``g`` for a wrong shape or a non-element.
+        """
+        return _fresh(self.validate(g))
 
     def act(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Defining action ``g · x`` on vectors ``x`` of shape :math:`(*, d)`.
 
         ``g`` has shape :math:`(*, *element\\_shape)`; its batch dims broadcast against
         ``x.shape[:-1]``.
+
+        Raises:
+            ValueError: naming ``g`` (wrong shape, non-element) or ``x`` (wrong shape,
+                batch dims that do not broadcast against ``g``'s).
         """
-        m = self.matrix(g)
+        self.validate(g)
         _check_vec(x, self.dim)
-        return (m @ x.unsqueeze(-1)).squeeze(-1)
+        _broadcast("g", self.batch_shape(g), "x", x.shape[:-1])
+        return self._act(g, x)
+
+    def _act(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The defining action without checks (``g`` and ``x`` already validated)."""
+        return (g @ x.unsqueeze(-1)).squeeze(-1)
 
     def element_error(self, g: torch.Tensor) -> torch.Tensor:
         """How far ``g`` is from the group (0 for exact elements), shape ``batch_shape(g)``."""
@@ -169,6 +292,17 @@ def _check_vec(x: torch.Tensor, d: int, name: str = "x") -> None:
         raise ValueError(f"{name}: expected shape (..., {d}), got {tuple(x.shape)}")
 
 
+def _det(m: torch.Tensor) -> torch.Tensor:
+    """Determinant over the last two dims: closed form for 2×2 and 3×3 (no LAPACK call,
+    which costs milliseconds per call for tiny batches on a busy CPU), else ``linalg.det``."""
+    n = m.shape[-1]
+    if n == 2:
+        return m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]
+    if n == 3:
+        return (m[..., 0, :] * torch.linalg.cross(m[..., 1, :], m[..., 2, :], dim=-1)).sum(-1)
+    return torch.linalg.det(m)
+
+
 def _orthogonality_error(g: torch.Tensor) -> torch.Tensor:
     """max |gᵀg − I| over the last two dims, shape ``g.shape[:-2]``."""
     eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
@@ -193,12 +327,19 @@ class FiniteGroup(Group):
         """Number of elements."""
         return int(self._elements64().shape[0])
 
+    def _elements_as(self, dtype: torch.dtype, device) -> torch.Tensor:
+        """The cached elements in ``dtype``/``device`` (may BE the cache: internal, read only)."""
+        return self._elements64().to(dtype=dtype, device=device)
+
     def elements(
         self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
     ) -> torch.Tensor:
-        """All elements, shape ``(order, 2, 2)``; element 0 is the identity."""
+        """All elements, shape ``(order, 2, 2)``; element 0 is the identity.
+
+        A new tensor on every call: editing it never changes the group.
+        """
         dtype, device = _resolve(None, dtype, device)
-        return self._elements64().to(dtype=dtype, device=device)
+        return self._elements64().to(dtype=dtype, device=device, copy=True)
 
     def sample(
         self,
@@ -211,22 +352,28 @@ class FiniteGroup(Group):
         _check_n(n)
         dtype, device = _resolve(generator, dtype, device)
         idx = torch.randint(self.order, (n,), generator=generator, device=device)
-        return self.elements(dtype, device)[idx]
+        return self._elements_as(dtype, device)[idx]
 
     def index_of(self, g: torch.Tensor, atol: float = 1e-4) -> torch.Tensor:
         """Index of ``g`` in :meth:`elements`, long tensor of shape ``batch_shape(g)``.
 
         Raises:
-            ValueError: if some ``g`` is farther than ``atol`` (max abs) from every element.
+            ValueError: if some ``g`` is farther than ``atol`` (max abs) from every element
+                or not finite (when value checks are active, see :func:`value_checks_active`;
+                otherwise the nearest element's index is returned).
         """
         self.check_element(g)
-        els = self.elements(g.dtype, g.device)
+        els = self._elements_as(g.dtype, g.device)
         d = (g.unsqueeze(-3) - els).abs().amax(dim=(-2, -1))  # (..., order)
         dist, idx = d.min(dim=-1)
-        if dist.numel() and bool((dist > atol).any()):
-            raise ValueError(
-                f"g: not an element of {self} (distance {float(dist.max()):.3g} > {atol})"
-            )
+        if dist.numel() and value_checks_active(g):
+            bad = ~(dist <= atol)
+            if bool(bad.any()):
+                worst = float(torch.nan_to_num(dist.float(), nan=math.inf).max())
+                raise ValueError(
+                    f"g: expected elements of {self}, got {int(bad.sum())} of {bad.numel()} "
+                    f"not an element of {self} (distance up to {worst:.3g} > {atol})"
+                )
         return idx
 
     def cayley_table(self) -> torch.Tensor:
@@ -235,14 +382,14 @@ class FiniteGroup(Group):
         return self.index_of(els[:, None] @ els[None, :])
 
     def inverse(self, a: torch.Tensor) -> torch.Tensor:
-        """Inverse (the transpose: all finite groups here are orthogonal)."""
-        self.check_element(a, "a")
-        return a.transpose(-1, -2)
+        """Inverse (the transpose: all finite groups here are orthogonal), a new tensor."""
+        self.validate(a, "a")
+        return _fresh(a.transpose(-1, -2))
 
     def element_error(self, g: torch.Tensor) -> torch.Tensor:
         """Max abs distance to the nearest element, shape ``batch_shape(g)``."""
         self.check_element(g)
-        els = self.elements(g.dtype, g.device)
+        els = self._elements_as(g.dtype, g.device)
         return (g.unsqueeze(-3) - els).abs().amax(dim=(-2, -1)).min(dim=-1).values
 
     def special_elements(self, generator=None, dtype=None, device=None):

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from geo3d.groups._base import Group, _check_n, _check_vec, _rand, _resolve
+from geo3d.groups._base import Group, _broadcast, _check_n, _check_vec, _det, _rand, _resolve
 
 __all__ = ["Lorentz", "boost", "minkowski_dot", "minkowski_metric"]
 
@@ -32,18 +32,35 @@ def minkowski_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     Returns:
         shape :math:`(*)`.
+
+    Raises:
+        ValueError: naming ``a``/``b`` for a last dim other than 4 or batch dims that do
+            not broadcast.
     """
     _check_vec(a, 4, "a")
     _check_vec(b, 4, "b")
+    _broadcast("a", a.shape[:-1], "b", b.shape[:-1])
     p = a * b
     return p[..., 0] - p[..., 1:].sum(-1)
+
+
+def _sinhc(x2: torch.Tensor, x: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
+    """``sinh(x)/x`` from ``x2 = x²`` and ``x`` (``x`` only read where ``~small``);
+    Taylor series ``1 + x²/6 + x⁴/120 + x⁶/5040`` where ``small`` (``x² < 1e-4``: the
+    truncation error ``x⁸/9!`` is below float64 rounding)."""
+    taylor = 1 + x2 / 6 * (1 + x2 / 20 * (1 + x2 / 42))
+    return torch.where(small, taylor, torch.sinh(x) / x)
 
 
 def boost(rapidity: torch.Tensor) -> torch.Tensor:
     """Pure boosts from rapidity vectors ``ζ = φ n`` (``n`` unit direction, ``φ = |ζ|``).
 
-    ``B₀₀ = cosh φ``, ``B₀ᵢ = Bᵢ₀ = sinh φ nᵢ``, ``Bᵢⱼ = δᵢⱼ + 2 sinh²(φ/2) nᵢ nⱼ``
-    (the half-angle form avoids cancellation in ``cosh φ − 1``). Velocities are never
+    ``B = exp(Σᵢ ζᵢ Kᵢ)`` with the boost generators ``Kᵢ`` (``(Kᵢ)₀ᵢ = (Kᵢ)ᵢ₀ = 1``):
+    ``B₀₀ = cosh φ``, ``B₀ᵢ = Bᵢ₀ = sinh φ nᵢ``, ``Bᵢⱼ = δᵢⱼ + 2 sinh²(φ/2) nᵢ nⱼ``.
+    Computed as ``B₀ᵢ = (sinh φ / φ) ζᵢ`` and ``Bᵢⱼ = δᵢⱼ + ½ (sinh(φ/2)/(φ/2))² ζᵢ ζⱼ``
+    (Taylor series near 0, no ``n = ζ/φ``), so the map is smooth at ``ζ = 0``: the
+    derivative there is ``∂B/∂ζᵢ = Kᵢ`` in every direction and gradients are finite.
+    The half-angle form avoids cancellation in ``cosh φ − 1``; velocities are never
     formed, so large rapidities keep full relative accuracy.
 
     Args:
@@ -51,18 +68,29 @@ def boost(rapidity: torch.Tensor) -> torch.Tensor:
 
     Returns:
         shape :math:`(*, 4, 4)`.
+
+    Raises:
+        ValueError: naming ``rapidity`` for a last dim other than 3.
+
+    Example:
+        >>> import torch
+        >>> boost(torch.tensor([0.0, 0.0, 1.0]))[0, [0, 3]]  # cosh 1, sinh 1
+        tensor([1.5431, 1.1752])
     """
     _check_vec(rapidity, 3, "rapidity")
-    phi = rapidity.norm(dim=-1, keepdim=True)
-    safe = torch.where(phi > 0, phi, torch.ones_like(phi))
-    n = torch.where(phi > 0, rapidity / safe, torch.zeros_like(rapidity))
-    ch = torch.cosh(phi)  # (*, 1)
-    sh = torch.sinh(phi)
-    half = torch.sinh(phi / 2)
-    eye = torch.eye(3, dtype=rapidity.dtype, device=rapidity.device)
-    spatial = eye + 2 * (half * half)[..., None] * n[..., :, None] * n[..., None, :]
-    top = torch.cat([ch, sh * n], -1)  # (*, 4)
-    rest = torch.cat([(sh * n)[..., :, None], spatial], -1)  # (*, 3, 4)
+    z = rapidity
+    phi2 = (z * z).sum(-1, keepdim=True)  # (*, 1)
+    small = phi2 < 1e-4
+    phi = torch.sqrt(torch.where(small, torch.ones_like(phi2), phi2))  # safe where
+    sinhc = _sinhc(phi2, phi, small)  # sinh φ / φ
+    half = _sinhc(phi2 / 4, phi / 2, small)  # sinh(φ/2) / (φ/2)
+    c = 0.5 * half * half  # (cosh φ − 1) / φ²
+    ch = 1 + c * phi2  # cosh φ
+    bz = sinhc * z  # sinh φ n
+    eye = torch.eye(3, dtype=z.dtype, device=z.device)
+    spatial = eye + c[..., None] * z[..., :, None] * z[..., None, :]
+    top = torch.cat([ch, bz], -1)  # (*, 4)
+    rest = torch.cat([bz[..., :, None], spatial], -1)  # (*, 3, 4)
     return torch.cat([top[..., None, :], rest], -2)
 
 
@@ -128,8 +156,12 @@ class Lorentz(Group):
         return lam
 
     def inverse(self, a):
-        """``Λ⁻¹ = η Λᵀ η`` (exact, no matrix inversion)."""
-        self.check_element(a, "a")
+        """``Λ⁻¹ = η Λᵀ η`` (exact, no matrix inversion); a new tensor.
+
+        Raises:
+            ValueError: naming ``a`` for a wrong shape or a non-element.
+        """
+        self.validate(a, "a")
         s = torch.tensor([1.0, -1.0, -1.0, -1.0], dtype=a.dtype, device=a.device)
         return a.transpose(-1, -2) * s[:, None] * s[None, :]
 
@@ -149,7 +181,7 @@ class Lorentz(Group):
         scale = (g * g).sum(-2).amax(-1).clamp_min(1.0)
         err = defect / scale
         if self.proper:
-            bad = (g[..., 0, 0] <= 0) | (torch.linalg.det(g[..., 1:, 1:]) <= 0)
+            bad = (g[..., 0, 0] <= 0) | (_det(g[..., 1:, 1:]) <= 0)
             err = torch.where(bad, torch.full_like(err, math.inf), err)
         return err
 

@@ -6,7 +6,16 @@ import math
 
 import torch
 
-from geo3d.groups._base import FiniteGroup, Group, _check_n, _orthogonality_error, _rand, _resolve
+from geo3d.groups._base import (
+    FiniteGroup,
+    Group,
+    _check_n,
+    _det,
+    _fresh,
+    _orthogonality_error,
+    _rand,
+    _resolve,
+)
 
 __all__ = ["O2", "SO2", "CyclicGroup", "DihedralGroup", "OcticGroup", "rotation_2d"]
 
@@ -15,13 +24,21 @@ _FLIP = torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
 
 
 def rotation_2d(angle: torch.Tensor) -> torch.Tensor:
-    """Counter-clockwise rotation matrices.
+    """Counter-clockwise rotation matrices ``exp(θ J)``, ``J = [[0, -1], [1, 0]]``.
+
+    The derivative at ``θ = 0`` is the generator ``J``.
 
     Args:
         angle: radians, shape :math:`(*)`.
 
     Returns:
         shape :math:`(*, 2, 2)`.
+
+    Example:
+        >>> import math, torch
+        >>> rotation_2d(torch.tensor(math.pi / 2)).round()
+        tensor([[0., -1.],
+                [1., 0.]])
     """
     c, s = torch.cos(angle), torch.sin(angle)
     return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
@@ -47,13 +64,14 @@ class SO2(Group):
         return rotation_2d(2 * math.pi * _rand(n, generator, dtype, device))
 
     def inverse(self, a):
-        self.check_element(a, "a")
-        return a.transpose(-1, -2)
+        """The transpose (a new tensor); raises ValueError naming ``a`` for a non-element."""
+        self.validate(a, "a")
+        return _fresh(a.transpose(-1, -2))
 
     def element_error(self, g):
         """``max(|gᵀg − I|, |det g − 1|)``, shape ``batch_shape(g)``."""
         self.check_element(g)
-        return torch.maximum(_orthogonality_error(g), (torch.linalg.det(g) - 1).abs())
+        return torch.maximum(_orthogonality_error(g), (_det(g) - 1).abs())
 
     def special_elements(self, generator=None, dtype=None, device=None):
         ang = torch.tensor([0.0, math.pi / 2, math.pi], dtype=torch.float64)
@@ -79,7 +97,7 @@ class O2(SO2):
     def element_error(self, g):
         """``max(|gᵀg − I|, ||det g| − 1|)``, shape ``batch_shape(g)``."""
         self.check_element(g)
-        return torch.maximum(_orthogonality_error(g), (torch.linalg.det(g).abs() - 1).abs())
+        return torch.maximum(_orthogonality_error(g), (_det(g).abs() - 1).abs())
 
     def special_elements(self, generator=None, dtype=None, device=None):
         els, labels = super().special_elements(generator, dtype, device)

@@ -6,7 +6,17 @@ import math
 
 import torch
 
-from geo3d.groups._base import Group, _check_n, _check_vec, _orthogonality_error, _rand, _resolve
+from geo3d.groups._base import (
+    Group,
+    _broadcast,
+    _check_n,
+    _check_vec,
+    _det,
+    _fresh,
+    _orthogonality_error,
+    _rand,
+    _resolve,
+)
 
 __all__ = ["O3", "SE3", "SO3"]
 
@@ -39,13 +49,14 @@ class SO3(Group):
         return random_rotation_matrix(n, generator=generator, dtype=dtype, device=device)
 
     def inverse(self, a):
-        self.check_element(a, "a")
-        return a.transpose(-1, -2)
+        """The transpose (a new tensor); raises ValueError naming ``a`` for a non-element."""
+        self.validate(a, "a")
+        return _fresh(a.transpose(-1, -2))
 
     def element_error(self, g):
         """``max(|gᵀg − I|, |det g − 1|)``, shape ``batch_shape(g)``."""
         self.check_element(g)
-        return torch.maximum(_orthogonality_error(g), (torch.linalg.det(g) - 1).abs())
+        return torch.maximum(_orthogonality_error(g), (_det(g) - 1).abs())
 
     def special_elements(self, generator=None, dtype=None, device=None):
         """Identity, rotations by π about z and about two random axes, by π/2 about x."""
@@ -85,7 +96,7 @@ class O3(SO3):
     def element_error(self, g):
         """``max(|gᵀg − I|, ||det g| − 1|)``, shape ``batch_shape(g)``."""
         self.check_element(g)
-        return torch.maximum(_orthogonality_error(g), (torch.linalg.det(g).abs() - 1).abs())
+        return torch.maximum(_orthogonality_error(g), (_det(g).abs() - 1).abs())
 
     def special_elements(self, generator=None, dtype=None, device=None):
         """SO(3)'s special elements plus the inversion ``-I`` and mirror reflections."""
@@ -133,11 +144,25 @@ class SE3(Group):
 
     @staticmethod
     def from_rt(rot: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
-        """Homogeneous matrices from ``rot (*, 3, 3)`` and ``trans (*, 3)`` -> ``(*, 4, 4)``."""
-        if rot.shape[-2:] != (3, 3):
-            raise ValueError(f"rot: expected shape (..., 3, 3), got {tuple(rot.shape)}")
+        """Homogeneous matrices from ``rot (*, 3, 3)`` and ``trans (*, 3)`` -> ``(*, 4, 4)``.
+
+        A new tensor (no view of ``rot``/``trans``); batch dims broadcast. ``rot`` is not
+        checked for being a rotation (the group operations check their arguments).
+
+        Raises:
+            ValueError: naming ``rot``/``trans`` for wrong shapes or batch dims that do not
+                broadcast.
+
+        Example:
+            >>> import torch
+            >>> SE3.from_rt(torch.eye(3), torch.tensor([1.0, 2.0, 3.0]))[:3, 3]
+            tensor([1., 2., 3.])
+        """
+        if not isinstance(rot, torch.Tensor) or rot.dim() < 2 or rot.shape[-2:] != (3, 3):
+            shape = tuple(rot.shape) if isinstance(rot, torch.Tensor) else type(rot).__name__
+            raise ValueError(f"rot: expected shape (..., 3, 3), got {shape}")
         _check_vec(trans, 3, "trans")
-        batch = torch.broadcast_shapes(rot.shape[:-2], trans.shape[:-1])
+        batch = _broadcast("rot", rot.shape[:-2], "trans", trans.shape[:-1])
         top = torch.cat([rot.expand(*batch, 3, 3), trans.expand(*batch, 3)[..., None]], -1)
         bottom = torch.zeros(*batch, 1, 4, dtype=rot.dtype, device=rot.device)
         bottom[..., 0, 3] = 1
@@ -156,14 +181,24 @@ class SE3(Group):
         return self.from_rt(r, t)
 
     def inverse(self, a):
-        self.check_element(a, "a")
+        """``(Rᵀ, −Rᵀt)``, a new tensor; raises ValueError naming ``a`` for a non-element."""
+        self.validate(a, "a")
         rt = a[..., :3, :3].transpose(-1, -2)
         return self.from_rt(rt, -(rt @ a[..., :3, 3:]).squeeze(-1))
 
     def act(self, g, x):
-        """``R x + t`` on points ``x (*, 3)``; ``g (*, 4, 4)`` broadcasts against ``x``."""
-        self.check_element(g)
+        """``R x + t`` on points ``x (*, 3)``; ``g (*, 4, 4)`` broadcasts against ``x``.
+
+        Raises:
+            ValueError: naming ``g`` (wrong shape, non-element) or ``x`` (wrong shape,
+                batch dims that do not broadcast).
+        """
+        self.validate(g)
         _check_vec(x, 3)
+        _broadcast("g", self.batch_shape(g), "x", x.shape[:-1])
+        return self._act(g, x)
+
+    def _act(self, g, x):
         return (g[..., :3, :3] @ x.unsqueeze(-1)).squeeze(-1) + g[..., :3, 3]
 
     def element_error(self, g):
@@ -171,7 +206,7 @@ class SE3(Group):
         self.check_element(g)
         r = g[..., :3, :3]
         bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=g.dtype, device=g.device)
-        err = torch.maximum(_orthogonality_error(r), (torch.linalg.det(r) - 1).abs())
+        err = torch.maximum(_orthogonality_error(r), (_det(r) - 1).abs())
         return torch.maximum(err, (g[..., 3, :] - bottom).abs().amax(-1))
 
     def special_elements(self, generator=None, dtype=None, device=None):
