@@ -97,6 +97,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=_run_info)
 
+    from geo3d.datasets._render_cli import add_render_parser  # `data render` (multiview, issue 14)
+
+    add_render_parser(sub)
+
 
 def _run_fracture(args: argparse.Namespace) -> int:
     from geo3d.datasets.fracture import generate_dataset

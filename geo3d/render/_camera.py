@@ -254,17 +254,16 @@ def icosphere_viewpoints(
     for _ in range(level):
         index: dict[tuple[int, int], int] = {}
         new_faces = []
-
-        def mid(i: int, j: int) -> int:
-            key = (min(i, j), max(i, j))
-            if key not in index:
-                p = np.add(verts[i], verts[j])
-                verts.append(tuple(p / np.linalg.norm(p)))
-                index[key] = len(verts) - 1
-            return index[key]
-
         for a, b, c in faces:
-            ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
+            mids = []
+            for i, j in ((a, b), (b, c), (c, a)):
+                key = (min(i, j), max(i, j))
+                if key not in index:
+                    p = np.add(verts[i], verts[j])
+                    verts.append(tuple(p / np.linalg.norm(p)))
+                    index[key] = len(verts) - 1
+                mids.append(index[key])
+            ab, bc, ca = mids
             new_faces += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
         faces = new_faces
     return torch.tensor(np.asarray(verts) * radius, dtype=dtype)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geo3d.render._camera import _as_tensor, check_intrinsics, check_pose
+from geo3d.render._camera import check_intrinsics, check_pose
 from geo3d.render._mesh import RenderMesh, as_render_mesh, sample_texture
 
 __all__ = ["Renderer", "render"]

@@ -99,6 +99,7 @@ class TestTextureSampling:
 
     def test_vertex_colours_are_barycentric(self):
         import trimesh
+
         from geo3d.render import render
 
         v = np.array([[-1.0, -1.0, 0.0], [1.0, -1.0, 0.0], [0.0, 1.0, 0.0]])
@@ -151,6 +152,7 @@ class TestFilesAndFallbacks:
 
     def test_untextured_mesh_is_grey_without_warning(self):
         import trimesh
+
         from geo3d.render import DEFAULT_GREY, render
 
         K, T = _front_camera()
@@ -164,6 +166,7 @@ class TestFilesAndFallbacks:
 class TestBadInput:
     def test_mesh_errors_name_the_argument(self):
         import trimesh
+
         from geo3d.render import Renderer, as_render_mesh, render
 
         K, T = _front_camera()

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+
 from geo3d.render import (
     camera_centers,
     depth_to_points,
@@ -113,8 +114,9 @@ class TestProjection:
         torch.testing.assert_close(z, depth.reshape(-1))
 
     def test_relative_rotation_angle_matches_scipy(self, generator):
-        from geo3d.rotations import random_rotation_matrix
         from scipy.spatial.transform import Rotation
+
+        from geo3d.rotations import random_rotation_matrix
 
         A = torch.eye(4, dtype=torch.float64).repeat(30, 1, 1)
         B = A.clone()

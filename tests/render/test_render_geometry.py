@@ -45,6 +45,7 @@ class TestDepthAndPoints:
     def test_backprojected_depth_lies_on_the_mesh(self):
         """Bug caught: ray length used as z-depth, K⁻¹ transposed, half-pixel offsets."""
         import trimesh
+
         from geo3d.render import Renderer, depth_to_points
 
         mesh = _scene_mesh()
@@ -66,6 +67,7 @@ class TestDepthAndPoints:
     def test_points_agree_with_depth_and_normals_with_the_mesh(self):
         """Bug caught: points in the camera frame, depth of another pixel, wrong face normals."""
         import trimesh
+
         from geo3d.render import Renderer, depth_to_points
 
         mesh = _scene_mesh()
@@ -89,6 +91,7 @@ class TestDepthAndPoints:
         """A unit cube seen face-on: the mask is exactly the pixels whose ray meets the
         front face. Bug caught: swapped H/W or fx/fy, cx/cy, pixel-centre conventions."""
         import trimesh
+
         from geo3d.render import intrinsics_matrix, look_at, render
 
         H, W = 45, 64
@@ -131,7 +134,6 @@ class TestCorrespondences:
     def test_two_views_are_mutually_consistent_with_visibility(self):
         """a -> b -> a lands back on the start pixel; a match exists iff the point is
         visible in b, decided independently by trimesh ray tests."""
-        import trimesh
         from geo3d.render import Renderer, camera_centers, project_points, view_correspondences
 
         mesh = _scene_mesh()
