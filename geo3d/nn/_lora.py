@@ -204,7 +204,8 @@ class LoRAViT(nn.Module):
         for p in vit.parameters():
             p.requires_grad_(False)
         self.vit = vit
-        self.adapters = nn.ModuleDict()
+        # the wrapped layers live in the backbone; this plain dict only indexes them
+        self.adapters: dict[str, LoRAQKV] = {}
         for i in self.block_indices:
             attn = vit.blocks[i].attn
             if isinstance(attn.qkv, LoRAQKV):
@@ -394,6 +395,6 @@ class LoRAViT(nn.Module):
             attn = self.vit.blocks[i].attn
             if isinstance(attn.qkv, LoRAQKV):
                 attn.qkv = attn.qkv.merged()
-        self.adapters = nn.ModuleDict()
+        self.adapters = {}
         self.merged = True
         return self

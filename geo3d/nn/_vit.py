@@ -612,13 +612,14 @@ class VisionTransformer(nn.Module):
     def _blocks(
         self, x: Tensor, grid_hw: tuple[int, int], take: Sequence[int] = ()
     ) -> tuple[Tensor, list[Tensor]]:
+        # hooks "after block i" are stored as "before block i + 1"; a taken output
+        # includes the hooks that run after its block
         taken = []
+        x = self._run_hooks(0, x, grid_hw)
         for i, blk in enumerate(self.blocks):
-            x = self._run_hooks(i, x, grid_hw)
-            x = blk(x)
+            x = self._run_hooks(i + 1, blk(x), grid_hw)
             if i in take:
                 taken.append(x)
-        x = self._run_hooks(len(self.blocks), x, grid_hw)
         return x, taken
 
     def _split(self, x: Tensor, grid_hw: tuple[int, int]) -> dict[str, Tensor]:

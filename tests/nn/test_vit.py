@@ -252,6 +252,17 @@ class TestHooks:
         t = vit.norm(vit.blocks[1](torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:]], 1)))
         torch.testing.assert_close(got["cls"], t[:, 0])
 
+    def test_intermediate_output_includes_after_hook(self):
+        vit = _small()
+        x = torch.randn(1, 3, 28, 42)
+        with vit.register_block_hook(0, lambda grid, prefix: 2 * grid):
+            first = vit.get_intermediate_layers(x, n=2, norm=False)[0]
+        tok, (gh, gw) = vit.prepare_tokens(x)
+        t = vit.blocks[0](tok)
+        expected = 2 * t[:, 1:].transpose(1, 2).reshape(1, 64, gh, gw)
+        torch.testing.assert_close(first["patch_tokens"], expected)
+        torch.testing.assert_close(first["cls"], t[:, 0])
+
     def test_none_hook_is_identity_and_bad_hooks_fail(self):
         vit = _small()
         x = torch.randn(1, 3, 28, 28)
