@@ -95,6 +95,25 @@ def peak_mib(size: str, res: int, which: str, threads: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def cpu_time_interleaved(fns: dict, min_run_time: float, rounds: int, threads: int) -> dict:
+    """Like ``measure_interleaved`` but timed with the calling thread's CPU time
+    (``time.thread_time``): with ``threads == 1`` all of torch's work runs on that thread, and
+    CPU time is far less sensitive than wall time to other jobs on a shared machine."""
+    import time
+
+    from torch.utils.benchmark import Timer
+
+    timers = {
+        k: Timer(stmt="fn()", globals={"fn": f}, timer=time.thread_time, num_threads=threads)
+        for k, f in fns.items()
+    }
+    med: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, t in timers.items():
+            med[k].append(float(t.blocked_autorange(min_run_time=min_run_time).median))
+    return {k: {"time_s": min(v), "round_medians_s": v} for k, v in med.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", nargs="+", default=["small", "base"], choices=sorted(SIZES))
@@ -132,12 +151,11 @@ def main() -> None:
                 with torch.inference_mode():
                     return ours.forward_features(x)
 
+            fns = {"geo3d": run_ours, "transformers": run_hf}
             t = measure_interleaved(
-                {"geo3d": run_ours, "transformers": run_hf},
-                min_run_time=args.min_run_time,
-                rounds=args.rounds,
-                num_threads=args.threads,
+                fns, min_run_time=args.min_run_time, rounds=args.rounds, num_threads=args.threads
             )
+            c = cpu_time_interleaved(fns, args.min_run_time, args.rounds, args.threads)
             row = {
                 "model": f"ViT-{size[0].upper()}/14",
                 "resolution": res,
@@ -145,6 +163,13 @@ def main() -> None:
                 "geo3d_ms": 1e3 * t["geo3d"]["time_s"],
                 "transformers_ms": 1e3 * t["transformers"]["time_s"],
                 "ratio_geo3d_over_transformers": t["geo3d"]["time_s"] / t["transformers"]["time_s"],
+                "geo3d_cpu_ms": 1e3 * c["geo3d"]["time_s"],
+                "transformers_cpu_ms": 1e3 * c["transformers"]["time_s"],
+                "ratio_cpu_time": c["geo3d"]["time_s"] / c["transformers"]["time_s"],
+                "geo3d_cpu_round_medians_ms": [1e3 * v for v in c["geo3d"]["round_medians_s"]],
+                "transformers_cpu_round_medians_ms": [
+                    1e3 * v for v in c["transformers"]["round_medians_s"]
+                ],
                 "geo3d_round_medians_ms": [1e3 * v for v in t["geo3d"]["round_medians_s"]],
                 "transformers_round_medians_ms": [
                     1e3 * v for v in t["transformers"]["round_medians_s"]
@@ -159,6 +184,7 @@ def main() -> None:
             print(
                 f"{row['model']:9s} {res:4d}²  geo3d {row['geo3d_ms']:8.1f} ms  transformers "
                 f"{row['transformers_ms']:8.1f} ms  ratio {row['ratio_geo3d_over_transformers']:.3f}  "
+                f"cpu-time ratio {row['ratio_cpu_time']:.3f}  "
                 f"peak +{row['peak_rss_growth_mib_geo3d']:.0f} / +{row['peak_rss_growth_mib_transformers']:.0f} MiB"
                 f"  max|diff| {err:.1e}",
                 flush=True,
@@ -171,7 +197,8 @@ def main() -> None:
         "benchmark": "ViT forward (batch 1, float32, inference_mode): geo3d VisionTransformer vs "
         "transformers Dinov2Model, same random weights and input",
         "note": "measured on a machine shared with other jobs (load average in env); timings are "
-        "the smallest per-round median of interleaved rounds; peak memory = growth of "
+        "the smallest per-round median of interleaved rounds, wall time (*_ms) and the timing "
+        "thread's CPU time (*_cpu_ms, time.thread_time, 1 torch thread: robust to other jobs); peak memory = growth of "
         "VmHWM (reset via /proc/self/clear_refs) minus VmRSS over one forward, fresh process",
         "env": {
             **env_info("cpu"),
