@@ -28,9 +28,10 @@ def _damped_inverse(den: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``1/den`` where ``den >= e``, ``den/e²`` below (0 at 0, continuous at ``e``), with
     ``e = ε^(1/3) σ₁`` (ε the dtype's epsilon): bounded by ``1/e``. ``den`` is a sum of two
     singular values, which vanishes only where the projection is not unique (rank ≤ 1, or
-    det < 0 with σ₂ = σ₃); there a rounding-level ``den`` (~ε σ₁) contributes at most
-    ``ε^(1/3)`` (relative) instead of ``1/ε``, and since the factor keeps the sign of
-    ``1/den``, the result is still a descent direction for the well-defined part."""
+    det < 0 with σ₂ = σ₃); there a rounding-level ``den`` (~ε σ₁) contributes ~ε^(1/3)
+    (relative) instead of ``1/ε``. The factor keeps the sign of ``1/den``, so the result
+    is still a descent direction. (roma damps the same way, ``x/(x² + eps²)``, with an
+    absolute ``eps``.)"""
     e = (torch.finfo(s.dtype).eps ** (1.0 / 3.0)) * s[..., :1].abs().unsqueeze(-1)
     e = e.clamp_min(torch.finfo(s.dtype).tiny ** 0.25)
     big = den >= e
@@ -125,18 +126,39 @@ def project_to_so3(M: torch.Tensor) -> torch.Tensor:
 def geodesic_distance(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     """Rotation angle of ``R1ᵀ R2`` (the geodesic distance on SO(3)).
 
-    Computed as ``2 asin(|R2 - R1|_F / 2√2)`` where that is accurate (``θ`` more than
-    ~1.1° from π), and as ``atan2(sin θ, cos θ)`` from the skew part and the trace of
-    ``R1ᵀ R2`` for the rest (see the comments in the code): accurate to ~machine
-    precision near 0 and π, with finite gradients at 0 and π. Under ``torch.compile``
-    (or with value checks off) the atan2 formula is used everywhere.
+    Two formulas. The exact one, ``θ = atan2(sin θ, cos θ)`` from the skew part and the
+    trace of ``R1ᵀ R2``, is accurate to ~machine precision everywhere, including near 0
+    and π. It serves batches under 8192 rotations, code being traced (``torch.compile``,
+    ``torch.func``) and calls with value checks off. Larger batches use roma's cheaper
+    ``2 asin(|R2 - R1|_F / 2√2)`` (about roma's speed) and redo with the exact formula the
+    rotations within ~1.1° of π, where the asin loses digits; both agree to a few hundred
+    ε elsewhere. Inputs are taken as rotations (no projection: ``R1ᵀ R2`` is not formed).
+
+    Gradients are finite everywhere. At ``θ = 0`` (a cone point, no derivative) the
+    gradient is 0. At ``θ = π`` (within rounding) it is a one-sided derivative: 0 for
+    perturbations about axes orthogonal to the rotation axis ``n`` and ±1 (the limit from
+    one side, like :func:`quat_distance`) for a perturbation about ``n``.
 
     Args:
         R1: rotation matrices, shape :math:`(*, 3, 3)`.
         R2: rotation matrices, shape :math:`(*, 3, 3)`, broadcastable with ``R1``.
 
     Returns:
-        Angles in radians in ``[0, π]``, shape :math:`(*)`.
+        Angles in radians in ``[0, π]``, shape :math:`(*)` (the broadcast batch shape).
+
+    Raises:
+        ValueError: wrong shapes or batch dims that do not broadcast; (value checks on)
+            NaN or inf entries.
+
+    Reference:
+        R. Hartley, J. Trumpf, Y. Dai, H. Li, "Rotation averaging", IJCV 103, 2013,
+        DOI 10.1007/s11263-012-0601-0 (chordal and angular distances); roma
+        ``roma/utils.py::rotmat_geodesic_distance`` (the asin formula).
+
+    Example:
+        >>> R = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
+        >>> geodesic_distance(torch.eye(3), R)
+        tensor(3.1416)
     """
     check_tensor("R1", R1, (3, 3))
     check_tensor("R2", R2, (3, 3))
@@ -148,35 +170,26 @@ def geodesic_distance(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
             f"R2: expected batch dims broadcastable with R1's {tuple(R1.shape[:-2])}, got "
             f"{tuple(R2.shape[:-2])}"
         ) from None
-    # Two formulas (see _geodesic_precise for the accurate-everywhere one). The fast one,
-    # θ = 2 asin(|R2 - R1|_F / 2√2), costs two passes over the data like roma's; it turns
-    # an error δ ~ a few ε in the norm into δ / (√2 cos(θ/2)): tiny except within a few
-    # degrees of π, where asin's slope blows up. So: take it wherever cos(θ/2) >=
-    # _COS_HALF_MIN (error <= ~70δ, a few hundred ε) and redo the few rotations beyond
-    # that (~1.3% of uniformly random ones) with a formula from the skew part. The one
-    # host read that decides this is also the finiteness check (aminmax propagates NaN).
     if not values_enabled() or R1.numel() + R2.numel() < _FAST_MIN_NUMEL:
         # traced/compiled or checks off: no host read; small batches: fewer kernels
         return _geodesic_precise(R1, R2)
+    # h = sin(θ/2) = |R2 - R1|_F / 2√2 (vector_norm's gradient at 0 is 0, not NaN). An
+    # error δ ~ a few ε in h becomes δ / (√2 cos(θ/2)) in θ: tiny except near π, so rows
+    # with cos(θ/2) < _COS_HALF_MIN (~1.3% of uniformly random ones) are redone exactly.
+    # The one host read that finds them is also the finiteness check (aminmax
+    # propagates NaN).
     D = R2 - R1
-    grad = torch.is_grad_enabled() and (R1.requires_grad or R2.requires_grad)
-    if grad:  # h = sin(θ/2) = |R2 - R1|_F / 2√2; vector_norm's backward is 0, not NaN, at 0
-        h = torch.linalg.vector_norm(D, dim=(-2, -1)) * _INV_2SQRT2
-    else:  # a reduction over 9 contiguous numbers is slow; a matrix-vector product is not
-        w = D.new_full((9,), 0.125)
-        h = torch.mv(D.reshape(-1, 9).square_(), w).sqrt_().view(D.shape[:-2])
+    h = torch.linalg.vector_norm(D, dim=(-2, -1)) * _INV_2SQRT2
     lo, hi = torch.aminmax(h.detach())
     lo, hi = lo.item(), hi.item()
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("R1, R2: expected finite values, got NaN or inf")
-    if hi <= _SIN_HALF_MAX:
-        return torch.asin(h) * 2.0 if grad else torch.asin_(h).mul_(2.0)
     theta = torch.asin(h.clamp_max(_SIN_HALF_MAX)) * 2.0
-    # near π: π - θ = asin(sin θ) = asin(|vee(Mᵀ - M)| / 2), with vee(Mᵀ - M) = Σ_k r_k × s_k
-    idx = (h.view(-1) > _SIN_HALF_MAX).nonzero().squeeze(1)
-    x = torch.linalg.cross(_rows(R1, D.shape, idx), _rows(R2, D.shape, idx), dim=-1)
-    near_pi = math.pi - torch.asin(torch.linalg.vector_norm(x.sum(-2), dim=-1) * 0.5)
-    return theta.view(-1).index_put((idx,), near_pi).view(theta.shape)
+    if hi <= _SIN_HALF_MAX:
+        return theta
+    idx = (h.detach().reshape(-1) > _SIN_HALF_MAX).nonzero().squeeze(1)
+    near_pi = _geodesic_precise(_rows(R1, D.shape, idx), _rows(R2, D.shape, idx))
+    return theta.reshape(-1).index_put((idx,), near_pi).view(theta.shape)
 
 
 def _rows(R: torch.Tensor, shape: torch.Size, flat_idx: torch.Tensor) -> torch.Tensor:
@@ -191,22 +204,52 @@ _INV_2SQRT2 = 1.0 / (2.0 * math.sqrt(2.0))
 _COS_HALF_MIN = 0.01
 #: sin(θ/2) above which the asin formula is replaced (where cos(θ/2) = _COS_HALF_MIN)
 _SIN_HALF_MAX = math.sqrt(1.0 - _COS_HALF_MIN**2)
+#: |vee(Mᵀ - M)| = 2 sin θ below this many ε: θ is 0 or π within rounding
+_FLAT_EPS = 32.0
 
 
 def _geodesic_precise(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
-    # θ = atan2(sin θ, cos θ) for M = R1ᵀ R2: the skew part of M is 2 sin θ [n]×, and
-    # tr M - 1 = 2 cos θ. Both carry absolute error ~ε, so θ is accurate to ~ε everywhere,
-    # including near 0 and π (unlike acos/asin of the trace or of |R1 - R2|), and the
-    # gradient stays finite. M is not formed (a batched 3×3 matmul is slow): with rows
-    # r_k of R1 and s_k of R2, tr M = Σ R1 ⊙ R2 and vee(Mᵀ - M) = Σ_k r_k × s_k.
+    # θ = atan2(sin θ, cos θ) for M = R1ᵀ R2: the skew part of M is sin θ [n]×, so
+    # |vee(Mᵀ - M)| = 2 sin θ, and tr M - 1 = 2 cos θ. Both carry absolute error ~ε, so θ
+    # is accurate to ~ε everywhere, including near 0 and π (unlike acos/asin of the trace
+    # or of |R1 - R2|). M is not formed (a batched 3×3 matmul is slow): with rows r_k of
+    # R1 and s_k of R2, tr M = Σ R1 ⊙ R2 and vee(Mᵀ - M) = v = Σ_k r_k × s_k.
     if R1.shape != R2.shape:
         R1, R2 = torch.broadcast_tensors(R1, R2)  # views; linalg.cross needs equal ndim
     c = (R1 * R2).sum((-1, -2)) - 1.0
-    s = torch.linalg.vector_norm(torch.linalg.cross(R1, R2, dim=-1).sum(-2), dim=-1)
-    theta = torch.atan2(s, c)
+    v = torch.linalg.cross(R1, R2, dim=-1).sum(-2)
+    s = torch.linalg.vector_norm(v, dim=-1)  # gradient 0 (not NaN) at v = 0
+    tol = _FLAT_EPS * torch.finfo(s.dtype).eps
+    flat_rows = True  # traced or checks off: the branch-free formula
     if values_enabled():
-        check_finite("R1, R2", theta)
-    return theta
+        flat_rows = False
+        if s.numel() > 0:  # one host read: finiteness (NaN/inf propagate) and flat rows
+            lo, tot = torch.stack((s.detach().amin(), c.detach().sum())).tolist()
+            if not (math.isfinite(lo) and math.isfinite(tot)):
+                raise ValueError("R1, R2: expected finite values, got NaN or inf")
+            flat_rows = lo <= tol
+    if flat_rows:
+        s = _flat_sin(R1, R2, c, v, s, tol)
+    return torch.atan2(s, c)
+
+
+def _flat_sin(R1, R2, c, v, s, tol: float) -> torch.Tensor:
+    """``s = |v|`` with a useful derivative where ``v = 0`` within rounding (θ = 0 or π),
+    where |v|'s gradient is 0 or the direction of rounding noise. At θ = 0 (a cone point)
+    s is 0 with gradient 0. At θ = π, s is read as |t|, t = v·a (the same value within
+    rounding), with a = ±n the rotation axis and |t| = t sign(t), sign(±0) = ±1: a
+    one-sided derivative. a: R1 + R2 = R1 (I + M) = 2 (R1 n) nᵀ at π, so its largest row
+    is parallel to n."""
+    P = R1 + R2
+    p0, p1, p2 = P.unbind(-2)
+    n0, n1, n2 = (p0 * p0).sum(-1), (p1 * p1).sum(-1), (p2 * p2).sum(-1)
+    pick0 = (n0 >= n1) & (n0 >= n2)
+    pick1 = n1 >= n2
+    a = torch.where(pick0[..., None], p0, torch.where(pick1[..., None], p1, p2))
+    na = torch.where(pick0, n0, torch.where(pick1, n1, n2))  # >= 4/3 for rotations
+    t = (v * a).sum(-1) * torch.rsqrt(na)
+    s_flat = torch.where(c < 0, t * torch.copysign(torch.ones_like(t), t), 0.0)
+    return torch.where(s <= tol, s_flat, s)
 
 
 def _check_weights(weights: torch.Tensor, shape: torch.Size, what: str) -> None:
@@ -322,11 +365,17 @@ def _prep(P: torch.Tensor, Q: torch.Tensor, weights: torch.Tensor | None):
     return w, pm, qm, Pc, H
 
 
-def _project_or_identity(H: torch.Tensor) -> torch.Tensor:
-    """project_to_so3(H), and the identity where H = 0 (no information: N = 0, coincident
-    points): the documented value instead of whatever the SVD of 0 returns."""
+def _project_or_identity(H: torch.Tensor, P, Q, w) -> torch.Tensor:
+    """project_to_so3(H), and the identity where H carries no information: H = 0 up to
+    the rounding of the centring (N = 0, or all points of P or of Q coincident). The
+    documented value instead of the SVD's arbitrary pick, and no 1/(rounding noise)
+    gradient."""
     R = project_to_so3(H)
-    zero = (H == 0).flatten(-2).all(-1)[..., None, None]
+    with torch.no_grad():
+        wv = w.unsqueeze(-1)
+        scale = torch.sqrt((wv * P * P).sum((-1, -2)) * (wv * Q * Q).sum((-1, -2)))
+        tol = 64.0 * torch.finfo(H.dtype).eps * scale
+        zero = (torch.linalg.vector_norm(H, dim=(-2, -1)) <= tol)[..., None, None]
     return torch.where(zero, torch.eye(3, dtype=H.dtype, device=H.device), R)
 
 
@@ -364,8 +413,8 @@ def kabsch(
         >>> t
         tensor([1., 1., 1.])
     """
-    _, pm, qm, _, H = _prep(P, Q, weights)
-    R = _project_or_identity(H)
+    w, pm, qm, _, H = _prep(P, Q, weights)
+    R = _project_or_identity(H, P, Q, w)
     t = qm - (R @ pm.unsqueeze(-1)).squeeze(-1)
     return R, t
 
@@ -403,7 +452,7 @@ def umeyama(
         2.0
     """
     w, pm, qm, Pc, H = _prep(P, Q, weights)
-    R = _project_or_identity(H)
+    R = _project_or_identity(H, P, Q, w)
     var_p = (w * (Pc * Pc).sum(-1)).sum(-1)
     if values_enabled() and var_p.numel() > 0 and bool((var_p <= 0).any()):
         raise ValueError("P: expected points that are not all identical (zero variance)")
