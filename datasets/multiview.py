@@ -207,7 +207,9 @@ class MultiviewPairs(torch.utils.data.Dataset):
             empty = set(json.loads((d / "meta.json").read_text()).get("empty_views", []))
         T = torch.from_numpy(poses)
         ang = relative_rotation_angle(T[:, None], T[None, :]).numpy()
-        i, j = np.nonzero((ang <= self.max_angle) & ~np.eye(n, dtype=bool))
+        # ties at exactly max_angle are common with icosphere views (120° here): keep them,
+        # with a 1e-6° margin so that rounding does not decide
+        i, j = np.nonzero((ang <= self.max_angle + 1e-6) & ~np.eye(n, dtype=bool))
         keep = np.array([a not in empty and b not in empty for a, b in zip(i, j, strict=True)], dtype=bool)
         pairs = np.stack([i[keep], j[keep]], axis=1) if len(i) else np.zeros((0, 2), np.int64)
         self._pair_cache[name] = pairs
@@ -287,8 +289,8 @@ def plot_pair(item: dict[str, Any], path: str | os.PathLike, *, num_lines: int =
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    fig = plt.figure(figsize=(12, 6.5))
-    gs = fig.add_gridspec(2, 4)
+    fig = plt.figure(figsize=(11, 11))
+    gs = fig.add_gridspec(3, 3, height_ratios=[1, 1, 1.25])
     img_axes = []
     for r, s in enumerate(("1", "2")):
         ax = fig.add_subplot(gs[r, 0])
@@ -309,11 +311,11 @@ def plot_pair(item: dict[str, Any], path: str | os.PathLike, *, num_lines: int =
     for a in img_axes:
         a.set_xticks([])
         a.set_yticks([])
-    ax = fig.add_subplot(gs[:, 3])
+    ax = fig.add_subplot(gs[2, :])
     i1 = item["image1"].permute(1, 2, 0).numpy()
     i2 = item["image2"].permute(1, 2, 0).numpy()
-    H, W = i1.shape[:2]
-    ax.imshow(np.concatenate([i1, i2], axis=0))
+    W = i1.shape[1]
+    ax.imshow(np.concatenate([i1, i2], axis=1))
     ok = torch.nonzero(item["corr_valid"]).flatten()
     g = torch.Generator().manual_seed(seed)
     sel = ok[torch.randperm(len(ok), generator=g)[:num_lines]]
@@ -322,8 +324,8 @@ def plot_pair(item: dict[str, Any], path: str | os.PathLike, *, num_lines: int =
         u1, v1 = item["pixels1"][k].tolist()
         u2, v2 = item["corr2"][k].tolist()
         c = cmap(n / max(1, len(sel)))
-        ax.plot([u1, u2], [v1, v2 + H], "-", color=c, lw=0.8)
-        ax.plot([u1, u2], [v1, v2 + H], "o", color=c, ms=2.5)
+        ax.plot([u1, u2 + W], [v1, v2], "-", color=c, lw=0.8)
+        ax.plot([u1, u2 + W], [v1, v2], "o", color=c, ms=2.5)
     ax.set_title(f"{len(ok)} / {len(item['corr_valid'])} matched, {item['angle']:.0f}° apart")
     ax.set_xticks([])
     ax.set_yticks([])
