@@ -68,3 +68,49 @@ def test_bad_arguments():
     with pytest.raises(SystemExit) as info:
         main(["report", "--samples", "0"])
     assert info.value.code == 2
+
+
+class TestCliErrors:
+    """User errors print one line (exit 2); --debug / GEO3D_DEBUG=1 show the traceback;
+    other exceptions (bugs) always propagate."""
+
+    def _patched(self, monkeypatch, exc):
+        def boom(ns):
+            raise exc
+
+        real = demo.add_parser
+
+        def add_parser(sub):
+            real(sub)
+            sub.choices["report"].set_defaults(func=boom)
+
+        monkeypatch.setattr(demo, "add_parser", add_parser)
+
+    @pytest.mark.parametrize("exc", [ValueError("points: expected shape (N, 3), got (4, 2)"),
+                                     FileNotFoundError("no such file 'a.obj'")])
+    def test_user_error_is_one_line_exit_2(self, monkeypatch, capsys, exc):
+        self._patched(monkeypatch, exc)
+        monkeypatch.delenv("GEO3D_DEBUG", raising=False)
+        assert main(["report"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert err.startswith("geo3d: error: ") and str(exc) in err and "--debug" in err
+        with pytest.raises(type(exc)):
+            main(["--debug", "report"])
+        monkeypatch.setenv("GEO3D_DEBUG", "1")
+        with pytest.raises(type(exc)):
+            main(["report"])
+
+    def test_geo3d_error_classes_count_as_user_errors(self, monkeypatch, capsys):
+        from geo3d.apps.assembly import CheckpointError
+
+        self._patched(monkeypatch, CheckpointError("x.ckpt", "checkpoint 'x.ckpt' is truncated"))
+        monkeypatch.delenv("GEO3D_DEBUG", raising=False)
+        assert main(["report"]) == 2
+        assert "x.ckpt" in capsys.readouterr().err
+
+    def test_bugs_propagate(self, monkeypatch):
+        self._patched(monkeypatch, RuntimeError("an internal bug"))
+        monkeypatch.delenv("GEO3D_DEBUG", raising=False)
+        with pytest.raises(RuntimeError, match="internal bug"):
+            main(["report"])
