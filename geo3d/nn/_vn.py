@@ -212,6 +212,12 @@ class VNMaxPool(nn.Module):
     """Max pooling over the last dim: per channel, keep the vector with the largest
     projection on a learned direction ``k = U x``.
 
+    Ties: projections within ``sqrt(eps) * max|projection|`` of the largest (``eps`` of the
+    dtype; rounding-level differences, e.g. between mirror-image neighbours on a grid, or
+    between a cloud and its rotated copy) count as equal, and the tied vectors are
+    averaged. So the result does not depend on the order of the entries and is exactly
+    equivariant also when several entries tie (a plain argmax would pick one by position).
+
     Args:
         channels: ``C``.
 
@@ -232,11 +238,26 @@ class VNMaxPool(nn.Module):
         _check_mask(mask, x)
         d = _channel_mix(self.map_to_dir, x)
         dot = _dot3(x, d).squeeze(2)  # (B, C, *S, M)
-        if mask is not None:
-            dot = dot.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        valid = None if mask is None else mask.unsqueeze(1).expand_as(dot)
+        if valid is not None:
+            dot = dot.masked_fill(~valid, float("-inf"))
         idx = dot.argmax(dim=-1, keepdim=True)  # (B, C, *S, 1)
-        idx = idx.unsqueeze(2).expand(*x.shape[:-1], 1)
-        return torch.gather(x, -1, idx).squeeze(-1)
+        best = torch.gather(x, -1, idx.unsqueeze(2).expand(*x.shape[:-1], 1)).squeeze(-1)
+        with torch.no_grad():
+            mx = dot.gather(-1, idx)
+            mag = dot.abs() if valid is None else torch.where(valid, dot.abs(), 0)
+            tol = torch.finfo(x.dtype).eps ** 0.5 * mag.amax(-1, keepdim=True)
+            sel = dot >= mx - tol
+            if valid is not None:
+                sel = sel & valid
+            count = sel.sum(-1)  # (B, C, *S)
+            tied = count > 1
+        if not bool(tied.any()):
+            return best
+        s = sel.unsqueeze(2)
+        avg = torch.where(s, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(-1)
+        avg = avg / count.clamp(min=1).unsqueeze(2).to(x.dtype)
+        return torch.where(tied.unsqueeze(2), avg, best)
 
 
 class VNMeanPool(nn.Module):
