@@ -24,7 +24,9 @@ class ChamferPerPoint(NamedTuple):
         dist_xy: distance from every ``x`` point to its nearest ``y`` point (squared when
             ``squared=True``), shape :math:`(*, N)`; 0 for padded points.
         idx_xy: index in ``y`` of that nearest point, shape :math:`(*, N)`; -1 for padded
-            points (and when ``y`` has no valid point).
+            points (and when ``y`` has no valid point). Ties go to the lower index, except
+            for ``chamfer_distance(x, x)`` (``y`` is ``x``), where each point is its own
+            nearest point, as in :func:`knn`.
         dist_yx: the same from ``y`` to ``x``, shape :math:`(*, M)` (None if
             ``single_directional``).
         idx_yx: shape :math:`(*, M)` (None if ``single_directional``).
@@ -130,12 +132,15 @@ def chamfer_distance(
     _check_finite_points("y", yb, yl)
     vx = torch.arange(n, device=x.device)[None] < xl[:, None]
     vy = torch.arange(m, device=x.device)[None] < yl[:, None]
+    same = y is x  # then every point is its own nearest point (as in knn(x, x))
+    if same:
+        yb = xb
     if single_directional:
         dxy, ixy = knn(xb, yb, 1, xl, yl, backend=backend, chunk_size=chunk_size)
         dxy, ixy = dxy[..., 0], ixy[..., 0]
         dyx = iyx = None
     else:
-        dxy, ixy, dyx, iyx = _nearest_both(xb, yb, xl, yl, backend, chunk_size)
+        dxy, ixy, dyx, iyx = _nearest_both(xb, yb, xl, yl, backend, chunk_size, same)
 
     def finish(d: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         d = torch.where(valid, d, 0)  # padded points: 0 (their inf carries no gradient)

@@ -391,8 +391,11 @@ def _nearest_both(
     yl: torch.Tensor,
     backend: str,
     chunk_size: int | None,
+    same: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact nearest neighbours both ways for flattened ``x (B, N, D)``, ``y (B, M, D)``.
+
+    ``same``: ``y`` is ``x`` (the caller's tensors): the self-first rule of :func:`knn`.
 
     Returns ``(d_xy (B, N), i_xy (B, N), d_yx (B, M), i_yx (B, M))`` with :func:`knn`'s
     fill values; distances are differentiable.
@@ -413,6 +416,9 @@ def _nearest_both(
             xd, yd = x.detach(), y.detach()
             ixy = _knn_indices(xd, yd, 1, xl, yl, backend, chunk_size)
             iyx = _knn_indices(yd, xd, 1, yl, xl, backend, chunk_size)
+    if same and n and m and x.shape[0]:  # x is y: every point is its own nearest point
+        ixy = _self_first(ixy, xl, yl)
+        iyx = _self_first(iyx, yl, xl)
     dxy = _gather_sqdist(x, y, ixy)[..., 0]
     dyx = _gather_sqdist(y, x, iyx)[..., 0]
     return dxy, ixy[..., 0], dyx, iyx[..., 0]

@@ -82,6 +82,18 @@ class TestSelfFirst:
         for c in range(8):
             assert ei[0, ei[1] == c].tolist() == ref[c][:2]
 
+    @pytest.mark.parametrize("single", [False, True])
+    def test_chamfer_of_a_cloud_with_itself(self, single):
+        x = torch.stack([_dup_cloud("first"), _dup_cloud("last")])
+        loss, pp = chamfer_distance(x, x, return_per_point=True, single_directional=single)
+        assert loss.item() == 0.0
+        assert torch.equal(pp.idx_xy, torch.arange(8).expand(2, 8))
+        if not single:
+            assert torch.equal(pp.idx_yx, torch.arange(8).expand(2, 8))
+        # a copy is a different cloud: ties to the lower index
+        _, pp = chamfer_distance(x, x.clone(), return_per_point=True)
+        assert pp.idx_xy[0, :4].tolist() == [0, 0, 0, 0]
+
     def test_fps_duplicates_first_and_last(self):
         # by hand: start 0; (3, 0) at 3 and 4 tie at 9 -> 3; then (1, 0) (min distance 1);
         # the duplicates 1 (of 0) and 4 (of 3) tie at 0 -> 1, then 4
