@@ -283,25 +283,21 @@ def sample_texture(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     ``((j + 0.5) / w, 1 - (i + 0.5) / h)``; the texture repeats outside [0, 1].
     """
     h, w = image.shape[:2]
+    dt = uv.dtype if uv.dtype in (np.float32, np.float64) else np.float64
     u = np.mod(uv[:, 0], 1.0)
     v = np.mod(uv[:, 1], 1.0)
     x = u * w - 0.5
     y = (1.0 - v) * h - 0.5
-    x0 = np.floor(x)
-    y0 = np.floor(y)
-    fx = (x - x0)[:, None]
-    fy = (y - y0)[:, None]
-    x0 = x0.astype(np.int64)
-    y0 = y0.astype(np.int64)
+    x0f = np.floor(x)
+    y0f = np.floor(y)
+    fx = (x - x0f).astype(dt)[:, None]
+    fy = (y - y0f).astype(dt)[:, None]
+    x0 = x0f.astype(np.int64)
+    y0 = y0f.astype(np.int64)
     x1 = np.mod(x0 + 1, w)
     y1 = np.mod(y0 + 1, h)
     x0 = np.mod(x0, w)
     y0 = np.mod(y0, h)
-    img = image
-    c00 = img[y0, x0].astype(np.float64)
-    c01 = img[y0, x1].astype(np.float64)
-    c10 = img[y1, x0].astype(np.float64)
-    c11 = img[y1, x1].astype(np.float64)
-    top = c00 * (1 - fx) + c01 * fx
-    bot = c10 * (1 - fx) + c11 * fx
-    return (top * (1 - fy) + bot * fy) / 255.0
+    top = image[y0, x0].astype(dt) * (1 - fx) + image[y0, x1].astype(dt) * fx
+    bot = image[y1, x0].astype(dt) * (1 - fx) + image[y1, x1].astype(dt) * fx
+    return (top * (1 - fy) + bot * fy) * dt(1.0 / 255.0) if dt is np.float32 else (top * (1 - fy) + bot * fy) / 255.0

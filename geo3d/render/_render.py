@@ -22,7 +22,9 @@ Reference: open3d ray casting tutorial (``open3d.t.geometry.RaycastingScene.cast
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -117,9 +119,9 @@ class Renderer:
         f = self.mesh.faces
         v = self.mesh.vertices
         # per face: V0, V1 - V0, V2 - V0, normal (one gather per hit instead of four)
-        self._face_table = np.ascontiguousarray(
-            np.stack([v[f[:, 0]], v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]], self.mesh.face_normals], axis=1)
-        )
+        table = np.stack([v[f[:, 0]], v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]], self.mesh.face_normals], axis=1)
+        self._face_table = {np.dtype(np.float64): np.ascontiguousarray(table)}
+        self._table64 = table
         used = v[np.unique(f)]
         lo, hi = used.min(axis=0), used.max(axis=0)
         self._corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
@@ -166,28 +168,37 @@ class Renderer:
             "uvs": res["primitive_uvs"].numpy(),
         }
 
+    def _table(self, dtype: np.dtype) -> np.ndarray:
+        if dtype not in self._face_table:
+            self._face_table[dtype] = np.ascontiguousarray(self._table64.astype(dtype))
+        return self._face_table[dtype]
+
     def _albedo(self, prim: np.ndarray, bu: np.ndarray, bv: np.ndarray, points: np.ndarray) -> np.ndarray:
         m = self.mesh
-        out = np.empty((len(prim), 3))
-        part_of = self._face_part[prim]
+        dt = bu.dtype
+        out = np.empty((len(prim), 3), dtype=dt)
+        part_of = self._face_part[prim] if len(m.parts) > 1 else None
         for i, p in enumerate(m.parts):
-            sel = np.nonzero(part_of == i)[0] if len(m.parts) > 1 else slice(None)
+            sel = np.nonzero(part_of == i)[0] if part_of is not None else slice(None)
             if p.kind in ("texture", "vertex"):
                 tri = m.faces[prim[sel]]
-                ws = np.stack([1.0 - bu[sel] - bv[sel], bu[sel], bv[sel]], axis=1)
+                b1, b2 = bu[sel], bv[sel]
+                b0 = 1.0 - b1 - b2
             if p.kind == "texture":
-                uv = np.einsum("mk,mkc->mc", ws, p.uv[tri])
-                out[sel] = sample_texture(p.image, uv) * p.factor
+                uvt = p.uv[tri].astype(dt, copy=False)  # (M, 3, 2)
+                uv = b0[:, None] * uvt[:, 0] + b1[:, None] * uvt[:, 1] + b2[:, None] * uvt[:, 2]
+                out[sel] = sample_texture(p.image, uv) * p.factor.astype(dt)
             elif p.kind == "vertex":
-                out[sel] = np.einsum("mk,mkc->mc", ws, p.colors[tri])
+                ct = p.colors[tri].astype(dt, copy=False)
+                out[sel] = b0[:, None] * ct[:, 0] + b1[:, None] * ct[:, 1] + b2[:, None] * ct[:, 2]
             elif p.kind == "face":
                 out[sel] = p.colors[prim[sel] - p.start]
             elif p.kind == "function":
-                col = np.asarray(p.fn(points[sel]), dtype=np.float64)
+                col = np.asarray(p.fn(np.asarray(points[sel], dtype=np.float64)), dtype=np.float64)
                 out[sel] = col.reshape(-1, 3)
             else:
                 out[sel] = p.colors
-        return np.clip(out, 0.0, 1.0)
+        return out
 
     def _shade_view(
         self,
@@ -197,30 +208,36 @@ class Renderer:
         W: int,
         out: dict[str, np.ndarray],
     ) -> None:
-        """Fill one view's slices of the (pre-cleared) output arrays from its ray hits."""
+        """Fill one view's slices of the (pre-cleared) output arrays from its ray hits.
+
+        Arithmetic runs in the output dtype (float32 halves the memory traffic; float64
+        keeps points on the triangles to ~1e-16 relative).
+        """
+        dt = out["depth"].dtype
         t_hit = hit["t_hit"]
         local = np.nonzero(np.isfinite(t_hit))[0]
-        hit = {k: a[local] for k, a in hit.items()}
         v0, v1, u0, u1 = window
         w = u1 - u0 + 1
         idx = (v0 + local // w) * W + (u0 + local % w)  # flat index in the full image
-        prim = hit["ids"].astype(np.int64)
-        bu = hit["uvs"][:, 0].astype(np.float64)
-        bv = hit["uvs"][:, 1].astype(np.float64)
-        ft = self._face_table[prim]  # (M, 4, 3)
+        prim = hit["ids"][local].astype(np.int64)
+        uvs = hit["uvs"][local].astype(dt, copy=False)
+        bu, bv = uvs[:, 0], uvs[:, 1]
+        ft = self._table(dt)[prim]  # (M, 4, 3): V0, V1 - V0, V2 - V0, normal
         pts = ft[:, 0] + bu[:, None] * ft[:, 1] + bv[:, None] * ft[:, 2]
-        R, t = T[:3, :3], T[:3, 3]
-        Xc = np.einsum("mk,ck->mc", pts, R) + t
         n_obj = ft[:, 3]
-        n_cam = np.einsum("mk,ck->mc", n_obj, R)
-        # two-sided: turn normals towards the camera (the ray goes from 0 to Xc)
-        flip = np.einsum("mc,mc->m", n_cam, Xc) > 0
-        n_cam[flip] *= -1.0
-        lam = np.clip(np.einsum("mc,c->m", n_cam, self.light_dir), 0.0, None)
+        R, t = T[:3, :3], T[:3, 3]
+        centre = (-R.T @ t).astype(dt)
+        depth = pts @ R[2].astype(dt) + dt.type(t[2])  # camera z of the points
+        # two-sided Lambert: the normal facing the camera, the light fixed in the camera frame
+        away = np.einsum("mc,mc->m", n_obj, pts - centre) > 0
+        ndotl = n_obj @ (R.T @ self.light_dir).astype(dt)
+        lam = np.maximum(np.where(away, -ndotl, ndotl), 0)
         shade = self.ambient + self.diffuse * lam
-        rgb_hit = np.clip(self._albedo(prim, bu, bv, pts) * shade[:, None], 0.0, 1.0)
+        rgb_hit = self._albedo(prim, bu, bv, pts)
+        rgb_hit *= shade[:, None]
+        np.clip(rgb_hit, 0.0, 1.0, out=rgb_hit)
         out["rgb"].reshape(-1, 3)[idx] = rgb_hit
-        out["depth"].reshape(-1)[idx] = Xc[:, 2]
+        out["depth"].reshape(-1)[idx] = depth
         out["mask"].reshape(-1)[idx] = True
         out["points"].reshape(-1, 3)[idx] = pts
         out["normals"].reshape(-1, 3)[idx] = n_obj
@@ -290,26 +307,37 @@ class Renderer:
             if not pending:
                 return
             hit = self._cast(np.concatenate([r for _, _, r in pending]))
-            start = 0
+            tasks, start = [], 0
             for i, window, r in pending:
                 sl = slice(start, start + len(r))
                 start += len(r)
                 views = {k: a[i] for k, a in arrays.items()}
-                self._shade_view(Tn[i], {k: a[sl] for k, a in hit.items()}, window, W, views)
+                tasks.append((Tn[i], {k: a[sl] for k, a in hit.items()}, window, W, views))
+            if pool is None or len(tasks) == 1:
+                for task in tasks:
+                    self._shade_view(*task)
+            else:  # numpy releases the GIL: views are shaded in parallel
+                list(pool.map(lambda task: self._shade_view(*task), tasks))
             pending.clear()
 
-        queued = 0
-        for i in range(n):
-            window = self._window(Kn[i], Tn[i], H, W)
-            if window[0] > window[1] or window[2] > window[3]:
-                continue  # the mesh projects outside the image: empty view
-            rays = self._rays(Kn[i], Tn[i], window)
-            if queued and queued + len(rays) > rays_per_call:
-                flush()
-                queued = 0
-            pending.append((i, window, rays))
-            queued += len(rays)
-        flush()
+        workers = self.nthreads or os.cpu_count() or 1
+        pool = ThreadPoolExecutor(workers) if workers > 1 and n > 1 else None
+        try:
+            queued = 0
+            for i in range(n):
+                window = self._window(Kn[i], Tn[i], H, W)
+                if window[0] > window[1] or window[2] > window[3]:
+                    continue  # the mesh projects outside the image: empty view
+                rays = self._rays(Kn[i], Tn[i], window)
+                if queued and queued + len(rays) > rays_per_call:
+                    flush()
+                    queued = 0
+                pending.append((i, window, rays))
+                queued += len(rays)
+            flush()
+        finally:
+            if pool is not None:
+                pool.shutdown()
         result = {k: torch.from_numpy(a) for k, a in arrays.items()}
         result["empty"] = ~result["mask"].flatten(1).any(dim=1)
         if not batched:
