@@ -202,11 +202,13 @@ def test_float32_and_dims(build, generator, name):
 @pytest.mark.parametrize("name", list(ALL))
 def test_bad_input(build, name):
     model = build(ALL[name])
-    with pytest.raises(ValueError, match="points"):
+    with pytest.raises(ValueError, match=r"^points: expected shape \(B, N, 3\), got \(2, 10, 2\)"):
         model(torch.zeros(2, 10, 2, dtype=torch.float64))
-    with pytest.raises(ValueError, match="mask"):
+    with pytest.raises(ValueError, match=r"^points: expected at least one point"):
+        model(torch.zeros(2, 0, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^mask: expected shape \(B, N\) = \(2, 10\), got \(2, 9\)"):
         model(torch.zeros(2, 10, 3, dtype=torch.float64), torch.ones(2, 9, dtype=torch.bool))
-    with pytest.raises(ValueError, match="mask"):
+    with pytest.raises(ValueError, match=r"^mask: expected dtype torch.bool"):
         model(torch.zeros(2, 10, 3, dtype=torch.float64), torch.ones(2, 10))
 
 

@@ -17,6 +17,7 @@ from geo3d.nn import (
     VNDGCNN,
     PointNet,
     TFNEncoder,
+    VNMaxPool,
     VNMeanPool,
     VNPointNet,
     knn_neighborhood,
@@ -359,3 +360,23 @@ def test_outputs_never_alias_the_input(build, name):
     nb = knn_neighborhood(base, 4)
     for t in nb:
         assert t.untyped_storage().data_ptr() != base.untyped_storage().data_ptr()
+
+
+def test_vn_max_pool_averages_exact_ties():
+    pool = VNMaxPool(1).double()
+    with torch.no_grad():
+        pool.map_to_dir.weight.fill_(1.0)  # direction = the vector itself: projection |x|^2
+    a = torch.tensor([3.0, 4.0, 0.0], dtype=torch.float64)
+    b = torch.tensor([0.0, 0.0, 5.0], dtype=torch.float64)  # same norm as a: a tie
+    c = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    for order in ([a, b, c], [c, b, a], [b, c, a]):
+        x = torch.stack(order, -1)[None, None]  # (1, 1, 3, 3)
+        torch.testing.assert_close(pool(x)[0, 0], (a + b) / 2, atol=0, rtol=0)
+    # rotated input: the tie survives rounding and the output rotates with it
+    R = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(7),
+                                    dtype=torch.float64))[0]
+    x = torch.stack([a, b, c], -1)[None, None]
+    torch.testing.assert_close(pool(R @ x)[0, 0], R @ ((a + b) / 2), atol=1e-14, rtol=0)
+    # masked entries never take part, a clear maximum is returned as is
+    m = torch.tensor([[False, True, True]])
+    torch.testing.assert_close(pool(x, m)[0, 0], b, atol=0, rtol=0)

@@ -206,11 +206,17 @@ class TestGradientsAndErrors:
             VNLinear(4, 2)(torch.zeros(2, 4, 2, 5))
         with pytest.raises(ValueError, match="x: expected VN features"):
             VNLeakyReLU(4)(torch.zeros(2, 3, 3, 5))
-        with pytest.raises(ValueError, match="mask"):
+        with pytest.raises(ValueError, match=r"^mask: expected bool tensor of shape \(2, 5\)"):
             VNBatchNorm(4)(torch.zeros(2, 4, 3, 5), torch.ones(2, 6, dtype=torch.bool))
-        with pytest.raises(ValueError, match="negative_slope"):
+        # masks that would broadcast are rejected too (not a RuntimeError later)
+        for bad in (torch.ones(1, 5, dtype=torch.bool), torch.ones(2, 1, dtype=torch.bool)):
+            with pytest.raises(ValueError, match=r"^mask: expected bool tensor of shape \(2, 5\)"):
+                VNMeanPool()(torch.zeros(2, 4, 3, 5), bad)
+            with pytest.raises(ValueError, match=r"^mask: expected bool tensor of shape \(2, 5\)"):
+                VNMaxPool(4)(torch.zeros(2, 4, 3, 5), bad)
+        with pytest.raises(ValueError, match=r"^negative_slope: expected a value in \[0, 1\)"):
             VNLeakyReLU(4, negative_slope=1.5)
-        with pytest.raises(ValueError, match="idx"):
+        with pytest.raises(ValueError, match=r"^idx: expected shape \(B, N, k\)"):
             vn_edge_features(torch.zeros(2, 4, 3, 5), torch.zeros(2, 4, 3, dtype=torch.long))
 
 
