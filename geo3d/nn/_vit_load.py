@@ -270,7 +270,13 @@ def _load_hf_folder(folder: Path) -> tuple[dict[str, Tensor], dict]:
         for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
     )
     if st.exists() or idx.exists():
-        from safetensors.torch import load_file
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:  # pragma: no cover - safetensors comes with transformers
+            raise ImportError(
+                "load_vit: reading model.safetensors needs safetensors; "
+                "install it with `pip install 'geo3d[hf]'` (or `pip install safetensors`)"
+            ) from e
 
         files = (
             [st]
