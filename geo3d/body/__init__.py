@@ -56,6 +56,7 @@ from geo3d.body._scans import (
     pinhole_intrinsics,
     sample_surface_scan,
 )
+from geo3d.body._show import part_colors, render_bodies_png
 from geo3d.body._tiny import TINY_REST_JOINTS, tiny_body_dict, write_tiny_body
 
 __all__ = [
@@ -98,6 +99,8 @@ __all__ = [
     "look_at",
     "pinhole_intrinsics",
     "sample_surface_scan",
+    "part_colors",
+    "render_bodies_png",
     "TINY_REST_JOINTS",
     "tiny_body_dict",
     "write_tiny_body",

@@ -66,6 +66,10 @@ def part_labels(weights: torch.Tensor) -> torch.Tensor:
         tensor([1, 0])
     """
     _check_weights(weights)
+    return _argmax_first(weights)
+
+
+def _argmax_first(weights: torch.Tensor) -> torch.Tensor:
     # argmax over J with ties to the first index (torch.argmax on CPU already does this,
     # but the documented contract is kept explicit and device-independent).
     m = weights.amax(dim=-1, keepdim=True)
@@ -131,7 +135,11 @@ def arteq_part_labels(weights: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"weights: expected 24 SMPL joints in the last dim, got {weights.shape[-1]}"
         )
+    return _arteq_unchecked(weights)
+
+
+def _arteq_unchecked(weights: torch.Tensor) -> torch.Tensor:
     merged = weights.new_zeros(*weights.shape[:-1], ARTEQ_NUM_PARTS)
     idx = torch.tensor(ARTEQ_PART_MAP, device=weights.device).expand_as(weights)
     merged = merged.scatter_add(-1, idx, weights)
-    return part_labels(merged)
+    return _argmax_first(merged)

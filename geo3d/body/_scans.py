@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from geo3d.body._parts import arteq_part_labels, part_labels
+from geo3d.body._parts import _argmax_first, _arteq_unchecked
 
 __all__ = ["BodyScan", "sample_surface_scan", "depth_camera_scan", "look_at", "pinhole_intrinsics"]
 
@@ -86,8 +86,8 @@ def _finish(
     tri = faces[fid]  # (N, 3)
     pts = (vertices[tri] * bary[..., None]).sum(1)
     w = (weights.to(vertices.dtype)[tri] * bary[..., None]).sum(1)
-    lab = part_labels(w)
-    al = arteq_part_labels(w) if w.shape[1] == 24 else None
+    lab = _argmax_first(w)  # inputs were checked by the caller
+    al = _arteq_unchecked(w) if w.shape[1] == 24 else None
     return pts, w, lab, al
 
 
