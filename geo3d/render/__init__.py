@@ -3,7 +3,7 @@
 Headless, CPU, any triangle mesh (trimesh meshes and scenes, OBJ/PLY/GLB files with UV
 textures or vertex colours). Cameras follow the OpenCV convention (x right, y down,
 z forward; ``world_to_cam`` maps object coordinates to camera coordinates); see
-:mod:`geo3d.render._camera` and ``docs/render_camera_axes.png``.
+:mod:`geo3d.render._camera` and ``benchmarks/results/figures/render_camera_axes.png`` (drawn by ``benchmarks/render_figures.py``).
 
 Layer: above ``geo3d.ops`` / ``groups`` / ``rotations``, below ``geo3d.nn``. open3d is an
 optional dependency (``pip install 'geo3d[o3d]'``) imported when a renderer is built.

@@ -19,7 +19,7 @@ Convention (the same as OpenCV, COLMAP and the 3DCorrEnhance / BlenderProc rende
 * depth is the z-depth ``z`` of ``X_c`` (metres, in the units of the mesh), not the ray
   length.
 
-A picture of these axes is in ``docs/render_camera_axes.png``.
+A picture of these axes is in ``benchmarks/results/figures/render_camera_axes.png`` (drawn by ``benchmarks/render_figures.py``).
 """
 
 from __future__ import annotations
