@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from geo3d.groups import Group
+from geo3d.groups._base import _broadcast
 
 __all__ = ["LinearRep", "Rep"]
 
@@ -111,9 +112,20 @@ class LinearRep(Rep):
         return self.axis % x.dim()
 
     def act(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``ρ(g) x`` along ``axis``; ``x`` has shape ``(..., dim, ...)`` (``dim`` at ``axis``)."""
+        """``ρ(g) x`` along ``axis``; ``x`` has shape ``(..., dim, ...)`` (``dim`` at ``axis``).
+
+        Returns a new tensor (never a view of ``x``). Empty batches give empty outputs.
+
+        Raises:
+            ValueError: naming ``g`` (wrong shape, not a group element when value checks
+                are on) or ``x`` (wrong size at ``axis``, batch dims that do not broadcast
+                against ``g``'s).
+        """
         ax = self._check_x(x)
-        m = _cast(self.matrix(g), x)
+        m = self.matrix(g)  # validates g in its own dtype, before any cast
+        xb = x.shape[:ax] + x.shape[ax + 1 :]
+        _broadcast("g", m.shape[:-2], "x", xb)
+        m = _cast(m, x)
         y = x.movedim(ax, -1).unsqueeze(-1)
         return (m @ y).squeeze(-1).movedim(-1, ax)
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from geo3d.groups import SE3, Group
+from geo3d.groups._base import _broadcast, _check_vec, _fresh
 from geo3d.reps._base import LinearRep, Rep, _batch, _cast, _default
 
 __all__ = ["Custom", "Points", "Trivial", "Vector"]
@@ -27,18 +28,27 @@ class Trivial(LinearRep):
         super().__init__(group, dim, axis)
 
     def matrix(self, g):
-        """Identity matrices, shape :math:`(*, dim, dim)`."""
-        self.group.check_element(g)
+        """Identity matrices, shape :math:`(*, dim, dim)` (a new, writable tensor).
+
+        Raises:
+            ValueError: naming ``g`` for a wrong shape or a non-element.
+        """
+        self.group.validate(g)
         eye = torch.eye(self.dim, dtype=g.dtype, device=g.device)
-        return eye.expand(*self.group.batch_shape(g), self.dim, self.dim)
+        return eye.expand(*self.group.batch_shape(g), self.dim, self.dim).clone()
 
     def act(self, g, x):
-        """Returns ``x`` unchanged; any shape is accepted (invariant scalars ``(B,)``,
-        features ``(B, C)``, ...), only ``g`` is checked."""
+        """Returns a copy of ``x`` (never ``x`` itself, so editing the output leaves ``x``
+        alone); any shape is accepted (invariant scalars ``(B,)``, features ``(B, C)``,
+        ...), only ``g`` is checked.
+
+        Raises:
+            ValueError: naming ``x`` (not a tensor) or ``g`` (wrong shape, non-element).
+        """
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-        self.group.check_element(g)
-        return x
+        self.group.validate(g)
+        return _fresh(x)
 
     def __repr__(self) -> str:
         extra = "" if self.dim == 1 else f", dim={self.dim}"
@@ -58,11 +68,15 @@ class Vector(LinearRep):
         super().__init__(group, group.dim, axis)
 
     def matrix(self, g):
-        """``(*, dim, dim)``: the group's defining matrix (rotation block for SE3)."""
-        self.group.check_element(g)
+        """``(*, dim, dim)``: the group's defining matrix (rotation block for SE3), a copy.
+
+        Raises:
+            ValueError: naming ``g`` for a wrong shape or a non-element.
+        """
+        self.group.validate(g)
         if isinstance(self.group, SE3):
-            return g[..., :3, :3]
-        return self.group.matrix(g)
+            return _fresh(g[..., :3, :3])
+        return _fresh(g)
 
 
 class Points(Rep):
@@ -79,10 +93,20 @@ class Points(Rep):
         self.is_linear = not isinstance(group, SE3)
 
     def act(self, g, x):
-        """``g · x`` for ``x (*, d)``; ``g``'s batch dims broadcast against ``x.shape[:-1]``."""
+        """``g · x`` for ``x (*, d)``; ``g``'s batch dims broadcast against ``x.shape[:-1]``.
+
+        ``g`` is checked in its own dtype, then cast to ``x``'s.
+
+        Raises:
+            ValueError: naming ``g`` (wrong shape, non-element) or ``x`` (wrong shape,
+                batch dims that do not broadcast).
+        """
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-        return self.group.act(_cast(g, x), x)
+        self.group.validate(g)
+        _check_vec(x, self.dim)
+        _broadcast("g", self.group.batch_shape(g), "x", x.shape[:-1])
+        return self.group._act(_cast(g, x), x)
 
     def matrix(self, g):
         if not self.is_linear:
@@ -94,6 +118,24 @@ class Points(Rep):
         batch = _batch(batch)
         dtype, device = _default(generator, dtype, device)
         return torch.randn(*batch, self.dim, generator=generator, dtype=dtype, device=device)
+
+
+def _shares_memory(a: torch.Tensor, b: object) -> bool:
+    if not isinstance(b, torch.Tensor):
+        return False
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # functorch wrappers have no storage
+        return False
+
+
+def _unaliased(out, *inputs):
+    """``out`` (a tensor or a tuple of them) with every part that aliases an input copied."""
+    if isinstance(out, torch.Tensor):
+        return _fresh(out) if any(_shares_memory(out, t) for t in inputs) else out
+    if isinstance(out, tuple):
+        return tuple(_unaliased(o, *inputs) for o in out)
+    return out
 
 
 class Custom(Rep):
@@ -138,12 +180,27 @@ class Custom(Rep):
         self.is_linear = matrix is not None
 
     def act(self, g, x):
-        return self._act(g, x)
+        """``act(g, x)`` of the callable, after checking ``g`` (:meth:`Group.validate`).
+
+        If the callable returns a tensor sharing memory with ``x`` or ``g`` (e.g. an
+        identity action), a copy is returned, so editing the output never edits the input.
+
+        Raises:
+            ValueError: naming ``g`` for a wrong shape or a non-element.
+        """
+        self.group.validate(g)
+        return _unaliased(self._act(g, x), x, g)
 
     def matrix(self, g):
+        """``matrix(g)`` of the callable after checking ``g`` (a copy if it aliases ``g``).
+
+        Raises:
+            ValueError: naming ``g``; also when no ``matrix`` callable was given.
+        """
         if self._matrix is None:
             return super().matrix(g)
-        return self._matrix(g)
+        self.group.validate(g)
+        return _unaliased(self._matrix(g), g)
 
     def randn(self, *batch, generator=None, dtype=None, device=None):
         if self._randn is None:

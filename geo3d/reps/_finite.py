@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from geo3d.groups import CyclicGroup, DihedralGroup, FiniteGroup, OcticGroup
+from geo3d.groups._base import _broadcast, _fresh
 from geo3d.reps._base import LinearRep, Rep, _batch, _default
 
 __all__ = ["Image", "Regular"]
@@ -24,7 +25,11 @@ class Regular(LinearRep):
         self._table = group.cayley_table()
 
     def matrix(self, g):
-        """Permutation matrices, shape :math:`(*, order, order)`."""
+        """Permutation matrices, shape :math:`(*, order, order)`.
+
+        Raises:
+            ValueError: naming ``g`` for a wrong shape or a non-element.
+        """
         idx = self.group.index_of(g)
         rows = self._table.to(g.device)[idx]  # (*, order): image of basis j
         eye = torch.eye(self.dim, dtype=g.dtype, device=g.device)
@@ -33,8 +38,11 @@ class Regular(LinearRep):
 
 
 def _grid_op(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Flip rows (if ``flip``), then rotate by ``k`` quarter turns; always a new tensor."""
     if flip:
         x = torch.flip(x, dims=(-2,))
+    elif k % 4 == 0:
+        return _fresh(x)
     return torch.rot90(x, k, dims=(-2, -1)) if k % 4 else x
 
 
@@ -74,7 +82,16 @@ class Image(Rep):
         self._octic = OcticGroup()
 
     def act(self, g, x):
-        """Rotate/flip ``x (..., H, W)``; ``g``'s batch dims broadcast against ``x.shape[:-2]``."""
+        """Rotate/flip ``x (..., H, W)``; ``g``'s batch dims broadcast against ``x.shape[:-2]``.
+
+        Returns a new tensor (also for the identity); an empty batch gives an empty output
+        of shape ``(*batch, H, W)``.
+
+        Raises:
+            ValueError: naming ``x`` (not an image, batch dims that do not broadcast against
+                ``g``'s, a batch mixing quarter and half turns of non-square images) or
+                ``g`` (not an element of the group).
+        """
         if not isinstance(x, torch.Tensor) or x.dim() < 2:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected an image tensor of shape (..., H, W), got {shape}")
@@ -84,9 +101,11 @@ class Image(Rep):
             j = int(idx)
             return _grid_op(x, j % 4, j >= 4)
         h, w = x.shape[-2:]
-        batch = torch.broadcast_shapes(idx.shape, x.shape[:-2])
+        batch = _broadcast("g", idx.shape, "x", x.shape[:-2])
         xb = x.expand(*batch, h, w)
         ib = idx.expand(batch)
+        if ib.numel() == 0:
+            return xb.new_empty(*batch, h, w)
         out = None
         for j in torch.unique(ib).tolist():
             mask = ib == j

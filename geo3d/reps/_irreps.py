@@ -41,8 +41,14 @@ class Irreps(LinearRep):
             raise ValueError(f"irreps: expected a non-empty irreps, got {irreps!r}")
 
     def matrix(self, g):
-        """Block-diagonal Wigner-D matrices, shape :math:`(*, dim, dim)`."""
-        self.group.check_element(g)
+        """Block-diagonal Wigner-D matrices, shape :math:`(*, dim, dim)`.
+
+        Raises:
+            ValueError: naming ``g`` for a wrong shape or a matrix that is not an element
+                of the group (e.g. ``2·R``, a non-orthogonal matrix, a reflection under
+                SO3), when value checks are on (:func:`geo3d.groups.value_checks_active`).
+        """
+        self.group.validate(g)
         r = g[..., :3, :3] if isinstance(self.group, SE3) else g
         return irreps_d_from_matrix(self.irreps, r)
 

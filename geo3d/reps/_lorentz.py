@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from geo3d.groups import Lorentz
+from geo3d.groups._base import _broadcast, _fresh
 from geo3d.reps._base import LinearRep, Rep, _batch, _cast, _default
 
 __all__ = ["LorentzTensor", "LorentzVector"]
@@ -30,8 +31,12 @@ class LorentzVector(LinearRep):
         super().__init__(_lorentz(group), 4, axis)
 
     def matrix(self, g):
-        """``Λ``, shape :math:`(*, 4, 4)`."""
-        return self.group.check_element(g)
+        """``Λ``, shape :math:`(*, 4, 4)` (a copy).
+
+        Raises:
+            ValueError: naming ``g`` for a wrong shape or a non-Lorentz matrix.
+        """
+        return _fresh(self.group.validate(g))
 
 
 class LorentzTensor(Rep):
@@ -51,16 +56,27 @@ class LorentzTensor(Rep):
         self.dim = 16
 
     def act(self, g, x):
-        """``Λ T Λᵀ`` for ``T (*, 4, 4)``; ``g``'s batch dims broadcast against ``T``'s."""
+        """``Λ T Λᵀ`` for ``T (*, 4, 4)``; ``g``'s batch dims broadcast against ``T``'s.
+
+        Raises:
+            ValueError: naming ``x`` (wrong shape, batch dims that do not broadcast against
+                ``g``'s) or ``g`` (wrong shape, non-Lorentz matrix).
+        """
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-2:] != (4, 4):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected a rank-2 Lorentz tensor (..., 4, 4), got {shape}")
-        lam = _cast(self.group.check_element(g), x)
+        self.group.validate(g)
+        _broadcast("g", self.group.batch_shape(g), "x", x.shape[:-2])
+        lam = _cast(g, x)
         return lam @ x @ lam.transpose(-1, -2)
 
     def matrix(self, g):
-        """``Λ ⊗ Λ``, shape :math:`(*, 16, 16)`."""
-        lam = self.group.check_element(g)
+        """``Λ ⊗ Λ``, shape :math:`(*, 16, 16)`.
+
+        Raises:
+            ValueError: naming ``g`` for a wrong shape or a non-Lorentz matrix.
+        """
+        lam = self.group.validate(g)
         k = lam[..., :, None, :, None] * lam[..., None, :, None, :]
         return k.reshape(*lam.shape[:-2], 16, 16)
 

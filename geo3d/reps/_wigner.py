@@ -14,17 +14,24 @@ import functools
 
 import torch
 
+from geo3d.groups._base import _det
+
 __all__ = ["wigner_d", "irreps_d_from_matrix"]
 
 
 @functools.lru_cache(maxsize=64)
 def _probe(l: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed probe points ``(m, 3)`` and ``pinv(Y^l(points)) (2l+1, m)`` in float64."""
+    """Fixed probe points ``(m, 3)`` and ``pinv(Y^l(points)) (2l+1, m)`` in float64.
+
+    The points come from numpy's seeded generator, not torch's: a first call inside
+    ``torch.vmap``/``jacfwd`` must not draw torch random numbers (vmap forbids it).
+    """
+    import numpy as np
     from e3nn import o3
 
-    gen = torch.Generator().manual_seed(1234 + l)
     m = 2 * (2 * l + 1) + 4
-    pts = torch.randn(m, 3, generator=gen, dtype=torch.float64)
+    draw = np.random.default_rng(1234 + l).standard_normal((m, 3))
+    pts = torch.tensor(draw, dtype=torch.float64)
     pts = pts / pts.norm(dim=-1, keepdim=True)
     a = o3.spherical_harmonics(l, pts, normalize=False, normalization="component")
     return pts, torch.linalg.pinv(a)
@@ -65,7 +72,7 @@ def irreps_d_from_matrix(irreps, g: torch.Tensor) -> torch.Tensor:
     Returns:
         shape :math:`(*, dim, dim)`.
     """
-    d = torch.where(torch.linalg.det(g) < 0, -1.0, 1.0).to(g.dtype)
+    d = torch.where(_det(g) < 0, -1.0, 1.0).to(g.dtype)
     rot = d[..., None, None] * g
     cache: dict[int, torch.Tensor] = {}
     blocks = []
@@ -74,10 +81,10 @@ def irreps_d_from_matrix(irreps, g: torch.Tensor) -> torch.Tensor:
             cache[ir.l] = wigner_d(ir.l, rot)
         par = torch.where(d < 0, float(ir.p), 1.0).to(g.dtype)[..., None, None]
         blocks += [par * cache[ir.l]] * mul
-    out = torch.zeros(*g.shape[:-2], irreps.dim, irreps.dim, dtype=g.dtype, device=g.device)
-    i = 0
+    # out-of-place block diagonal (each block padded to full width), so torch.vmap works
+    rows, i = [], 0
     for b in blocks:
         n = b.shape[-1]
-        out[..., i : i + n, i : i + n] = b
+        rows.append(torch.nn.functional.pad(b, (i, irreps.dim - i - n)))
         i += n
-    return out
+    return torch.cat(rows, dim=-2)

@@ -192,7 +192,8 @@ def test_trivial(generator):
     g = O3().sample(3, generator=generator, dtype=F64)
     assert torch.equal(rep.matrix(g), torch.eye(4, dtype=F64).expand(3, 4, 4))
     x = torch.randn(5, generator=generator)  # invariant scalars of any shape are accepted
-    assert rep.act(g[0], x) is x
+    y = rep.act(g[0], x)
+    assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()  # a copy, not x itself
     assert rep.randn(2, 3).shape == (2, 3, 4)
     with pytest.raises(ValueError, match="dim"):
         Trivial(O3(), dim=0)
