@@ -6,8 +6,24 @@ columns of ``R``; transforms act on column vectors ``x' = R x + t``; se(3) vecto
 translation-first ``ξ = (v, ω)``; Euler conventions follow ``scipy.spatial.transform``.
 
 Every function accepts arbitrary leading batch dims, float32/float64, CPU/CUDA, and has
-finite gradients at the identity and at rotations by π. ``compiled.<name>`` (or
-:func:`fused`) gives ``torch.compile``-fused versions of the conversions for large batches.
+finite gradients at the identity and at rotations by exactly π (there: the one-sided
+limit from ``w > 0``). Every function works under ``torch.vmap``, ``torch.func.jacrev``
+and ``torch.func.jacfwd`` with value checks on (the data-dependent checks are skipped
+while tracing); ``project_to_so3`` has a forward-mode derivative and a vmap rule.
+Outputs never alias inputs. ``compiled.<name>`` (or :func:`fused`) gives
+``torch.compile``-fused versions of the conversions for large batches.
+
+Matrices that are not rotations: every function that reads a rotation matrix
+(``matrix_to_quat``, ``matrix_to_axis_angle``, ``matrix_to_euler``, ``matrix_to_sixd``,
+``mean_rotation``, and the rotation block of ``se3_log``/``se3_inverse``) raises
+``ValueError`` naming the argument for NaN/inf or ``det <= 0`` (reflections, singular or
+zero matrices; a det within rounding of 0 counts as 0), and reads any ``det > 0`` matrix
+as its nearest rotation (:func:`project_to_so3`, like scipy >= 1.15
+``Rotation.from_matrix``). Matrices orthonormal to ``64 ε`` skip the projection (the check
+is one pass and one host read). Derivatives are those of ``f(project_to_so3(M))`` in both
+cases. With value checks off (:func:`set_value_checks`) or while tracing
+(``torch.compile``, ``torch.func``, the fused path) nothing data-dependent runs and the
+input is assumed to be a rotation.
 """
 
 from geo3d.rotations._axis_angle import (
