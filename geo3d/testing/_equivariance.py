@@ -159,12 +159,19 @@ def _evaluate(
     if elements is None:
         els, labels = elements_to_test(group, n_samples, generator, dtype, device, structured)
     else:
-        group.check_element(elements, "elements")
+        group.validate(elements, "elements")
         els = elements.reshape(-1, *group.element_shape)
+        if els.shape[0] == 0:
+            raise ValueError(
+                f"elements: expected at least one group element, got shape {tuple(elements.shape)}"
+            )
         labels = [f"given element {i}" for i in range(els.shape[0])]
 
+    versions = [_version(x) for x in xs]
     ys = tuple(t.detach() for t in _outputs(fn(*xs), len(out_reps), out_tuple))
+    _check_unchanged(xs, versions)
     errors, scales = [], []
+    compared = False
     for g in els:
         gxs = tuple(x if r is None else r.act(g, x) for r, x in zip(in_reps, xs, strict=True))
         ygs = _outputs(fn(*gxs), len(out_reps), out_tuple)
@@ -182,12 +189,37 @@ def _evaluate(
                 )
             if expected.numel() == 0:
                 continue
+            compared = True
             diff = (yg.detach().to(torch.float64) - expected.to(torch.float64)).abs().max().cpu()
             err = torch.maximum(err, torch.nan_to_num(diff, nan=float("inf")))
             scale = torch.maximum(scale, expected.detach().to(torch.float64).abs().max().cpu())
         errors.append(err)
         scales.append(scale)
+    _check_unchanged(xs, versions)
+    if not compared:
+        shapes = ", ".join(str(tuple(y.shape)) for y in ys)
+        raise ValueError(
+            f"inputs: expected inputs for which fn has a non-empty output, got outputs of "
+            f"shape {shapes}: an empty batch compares nothing, so no error can be measured"
+        )
     return EquivarianceReport(torch.stack(errors), torch.stack(scales), labels)
+
+
+def _version(x) -> int | None:
+    """In-place modification counter of a tensor (None where torch keeps none)."""
+    try:
+        return x._version if isinstance(x, torch.Tensor) else None
+    except RuntimeError:  # inference-mode tensors have no version counter
+        return None
+
+
+def _check_unchanged(xs: tuple, versions: list) -> None:
+    for k, (x, v) in enumerate(zip(xs, versions, strict=True)):
+        if v is not None and _version(x) != v:
+            raise ValueError(
+                f"fn: expected a function that leaves its inputs unchanged, got an in-place "
+                f"edit of input {k}: later comparisons would use the edited input"
+            )
 
 
 def equivariance_error(
@@ -228,6 +260,24 @@ def equivariance_error(
         float64 CPU tensor of shape ``(k,)``: one error per tested element
         (``k = n_structured + n_samples`` for continuous groups, ``order`` for finite
         groups); ``inf`` where the output contains NaN.
+
+    Raises:
+        ValueError: naming the argument: ``fn`` not callable, returning the wrong number
+            of outputs or editing its inputs in place; ``group``/``in_rep``/``out_rep`` of
+            the wrong type or group; ``inputs`` that do not fit ``in_rep`` or give only
+            empty outputs (an empty batch measures nothing, so no error value exists);
+            ``elements`` of the wrong shape, empty, or not group elements (when value
+            checks are on, see :func:`geo3d.groups.value_checks_active`).
+
+    Example:
+        >>> import torch
+        >>> from geo3d.groups import SO3
+        >>> from geo3d.reps import Trivial, Vector
+        >>> so3 = SO3()
+        >>> errs = equivariance_error(lambda x: x.norm(dim=-1, keepdim=True), so3,
+        ...                           Vector(so3), Trivial(so3))
+        >>> bool(errs.max() < 1e-12)
+        True
     """
     return _evaluate(
         fn,
@@ -270,8 +320,10 @@ def assert_equivariant(
         the per-element errors, shape ``(k,)``.
 
     Raises:
-        EquivarianceError: (an ``AssertionError``) naming the worst element (its label, error and tolerance) and how
-            many elements failed.
+        EquivarianceError: (an ``AssertionError``) naming the worst element (its label,
+            error and tolerance) and how many elements failed.
+        ValueError: for bad arguments, as :func:`equivariance_error` (empty inputs and
+            non-element ``elements`` included: a check that compares nothing never passes).
     """
     if not (atol >= 0 and rtol >= 0):
         raise ValueError(f"atol/rtol: expected non-negative tolerances, got {atol!r}, {rtol!r}")
