@@ -18,7 +18,7 @@ proportions in [0, 1]). :func:`build_anny_smpl_model` turns it into SMPL's layou
   that cube, are posed to the rest pose; ``v_template`` is their mean and ``shapedirs`` the first ``num_betas`` principal
   components scaled by their standard deviations, so ``betas ~ N(0, 1)`` spans the sampled
   phenotype range.
-- **J_regressor**: for each joint, an affine combination (weights sum to 1) of the 64
+- **J_regressor**: for each joint, an affine combination (weights sum to 1) of the 256
   vertices nearest to it, fitted by ridge least squares to the joints of all samples.
 - ``posedirs`` are zero (Anny has no pose correctives: it is pure LBS).
 
@@ -55,7 +55,7 @@ __all__ = [
 
 #: ``p_smpl = C p_anny`` (Anny: z up, facing -y; SMPL: y up, facing +z; both: left = +x).
 ANNY_TO_SMPL_AXES = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
-_BUILDER_VERSION = "geo3d-anny-smpl-2"
+_BUILDER_VERSION = "geo3d-anny-smpl-3"
 _PHENOTYPES = ("gender", "age", "muscle", "weight", "height", "proportions")
 _LEFT_ARM = (16, 18, 20, 22)
 _RIGHT_ARM = (17, 19, 21, 23)
@@ -230,7 +230,7 @@ def pose_anny_like_smpl(
 
 
 def _fit_regressor(
-    X: torch.Tensor, Jt: torch.Tensor, k: int = 64, ridge: float = 1e-6
+    X: torch.Tensor, Jt: torch.Tensor, k: int = 256, ridge: float = 1e-8
 ) -> torch.Tensor:
     """Affine J_regressor (weights sum to 1) from samples ``X (S, V, 3)`` -> ``Jt (S, 24, 3)``."""
     S, V, _ = X.shape

@@ -49,7 +49,8 @@ def _pose_source(args: argparse.Namespace, num: int):  # noqa: ANN202
             poses.append(p)
         else:
             m = synthetic_motion(k, 24, generator=g)
-            p = m.poses[-1:].clone()
+            i = int(m.poses[:, 3:].norm(dim=1).argmax())  # the frame furthest from the rest pose
+            p = m.poses[i : i + 1].clone()
             p[:, :3] = 0
             poses.append(p)
         trans.append(torch.zeros(1, 3, dtype=torch.float64))
