@@ -34,6 +34,14 @@ from geo3d.datasets._transforms import (
 )
 from geo3d.datasets.breaking_bad import BreakingBad, BreakingBadError, collate_parts
 from geo3d.datasets.fracture import FractureError, fracture_mesh, generate_dataset
+from geo3d.datasets.multiview import MultiviewPairs, find_objects, load_view, plot_pair
+from geo3d.datasets.multiview_render import (
+    RenderSettings,
+    SolidTexture,
+    make_textured_shape,
+    render_dataset,
+    render_object,
+)
 from geo3d.datasets.shapes import ORIENTED_CATEGORIES, SHAPE_CATEGORIES, make_shape
 
 __all__ = [
@@ -77,4 +85,14 @@ __all__ = [
     "fracture_mesh",
     "generate_dataset",
     "FractureError",
+    # multiview rendering (3DCorrEnhance layout) and view pairs with correspondences
+    "RenderSettings",
+    "SolidTexture",
+    "make_textured_shape",
+    "render_object",
+    "render_dataset",
+    "MultiviewPairs",
+    "find_objects",
+    "load_view",
+    "plot_pair",
 ]
