@@ -58,6 +58,15 @@ def _broadcast(name_a: str, batch_a, name_b: str, batch_b) -> torch.Size:
         ) from None
 
 
+def _check_like(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Raise a ValueError naming ``name_b`` unless ``b`` has ``a``'s dtype and device."""
+    if b.dtype != a.dtype or b.device != a.device:
+        raise ValueError(
+            f"{name_b}: expected dtype {a.dtype} on {a.device} (like {name_a}), "
+            f"got {b.dtype} on {b.device}"
+        )
+
+
 def _fresh(t: torch.Tensor) -> torch.Tensor:
     """A contiguous copy (never a view of ``t``, whatever its strides)."""
     return t.clone(memory_format=torch.contiguous_format)
@@ -109,7 +118,12 @@ class Group:
 
     # ------------------------------------------------------------------ checks
     def check_element(self, g: torch.Tensor, name: str = "g") -> torch.Tensor:
-        """Raise :class:`ValueError` if ``g`` does not have shape ``(..., *element_shape)``."""
+        """Raise :class:`ValueError` if ``g`` does not have shape ``(..., *element_shape)``
+        or is not floating point (no membership check: see :meth:`validate`).
+
+        Returns:
+            ``g`` itself (a check, not a copy).
+        """
         if not isinstance(g, torch.Tensor):
             raise ValueError(f"{name}: expected a torch.Tensor, got {type(g).__name__}")
         k = len(self.element_shape)
@@ -199,10 +213,12 @@ class Group:
 
         Raises:
             ValueError: naming ``a``/``b`` for a wrong shape, a non-element (see
-                :meth:`validate`) or batch dims that do not broadcast.
+                :meth:`validate`), different dtypes/devices or batch dims that do not
+                broadcast.
         """
         self.validate(a, "a")
         self.validate(b, "b")
+        _check_like("a", a, "b", b)
         _broadcast("a", self.batch_shape(a), "b", self.batch_shape(b))
         return a @ b
 
@@ -231,10 +247,12 @@ class Group:
 
         Raises:
             ValueError: naming ``g`` (wrong shape, non-element) or ``x`` (wrong shape,
-                batch dims that do not broadcast against ``g``'s).
+                dtype/device other than ``g``'s, batch dims that do not broadcast against
+                ``g``'s).
         """
         self.validate(g)
         _check_vec(x, self.dim)
+        _check_like("g", g, "x", x)
         _broadcast("g", self.batch_shape(g), "x", x.shape[:-1])
         return self._act(g, x)
 

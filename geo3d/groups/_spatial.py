@@ -9,6 +9,7 @@ import torch
 from geo3d.groups._base import (
     Group,
     _broadcast,
+    _check_like,
     _check_n,
     _check_vec,
     _det,
@@ -195,6 +196,7 @@ class SE3(Group):
         """
         self.validate(g)
         _check_vec(x, 3)
+        _check_like("g", g, "x", x)
         _broadcast("g", self.batch_shape(g), "x", x.shape[:-1])
         return self._act(g, x)
 

@@ -184,6 +184,13 @@ def test_batch_dims_that_do_not_broadcast_raise_value_errors():
         Lorentz().act(Lorentz().sample(3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"x: expected batch dims"):
         CyclicGroup(4).act(CyclicGroup(4).sample(3), torch.zeros(2, 2))
+    # mixed dtypes: a ValueError naming the argument, not matmul's RuntimeError
+    with pytest.raises(ValueError, match=r"x: expected dtype torch.float64 .* \(like g\)"):
+        so3.act(a, torch.zeros(3, 3, dtype=torch.float32))
+    with pytest.raises(ValueError, match=r"b: expected dtype torch.float64 .* \(like a\)"):
+        so3.compose(a, b[:3].float())
+    with pytest.raises(ValueError, match=r"x: expected dtype"):
+        se3.act(se3.sample(3, dtype=F64), torch.zeros(3, 3))
     # broadcasting that is valid still works (and agrees with explicit expansion)
     x = torch.randn(5, 1, 3, dtype=F64)
     torch.testing.assert_close(so3.act(a, x), so3.act(a.expand(5, 3, 3, 3), x.expand(5, 3, 3)))
