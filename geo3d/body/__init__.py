@@ -57,7 +57,13 @@ from geo3d.body._scans import (
     sample_surface_scan,
 )
 from geo3d.body._show import part_colors, render_bodies_png
-from geo3d.body._tiny import TINY_REST_JOINTS, tiny_body_dict, write_tiny_body
+from geo3d.body._tiny import (
+    SMPLH_PARENTS,
+    TINY_REST_JOINTS,
+    tiny_body_dict,
+    tiny_smplh_dict,
+    write_tiny_body,
+)
 
 __all__ = [
     "SMPL_JOINT_NAMES",
@@ -101,7 +107,9 @@ __all__ = [
     "sample_surface_scan",
     "part_colors",
     "render_bodies_png",
+    "SMPLH_PARENTS",
     "TINY_REST_JOINTS",
+    "tiny_smplh_dict",
     "tiny_body_dict",
     "write_tiny_body",
 ]

@@ -288,8 +288,8 @@ def load_body_model(
         num_betas: shape components used (at most those in the file).
         batch_size: smplx's default batch size for its own parameters.
         dtype: float dtype of the model buffers.
-        **kwargs: passed to the smplx constructor (e.g. ``use_pca=False`` for SMPL+H hands,
-            the default here).
+        **kwargs: passed to the smplx constructor. For SMPL+H the defaults here are
+            ``use_pca=False, flat_hand_mean=True`` (full absolute hand poses, as in AMASS).
 
     Returns:
         ``smplx.SMPL``, ``smplx.SMPLH`` or ``smplx.SMPLX``.
@@ -342,7 +342,9 @@ def load_body_model(
                 return smplx.SMPL(
                     str(file), data_struct=Struct(**merged), **common, **extra, **kwargs
                 )
+            # AMASS stores absolute hand poses (no PCA, no mean hand added)
             kwargs.setdefault("use_pca", False)
+            kwargs.setdefault("flat_hand_mean", True)
             return smplx.SMPLH(str(file), data_struct=Struct(**merged), **common, **extra, **kwargs)
     # SMPL-X: smplx reads the file itself with np.load(allow_pickle=True); hand it a sanitised
     # copy holding only plain arrays.
@@ -432,6 +434,11 @@ def pose_body(
         if trans is None
         else _check("trans", trans, (B, 3), dt, dev)
     )
+    if rotmat and hasattr(model, "pose_mean"):
+        # smplx's SMPL+H adds its mean pose to an axis-angle vector: hand it axis-angles
+        from geo3d.rotations import matrix_to_axis_angle
+
+        pose, rotmat = matrix_to_axis_angle(pose).reshape(B, 3 * J), False
     if rotmat:
         go, bp = pose[:, :1], pose[:, 1:]
     else:

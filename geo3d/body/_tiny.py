@@ -22,7 +22,13 @@ import numpy as np
 from geo3d.body._kinematics import SMPL_JOINT_NAMES, SMPL_PARENTS
 from geo3d.body._safe_io import atomic_save_npz
 
-__all__ = ["TINY_REST_JOINTS", "tiny_body_dict", "write_tiny_body"]
+__all__ = [
+    "TINY_REST_JOINTS",
+    "SMPLH_PARENTS",
+    "tiny_body_dict",
+    "tiny_smplh_dict",
+    "write_tiny_body",
+]
 
 #: Rest (T-pose) joint locations of the tiny body, metres, SMPL order.
 TINY_REST_JOINTS = np.array(
@@ -211,3 +217,51 @@ def write_tiny_body(path: str | os.PathLike) -> Path:
         'tiny.npz'
     """
     return atomic_save_npz(path, tiny_body_dict())
+
+
+#: SMPL+H's kinematic tree: SMPL's 22 body joints, then 15 finger joints per hand (index,
+#: middle, pinky, ring, thumb; 3 each), children of the wrists.
+SMPLH_PARENTS: tuple[int, ...] = SMPL_PARENTS[:22] + tuple(
+    p for wrist, first in ((20, 22), (21, 37)) for f in range(5)
+    for p in (wrist, first + 3 * f, first + 3 * f + 1)
+)  # fmt: skip
+
+
+def tiny_smplh_dict() -> dict[str, np.ndarray]:
+    """The tiny body in SMPL+H's layout (52 joints: fingers replace SMPL's hand joints).
+
+    The weights of SMPL's hand joints go to each hand's first index-finger joint; the other
+    finger joints sit along the hand segment (each regressed from one vertex) and carry no
+    weight. ``hands_components{l,r}`` are the identity and ``hands_mean{l,r}`` zero, so the
+    hand PCA of smplx is the identity. For tests of the SMPL+H path only.
+
+    Example:
+        >>> d = tiny_smplh_dict()
+        >>> d["weights"].shape, d["posedirs"].shape
+        ((768, 52), (768, 3, 459))
+    """
+    d = tiny_body_dict()
+    V = d["v_template"].shape[0]
+    W = np.zeros((V, 52))
+    W[:, :22] = d["weights"][:, :22]
+    W[:, 22] = d["weights"][:, 22]
+    W[:, 37] = d["weights"][:, 23]
+    reg = np.zeros((52, V))
+    reg[:22] = d["J_regressor"][:22]
+    seg_len = 32  # vertices per tiny segment (6 x 5 rings + 2 caps)
+    for hand, first in ((22, 22), (23, 37)):
+        verts = np.arange(hand * seg_len, hand * seg_len + 30)  # ring vertices of the hand
+        for k in range(15):
+            reg[first + k, verts[(2 * k) % 30]] = 1.0
+    d.update(
+        weights=W,
+        J_regressor=reg,
+        posedirs=np.zeros((V, 3, 9 * 51)),
+        kintree_table=np.stack([np.asarray(SMPLH_PARENTS), np.arange(52)]).astype(np.int64),
+        hands_componentsl=np.eye(45),
+        hands_componentsr=np.eye(45),
+        hands_meanl=np.zeros(45),
+        hands_meanr=np.zeros(45),
+    )
+    del d["joint_names"]
+    return d
