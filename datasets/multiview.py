@@ -118,7 +118,8 @@ class MultiviewPairs(torch.utils.data.Dataset):
     ``depth1/depth2 (H, W)`` float32 metres, ``mask1/mask2 (H, W)`` bool, ``K (3, 3)``,
     ``pose1/pose2 (4, 4)`` world_to_cam, ``pixels1/pixels2 (M, 2)`` long sampled foreground
     pixels ``(u, v)`` of each view, ``points1/points2 (M, 3)`` their object-frame 3D points
-    (from depth), ``corr2 (M, 2)`` long the pixel of view 2 matching ``pixels1`` (-1 where
+    (from depth), ``valid1/valid2 (M,)`` bool (False only for a view with an empty mask,
+    whose samples are the dummy pixel (0, 0)), ``corr2 (M, 2)`` long the pixel of view 2 matching ``pixels1`` (-1 where
     none), ``corr_valid (M,)`` bool, ``angle`` (degrees), ``views (2,)`` long, ``object`` str.
 
     Raises:
@@ -261,6 +262,8 @@ class MultiviewPairs(torch.utils.data.Dataset):
             "pixels2": pb,
             "points1": Pa[pa[:, 1], pa[:, 0]].float(),
             "points2": Pb[pb[:, 1], pb[:, 0]].float(),
+            "valid1": torch.from_numpy(va["mask"])[pa[:, 1], pa[:, 0]],
+            "valid2": torch.from_numpy(vb["mask"])[pb[:, 1], pb[:, 0]],
             "corr2": corr,
             "corr_valid": ok,
             "angle": float(relative_rotation_angle(Ta, Tb)),

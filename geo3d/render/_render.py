@@ -284,12 +284,13 @@ class Renderer:
                 f"world_to_cam: expected (4, 4) or (N, 4, 4) with K (3, 3) or (N, 3, 3), got "
                 f"{tuple(Tt.shape)} and {tuple(Kt.shape)}"
             )
-        n = max(Tt.shape[0] if Tt.ndim == 3 else 1, Kt.shape[0] if Kt.ndim == 3 else 1)
-        try:
-            Tb = torch.broadcast_to(Tt if Tt.ndim == 3 else Tt[None], (n, 4, 4))
-            Kb = torch.broadcast_to(Kt if Kt.ndim == 3 else Kt[None], (n, 3, 3))
-        except RuntimeError as err:
-            raise ValueError(f"K: expected N matching world_to_cam's, got {tuple(Kt.shape)} and {tuple(Tt.shape)}") from err
+        nT = Tt.shape[0] if Tt.ndim == 3 else None
+        nK = Kt.shape[0] if Kt.ndim == 3 else None
+        if nT is not None and nK is not None and nT != nK and 1 not in (nT, nK):
+            raise ValueError(f"K: expected N matching world_to_cam's, got {tuple(Kt.shape)} and {tuple(Tt.shape)}")
+        n = nT if nK in (None, 1) and nT is not None else (nK if nK is not None else 1)
+        Tb = torch.broadcast_to(Tt if Tt.ndim == 3 else Tt[None], (n, 4, 4))
+        Kb = torch.broadcast_to(Kt if Kt.ndim == 3 else Kt[None], (n, 3, 3))
         Tn = Tb.double().numpy()
         Kn = Kb.double().numpy()
         npd = torch.empty(0, dtype=dtype).numpy().dtype
@@ -339,7 +340,7 @@ class Renderer:
             if pool is not None:
                 pool.shutdown()
         result = {k: torch.from_numpy(a) for k, a in arrays.items()}
-        result["empty"] = ~result["mask"].flatten(1).any(dim=1)
+        result["empty"] = ~result["mask"].reshape(n, H * W).any(dim=1)
         if not batched:
             result = {k: v[0] for k, v in result.items()}
         return result
