@@ -7,6 +7,12 @@ and the reference's BlenderProc renderings (qq456cvb/3DCorrEnhance: per object
 cx = cy = 256 — pass ``poses=`` for those). Pairs follow the reference's
 ``AugmentedDataset`` filter: two different views whose camera rotations differ by at most
 ``max_angle`` = 120°. Correspondences go through 3D (:func:`geo3d.render.view_correspondences`).
+
+Reference: Y. You, Y. Li, C. Deng, Y. Wang, L. Guibas, "Multiview Equivariance Improves 3D
+Correspondence Understanding with Minimal Feature Finetuning", ICLR 2025
+(https://openreview.net/forum?id=CNO4rbSV6v); code qq456cvb/3DCorrEnhance,
+``data_utils/dataset.py`` (``ObjaverseCorrDataset``, ``AugmentedDataset``) and
+``utils/functions.py`` (``img_coord_2_obj_coord``: pixel centres at integer coordinates).
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ Every object is written into a temporary folder ``OUT/.tmp-<name>-*`` and rename
 place after its completion marker: a reader never sees half an object, a re-run skips
 finished objects (resume) and removes stale temporary folders. Results do not depend on
 the number of workers (per-object seeds derive from the master seed and the object index).
+
+Reference: You et al., "Multiview Equivariance Improves 3D Correspondence Understanding
+with Minimal Feature Finetuning", ICLR 2025; qq456cvb/3DCorrEnhance
+``data_utils/blenderproc.py`` and ``data_utils/render_objects.py`` (file names, millimetre
+depth, 0/255 masks, intrinsics, normalisation, skip-if-rendered).
 """
 
 from __future__ import annotations
