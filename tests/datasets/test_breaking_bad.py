@@ -444,14 +444,6 @@ class TestEmptySplit:
         with pytest.raises(BreakingBadError, match="category filter"):
             BreakingBad(bb_root, categories=["Chair"], num_points=16)
 
-    def test_datamodule_fit_gets_the_clear_error(self, bb_root):
-        from geo3d.apps.assembly import AssemblyDataModule
-
-        (bb_root / "everyday").rename(bb_root / "moved")
-        dm = AssemblyDataModule(str(bb_root), num_points=16, max_parts=4)
-        with pytest.raises(BreakingBadError, match="everyday.train.txt"):
-            dm.train_dataloader()
-
 
 class TestLargeCoordinates:
     def test_pieces_far_from_the_origin_keep_their_shape(self, tmp_path, layout):

@@ -320,3 +320,18 @@ def test_cli_fit_resumes_with_ckpt_path_last(trained: Path, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="ckpt_path.*last"):
         run_lightning_cli(["test", "--config", str(cfg), "--trainer.default_root_dir",
                            str(tmp_path / "empty"), "--ckpt_path", "last"])
+
+
+def test_cli_fit_on_an_empty_split_names_root_and_split_file(trained: Path, tmp_path, capsys):
+    """Object folders renamed after decompression: `fit` stops with one line naming the
+    root and the split file (not torch's num_samples=0 error from the sampler)."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(trained / "data" / "data_split", root / "data_split")
+    cfg = str(trained / "tiny.yaml")
+    assert geo3d_main(["assembly", "fit", "--config", cfg, "--data.root", str(root),
+                       "--trainer.default_root_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("geo3d: error: ") and "no sample found" in err
+    assert str(root) in err and "everyday.train.txt" in err
