@@ -148,17 +148,15 @@ class Renderer:
     def _rays(K: np.ndarray, T: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
         """(h*w, 6) float32 rays (origin, direction with unit camera z) of a pixel window."""
         v0, v1, u0, u1 = window
-        v, u = np.meshgrid(
-            np.arange(v0, v1 + 1, dtype=np.float32), np.arange(u0, u1 + 1, dtype=np.float32), indexing="ij"
-        )
+        u = np.arange(u0, u1 + 1, dtype=np.float32)
+        v = np.arange(v0, v1 + 1, dtype=np.float32)
         R, t = T[:3, :3], T[:3, 3]
         M = (R.T @ np.linalg.inv(K)).astype(np.float32)  # pixel (u, v, 1) -> world direction
-        rays = np.empty((u.size, 6), dtype=np.float32)
-        rays[:, :3] = -R.T @ t
+        rays = np.empty((len(v), len(u), 6), dtype=np.float32)
+        rays[..., :3] = (-R.T @ t).astype(np.float32)
         # broadcasting, not `@`: numpy's matmul of (N, 3) by (3, 3) is ~7x slower here
-        u, v = u.reshape(-1, 1), v.reshape(-1, 1)
-        rays[:, 3:] = u * M[:, 0] + v * M[:, 1] + M[:, 2]
-        return rays
+        rays[..., 3:] = (u[:, None] * M[:, 0] + M[:, 2])[None] + (v[:, None] * M[:, 1])[:, None]
+        return rays.reshape(-1, 6)
 
     def _cast(self, rays: np.ndarray) -> dict[str, np.ndarray]:
         res = self._scene.cast_rays(self._o3d.core.Tensor(rays), nthreads=self.nthreads)
