@@ -156,7 +156,7 @@ def load_piece(
         >>> load_piece(torch.rand(100, 3), 16, torch.Generator().manual_seed(0)).shape
         torch.Size([16, 3])
     """
-    path = None
+    path, base = None, None
     if isinstance(piece, (str, os.PathLike)):
         path = Path(piece)
         if not path.is_file():
@@ -165,7 +165,8 @@ def load_piece(
     else:
         try:
             arr = piece.detach().cpu() if isinstance(piece, Tensor) else np.asarray(piece)
-            x = torch.as_tensor(arr).to(torch.float64)
+            base = torch.as_tensor(arr)  # may share memory with `piece`
+            x = base.to(torch.float64)
         except (TypeError, ValueError, RuntimeError) as err:
             raise PieceError(None, None, f"expected a point cloud of shape (M, 3), got "
                                          f"{type(piece).__name__} ({err})") from err
@@ -183,9 +184,9 @@ def load_piece(
             idx = torch.randperm(x.shape[0], generator=generator)[:num_points]
         x = x[idx]
     out = x.to(dtype)
-    if isinstance(piece, Tensor) and out.untyped_storage().data_ptr() == \
-            piece.untyped_storage().data_ptr():
-        out = out.clone()
+    if base is not None and out.untyped_storage().data_ptr() == \
+            base.untyped_storage().data_ptr():
+        out = out.clone()  # never hand back the caller's memory
     return out
 
 

@@ -255,6 +255,10 @@ def test_load_piece_never_aliases_its_input():
     before = xt.clone()
     load_piece(xt, 16).zero_()
     assert torch.equal(xt, before)
+    a = np.random.default_rng(0).random((16, 3))  # float64 numpy, same dtype out
+    a0 = a.copy()
+    load_piece(a, 16, dtype=torch.float64).zero_()
+    assert np.array_equal(a, a0)
 
 
 def test_cli_prints_one_line_for_user_errors(trained: Path, tmp_path, capsys):
