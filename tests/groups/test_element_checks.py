@@ -323,3 +323,15 @@ def test_boost_is_the_exponential_of_the_generators():
     # first derivatives agree with finite differences on both sides of the switch
     for zi in z[:5]:
         assert torch.autograd.gradcheck(boost, (zi.clone().requires_grad_(),))
+
+
+@pytest.mark.slow
+def test_torch_compile_skips_the_data_dependent_check():
+    # under torch.compile value checks are off (geo3d.rotations semantics): no graph break
+    # on a host read, and the compiled action equals the eager one
+    so3 = SO3()
+    g = so3.sample(4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x = _x(so3, 4)
+    f = torch.compile(so3.act, fullgraph=True)
+    torch.testing.assert_close(f(g, x), so3.act(g, x), rtol=0, atol=1e-15)
+    assert f(2 * g, x).shape == (4, 3)  # not checked inside compile
