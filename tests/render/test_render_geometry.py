@@ -136,6 +136,7 @@ class TestEquivariance:
         depth and mask, with points and normals moved by g. Bug caught: points or normals
         returned in the camera frame, shading tied to the world frame, a pose applied twice."""
         import trimesh
+
         from geo3d.render import Renderer
         from geo3d.rotations import random_rotation_matrix
 
