@@ -103,14 +103,16 @@ def load_mesh(path: str | os.PathLike, *, process: bool = False) -> Any:
 
     Args:
         path: the mesh file.
-        process: let trimesh merge duplicate vertices etc. (off by default: vertices are
-            returned exactly as stored).
+        process: let trimesh merge duplicate vertices etc. after the file was checked
+            (off by default: vertices are returned exactly as stored).
 
     Returns:
         a ``trimesh.Trimesh`` with at least one face and finite vertices.
 
     Raises:
-        MeshReadError: the file is missing, empty, cannot be parsed, or has no faces.
+        MeshReadError: the file is missing, empty (0 bytes), cannot be parsed (garbage,
+            truncated), has no faces, or has non-finite vertices (checked before any
+            processing could drop them). The message names the file.
     """
     import trimesh
 
@@ -123,7 +125,8 @@ def load_mesh(path: str | os.PathLike, *, process: bool = False) -> Any:
         raise MeshReadError(path, f"unsupported extension {_suffix(path)!r}; "
                                   f"expected one of {MESH_EXTENSIONS}")
     try:
-        mesh = trimesh.load_mesh(str(path), process=process)
+        # parse unprocessed: trimesh's processing silently drops the faces of NaN vertices
+        mesh = trimesh.load_mesh(str(path), process=False)
     except Exception as err:  # trimesh raises many types on garbage input
         raise MeshReadError(path, f"parse error: {type(err).__name__}: {err}") from err
     if isinstance(mesh, trimesh.Scene):
@@ -134,6 +137,10 @@ def load_mesh(path: str | os.PathLike, *, process: bool = False) -> Any:
         raise MeshReadError(path, "mesh has no faces")
     if not np.isfinite(np.asarray(mesh.vertices)).all():
         raise MeshReadError(path, "mesh has non-finite vertices")
+    if process:
+        mesh.process(validate=False)  # merge duplicate vertices etc., as trimesh's loader
+        if len(mesh.faces) == 0:
+            raise MeshReadError(path, "mesh has no faces after processing")
     return mesh
 
 

@@ -455,7 +455,6 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def _build_object(job: _Job, params: _Params, root: str) -> tuple[int, bool, str]:
     """Generate one object's fracture folders into a temp dir, then rename it in place."""
-    import trimesh
 
     final = Path(root) / params.subset / job.category / job.name
     if final.is_dir():
@@ -463,7 +462,12 @@ def _build_object(job: _Job, params: _Params, root: str) -> tuple[int, bool, str
     if job.mesh_path is None:
         mesh = make_shape(job.category, rng=_object_rng(params.seed, job.index, 0))
     else:
-        mesh = trimesh.load(job.mesh_path, force="mesh")
+        from geo3d.datasets._io import MeshReadError, load_mesh
+
+        try:  # garbage, truncated, empty or NaN files: an error naming the file
+            mesh = load_mesh(job.mesh_path, process=True)
+        except MeshReadError as err:
+            return job.index, False, str(err)
         if not mesh.is_watertight:
             return job.index, False, f"{job.mesh_path}: mesh is not watertight"
     counts_rng = _object_rng(params.seed, job.index, 1)

@@ -158,6 +158,18 @@ def test_non_watertight_mesh_is_reported(tmp_path):
     assert summary["train"] == 0 and summary["val"] == 0
 
 
+@pytest.mark.parametrize("content", [b"", bytes(range(256)) * 4,
+                                     b"v 0 0 0\nv 1 0 0\nv nan 1 0\nv 0 0 1\n"
+                                     b"f 1 2 3\nf 1 2 4\nf 1 3 4\nf 2 3 4\n"],
+                         ids=["empty", "garbage", "nan"])
+def test_unreadable_mesh_is_reported_with_its_name(tmp_path, content):
+    path = tmp_path / "bad.obj"
+    path.write_bytes(content)
+    summary = generate_dataset(tmp_path / "bb", meshes=[path], seed=0, **SMALL)
+    assert len(summary["failed"]) == 1
+    assert "cannot read mesh" in summary["failed"][0] and "bad.obj" in summary["failed"][0]
+
+
 def test_bad_arguments_raise(tmp_path):
     with pytest.raises(ValueError, match="subset"):
         generate_dataset(tmp_path, 1, subset="kitchen")
