@@ -80,7 +80,7 @@ def validate_model_dict(data: dict[str, Any], source: str = "model") -> dict[str
         source: a name for messages (the file path).
 
     Returns:
-        The seven required arrays (``J_regressor`` dense, ``f`` int64, floats float64).
+        The seven required arrays (``J_regressor`` dense, ``f`` int64, floats as stored).
 
     Raises:
         ValueError: a key is missing, a shape does not fit the layout, values are not finite,
@@ -140,7 +140,8 @@ def validate_model_dict(data: dict[str, Any], source: str = "model") -> dict[str
     ):
         raise bad("f", "(F, 3) integer")
     for k in ("v_template", "shapedirs", "posedirs", "J_regressor", "weights"):
-        out[k] = out[k].astype(np.float64)
+        if not np.issubdtype(out[k].dtype, np.floating):
+            out[k] = out[k].astype(np.float64)  # float32/64 stay as they are (SMPL-X is big)
         if not np.isfinite(out[k]).all():
             raise ValueError(f"{source}: key '{k}': expected finite values, got NaN or inf")
     out["f"] = f.astype(np.int64)
@@ -288,8 +289,8 @@ def load_body_model(
         num_betas: shape components used (at most those in the file).
         batch_size: smplx's default batch size for its own parameters.
         dtype: float dtype of the model buffers.
-        **kwargs: passed to the smplx constructor. For SMPL+H the defaults here are
-            ``use_pca=False, flat_hand_mean=True`` (full absolute hand poses, as in AMASS).
+        **kwargs: passed to the smplx constructor. For SMPL+H and SMPL-X the defaults here
+            are ``use_pca=False, flat_hand_mean=True`` (full absolute hand poses, as in AMASS).
 
     Returns:
         ``smplx.SMPL``, ``smplx.SMPLH`` or ``smplx.SMPLX``.
@@ -352,6 +353,8 @@ def load_body_model(
         plain = {k: v for k, v in merged.items() if isinstance(v, np.ndarray) and v.dtype != object}
         clean = atomic_save_npz(Path(tmp) / f"SMPLX_{gender.upper()}.npz", plain)
         with quiet:
+            kwargs.setdefault("use_pca", False)
+            kwargs.setdefault("flat_hand_mean", True)
             return smplx.SMPLX(str(clean), ext="npz", **common, **kwargs)
 
 
@@ -391,9 +394,10 @@ def pose_body(
     """Run an smplx SMPL/SMPL+H model with checked inputs.
 
     Args:
-        model: from :func:`load_body_model` (``smplx.SMPL`` or ``smplx.SMPLH``).
+        model: from :func:`load_body_model`.
         pose: axis-angle, shape :math:`(B, 3 J)` (root first, as AMASS ``poses``), or rotation
-            matrices :math:`(B, J, 3, 3)`; ``J`` = the model's joints (24 SMPL, 52 SMPL+H).
+            matrices :math:`(B, J, 3, 3)`; ``J`` = the model's joints (24 SMPL, 52 SMPL+H,
+            55 SMPL-X: body, jaw, eyes, hands in smplx's order; expression zero).
         betas: :math:`(B, K)` with ``K <=`` the model's betas (zero-padded), or ``None``.
         trans: :math:`(B, 3)` translation in metres, or ``None``.
 
@@ -448,8 +452,12 @@ def pose_body(
         nbody = 3 * model.NUM_BODY_JOINTS if not rotmat else model.NUM_BODY_JOINTS
         hands = bp[:, nbody:]
         bp = bp[:, :nbody]
+        if hasattr(model, "jaw_pose") or hasattr(model, "expr_dirs"):  # SMPL-X: jaw, eyes first
+            kw = {"jaw_pose": hands[:, 0:3], "leye_pose": hands[:, 3:6], "reye_pose": hands[:, 6:9]}
+            kw["expression"] = torch.zeros(B, model.num_expression_coeffs, dtype=dt, device=dev)
+            hands = hands[:, 9:]
         half = hands.shape[1] // 2
-        kw = {"left_hand_pose": hands[:, :half], "right_hand_pose": hands[:, half:]}
+        kw.update(left_hand_pose=hands[:, :half], right_hand_pose=hands[:, half:])
     return model(
         betas=betas, global_orient=go, body_pose=bp, transl=trans, pose2rot=not rotmat, **kw
     )
