@@ -130,7 +130,10 @@ def transform_parts(points: Tensor, rot: Tensor, trans: Tensor) -> Tensor:
         trans: translations, shape :math:`(*, P, 3)`.
 
     Returns:
-        Transformed points, shape :math:`(*, P, N, 3)`.
+        Transformed points, shape :math:`(*, P, N, 3)` (a new tensor).
+
+    Raises:
+        ValueError: shapes that do not match exactly (no broadcasting).
     """
     if points.shape[-1] != 3 or points.dim() < 3:
         raise ValueError(f"points: expected shape (*, P, N, 3), got {tuple(points.shape)}")
@@ -253,6 +256,10 @@ def part_chamfer(
 
     Returns:
         Chamfer distance per part, shape :math:`(B, P)` (padded parts included; mask them).
+
+    Raises:
+        ValueError: bad shapes, ``N = 0``, or non-finite coordinates (padded parts too:
+            use :func:`part_accuracy`, which ignores them).
     """
     from geo3d.ops import chamfer_distance
 
@@ -282,6 +289,14 @@ def part_accuracy(
         valid: shape :math:`(B, P)` bool.
         threshold: chamfer threshold (benchmark: 0.01 on squared distances).
         reduction: ``"mean"`` over objects, or ``"none"`` for shape :math:`(B,)`.
+
+    Returns:
+        Fraction of correct valid parts per object, averaged over objects (reference
+        ``calc_part_acc``); padded parts (any values) are ignored.
+
+    Raises:
+        ValueError: bad shapes, an object without valid parts, ``N = 0``, a bad
+            ``reduction``, or ``reduction="mean"`` with ``B = 0``.
     """
     _check_points(points)
     B, P = points.shape[:2]
@@ -311,6 +326,13 @@ def shape_chamfer(
         points: shape :math:`(B, P, N, 3)`; poses as in :func:`part_chamfer`.
         valid: shape :math:`(B, P)` bool.
         reduction: ``"mean"`` over objects, or ``"none"`` for shape :math:`(B,)`.
+
+    Returns:
+        Shape chamfer per object (squared distances), averaged over objects.
+
+    Raises:
+        ValueError: bad shapes, an object without valid parts, ``N = 0``, a bad
+            ``reduction``, or ``reduction="mean"`` with ``B = 0``.
     """
     from geo3d.ops import chamfer_distance
 
