@@ -307,6 +307,31 @@ def test_boost_derivative_at_identity_is_the_generator():
         torch.testing.assert_close(j, k, rtol=0, atol=1e-6)
 
 
+def test_se3_from_rt_derivative_at_identity_is_the_se3_generator():
+    # ξ = (v, ω) translation-first; T(ξ) = from_rt(exp([ω]×), v). Analytic se(3) generators:
+    # E_i (translation: 1 at (i, 3)) and the hat matrices of e_i in the rotation block
+    def t_of(xi):
+        w = xi[3:]
+        zero = torch.zeros((), dtype=xi.dtype)
+        hat = torch.stack(
+            [
+                torch.stack([zero, -w[2], w[1]]),
+                torch.stack([w[2], zero, -w[0]]),
+                torch.stack([-w[1], w[0], zero]),
+            ]
+        )
+        return SE3.from_rt(torch.linalg.matrix_exp(hat), xi[:3])
+
+    jac = torch.autograd.functional.jacobian(t_of, torch.zeros(6, dtype=F64)).permute(2, 0, 1)
+    ref = torch.zeros(6, 4, 4, dtype=F64)
+    for i in range(3):
+        ref[i, i, 3] = 1.0
+    ref[3, 2, 1], ref[3, 1, 2] = 1.0, -1.0
+    ref[4, 0, 2], ref[4, 2, 0] = 1.0, -1.0
+    ref[5, 1, 0], ref[5, 0, 1] = 1.0, -1.0
+    torch.testing.assert_close(jac, ref, rtol=0, atol=0)
+
+
 def test_boost_is_the_exponential_of_the_generators():
     # reference: torch.linalg.matrix_exp of Σ ζ_i K_i, at magnitudes on both sides of the
     # series switch (|ζ| = 1e-2) and large ones
