@@ -283,20 +283,27 @@ def render_object(
     K = settings.intrinsics()
     poses = settings.poses(seed)
     S = settings.size
-    out = Renderer(rm).render(torch.from_numpy(K), torch.from_numpy(poses), (S, S), dtype=torch.float64)
+    renderer = Renderer(rm)
+    Kt, Tt = torch.from_numpy(K), torch.from_numpy(poses)
+    chunk = max(1, (1 << 21) // (S * S))  # views per render call: bounded memory (~100 MB)
+    empty: list[int] = []
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
     try:
-        for i in range(len(poses)):
-            mask = out["mask"][i].numpy()
-            rgb = np.round(out["rgb"][i].numpy() * 255).astype(np.uint8)
-            rgb[~mask] = 0
-            depth_mm = np.clip(np.round(out["depth"][i].numpy() * 1000.0), 0, 65535).astype(np.uint16)
-            write_png(tmp / f"color_{i:06d}.png", rgb)
-            write_png(tmp / f"depth_{i:06d}.png", depth_mm)
-            write_png(tmp / f"mask_{i:06d}.png", mask.astype(np.uint8) * 255)
+        for s0 in range(0, len(poses), chunk):
+            out = renderer.render(Kt, Tt[s0 : s0 + chunk], (S, S), dtype=torch.float64)
+            for j in range(len(out["mask"])):
+                i = s0 + j
+                mask = out["mask"][j].numpy()
+                rgb = np.round(out["rgb"][j].numpy() * 255).astype(np.uint8)
+                rgb[~mask] = 0
+                depth_mm = np.clip(np.round(out["depth"][j].numpy() * 1000.0), 0, 65535).astype(np.uint16)
+                write_png(tmp / f"color_{i:06d}.png", rgb)
+                write_png(tmp / f"depth_{i:06d}.png", depth_mm)
+                write_png(tmp / f"mask_{i:06d}.png", mask.astype(np.uint8) * 255)
+                if not mask.any():
+                    empty.append(i)
         _write_npy(tmp / "poses.npy", poses)
         _write_npy(tmp / "intrinsics.npy", K)
-        empty = [int(i) for i in torch.nonzero(out["empty"]).flatten()]
         meta = {
             "source": source,
             "num_views": int(len(poses)),
