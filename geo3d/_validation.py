@@ -11,6 +11,8 @@ Data-dependent checks (non-finite coordinates) follow the one project-wide switc
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 __all__ = ["check_finite", "value_error", "values_enabled"]
@@ -27,11 +29,17 @@ def shape_of(x: object) -> object:
 
 
 def values_enabled() -> bool:
-    """True when data-dependent checks should run (the switch of ``geo3d.rotations``)."""
-    # imported here: geo3d.rotations may adopt this module without an import cycle
-    from geo3d.rotations._checks import values_enabled as _rotations_values_enabled
-
-    return _rotations_values_enabled()
+    """True when data-dependent checks should run: the switch of
+    :func:`geo3d.rotations.set_value_checks` is on and nothing is being compiled."""
+    # The switch lives in geo3d.rotations._checks; read it without importing that package
+    # (if it was never imported, nobody can have turned the checks off).
+    mod = sys.modules.get("geo3d.rotations._checks")
+    if mod is not None and not getattr(mod, "_VALUE_CHECKS", True):
+        return False
+    try:
+        return not torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover - very old torch
+        return True
 
 
 def _vmapped(x: torch.Tensor) -> bool:

@@ -9,7 +9,14 @@ from torch import Tensor, nn
 
 from ._batchnorm import MaskedBatchNorm
 from ._graph import _knn_neighborhood
-from ._output import EncoderOutput, center_points, check_points_mask, zero_padded, zero_rows
+from ._output import (
+    EncoderOutput,
+    center_points,
+    centring_error,
+    check_points_mask,
+    zero_padded,
+    zero_rows,
+)
 
 __all__ = ["PointNet", "DGCNN"]
 
@@ -151,11 +158,12 @@ class DGCNN(nn.Module):
         """Encode ``points (B, N, 3)`` with optional ``mask (B, N)`` (True = valid)."""
         mask = check_points_mask(points, mask)
         x = center_points(points, mask) if self.center else zero_padded(points, mask)
+        err = centring_error(points, mask) if self.center else None
         B, N, _ = x.shape
         outs = []
         for block in self.blocks:
             # tie-symmetric graph: permutation-invariant also on grids and duplicates
-            idx, nmask, w = _knn_neighborhood(x, self.k, mask)  # (B, N, K)
+            idx, nmask, w = _knn_neighborhood(x, self.k, mask, input_error=err)  # (B, N, K)
             kk = idx.shape[-1]
             C = x.shape[-1]
             xj = torch.gather(x, 1, idx.reshape(B, N * kk, 1).expand(B, N * kk, C)).view(B, N, kk, C)

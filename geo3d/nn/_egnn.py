@@ -11,7 +11,14 @@ import torch
 from torch import Tensor, nn
 
 from ._graph import _knn_neighborhood, weighted_mean
-from ._output import EncoderOutput, check_points_mask, masked_mean, zero_padded, zero_rows
+from ._output import (
+    EncoderOutput,
+    centring_error,
+    check_points_mask,
+    masked_mean,
+    zero_padded,
+    zero_rows,
+)
 
 __all__ = ["EGNN", "EGNNLayer"]
 
@@ -151,7 +158,8 @@ class EGNN(nn.Module):
             nbr_mask = mask.unsqueeze(1) & mask.unsqueeze(2)
             weight = None
         else:
-            idx, nbr_mask, weight = _knn_neighborhood(x, self.k, mask)
+            idx, nbr_mask, weight = _knn_neighborhood(
+                x, self.k, mask, input_error=centring_error(points, mask))
         h = self.h0.to(x.dtype).expand(B, N, -1)
         for layer in self.layers:
             h, x = layer(h, x, idx, nbr_mask, weight)

@@ -125,7 +125,8 @@ class Neighborhood(NamedTuple):
 
 
 def knn_neighborhood(
-    x: Tensor, k: int, mask: Tensor | None = None, *, rtol: float | None = None
+    x: Tensor, k: int, mask: Tensor | None = None, *, rtol: float | None = None,
+    input_error: Tensor | float | None = None,
 ) -> Neighborhood:
     r"""k-nearest-neighbour sets that are symmetric under ties (for equivariant modules).
 
@@ -136,11 +137,15 @@ def knn_neighborhood(
     :math:`d_{ij}` to the valid points of its cloud and :math:`d_k` its k-th smallest
     (:math:`k' = \min(k, N)`; the query itself always first):
 
-    * distances are *tied* with :math:`d_k` when :math:`|d_{ij} - d_k| \le \tau_i`,
-      :math:`\tau_i = \mathrm{rtol}\, d_k + 64\,\epsilon\, r^2`, where :math:`\epsilon` is the
-      dtype's machine epsilon and :math:`r^2` the largest squared norm of a valid point of
-      the cloud (a bound on the rounding of :math:`d_{ij}` under rotations and
-      translations), ``rtol`` defaults to :math:`\sqrt{\epsilon}`;
+    * distances are *tied* with :math:`d_k` when :math:`|d_{ij} - d_k| \le \tau`,
+      :math:`\tau = 64\,(\epsilon\, d_k + \delta\, r \sqrt{d_k}) + \mathrm{rtol}\, d_k`,
+      where :math:`\epsilon` is the dtype's machine epsilon, :math:`r` the largest norm of
+      a valid point of the cloud and :math:`\delta` the relative rounding error already in
+      ``x`` (``input_error``, default :math:`\epsilon`): the first term bounds, with a
+      wide margin, how much :math:`d_{ij}` changes when the inputs are rounded differently
+      (a rotated or translated copy: errors of order :math:`\delta r` in the points, times
+      :math:`2\sqrt{d}`, plus the rounding of the sum); ``rtol`` (default 0) widens the
+      ties if needed. Exact duplicates are always tied (distance exactly 0);
     * the :math:`t` points strictly closer than :math:`d_k - \tau_i` (and the query itself)
       are neighbours with weight 1; the :math:`s` tied points are *all* neighbours, each with
       weight :math:`(k' - t)/s`.
@@ -151,15 +156,20 @@ def knn_neighborhood(
     neighbours by weighted mean (or by a max over the set) is exactly equivariant on grids
     and duplicates too. Only distances that differ by about :math:`\tau` (neither equal
     nor clearly apart) can still flip between "tied" and "strictly closer". Without ties the
-    result is the ordinary kNN with unit weights (``K = k'``).
+    result is the ordinary kNN with unit weights (``K = k'``). The float32 tolerance covers
+    the rounding of input coordinates, but not always that of features computed by many
+    layers (dynamic feature-space graphs): there, exact equivariance is a float64 property.
 
     Args:
         x: features to measure distances in, shape :math:`(B, N, D)` (e.g. coordinates).
         k: neighbours per point, including the point itself (clipped to ``N``).
         mask: bool, shape :math:`(B, N)`, True = valid; None = all valid. Padded points are
             never neighbours and their rows are fully masked.
-        rtol: relative tie tolerance (default :math:`\sqrt{\epsilon}` of the dtype:
-            1.5e-8 in float64, 3.5e-4 in float32).
+        rtol: extra relative tie tolerance (default 0).
+        input_error: relative rounding error already present in ``x``, a float or one
+            value per cloud, shape :math:`(B,)` (default: the dtype's eps). A cloud centred
+            after being stored far from the origin carries errors of
+            ``eps * |raw| / |centred|``; the encoders pass that.
 
     Returns:
         :class:`Neighborhood` ``(idx, mask, weight)``, each of shape :math:`(B, N, K)`.
@@ -180,11 +190,18 @@ def knn_neighborhood(
                              or not rtol >= 0):
         raise value_error("rtol", "a number >= 0 or None", repr(rtol))
     check_finite("x", x, mask)
-    return _knn_neighborhood(x, k, mask, rtol)
+    if input_error is not None and not (
+        isinstance(input_error, Tensor) and input_error.shape == x.shape[:1]
+        or isinstance(input_error, (int, float)) and not isinstance(input_error, bool)
+        and input_error >= 0):
+        raise value_error("input_error", f"a float >= 0 or a tensor of shape ({x.shape[0]},)",
+                          shape_of(input_error) if isinstance(input_error, Tensor)
+                          else repr(input_error))
+    return _knn_neighborhood(x, k, mask, rtol, input_error)
 
 
-def _knn_neighborhood(x: Tensor, k: int, mask: Tensor | None, rtol: float | None = None
-                      ) -> Neighborhood:
+def _knn_neighborhood(x: Tensor, k: int, mask: Tensor | None, rtol: float | None = None,
+                      input_error: Tensor | float | None = None) -> Neighborhood:
     """:func:`knn_neighborhood` without the argument checks (for the encoders)."""
     from geo3d.ops import knn
 
@@ -192,16 +209,26 @@ def _knn_neighborhood(x: Tensor, k: int, mask: Tensor | None, rtol: float | None
     dev, dt = x.device, x.dtype
     kk = min(int(k), N)
     eps = torch.finfo(dt).eps
-    rt = eps**0.5 if rtol is None else float(rtol)
+    rt = 0.0 if rtol is None else float(rtol)
     xs, lengths, perm = _valid_first(x.detach(), mask)
     rvalid = torch.arange(N, device=dev)[None] < lengths[:, None]  # (B, N), valid-first order
     r2 = torch.where(rvalid, (xs * xs).sum(-1), 0).amax(1) if N else xs.new_zeros(B)
+    r = r2.sqrt().view(B, 1, 1)
+    if input_error is None:
+        delta = eps
+    elif isinstance(input_error, Tensor):
+        delta = input_error.detach().to(device=dev, dtype=dt).view(B, 1, 1)
+    else:
+        delta = float(input_error)
     n_nb = torch.minimum(lengths, torch.tensor(kk, device=dev))  # neighbours per valid row
-    kq = min(kk + 1, N)
+    # a few spare neighbours: rounding-level ties at the k-th distance rarely involve more
+    # points, so one kNN call usually suffices (grids double the request until complete)
+    kq = min(kk + max(4, kk // 4), N)
     while True:
         d, idx_s = knn(xs, xs, kq, x_lengths=lengths, y_lengths=lengths)  # self first
         dk = d.gather(-1, (n_nb - 1).clamp(min=0).view(B, 1, 1).expand(B, N, 1))  # (B, N, 1)
-        tau = rt * dk + 64 * eps * r2.view(B, 1, 1)
+        dkf = torch.where(torch.isfinite(dk), dk, 0)  # inf: fewer valid points than k
+        tau = (64 * eps + rt) * dkf + 64 * delta * r * dkf.sqrt()
         inside = (idx_s >= 0) & (d <= dk + tau)
         # a tie may continue beyond the kq computed neighbours: ask for more
         if kq == N or not bool((inside[..., -1] & rvalid).any()):

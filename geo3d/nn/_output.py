@@ -85,6 +85,20 @@ def center_points(points: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
+def centring_error(points: Tensor, mask: Tensor) -> Tensor:
+    """Relative rounding error ``(B,)`` of centred ``points (B, N, 3)``: the dtype's eps times
+    ``max(1, |raw| / |centred|)`` (largest norms over valid points). A cloud stored far from
+    the origin keeps absolute errors of ``eps * |raw|`` after centring; the tie tolerance of
+    :func:`geo3d.nn.knn_neighborhood` must cover them."""
+    eps = torch.finfo(points.dtype).eps
+    with torch.no_grad():
+        p = zero_padded(points.detach(), mask)
+        raw = p.norm(dim=-1).amax(1)
+        cen = center_points(p, mask).norm(dim=-1).amax(1)
+        amp = torch.where(cen > 0, raw / torch.where(cen > 0, cen, 1), 1)
+        return eps * amp.clamp(min=1)
+
+
 def zero_padded(points: Tensor, mask: Tensor) -> Tensor:
     """Replace padded points ``(B, N, 3)`` by zeros so that their values cannot leak."""
     return torch.where(mask[..., None], points, torch.zeros((), dtype=points.dtype, device=points.device))

@@ -8,7 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from ._graph import _knn_neighborhood
-from ._output import EncoderOutput, center_points, check_points_mask, zero_padded, zero_rows
+from ._output import (
+    EncoderOutput,
+    center_points,
+    centring_error,
+    check_points_mask,
+    zero_padded,
+    zero_rows,
+)
 from ._vn import (
     VNBatchNorm,
     VNInvariant,
@@ -71,14 +78,14 @@ def _edge_conv(conv: VNLinearLeakyReLU, x: Tensor, idx: Tensor, cross: bool,
     return _vn_relu(p, d, conv.negative_slope, conv.eps)
 
 
-def _neighborhood(x: Tensor, k: int, pmask: Tensor | None
+def _neighborhood(x: Tensor, k: int, pmask: Tensor | None, err: Tensor | None = None
                   ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Tie-symmetric kNN graph of ``x (B, N, D)``: ``(idx, nmask, weight)``.
 
     ``nmask``/``weight`` are None when every row has exactly ``k`` unit-weight neighbours and
     nothing is padded (the fast unmasked path, bitwise the plain kNN graph).
     """
-    nb = _knn_neighborhood(x, k, pmask)
+    nb = _knn_neighborhood(x, k, pmask, input_error=err)
     if pmask is None and nb.idx.shape[-1] == k and bool(nb.mask.all()):
         return nb.idx, None, None
     return nb.idx, nb.mask, nb.weight
@@ -191,6 +198,7 @@ class VNDGCNN(nn.Module):
         """Encode ``points (B, N, 3)`` with optional ``mask (B, N)`` (True = valid)."""
         mask = check_points_mask(points, mask)
         x = center_points(points, mask) if self.center else zero_padded(points, mask)
+        err = centring_error(points, mask) if self.center else None
         feats = x.transpose(1, 2).unsqueeze(1)  # (B, 1, 3, N)
         # Without padding, ties (and with k <= N) the masked code paths are skipped.
         dense = bool(mask.all()) and self.k <= x.shape[1]
@@ -198,7 +206,7 @@ class VNDGCNN(nn.Module):
         outs = []
         for i, (conv, pool) in enumerate(zip(self.convs, self.pools, strict=True)):
             if i == 0 or self.dynamic:
-                idx, nmask, w = _neighborhood(_vn_to_points(feats), self.k, pmask)
+                idx, nmask, w = _neighborhood(_vn_to_points(feats), self.k, pmask, err)
             e = _edge_conv(conv, feats, idx, self.cross, nmask)  # (B, h, 3, N, K)
             feats = _pool_neighbors(pool, e, nmask, w)  # (B, h, 3, N)
             outs.append(feats)
@@ -266,10 +274,11 @@ class VNPointNet(nn.Module):
         """Encode ``points (B, N, 3)`` with optional ``mask (B, N)`` (True = valid)."""
         mask = check_points_mask(points, mask)
         x = center_points(points, mask) if self.center else zero_padded(points, mask)
+        err = centring_error(points, mask) if self.center else None
         feats = x.transpose(1, 2).unsqueeze(1)  # (B, 1, 3, N)
         dense = bool(mask.all()) and self.k <= x.shape[1]
         pmask = None if dense else mask
-        idx, nmask, w = _neighborhood(x, self.k, pmask)
+        idx, nmask, w = _neighborhood(x, self.k, pmask, err)
         e = _edge_conv(self.conv_pos, feats, idx, self.cross, nmask)
         h = _pool_neighbors(self.pool_pos, e, nmask, w)  # (B, h0, 3, N)
         for layer in self.mlp:
