@@ -25,6 +25,9 @@ class EncoderOutput:
             ``None``. Rows of padded points are zero.
         point_equivariant: per-point equivariant vector features, shape
             :math:`(B, N, C_{peq}, 3)`, or ``None``. Rows of padded points are zero.
+
+    A cloud without any valid point gives all-zero outputs (never NaN). Every field is a new
+    tensor (never a view of the input points).
     """
 
     invariant: Tensor
