@@ -255,15 +255,33 @@ def find_model_file(
 def _default_vertex_ids(data: dict[str, Any], req: dict[str, np.ndarray]) -> dict[str, int] | None:
     """smplx picks extra keypoints (nose, eyes, ears, toes, finger tips) by vertex index; for
     SMPL/SMPL-X topologies its own tables apply. Other topologies store theirs in the file as
-    ``vertex_id_names``/``vertex_id_values``; without them, the keypoints are skipped."""
+    ``vertex_id_names``/``vertex_id_values``; without them, the face keypoints are guessed on
+    the head part (joint 15): nose = most forward (+z) vertex, ears = outermost in x, eyes =
+    most forward vertex on each side; toes and finger tips are skipped."""
     V = req["v_template"].shape[0]
     if V in (6890, 10475):
         return None
     if "vertex_id_names" in data and "vertex_id_values" in data:
         names = [str(n) for n in np.asarray(data["vertex_id_names"]).tolist()]
         vals = [int(v) for v in np.asarray(data["vertex_id_values"]).tolist()]
-        return dict(zip(names, vals, strict=True))
-    return {}
+        out = dict(zip(names, vals, strict=True))
+        if all(k in out for k in ("nose", "reye", "leye", "rear", "lear")):
+            return out
+    v, w = req["v_template"], req["weights"]
+    head = np.nonzero(w.argmax(1) == min(15, w.shape[1] - 1))[0]
+    if head.size == 0:
+        head = np.arange(V)
+    hv = v[head]
+    left, right = hv[:, 0] >= hv[:, 0].mean(), hv[:, 0] < hv[:, 0].mean()
+    z_left = np.where(left, hv[:, 2], -np.inf)
+    z_right = np.where(right, hv[:, 2], -np.inf)
+    return {
+        "nose": int(head[hv[:, 2].argmax()]),
+        "leye": int(head[z_left.argmax()]),
+        "reye": int(head[z_right.argmax()]),
+        "lear": int(head[hv[:, 0].argmax()]),
+        "rear": int(head[hv[:, 0].argmin()]),
+    }
 
 
 def load_body_model(
@@ -336,8 +354,6 @@ def load_body_model(
         extra: dict[str, Any] = {}
         if vids is not None:
             extra = {"vertex_ids": vids, "use_feet_keypoints": False, "use_hands": False}
-            if not all(k in vids for k in ("nose", "reye", "leye", "rear", "lear")):
-                extra["vertex_ids"] = {k: 0 for k in ("nose", "reye", "leye", "rear", "lear")}
         with quiet:
             if mtype == "smpl":
                 return smplx.SMPL(

@@ -232,3 +232,31 @@ def test_pose_body_errors(tmp_path):
         pose_body(m, torch.full((2, 72), float("inf")))
     out = pose_body(m, torch.eye(3).expand(1, 24, 3, 3), trans=torch.ones(1, 3))
     torch.testing.assert_close(out.vertices[0], m.v_template + 1)
+
+
+def test_face_keypoints_guessed_without_stored_ids(tmp_path):
+    d = tiny_body_dict()
+    stored = dict(zip(d["vertex_id_names"].tolist(), d["vertex_id_values"].tolist(), strict=True))
+    del d["vertex_id_names"], d["vertex_id_values"]
+    np.savez(tmp_path / "m.npz", **d)
+    m = load_body_model(tmp_path / "m.npz", dtype=torch.float64)
+    out = pose_body(m, torch.zeros(1, 72, dtype=torch.float64))
+    v = torch.as_tensor(d["v_template"])
+    extra = out.joints[0, 24:]  # smplx order: nose, reye, leye, rear, lear
+    assert extra.shape == (5, 3)
+    # nose in front of the head, ears on each side, eyes in front on the right side each
+    head = v[torch.as_tensor(d["weights"]).argmax(1) == 15]
+    # (smplx rounds the template through float32)
+    torch.testing.assert_close(extra[0, 2], head[:, 2].max(), atol=1e-7, rtol=0)
+    torch.testing.assert_close(extra[3, 0], head[:, 0].min(), atol=1e-7, rtol=0)
+    torch.testing.assert_close(extra[4, 0], head[:, 0].max(), atol=1e-7, rtol=0)
+    assert extra[1, 0] < 0 < extra[2, 0]
+    # with the stored ids, smplx uses exactly those vertices
+    d2 = tiny_body_dict()
+    np.savez(tmp_path / "s.npz", **d2)
+    j2 = pose_body(
+        load_body_model(tmp_path / "s.npz", dtype=torch.float64),
+        torch.zeros(1, 72, dtype=torch.float64),
+    ).joints[0, 24:]
+    order = ["nose", "reye", "leye", "rear", "lear"]
+    torch.testing.assert_close(j2, v[[stored[k] for k in order]], atol=1e-7, rtol=0)
