@@ -260,8 +260,15 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values, **factory) if init_values else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        x = self._residual(x, self.attn(self.norm1(x)), self.ls1)
+        return self._residual(x, self.mlp(self.norm2(x)), self.ls2)
+
+    @staticmethod
+    def _residual(x: Tensor, y: Tensor, ls: nn.Module) -> Tensor:
+        # x + gamma * y in one pass (addcmul) instead of a multiply and an add
+        if type(ls) is LayerScale:
+            return torch.addcmul(x, y, ls.gamma)
+        return x + ls(y)
 
 
 # A hook sees the patch-token grid (B, C, H', W') and the prefix tokens (B, 1 + R, C)
