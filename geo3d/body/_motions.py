@@ -33,6 +33,7 @@ from geo3d.rotations import matrix_to_axis_angle
 __all__ = [
     "Motion",
     "read_amass",
+    "find_amass_files",
     "write_amass",
     "JOINT_LIMITS",
     "MOTION_KINDS",
@@ -148,6 +149,38 @@ def read_amass(path: str | os.PathLike, dtype: torch.dtype = torch.float64) -> M
         framerate=rate,
         extra=extra,
     )
+
+
+def find_amass_files(root: str | os.PathLike) -> list[Path]:
+    """The motion files of a local AMASS subset: every ``.npz`` under ``root`` (recursively,
+    sorted) that holds ``poses`` (AMASS's per-subject ``shape.npz`` files hold none).
+
+    Args:
+        root: a folder such as ``AMASS/CMU``.
+
+    Returns:
+        Sorted paths, each readable with :func:`read_amass`.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+
+    Example:
+        >>> import tempfile
+        >>> find_amass_files(tempfile.mkdtemp())
+        []
+    """
+    r = Path(root)
+    if not r.is_dir():
+        raise FileNotFoundError(f"AMASS folder not found: {r}")
+    out = []
+    for p in sorted(r.rglob("*.npz")):
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if "poses" in z.files:
+                    out.append(p)
+        except (OSError, ValueError):  # not an npz archive
+            continue
+    return out
 
 
 def write_amass(path: str | os.PathLike, motion: Motion) -> Path:

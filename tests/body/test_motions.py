@@ -128,3 +128,23 @@ def test_extreme_poses_at_and_near_limits():
     assert ((e - lo).abs() < 1e-12).any() and ((hi - e).abs() < 1e-12).any()
     with pytest.raises(ValueError, match="margin"):
         extreme_poses(3, margin=0.7)
+
+
+def test_find_amass_files(tmp_path):
+    from geo3d.body import find_amass_files
+
+    (tmp_path / "CMU" / "01").mkdir(parents=True)
+    for name in ("01_02_poses.npz", "01_01_poses.npz"):
+        np.savez(
+            tmp_path / "CMU" / "01" / name,
+            poses=np.zeros((2, 156)),
+            trans=np.zeros((2, 3)),
+            betas=np.zeros(16),
+        )
+    np.savez(tmp_path / "CMU" / "01" / "shape.npz", betas=np.zeros(16), gender=np.array("male"))
+    (tmp_path / "CMU" / "notes.npz").write_text("not an archive")
+    found = find_amass_files(tmp_path)
+    assert [p.name for p in found] == ["01_01_poses.npz", "01_02_poses.npz"]
+    assert all(read_amass(p).poses.shape == (2, 156) for p in found)
+    with pytest.raises(FileNotFoundError):
+        find_amass_files(tmp_path / "missing")
