@@ -300,6 +300,25 @@ def test_graph_builders_reject_non_finite_and_bad_masks():
             fn(x[0], 3)
 
 
+def test_knn_neighborhood_tolerance_arguments():
+    x = _lattice(3)[None] + 1e4  # a grid far from the origin, ties everywhere
+    with pytest.raises(ValueError, match=r"^rtol: expected a number >= 0 or None, got -1.0"):
+        knn_neighborhood(x, 4, rtol=-1.0)
+    with pytest.raises(ValueError, match=r"^input_error: expected a float >= 0 or a tensor of "
+                                         r"shape \(1,\), got \(2,\)"):
+        knn_neighborhood(x, 4, input_error=torch.ones(2))
+    # centre point (1, 1, 1): self, 6 points at squared distance 1, 12 at 2, 8 at 3; k = 4.
+    # rtol = 1.5 widens the tie around d_k = 1 to [-0.5, 2.5]: the 6 + 12 points share the
+    # 3 remaining slots (1/6 each), the 8 at distance 3 stay out
+    centre = 13
+    nb = knn_neighborhood(x, 4, rtol=1.5)
+    row = nb.weight[0, centre][nb.mask[0, centre]]
+    assert sorted(row.tolist()) == pytest.approx([1 / 6] * 18 + [1.0], rel=1e-15)
+    nb = knn_neighborhood(x, 4)
+    row = nb.weight[0, centre][nb.mask[0, centre]]
+    assert sorted(row.tolist()) == [0.5] * 6 + [1.0]  # 3 slots over the 6 face neighbours
+
+
 @pytest.mark.parametrize("name", list(ALL))
 def test_masks_that_only_broadcast_raise(build, name):
     model = build(ALL[name])
