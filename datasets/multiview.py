@@ -134,11 +134,12 @@ class MultiviewPairs(torch.utils.data.Dataset):
     Example:
         >>> import tempfile
         >>> from geo3d.datasets.multiview_render import RenderSettings, render_dataset
-        >>> root = tempfile.mkdtemp()
-        >>> _ = render_dataset(root, num_synthetic=1, settings=RenderSettings(size=32, focal=36.0, level=0), progress=False)
-        >>> item = MultiviewPairs(root, num_points=64)[0]
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> _ = render_dataset(tmp.name, num_synthetic=1, settings=RenderSettings(size=32, focal=36.0, level=0), progress=False)
+        >>> item = MultiviewPairs(tmp.name, num_points=64)[0]
         >>> item["image1"].shape, item["corr2"].shape
         (torch.Size([3, 32, 32]), torch.Size([64, 2]))
+        >>> tmp.cleanup()
     """
 
     def __init__(

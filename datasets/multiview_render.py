@@ -405,7 +405,8 @@ def render_dataset(
     Example:
         >>> import tempfile
         >>> s = RenderSettings(size=16, focal=18.0, level=0)
-        >>> render_dataset(tempfile.mkdtemp(), num_synthetic=1, settings=s, progress=False)["rendered"]
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     render_dataset(out, num_synthetic=1, settings=s, progress=False)["rendered"]
         1
     """
     from geo3d.datasets.shapes import SHAPE_CATEGORIES
