@@ -6,6 +6,8 @@ Public API (imported lazily so that ``geo3d --help`` stays fast):
 * :class:`EquivariantAssembler`, :class:`GlobalAssembler` — the networks.
 * :class:`AssemblyModule`, :class:`AssemblyDataModule` — Lightning training code.
 * :class:`AtomicCheckpointIO`, :func:`load_checkpoint`, :func:`load_model`.
+* :class:`PieceError` (a bad piece given to :func:`assemble`, with its index and path),
+  :class:`CheckpointError` (a truncated or foreign checkpoint file).
 
 Evaluation protocols (:func:`geo3d.eval.assembly_metrics`):
 
