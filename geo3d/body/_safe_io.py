@@ -316,6 +316,9 @@ def atomic_save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> P
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):

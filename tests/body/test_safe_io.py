@@ -260,3 +260,20 @@ def test_face_keypoints_guessed_without_stored_ids(tmp_path):
     ).joints[0, 24:]
     order = ["nose", "reye", "leye", "rear", "lear"]
     torch.testing.assert_close(j2, v[[stored[k] for k in order]], atol=1e-7, rtol=0)
+
+
+def test_atomic_save_npz_mode_and_no_leftovers(tmp_path):
+    import stat
+
+    from geo3d.body._safe_io import atomic_save_npz
+
+    umask = os.umask(0o022)
+    try:
+        p = atomic_save_npz(tmp_path / "a.npz", {"x": np.arange(3)})
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644
+    assert [q.name for q in tmp_path.iterdir()] == ["a.npz"]
+    with pytest.raises(ValueError, match="arrays"):
+        atomic_save_npz(tmp_path / "b.npz", {"x": np.array([{}], dtype=object)})
+    assert [q.name for q in tmp_path.iterdir()] == ["a.npz"]
