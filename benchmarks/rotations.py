@@ -200,7 +200,7 @@ def _fused_call(name: str, inputs: tuple, compiled_only: bool = False) -> Callab
 
 
 def run(device: str, sizes: list[int], fused: bool, rounds: int, min_time: float,
-        threads: int = 1) -> dict:
+        threads: int = 1, only: list[str] | None = None) -> dict:
     dtype = torch.float32
     env = env_info(device)
     rows = []
@@ -208,6 +208,8 @@ def run(device: str, sizes: list[int], fused: bool, rounds: int, min_time: float
         mt = min_time if n <= 10_000 else max(min_time, 0.3)
         for case in make_cases(n, device, dtype):
             name = case["name"]
+            if only and name not in only:
+                continue
             out = case["geo3d"]()
             in_bytes = sum(t.numel() * t.element_size() for t in case["inputs"])
             out_bytes = out.numel() * out.element_size()
@@ -347,6 +349,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu (+cuda if present)")
     p.add_argument("--no-fused", action="store_true", help="skip the torch.compile path")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help="only these conversions (e.g. geodesic_distance); use with --out-dir "
+                   "so that the recorded full results are not replaced")
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per autorange")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     p.add_argument(
@@ -373,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
             f"timed with {threads} CPU thread(s), float32"
         )
         print(HEADER)
-        res = run(dev, a.sizes, not a.no_fused, a.rounds, a.min_time, threads)
+        res = run(dev, a.sizes, not a.no_fused, a.rounds, a.min_time, threads, a.only)
         res["env"]["malloc_env"] = {k: os.environ.get(k) for k in MALLOC_ENV}
         suffix = f"_{threads}threads" if threads != 1 else ""
         path = write_json_atomic(a.out_dir / f"rotations_{dev}{suffix}.json", res)

@@ -1,5 +1,33 @@
 """Fused versions of the conversions for large batches: native float32 CPU kernels
-(``_native``) and ``torch.compile``-d formulations, built lazily and cached."""
+(``_native``) and ``torch.compile``-d kernels, built lazily and cached.
+
+What ``torch.compile`` compiles, per function. Measured as ``eager/dedicated``: the time
+of the compiled eager function over that of the compiled formulation below, both
+compiled with :func:`_inductor_options`, timed in the same run (minimum of repeated
+calls), 1e6 rotations (2e5 with a gradient, forward + backward), 1 CPU thread, on a
+2-core machine shared with other jobs (load ~10, so single ratios move by ±30%):
+
+* the eager function itself: ``quat_to_matrix``, ``axis_angle_to_matrix``,
+  ``matrix_to_quat`` (eager/dedicated 0.98 float32, 0.99 float64: the dedicated one was
+  the same maths) and ``matrix_to_sixd`` (1.01, 0.94). Their value checks and the
+  matrix-input policy's checks and projection switch off under tracing;
+* dedicated formulations (scalar components, so that inductor emits one loop over the
+  batch; the eager ones reduce over the 3- or 4-long last dim or ``cat``) where they
+  measured faster (eager/dedicated, float64 then float32; "grad": float64 with a
+  gradient): ``matrix_to_axis_angle`` (2.8, 8.4), ``axis_angle_to_quat`` (4.1, 5.5),
+  ``quat_to_axis_angle`` (2.3, 7.5), ``sixd_to_matrix`` (1.2-1.3, 1.25-4.2; grad 4.3),
+  ``matrix_to_euler`` (float32 2.3, with a polynomial atan2), ``quat_multiply`` (21, 95;
+  grad 8.2), ``quat_apply`` (26, 210; grad 15: the eager ``linalg.cross`` is not fused)
+  and ``euler_to_matrix`` (0.93-1.7, 1.2-1.7 in three runs; grad 1.4: the eager helpers
+  composed without the quaternion's ``stack`` and sign fix, 9 lines).
+
+The dedicated formulations reuse the eager private helpers (Shepperd's branch selection,
+the quaternion-to-matrix map, the Euler algorithm) and follow the eager semantics with
+value checks off: shapes and conventions are checked (``ValueError``), values are not
+(NaN/inf propagate to the output, matrices are taken as rotations, quaternions as
+non-zero). Their gradients are the eager ones (one-sided at w = 0, the projection's
+derivative for matrix inputs).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +53,8 @@ from geo3d.rotations._euler import (
     _qmul,
 )
 from geo3d.rotations._fast_math import atan2, half_angle_over_sin
-from geo3d.rotations._quat import _matrix_from_quat_comps, _shepperd, quat_to_matrix
+from geo3d.rotations._matrix_input import _newton_schulz_tangent
+from geo3d.rotations._quat import _matrix_from_quat_comps, _shepperd, matrix_to_quat, quat_to_matrix
 from geo3d.rotations._sixd import matrix_to_sixd
 
 __all__ = ["fused", "FUSED_FUNCTIONS"]
@@ -45,18 +74,14 @@ FUSED_FUNCTIONS = (
     "quat_apply",
 )
 
-# ---------------------------------------------------------------------------------------
-# Dedicated formulations for the fused path.
-#
-# Every function below works on scalar components (``unbind`` of the input, elementwise
-# ops on batch-shaped tensors, a single ``stack`` at the end): inductor then emits one
-# loop over the batch, vectorised along it, with every intermediate kept in registers.
-# Small reductions over the last dim (``vector_norm(dim=-1)``, ``sum(-1)``, ``cat``) would
-# instead make it vectorise (or split kernels) along the 3- or 4-long component dim. The
-# maths is that of the eager functions (same branches, same safe-gradient guards), so
-# results agree to rounding and gradients are finite at the same singular points. Shape
-# checks are kept; data-dependent value checks are skipped (as inside any torch.compile).
-# ---------------------------------------------------------------------------------------
+
+def _rotation_input(R: torch.Tensor) -> torch.Tensor:
+    """The eager matrix-input policy with value checks off: ``R`` is taken as a rotation,
+    with the eager derivative (the policy's hook, today ``R`` itself; only called when a
+    gradient is needed, so the no-grad kernels never pay for it)."""
+    if torch.is_grad_enabled() and R.requires_grad:
+        return _newton_schulz_tangent(R)
+    return R
 
 
 def _safe_sqrt(t2: torch.Tensor) -> torch.Tensor:
@@ -67,23 +92,18 @@ def _safe_sqrt(t2: torch.Tensor) -> torch.Tensor:
 
 def _rotvec_from_quat_comps(w, x, y, z) -> torch.Tensor:
     """Rotation vectors from (not necessarily unit) quaternion components, as
-    :func:`quat_to_axis_angle`: ``u sign(w) 2 atan2(|u|, |w|)/|u|``, scale invariant."""
+    :func:`quat_to_axis_angle`: ``u sign(w) 2 atan2(|u|, |w|)/|u|``, scale invariant;
+    ``|w| = w sign(w)`` with ``sign(±0) = ±1`` (the eager one-sided derivative at w = 0)."""
     n = _safe_sqrt(x * x + y * y + z * z)
-    f = torch.copysign(half_angle_over_sin(n, w.abs()), w)
+    sgn = torch.copysign(torch.ones_like(w), w)
+    f = half_angle_over_sin(n, w * sgn) * sgn
     return torch.stack((x * f, y * f, z * f), dim=-1)
-
-
-def _f_matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
-    check_tensor("R", R, (3, 3))
-    w, x, y, z = _shepperd(R)
-    k = torch.copysign(torch.rsqrt((w * w + x * x) + (y * y + z * z)), w)
-    return torch.stack((w * k, x * k, y * k, z * k), dim=-1)
 
 
 def _f_matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
     check_tensor("R", R, (3, 3))
     # The rotation vector of a quaternion is scale invariant: no normalisation needed.
-    return _rotvec_from_quat_comps(*_shepperd(R))
+    return _rotvec_from_quat_comps(*_shepperd(_rotation_input(R)))
 
 
 def _f_axis_angle_to_quat(v: torch.Tensor) -> torch.Tensor:
@@ -116,7 +136,7 @@ def _f_sixd_to_matrix(x: torch.Tensor) -> torch.Tensor:
     return torch.stack((x1, x2, x3, y1, y2, y3, z1, z2, z3), dim=-1).unflatten(-1, (3, 3))
 
 
-def _euler_quat_comps(angles: torch.Tensor, convention: str) -> list[torch.Tensor]:
+def _f_euler_to_matrix(angles: torch.Tensor, convention: str) -> torch.Tensor:
     axes, intrinsic = _parse(convention)
     check_tensor("angles", angles, (3,))
     a = angles.unbind(-1)
@@ -124,11 +144,7 @@ def _euler_quat_comps(angles: torch.Tensor, convention: str) -> list[torch.Tenso
     for i in (1, 2):
         e = _elementary(axes[i], a[i])
         q = _qmul(q, e) if intrinsic else _qmul(e, q)
-    return q
-
-
-def _f_euler_to_matrix(angles: torch.Tensor, convention: str) -> torch.Tensor:
-    return _matrix_from_quat_comps(*_euler_quat_comps(angles, convention), 2.0)
+    return _matrix_from_quat_comps(*q, 2.0)
 
 
 def _euler_from_quat_comps(qc: tuple, convention: str) -> torch.Tensor:
@@ -154,7 +170,7 @@ def _wrap(x: torch.Tensor) -> torch.Tensor:
 def _f_matrix_to_euler(R: torch.Tensor, convention: str, warn: bool = True) -> torch.Tensor:
     _parse(convention)
     check_tensor("R", R, (3, 3))
-    w, x, y, z = _shepperd(R)
+    w, x, y, z = _shepperd(_rotation_input(R))
     # Euler angles are atan2's of the components: invariant under a positive scale, so
     # only the sign (w >= 0, as matrix_to_quat returns) is applied, no normalisation.
     k = torch.copysign(torch.ones_like(w), w)
@@ -184,17 +200,14 @@ def _f_quat_apply(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 _IMPLS: dict[str, Callable] = {
-    # already scalar-component formulations whose value checks switch off under
-    # torch.compile: the eager functions themselves fuse into one loop
-    "quat_to_matrix": quat_to_matrix,
-    "matrix_to_quat": _f_matrix_to_quat,
-    "axis_angle_to_matrix": axis_angle_to_matrix,
+    "quat_to_matrix": quat_to_matrix,  # the eager function
+    "matrix_to_quat": matrix_to_quat,  # the eager function
+    "axis_angle_to_matrix": axis_angle_to_matrix,  # the eager function
     "matrix_to_axis_angle": _f_matrix_to_axis_angle,
     "axis_angle_to_quat": _f_axis_angle_to_quat,
     "quat_to_axis_angle": _f_quat_to_axis_angle,
     "sixd_to_matrix": _f_sixd_to_matrix,
-    # a pure gather: the eager view + reshape (one strided copy) is as good as it gets
-    "matrix_to_sixd": matrix_to_sixd,
+    "matrix_to_sixd": matrix_to_sixd,  # the eager function
     "euler_to_matrix": _f_euler_to_matrix,
     "matrix_to_euler": _f_matrix_to_euler,
     "quat_multiply": _f_quat_multiply,
@@ -266,28 +279,42 @@ def fused(name: str) -> Callable:
     * float32 CPU tensors that need no gradient go to hand-vectorised C kernels
       (``_native.c``), built with the system C compiler on first use and cached. They take
       0.5-1.5x the time of a copy of the same bytes at 1e6 rotations
-      (``benchmarks/rotations.py``);
-    * everything else (float64, CUDA, inputs that require grad) goes to dedicated
-      formulations of the eager functions (the same maths on scalar components, so that
-      inductor emits one vectorised loop over the batch), ``torch.compile``-d on first use
-      and cached (per convention for the Euler functions). The first shape gets a
-      specialised kernel; after a second shape torch.compile switches to a dynamic-shape
-      kernel, so varying batch sizes do not recompile endlessly.
+      (``benchmarks/rotations.py``) and use ``torch.get_num_threads()`` threads (results
+      do not depend on the thread count);
+    * everything else (float64, CUDA, inputs that require grad) goes to ``torch.compile``
+      kernels (of the eager function where that is as fast, of a scalar-component
+      formulation of the same maths otherwise; see this module's docstring), compiled on
+      first use and cached (per convention for the Euler functions). The first shape gets
+      a specialised kernel; after a second shape torch.compile switches to a
+      dynamic-shape kernel, so varying batch sizes do not recompile endlessly.
+
+    Semantics: those of the eager function with value checks off
+    (:func:`geo3d.rotations.set_value_checks`), on both back ends. Shapes and Euler
+    conventions are checked (``ValueError``, as in eager); values are not: matrices are
+    taken as rotations (no nearest-rotation projection, no ``det`` check), quaternions as
+    non-zero, 6D inputs as non-degenerate; a row with NaN/inf gives a meaningless
+    (usually NaN) row and leaves the other rows alone; the fused ``matrix_to_euler``
+    never warns about gimbal lock. Gradients (compiled back end) are the eager ones.
+    Results agree with the eager functions to a few ulps in float64 and to float32
+    rounding (≲ 2e-6 relative, angles near gimbal lock aside) in float32.
 
     If a back end is unavailable (no C compiler, unsupported platform), a
     ``RuntimeWarning`` says so once and the next one is used: native, then compiled, then
-    the eager function. ``GEO3D_NATIVE=0`` switches the C kernels off. Fused functions
-    skip data-dependent value checks (shape checks are kept; the fused
-    ``matrix_to_euler`` never warns about gimbal lock); gradients flow through the
-    compiled kernels as usual. Results agree with the eager functions to a few ulps
-    in float64 and to float32 rounding (≲ 2e-6 relative, angles near gimbal lock
-    aside) in float32.
+    the eager function. ``GEO3D_NATIVE=0`` switches the C kernels off.
 
     Args:
         name: one of :data:`FUSED_FUNCTIONS`.
 
     Returns:
         A callable with the same signature as ``geo3d.rotations.<name>``.
+
+    Raises:
+        ValueError: unknown ``name``; (when called) bad shapes or conventions.
+
+    Example:
+        >>> R = fused("quat_to_matrix")(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+        >>> R.shape
+        torch.Size([1, 3, 3])
     """
     if name not in FUSED_FUNCTIONS:
         raise ValueError(f"name: expected one of {FUSED_FUNCTIONS}, got {name!r}")

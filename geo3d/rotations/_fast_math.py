@@ -94,7 +94,9 @@ def half_angle_over_sin(n: torch.Tensor, aw: torch.Tensor) -> torch.Tensor:
     if n.dtype != torch.float32 or aw.dtype != torch.float32:
         zero = n == 0
         f = 2.0 * atan2(n, aw, nonneg=True) / torch.where(zero, 1.0, n)
-        return torch.where(zero, 2.0 / aw, f)
+        # safe where: the unused 2/aw is evaluated at aw = 1 (at w = 0 it is inf, and its
+        # backward would turn the gradient into NaN)
+        return torch.where(zero, 2.0 / torch.where(zero, aw, 1.0), f)
     swap = n > aw
     inv = 1.0 / torch.where(swap, n, aw)
     t = torch.where(swap, aw, n) * inv

@@ -101,6 +101,127 @@ def _value_and_grad(f, args: tuple) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return out.detach(), list(torch.autograd.grad((out * w).sum(), xs))
 
 
+# ---------------------------------------------------------------------------------------
+# Default suite. The formulations that fused() compiles are plain torch code: every one
+# of them runs here without compiling (float64 and float32, inputs requiring grad)
+# against float64 eager with value checks off (fused's documented semantics), on the
+# hard cases + 100 random rows + non-orthogonal matrices. One of them is also compiled
+# (float64, with grad) to check inductor's code on a kernel that holds Shepperd's branch
+# selection, the rotvec factor and the projection's derivative. Compiling every kernel
+# costs minutes here: that is the slow suite below (test_fused_matches_eager,
+# test_fused_float32). The native float32 kernels: test_native.py.
+# ---------------------------------------------------------------------------------------
+
+_EULER_CONVENTIONS = ("xyz", "ZXZ")
+
+
+def _cases(q: torch.Tensor, g: torch.Generator) -> dict[str, tuple]:
+    out = {}
+    for name in G.FUSED_FUNCTIONS:
+        args = _inputs(name, q, g)
+        if name == "matrix_to_euler":
+            for c in _EULER_CONVENTIONS:
+                out[f"{name}_{c}"] = (args[0], c)
+        elif name == "euler_to_matrix":
+            for c in _EULER_CONVENTIONS:
+                out[f"{name}_{c}"] = (G.matrix_to_euler(G.quat_to_matrix(q), c, warn=False), c)
+        else:
+            out[name] = args
+        if name.startswith("matrix_to"):  # non-orthogonal det > 0 rows: taken as rotations
+            for key in [k for k in out if k.startswith(name)]:
+                M = out[key][0].clone()
+                M[-3:] = M[-3:] * torch.tensor([1.3, 0.9, 1.1], dtype=M.dtype)
+                out[key] = (M, *out[key][1:])
+    return out
+
+
+@pytest.fixture(scope="module")
+def fused_inputs(hard_quats) -> dict:
+    g = torch.Generator().manual_seed(3)
+    # w exactly 0 (the hard cases' π rotations have w ~ 6e-17): the one-sided derivative
+    exact_pi = torch.tensor([[0.0, 1, 0, 0], [0, 0, 0.6, 0.8], [0, 0, 0, 1]], dtype=torch.float64)
+    q = torch.cat((hard_quats, exact_pi, G.random_quat(100, generator=g, dtype=torch.float64)))
+    return _cases(q, g)
+
+
+def _name(case: str) -> str:
+    return next(n for n in G.FUSED_FUNCTIONS if case.startswith(n))
+
+
+def _run(f, args: tuple, dtype) -> tuple[torch.Tensor, tuple]:
+    xs = [a.detach().to(dtype).requires_grad_(True) if isinstance(a, torch.Tensor) else a
+          for a in args]
+    out = f(*xs)
+    w = torch.linspace(-1.0, 1.0, out.numel(), dtype=dtype).view(out.shape)
+    gs = torch.autograd.grad((out * w).sum(), [x for x in xs if isinstance(x, torch.Tensor)])
+    return out.detach(), gs
+
+
+def _eager(case: str, fn=None):
+    name = _name(case)
+    kw = {"warn": False} if name == "matrix_to_euler" else {}
+    fn = getattr(G, name) if fn is None else fn
+
+    def f(*a):
+        old = G.set_value_checks(False)  # fused applies the checks-off semantics
+        try:
+            return fn(*a, **kw)
+        finally:
+            G.set_value_checks(old)
+
+    return f
+
+
+def _angle_err(case: str, e: torch.Tensor) -> torch.Tensor:
+    if case.startswith("matrix_to_euler"):  # angles near ±π may wrap to the other end
+        e = torch.minimum(e, (e - 2 * math.pi).abs())
+    return e
+
+
+_CASES = [c for n in G.FUSED_FUNCTIONS for c in
+          ([f"{n}_{k}" for k in _EULER_CONVENTIONS] if "euler" in n else [n])]
+
+
+@pytest.mark.parametrize("case", _CASES)
+def test_fused_formulations_match_float64_eager(fused_inputs, case):
+    """Each formulation fused() compiles: float64 values within 1e-12 and gradients within
+    1e-9 (relative) of eager; float32 values as close to the float64 result as the eager
+    float32 function (2x + 1e-6), finite float32 gradients. Plausible bugs: a formula that
+    differs from eager (a sign, a branch, the w >= 0 rule, abs's zero subgradient at
+    w = 0 instead of the one-sided one, a missing projection derivative for matrices)."""
+    impl = _eager(case, _compiled._IMPLS[_name(case)])  # checks off, as when traced
+    args = fused_inputs[case]
+    out, grads = _run(impl, args, torch.float64)
+    ref, ref_grads = _run(_eager(case), args, torch.float64)
+    assert out.dtype == torch.float64 and out.shape == ref.shape
+    assert _angle_err(case, (out - ref).abs()).max() < 1e-12
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert torch.isfinite(a).all()
+        assert ((a - b).abs() <= 1e-9 * (1.0 + b.abs())).all(), (a - b).abs().max()
+    args32 = tuple(a.float() if isinstance(a, torch.Tensor) else a for a in args)
+    out32, grads32 = _run(impl, args32, torch.float32)
+    ref32, _ = _run(_eager(case), args32, torch.float32)
+    assert out32.dtype == torch.float32
+    err = _angle_err(case, (out32.double() - ref).abs()).max()
+    err_eager = _angle_err(case, (ref32.double() - ref).abs()).max()
+    assert err <= 2.0 * err_eager + 1e-6, (err, err_eager)
+    for a in grads32:
+        assert torch.isfinite(a).all()
+
+
+def test_one_compiled_kernel_matches_float64_eager(fused_inputs):
+    """fused() through torch.compile (float64 input requiring grad: not the native path):
+    matrix_to_axis_angle's values and gradients equal eager's on the hard cases and
+    non-orthogonal rows."""
+    case = "matrix_to_axis_angle"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # must really compile
+        out, grads = _run(G.fused(case), fused_inputs[case], torch.float64)
+    ref, ref_grads = _run(_eager(case), fused_inputs[case], torch.float64)
+    assert (out - ref).abs().max() < 1e-12
+    assert ((grads[0] - ref_grads[0]).abs() <= 1e-9 * (1.0 + ref_grads[0].abs())).all()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", G.FUSED_FUNCTIONS)
 def test_fused_matches_eager(name, all_quats):
