@@ -19,9 +19,12 @@ Matrices that are not rotations: every function that reads a rotation matrix
 ``ValueError`` naming the argument for NaN/inf or ``det <= 0`` (reflections, singular or
 zero matrices; a det within rounding of 0 counts as 0), and reads any ``det > 0`` matrix
 as its nearest rotation (:func:`project_to_so3`, like scipy >= 1.15
-``Rotation.from_matrix``). Matrices orthonormal to ``64 ε`` skip the projection (the check
-is one pass and one host read). Derivatives are those of ``f(project_to_so3(M))`` in both
-cases. With value checks off (:func:`set_value_checks`) or while tracing
+``Rotation.from_matrix``). Matrices orthonormal to 64 float32 ulps
+(``|RᵀR - I| <= 7.6e-6``, in float32 and float64 alike, so a float32 rotation cast to
+float64 reads the same) skip the projection (the check is one pass and one host read);
+within that tolerance the plain formula and its derivative are used, outside it the
+derivative is that of ``f(project_to_so3(M))``.
+With value checks off (:func:`set_value_checks`) or while tracing
 (``torch.compile``, ``torch.func``, the fused path) nothing data-dependent runs and the
 input is assumed to be a rotation.
 """

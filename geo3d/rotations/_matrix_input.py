@@ -3,16 +3,15 @@
 Policy (documented in :mod:`geo3d.rotations`): with value checks on, non-finite input or
 ``det <= 0`` raises ``ValueError``; any ``det > 0`` matrix is read as its nearest rotation
 (:func:`project_to_so3`, like scipy >= 1.15 ``Rotation.from_matrix``); matrices that are
-already orthonormal to a dtype-scaled tolerance skip the projection. With value checks
+already orthonormal to 64 float32 ulps (7.6e-6) skip the projection. With value checks
 off or while tracing (``torch.compile``, ``torch.func``) no data-dependent branch runs
 and the input is assumed to be a rotation.
 
-The derivative is always that of ``M -> f(project_to_so3(M))``: on the no-projection path
-the matrix goes through ``R.detach() + (N(R) - N(R).detach())`` with one Newton–Schulz step
-``N(R) = 1.5 R - 0.5 R RᵀR``, whose value is ``R`` exactly and whose derivative at a
-rotation equals that of the polar projection, ``dR ↦ (dR - R dRᵀ R)/2``. So gradients
-do not depend on whether a projection ran, and finite differences (which leave SO(3))
-agree with autograd.
+Derivatives: within the tolerance the reading is the plain formula and so is its
+derivative (as before the policy); outside it, the derivative is that of
+``f(project_to_so3(M))``. The tolerance (7.6e-6) is above the 1e-6 steps of
+finite-difference checks, so both agree with autograd on either side; the reading jumps
+by O(tolerance) across its edge.
 """
 
 from __future__ import annotations
@@ -23,22 +22,37 @@ import torch
 
 from geo3d.rotations._checks import tracing, values_enabled
 
-#: orthonormality tolerance max|RᵀR - I| and singularity margin, in units of the dtype's eps
-_ORTHO_EPS = 64.0
+#: singularity margin, in units of the dtype's eps
 _DET_EPS = 64.0
+#: orthonormality tolerance max|RᵀR - I| below which no projection runs: 64 float32 ulps
+#: (7.6e-6) for float32 AND float64, so that float32 rotations cast to float64 are read
+#: as they are (as the float32 ones are); the reading then differs from that of the
+#: nearest rotation by O(that error), like the matrix itself.
+_ORTHO_TOL = 64.0 * torch.finfo(torch.float32).eps
+
+
+def _ortho_tol(dtype: torch.dtype) -> float:
+    return max(_ORTHO_TOL, 64.0 * torch.finfo(dtype).eps)
 
 
 def _tracks_derivative(R: torch.Tensor) -> bool:
+    """Whether a derivative of ``R`` may be taken (reverse or forward mode, torch.func):
+    then formulas with safe (non-NaN) derivatives at their singular points are used."""
     if tracing():
-        return True  # torch.func / compile: a cheap, branch-free formula either way
+        return True  # torch.func / compile: take the safe formula
     if torch.is_grad_enabled() and R.requires_grad:
         return True
     return torch.autograd.forward_ad.unpack_dual(R).tangent is not None
 
 
 def _newton_schulz_tangent(R: torch.Tensor) -> torch.Tensor:
-    N = 1.5 * R - 0.5 * (R @ (R.transpose(-1, -2) @ R))
-    return R.detach() + (N - N.detach())
+    """What the policy does to a matrix taken as a rotation (within the tolerance, or
+    with checks off / while tracing): nothing, the value and derivative of ``R`` itself.
+
+    Kept under this name for the fused path (``_compiled`` imports it): an earlier
+    version of the policy replaced the derivative by the projection's, through a
+    Newton–Schulz step; the fused path mirrors the eager derivative through this hook."""
+    return R
 
 
 def _orthonormality_and_det(R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,9 +105,10 @@ def as_rotation(name: str, R: torch.Tensor, what: str = "rotation matrices") -> 
                 f"{name}: expected {what} (finite, det > 0), got {n_bad} matrix/matrices with "
                 "det <= 0 (a reflection, or a singular or zero matrix)"
             )
-        if not e_max <= _ORTHO_EPS * eps:
-            bad_idx = (~(err <= _ORTHO_EPS * eps)).nonzero().squeeze(1)
-    out = _newton_schulz_tangent(R) if _tracks_derivative(R) else R
+        tol = _ortho_tol(R.dtype)
+        if not e_max <= tol:
+            bad_idx = (~(err <= tol)).nonzero().squeeze(1)
+    out = R
     if bad_idx is not None:
         from geo3d.rotations._procrustes import project_to_so3
 
