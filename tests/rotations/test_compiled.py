@@ -1,4 +1,5 @@
-"""The fused (torch.compile) path: fallback behaviour (fast) and numerics (slow)."""
+"""The fused path: fallback behaviour, every compiled formulation uncompiled + one compiled
+kernel (default suite), every compiled kernel (slow)."""
 
 from __future__ import annotations
 
@@ -105,9 +106,9 @@ def _value_and_grad(f, args: tuple) -> tuple[torch.Tensor, list[torch.Tensor]]:
 # Default suite. The formulations that fused() compiles are plain torch code: every one
 # of them runs here without compiling (float64 and float32, inputs requiring grad)
 # against float64 eager with value checks off (fused's documented semantics), on the
-# hard cases + 100 random rows + non-orthogonal matrices. One of them is also compiled
-# (float64, with grad) to check inductor's code on a kernel that holds Shepperd's branch
-# selection, the rotvec factor and the projection's derivative. Compiling every kernel
+# hard cases + exact w = 0 rows + 100 random rows + non-orthogonal matrices. One is also
+# compiled through fused() (float64, with grad: ~15 s of CPU time for the forward and
+# backward kernels, cold cache) to check inductor's code. Compiling every kernel
 # costs minutes here: that is the slow suite below (test_fused_matches_eager,
 # test_fused_float32). The native float32 kernels: test_native.py.
 # ---------------------------------------------------------------------------------------
@@ -211,9 +212,9 @@ def test_fused_formulations_match_float64_eager(fused_inputs, case):
 
 def test_one_compiled_kernel_matches_float64_eager(fused_inputs):
     """fused() through torch.compile (float64 input requiring grad: not the native path):
-    matrix_to_axis_angle's values and gradients equal eager's on the hard cases and
-    non-orthogonal rows."""
-    case = "matrix_to_axis_angle"
+    quat_to_axis_angle's values and gradients (the rotation-vector factor, the one-sided
+    derivative at w = 0) equal eager's on the hard cases and non-unit quaternions."""
+    case = "quat_to_axis_angle"
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # must really compile
         out, grads = _run(G.fused(case), fused_inputs[case], torch.float64)

@@ -228,3 +228,30 @@ def test_failed_compiler_run_reports_its_error(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="fakecc -O3 -fno-math-errno.* exited with 3: boom"):
         _native._build()
     assert list((tmp_path / "cache" / "native").iterdir()) == []
+
+
+def test_non_finite_rows_stay_in_their_row(lib):
+    """Fused semantics = eager with value checks off: no ValueError; a NaN in a row makes
+    that row non-finite (as eager with checks off does) and leaves every other row equal
+    to the result without it. Plausible bugs: a NaN leaking across the 64-row blocks or
+    vector lanes, a NaN silently turned into a finite rotation."""
+    g = torch.Generator().manual_seed(4)
+    q = G.random_quat(200, generator=g)
+    R = G.quat_to_matrix(q)
+    v = G.quat_to_axis_angle(q)
+    inputs = {"quat_to_matrix": q, "matrix_to_quat": R, "axis_angle_to_matrix": v,
+              "matrix_to_axis_angle": R, "axis_angle_to_quat": v, "quat_to_axis_angle": q,
+              "sixd_to_matrix": G.matrix_to_sixd(R), "euler_to_matrix": v,
+              "matrix_to_euler": R}
+    bad_rows = [0, 63, 64, 130, 199]
+    for name, x in inputs.items():
+        args = (x, "zyx") if "euler" in name else (x,)
+        clean = G.fused(name)(*args)
+        xb = x.clone()
+        xb.view(len(x), -1)[bad_rows, 1] = float("nan")
+        out = G.fused(name)(xb, *args[1:])
+        finite = torch.isfinite(out.view(len(x), -1)).all(-1)
+        assert not finite[bad_rows].any(), name
+        keep = torch.ones(len(x), dtype=torch.bool)
+        keep[bad_rows] = False
+        assert torch.equal(out[keep], clean[keep]), name
