@@ -7,8 +7,8 @@ import math
 import torch
 
 from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
-from geo3d.rotations._matrix_input import as_rotation
-from geo3d.rotations._quat import _check_quat_norm, _quat_from_rotation
+from geo3d.rotations._matrix_input import rotation_rows
+from geo3d.rotations._quat import _check_quat_norm, _quat_from_rows
 
 __all__ = [
     "axis_angle_to_matrix",
@@ -179,4 +179,5 @@ def matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
         tensor([3.1416, 0.0000, 0.0000])
     """
     check_tensor("R", R, (3, 3))
-    return _rotvec_from_quat(_quat_from_rotation(as_rotation("R", R)))
+    q = _quat_from_rows(rotation_rows("R", R))
+    return _rotvec_from_quat(q).view(*R.shape[:-2], 3)

@@ -8,8 +8,8 @@ import warnings
 import torch
 
 from geo3d.rotations._checks import check_finite, check_tensor, tracing, values_enabled
-from geo3d.rotations._matrix_input import _tracks_derivative, as_rotation
-from geo3d.rotations._quat import _quat_from_rotation, quat_to_matrix
+from geo3d.rotations._matrix_input import _tracks_derivative, rotation_rows
+from geo3d.rotations._quat import _quat_from_rows, quat_to_matrix
 
 __all__ = ["euler_to_matrix", "matrix_to_euler"]
 
@@ -226,4 +226,5 @@ def matrix_to_euler(R: torch.Tensor, convention: str, warn: bool = True) -> torc
     """
     _parse(convention)
     check_tensor("R", R, (3, 3))
-    return quat_to_euler(_quat_from_rotation(as_rotation("R", R)), convention, warn=warn)
+    q = _quat_from_rows(rotation_rows("R", R)).view(*R.shape[:-2], 4)
+    return quat_to_euler(q, convention, warn=warn)

@@ -56,13 +56,16 @@ def _newton_schulz_tangent(R: torch.Tensor) -> torch.Tensor:
 
 
 def _orthonormality_and_det(R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _rows_orthonormality_and_det(R.detach().reshape(-1, 9).T.contiguous())
+
+
+def _rows_orthonormality_and_det(X: torch.Tensor):
     """Per matrix (flattened batch): max|RᵀR - I|, det R and s = |R|_F²/3.
 
     Elementwise on the 9 entries laid out as 9 contiguous rows (one copy), with fused
     multiply-adds: several times cheaper than a batched 3×3 matmul + det on CPU. NaN
     propagates into every output."""
-    X = R.detach().reshape(-1, 9).T.contiguous()
-    m00, m01, m02, m10, m11, m12, m20, m21, m22 = X
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = X.detach()
 
     def dot(a0, a1, a2, b0, b1, b2):
         return torch.addcmul(torch.addcmul(a0 * b0, a1, b1), a2, b2)
@@ -81,6 +84,37 @@ def _orthonormality_and_det(R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return err, det, (c00 + c11 + c22) * (1.0 / 3.0)
 
 
+def _check(name: str, R: torch.Tensor, X: torch.Tensor, what: str):
+    """Value checks of the policy on the rows ``X`` (9, N) of ``R``; returns the flat
+    indices of the matrices to project (None if none)."""
+    err, det, scale = _rows_orthonormality_and_det(X)
+    eps = torch.finfo(R.dtype).eps
+    # a det within rounding of 0 counts as singular: |det| <= Π σ_i <= s^{3/2}, so
+    # require det > k ε s^{3/2}
+    margin = torch.addcmul(det, scale, scale.sqrt(), value=-_DET_EPS * eps)
+    e_max, m_min = torch.stack((err.amax(), margin.amin())).tolist()
+    if not (math.isfinite(e_max) and math.isfinite(m_min)):
+        if not bool(torch.isfinite(R.detach()).all()):
+            raise ValueError(f"{name}: expected finite values, got NaN or inf")
+    if not m_min > 0:
+        n_bad = int((~(margin > 0)).sum())
+        raise ValueError(
+            f"{name}: expected {what} (finite, det > 0), got {n_bad} matrix/matrices with "
+            "det <= 0 (a reflection, or a singular or zero matrix)"
+        )
+    tol = _ortho_tol(R.dtype)
+    if not e_max <= tol:
+        return (~(err <= tol)).nonzero().squeeze(1)
+    return None
+
+
+def _project_some(R: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    from geo3d.rotations._procrustes import project_to_so3
+
+    flat = R.reshape(-1, 3, 3)
+    return flat.index_put((idx,), project_to_so3(flat[idx])).view(R.shape)
+
+
 def as_rotation(name: str, R: torch.Tensor, what: str = "rotation matrices") -> torch.Tensor:
     """``R`` (*, 3, 3) read as rotations under the package policy (see the module doc).
 
@@ -88,31 +122,21 @@ def as_rotation(name: str, R: torch.Tensor, what: str = "rotation matrices") -> 
         ValueError: (value checks on) non-finite entries, or ``det <= 0`` (reflections,
             singular or zero matrices; ``det`` within rounding of 0 counts as 0).
     """
-    bad_idx = None
     if values_enabled() and R.numel() > 0:
-        err, det, scale = _orthonormality_and_det(R)
-        eps = torch.finfo(R.dtype).eps
-        # a det within rounding of 0 counts as singular: |det| <= Π σ_i <= s^{3/2}, so
-        # require det > k ε s^{3/2}
-        margin = torch.addcmul(det, scale, scale.sqrt(), value=-_DET_EPS * eps)
-        e_max, m_min = torch.stack((err.amax(), margin.amin())).tolist()
-        if not (math.isfinite(e_max) and math.isfinite(m_min)):
-            if not bool(torch.isfinite(R.detach()).all()):
-                raise ValueError(f"{name}: expected finite values, got NaN or inf")
-        if not m_min > 0:
-            n_bad = int((~(margin > 0)).sum())
-            raise ValueError(
-                f"{name}: expected {what} (finite, det > 0), got {n_bad} matrix/matrices with "
-                "det <= 0 (a reflection, or a singular or zero matrix)"
-            )
-        tol = _ortho_tol(R.dtype)
-        if not e_max <= tol:
-            bad_idx = (~(err <= tol)).nonzero().squeeze(1)
-    out = R
-    if bad_idx is not None:
-        from geo3d.rotations._procrustes import project_to_so3
+        idx = _check(name, R, R.detach().reshape(-1, 9).T.contiguous(), what)
+        if idx is not None:
+            return _project_some(R, idx)
+    return R
 
-        flat = R.reshape(-1, 3, 3)
-        out = out.reshape(-1, 3, 3).index_put((bad_idx,), project_to_so3(flat[bad_idx]))
-        out = out.view(R.shape)
-    return out
+
+def rotation_rows(name: str, R: torch.Tensor, what: str = "rotation matrices") -> torch.Tensor:
+    """As :func:`as_rotation`, returned as the 9 entries in 9 contiguous rows, shape
+    (9, N) for the flattened batch (differentiable): elementwise formulas on contiguous
+    rows are several times faster than on the strided entries of (N, 3, 3), which pays
+    for the check."""
+    X = R.reshape(-1, 9).T.contiguous()
+    if values_enabled() and R.numel() > 0:
+        idx = _check(name, R, X, what)
+        if idx is not None:
+            X = _project_some(R, idx).reshape(-1, 9).T.contiguous()
+    return X

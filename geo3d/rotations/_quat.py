@@ -95,8 +95,11 @@ def _shepperd(R: torch.Tensor) -> tuple[torch.Tensor, ...]:
     4y², 4z²) picks row i of the symmetric matrix 4 q qᵀ, which is 4 q_i q. Selection is
     elementwise (``torch.where``), without Python branching or gathers, so it also fuses
     into a single kernel under ``torch.compile``."""
-    m = R.flatten(-2)
-    m00, m01, m02, m10, m11, m12, m20, m21, m22 = m.unbind(-1)
+    return _shepperd_comps(*R.flatten(-2).unbind(-1))
+
+
+def _shepperd_comps(m00, m01, m02, m10, m11, m12, m20, m21, m22) -> tuple[torch.Tensor, ...]:
+    """:func:`_shepperd` on the nine entries (any equal shapes)."""
     tr = m00 + m11 + m22
     a = m21 - m12
     b = m02 - m20
@@ -142,9 +145,16 @@ def matrix_to_quat(R: torch.Tensor) -> torch.Tensor:
         tensor([0., 1., 0., 0.])
     """
     check_tensor("R", R, (3, 3))
-    from geo3d.rotations._matrix_input import as_rotation
+    from geo3d.rotations._matrix_input import rotation_rows
 
-    return _quat_from_rotation(as_rotation("R", R))
+    return _quat_from_rows(rotation_rows("R", R)).view(*R.shape[:-2], 4)
+
+
+def _quat_from_rows(X: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions (N, 4), w >= 0, from the entries of N rotations as rows (9, N)."""
+    w, x, y, z = _shepperd_comps(*X.unbind(0))
+    k = torch.copysign(torch.rsqrt((w * w + x * x) + (y * y + z * z)), w)
+    return torch.stack((w * k, x * k, y * k, z * k), dim=-1)
 
 
 def _quat_from_rotation(R: torch.Tensor) -> torch.Tensor:
