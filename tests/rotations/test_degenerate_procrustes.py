@@ -113,7 +113,10 @@ def test_kabsch_and_umeyama_gradients_wrt_degenerate_points(dtype):
     for P, Q in (
         _collinear(3, dtype=dtype),  # collinear source
         _collinear(4, dtype=dtype)[::-1],  # collinear target
-        (torch.randn(6, 3, generator=g, dtype=dtype), torch.ones(6, 3, dtype=dtype)),  # Q coincident
+        (
+            torch.randn(6, 3, generator=g, dtype=dtype),
+            torch.ones(6, 3, dtype=dtype),
+        ),  # Q coincident
     ):
         P = P.clone().requires_grad_(True)
         Q = Q.clone().requires_grad_(True)
@@ -153,7 +156,7 @@ def test_mean_rotation_of_antipodal_pair(dtype):
         pair = torch.stack((R0, R0 @ Rx)).to(dtype)
         target = torch.randn(3, generator=g, dtype=D).to(dtype)
 
-        def loss_fn(w):
+        def loss_fn(w, pair=pair, target=target):
             M = G.mean_rotation(pair @ G.axis_angle_to_matrix(w))
             return ((M[:, 0] - target) ** 2).sum()
 

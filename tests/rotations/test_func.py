@@ -197,13 +197,16 @@ def test_constructors_have_the_lie_algebra_generators_at_the_identity():
     for i in range(6):
         assert (J[..., i] - _se3_hat(i)).abs().max() < 1e-15
     # quaternion (1, t e_i / 2) -> generator [e_i]x
-    J = _jac_at(lambda u: G.quat_to_matrix(torch.cat((torch.ones(1, dtype=D), 0.5 * u))), torch.zeros(3, dtype=D))
+    J = _jac_at(
+        lambda u: G.quat_to_matrix(torch.cat((torch.ones(1, dtype=D), 0.5 * u))),
+        torch.zeros(3, dtype=D),
+    )
     for i in range(3):
         assert (J[..., i] - _hat(i)).abs().max() < 1e-15
     # Euler angles: each angle at 0 generates its own axis, for every convention kind
     for conv in ("xyz", "ZYX", "zxz", "XYX"):
         axes = ["xyz".index(c) for c in conv.lower()]
-        J = _jac_at(lambda a: G.euler_to_matrix(a, conv), torch.zeros(3, dtype=D))
+        J = _jac_at(lambda a, conv=conv: G.euler_to_matrix(a, conv), torch.zeros(3, dtype=D))
         for k in range(3):
             assert (J[..., k] - _hat(axes[k])).abs().max() < 1e-15, conv
     # 6D: moving the columns of I along the first two columns of [e_i]x
@@ -248,10 +251,24 @@ def test_outputs_never_alias_inputs(name):
 BAD_WEIGHTS = [
     ("kabsch", lambda P, w: G.kabsch(P, P, weights=w), (5, 3), [(1, 5), (5, 1), (2, 5), (4,)]),
     ("umeyama", lambda P, w: G.umeyama(P, P, weights=w), (5, 3), [(1, 5), (5, 1), (2, 5), (6,)]),
-    ("kabsch_batched", lambda P, w: G.kabsch(P, P, weights=w), (2, 5, 3), [(1, 2, 5), (5, 2), (3, 5)]),
-    ("mean_rotation", lambda R, w: G.mean_rotation(R, weights=w), (4, 3, 3), [(1, 4), (4, 1), (3,)]),
-    ("mean_rotation_batched", lambda R, w: G.mean_rotation(R, weights=w, dim=1), (2, 4, 3, 3),
-     [(3, 2, 4), (4, 2), (2, 4, 1)]),
+    (
+        "kabsch_batched",
+        lambda P, w: G.kabsch(P, P, weights=w),
+        (2, 5, 3),
+        [(1, 2, 5), (5, 2), (3, 5)],
+    ),
+    (
+        "mean_rotation",
+        lambda R, w: G.mean_rotation(R, weights=w),
+        (4, 3, 3),
+        [(1, 4), (4, 1), (3,)],
+    ),
+    (
+        "mean_rotation_batched",
+        lambda R, w: G.mean_rotation(R, weights=w, dim=1),
+        (2, 4, 3, 3),
+        [(3, 2, 4), (4, 2), (2, 4, 1)],
+    ),
 ]
 
 

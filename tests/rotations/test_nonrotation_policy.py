@@ -87,11 +87,15 @@ def test_scipy_doc_example_gives_the_nearest_rotation():
     q = G.matrix_to_quat(SCIPY_DOC)
     ref_q = torch.from_numpy(ref.as_quat()[[3, 0, 1, 2]].copy())
     assert (q - ref_q * torch.sign(ref_q[0])).abs().max() < 1e-12
-    assert (G.matrix_to_axis_angle(SCIPY_DOC) - torch.from_numpy(ref.as_rotvec())).abs().max() < 1e-12
+    assert (
+        G.matrix_to_axis_angle(SCIPY_DOC) - torch.from_numpy(ref.as_rotvec())
+    ).abs().max() < 1e-12
     e = G.matrix_to_euler(SCIPY_DOC, "ZYX")
     assert (e - torch.from_numpy(ref.as_euler("ZYX"))).abs().max() < 1e-12
     # and the nearest rotation is Rz(90°) exactly (analytic)
-    assert (G.matrix_to_axis_angle(SCIPY_DOC) - torch.tensor([0, 0, np.pi / 2], dtype=D)).abs().max() < 1e-12
+    assert (
+        G.matrix_to_axis_angle(SCIPY_DOC) - torch.tensor([0, 0, np.pi / 2], dtype=D)
+    ).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -129,7 +133,9 @@ def test_orthonormal_input_skips_the_projection_exactly():
     R32 = R.float().double()  # orthonormal to float32 rounding only
     assert torch.equal(G.matrix_to_quat(R32), _quat_from_rotation(R32))
     S = 1e-4 * torch.eye(3, dtype=D)  # |RᵀR - I| ~ 2e-4 > 7.6e-6: projected to R exactly
-    assert (G.matrix_to_quat(R @ (torch.eye(3, dtype=D) + S)) - G.matrix_to_quat(R)).abs().max() < 1e-14
+    assert (
+        G.matrix_to_quat(R @ (torch.eye(3, dtype=D) + S)) - G.matrix_to_quat(R)
+    ).abs().max() < 1e-14
     del w, x, y, z
 
 
@@ -152,6 +158,6 @@ def test_gradient_of_the_projected_reading_matches_finite_differences(name):
     """At a det > 0 non-orthogonal input the derivative is that of f(project_to_so3(M)):
     gradcheck (float64 finite differences) passes through the projection path."""
     fn, _ = READERS[name]
-    M = (SCIPY_DOC + 0.1 * torch.randn(3, 3, generator=torch.Generator().manual_seed(1), dtype=D))
+    M = SCIPY_DOC + 0.1 * torch.randn(3, 3, generator=torch.Generator().manual_seed(1), dtype=D)
     assert torch.det(M) > 0
     assert torch.autograd.gradcheck(fn, (M.requires_grad_(True),), eps=1e-6, atol=1e-6)

@@ -227,8 +227,10 @@ def test_axis_angle_to_quat_at_zero_and_pi(dtype, mode):
     if mode == "rev":
         jac = torch.autograd.functional.jacobian
     else:
+
         def jac(f, x):
             return torch.func.jacfwd(f)(x[None])[0, :, 0]
+
     # at 0: dq/dv = [0; I/2]
     J0 = jac(G.axis_angle_to_quat, torch.zeros(3, dtype=dtype))
     ref0 = torch.cat((torch.zeros(1, 3, dtype=D), 0.5 * torch.eye(3, dtype=D)))
