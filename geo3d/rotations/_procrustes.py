@@ -179,14 +179,19 @@ def geodesic_distance(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     # The one host read that finds them is also the finiteness check (aminmax
     # propagates NaN).
     D = R2 - R1
-    h = torch.linalg.vector_norm(D, dim=(-2, -1)) * _INV_2SQRT2
+    grad = torch.is_grad_enabled() and (R1.requires_grad or R2.requires_grad)
+    if grad:
+        h = torch.linalg.vector_norm(D, dim=(-2, -1)) * _INV_2SQRT2
+    else:  # the same h, ~25% faster: a matrix-vector product sums the 9 squares, in place
+        w = D.new_full((9,), 0.125)
+        h = torch.mv(D.reshape(-1, 9).square_(), w).sqrt_().view(D.shape[:-2])
     lo, hi = torch.aminmax(h.detach())
     lo, hi = lo.item(), hi.item()
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("R1, R2: expected finite values, got NaN or inf")
-    theta = torch.asin(h.clamp_max(_SIN_HALF_MAX)) * 2.0
     if hi <= _SIN_HALF_MAX:
-        return theta
+        return torch.asin(h) * 2.0 if grad else torch.asin_(h).mul_(2.0)
+    theta = torch.asin(h.clamp_max(_SIN_HALF_MAX)) * 2.0
     idx = (h.detach().reshape(-1) > _SIN_HALF_MAX).nonzero().squeeze(1)
     near_pi = _geodesic_precise(_rows(R1, D.shape, idx), _rows(R2, D.shape, idx))
     return theta.reshape(-1).index_put((idx,), near_pi).view(theta.shape)
