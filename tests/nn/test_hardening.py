@@ -220,10 +220,10 @@ def test_egnn_depth8_finite_float32(build, generator, scale):
 
 @pytest.mark.parametrize("k", [8, None])
 def test_egnn_scale_equivariance_float64(build, generator, k):
-    model = build(lambda: EGNN(hidden_dim=16, num_layers=8, out_dim=8, vector_dim=4, k=k))
-    pts = torch.randn(2, 30, 3, generator=generator, dtype=torch.float64)
+    model = build(lambda: EGNN(hidden_dim=8, num_layers=8, out_dim=4, vector_dim=2, k=k))
+    pts = torch.randn(2, 20, 3, generator=generator, dtype=torch.float64)
     ref = model(pts)
-    for a in (1e-3, 7.0, 1e4):
+    for a in (1e-3, 1e4):
         out = model(a * pts)
         torch.testing.assert_close(out.invariant, ref.invariant, atol=1e-9, rtol=1e-9)
         torch.testing.assert_close(out.point_features, ref.point_features, atol=1e-9, rtol=1e-9)
@@ -234,8 +234,8 @@ def test_egnn_scale_equivariance_float64(build, generator, k):
 
 @pytest.mark.parametrize("scale", [pytest.param(1e-3, marks=pytest.mark.slow), 1e4])
 def test_egnn_depth8_equivariance_at_extreme_scales(build, generator, scale):
-    model = build(lambda: EGNN(hidden_dim=16, num_layers=8, out_dim=8, vector_dim=4, k=8))
-    pts = torch.randn(1, 30, 3, generator=generator, dtype=torch.float64) * scale
+    model = build(lambda: EGNN(hidden_dim=8, num_layers=8, out_dim=4, vector_dim=2, k=6))
+    pts = torch.randn(1, 16, 3, generator=generator, dtype=torch.float64) * scale
     out = model(pts)
     group = SE3(translation_scale=scale)
     assert_equivariant(lambda p: _flat(model(p)), group, Points(group), _reps(out, group),
