@@ -8,15 +8,17 @@ calls), 1e6 rotations (2e5 with a gradient, forward + backward), 1 CPU thread, o
 2-core machine shared with other jobs (load ~10, so single ratios move by ±30%):
 
 * the eager function itself: ``quat_to_matrix``, ``axis_angle_to_matrix``,
-  ``matrix_to_quat`` (eager/dedicated 0.98 float32, 0.99 float64: the dedicated one was
-  the same maths) and ``matrix_to_sixd`` (1.01, 0.94). Their value checks and the
-  matrix-input policy's checks and projection switch off under tracing;
+  ``matrix_to_quat`` (eager/dedicated 0.99 float64, 0.98 float32 when the dedicated one
+  was the same maths; 1.02 and 0.59 against the eager code on 9 contiguous rows) and
+  ``matrix_to_sixd`` (0.94, 1.01). Their value checks and the matrix-input policy's
+  checks and projection switch off under tracing;
 * dedicated formulations (scalar components, so that inductor emits one loop over the
   batch; the eager ones reduce over the 3- or 4-long last dim or ``cat``) where they
   measured faster (eager/dedicated, float64 then float32; "grad": float64 with a
-  gradient): ``matrix_to_axis_angle`` (2.8, 8.4), ``axis_angle_to_quat`` (4.1, 5.5),
-  ``quat_to_axis_angle`` (2.3, 7.5), ``sixd_to_matrix`` (1.2-1.3, 1.25-4.2; grad 4.3),
-  ``matrix_to_euler`` (float32 2.3, with a polynomial atan2), ``quat_multiply`` (21, 95;
+  gradient): ``matrix_to_axis_angle`` (2.8, 8.4; against the row-layout eager code 1.65,
+  6.4), ``axis_angle_to_quat`` (4.1, 5.5), ``quat_to_axis_angle`` (2.3, 7.5),
+  ``sixd_to_matrix`` (1.2-1.3, 1.25-4.2; grad 4.3), ``matrix_to_euler`` (1.33, 2.3;
+  float32 uses a polynomial atan2), ``quat_multiply`` (21, 95;
   grad 8.2), ``quat_apply`` (26, 210; grad 15: the eager ``linalg.cross`` is not fused)
   and ``euler_to_matrix`` (0.93-1.7, 1.2-1.7 in three runs; grad 1.4: the eager helpers
   composed without the quaternion's ``stack`` and sign fix, 9 lines).
