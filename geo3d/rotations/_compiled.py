@@ -55,7 +55,6 @@ from geo3d.rotations._euler import (
     _qmul,
 )
 from geo3d.rotations._fast_math import atan2, half_angle_over_sin
-from geo3d.rotations._matrix_input import _newton_schulz_tangent
 from geo3d.rotations._quat import _matrix_from_quat_comps, _shepperd, matrix_to_quat, quat_to_matrix
 from geo3d.rotations._sixd import matrix_to_sixd
 
@@ -77,15 +76,6 @@ FUSED_FUNCTIONS = (
 )
 
 
-def _rotation_input(R: torch.Tensor) -> torch.Tensor:
-    """The eager matrix-input policy with value checks off: ``R`` is taken as a rotation,
-    with the eager derivative (the policy's hook, today ``R`` itself; only called when a
-    gradient is needed, so the no-grad kernels never pay for it)."""
-    if torch.is_grad_enabled() and R.requires_grad:
-        return _newton_schulz_tangent(R)
-    return R
-
-
 def _safe_sqrt(t2: torch.Tensor) -> torch.Tensor:
     """sqrt with a zero (not NaN) gradient at 0."""
     pos = t2 > 0
@@ -105,7 +95,7 @@ def _rotvec_from_quat_comps(w, x, y, z) -> torch.Tensor:
 def _f_matrix_to_axis_angle(R: torch.Tensor) -> torch.Tensor:
     check_tensor("R", R, (3, 3))
     # The rotation vector of a quaternion is scale invariant: no normalisation needed.
-    return _rotvec_from_quat_comps(*_shepperd(_rotation_input(R)))
+    return _rotvec_from_quat_comps(*_shepperd(R))
 
 
 def _f_axis_angle_to_quat(v: torch.Tensor) -> torch.Tensor:
@@ -172,7 +162,7 @@ def _wrap(x: torch.Tensor) -> torch.Tensor:
 def _f_matrix_to_euler(R: torch.Tensor, convention: str, warn: bool = True) -> torch.Tensor:
     _parse(convention)
     check_tensor("R", R, (3, 3))
-    w, x, y, z = _shepperd(_rotation_input(R))
+    w, x, y, z = _shepperd(R)
     # Euler angles are atan2's of the components: invariant under a positive scale, so
     # only the sign (w >= 0, as matrix_to_quat returns) is applied, no normalisation.
     k = torch.copysign(torch.ones_like(w), w)

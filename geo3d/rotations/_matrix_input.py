@@ -45,16 +45,6 @@ def _tracks_derivative(R: torch.Tensor) -> bool:
     return torch.autograd.forward_ad.unpack_dual(R).tangent is not None
 
 
-def _newton_schulz_tangent(R: torch.Tensor) -> torch.Tensor:
-    """What the policy does to a matrix taken as a rotation (within the tolerance, or
-    with checks off / while tracing): nothing, the value and derivative of ``R`` itself.
-
-    Kept under this name for the fused path (``_compiled`` imports it): an earlier
-    version of the policy replaced the derivative by the projection's, through a
-    Newton–Schulz step; the fused path mirrors the eager derivative through this hook."""
-    return R
-
-
 def _orthonormality_and_det(R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _rows_orthonormality_and_det(R.detach().reshape(-1, 9).T.contiguous())
 
