@@ -9,12 +9,13 @@ renamed with :func:`os.replace`, so a reader never sees a half-written file.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from geo3d._atomic import atomic_path, atomic_write_bytes
 
 __all__ = [
     "MESH_EXTENSIONS",
@@ -70,27 +71,6 @@ def _suffix(path: str | os.PathLike) -> str:
     return Path(path).suffix.lower()
 
 
-def _atomic_target(path: str | os.PathLike) -> tuple[int, str]:
-    """Open a temp file in the destination's folder, keeping its extension."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
-                            dir=path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + rename)."""
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- meshes
@@ -325,15 +305,9 @@ def save_point_cloud(
         pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
         if nrm is not None:
             pcd.normals = o3d.utility.Vector3dVector(nrm)
-        fd, tmp = _atomic_target(path)
-        os.close(fd)
-        try:
-            if not o3d.io.write_point_cloud(tmp, pcd):
+        with atomic_path(path) as tmp:
+            if not o3d.io.write_point_cloud(str(tmp), pcd):
                 raise OSError(f"open3d failed to write {path!r}")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     elif ext == ".ply":
         atomic_write_bytes(path, _ply_bytes(pts, nrm))
     elif ext == ".xyz":

@@ -49,6 +49,8 @@ from geo3d.datasets.shapes import (
     trimesh_to_manifold,
 )
 
+from geo3d._atomic import atomic_write_bytes
+
 if TYPE_CHECKING:  # trimesh is imported lazily (slow import)
     import trimesh
 
@@ -441,16 +443,7 @@ def _part_counts(rng: np.random.Generator, lo: int, hi: int, k: int) -> list[int
     return [int(c) for c in rng.choice(choices, size=k, replace=True)]
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+_write_bytes_atomic = atomic_write_bytes
 
 
 def _build_object(job: _Job, params: _Params, root: str) -> tuple[int, bool, str]:

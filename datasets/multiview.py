@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from geo3d._atomic import atomic_path
+
 __all__ = ["MultiviewPairs", "REFERENCE_INTRINSICS", "find_objects", "load_view", "plot_pair"]
 
 #: The reference's intrinsics (35 mm lens, 32 mm sensor, 512 px): fx = fy = 560, cx = cy = 256.
@@ -291,7 +293,6 @@ def plot_pair(item: dict[str, Any], path: str | os.PathLike, *, num_lines: int =
     Returns:
         the path written.
     """
-    import tempfile
 
     import matplotlib
 
@@ -341,13 +342,9 @@ def plot_pair(item: dict[str, Any], path: str | os.PathLike, *, num_lines: int =
     ax.set_yticks([])
     fig.suptitle(f"{item['object']}")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

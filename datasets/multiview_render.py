@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from geo3d._atomic import atomic_path, atomic_write_bytes
+
 __all__ = [
     "RenderSettings",
     "SolidTexture",
@@ -199,25 +201,13 @@ def write_png(path: Path, array: np.ndarray) -> None:
         img = Image.fromarray(arr)
     else:
         raise ValueError(f"array: expected uint8 or uint16, got {arr.dtype}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # files of an object folder that is renamed into place only when complete: no fsync
+    atomic_write_bytes(path, data, fsync=False)
 
 
 def _write_npy(path: Path, arr: np.ndarray) -> None:

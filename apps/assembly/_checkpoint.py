@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from geo3d.datasets._io import atomic_write_bytes  # one atomic-write implementation
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from geo3d._atomic import atomic_write_bytes, atomic_write_text  # one implementation
 
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "load_checkpoint", "atomic_write_bytes",
            "atomic_write_text"]
@@ -21,11 +22,6 @@ class CheckpointError(RuntimeError):
     def __init__(self, path: str | os.PathLike, message: str) -> None:
         self.path = str(path)
         super().__init__(message)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

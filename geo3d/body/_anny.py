@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geo3d._atomic import atomic_write_text
 from geo3d.body._kinematics import SMPL_JOINT_NAMES, SMPL_PARENTS, local_to_global
 from geo3d.body._safe_io import atomic_save_npz
 
@@ -433,9 +434,7 @@ def anny_smpl_model_path(
     if rebuild or not cache.is_file():
         arrays, report = build_anny_smpl_model(num_betas, num_samples, seed, verbose=verbose)
         atomic_save_npz(cache, arrays)
-        tmp = cache.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, cache.with_suffix(".json"))
+        atomic_write_text(cache.with_suffix(".json"), json.dumps(report, indent=2))
         if verbose:
             print(json.dumps(report, indent=2))
     if out is None:

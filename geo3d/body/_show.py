@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geo3d._atomic import atomic_path
+
 __all__ = ["part_colors", "render_bodies_png"]
 
 
@@ -103,9 +105,9 @@ def render_bodies_png(
             ax.set_title(titles[b], fontsize=10)
     fig.tight_layout()
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return out

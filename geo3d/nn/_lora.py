@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from geo3d._atomic import atomic_path
 
 from ._vit import VisionTransformer
 
@@ -318,16 +319,8 @@ class LoRAViT(nn.Module):
                     obj[f"w_b_{n:03d}"] = sd[f"blocks.{i}.{t}.B"]
                     n += 1
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save(obj, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         return path
 
     def load_adapters(self, path: str | os.PathLike) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import geo3d.body
 
-ALLOWED = ("geo3d.body", "geo3d.rotations", "geo3d.ops", "geo3d.groups")
+# geo3d._atomic and geo3d._validation are the bottom-most private helpers (no geo3d imports)
+ALLOWED = ("geo3d.body", "geo3d.rotations", "geo3d.ops", "geo3d.groups", "geo3d._atomic",
+           "geo3d._validation")
 LAZY = {"open3d", "anny", "matplotlib", "mpl_toolkits", "trimesh"}
 
 
