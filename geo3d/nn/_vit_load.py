@@ -59,6 +59,46 @@ _HF_TOP = {
 _LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
 
 
+def _unreadable(path: Path, what: str, err: BaseException) -> ValueError:
+    return ValueError(
+        f"path: expected {what}, got a file that cannot be read: {str(path)!r} "
+        f"({type(err).__name__}: {err})"
+    )
+
+
+def _read(path: Path, what: str, reader):
+    """``reader(path)``; a corrupt file (truncated, garbage, wrong format) becomes a
+    ValueError naming ``path`` (chained); missing files and other OS errors pass through."""
+    try:
+        return reader(path)
+    except (OSError, MemoryError):
+        raise
+    except Exception as err:  # torch/pickle/json/safetensors each raise their own kinds
+        raise _unreadable(path, what, err) from err
+
+
+def _read_json(path: Path) -> dict:
+    obj = _read(path, "a JSON file", lambda f: json.loads(f.read_text(encoding="utf-8")))
+    if not isinstance(obj, dict):
+        raise ValueError(f"path: expected a JSON object in {str(path)!r}, got {type(obj).__name__}")
+    return obj
+
+
+def _torch_load(path: Path):
+    return _read(
+        path,
+        "a torch checkpoint (torch.load, weights_only=True)",
+        lambda f: torch.load(f, map_location="cpu", weights_only=True),
+    )
+
+
+def _check_tensor_dict(obj, path: Path) -> None:
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(
+            f"path: expected a state dict of tensors, got {type(obj).__name__} in {str(path)!r}"
+        )
+
+
 def _fmt(keys, limit: int = 12) -> str:
     keys = sorted(keys)
     more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
@@ -126,6 +166,12 @@ def hf_to_official_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor
                 raise ValueError(
                     f"state_dict: expected {n} parts for blocks.{i}.{name}.{leaf}, got {len(parts)}"
                 )
+            shapes = [tuple(parts[j].shape) for j in range(n)]
+            if len(set(shapes)) != 1 or not shapes[0]:
+                raise ValueError(
+                    f"state_dict: expected {n} equal-shape parts for blocks.{i}.{name}.{leaf}, "
+                    f"got shapes {shapes}"
+                )
             out[f"blocks.{i}.{name}.{leaf}"] = torch.cat([parts[j] for j in range(n)], 0)
     return out
 
@@ -173,8 +219,9 @@ def vit_from_state_dict(
         the model in eval mode, in the weights' dtype.
 
     Raises:
-        ValueError: if a required key is absent, or (``strict``) naming missing or
-            unexpected keys.
+        ValueError: if a required key is absent, naming a tensor whose shape does not fit
+            the size read from the weights (key, expected and actual shape), or
+            (``strict``) naming missing or unexpected keys.
 
     Example:
         >>> vit = VisionTransformer(embed_dim=64, depth=1, num_heads=1, img_size=28)
@@ -185,6 +232,17 @@ def vit_from_state_dict(
     for need in ("cls_token", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight"):
         if need not in sd:
             raise ValueError(f"state_dict: expected DINOv2 key {need!r}, got keys {_fmt(sd)}")
+    for key, ndim in (
+        ("cls_token", 3),
+        ("patch_embed.proj.weight", 4),
+        ("pos_embed", 3),
+        ("register_tokens", 3),
+        ("blocks.0.mlp.fc1.weight", 2),
+        ("blocks.0.mlp.w12.weight", 2),
+    ):
+        if key in sd and (not isinstance(sd[key], Tensor) or sd[key].ndim != ndim):
+            got = tuple(sd[key].shape) if isinstance(sd[key], Tensor) else type(sd[key]).__name__
+            raise ValueError(f"{key}: expected a {ndim}-d tensor, got shape {got}")
     dim = sd["cls_token"].shape[-1]
     pw = sd["patch_embed.proj.weight"]
     if pw.shape[-1] != pw.shape[-2]:
@@ -236,6 +294,15 @@ def vit_from_state_dict(
         **pos_kw,
         **kwargs,
     )
+    expected = model.state_dict()
+    for key, val in sd.items():
+        want = expected.get(key)
+        if want is not None and (not isinstance(val, Tensor) or val.shape != want.shape):
+            got = tuple(val.shape) if isinstance(val, Tensor) else type(val).__name__
+            raise ValueError(
+                f"{key}: expected shape {tuple(want.shape)} (from the model size read from "
+                f"the weights), got {got}"
+            )
     missing_all, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     missing = [k for k in missing_all if k != "mask_token"]  # unused at inference
     if strict and (missing or unexpected):
@@ -256,15 +323,19 @@ def vit_from_state_dict(
 
 
 def _load_hf_folder(folder: Path) -> tuple[dict[str, Tensor], dict]:
-    config = json.loads((folder / "config.json").read_text())
+    config = _read_json(folder / "config.json")
     mt = config.get("model_type")
     if mt not in _HF_MODEL_TYPES:
         raise ValueError(
-            f"path: expected a config.json with model_type in {_HF_MODEL_TYPES}, got {mt!r}"
+            f"path: expected a config.json with model_type in {_HF_MODEL_TYPES}, got {mt!r} "
+            f"in {str(folder / 'config.json')!r}"
         )
     act = config.get("hidden_act", "gelu")
     if not config.get("use_swiglu_ffn", False) and act != "gelu":
-        raise ValueError(f"hidden_act: expected 'gelu' (as DINOv2), got {act!r}")
+        raise ValueError(
+            f"hidden_act: expected 'gelu' (as DINOv2), got {act!r} in "
+            f"{str(folder / 'config.json')!r}"
+        )
     st, idx, binf = (
         folder / n
         for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -278,16 +349,26 @@ def _load_hf_folder(folder: Path) -> tuple[dict[str, Tensor], dict]:
                 "install it with `pip install 'geo3d[hf]'` (or `pip install safetensors`)"
             ) from e
 
-        files = (
-            [st]
-            if st.exists()
-            else sorted({folder / f for f in json.loads(idx.read_text())["weight_map"].values()})
-        )
+        if st.exists():
+            files = [st]
+        else:
+            wmap = _read_json(idx).get("weight_map")
+            if not isinstance(wmap, dict) or not all(isinstance(f, str) for f in wmap.values()):
+                raise ValueError(
+                    f"path: expected a 'weight_map' of file names in {str(idx)!r}, "
+                    f"got {type(wmap).__name__}"
+                )
+            files = sorted({folder / f for f in wmap.values()})
         sd: dict[str, Tensor] = {}
         for f in files:
-            sd.update(load_file(str(f)))
+            if not f.is_file():
+                raise FileNotFoundError(
+                    f"path: expected the shard {f.name!r} listed in {str(idx)!r}, got no such file"
+                )
+            sd.update(_read(f, "a safetensors file", lambda x: load_file(str(x))))
     elif binf.exists():
-        sd = torch.load(binf, map_location="cpu", weights_only=True)
+        sd = _torch_load(binf)
+        _check_tensor_dict(sd, binf)
     else:
         raise ValueError(
             f"path: expected model.safetensors or pytorch_model.bin in {folder}, got "
@@ -333,8 +414,13 @@ def load_vit(
         the model in eval mode, on CPU, in the weights' dtype.
 
     Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: for an unknown format, naming unexpected or missing keys.
+        FileNotFoundError: if ``path`` (or a shard named in a safetensors index) does not
+            exist.
+        ValueError: naming the file, for an unknown format, a file that cannot be read
+            (truncated or corrupt ``.pth``/``.bin``/``.safetensors``, invalid
+            ``config.json``; the reader's error is chained as ``__cause__``), unexpected or
+            missing keys, or a tensor whose shape does not fit the model size (naming the
+            key, the expected and the actual shape).
 
     Example:
         >>> import tempfile, os
@@ -355,19 +441,22 @@ def load_vit(
         if num_heads is None:
             num_heads = config.get("num_attention_heads")
         kwargs.setdefault("norm_eps", config.get("layer_norm_eps", 1e-6))
-        return vit_from_state_dict(
-            hf_to_official_state_dict(sd), num_heads, interpolate, strict=strict, **kwargs
-        )
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return vit_from_state_dict(
+                hf_to_official_state_dict(sd), num_heads, interpolate, strict=strict, **kwargs
+            )
+        except ValueError as err:
+            raise ValueError(f"path {str(path)!r}: {err}") from err
+    obj = _torch_load(path)
     if isinstance(obj, dict) and not any(isinstance(v, Tensor) for v in obj.values()):
         for key in ("model", "state_dict", "teacher"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(
-            f"path: expected a state dict of tensors, got {type(obj).__name__} in {str(path)!r}"
-        )
-    if any(k.startswith(("embeddings.", "encoder.layer.", "dinov2.")) for k in obj):
-        obj = hf_to_official_state_dict(obj)
-    return vit_from_state_dict(obj, num_heads, interpolate, strict=strict, **kwargs)
+    _check_tensor_dict(obj, path)
+    try:
+        if any(k.startswith(("embeddings.", "encoder.layer.", "dinov2.")) for k in obj):
+            obj = hf_to_official_state_dict(obj)
+        return vit_from_state_dict(obj, num_heads, interpolate, strict=strict, **kwargs)
+    except ValueError as err:
+        raise ValueError(f"path {str(path)!r}: {err}") from err

@@ -388,3 +388,77 @@ def _test_vit_module():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+class TestUnreadableFiles:
+    """Every way a weight file can be broken ends in a ValueError that names the file
+    (and, for shapes, the key with expected and actual shape), chaining the reader's error."""
+
+    def _check(self, path, match, cause=True):
+        with pytest.raises(ValueError, match=match) as info:
+            load_vit(path)
+        assert str(path) in str(info.value) or path.name in str(info.value)
+        if cause:
+            assert info.value.__cause__ is not None
+        return info.value
+
+    def test_wrong_tensor_shape_names_key_and_shapes(self, tmp_path):
+        sd = _official_state_dict(dim=64, depth=1)
+        sd["blocks.0.attn.qkv.weight"] = torch.zeros(5, 5)
+        f = tmp_path / "shape.pth"
+        torch.save(sd, f)
+        err = self._check(f, r"blocks\.0\.attn\.qkv\.weight: expected shape \(192, 64\)")
+        assert "(5, 5)" in str(err)
+        sd = _official_state_dict(dim=64, depth=1)
+        sd["cls_token"] = torch.zeros(64)  # wrong rank of a tensor the size is read from
+        torch.save(sd, f)
+        self._check(f, r"cls_token: expected a 3-d tensor, got shape \(64,\)")
+
+    def test_truncated_and_garbage_pth(self, tmp_path):
+        good = tmp_path / "good.pth"
+        torch.save(_official_state_dict(dim=64, depth=1), good)
+        data = good.read_bytes()
+        trunc = tmp_path / "trunc.pth"
+        trunc.write_bytes(data[: len(data) // 2])
+        self._check(trunc, "cannot be read")
+        junk = tmp_path / "junk.pth"
+        junk.write_bytes(b"\x00\x01not a checkpoint at all" * 10)
+        self._check(junk, "cannot be read")
+        empty = tmp_path / "empty.pth"
+        empty.write_bytes(b"")
+        self._check(empty, "cannot be read")
+
+    def test_bad_config_json(self, tmp_path):
+        (tmp_path / "config.json").write_text('{"model_type": "dinov2",')
+        err = self._check(tmp_path, "JSON")
+        assert "config.json" in str(err)
+        (tmp_path / "config.json").write_text("[1, 2]")
+        with pytest.raises(ValueError, match="config.json"):
+            load_vit(tmp_path)
+
+    def test_junk_safetensors_and_bin(self, hf_folders, tmp_path):
+        src, _ = hf_folders[False, False]
+        (tmp_path / "config.json").write_bytes((src / "config.json").read_bytes())
+        st = tmp_path / "model.safetensors"
+        st.write_bytes(b"junk" * 8)
+        self._check(st, "safetensors")
+        data = (src / "model.safetensors").read_bytes()
+        st.write_bytes(data[: len(data) // 2])  # truncated
+        self._check(st, "safetensors")
+        st.unlink()
+        binf = tmp_path / "pytorch_model.bin"
+        binf.write_bytes(b"garbage bytes")
+        self._check(binf, "torch checkpoint")
+
+    def test_shape_error_in_hf_folder_names_folder(self, hf_folders, tmp_path):
+        src, hf = hf_folders[False, False]
+        (tmp_path / "config.json").write_bytes((src / "config.json").read_bytes())
+        sd = {k: v.clone() for k, v in hf.state_dict().items()}
+        key = next(
+            k for k in sd if k.endswith("attention.q_proj.weight") or k.endswith("query.weight")
+        )
+        sd[key] = torch.zeros(3, 3)
+        safetensors_torch.save_file(sd, str(tmp_path / "model.safetensors"))
+        with pytest.raises(ValueError, match="qkv") as info:
+            load_vit(tmp_path)
+        assert str(tmp_path) in str(info.value)
