@@ -80,7 +80,20 @@ def check_intrinsics(K: object, name: str = "K") -> torch.Tensor:
 
 
 def check_pose(pose: object, name: str = "world_to_cam") -> torch.Tensor:
-    """Validate a rigid transform ``(..., 4, 4)`` (or ``(..., 3, 4)``, completed to 4x4)."""
+    """Validate a rigid transform ``(..., 4, 4)`` (or ``(..., 3, 4)``, completed to 4x4).
+
+    A valid pose has finite entries, a rotation in ``[:3, :3]`` (orthonormal within 1e-4,
+    determinant +1: a reflection is rejected) and, for 4x4 input, the bottom row
+    ``[0, 0, 0, 1]`` (within 1e-6): projective or scaled matrices are rejected.
+
+    Raises:
+        ValueError: wrong shape, NaN/inf, non-orthonormal or reflecting ``[:3, :3]``, or a
+            bottom row other than ``[0, 0, 0, 1]``; the message names ``name``.
+
+    Example:
+        >>> check_pose(torch.eye(4)).shape
+        torch.Size([4, 4])
+    """
     pose = _as_tensor(name, pose)
     if pose.ndim >= 2 and tuple(pose.shape[-2:]) == (3, 4):
         bottom = pose.new_zeros(*pose.shape[:-2], 1, 4)
@@ -89,14 +102,31 @@ def check_pose(pose: object, name: str = "world_to_cam") -> torch.Tensor:
     _check_shape(name, pose, (4, 4))
     if not bool(torch.isfinite(pose).all()):
         raise ValueError(f"{name}: expected finite values, got NaN or inf")
+    if pose.numel():
+        expected = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+        row_err = float((pose[..., 3, :].double() - expected).abs().amax())
+        if row_err > 1e-6:
+            worst = pose[..., 3, :].double().reshape(-1, 4)
+            worst = worst[(worst - expected).abs().amax(dim=1).argmax()].tolist()
+            raise ValueError(
+                f"{name}: expected a rigid transform with bottom row [0, 0, 0, 1], got "
+                f"{[round(x, 6) for x in worst]}"
+            )
     R = pose[..., :3, :3].double()
     eye = torch.eye(3, dtype=torch.float64)
-    err = (R @ R.transpose(-1, -2) - eye).abs().amax() if R.numel() else torch.tensor(0.0)
-    if float(err) > 1e-4 or bool((torch.linalg.det(R) < 0).any()):
+    err = float((R @ R.transpose(-1, -2) - eye).abs().amax()) if R.numel() else 0.0
+    if err > 1e-4:
         raise ValueError(
             f"{name}: expected a rotation in [:3, :3] (orthonormal, det +1), got "
-            f"|R Rᵀ - I| = {float(err):.3g}"
+            f"|R Rᵀ - I| = {err:.3g}"
         )
+    if R.numel():
+        det = torch.linalg.det(R)
+        if bool((det < 0).any()):
+            raise ValueError(
+                f"{name}: expected a rotation in [:3, :3] with determinant +1, got determinant "
+                f"{float(det.min()):.3g} (a reflection)"
+            )
     return pose
 
 

@@ -12,10 +12,13 @@ parts, each with one appearance:
   object-frame surface point of every pixel (used by the procedural training objects).
 
 Fallbacks (documented, one ``UserWarning`` per mesh): a part with UVs whose texture image is
-missing (e.g. an OBJ whose ``.mtl`` names an image that is not there) is rendered in the
-material's main colour (trimesh gives grey ``(0.4, 0.4, 0.4)`` when the material has none).
-A mesh without any colour information is rendered uniform grey ``(0.7, 0.7, 0.7)`` without
-warning.
+missing (e.g. an OBJ whose ``.mtl`` names an image that is not there), or whose UVs contain
+NaN/inf, is rendered in the material's main colour (trimesh gives grey ``(0.4, 0.4, 0.4)``
+when the material has none); an OBJ whose ``mtllib`` file is missing is rendered without
+its materials (grey ``(0.7, 0.7, 0.7)`` or the material colour) with one warning naming the
+``.mtl``. A mesh without any colour information (and no missing file) is rendered uniform
+grey ``(0.7, 0.7, 0.7)`` without warning. User-given ``vertex_colors`` must be finite (else
+``ValueError``).
 """
 
 from __future__ import annotations
@@ -154,11 +157,18 @@ def _trimesh_appearance(m: Any, start: int, offset: int, warned: list[str]) -> P
             image = getattr(mat, "image", None)
         img = _image_to_uint8(image)
         uv = None if vis.uv is None else np.asarray(vis.uv, dtype=np.float64)
+        color = _rgb01(mat.main_color) if mat is not None else np.asarray(DEFAULT_GREY)
+        if uv is not None and not np.isfinite(uv).all():
+            bad = int((~np.isfinite(uv).all(axis=-1)).sum()) if uv.ndim == 2 else uv.size
+            warned.append(
+                f"mesh: uv: expected finite texture coordinates, got {bad} of {len(uv)} with "
+                f"NaN/inf; rendering the material colour {np.round(color, 3).tolist()} instead"
+            )
+            return Part("uniform", start, stop, colors=color)
         if uv is not None and img is not None and len(uv) == len(m.vertices):
             full = np.zeros((offset + len(uv), 2))
             full[offset:] = uv
             return Part("texture", start, stop, uv=full, image=img, factor=factor)
-        color = _rgb01(mat.main_color) if mat is not None else np.asarray(DEFAULT_GREY)
         if uv is not None:
             warned.append(
                 "mesh: texture image missing or unreadable (or UVs do not match the vertices); "
@@ -245,7 +255,23 @@ def as_render_mesh(
             loaded = trimesh.load(path, process=False)
         except Exception as err:  # trimesh raises many types
             raise ValueError(f"mesh: could not read {str(path)!r}: {err}") from err
-        return as_render_mesh(loaded, vertex_colors=vertex_colors, color_fn=color_fn)
+        missing = _missing_mtl(path) if vertex_colors is None and color_fn is None else []
+        if not missing:
+            return as_render_mesh(loaded, vertex_colors=vertex_colors, color_fn=color_fn)
+        # one warning for the missing .mtl; it replaces the "texture missing" one it causes
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            rm = as_render_mesh(loaded)
+        for w in rec:
+            if "texture image missing" not in str(w.message):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        warnings.warn(
+            f"mesh: material library {missing} named by {path.name!r} not found; rendering "
+            "without its materials and textures (grey or the material colour)",
+            UserWarning,
+            stacklevel=2,
+        )
+        return rm
     elif isinstance(mesh, trimesh.Scene):
         rm = _from_trimeshes([g for g in mesh.dump(concatenate=False) if hasattr(g, "faces")])
     elif isinstance(mesh, trimesh.Trimesh):
@@ -267,6 +293,11 @@ def as_render_mesh(
         if vc.shape != (len(rm.vertices), 3):
             raise ValueError(f"vertex_colors: expected shape ({len(rm.vertices)}, 3), got {vc.shape}")
         vc = vc.astype(np.float64) / (255.0 if np.issubdtype(vc.dtype, np.integer) else 1.0)
+        if not np.isfinite(vc).all():
+            raise ValueError(
+                f"vertex_colors: expected finite RGB values, got {int((~np.isfinite(vc)).any(axis=1).sum())} "
+                "vertices with NaN/inf"
+            )
         rm = RenderMesh(rm.vertices, rm.faces, [Part("vertex", 0, rm.num_faces, colors=vc)])
     elif color_fn is not None:
         if not callable(color_fn):
@@ -275,13 +306,37 @@ def as_render_mesh(
     return rm
 
 
+def _missing_mtl(path: Path) -> list[str]:
+    """The ``mtllib`` files an OBJ names that do not exist next to it (empty for non-OBJ)."""
+    if path.suffix.lower() != ".obj":
+        return []
+    missing: list[str] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if not line.startswith("mtllib"):
+                    continue
+                rest = line[6:].strip()
+                if not rest or (path.parent / rest).is_file():
+                    continue  # the whole rest of the line as one name (may contain spaces)
+                missing += [n for n in rest.split() if not (path.parent / n).is_file()]
+    except OSError:
+        return []
+    return missing
+
+
 def sample_texture(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """Bilinear lookup of an ``(h, w, 3)`` uint8 image at UVs ``(M, 2)`` → ``(M, 3)`` in [0, 1].
 
     ``u = 0`` is the left edge and ``v = 0`` the *bottom* edge of the image (OBJ / glTF after
     trimesh's flip); texel ``[row i, column j]`` has its centre at
     ``((j + 0.5) / w, 1 - (i + 0.5) / h)``; the texture repeats outside [0, 1].
+
+    Raises:
+        ValueError: ``uv`` contains NaN/inf.
     """
+    if not np.isfinite(uv).all():
+        raise ValueError(f"uv: expected finite texture coordinates, got {int((~np.isfinite(uv)).sum())} NaN/inf values")
     h, w = image.shape[:2]
     dt = uv.dtype if uv.dtype in (np.float32, np.float64) else np.float64
     u = np.mod(uv[:, 0], 1.0)

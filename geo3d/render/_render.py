@@ -192,8 +192,13 @@ class Renderer:
             elif p.kind == "face":
                 out[sel] = p.colors[prim[sel] - p.start]
             elif p.kind == "function":
-                col = np.asarray(p.fn(np.asarray(points[sel], dtype=np.float64)), dtype=np.float64)
-                out[sel] = col.reshape(-1, 3)
+                pts = np.asarray(points[sel], dtype=np.float64)
+                col = np.asarray(p.fn(pts), dtype=np.float64)
+                if col.shape != (len(pts), 3):
+                    raise ValueError(f"color_fn: expected colours of shape ({len(pts)}, 3), got {col.shape}")
+                if not np.isfinite(col).all():
+                    raise ValueError("color_fn: expected finite RGB values, got NaN/inf")
+                out[sel] = col
             else:
                 out[sel] = p.colors
         return out

@@ -197,6 +197,67 @@ class TestFilesAndFallbacks:
         np.testing.assert_allclose(out["rgb"][16, 16].numpy(), DEFAULT_GREY, atol=1e-6)
 
 
+    def test_nan_uvs_fall_back_to_the_material_colour_with_one_warning(self):
+        """Issue: all-NaN UVs rendered NaN colours. Documented fallback: material colour."""
+        from geo3d.render import render
+
+        m = _quad()
+        m.visual = m.visual.copy()
+        m.visual.uv = np.full((4, 2), np.nan)
+        K, T = _front_camera()
+        with pytest.warns(UserWarning, match="uv") as rec:
+            out = render(m, K, T, (33, 33), dtype=torch.float64)
+        assert len(rec) == 1
+        rgb = out["rgb"][out["mask"]]
+        assert out["mask"].sum() > 100
+        assert torch.isfinite(out["rgb"]).all()
+        # face-on quad under the head light: shade 1, colour = the material's main colour
+        main = np.asarray(m.visual.material.main_color[:3], dtype=np.float64) / 255.0
+        np.testing.assert_allclose(out["rgb"][16, 16].numpy(), main, atol=1e-6)
+        assert torch.allclose(rgb, rgb[0].expand_as(rgb))
+
+    def test_partly_nan_uvs_also_fall_back(self):
+        from geo3d.render import as_render_mesh
+
+        m = _quad()
+        uv = np.asarray(m.visual.uv).copy()
+        uv[2, 1] = np.inf
+        m.visual.uv = uv
+        with pytest.warns(UserWarning, match="uv: expected finite texture coordinates, got 1 of 4"):
+            rm = as_render_mesh(m)
+        assert [p.kind for p in rm.parts] == ["uniform"]
+
+    def test_sample_texture_rejects_nan_uv(self):
+        from geo3d.render import sample_texture
+
+        with pytest.raises(ValueError, match="uv"):
+            sample_texture(TEX, np.array([[0.5, np.nan]]))
+
+    def test_missing_mtl_warns_once(self, tmp_path):
+        """Issue: an OBJ whose mtllib file is missing rendered grey without any warning."""
+        from geo3d.render import DEFAULT_GREY, render
+
+        obj = "mtllib gone.mtl\nv -1 -1 0\nv 1 -1 0\nv 1 1 0\nv -1 1 0\nusemtl m0\nf 1 2 3\nf 1 3 4\n"
+        (tmp_path / "q.obj").write_text(obj)
+        # with UVs too: one warning (the .mtl), not a second "texture missing" one
+        (tmp_path / "t.obj").write_text(obj.replace("usemtl", "vt 0 0\nvt 1 0\nvt 1 1\nvt 0 1\nusemtl")
+                                        .replace("f 1 2 3\nf 1 3 4", "f 1/1 2/2 3/3\nf 1/1 3/3 4/4"))
+        K, T = _front_camera()
+        for name in ("q.obj", "t.obj"):
+            with pytest.warns(UserWarning) as rec:
+                out = render(tmp_path / name, K, T, (33, 33), dtype=torch.float64)
+            msgs = [str(w.message) for w in rec]
+            assert len(msgs) == 1 and "gone.mtl" in msgs[0] and name in msgs[0], msgs
+            assert torch.isfinite(out["rgb"]).all()
+            if name == "q.obj":  # no UVs, no materials: the documented grey, face-on shade 1
+                np.testing.assert_allclose(out["rgb"][16, 16].numpy(), DEFAULT_GREY, atol=1e-6)
+        # an mtllib that exists: no warning
+        (tmp_path / "gone.mtl").write_text("newmtl m0\nKd 1 0 0\n")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            render(tmp_path / "q.obj", K, T, (33, 33))
+
+
 class TestBadInput:
     def test_mesh_errors_name_the_argument(self):
         import trimesh
@@ -213,6 +274,10 @@ class TestBadInput:
             as_render_mesh(np.zeros((3, 3)), np.array([[0, 1, 5]]))  # index out of range
         with pytest.raises(ValueError, match="mesh"):
             Renderer("/nonexistent/file.obj")
+        with pytest.raises(ValueError, match="vertex_colors"):
+            as_render_mesh(_quad(), vertex_colors=np.full((4, 3), np.nan))
+        with pytest.raises(ValueError, match="color_fn"):
+            render(as_render_mesh(_quad(), color_fn=lambda p: np.full((len(p), 3), np.nan)), K, T, (8, 8))
 
     def test_camera_errors_name_the_argument(self):
         from geo3d.render import Renderer, intrinsics_matrix

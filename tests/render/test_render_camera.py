@@ -135,3 +135,48 @@ def test_import_is_light_and_respects_layers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+class TestCheckPose:
+    """Issue: non-rigid 4x4 poses (bottom row not [0, 0, 0, 1]) and reflections rendered."""
+
+    def _pose(self):
+        return look_at([0.0, 0.0, -3.0], [0.0, 0.0, 0.0])
+
+    def test_bottom_row_must_be_0001(self):
+        from geo3d.render._camera import check_pose
+
+        T = self._pose()
+        bad = T.clone()
+        bad[3, 0], bad[3, 3] = 1.0, 5.0
+        with pytest.raises(ValueError, match=r"world_to_cam: .*bottom row \[0, 0, 0, 1\]"):
+            check_pose(bad)
+        only_scale = T.clone()
+        only_scale[3, 3] = 2.0  # homogeneous scale: still not a rigid transform
+        with pytest.raises(ValueError, match="bottom row"):
+            check_pose(torch.stack([T, only_scale]), "poses")
+        # 3x4 input is completed with the exact bottom row; a valid pose passes unchanged
+        torch.testing.assert_close(check_pose(T[:3]), T)
+        torch.testing.assert_close(check_pose(T), T)
+
+    def test_reflection_message_names_the_determinant(self):
+        from geo3d.render._camera import check_pose
+
+        refl = self._pose() @ torch.diag(torch.tensor([1.0, 1.0, -1.0, 1.0], dtype=torch.float64))
+        assert float(torch.linalg.det(refl[:3, :3])) == pytest.approx(-1.0)
+        with pytest.raises(ValueError, match=r"world_to_cam_a: .*determinant"):
+            check_pose(refl, "world_to_cam_a")
+
+    def test_every_pose_consumer_rejects_a_non_rigid_pose(self):
+        bad = self._pose().clone()
+        bad[3, 0], bad[3, 3] = 1.0, 5.0
+        K = intrinsics_matrix(30.0, cx=16.0, cy=16.0)
+        pts = torch.zeros(1, 3, dtype=torch.float64)
+        with pytest.raises(ValueError, match="world_to_cam"):
+            project_points(pts, K, bad)
+        with pytest.raises(ValueError, match="world_to_cam"):
+            camera_centers(bad)
+        with pytest.raises(ValueError, match="world_to_cam"):
+            depth_to_points(torch.ones(4, 4, dtype=torch.float64), K, bad)
+        with pytest.raises(ValueError, match="world_to_cam_b"):
+            relative_rotation_angle(self._pose(), bad)
