@@ -11,11 +11,21 @@ only an allow-list of globals:
 - chumpy arrays: ``chumpy.ch.Ch`` (its pickled ``__dict__`` holds the value in ``x``; see
   ``chumpy/ch.py``, ``Ch.__getstate__`` drops only the caches) and ``chumpy.reshape.Reshape``
   (``a`` reshaped to ``newshape``). They come back as plain ``numpy.ndarray``;
-- a few inert builtins (``set``, ``frozenset``, ``complex``, ``bytearray``, ``object``,
-  ``_codecs.encode``) and ``copyreg._reconstructor`` restricted to the classes above.
+- the few builtins numpy's and scipy's pickles use (``object`` as the base class of
+  ``copyreg._reconstructor``, ``_codecs.encode`` for protocol-2 ``bytes``, ``bytes()`` without
+  arguments for protocol-0/1 empty data, ``set``/``frozenset``)
+  and ``copyreg._reconstructor`` restricted to the classes above.
 
 Anything else raises :class:`UnsafePickleError` naming ``module.name`` *before* the object is
-created, so a ``__reduce__`` payload such as ``os.system`` never runs.
+created, so a ``__reduce__`` payload such as ``os.system`` never runs. Calls are checked too,
+so that no allow-listed global can allocate more than the file holds: the classes
+(``numpy.ndarray``, sparse matrices, chumpy arrays) may only be created empty (REDUCE, NEWOBJ,
+INST/OBJ with arguments are refused), ``_reconstruct`` only with an empty/one-element shape,
+and an ndarray's pickled state must match its shape (numpy 2.x crashes on an object array
+whose list is shorter than its shape). ``bytearray``/``complex`` and ``bytes`` with arguments are not callable
+(``bytearray(300000000)`` would allocate 300 MB). Files above :data:`MAX_PICKLE_BYTES` are
+refused before reading. Files that are not pickles raise :class:`UnsafePickleError` (a
+``ValueError``) naming the file.
 """
 
 from __future__ import annotations
@@ -28,6 +38,9 @@ import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
+
+import math
+import struct
 
 import numpy as np
 
@@ -64,9 +77,20 @@ _SPARSE_NAMES = {
     "csc_matrix", "csr_matrix", "coo_matrix", "bsr_matrix", "dia_matrix", "dok_matrix",
     "lil_matrix", "csc_array", "csr_array", "coo_array", "bsr_array", "dia_array",
 }  # fmt: skip
-_BUILTINS = {
-    "set": set, "frozenset": frozenset, "complex": complex, "bytearray": bytearray, "object": object,
+def _empty_bytes(*args: Any) -> bytes:
+    # Protocol 0/1 pickle b"" (an empty array's data) as a call of bytes() without arguments.
+    if args:
+        raise UnsafePickleError(
+            f"pickle: refusing builtins.bytes with arguments {_short(args)} (only bytes() is used)"
+        )
+    return b""
+
+
+_BUILTINS: dict[str, Any] = {
+    "set": set, "frozenset": frozenset, "object": object, "bytes": _empty_bytes,
 }  # fmt: skip
+MAX_PICKLE_BYTES = 4 << 30
+"""Largest pickle file :func:`safe_load_pickle` reads (4 GiB; SMPL-X files are ~100-300 MB)."""
 
 
 def _allowed_classes() -> set[type]:
@@ -85,16 +109,108 @@ def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     return copyreg._reconstructor(cls, base, state)
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+def _safe_np_reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+    # numpy pickles call _reconstruct(ndarray, (0,), b"b") and fill the array in BUILD.
+    if subtype is not np.ndarray:
+        raise UnsafePickleError(f"pickle: refusing numpy _reconstruct of {subtype!r}")
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise UnsafePickleError(f"pickle: numpy _reconstruct shape {shape!r} is not a shape")
+    if math.prod(shape) > 1:
+        raise UnsafePickleError(
+            f"pickle: refusing numpy _reconstruct with shape {shape} (numpy pickles use (0,))"
+        )
+    return _np_multiarray()._reconstruct(subtype, shape, dtype)
+
+
+def _check_ndarray_state(state: Any) -> None:
+    """Refuse an ndarray ``__setstate__`` argument whose data do not match its shape."""
+    if not isinstance(state, tuple) or len(state) not in (4, 5):
+        raise UnsafePickleError(f"pickle: malformed numpy array state of type {type(state)}")
+    shape, dtype, _, raw = state[-4:]
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise UnsafePickleError(f"pickle: numpy array state shape {shape!r} is not a shape")
+    if not isinstance(dtype, np.dtype):
+        raise UnsafePickleError(f"pickle: numpy array state dtype {dtype!r} is not a dtype")
+    n = math.prod(shape)
+    if dtype.hasobject:
+        if not isinstance(raw, list) or len(raw) != n:
+            got = len(raw) if isinstance(raw, list) else type(raw).__name__
+            raise UnsafePickleError(
+                f"pickle: object array of shape {shape} needs a list of {n} items, got {got}"
+            )
+    elif not isinstance(raw, (bytes, bytearray, str)) or len(raw) != n * dtype.itemsize:
+        got = len(raw) if isinstance(raw, (bytes, bytearray, str)) else type(raw).__name__
+        raise UnsafePickleError(
+            f"pickle: array of shape {shape} and dtype {dtype} needs {n * dtype.itemsize} "
+            f"bytes, got {got}"
+        )
+
+
+class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     """An unpickler that resolves only the allow-listed globals (see module docs).
 
+    The pure-Python unpickler, so that calls (REDUCE, NEWOBJ, INST/OBJ) and ndarray states
+    (BUILD) can be checked before they run: allow-listed classes are only created empty.
+
     Raises:
-        UnsafePickleError: from :meth:`find_class` for any other global, naming it.
+        UnsafePickleError: from :meth:`find_class` for any other global, naming it, or for a
+            call/state that could allocate more than the file holds.
     """
 
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    def _refuse_class_call(self, cls: Any, args: Any, how: str) -> None:
+        if isinstance(cls, type) and (args or issubclass(cls, np.ndarray)):
+            raise UnsafePickleError(
+                f"pickle: refusing {how} of {cls.__module__}.{cls.__qualname__} with arguments "
+                f"{_short(args)} (allow-listed classes are only created empty)"
+            )
+
+    def load_reduce(self) -> None:  # noqa: D102
+        func = self.stack[-2]
+        if isinstance(func, type) and func not in _BUILTINS.values():
+            if not issubclass(func, np.dtype):
+                raise UnsafePickleError(
+                    f"pickle: refusing a call of {func.__module__}.{func.__qualname__} with "
+                    f"arguments {_short(self.stack[-1])} (allow-listed classes are only "
+                    "created empty)"
+                )
+        super().load_reduce()
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+
+    def load_newobj(self) -> None:  # noqa: D102
+        self._refuse_class_call(self.stack[-2], self.stack[-1], "NEWOBJ")
+        super().load_newobj()
+
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+
+    def load_newobj_ex(self) -> None:  # noqa: D102
+        self._refuse_class_call(self.stack[-3], self.stack[-2] or self.stack[-1], "NEWOBJ_EX")
+        super().load_newobj_ex()
+
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+
+    def _instantiate(self, klass: Any, args: Any) -> None:
+        if not isinstance(klass, type) or args:
+            raise UnsafePickleError(
+                f"pickle: refusing INST/OBJ call of {klass!r} with arguments {_short(args)}"
+            )
+        self._refuse_class_call(klass, args, "INST/OBJ")
+        super()._instantiate(klass, args)
+
+    def load_build(self) -> None:  # noqa: D102
+        if isinstance(self.stack[-2], np.ndarray):
+            _check_ndarray_state(self.stack[-1])
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
+
     def find_class(self, module: str, name: str) -> Any:  # noqa: D102
-        if module in _NUMPY_MODULES and name in {"_reconstruct", "scalar"}:
-            return getattr(_np_multiarray(), name)
+        if module in _NUMPY_MODULES and name == "_reconstruct":
+            return _safe_np_reconstruct
+        if module in _NUMPY_MODULES and name == "scalar":
+            return _np_multiarray().scalar
         if module in _NUMPY_NUMERIC and name == "_frombuffer":
             return _np_numeric()._frombuffer
         if module == "numpy" and name in {"ndarray", "dtype"}:
@@ -129,6 +245,11 @@ class RestrictedUnpickler(pickle.Unpickler):
             f"pickle: refusing to load global {module}.{name}: only numpy arrays/dtypes, scipy "
             "sparse matrices and chumpy arrays are allowed in a body model file"
         )
+
+
+def _short(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _np_multiarray() -> Any:
@@ -187,7 +308,9 @@ def safe_load_pickle(file: str | os.PathLike | io.IOBase | bytes) -> Any:
         The unpickled object (for a model file, a dict of arrays).
 
     Raises:
-        UnsafePickleError: the pickle names a global outside the allow-list.
+        UnsafePickleError: the pickle names a global outside the allow-list, makes a call
+            that could allocate more than it holds, or is not a pickle (all name the file).
+        ValueError: the file is larger than :data:`MAX_PICKLE_BYTES`.
         FileNotFoundError: the path does not exist.
 
     Example:
@@ -195,14 +318,34 @@ def safe_load_pickle(file: str | os.PathLike | io.IOBase | bytes) -> Any:
         >>> safe_load_pickle(pickle.dumps({"a": np.arange(3)}))["a"].tolist()
         [0, 1, 2]
     """
+    name = "pickle"
     if isinstance(file, (bytes, bytearray)):
         f: Any = io.BytesIO(file)
     elif isinstance(file, (str, os.PathLike)):
+        name = str(file)
+        size = os.path.getsize(file)
+        if size > MAX_PICKLE_BYTES:
+            raise ValueError(
+                f"file: expected a pickle of at most {MAX_PICKLE_BYTES} bytes, got {size} bytes "
+                f"in {name}"
+            )
         f = open(file, "rb")  # noqa: SIM115
     else:
         f = file
+        name = str(getattr(file, "name", "pickle"))
     try:
         obj = RestrictedUnpickler(f, encoding="latin1").load()
+    except UnsafePickleError as err:
+        if name == "pickle":
+            raise
+        raise UnsafePickleError(f"{name}: {err}") from err
+    except (
+        pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+        AttributeError, UnicodeDecodeError, struct.error, OverflowError,
+    ) as err:  # fmt: skip
+        raise UnsafePickleError(
+            f"{name}: not a readable pickle ({type(err).__name__}: {_short(str(err))})"
+        ) from err
     finally:
         if f is not file:
             f.close()
@@ -239,6 +382,12 @@ def safe_load_npz(path: str | os.PathLike) -> dict[str, Any]:
             if not member.endswith(".npy"):
                 continue
             key = member[: -len(".npy")]
+            size = zf.getinfo(member).file_size
+            if size > MAX_PICKLE_BYTES:
+                raise ValueError(
+                    f"path: expected members of at most {MAX_PICKLE_BYTES} bytes, got {size} "
+                    f"bytes for {member} in {path}"
+                )
             with zf.open(member) as fh:
                 data = io.BytesIO(fh.read())
             version = np.lib.format.read_magic(data)
@@ -305,8 +454,11 @@ def atomic_save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> P
 
     Raises:
         ValueError: an array has ``dtype=object``.
+        IsADirectoryError: ``path`` is an existing folder.
     """
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"path: expected a file name, got the existing folder {p}")
     for k, v in arrays.items():
         if np.asarray(v).dtype == object:
             raise ValueError(

@@ -277,3 +277,83 @@ def test_atomic_save_npz_mode_and_no_leftovers(tmp_path):
     with pytest.raises(ValueError, match="arrays"):
         atomic_save_npz(tmp_path / "b.npz", {"x": np.array([{}], dtype=object)})
     assert [q.name for q in tmp_path.iterdir()] == ["a.npz"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "name"),
+    [
+        (b"cbuiltins\nbytearray\n(I300000000\ntR.", "builtins.bytearray"),
+        (b"cbuiltins\nbytes\n(I300000000\ntR.", "builtins.bytes with arguments"),
+        (b"c__builtin__\ncomplex\n(I1\ntR.", "__builtin__.complex"),
+        (b"cnumpy\nndarray\n(I300000000\ntR.", "numpy.ndarray"),
+        # NEWOBJ of ndarray with a shape, and _reconstruct with a large shape
+        (b"\x80\x02cnumpy\nndarray\nJ\x00\xa3\xe1\x11\x85\x81.", "numpy.ndarray"),
+        (b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n(I300000000\ntS'b'\ntR.",
+         "_reconstruct"),
+    ],
+)  # fmt: skip
+def test_allocating_payloads_refused_before_allocating(payload, name, tmp_path):
+    """Bug caught: an allow-listed builtin/class called with a size allocates (300 MB) first."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    t = time.perf_counter()
+    with pytest.raises(UnsafePickleError, match=name.replace(".", r"\.")):
+        safe_load_pickle(payload)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 10_000_000 and time.perf_counter() - t < 1.0
+    # From a file, the message also names the file.
+    p = tmp_path / "evil.pkl"
+    p.write_bytes(payload)
+    with pytest.raises(UnsafePickleError, match="evil.pkl"):
+        read_model_file(p)
+
+
+def test_object_array_state_shorter_than_shape_refused():
+    """Bug caught: numpy 2 segfaults on an object array whose list is shorter than its shape."""
+    good = pickle.dumps(np.array([1, "x"], dtype=object), protocol=2)
+    bad = good.replace(b"K\x02\x85", b"J\x00\xe1\xf5\x05\x85")  # shape (2,) -> (10**8,)
+    assert bad != good
+    with pytest.raises(UnsafePickleError, match="object array of shape"):
+        safe_load_pickle(bad)
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
+def test_numpy_and_sparse_pickles_still_load(protocol):
+    """Bug caught: the call checks refuse what numpy/scipy pickles legitimately contain."""
+    d = {
+        "a": np.arange(6.0).reshape(2, 3), "f": np.asfortranarray(np.ones((2, 3), np.float32)),
+        "o": np.array([1, "x"], dtype=object), "s": sp.csc_matrix(np.eye(3)),
+        "sc": np.float64(2.5), "set": {1, 2}, "e": np.zeros((0, 4)),
+    }  # fmt: skip
+    r = safe_load_pickle(pickle.dumps(d, protocol=protocol))
+    np.testing.assert_array_equal(r["a"], d["a"])
+    np.testing.assert_array_equal(r["f"], d["f"])
+    assert r["o"].tolist() == [1, "x"] and r["sc"] == 2.5 and r["set"] == {1, 2}
+    assert (r["s"] != d["s"]).nnz == 0 and r["e"].shape == (0, 4)
+
+
+def test_non_pickle_file_names_the_file(tmp_path):
+    """Bug caught: a text file named .pkl gave a bare UnpicklingError traceback."""
+    p = tmp_path / "text.pkl"
+    p.write_text("hello world\nnot a pickle\n")
+    with pytest.raises(ValueError, match="text.pkl") as info:
+        read_model_file(p)
+    assert info.value.__cause__ is not None
+    p.write_bytes(b"")
+    with pytest.raises(ValueError, match="text.pkl"):
+        read_model_file(p)
+
+
+def test_atomic_save_npz_refuses_a_folder(tmp_path):
+    """Bug caught: saving onto an existing folder raised IsADirectoryError naming the temp file."""
+    from geo3d.body._safe_io import atomic_save_npz
+
+    d = tmp_path / "out"
+    d.mkdir()
+    with pytest.raises(IsADirectoryError, match=str(d)) as info:
+        atomic_save_npz(d, {"a": np.zeros(2)})
+    assert ".tmp" not in str(info.value)
+    assert list(d.iterdir()) == []
