@@ -33,14 +33,13 @@ from __future__ import annotations
 import codecs
 import copyreg
 import io
+import math
 import os
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
-
-import math
-import struct
 
 import numpy as np
 
@@ -77,6 +76,8 @@ _SPARSE_NAMES = {
     "csc_matrix", "csr_matrix", "coo_matrix", "bsr_matrix", "dia_matrix", "dok_matrix",
     "lil_matrix", "csc_array", "csr_array", "coo_array", "bsr_array", "dia_array",
 }  # fmt: skip
+
+
 def _empty_bytes(*args: Any) -> bytes:
     # Protocol 0/1 pickle b"" (an empty array's data) as a call of bytes() without arguments.
     if args:
