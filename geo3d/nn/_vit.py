@@ -284,9 +284,12 @@ class VisionTransformer(nn.Module):
     the feed-forward is an MLP (GELU) or SwiGLU (giant). Parameter names follow the
     official code, so its state dicts load directly.
 
-    Inputs are images ``(B, in_chans, H, W)`` already normalised with
-    :func:`imagenet_normalize` (RGB in ``[0, 1]`` -> ImageNet mean/std), with ``H, W``
-    multiples of the patch size (more generally ``(H - patch) % stride == 0``).
+    Inputs are floating images ``(B, in_chans, H, W)`` in the model's dtype, already
+    normalised with :func:`imagenet_normalize` (RGB in ``[0, 1]`` -> ImageNet mean/std),
+    with ``H, W`` multiples of the patch size (more generally ``(H - patch) % stride == 0``).
+    Nothing is cast silently: ``uint8`` images (convert with ``x.float() / 255``) and a
+    dtype other than the model's (e.g. float64 images into a float32 model) raise
+    ``ValueError`` (inside :func:`torch.autocast` the dtype check is skipped).
 
     Args:
         embed_dim: token width ``C``.
@@ -320,7 +323,10 @@ class VisionTransformer(nn.Module):
 
     Raises:
         ValueError: for non-positive sizes, ``embed_dim`` not divisible by ``num_heads``,
-            unknown ``ffn``/``interpolate``/``pos_encoding``.
+            unknown ``ffn``/``interpolate``/``pos_encoding``; in the forward methods, for
+            images of a wrong shape or dtype (non-floating, or not the model's dtype), and
+            for a ``patch_embed`` or ``pos_encoding`` output of the wrong shape (naming
+            the part, the expected and the actual shape).
 
     Example:
         >>> vit = VisionTransformer(embed_dim=64, depth=2, num_heads=2, img_size=28)
@@ -537,6 +543,18 @@ class VisionTransformer(nn.Module):
         if not isinstance(images, Tensor) or images.ndim != 4:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"images: expected shape (B, C, H, W), got {shape}")
+        if not images.is_floating_point():
+            raise ValueError(
+                f"images: expected floating-point images (RGB in [0, 1] normalised with "
+                f"imagenet_normalize; convert 0..255 integers with images.float() / 255), "
+                f"got dtype {images.dtype}"
+            )
+        want = self.cls_token.dtype
+        if images.dtype != want and not torch.is_autocast_enabled(images.device.type):
+            raise ValueError(
+                f"images: expected dtype {want} (the model's; convert with "
+                f"images.to({want}) or the model with .to(dtype)), got {images.dtype}"
+            )
         in_chans = (
             self.patch_embed.proj.in_channels
             if isinstance(self.patch_embed, PatchEmbed)
@@ -592,6 +610,23 @@ class VisionTransformer(nn.Module):
                 if patch_stride is None
                 else self.patch_embed(images, stride=patch_stride)
             )
+        b = images.shape[0]
+        if (
+            not isinstance(grid, Tensor)
+            or grid.ndim != 4
+            or grid.shape[:2] != (b, self.embed_dim)
+            or grid.shape[2] < 1
+            or grid.shape[3] < 1
+        ):
+            got = tuple(grid.shape) if isinstance(grid, Tensor) else type(grid).__name__
+            raise ValueError(
+                f"patch_embed: expected an output of shape (B={b}, C={self.embed_dim}, H', W'), "
+                f"got {got}"
+            )
+        if grid.dtype != self.cls_token.dtype and not torch.is_autocast_enabled(grid.device.type):
+            raise ValueError(
+                f"patch_embed: expected an output of dtype {self.cls_token.dtype}, got {grid.dtype}"
+            )
         b, c, h, w = grid.shape
         x = grid.flatten(2).transpose(1, 2)
         if masks is not None:
@@ -607,9 +642,14 @@ class VisionTransformer(nn.Module):
             cls = cls + pos[:, :1]
             x = x + pos[:, 1:]
         elif self.pos_encoding is not None:
-            x = x + self.pos_encoding(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(
-                1, 2
-            )
+            pe = self.pos_encoding(x.transpose(1, 2).reshape(b, c, h, w))
+            if not isinstance(pe, Tensor) or pe.shape != (b, c, h, w):
+                got = tuple(pe.shape) if isinstance(pe, Tensor) else type(pe).__name__
+                raise ValueError(
+                    f"pos_encoding: expected an output of shape {(b, c, h, w)} (the patch grid), "
+                    f"got {got}"
+                )
+            x = x + pe.flatten(2).transpose(1, 2)
         parts = [cls.expand(b, -1, -1)]
         if self.register_tokens is not None:
             parts.append(self.register_tokens.expand(b, -1, -1))
@@ -656,7 +696,9 @@ class VisionTransformer(nn.Module):
             (B, R, C)`` (normalised) and ``prenorm (B, 1 + R + H'W', C)`` (before the norm).
 
         Raises:
-            ValueError: for a wrong image shape or a size not matching patch and stride.
+            ValueError: for a wrong image shape, a size not matching patch and stride, a
+                non-floating dtype or one other than the model's, or a ``patch_embed`` /
+                ``pos_encoding`` output of the wrong shape.
         """
         x, hw = self.prepare_tokens(images, masks, patch_stride)
         x, _ = self._blocks(x, hw)

@@ -374,6 +374,49 @@ class TestConstruction:
             )
 
 
+class TestInputChecks:
+    """Inputs are never cast silently; wrong dtypes and wrong part outputs are named."""
+
+    def test_uint8_images_rejected_with_conversion_hint(self):
+        with pytest.raises(ValueError, match=r"images: expected floating.*\[0, 1\].*uint8"):
+            _small().forward_features(torch.zeros(1, 3, 28, 28, dtype=torch.uint8))
+
+    def test_dtype_must_match_the_model(self):
+        with pytest.raises(ValueError, match=r"images: expected dtype torch\.float32.*float64"):
+            _small().forward_features(torch.zeros(1, 3, 28, 28, dtype=torch.float64))
+        with pytest.raises(ValueError, match=r"images: expected dtype torch\.float64.*float32"):
+            _small().double()(torch.zeros(1, 3, 28, 28))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: mixed dtypes are fine
+            out = _small().forward_features(torch.rand(1, 3, 28, 28))
+        assert out["cls"].shape == (1, 64)
+
+    def test_pos_encoding_wrong_output_named(self):
+        vit = _small(pos_encoding=torch.nn.Conv2d(64, 32, 1))  # 32 channels instead of 64
+        with pytest.raises(ValueError, match=r"pos_encoding: .*\(1, 64, 2, 2\).*\(1, 32, 2, 2\)"):
+            vit.forward_features(torch.rand(1, 3, 28, 28))
+        vit = _small(pos_encoding=lambda g: g.mean(1))
+        with pytest.raises(ValueError, match="pos_encoding"):
+            vit.forward_features(torch.rand(1, 3, 28, 28))
+
+    def test_patch_embed_wrong_output_named(self):
+        vit = _small(patch_embed=torch.nn.Conv2d(3, 48, 14, 14), pos_encoding=None)
+        with pytest.raises(ValueError, match=r"patch_embed: .*C=64.*\(1, 48, 2, 2\)"):
+            vit.forward_features(torch.rand(1, 3, 28, 28))
+        flat = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 14, 14), torch.nn.Flatten(2))
+        vit = _small(patch_embed=flat, pos_encoding=None)
+        with pytest.raises(ValueError, match=r"patch_embed: .*\(1, 64, 4\)"):
+            vit.forward_features(torch.rand(1, 3, 28, 28))
+
+        class ToDouble(torch.nn.Module):
+            def forward(self, x):
+                return x.double()
+
+        to64 = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 14, 14), ToDouble())
+        vit = _small(patch_embed=to64, pos_encoding=None)
+        with pytest.raises(ValueError, match=r"patch_embed: expected an output of dtype"):
+            vit.forward_features(torch.rand(1, 3, 28, 28))
+
+
 def test_bad_images_message_only_for_bad_sizes():
     vit = _small()
     assert vit.forward_features(torch.randn(1, 3, 35, 28), patch_stride=7)["patch_tokens"].shape[
