@@ -34,6 +34,24 @@ __all__ = ["LoRAQKV", "LoRAViT", "lora_trainable_parameter_count"]
 _TARGETS = ("q", "k", "v")
 
 
+def _check_scale(scale) -> None:
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, (int, float))
+        or not math.isfinite(float(scale))
+    ):
+        raise ValueError(f"scale: expected a finite float, got {scale!r}")
+
+
+def _check_targets(targets) -> tuple[str, ...]:
+    if isinstance(targets, str):
+        targets = (targets,)
+    targets = tuple(targets)
+    if not targets or any(t not in _TARGETS for t in targets) or len(set(targets)) != len(targets):
+        raise ValueError(f"targets: expected distinct names from {_TARGETS}, got {targets!r}")
+    return targets
+
+
 class LoRAQKV(nn.Module):
     """A fused ``qkv`` linear layer plus low-rank updates on chosen slices.
 
@@ -51,7 +69,8 @@ class LoRAQKV(nn.Module):
         ``(..., C) -> (..., 3C)``.
 
     Raises:
-        ValueError: for a non-(C -> 3C) base, rank < 1 or unknown targets.
+        ValueError: for a non-(C -> 3C) base, a rank that is not an int >= 1, a
+            non-finite ``scale``, or unknown/duplicate targets.
     """
 
     def __init__(
@@ -65,15 +84,10 @@ class LoRAQKV(nn.Module):
         super().__init__()
         if not isinstance(base, nn.Linear) or base.out_features != 3 * base.in_features:
             raise ValueError(f"base: expected nn.Linear(C, 3C), got {base!r}")
-        if not isinstance(rank, int) or rank < 1:
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
             raise ValueError(f"rank: expected a positive int, got {rank!r}")
-        targets = tuple(targets)
-        if (
-            not targets
-            or any(t not in _TARGETS for t in targets)
-            or len(set(targets)) != len(targets)
-        ):
-            raise ValueError(f"targets: expected distinct names from {_TARGETS}, got {targets!r}")
+        _check_scale(scale)
+        targets = _check_targets(targets)
         self.base = base
         self.rank, self.scale = rank, float(scale)
         self.targets = tuple(t for t in _TARGETS if t in targets)  # q, k, v order
@@ -167,7 +181,9 @@ class LoRAViT(nn.Module):
         generator: source of the adapter and convolution initialisation.
 
     Raises:
-        ValueError: for bad ``rank``/``targets``/``blocks`` or a backbone already adapted.
+        ValueError: for a ``rank`` that is not an int >= 1, a non-finite ``scale``, bad
+            ``targets``, ``blocks`` that are not distinct ints in ``[-depth, depth)``
+            (bools are rejected), or a backbone already adapted.
 
     Example:
         >>> vit = VisionTransformer(embed_dim=64, depth=4, num_heads=2, img_size=28)
@@ -189,19 +205,39 @@ class LoRAViT(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(vit, VisionTransformer):
+            raise ValueError(f"vit: expected a VisionTransformer, got {type(vit).__name__}")
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise ValueError(f"rank: expected a positive int, got {rank!r}")
+        _check_scale(scale)
         depth = len(vit.blocks)
         if blocks is None:
             blocks = range(max(depth - 4, 0), depth)
+        if isinstance(blocks, (str, bytes)) or not hasattr(blocks, "__iter__"):
+            raise ValueError(
+                f"blocks: expected a sequence of block indices, got {type(blocks).__name__}"
+            )
+        blocks = list(blocks)
         idx = []
         for b in blocks:
-            if not isinstance(b, int) or not -depth <= b < depth:
+            # bools are ints in Python: True would silently mean block 1
+            if not isinstance(b, int) or isinstance(b, bool) or not -depth <= b < depth:
                 raise ValueError(
-                    f"blocks: expected ints in [{-depth}, {depth - 1}], got {list(blocks)}"
+                    f"blocks: expected ints in [{-depth}, {depth - 1}] (not bools), got {blocks}"
                 )
             idx.append(b % depth)
-        if len(set(idx)) != len(idx) or not idx:
-            raise ValueError(f"blocks: expected distinct block indices, got {list(blocks)}")
+        if not idx:
+            raise ValueError(f"blocks: expected at least one block index, got {blocks}")
+        if len(set(idx)) != len(idx):
+            raise ValueError(
+                f"blocks: expected distinct block indices (negative ones count from the end, "
+                f"depth {depth}), got {blocks}"
+            )
+        _check_targets(targets)
         self.block_indices = tuple(sorted(idx))
+        for i in self.block_indices:  # check all before changing anything
+            if isinstance(vit.blocks[i].attn.qkv, LoRAQKV):
+                raise ValueError(f"vit: expected a backbone without adapters, block {i} has one")
         for p in vit.parameters():
             p.requires_grad_(False)
         self.vit = vit
@@ -216,7 +252,7 @@ class LoRAViT(nn.Module):
         self.rank, self.targets, self.scale = (
             rank,
             self.adapters[str(self.block_indices[0])].targets,
-            scale,
+            float(scale),
         )
         c = vit.embed_dim
         w = vit.cls_token
@@ -293,6 +329,7 @@ class LoRAViT(nn.Module):
         Raises:
             ValueError: for an unknown format, merged adapters, or ``"reference"`` without
                 the refinement convolution.
+            IsADirectoryError: if ``path`` is an existing directory (named).
         """
         if format not in ("geo3d", "reference"):
             raise ValueError(f"format: expected 'geo3d' or 'reference', got {format!r}")
@@ -319,6 +356,11 @@ class LoRAViT(nn.Module):
                     obj[f"w_b_{n:03d}"] = sd[f"blocks.{i}.{t}.B"]
                     n += 1
         path = Path(path)
+        if path.is_dir():  # else the rename onto it fails naming the temporary file
+            raise IsADirectoryError(
+                f"path: expected a file name to write the adapters to, got the existing "
+                f"directory {str(path)!r}"
+            )
         with atomic_path(path) as tmp:
             torch.save(obj, tmp)
         return path
@@ -328,13 +370,34 @@ class LoRAViT(nn.Module):
         reference's Lightning ``.ckpt`` files too), with ``torch.load(weights_only=True)``.
 
         Raises:
-            ValueError: if the file's layout, count or shapes do not match this model.
+            FileNotFoundError: if ``path`` does not exist.
+            ValueError: naming ``path``, if the file cannot be read (truncated or not a
+                torch checkpoint; the reader's error is chained), or its layout, count or
+                shapes do not match this model.
         """
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not Path(path).exists():
+            raise FileNotFoundError(f"path: expected an existing file, got {str(path)!r}")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, MemoryError):
+            raise
+        except Exception as err:  # truncated zip, garbage bytes, disallowed pickle
+            raise ValueError(
+                f"path: expected a torch checkpoint (torch.load, weights_only=True), got a "
+                f"file that cannot be read: {str(path)!r} ({type(err).__name__}: {err})"
+            ) from err
+        try:
+            self._load_obj(obj)
+        except ValueError as err:
+            raise ValueError(f"path {str(path)!r}: {err}") from err
+
+    def _load_obj(self, obj) -> None:
         if not isinstance(obj, dict):
             raise ValueError(f"path: expected a dict checkpoint, got {type(obj).__name__}")
         if obj.get("format") == "geo3d.lora":
-            sd = obj["state_dict"]
+            sd = obj.get("state_dict")
+            if not isinstance(sd, dict):
+                raise ValueError(f"state_dict: expected a dict of tensors, got {type(sd).__name__}")
         elif any(k.startswith("w_a_") for k in obj):
             sd = self._from_reference(obj)
         else:
@@ -351,6 +414,8 @@ class LoRAViT(nn.Module):
                 f"unexpected {unexpected[:6]}"
             )
         for k, v in sd.items():
+            if not isinstance(v, Tensor):
+                raise ValueError(f"{k}: expected a tensor, got {type(v).__name__}")
             if v.shape != mine[k].shape:
                 raise ValueError(
                     f"{k}: expected shape {tuple(mine[k].shape)}, got {tuple(v.shape)}"
@@ -368,12 +433,24 @@ class LoRAViT(nn.Module):
                 f"path: expected {len(slots)} w_a_/w_b_ tensors ({len(self.block_indices)} "
                 f"blocks x {self.targets}), got {len(a_keys)} and {len(b_keys)}"
             )
+        names = [f"w_{ab}_{n:03d}" for n in range(len(slots)) for ab in "ab"]
+        if sorted(names) != sorted(a_keys + b_keys):
+            raise ValueError(
+                f"path: expected w_a_/w_b_ tensors numbered 000..{len(slots) - 1:03d}, got "
+                f"{sorted(a_keys + b_keys)[:8]}"
+            )
         sd = {}
         for n, (i, t) in enumerate(slots):
             sd[f"blocks.{i}.{t}.A"] = obj[f"w_a_{n:03d}"]
             sd[f"blocks.{i}.{t}.B"] = obj[f"w_b_{n:03d}"]
-        conv = obj.get("state_dict", {}).get("refine_conv")
+        inner = obj.get("state_dict", {})
+        conv = inner.get("refine_conv") if isinstance(inner, dict) else None
         if conv is not None:
+            if not isinstance(conv, dict) or not {"weight", "bias"} <= set(conv):
+                raise ValueError(
+                    "refine_conv: expected a dict with 'weight' and 'bias', got "
+                    f"{sorted(conv) if isinstance(conv, dict) else type(conv).__name__}"
+                )
             sd["refine_conv.weight"] = conv["weight"]
             sd["refine_conv.bias"] = conv["bias"]
         return sd

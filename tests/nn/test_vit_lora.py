@@ -76,7 +76,15 @@ class TestLoRAQKV:
 
     @pytest.mark.parametrize(
         "kw,name",
-        [({"rank": 0}, "rank"), ({"targets": ("q", "x")}, "targets"), ({"targets": ()}, "targets")],
+        [
+            ({"rank": 0}, "rank"),
+            ({"rank": True}, "rank"),
+            ({"scale": float("nan")}, "scale"),
+            ({"scale": float("inf")}, "scale"),
+            ({"targets": ("q", "x")}, "targets"),
+            ({"targets": ()}, "targets"),
+            ({"targets": ("q", "q")}, "targets"),
+        ],
     )
     def test_bad_arguments(self, kw, name):
         with pytest.raises(ValueError, match=name):
@@ -137,11 +145,30 @@ class TestLoRAViT:
 
     @pytest.mark.parametrize(
         "kw,name",
-        [({"blocks": [6]}, "blocks"), ({"blocks": [1, -5]}, "blocks"), ({"rank": -1}, "rank")],
+        [
+            ({"blocks": [6]}, "blocks"),
+            ({"blocks": [-7]}, "blocks"),
+            ({"blocks": [1, -5]}, "blocks"),  # -5 is block 1 of 6: a duplicate
+            ({"blocks": [True]}, "blocks"),  # a bool is an int in Python: not block 1
+            ({"blocks": [2.0]}, "blocks"),
+            ({"blocks": []}, "blocks"),
+            ({"blocks": 3}, "blocks"),
+            ({"rank": -1}, "rank"),
+            ({"rank": 0}, "rank"),
+            ({"rank": 2.0}, "rank"),
+            ({"scale": float("nan")}, "scale"),
+            ({"scale": float("-inf")}, "scale"),
+            ({"scale": "1"}, "scale"),
+            ({"targets": ("q", "w")}, "targets"),
+        ],
     )
     def test_bad_arguments(self, kw, name):
+        vit = _vit()
         with pytest.raises(ValueError, match=name):
-            LoRAViT(_vit(), **kw)
+            LoRAViT(vit, **kw)
+        # nothing was changed: the backbone is neither frozen nor wrapped
+        assert all(p.requires_grad for p in vit.parameters())
+        assert not any(isinstance(b.attn.qkv, LoRAQKV) for b in vit.blocks)
 
     def test_double_wrap_rejected(self):
         vit = _vit()
@@ -232,6 +259,30 @@ class TestSaveLoad:
             _lora().save_adapters(tmp_path / "y.pt", format="peft")
         with pytest.raises(ValueError, match="refine_conv"):
             _lora(refine_conv=False).save_adapters(tmp_path / "y.pt", format="reference")
+
+    def test_save_onto_a_directory_names_it(self, tmp_path):
+        d = tmp_path / "ad"
+        d.mkdir()
+        with pytest.raises(IsADirectoryError, match="path") as info:
+            _lora().save_adapters(d)
+        assert str(d) in str(info.value) and ".tmp" not in str(info.value)
+        assert os.listdir(tmp_path) == ["ad"] and os.listdir(d) == []  # no temp file left
+
+    def test_unreadable_adapter_files_named(self, tmp_path):
+        _lora().save_adapters(tmp_path / "a.pt")
+        data = (tmp_path / "a.pt").read_bytes()
+        (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+        (tmp_path / "junk.pt").write_bytes(b"garbage bytes, not a checkpoint")
+        for name in ("trunc.pt", "junk.pt"):
+            with pytest.raises(ValueError, match="cannot be read") as info:
+                _lora().load_adapters(tmp_path / name)
+            assert name in str(info.value) and info.value.__cause__ is not None
+        torch.save({"format": "geo3d.lora", "state_dict": [1]}, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match="state_dict") as info:
+            _lora().load_adapters(tmp_path / "bad.pt")
+        assert "bad.pt" in str(info.value)
+        with pytest.raises(FileNotFoundError, match="path"):
+            _lora().load_adapters(tmp_path / "missing.pt")
 
     def test_atomic_write_keeps_old_file_on_failure(self, tmp_path, monkeypatch):
         path = tmp_path / "adapters.pt"
