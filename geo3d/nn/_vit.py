@@ -386,7 +386,9 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"ffn: expected 'mlp' or 'swiglu', got {ffn!r}")
         if interpolate not in ("official", "hf"):
             raise ValueError(f"interpolate: expected 'official' or 'hf', got {interpolate!r}")
-        if patch_stride is not None and (not isinstance(patch_stride, int) or patch_stride < 1):
+        if patch_stride is not None and (
+            not isinstance(patch_stride, int) or isinstance(patch_stride, bool) or patch_stride < 1
+        ):
             raise ValueError(f"patch_stride: expected a positive int or None, got {patch_stride!r}")
         if not (pos_encoding in ("learned", None) or callable(pos_encoding)):
             raise ValueError(
@@ -499,6 +501,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"when: expected 'before' or 'after', got {when!r}")
         if not callable(hook):
             raise ValueError(f"hook: expected a callable, got {type(hook).__name__}")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise ValueError(f"index: expected an int, got {index!r}")
         i = index + depth if index < 0 else index
         hi = depth if when == "before" else depth - 1
         if not 0 <= i <= hi:
@@ -597,10 +601,12 @@ class VisionTransformer(nn.Module):
         Returns:
             tokens ``(B, 1 + R + H'*W', C)`` and the grid ``(H', W')``.
         """
+        if patch_stride is not None and (
+            not isinstance(patch_stride, int) or isinstance(patch_stride, bool) or patch_stride < 1
+        ):
+            raise ValueError(f"patch_stride: expected a positive int or None, got {patch_stride!r}")
         if isinstance(self.patch_embed, PatchEmbed):
-            stride = self.patch_embed.stride if patch_stride is None else int(patch_stride)
-            if stride < 1:
-                raise ValueError(f"patch_stride: expected a positive int, got {patch_stride!r}")
+            stride = self.patch_embed.stride if patch_stride is None else patch_stride
             self._check_images(images, stride)
             grid = self.patch_embed(images, stride=stride)
         else:
@@ -715,11 +721,34 @@ class VisionTransformer(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Outputs of the last ``n`` blocks (or of the block indices ``n``), each split as
         :meth:`forward_features` (``cls``, ``registers``, ``patch_tokens (B, C, H', W')``),
-        optionally through the final norm."""
+        optionally through the final norm; the list follows block order.
+
+        Raises:
+            ValueError: for ``n`` outside ``1..depth``, or indices that are not distinct
+                ints (bools rejected) in ``[-depth, depth)``; for bad images as
+                :meth:`forward_features`.
+        """
         depth = len(self.blocks)
-        take = list(range(depth - n, depth)) if isinstance(n, int) else [int(i) % depth for i in n]
-        if isinstance(n, int) and not 1 <= n <= depth:
-            raise ValueError(f"n: expected 1..{depth}, got {n}")
+        if isinstance(n, bool):
+            raise ValueError(f"n: expected an int in 1..{depth} or block indices, got {n!r}")
+        if isinstance(n, int):
+            if not 1 <= n <= depth:
+                raise ValueError(f"n: expected 1..{depth}, got {n}")
+            take = list(range(depth - n, depth))
+        else:
+            idx = list(n) if hasattr(n, "__iter__") and not isinstance(n, str) else None
+            if (
+                not idx
+                or any(not isinstance(i, int) or isinstance(i, bool) for i in idx)
+                or any(not -depth <= i < depth for i in idx)
+            ):
+                raise ValueError(
+                    f"n: expected an int in 1..{depth} or block indices (ints, not bools) in "
+                    f"[{-depth}, {depth - 1}], got {n!r}"
+                )
+            take = [i % depth for i in idx]
+            if len(set(take)) != len(take):
+                raise ValueError(f"n: expected distinct block indices, got {n!r}")
         x, hw = self.prepare_tokens(images, None, patch_stride)
         _, taken = self._blocks(x, hw, take)
         return [self._split(self.norm(t) if norm else t, hw) for t in taken]

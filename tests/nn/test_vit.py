@@ -417,6 +417,32 @@ class TestInputChecks:
             vit.forward_features(torch.rand(1, 3, 28, 28))
 
 
+class TestIndexArguments:
+    """Bools are ints in Python; indices that silently wrap or repeat are rejected."""
+
+    @pytest.mark.parametrize("n", [True, 0, 3, [2], [-3], [0, -2], [True], [0.0], []])
+    def test_intermediate_layer_indices(self, n):
+        with pytest.raises(ValueError, match="n: expected"):
+            _small().get_intermediate_layers(torch.rand(1, 3, 28, 28), n)
+
+    def test_intermediate_layer_negative_indices_valid(self):
+        vit, x = _small(), torch.rand(1, 3, 28, 28)
+        a = vit.get_intermediate_layers(x, [-2])[0]["cls"]
+        torch.testing.assert_close(a, vit.get_intermediate_layers(x, [0])[0]["cls"])
+
+    @pytest.mark.parametrize("index", [True, 1.0])
+    def test_hook_index(self, index):
+        with pytest.raises(ValueError, match="index"):
+            _small().register_block_hook(index, lambda g, p: None)
+
+    @pytest.mark.parametrize("stride", [True, 7.0, 0])
+    def test_patch_stride(self, stride):
+        with pytest.raises(ValueError, match="patch_stride"):
+            _small().forward_features(torch.rand(1, 3, 28, 28), patch_stride=stride)
+        with pytest.raises(ValueError, match="patch_stride"):
+            _small(patch_stride=stride)
+
+
 def test_bad_images_message_only_for_bad_sizes():
     vit = _small()
     assert vit.forward_features(torch.randn(1, 3, 35, 28), patch_stride=7)["patch_tokens"].shape[
