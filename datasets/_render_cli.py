@@ -10,6 +10,29 @@ import argparse
 import sys
 from pathlib import Path
 
+# plain constants, no heavy imports (kept equal to geo3d.datasets.multiview_render's; a test checks)
+SIZE_RANGE = (8, 8192)
+LEVEL_RANGE = (0, 6)
+MAX_VIEWS = 100_000
+
+
+def _int_in(lo: int, hi: int | None = None):
+    """An argparse ``type``: an int in ``[lo, hi]`` (argparse reports a bad value as a
+    one-line usage error, exit status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            want = f"an int >= {lo}" if hi is None else f"an int in [{lo}, {hi}]"
+            raise argparse.ArgumentTypeError(f"expected {want}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
 
 def add_render_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``render`` on the ``geo3d data`` sub-parsers."""
@@ -19,30 +42,36 @@ def add_render_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Render every mesh under MESH_DIR (OBJ/PLY/GLB/GLTF with textures or vertex "
             "colours) and/or --synthetic N procedural textured objects into OUT in the "
-            "3DCorrEnhance layout: OUT/<object>/color_%%06d.png, depth_%%06d.png (uint16 mm), "
-            "mask_%%06d.png, poses.npy (world_to_cam, OpenCV), intrinsics.npy. Objects are "
+            "3DCorrEnhance layout: OUT/<object>/color_000000.png, depth_000000.png (uint16 mm), "
+            "mask_000000.png, ..., poses.npy (world_to_cam, OpenCV), intrinsics.npy. Objects are "
             "normalised to unit extent; cameras at --distance on an icosphere (level 1 = 42 "
             "views) look at the origin. Deterministic for --seed regardless of --workers; "
-            "re-running skips finished objects."
+            "re-running the same command skips finished objects (resume); re-running into an OUT "
+            "rendered with other settings is refused unless --overwrite."
         ),
     )
-    p.add_argument("paths", nargs="+", type=Path, metavar="[MESH_DIR] OUT",
-                   help="folder of meshes (optional with --synthetic) and the output root")
-    p.add_argument("--synthetic", type=int, default=0, metavar="N",
+    p.add_argument("mesh_dir", nargs="?", type=Path, default=None, metavar="MESH_DIR",
+                   help="folder of meshes (optional with --synthetic)")
+    p.add_argument("out", type=Path, metavar="OUT", help="the output root (a folder)")
+    p.add_argument("--synthetic", type=_int_in(0), default=0, metavar="N",
                    help="also render N procedural textured objects [0]")
     p.add_argument("--categories", nargs="+", default=None, metavar="CAT",
                    help="procedural categories for --synthetic [all]")
-    p.add_argument("--size", type=int, default=512, help="image height = width [512]")
+    p.add_argument("--size", type=_int_in(*SIZE_RANGE), default=512,
+                   help=f"image height = width, {SIZE_RANGE[0]}..{SIZE_RANGE[1]} [512]")
     p.add_argument("--focal", type=float, default=560.0, help="fx = fy in pixels [560]")
     p.add_argument("--principal", type=float, default=None, help="cx = cy in pixels [size/2]")
     p.add_argument("--distance", type=float, default=2.0, help="camera distance [2]")
     p.add_argument("--views", choices=("icosphere", "random"), default="icosphere",
                    help="viewpoints [icosphere]")
-    p.add_argument("--level", type=int, default=1, help="icosphere level (1 = 42 views) [1]")
-    p.add_argument("--num-views", type=int, default=42, help="views per object with --views random [42]")
+    p.add_argument("--level", type=_int_in(*LEVEL_RANGE), default=1,
+                   help=f"icosphere level {LEVEL_RANGE[0]}..{LEVEL_RANGE[1]} (0 = 12, 1 = 42 views) [1]")
+    p.add_argument("--num-views", type=_int_in(1, MAX_VIEWS), default=42, help="views per object with --views random [42]")
     p.add_argument("--up", choices=("z", "y"), default="z", help="world axis shown up [z]")
     p.add_argument("--seed", type=int, default=0, help="master seed [0]")
-    p.add_argument("--workers", type=int, default=1, help="worker processes [1]")
+    p.add_argument("--workers", type=_int_in(1), default=1, help="worker processes (>= 1) [1]")
+    p.add_argument("--overwrite", action="store_true",
+                   help="render every object again, also into an OUT rendered with other settings")
     p.add_argument("--preview", type=Path, default=None, metavar="PNG",
                    help="write a figure (RGB, depth, mask, correspondences) of the first object")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -50,13 +79,18 @@ def add_render_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_render(args: argparse.Namespace) -> int:
+    try:
+        return _render(args)
+    except KeyboardInterrupt:  # Ctrl-C: finished objects stay, unfinished ones are removed
+        print("\ngeo3d data render: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _render(args: argparse.Namespace) -> int:
     from geo3d.datasets.multiview_render import RenderSettings, render_dataset
 
     prog = "geo3d data render"
-    if len(args.paths) > 2:
-        print(f"{prog}: error: paths: expected [MESH_DIR] OUT, got {len(args.paths)} paths", file=sys.stderr)
-        return 2
-    mesh_dir, out = (args.paths if len(args.paths) == 2 else (None, args.paths[0]))
+    mesh_dir, out = args.mesh_dir, args.out
     if mesh_dir is None and args.synthetic <= 0:
         print(f"{prog}: error: MESH_DIR: expected a folder of meshes or --synthetic N", file=sys.stderr)
         return 2
@@ -68,6 +102,7 @@ def _run_render(args: argparse.Namespace) -> int:
         summary = render_dataset(
             out, mesh_dir=mesh_dir, num_synthetic=args.synthetic, categories=args.categories,
             settings=settings, seed=args.seed, workers=args.workers, progress=not args.no_progress,
+            overwrite=args.overwrite,
         )
     except ValueError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)

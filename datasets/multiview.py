@@ -179,7 +179,12 @@ class MultiviewPairs(torch.utils.data.Dataset):
         arr = np.load(x) if isinstance(x, (str, os.PathLike)) else np.asarray(x, dtype=np.float64)
         if arr.shape[-2:] != tail:
             raise ValueError(f"{name}: expected shape (..., {tail[0]}, {tail[1]}), got {arr.shape}")
-        return arr.astype(np.float64)
+        arr = arr.astype(np.float64)
+        if name == "poses":  # rigid, bottom row [0, 0, 0, 1], det +1: fail here, not mid-epoch
+            from geo3d.render._camera import check_pose
+
+            check_pose(torch.from_numpy(arr), name)
+        return arr
 
     def __len__(self) -> int:
         return len(self.objects) * self.pairs_per_object

@@ -21,6 +21,9 @@ Every object is written into a temporary folder ``OUT/.tmp-<name>-*`` and rename
 place after its completion marker: a reader never sees half an object, a re-run skips
 finished objects (resume) and removes stale temporary folders. Results do not depend on
 the number of workers (per-object seeds derive from the master seed and the object index).
+A re-run into an ``OUT`` rendered with other settings or another seed (``render_config.json``)
+is refused with a ``ValueError`` naming the differences, unless ``overwrite=True`` (CLI
+``--overwrite``), which re-renders every object and removes objects of the old run.
 
 Reference: You et al., "Multiview Equivariance Improves 3D Correspondence Understanding
 with Minimal Feature Finetuning", ICLR 2025; qq456cvb/3DCorrEnhance
@@ -59,6 +62,15 @@ __all__ = [
 #: Mesh files picked up from a mesh folder (through trimesh).
 MESH_SUFFIXES: tuple[str, ...] = (".obj", ".ply", ".glb", ".gltf", ".off", ".stl")
 
+#: Accepted image sizes (pixels per side) and icosphere levels (level 6 = 40962 views).
+SIZE_RANGE: tuple[int, int] = (8, 8192)
+LEVEL_RANGE: tuple[int, int] = (0, 6)
+MAX_VIEWS = 100_000
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
 
 @dataclass(frozen=True)
 class RenderSettings:
@@ -86,16 +98,23 @@ class RenderSettings:
     up: str = "z"
 
     def validate(self) -> None:
-        if not (isinstance(self.size, int) and self.size > 0):
-            raise ValueError(f"size: expected a positive int, got {self.size!r}")
+        """Raise ``ValueError`` naming the first bad field (before anything is written)."""
+        lo, hi = SIZE_RANGE
+        if not (_is_int(self.size) and lo <= self.size <= hi):
+            raise ValueError(f"size: expected an int in [{lo}, {hi}] pixels, got {self.size!r}")
         if not (np.isfinite(self.focal) and self.focal > 0):
             raise ValueError(f"focal: expected a positive focal length in pixels, got {self.focal}")
+        if self.principal is not None and not np.isfinite(self.principal):
+            raise ValueError(f"principal: expected a finite pixel coordinate or None, got {self.principal}")
         if not (np.isfinite(self.distance) and self.distance > 0):
             raise ValueError(f"distance: expected a positive distance, got {self.distance}")
         if self.views not in ("icosphere", "random"):
             raise ValueError(f"views: expected 'icosphere' or 'random', got {self.views!r}")
-        if self.views == "random" and self.num_views < 1:
-            raise ValueError(f"num_views: expected >= 1, got {self.num_views}")
+        lo, hi = LEVEL_RANGE
+        if self.views == "icosphere" and not (_is_int(self.level) and lo <= self.level <= hi):
+            raise ValueError(f"level: expected an int in [{lo}, {hi}], got {self.level!r}")
+        if self.views == "random" and not (_is_int(self.num_views) and 1 <= self.num_views <= MAX_VIEWS):
+            raise ValueError(f"num_views: expected an int in [1, {MAX_VIEWS}], got {self.num_views!r}")
         if self.up not in ("z", "y"):
             raise ValueError(f"up: expected 'z' or 'y', got {self.up!r}")
 
@@ -353,6 +372,43 @@ def _run_job(args: tuple[_Job, RenderSettings, str]) -> tuple[str, str | None]:
     return job.name, None
 
 
+def _ignore_sigint() -> None:  # pool initializer: Ctrl-C is handled by the parent only
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _config_differences(old: dict, new: dict) -> list[str]:
+    """``"key: old -> new"`` for every setting (and the seed) that differs."""
+    diffs = []
+    a, b = dict(old.get("settings", {})), dict(new["settings"])
+    a["seed"], b["seed"] = old.get("seed"), new["seed"]
+    for k in b:
+        if a.get(k) != b[k]:
+            diffs.append(f"{k}: {a.get(k)!r} -> {b[k]!r}")
+    return diffs
+
+
+def _previous_config(root: Path, jobs: list[_Job]) -> dict | None:
+    """The settings ``root`` was rendered with: ``render_config.json``, else the
+    ``meta.json`` of a finished object (older writers), else ``None``."""
+    cfg = root / "render_config.json"
+    if cfg.is_file():
+        try:
+            return json.loads(cfg.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"out: could not read {str(cfg)!r} ({err}); pass overwrite=True (--overwrite) to replace it") from err
+    for j in jobs:
+        meta = root / j.name / "meta.json"
+        if is_complete(root / j.name) and meta.is_file():
+            try:
+                m = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                continue
+            return {"settings": m.get("settings", {}), "seed": None}  # per-object seed only
+    return None
+
+
 def _object_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
@@ -368,6 +424,7 @@ def render_dataset(
     seed: int = 0,
     workers: int = 1,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Render every mesh of ``mesh_dir`` (or ``meshes``, or ``num_synthetic`` procedural
     textured objects) into ``out`` in the reference layout.
@@ -383,14 +440,21 @@ def render_dataset(
         categories: procedural categories (default: all of ``SHAPE_CATEGORIES``).
         settings: image size, intrinsics, viewpoints.
         seed: master seed (random viewpoints, procedural objects).
-        workers: processes (spawned); results do not depend on it.
+        workers: processes (spawned, >= 1); results do not depend on it.
         progress: tqdm progress bar.
+        overwrite: render every object again, also into an ``out`` rendered with other
+            settings or seed (objects of the old run that are not rendered now are
+            removed). Without it, such an ``out`` is refused, and one rendered with the
+            same settings is resumed (finished objects are skipped).
 
     Returns:
         ``{"root", "objects", "rendered", "skipped", "failed": [messages]}``.
 
     Raises:
-        ValueError: bad settings, no input, or a missing ``mesh_dir``; nothing is written.
+        ValueError: bad settings (size outside [8, 8192], negative level, ...), ``workers``
+            < 1, ``num_synthetic`` < 0, ``out`` an existing file, no input, a missing
+            ``mesh_dir``: nothing is written. ``out`` rendered with other settings or seed
+            and ``overwrite`` not set: the message names ``out`` and the differences.
 
     Example:
         >>> import tempfile
@@ -402,7 +466,13 @@ def render_dataset(
     from geo3d.datasets.shapes import SHAPE_CATEGORIES
 
     settings.validate()
+    if not (_is_int(workers) and workers >= 1):
+        raise ValueError(f"workers: expected an int >= 1, got {workers!r}")
+    if not (_is_int(num_synthetic) and num_synthetic >= 0):
+        raise ValueError(f"num_synthetic: expected an int >= 0, got {num_synthetic!r}")
     root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"out: expected a folder (existing or new), got the existing file {str(root)!r}")
     jobs: list[_Job] = []
     if mesh_dir is not None:
         md = Path(mesh_dir)
@@ -430,11 +500,35 @@ def render_dataset(
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise ValueError("meshes: expected distinct object names, got duplicates (same stem twice)")
-    root.mkdir(parents=True, exist_ok=True)
+    config = {"settings": asdict(settings), "intrinsics": settings.intrinsics().tolist(), "seed": seed}
+    config = json.loads(json.dumps(config))  # as read back from disk
+    old = _previous_config(root, jobs) if root.is_dir() else None
+    diffs = [] if old is None else _config_differences(old, config)
+    if old is not None and old.get("seed") is None:  # from an object's meta.json: no master seed
+        diffs = [d for d in diffs if not d.startswith("seed:")]
+    if diffs and not overwrite:
+        raise ValueError(
+            f"out: {str(root)!r} was rendered with other settings ({'; '.join(diffs)}); "
+            "re-run with the same settings to resume, choose another OUT, or pass "
+            "overwrite=True (--overwrite) to render every object again"
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"out: could not create the folder {str(root)!r}: {err}") from err
     for leftover in list(root.rglob(".tmp-*")):  # stale folders of an interrupted run
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
-    config = {"settings": asdict(settings), "intrinsics": settings.intrinsics().tolist(), "seed": seed}
+    if overwrite:
+        names = {j.name for j in jobs}
+        listed = root / "objects.txt"
+        stale = [n for n in listed.read_text().splitlines() if n.strip()] if listed.is_file() else []
+        for name in stale + sorted(names):
+            d = root / name
+            if ((name not in names or is_complete(d)) and d.is_dir() and d.resolve() != root.resolve()
+                    and d.resolve().is_relative_to(root.resolve())):
+                shutil.rmtree(d)
+        listed.unlink(missing_ok=True)
     _write_bytes(root / "render_config.json", (json.dumps(config, indent=1) + "\n").encode())
     skipped = sum(is_complete(root / j.name) for j in jobs)
     args = [(j, settings, str(root)) for j in jobs]
@@ -452,7 +546,7 @@ def render_dataset(
     else:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=_ignore_sigint) as pool:
             for r in pool.imap_unordered(_run_job, args):
                 results.append(r)
                 if bar:
