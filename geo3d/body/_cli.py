@@ -27,6 +27,17 @@ def _resolve_model(spec: str):  # noqa: ANN202
     return load_body_model(spec)
 
 
+def _check_out_file(out: Path) -> None:
+    """OUT must be a file name: an existing folder would only fail after the work is done."""
+    if out.is_dir():
+        raise IsADirectoryError(f"OUT: expected a file name, got the existing folder {out}")
+
+
+def _check_int(flag: str, value: int, low: int) -> None:
+    if value < low:
+        raise ValueError(f"{flag}: expected an int >= {low}, got {value}")
+
+
 def _pose_source(args: argparse.Namespace, num: int):  # noqa: ANN202
     import torch
 
@@ -74,6 +85,7 @@ def _make_model(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from geo3d.body import convert_model
 
+    _check_out_file(args.output)
     out = convert_model(args.input, args.output)
     print(f"wrote {out}")
     return 0
@@ -84,6 +96,11 @@ def _motions(args: argparse.Namespace) -> int:
 
     from geo3d.body import extreme_poses, synthetic_motions, write_amass
 
+    _check_int("--num-sequences", args.num_sequences, 1)
+    _check_int("--frames", args.frames, 1)
+    _check_int("--extreme", args.extreme, 0)
+    if args.out.exists() and not args.out.is_dir():
+        raise NotADirectoryError(f"OUT: expected a folder, got the existing file {args.out}")
     g = torch.Generator().manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     kinds = tuple(args.kinds.split(",")) if args.kinds else None
@@ -102,6 +119,8 @@ def _motions(args: argparse.Namespace) -> int:
 
 
 def _scan(args: argparse.Namespace) -> int:
+    import math
+
     import numpy as np
     import torch
 
@@ -114,6 +133,17 @@ def _scan(args: argparse.Namespace) -> int:
     )
     from geo3d.body._safe_io import atomic_save_npz
 
+    _check_out_file(args.out)
+    _check_int("--num", args.num, 1)
+    _check_int("--points", args.points, 1)
+    _check_int("--width", args.width, 1)
+    _check_int("--height", args.height, 1)
+    if not 0 < args.fov < 180:
+        raise ValueError(f"--fov: expected degrees in (0, 180) exclusive, got {args.fov}")
+    if not args.noise >= 0:
+        raise ValueError(f"--noise: expected a non-negative number, got {args.noise}")
+    if not all(math.isfinite(e) for e in args.eye) or not any(args.eye):
+        raise ValueError(f"--eye: expected a finite non-zero offset, got {tuple(args.eye)}")
     model = _resolve_model(args.model)
     poses, trans = _pose_source(args, args.num)
     dt = model.v_template.dtype
@@ -128,6 +158,11 @@ def _scan(args: argparse.Namespace) -> int:
             T = look_at(c + torch.tensor(args.eye, dtype=torch.float64), c)
             s = depth_camera_scan(V, model.faces_tensor, model.lbs_weights, K.to(dt), T.to(dt),
                                   args.width, args.height, depth_noise_std=args.noise, generator=g)  # fmt: skip
+            if s.points.shape[0] == 0:
+                raise ValueError(
+                    f"--eye/--fov: the camera sees no point of body {i} (eye offset "
+                    f"{tuple(args.eye)}, fov {args.fov}); nothing written to {args.out}"
+                )
             arrays[f"depth_{i}"] = s.depth.cpu().numpy()
         else:
             s = sample_surface_scan(V, model.faces_tensor, model.lbs_weights, args.points,
@@ -149,6 +184,8 @@ def _show(args: argparse.Namespace) -> int:
     from geo3d.body import SMPL_PARENTS, part_labels, pose_body
     from geo3d.body._show import render_bodies_png
 
+    _check_out_file(args.out)
+    _check_int("--num", args.num, 1)
     model = _resolve_model(args.model)
     poses, trans = _pose_source(args, args.num)
     dt = model.v_template.dtype
@@ -210,14 +247,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--num", type=int, default=num, help=f"number of poses [{num}]")
         p.add_argument("--seed", type=int, default=0)
 
-    sc = sub.add_parser("scan", help="full or partial (depth camera) scans of posed bodies")
+    sc = sub.add_parser(
+        "scan",
+        help="full or partial (depth camera) scans of posed bodies",
+        description="Full or partial scans of posed bodies, written to one .npz. A partial "
+        "scan in which the camera sees no point of a body is an error (exit 2, nothing "
+        "written): check --eye and --fov.",
+    )
     pose_args(sc, "walking,sitting,reaching,extreme", 4)
     sc.add_argument("--points", type=int, default=5000)
     sc.add_argument("--noise", type=float, default=1e-3, help="noise sigma in metres [0.001]")
     sc.add_argument("--partial", action="store_true", help="virtual depth camera (open3d)")
     sc.add_argument("--width", type=int, default=160)
     sc.add_argument("--height", type=int, default=120)
-    sc.add_argument("--fov", type=float, default=60.0)
+    sc.add_argument(
+        "--fov", type=float, default=60.0, help="vertical field of view, degrees in (0, 180) [60]"
+    )
     sc.add_argument(
         "--eye",
         type=float,

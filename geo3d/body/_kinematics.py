@@ -156,8 +156,35 @@ def _check_rotations(name: str, R: torch.Tensor, J: int | None = None) -> None:
         raise ValueError(f"{name}: expected shape {want}, got {tuple(R.shape)}")
     if not R.is_floating_point():
         raise ValueError(f"{name}: expected a floating tensor, got {R.dtype}")
-    if not torch.isfinite(R).all():
+    from geo3d.rotations._checks import values_enabled
+
+    if values_enabled() and not torch.isfinite(R).all():
         raise ValueError(f"{name}: expected finite values, got NaN or inf")
+
+
+def check_rotation_values(name: str, R: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming ``name`` unless every ``R (..., 3, 3)`` is a rotation:
+    ``max|RᵀR - I| <= max(1e-5, 1000 eps)`` of its dtype and ``det R > 0``.
+
+    Skipped while tracing (``torch.compile``, ``torch.func``) or with the value checks of
+    :mod:`geo3d.rotations` off, as the rotation functions do.
+    """
+    from geo3d.rotations._checks import values_enabled
+
+    if not values_enabled() or R.numel() == 0:
+        return
+    Rd = R.detach()
+    tol = max(1e-5, 1000 * torch.finfo(R.dtype).eps)
+    eye = torch.eye(3, dtype=R.dtype, device=R.device)
+    err = (Rd.transpose(-1, -2) @ Rd - eye).abs().amax(dim=(-1, -2))
+    det = torch.linalg.det(Rd)
+    bad = (err > tol) | ~(det > 0)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{name}: expected rotation matrices (RᵀR = I to {tol:.0e}, det > 0), got "
+            f"{int(bad.sum())} that are not (max |RᵀR - I| = {float(err.max()):.3g}, "
+            f"min det = {float(det.min()):.3g})"
+        )
 
 
 def local_to_global(
@@ -175,7 +202,8 @@ def local_to_global(
         Global rotations, shape :math:`(*, J, 3, 3)`.
 
     Raises:
-        ValueError: bad shapes, non-finite values or an invalid tree.
+        ValueError: bad shapes, non-finite values, matrices that are not rotations
+            (see :func:`check_rotation_values`) or an invalid tree.
 
     Example:
         >>> R = torch.eye(3).expand(24, 3, 3)
@@ -184,6 +212,7 @@ def local_to_global(
     """
     p = check_parents(parents)
     _check_rotations("local_rotations", local_rotations, len(p))
+    check_rotation_values("local_rotations", local_rotations)
     out: list[torch.Tensor | None] = [None] * len(p)
     for j in _topological_order(p):
         q = p[j]
@@ -204,7 +233,8 @@ def global_to_local(
         Local rotations, shape :math:`(*, J, 3, 3)`.
 
     Raises:
-        ValueError: bad shapes, non-finite values or an invalid tree.
+        ValueError: bad shapes, non-finite values, matrices that are not rotations
+            (see :func:`check_rotation_values`) or an invalid tree.
 
     Example:
         >>> G = torch.eye(3).expand(24, 3, 3)
@@ -213,6 +243,7 @@ def global_to_local(
     """
     p = check_parents(parents)
     _check_rotations("global_rotations", global_rotations, len(p))
+    check_rotation_values("global_rotations", global_rotations)
     idx = torch.tensor([max(q, 0) for q in p], device=global_rotations.device)
     parent_R = global_rotations.index_select(-3, idx)
     local = parent_R.transpose(-1, -2) @ global_rotations
@@ -258,7 +289,8 @@ def forward_kinematics(
         :class:`FKOutput` ``(global_rotations, joints, transforms)``.
 
     Raises:
-        ValueError: bad shapes, non-finite values or an invalid tree.
+        ValueError: bad shapes, non-finite values, matrices that are not rotations
+            (see :func:`check_rotation_values`) or an invalid tree.
 
     Reference: SMPL (Loper et al. 2015, DOI 10.1145/2816795.2818013) eq. 4;
     ``smplx.lbs.batch_rigid_transform``.
@@ -273,6 +305,7 @@ def forward_kinematics(
     p = check_parents(parents)
     J = len(p)
     _check_rotations("local_rotations", local_rotations, J)
+    check_rotation_values("local_rotations", local_rotations)
     if not isinstance(rest_joints, torch.Tensor):
         raise ValueError(f"rest_joints: expected a tensor, got {type(rest_joints).__name__}")
     if rest_joints.dim() < 2 or rest_joints.shape[-2:] != (J, 3):

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geo3d.body._kinematics import check_parents
+from geo3d.body._kinematics import check_parents, check_rotation_values
 from geo3d.body._safe_io import atomic_save_npz, read_model_file
 
 __all__ = [
@@ -289,7 +289,7 @@ def load_body_model(
     *,
     model_type: str | None = None,
     gender: str = "neutral",
-    num_betas: int = 10,
+    num_betas: int | None = None,
     batch_size: int = 1,
     dtype: torch.dtype = torch.float32,
     **kwargs: Any,
@@ -304,7 +304,9 @@ def load_body_model(
         path: a ``.pkl``/``.npz`` file or a folder in smplx's layout.
         model_type: ``"smpl"``, ``"smplh"`` or ``"smplx"`` (default: inferred).
         gender: ``"neutral"``, ``"female"`` or ``"male"`` (folder lookup and smplx's label).
-        num_betas: shape components used (at most those in the file).
+        num_betas: shape components used; ``None`` (default): 10, or all of the file's if
+            it has fewer. Asking for more than the file holds raises ``ValueError`` (it used
+            to give the file's number silently).
         batch_size: smplx's default batch size for its own parameters.
         dtype: float dtype of the model buffers.
         **kwargs: passed to the smplx constructor. For SMPL+H and SMPL-X the defaults here
@@ -317,7 +319,8 @@ def load_body_model(
         FileNotFoundError: the file is missing (message: expected files, where to get them,
             folder layout).
         UnsafePickleError: the file holds a global outside the allow-list.
-        ValueError: keys or shapes do not fit the layout, or a bad argument.
+        ValueError: keys or shapes do not fit the layout, or a bad argument (``num_betas``
+            above the file's shape components included).
 
     Example:
         >>> import tempfile, os
@@ -330,8 +333,10 @@ def load_body_model(
     import smplx
     from smplx.utils import Struct
 
-    if not isinstance(num_betas, int) or isinstance(num_betas, bool) or num_betas < 1:
-        raise ValueError(f"num_betas: expected a positive int, got {num_betas!r}")
+    if num_betas is not None and (
+        not isinstance(num_betas, int) or isinstance(num_betas, bool) or num_betas < 1
+    ):
+        raise ValueError(f"num_betas: expected a positive int or None, got {num_betas!r}")
     file = find_model_file(path, model_type, gender)
     data = read_model_file(file)
     req = validate_model_dict(data, str(file))
@@ -344,7 +349,11 @@ def load_body_model(
             f"joints for model_type {mtype or '(inferred)'}, got {J}"
         )
     B = req["shapedirs"].shape[2]
-    nb = min(num_betas, B)
+    if num_betas is not None and num_betas > B:
+        raise ValueError(
+            f"num_betas: expected at most the {B} shape components of {file}, got {num_betas}"
+        )
+    nb = min(10, B) if num_betas is None else num_betas
     merged = {k: v for k, v in data.items()}
     merged.update(req)
     common = dict(gender=gender, num_betas=nb, batch_size=batch_size, dtype=dtype)
@@ -421,7 +430,10 @@ def pose_body(
         smplx's output (``vertices (B, V, 3)``, ``joints``, ...).
 
     Raises:
-        ValueError: a wrong shape or non-finite value, naming ``pose``/``betas``/``trans``.
+        ValueError: a wrong shape or non-finite value, naming ``pose``/``betas``/``trans``;
+            an empty batch (``B = 0``); rotation matrices that are not rotations
+            (``|RᵀR - I| > tol`` or ``det <= 0``; skipped while tracing or with the value
+            checks of :mod:`geo3d.rotations` off).
 
     Example:
         >>> import tempfile, os
@@ -436,11 +448,16 @@ def pose_body(
         raise ValueError(f"pose: expected a tensor, got {type(pose).__name__}")
     if pose.dim() == 4:
         pose = _check("pose", pose, (None, J, 3, 3), dt, dev)
+        check_rotation_values("pose", pose)
         rotmat = True
     else:
         pose = _check("pose", pose, (None, 3 * J), dt, dev)
         rotmat = False
     B = pose.shape[0]
+    if B == 0:
+        raise ValueError(
+            f"pose: expected a batch of at least one pose, got shape {tuple(pose.shape)}"
+        )
     nb = model.num_betas
     if betas is None:
         betas = torch.zeros(B, nb, dtype=dt, device=dev)

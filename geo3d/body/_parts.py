@@ -47,6 +47,24 @@ def _check_weights(weights: torch.Tensor) -> None:
         )
     if not torch.isfinite(weights).all():
         raise ValueError("weights: expected finite values, got NaN or inf")
+    check_partition_of_unity(weights)
+
+
+def check_partition_of_unity(weights: torch.Tensor, name: str = "weights") -> None:
+    """Raise ``ValueError`` naming ``name`` unless the rows of ``weights (..., N, J)`` are
+    skinning weights: non-negative (to -1e-6) and summing to 1 (to 1e-3). Catches weights
+    with columns cut off (``w[:, :5]``), logits, and tensors that are not weights at all."""
+    if weights.numel() == 0:
+        return
+    w = weights.detach()
+    total = w.sum(-1)
+    err = float((total - 1).abs().max())
+    low = float(w.min())
+    if err > 1e-3 or low < -1e-6:
+        raise ValueError(
+            f"{name}: expected skinning weights (rows >= 0 summing to 1 over all "
+            f"{w.shape[-1]} joints), got max |row sum - 1| = {err:.3g}, min = {low:.3g}"
+        )
 
 
 def part_labels(weights: torch.Tensor) -> torch.Tensor:

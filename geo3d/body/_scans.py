@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from geo3d.body._parts import _argmax_first, _arteq_unchecked
+from geo3d.body._parts import _argmax_first, _arteq_unchecked, check_partition_of_unity
 
 __all__ = ["BodyScan", "sample_surface_scan", "depth_camera_scan", "look_at", "pinhole_intrinsics"]
 
@@ -74,6 +74,9 @@ def _check_mesh(vertices: torch.Tensor, faces: torch.Tensor, weights: torch.Tens
         raise ValueError(
             f"weights: expected shape ({V}, J), got {tuple(getattr(weights, 'shape', ()))}"
         )
+    if not weights.is_floating_point() or not torch.isfinite(weights).all():
+        raise ValueError("weights: expected finite floating values, got NaN/inf or integers")
+    check_partition_of_unity(weights)
 
 
 def _finish(
@@ -114,7 +117,8 @@ def sample_surface_scan(
         :class:`BodyScan` (``pixels``/``depth`` ``None``).
 
     Raises:
-        ValueError: bad shapes, indices, ``num_points`` or ``noise_std``.
+        ValueError: bad shapes, indices, ``num_points`` or ``noise_std``; ``weights`` whose
+            rows are not skinning weights (negative, or not summing to 1 over the joints).
 
     Example:
         >>> from geo3d.body import tiny_body_dict
@@ -155,10 +159,26 @@ def pinhole_intrinsics(
 ) -> torch.Tensor:
     """A 3x3 pinhole ``K`` with square pixels, principal point at the image centre.
 
+    Args:
+        width, height: image size in pixels (positive ints).
+        fov_y_deg: vertical field of view in degrees, in (0, 180) exclusive.
+        dtype: of the result.
+
+    Returns:
+        :math:`(3, 3)` ``K`` with ``f = height / (2 tan(fov / 2))``.
+
+    Raises:
+        ValueError: ``width``/``height`` not positive ints, ``fov_y_deg`` outside (0, 180).
+
     Example:
         >>> pinhole_intrinsics(640, 480, 90.0)[1, 1].item()
         240.00000000000003
     """
+    for name, n in (("width", width), ("height", height)):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"{name}: expected a positive int, got {n!r}")
+    if not (isinstance(fov_y_deg, (int, float)) and 0 < fov_y_deg < 180):
+        raise ValueError(f"fov_y_deg: expected degrees in (0, 180) exclusive, got {fov_y_deg!r}")
     f = 0.5 * height / math.tan(math.radians(fov_y_deg) / 2)
     return torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=dtype)
 
@@ -203,6 +223,32 @@ def look_at(
     return T
 
 
+def _check_camera(intrinsics: torch.Tensor, cam_to_world: torch.Tensor) -> None:
+    """``K`` upper triangular with ``fx, fy > 0`` and last row ``(0, 0, 1)`` (no mirrored
+    or singular camera); ``cam_to_world`` rigid: a rotation (orthonormal to 1e-5,
+    ``det = +1``, so no scale or mirror) and last row ``(0, 0, 0, 1)``."""
+    K = intrinsics.detach().cpu().double()
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise ValueError(
+            f"intrinsics: expected K with fx > 0 and fy > 0, got fx = {float(K[0, 0]):.6g}, "
+            f"fy = {float(K[1, 1]):.6g} (a zero focal length is singular, a negative one mirrors)"
+        )
+    if K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0 or K[2, 2] != 1:
+        raise ValueError(
+            f"intrinsics: expected an upper-triangular K with last row (0, 0, 1), got {K.tolist()}"
+        )
+    T = cam_to_world.detach().cpu().double()
+    R = T[:3, :3]
+    err = float((R.T @ R - torch.eye(3, dtype=torch.float64)).abs().max())
+    det = float(torch.linalg.det(R))
+    if err > 1e-5 or det <= 0 or T[3].tolist() != [0.0, 0.0, 0.0, 1.0]:
+        raise ValueError(
+            "cam_to_world: expected a rigid transform (rotation block orthonormal with "
+            f"det = +1, last row (0, 0, 0, 1)), got max |RᵀR - I| = {err:.3g}, det = {det:.6g}, "
+            f"last row {T[3].tolist()}"
+        )
+
+
 def depth_camera_scan(
     vertices: torch.Tensor,
     faces: torch.Tensor,
@@ -235,7 +281,10 @@ def depth_camera_scan(
         :class:`BodyScan` with ``pixels (N, 2)`` and ``depth (H, W)`` (``inf`` = no hit).
 
     Raises:
-        ValueError: bad shapes; ImportError: open3d missing (``pip install geo3d[o3d]``).
+        ValueError: bad shapes; weights whose rows are not skinning weights; ``intrinsics``
+            with ``fx <= 0``/``fy <= 0`` (singular or mirrored) or not upper triangular;
+            ``cam_to_world`` not rigid (scaled, sheared or mirrored).
+        ImportError: open3d missing (``pip install geo3d[o3d]``).
     """
     _check_mesh(vertices, faces, weights)
     for name, x, shape in (
@@ -250,6 +299,7 @@ def depth_camera_scan(
             raise ValueError(
                 f"{name}: expected a finite tensor of shape {shape}, got {tuple(getattr(x, 'shape', ()))}"
             )
+    _check_camera(intrinsics, cam_to_world)
     for name, n in (("width", width), ("height", height)):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"{name}: expected a positive int, got {n!r}")
