@@ -102,8 +102,8 @@ class Renderer:
         if light.shape != (3,) or not np.isfinite(light).all() or np.linalg.norm(light) == 0:
             raise ValueError(f"light_dir: expected a non-zero finite (3,) direction, got {light_dir!r}")
         bg = np.asarray(background, dtype=np.float64).reshape(-1)
-        if bg.shape != (3,):
-            raise ValueError(f"background: expected an RGB triple, got {background!r}")
+        if bg.shape != (3,) or not np.isfinite(bg).all():
+            raise ValueError(f"background: expected a finite RGB triple, got {background!r}")
         self.ambient, self.diffuse = float(ambient), float(diffuse)
         self.light_dir = light / np.linalg.norm(light)
         self.background = bg

@@ -274,6 +274,10 @@ class TestBadInput:
             as_render_mesh(np.zeros((3, 3)), np.array([[0, 1, 5]]))  # index out of range
         with pytest.raises(ValueError, match="mesh"):
             Renderer("/nonexistent/file.obj")
+        with pytest.raises(ValueError, match="background"):
+            Renderer(_quad(), background=(0.0, float("nan"), 0.0))
+        with pytest.raises(ValueError, match="ambient"):
+            Renderer(_quad(), ambient=float("nan"))
         with pytest.raises(ValueError, match="vertex_colors"):
             as_render_mesh(_quad(), vertex_colors=np.full((4, 3), np.nan))
         with pytest.raises(ValueError, match="color_fn"):
