@@ -300,6 +300,13 @@ class TestBadInput:
             intrinsics_matrix(-1.0)
         with pytest.raises(ValueError, match="world_to_cam"):
             r.render(K, 2 * T, (8, 8))  # not rigid
+        bad = T.clone()
+        bad[3, 0], bad[3, 3] = 1.0, 5.0  # rotation block fine, bottom row not [0, 0, 0, 1]
+        with pytest.raises(ValueError, match="world_to_cam: .*bottom row"):
+            r.render(K, bad, (8, 8))
+        refl = T @ torch.diag(torch.tensor([1.0, 1.0, -1.0, 1.0], dtype=T.dtype))
+        with pytest.raises(ValueError, match="world_to_cam: .*determinant"):
+            r.render(K, refl, (8, 8))
         with pytest.raises(ValueError, match="world_to_cam"):
             r.render(K, T[:2], (8, 8))
         with pytest.raises(ValueError, match="size"):
