@@ -428,7 +428,10 @@ def anny_smpl_model_path(
 
     Raises:
         ImportError: anny is not installed (``pip install 'geo3d[body]'``).
+        IsADirectoryError: ``out`` is an existing folder (checked before building).
     """
+    if out is not None and Path(out).is_dir():
+        raise IsADirectoryError(f"out: expected a file name, got the existing folder {out}")
     params = {"num_betas": num_betas, "num_samples": num_samples, "seed": seed}
     cache = _cache_root() / f"anny_smpl_{_content_key(params)}.npz"
     if rebuild or not cache.is_file():

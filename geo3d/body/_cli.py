@@ -73,6 +73,8 @@ def _make_model(args: argparse.Namespace) -> int:
 
     from geo3d.body._anny import anny_smpl_model_path
 
+    _check_out_file(args.out)
+    _check_int("--num-betas", args.num_betas, 1)
     t = time.perf_counter()
     out = anny_smpl_model_path(
         args.out, num_betas=args.num_betas, num_samples=args.num_samples, seed=args.seed,

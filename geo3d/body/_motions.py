@@ -275,9 +275,9 @@ def _uniform(
     return lo + (hi - lo) * torch.rand(*shape, generator=generator, dtype=torch.float64)
 
 
-def _check_frames(num_frames: int) -> None:
+def _check_frames(num_frames: int, name: str = "num_frames") -> None:
     if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
-        raise ValueError(f"num_frames: expected a positive int, got {num_frames!r}")
+        raise ValueError(f"{name}: expected a positive int, got {num_frames!r}")
 
 
 def synthetic_motion(
@@ -466,7 +466,7 @@ def extreme_poses(
         >>> m.poses.shape
         torch.Size([4, 72])
     """
-    _check_frames(num_poses)
+    _check_frames(num_poses, "num_poses")
     if not 0.0 <= margin <= 0.5:
         raise ValueError(f"margin: expected a value in [0, 0.5], got {margin}")
     if not 0.0 <= fraction_at_limit <= 1.0:

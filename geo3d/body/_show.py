@@ -49,7 +49,8 @@ def render_bodies_png(
         The PNG path.
 
     Raises:
-        ValueError: mismatched shapes.
+        ValueError: mismatched shapes or no body (``B = 0``).
+        IsADirectoryError: ``path`` is an existing folder.
     """
     import matplotlib
 
@@ -57,8 +58,12 @@ def render_bodies_png(
     import matplotlib.pyplot as plt
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-    if vertices.dim() != 3 or vertices.shape[-1] != 3:
-        raise ValueError(f"vertices: expected shape (B, V, 3), got {tuple(vertices.shape)}")
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"path: expected a file name, got the existing folder {path}")
+    if vertices.dim() != 3 or vertices.shape[-1] != 3 or vertices.shape[0] < 1:
+        raise ValueError(
+            f"vertices: expected shape (B, V, 3) with B >= 1, got {tuple(vertices.shape)}"
+        )
     if labels.shape != (vertices.shape[1],):
         raise ValueError(
             f"labels: expected shape ({vertices.shape[1]},), got {tuple(labels.shape)}"

@@ -249,3 +249,37 @@ def test_cli_show_num_zero(tmp_path, capsys):
     """Bug caught: --num 0 gave 'torch.cat(): expected a non-empty list'."""
     line = _cli_error(capsys, ["body", "show", "tiny", str(tmp_path / "x.png"), "--num", "0"])
     assert line.startswith("geo3d: error: --num")
+
+
+def test_library_writers_refuse_an_existing_folder(tmp_path, mesh):
+    """Bug caught: writers raised IsADirectoryError naming their temp file, after the work."""
+    from geo3d.body import extreme_poses, write_amass
+    from geo3d.body._anny import anny_smpl_model_path
+    from geo3d.body._show import render_bodies_png
+
+    d = tmp_path / "dir"
+    d.mkdir()
+    with pytest.raises(IsADirectoryError, match=f"path: .*{d.name}"):
+        write_amass(d, extreme_poses(1, generator=torch.Generator().manual_seed(0)))
+    v, f, w = mesh
+    with pytest.raises(IsADirectoryError, match=f"path: .*{d.name}"):
+        render_bodies_png(d, v[None], f, w.argmax(-1))
+    # checked before the (minutes-long) Anny build starts, anny installed or not
+    with pytest.raises(IsADirectoryError, match=f"out: .*{d.name}"):
+        anny_smpl_model_path(d, rebuild=True)
+    assert list(d.iterdir()) == []
+    with pytest.raises(ValueError, match="vertices: expected shape"):
+        render_bodies_png(tmp_path / "x.png", v[None][:0], f, w.argmax(-1))
+
+
+def test_extreme_poses_names_num_poses():
+    """Bug caught: extreme_poses(-1) said 'num_frames' (and so did `--extreme -1`)."""
+    from geo3d.body import extreme_poses
+
+    with pytest.raises(ValueError, match="num_poses: expected a positive int"):
+        extreme_poses(-1)
+
+
+def test_cli_make_model_out_folder(tmp_path, capsys):
+    line = _cli_error(capsys, ["body", "make-model", str(tmp_path)])
+    assert "OUT" in line and str(tmp_path) in line
