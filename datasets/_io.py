@@ -71,6 +71,81 @@ def _suffix(path: str | os.PathLike) -> str:
     return Path(path).suffix.lower()
 
 
+_PCD_SIZES = {("F", 4), ("F", 8), ("I", 1), ("I", 2), ("I", 4), ("I", 8),
+              ("U", 1), ("U", 2), ("U", 4), ("U", 8)}
+
+
+def _check_pcd_layout(path: Path) -> None:
+    """Parse a PCD header and check the body against it: ``POINTS`` rows of ``ascii``
+    data (blank lines ignored) or ``POINTS * sum(SIZE * COUNT)`` bytes of ``binary``
+    data. open3d fills missing rows with zeros/garbage and only warns, so a truncated
+    file would otherwise be read as data. (``binary_compressed`` stores its own sizes;
+    open3d checks those.)
+
+    Raises:
+        PointCloudReadError: a header that does not parse, or a body whose row/byte count
+            differs from the header's.
+    """
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    fields: dict[str, list[str]] = {}
+    pos = 0
+    data_kind = None
+    while pos < len(raw):
+        nl = raw.find(b"\n", pos)
+        end = len(raw) if nl < 0 else nl
+        line = raw[pos:end].decode("ascii", "replace").strip()
+        pos = end + 1
+        if not line or line.startswith("#"):
+            continue
+        key, *vals = line.split()
+        fields[key.upper()] = vals
+        if key.upper() == "DATA":
+            data_kind = vals[0].lower() if vals else ""
+            break
+    if data_kind is None:
+        raise PointCloudReadError(path, "PCD header has no DATA line (not a PCD file, or "
+                                        "the header is truncated)")
+    try:
+        npoints = int(fields["POINTS"][0]) if "POINTS" in fields else \
+            int(fields["WIDTH"][0]) * int(fields.get("HEIGHT", ["1"])[0])
+        names = fields["FIELDS"]
+        sizes = [int(v) for v in fields["SIZE"]]
+        types = [v.upper() for v in fields["TYPE"]]
+        counts = [int(v) for v in fields["COUNT"]] if "COUNT" in fields else [1] * len(names)
+    except (KeyError, IndexError, ValueError) as err:
+        raise PointCloudReadError(path, f"PCD header does not parse "
+                                        f"({type(err).__name__}: {err})") from err
+    if npoints < 0 or not (len(names) == len(sizes) == len(types) == len(counts)) or \
+            any((t, sz) not in _PCD_SIZES for t, sz in zip(types, sizes, strict=True)):
+        raise PointCloudReadError(path, f"PCD header is inconsistent (POINTS {npoints}, "
+                                        f"FIELDS {names}, SIZE {sizes}, TYPE {types}, "
+                                        f"COUNT {counts})")
+    body = raw[pos:]
+    if data_kind == "ascii":
+        lines = [ln for ln in body.splitlines() if ln.strip()]
+        if len(lines) != npoints:
+            raise PointCloudReadError(path, f"header says POINTS {npoints}, but "
+                                            f"{len(lines)} data row(s) follow (truncated "
+                                            f"file?)")
+        ncol = sum(counts)
+        try:  # open3d reads unparsable tokens as 0 without a word
+            arr = np.loadtxt(lines, ndmin=2, dtype=np.float64) if lines else \
+                np.zeros((0, ncol))
+        except ValueError as err:
+            raise PointCloudReadError(path, f"ascii data does not parse as numbers "
+                                            f"({err})") from err
+        if arr.shape[1] != ncol:
+            raise PointCloudReadError(path, f"header declares {ncol} value(s) per row, "
+                                            f"the data rows hold {arr.shape[1]}")
+    elif data_kind == "binary":
+        need = npoints * sum(s * c for s, c in zip(sizes, counts, strict=True))
+        if len(body) < need:
+            raise PointCloudReadError(path, f"header says POINTS {npoints} ({need} bytes "
+                                            f"of binary data), but only {len(body)} bytes "
+                                            f"follow (truncated file?)")
+    elif data_kind != "binary_compressed":
+        raise PointCloudReadError(path, f"PCD header: unknown DATA {data_kind!r}")
 
 
 # --------------------------------------------------------------------------- meshes
@@ -131,10 +206,16 @@ def load_mesh_tensors(
 
     Returns:
         ``vertices`` of shape :math:`(V, 3)` in ``dtype`` and ``faces`` :math:`(F, 3)` long.
+
+    Raises:
+        MeshReadError: as :func:`load_mesh`, or vertices that overflow ``dtype``.
     """
     mesh = load_mesh(path)
-    return (torch.as_tensor(np.array(mesh.vertices), dtype=dtype),
-            torch.as_tensor(np.array(mesh.faces), dtype=torch.long))
+    vertices = torch.as_tensor(np.array(mesh.vertices), dtype=dtype)
+    if not bool(torch.isfinite(vertices).all()):  # e.g. 1e39 overflows float32
+        raise MeshReadError(path, f"vertices are not finite in {dtype} (values beyond "
+                                  f"its range)")
+    return vertices, torch.as_tensor(np.array(mesh.faces), dtype=torch.long)
 
 
 def save_mesh(
@@ -200,10 +281,12 @@ def load_point_cloud(
     Raises:
         FileNotFoundError: the file does not exist.
         PointCloudReadError: the file is empty (0 bytes), cannot be parsed (garbage,
-            truncated binary data; open3d only warns, its empty result is caught here),
-            holds no points, or holds non-finite coordinates or normals. The message
-            names the file. (A text file cut at a line boundary is indistinguishable from
-            a shorter valid file and is read as such.)
+            truncated data; open3d only warns, so a PCD's header is parsed here and
+            its ``POINTS`` checked against the ascii rows / binary bytes that follow),
+            holds no points, or holds coordinates or normals that are non-finite after
+            the cast to ``dtype`` (1e39 is finite in float64, inf in float32). The
+            message names the file. (An XYZ text file cut at a line boundary is
+            indistinguishable from a shorter valid file and is read as such.)
         ValueError: an unsupported extension.
 
     Example:
@@ -228,6 +311,7 @@ def load_point_cloud(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numpy/trimesh warnings become the error below
             if ext == ".pcd":
+                _check_pcd_layout(path)
                 o3d = _import_open3d()
                 pcd = o3d.io.read_point_cloud(str(path))
                 pts = np.asarray(pcd.points, dtype=np.float64)
@@ -264,15 +348,17 @@ def load_point_cloud(
     pts = np.asarray(pts, dtype=np.float64).reshape(-1, 3)
     if len(pts) == 0:
         raise PointCloudReadError(path, "the file holds no points")
-    bad = ~np.isfinite(pts).all(axis=1)
-    if bad.any():
-        raise PointCloudReadError(path, f"{int(bad.sum())} point(s) with non-finite "
-                                        f"coordinates (first: row {int(np.argmax(bad))})")
-    if normals is not None and not np.isfinite(normals).all():
-        raise PointCloudReadError(path, "non-finite normals")
+    # check after the cast: values finite in float64 may overflow to inf in ``dtype``
     pts_t = torch.as_tensor(np.ascontiguousarray(pts), dtype=dtype)
+    bad = ~torch.isfinite(pts_t).all(dim=1)
+    if bool(bad.any()):
+        raise PointCloudReadError(path, f"{int(bad.sum())} point(s) with non-finite "
+                                        f"coordinates in {dtype} (first: row "
+                                        f"{int(bad.float().argmax())})")
     nrm_t = None if normals is None else torch.as_tensor(np.ascontiguousarray(normals),
                                                          dtype=dtype)
+    if nrm_t is not None and not bool(torch.isfinite(nrm_t).all()):
+        raise PointCloudReadError(path, "non-finite normals")
     return pts_t, nrm_t
 
 

@@ -237,6 +237,78 @@ class TestUnreadableFiles:
             load_point_cloud(tmp_path / "n.xyz")
 
 
+_PCD_HEAD = ("# .PCD v0.7\nVERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\n"
+             "WIDTH 10\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS 10\n")
+
+
+class TestPcdLayout:
+    """open3d reads a PCD whose body is shorter than its header says as POINTS rows, the
+    missing ones zeros or garbage (only a warning): the header is checked here."""
+
+    @pytest.mark.parametrize("rows", [2, 9, 11])
+    def test_ascii_row_count_differs_from_header(self, tmp_path, rows, open3d_module):
+        path = tmp_path / "t.pcd"
+        path.write_text(_PCD_HEAD + "DATA ascii\n" + "1 1 1\n" * rows)
+        with pytest.raises(PointCloudReadError,
+                           match=rf"t\.pcd.*POINTS 10, but {rows} data row") as e:
+            load_point_cloud(path)
+        assert e.value.path == str(path)
+
+    def test_ascii_exact_rows_read(self, tmp_path, open3d_module):
+        path = tmp_path / "t.pcd"
+        rows = np.arange(30, dtype=np.float64).reshape(10, 3) / 4  # exact in float32
+        path.write_text(_PCD_HEAD + "DATA ascii\n" +
+                        "".join(" ".join(repr(float(v)) for v in r) + "\n" for r in rows) + "\n")
+        pts, _ = load_point_cloud(path, dtype=torch.float64)
+        assert torch.equal(pts, torch.from_numpy(rows))
+
+    @pytest.mark.parametrize("row", ["1 1", "1 x 1", "np.float64(1.0) 1 1"])
+    def test_ascii_row_that_does_not_parse(self, tmp_path, row, open3d_module):
+        # open3d reads these as zeros (or shifts columns) without an error
+        path = tmp_path / "t.pcd"
+        path.write_text(_PCD_HEAD + "DATA ascii\n" + "1 1 1\n" * 9 + row + "\n")
+        with pytest.raises(PointCloudReadError, match=r"t\.pcd.*(parse|value\(s\) per row)"):
+            load_point_cloud(path)
+
+    def test_binary_bytes_short_of_header(self, tmp_path, open3d_module):
+        body = np.arange(30, dtype="<f4").tobytes()
+        full, cut = tmp_path / "full.pcd", tmp_path / "cut.pcd"
+        full.write_bytes(_PCD_HEAD.encode() + b"DATA binary\n" + body)
+        cut.write_bytes(_PCD_HEAD.encode() + b"DATA binary\n" + body[:-4])
+        assert torch.equal(load_point_cloud(full)[0], torch.arange(30.0).reshape(10, 3))
+        with pytest.raises(PointCloudReadError,
+                           match=r"cut\.pcd.*120 bytes.*only 116 bytes"):
+            load_point_cloud(cut)
+
+    def test_header_without_data_line(self, tmp_path, open3d_module):
+        path = tmp_path / "h.pcd"
+        path.write_text(_PCD_HEAD)
+        with pytest.raises(PointCloudReadError, match=r"h\.pcd.*no DATA line"):
+            load_point_cloud(path)
+
+
+class TestFiniteAfterCast:
+    """Kind: every reader that casts checks finiteness after the cast (3e38 < 1e39:
+    finite in float64, inf in float32)."""
+
+    def test_load_point_cloud_overflow(self, tmp_path):
+        path = tmp_path / "big.xyz"
+        path.write_text("0 0 0\n1e39 0 0\n0 1 0\n")
+        with pytest.raises(PointCloudReadError, match=r"big\.xyz.*non-finite.*row 1"):
+            load_point_cloud(path)  # float32 default
+        pts, _ = load_point_cloud(path, dtype=torch.float64)
+        assert pts[1, 0].item() == 1e39
+
+    def test_load_mesh_tensors_overflow(self, tmp_path):
+        box = _box()
+        v = np.array(box.vertices) * 1e39
+        save_mesh(tmp_path / "big.obj", vertices=v, faces=np.array(box.faces))
+        with pytest.raises(MeshReadError, match=r"big\.obj.*not finite in torch\.float32"):
+            load_mesh_tensors(tmp_path / "big.obj", dtype=torch.float32)
+        v64, _ = load_mesh_tensors(tmp_path / "big.obj")
+        assert torch.equal(v64, torch.from_numpy(v))
+
+
 class TestSampleSurface:
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     def test_points_on_surface_with_face_normals(self, dtype, generator):
