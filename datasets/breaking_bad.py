@@ -480,6 +480,16 @@ class BreakingBad(SharedEpoch, Dataset):
         rot_p[:num] = rot.to(f32)
         trans_p = torch.zeros(P, 3, dtype=f32)
         trans_p[:num] = trans.to(f32)
+        bad = ~(torch.isfinite(points[:num]).flatten(1).all(1)
+                & torch.isfinite(trans_p[:num]).all(1))
+        if bool(bad.any()):  # checked after the cast: finite float64 may overflow float32
+            j = int(bad.float().argmax())
+            src = int(order[j]) if self.shuffle_parts else j
+            raise MeshReadError(pieces[src], f"piece {src} of {name}: coordinates overflow "
+                                             f"float32")
+        if not bool(torch.isfinite(center.to(f32)).all() & torch.isfinite(scale.to(f32))):
+            raise MeshReadError(pieces[0], f"object {name}: its centre/scale overflow "
+                                           f"float32")
         valid = torch.zeros(P, dtype=torch.bool)
         valid[:num] = True
         parts = name.split("/")

@@ -470,3 +470,20 @@ class TestLargeCoordinates:
         # a second pass reads the float64 cache and gives the same items
         kw = dict(max_parts=4, num_points=64, seed=0)
         assert torch.equal(BreakingBad(far, **kw)[0]["points"], BreakingBad(far, **kw)[0]["points"])
+
+    def test_coordinates_that_overflow_float32_name_the_piece(self, tmp_path, layout):
+        """Kind: checked after the cast. Pieces at 1e39 are finite in float64 (the
+        sampling and the per-part centring run there) but the float32 translations are
+        inf: an error naming the piece file, not inf ground truth."""
+        root = layout.write_layout(tmp_path / "huge", shift=(1e39, 0.0, 0.0))
+        ds = BreakingBad(root, max_parts=4, num_points=16, seed=0, normalize=False,
+                         strict=True)
+        with pytest.raises(BreakingBadError, match=r"piece_0\.obj.*piece 0 of .*overflow "
+                                                   r"float32"):
+            ds[0]
+        with pytest.raises(BreakingBadError, match=r"piece_0\.obj.*centre/scale overflow"):
+            BreakingBad(root, max_parts=4, num_points=16, seed=0, normalize=True,
+                        strict=True)[0]
+        near = layout.write_layout(tmp_path / "near", shift=(1e30, 0.0, 0.0))  # fits float32
+        assert torch.isfinite(BreakingBad(near, max_parts=4, num_points=16, seed=0,
+                                          normalize=False)[0]["trans"]).all()
