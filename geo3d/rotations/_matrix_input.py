@@ -2,16 +2,27 @@
 
 Policy (documented in :mod:`geo3d.rotations`): with value checks on, non-finite input or
 ``det <= 0`` raises ``ValueError``; any ``det > 0`` matrix is read as its nearest rotation
-(:func:`project_to_so3`, like scipy >= 1.15 ``Rotation.from_matrix``); matrices that are
-already orthonormal to 64 float32 ulps (7.6e-6) skip the projection. With value checks
+(:func:`project_to_so3`, like scipy >= 1.15 ``Rotation.from_matrix``). With value checks
 off or while tracing (``torch.compile``, ``torch.func``) no data-dependent branch runs
 and the input is assumed to be a rotation.
 
-Derivatives: within the tolerance the reading is the plain formula and so is its
-derivative (as before the policy); outside it, the derivative is that of
-``f(project_to_so3(M))``. The tolerance (7.6e-6) is above the 1e-6 steps of
-finite-difference checks, so both agree with autograd on either side; the reading jumps
-by O(tolerance) across its edge.
+Cost tiers, by ``err = max|RᵀR - I|`` (skipping must change a result by no more than
+rounding: reading a matrix off by ``err`` as if it were a rotation moves the result by
+O(err), so the skip tolerance is ``64 eps(dtype)``):
+
+* ``err <= 64 eps(dtype)`` (7.6e-6 float32, 1.4e-14 float64): read as is.
+* float64 only, ``err <= 7.6e-6`` (e.g. a float32 rotation cast to float64): two
+  Newton-Schulz polar steps ``X <- X (3I - XᵀX) / 2`` (elementwise, no SVD); each
+  squares the error (7.6e-6 -> ~1e-10 -> ~1e-20), so the result is the nearest
+  rotation to rounding.
+* otherwise: :func:`project_to_so3` (SVD).
+
+Derivatives: float32 within its tolerance reads the plain formula and so is its
+derivative; everywhere else the derivative is that of ``f(polar(M))``. A Newton-Schulz
+step has the same first derivative as the polar factor at a rotation (``X skew(XᵀdX)``),
+so in float64 a tracked derivative always runs the two steps (no skip): then autograd
+agrees with finite differences of step 1e-6 on either side of every edge, and the
+reading is continuous across the 7.6e-6 edge to ~1e-20.
 """
 
 from __future__ import annotations
@@ -24,15 +35,23 @@ from geo3d.rotations._checks import tracing, values_enabled
 
 #: singularity margin, in units of the dtype's eps
 _DET_EPS = 64.0
-#: orthonormality tolerance max|RᵀR - I| below which no projection runs: 64 float32 ulps
-#: (7.6e-6) for float32 AND float64, so that float32 rotations cast to float64 are read
-#: as they are (as the float32 ones are); the reading then differs from that of the
-#: nearest rotation by O(that error), like the matrix itself.
-_ORTHO_TOL = 64.0 * torch.finfo(torch.float32).eps
+#: orthonormality tolerance max|RᵀR - I| below which no correction runs, in units of
+#: the dtype's eps: 64 eps (7.6e-6 float32, 1.4e-14 float64), so skipping changes a
+#: result by no more than rounding.
+_ORTHO_ULPS = 64.0
+#: float64 band (64 float32 ulps) corrected by Newton-Schulz steps instead of an SVD
+_NS_BAND = 64.0 * torch.finfo(torch.float32).eps
 
 
 def _ortho_tol(dtype: torch.dtype) -> float:
-    return max(_ORTHO_TOL, 64.0 * torch.finfo(dtype).eps)
+    return _ORTHO_ULPS * torch.finfo(dtype).eps
+
+
+def _newton_schulz(M: torch.Tensor, steps: int = 2) -> torch.Tensor:
+    """``steps`` polar Newton-Schulz steps on (N, 3, 3) (differentiable)."""
+    for _ in range(steps):
+        M = 1.5 * M - 0.5 * (M @ (M.transpose(-1, -2) @ M))
+    return M
 
 
 def _tracks_derivative(R: torch.Tensor) -> bool:
@@ -93,16 +112,39 @@ def _check(name: str, R: torch.Tensor, X: torch.Tensor, what: str):
             "det <= 0 (a reflection, or a singular or zero matrix)"
         )
     tol = _ortho_tol(R.dtype)
+    if R.dtype == torch.float64:
+        if not (e_max <= tol and not _tracks_derivative(R)):
+            return err
+        return None
     if not e_max <= tol:
-        return (~(err <= tol)).nonzero().squeeze(1)
+        return err
     return None
 
 
-def _project_some(R: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def _project_some(R: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+    """``R`` with every matrix whose orthonormality error ``err`` exceeds the skip
+    tolerance replaced by its nearest rotation (Newton-Schulz in the float64 band,
+    SVD beyond it)."""
     from geo3d.rotations._procrustes import project_to_so3
 
     flat = R.reshape(-1, 3, 3)
-    return flat.index_put((idx,), project_to_so3(flat[idx])).view(R.shape)
+    far = err > _NS_BAND
+    if R.dtype == torch.float64:
+        if bool(far.all()):
+            ns = flat
+        else:
+            # safe where: far matrices go through the steps as the identity
+            near = ~far
+            eye = torch.eye(3, dtype=R.dtype, device=R.device)
+            ns = torch.where(near[:, None, None], _newton_schulz(
+                torch.where(near[:, None, None], flat, eye)), flat)
+    else:
+        ns = flat
+        far = err > _ortho_tol(R.dtype)
+    idx = far.nonzero().squeeze(1)
+    if idx.numel():
+        ns = ns.index_put((idx,), project_to_so3(flat[idx]))
+    return ns.reshape(R.shape)
 
 
 def as_rotation(name: str, R: torch.Tensor, what: str = "rotation matrices") -> torch.Tensor:
@@ -113,9 +155,9 @@ def as_rotation(name: str, R: torch.Tensor, what: str = "rotation matrices") -> 
             singular or zero matrices; ``det`` within rounding of 0 counts as 0).
     """
     if values_enabled() and R.numel() > 0:
-        idx = _check(name, R, R.detach().reshape(-1, 9).T.contiguous(), what)
-        if idx is not None:
-            return _project_some(R, idx)
+        err = _check(name, R, R.detach().reshape(-1, 9).T.contiguous(), what)
+        if err is not None:
+            return _project_some(R, err)
     return R
 
 
@@ -126,7 +168,7 @@ def rotation_rows(name: str, R: torch.Tensor, what: str = "rotation matrices") -
     for the check."""
     X = R.reshape(-1, 9).T.contiguous()
     if values_enabled() and R.numel() > 0:
-        idx = _check(name, R, X, what)
-        if idx is not None:
-            X = _project_some(R, idx).reshape(-1, 9).T.contiguous()
+        err = _check(name, R, X, what)
+        if err is not None:
+            X = _project_some(R, err).reshape(-1, 9).T.contiguous()
     return X

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy
 import torch
+from scipy.spatial.transform import Rotation
 
 import geo3d.rotations as G
 
@@ -122,15 +123,15 @@ def test_det_positive_matrices_match_scipy(dtype):
 
 
 def test_orthonormal_input_skips_the_projection_exactly():
-    """Rotations within the tolerance are read as they are (bitwise the Shepperd result),
-    also float32 rotations cast to float64; a matrix outside it is projected."""
+    """Rotations within the tolerance (64 eps of the dtype) are read as they are
+    (bitwise the Shepperd result); a matrix outside it is projected."""
     g = torch.Generator().manual_seed(6)
     R = G.random_rotation_matrix(50, generator=g, dtype=D)
     w, x, y, z = G.matrix_to_quat(R).unbind(-1)
     from geo3d.rotations._quat import _quat_from_rotation
 
     assert torch.equal(G.matrix_to_quat(R), _quat_from_rotation(R))
-    R32 = R.float().double()  # orthonormal to float32 rounding only
+    R32 = R.float()  # float32 rotations: skipped in float32
     assert torch.equal(G.matrix_to_quat(R32), _quat_from_rotation(R32))
     S = 1e-4 * torch.eye(3, dtype=D)  # |RᵀR - I| ~ 2e-4 > 7.6e-6: projected to R exactly
     assert (
@@ -161,3 +162,42 @@ def test_gradient_of_the_projected_reading_matches_finite_differences(name):
     M = SCIPY_DOC + 0.1 * torch.randn(3, 3, generator=torch.Generator().manual_seed(1), dtype=D)
     assert torch.det(M) > 0
     assert torch.autograd.gradcheck(fn, (M.requires_grad_(True),), eps=1e-6, atol=1e-6)
+
+
+def _scipy_quat(M: torch.Tensor) -> torch.Tensor:
+    q = torch.from_numpy(Rotation.from_matrix(M.numpy()).as_quat()[..., [3, 0, 1, 2]])
+    return q * torch.where(q[..., :1] < 0, -1.0, 1.0)
+
+
+def test_float64_skip_tolerance_is_rounding_level():
+    """float64 matrices off by 1e-6 (or float32 rotations cast to float64) are read as
+    their nearest rotation: matrix_to_axis_angle/quat/euler agree with scipy's
+    from_matrix (which projects) to 1e-10. Catches a float32-sized skip tolerance in
+    float64 (that gives ~1e-6 errors)."""
+    P = torch.tensor([[0, 1, -2], [3, 0, 1], [-1, 2, 0.5]], dtype=D)
+    R = G.axis_angle_to_matrix(torch.tensor([0.3, -1.2, 2.0], dtype=D)) + 1e-6 * P
+    ref = Rotation.from_matrix(R.numpy())
+    assert (G.matrix_to_axis_angle(R) - torch.from_numpy(ref.as_rotvec())).abs().max() < 1e-10
+    assert (G.matrix_to_quat(R) - _scipy_quat(R)).abs().max() < 1e-10
+    e = G.matrix_to_euler(R, "ZYX")
+    assert (e - torch.from_numpy(ref.as_euler("ZYX"))).abs().max() < 1e-10
+    # float32-generated rotations cast to float64 (Newton-Schulz band) and a far matrix
+    g = torch.Generator().manual_seed(3)
+    R32 = G.random_rotation_matrix(64, generator=g).double()
+    assert (G.matrix_to_quat(R32) - _scipy_quat(R32)).abs().max() < 1e-12
+    ref32 = torch.from_numpy(Rotation.from_matrix(R32.numpy()).as_rotvec())
+    assert (G.matrix_to_axis_angle(R32) - ref32).abs().max() < 1e-12
+    mixed = torch.cat([R32[:3], R32[3:6] * 1.01, R32[6:9] + 1e-3])
+    assert (G.matrix_to_quat(mixed) - _scipy_quat(mixed)).abs().max() < 1e-12
+
+
+def test_float64_gradients_agree_with_finite_differences_near_and_off_rotations():
+    """float64 autograd of a matrix reading equals central differences (step 1e-6) at an
+    exact rotation, in the Newton-Schulz band and beyond it: the derivative is that of
+    f(nearest rotation) on each side of every tolerance edge."""
+    R = G.axis_angle_to_matrix(torch.tensor([0.3, -1.2, 2.0], dtype=D))
+    P = torch.tensor([[0, 1, -2], [3, 0, 1], [-1, 2, 0.5]], dtype=D)
+    for M in (R, R + 2e-6 * P, R + 1e-3 * P):
+        M = M.clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(G.matrix_to_axis_angle, (M,))
+        assert torch.autograd.gradcheck(G.matrix_to_quat, (M,))
