@@ -98,6 +98,11 @@ def _rand(n: int, generator, dtype, device) -> torch.Tensor:
     return torch.rand(n, generator=generator, dtype=dtype, device=device)
 
 
+#: lower bound of the membership tolerance of :meth:`Group.validate` in every dtype:
+#: float32-rounded elements given in float64 (error a few 1e-7) are elements.
+ELEMENT_TOL_FLOOR = 1e-5
+
+
 class Group:
     """A matrix group: elements are tensors of shape ``(..., *element_shape)``.
 
@@ -138,9 +143,12 @@ class Group:
         return g
 
     def element_tolerance(self, dtype: torch.dtype) -> float:
-        """Tolerance of the membership check in :meth:`validate`: ``sqrt(eps)`` of ``dtype``
-        (1.5e-8 in float64, 3.5e-4 in float32, 3.1e-2 in float16), on :meth:`element_error`."""
-        return math.sqrt(torch.finfo(dtype).eps)
+        """Tolerance of the membership check in :meth:`validate`, on
+        :meth:`element_error`: ``max(sqrt(eps), ELEMENT_TOL_FLOOR)`` of ``dtype`` (1e-5 in
+        float64, 3.5e-4 in float32, 3.1e-2 in float16). The floor (1e-5, ~84 float32 ulps)
+        accepts elements computed in float32 and given in float64 (their error is a few
+        1e-7), as :mod:`geo3d.rotations` does."""
+        return max(math.sqrt(torch.finfo(dtype).eps), ELEMENT_TOL_FLOOR)
 
     def validate(self, g: torch.Tensor, name: str = "g") -> torch.Tensor:
         """Shape check (:meth:`check_element`) and, when value checks are active (see

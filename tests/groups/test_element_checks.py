@@ -107,6 +107,19 @@ class TestMembershipChecks:
         group.validate(g)
         group.act(g, _x(group, 64).float())
 
+    def test_float32_elements_cast_to_float64_pass(self, group):
+        # elements generated in float32 and given in float64 (error ~1e-7, above float64's
+        # sqrt(eps) 1.5e-8) are elements, as geo3d.rotations reads them; 2·g, a shear
+        # still raise
+        g = group.sample(64, generator=torch.Generator().manual_seed(1)).double()
+        assert float(group.element_error(g).max()) > 1.5e-8 or group.is_finite
+        group.validate(g)
+        torch.testing.assert_close(group.matrix(g), g, rtol=0, atol=0)
+        group.act(g, _x(group, 64))
+        for what in ("2·g", "shear"):
+            with pytest.raises(ValueError, match="g: expected elements"):
+                group.validate(_bad_elements(group)[what])
+
     def test_non_elements_raise_naming_the_argument(self, group):
         x = _x(group)
         e = group.identity(dtype=F64)
@@ -127,12 +140,12 @@ class TestMembershipChecks:
                 group.act(batch, x)
 
     def test_tolerance_scales_with_dtype(self, group):
-        # a defect of 1e-6 is far above float64 rounding (rejected) but below float32
-        # rounding scale (accepted); 1e-2 is rejected in both
+        # float64 tolerance 1e-5 (the float32-rounding floor), float32 sqrt(eps) 3.5e-4:
+        # a defect of 1e-6 passes both, 1e-4 only float32, 1e-2 neither
         e = group.identity(dtype=F64)
         d = torch.zeros_like(e)
         d[0, 0] = 1.0
-        for eps, ok64, ok32 in ((1e-6, False, True), (1e-2, False, False)):
+        for eps, ok64, ok32 in ((1e-6, True, True), (1e-4, False, True), (1e-2, False, False)):
             g = e + eps * d
             for dtype, ok in ((F64, ok64), (torch.float32, ok32)):
                 if ok:
