@@ -8,7 +8,7 @@ import torch
 
 from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
 from geo3d.rotations._matrix_input import rotation_rows
-from geo3d.rotations._quat import _check_quat_norm, _quat_from_rows
+from geo3d.rotations._quat import _check_quat_norm, _quat_from_rows, _rescaled
 
 __all__ = [
     "axis_angle_to_matrix",
@@ -135,8 +135,9 @@ def quat_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("q", q, (4,))
     if values_enabled():
-        _check_quat_norm("q", (q * q).sum(-1))
-    return _rotvec_from_quat(q)
+        _check_quat_norm("q", q)
+    # scale-invariant: rescaled so that |u| cannot underflow (q ~ 1e-30 in float32)
+    return _rotvec_from_quat(_rescaled(q))
 
 
 def _rotvec_from_quat(q: torch.Tensor) -> torch.Tensor:

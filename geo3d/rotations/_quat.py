@@ -20,9 +20,12 @@ __all__ = [
 ]
 
 
-def _check_quat_norm(name: str, n2: torch.Tensor) -> None:
-    if values_enabled() and n2.numel() > 0:
-        lo, hi = torch.aminmax(n2.detach())  # NaN propagates into both
+def _check_quat_norm(name: str, q: torch.Tensor) -> None:
+    """ValueError unless every quaternion of ``q`` (*, 4) is finite and non-zero. Decided
+    on the max-abs component (a squared norm would underflow to 0 for |q| ~ 1e-23 in
+    float32 and overflow for 1e19)."""
+    if values_enabled() and q.numel() > 0:
+        lo, hi = torch.aminmax(q.detach().abs().amax(-1))  # NaN propagates into both
         if not (lo.item() > 0 and hi.item() < math.inf):
             raise ValueError(
                 f"{name}: expected finite quaternions with non-zero norm, "
@@ -30,8 +33,18 @@ def _check_quat_norm(name: str, n2: torch.Tensor) -> None:
             )
 
 
+def _rescaled(q: torch.Tensor) -> torch.Tensor:
+    """``q / max|q_i|`` (max-abs component 1, so squared norms in [1, 4] never under- or
+    overflow). Every caller's result is invariant to the scale of ``q``, so the divisor
+    is detached (its derivative contributes exactly 0)."""
+    return q / q.detach().abs().amax(-1, keepdim=True)
+
+
 def quat_normalize(q: torch.Tensor) -> torch.Tensor:
     """Normalise quaternions to unit norm and canonicalise to ``w >= 0``.
+
+    Rescaled by the max-abs component first, so any finite non-zero ``q`` works (e.g.
+    ``|q| = 1e-30`` or ``1e30`` in float32).
 
     Args:
         q: quaternions ``wxyz``, shape :math:`(*, 4)`, non-zero.
@@ -40,9 +53,8 @@ def quat_normalize(q: torch.Tensor) -> torch.Tensor:
         Unit quaternions with ``w >= 0``, shape :math:`(*, 4)`.
     """
     check_tensor("q", q, (4,))
-    n2 = (q * q).sum(-1, keepdim=True)
-    _check_quat_norm("q", n2)
-    return q * torch.copysign(torch.rsqrt(n2), q[..., :1])
+    _check_quat_norm("q", q)
+    return _unit_canonical(q)
 
 
 def quat_to_matrix(q: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -63,8 +75,9 @@ def quat_to_matrix(q: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     check_tensor("q", q, (4,))
     w, x, y, z = q.unbind(-1)
     if normalize:
+        _check_quat_norm("q", q)
+        w, x, y, z = _rescaled(q).unbind(-1)  # no under/overflow of the squared norm
         n2 = (w * w + x * x) + (y * y + z * z)
-        _check_quat_norm("q", n2)
         return _matrix_from_quat_comps(w, x, y, z, 2.0 / n2)
     check_finite("q", q)
     return _matrix_from_quat_comps(w, x, y, z, 2.0)
@@ -218,14 +231,16 @@ def quat_apply(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("q", q, (4,))
     check_tensor("v", v, (3,))
+    _check_quat_norm("q", q)
+    q = _rescaled(q)
     n2 = (q * q).sum(-1, keepdim=True)
-    _check_quat_norm("q", n2)
     w, u = q[..., :1], q[..., 1:]
     uv = _cross(u, v)
     return v + (2.0 / n2) * (w * uv + _cross(u, uv))
 
 
 def _unit_canonical(q: torch.Tensor) -> torch.Tensor:
+    q = _rescaled(q)
     n2 = (q * q).sum(-1, keepdim=True)
     return q * torch.copysign(torch.rsqrt(n2), q[..., :1])
 
@@ -247,10 +262,8 @@ def quat_slerp(q0: torch.Tensor, q1: torch.Tensor, t: torch.Tensor | float) -> t
     """
     check_tensor("q0", q0, (4,))
     check_tensor("q1", q1, (4,))
-    n0 = (q0 * q0).sum(-1)
-    n1 = (q1 * q1).sum(-1)
-    _check_quat_norm("q0", n0)
-    _check_quat_norm("q1", n1)
+    _check_quat_norm("q0", q0)
+    _check_quat_norm("q1", q1)
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(t, dtype=q0.dtype, device=q0.device)
     elif not t.is_floating_point():
@@ -287,9 +300,11 @@ def quat_distance(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("q1", q1, (4,))
     check_tensor("q2", q2, (4,))
-    _check_quat_norm("q1", (q1 * q1).sum(-1))
-    _check_quat_norm("q2", (q2 * q2).sum(-1))
-    r = quat_multiply(quat_conjugate(q1), q2)
+    _check_quat_norm("q1", q1)
+    _check_quat_norm("q2", q2)
+    # the angle does not depend on the scales: rescaled so that the product cannot
+    # under/overflow
+    r = quat_multiply(quat_conjugate(_rescaled(q1)), _rescaled(q2))
     rw = r[..., 0]
     # |w| as w·sign(w) with sign(±0) = ±1: at a distance of exactly π (w = 0) the gradient
     # is the one-sided limit from w > 0, not abs's zero subgradient.

@@ -139,3 +139,39 @@ def test_geodesic_distance_fast_path_rejects_non_finite(monkeypatch):
     bad[2, 1, 1] = float("inf")
     with pytest.raises(ValueError, match=r"R1, R2: expected finite"):
         G.geodesic_distance(bad, R)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_tiny_and_huge_quaternions_in_float32_are_not_zero(scale):
+    """|q| = 1e-30 or 1e30 in float32: the squared norm under/overflows (1e-60, 1e60), so a
+    norm-squared test calls them zero/inf. Every quaternion reader rescales first; values
+    against scipy's Rotation.from_quat of the float64 unit quaternion."""
+    from scipy.spatial.transform import Rotation as _R
+
+    u = torch.tensor([[0.5, -0.1, 0.7, 0.3], [1.0, 0.0, 0.0, 0.0], [-0.1, 0.0, 0.0, 2.0]])
+    q = u * scale  # exact in float32 up to rounding of the scale
+    ref = _R.from_quat(u.double().numpy()[:, [1, 2, 3, 0]])
+    v = torch.tensor([0.3, -1.0, 2.0])
+    checks = {
+        "quat_to_matrix": (G.quat_to_matrix(q, normalize=True), ref.as_matrix()),
+        "quat_to_axis_angle": (G.quat_to_axis_angle(q), ref.as_rotvec()),
+        "quat_apply": (G.quat_apply(q, v), ref.apply(v.double().numpy())),
+        "quat_distance": (G.quat_distance(q, u), 0.0 * ref.magnitude()),
+        "quat_slerp(t=1)": (
+            G.quat_to_matrix(G.quat_slerp(u, q, 1.0)),
+            ref.as_matrix(),
+        ),
+    }
+    qn = G.quat_normalize(q)
+    unit = ref.as_quat()[:, [3, 0, 1, 2]]
+    unit = unit * np.sign(unit[:, :1])  # w >= 0
+    checks["quat_normalize"] = (qn, unit)
+    for name, (got, want) in checks.items():
+        assert torch.isfinite(got).all(), name
+        err = (got.double() - torch.as_tensor(want)).abs().max()
+        assert err < 1e-6, (name, err)
+    # exactly zero stays an error naming the argument
+    with pytest.raises(ValueError, match="q: expected finite quaternions with non-zero"):
+        G.quat_to_matrix(torch.zeros(4), normalize=True)
+    with pytest.raises(ValueError, match="q1: expected finite quaternions with non-zero"):
+        G.quat_distance(torch.zeros(4), q[0])
