@@ -87,8 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``geo3d`` command line; returns the exit code.
 
     User errors (see :func:`is_user_error`) print one line ``geo3d: error: ...`` to
-    stderr and return 2; with ``--debug`` (or ``GEO3D_DEBUG=1``) they propagate with
-    their full traceback. Other exceptions always propagate (they are bugs).
+    stderr and return 2; with ``--debug`` (or ``GEO3D_DEBUG=1``) their full traceback is
+    printed instead, and the exit code is still 2. Other exceptions always propagate
+    (they are bugs: Python exits with 1).
     """
     import os
 
@@ -101,8 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = args.func(args)
     except Exception as err:
-        if debug or not is_user_error(err):
+        if not is_user_error(err):
             raise
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+            return 2
         msg = " ".join(str(err).split()) or type(err).__name__
         print(f"geo3d: error: {msg} (run with --debug for the traceback)", file=sys.stderr)
         return 2

@@ -95,11 +95,14 @@ class TestCliErrors:
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err
         assert err.startswith("geo3d: error: ") and str(exc) in err and "--debug" in err
-        with pytest.raises(type(exc)):
-            main(["--debug", "report"])
+        # --debug / GEO3D_DEBUG=1: the traceback, and still exit code 2 (a user error)
+        assert main(["--debug", "report"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("Traceback") and err.rstrip().endswith(
+            f"{type(exc).__name__}: {exc}")
         monkeypatch.setenv("GEO3D_DEBUG", "1")
-        with pytest.raises(type(exc)):
-            main(["report"])
+        assert main(["report"]) == 2
+        assert "Traceback" in capsys.readouterr().err
 
     def test_geo3d_error_classes_count_as_user_errors(self, monkeypatch, capsys):
         from geo3d.apps.assembly import CheckpointError

@@ -13,7 +13,8 @@ import torch
 from geo3d.apps.assembly._checkpoint import load_checkpoint
 from torch import Tensor
 
-__all__ = ["assemble", "load_model", "load_piece", "PieceError", "PIECE_EXTENSIONS"]
+__all__ = ["assemble", "load_model", "load_piece", "resolve_device", "PieceError",
+           "PIECE_EXTENSIONS"]
 
 _MESH_EXT = (".obj", ".stl", ".off", ".glb", ".gltf")
 #: File extensions :func:`load_piece` (and ``assemble``/``geo3d assembly predict``) read.
@@ -30,6 +31,41 @@ class PieceError(ValueError):
         if path is not None:
             where += f" ({str(path)!r})"
         super().__init__(f"{where}: {reason}")
+
+
+def resolve_device(device: str | torch.device | None, name: str = "device") -> torch.device:
+    """The :class:`torch.device` a user asked for, checked to exist on this machine.
+
+    ``None`` means CPU. torch itself answers an unknown name with a ``RuntimeError`` and
+    an absent accelerator (``"cuda"`` on a CPU-only build) only at the first ``.to()``,
+    with an ``AssertionError``; both become a ``ValueError`` naming ``name`` here.
+
+    Raises:
+        ValueError: not a device name, or a device this build/machine does not have.
+    """
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected a torch device such as 'cpu' or 'cuda', got "
+                         f"{device!r}") from err
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise ValueError(f"{name}: expected an available device, got {device!r} "
+                             f"({count} CUDA device(s) visible to this torch build)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{name}: expected an available device, got {device!r} "
+                             f"(MPS is not available)")
+    elif dev.type not in ("cpu", "meta"):
+        try:
+            torch.empty(0, device=dev)
+        except Exception as err:  # backends raise various types when absent
+            raise ValueError(f"{name}: expected an available device, got {device!r} "
+                             f"({type(err).__name__}: {err})") from err
+    return dev
 
 
 def load_model(checkpoint: str | os.PathLike, map_location: Any = "cpu") -> Any:
@@ -149,7 +185,7 @@ def load_piece(
             empty, does not parse, or holds no points or non-finite values (the message
             names the file).
         PieceError: an unsupported extension, a wrong shape or non-finite values in an
-            array.
+            array, or values that overflow ``dtype`` (checked after the cast).
 
     Example:
         >>> import torch
@@ -184,6 +220,11 @@ def load_piece(
             idx = torch.randperm(x.shape[0], generator=generator)[:num_points]
         x = x[idx]
     out = x.to(dtype)
+    bad = ~torch.isfinite(out).all(-1)
+    if bool(bad.any()):  # finite in float64 but beyond the range of ``dtype``
+        raise PieceError(None, path, f"{int(bad.sum())} point(s) with coordinates beyond "
+                                     f"the range of {dtype} (first: row "
+                                     f"{int(bad.float().argmax())})")
     if base is not None and out.untyped_storage().data_ptr() == \
             base.untyped_storage().data_ptr():
         out = out.clone()  # never hand back the caller's memory
@@ -230,11 +271,14 @@ def assemble(
         ``x`` of piece ``i`` (in its input coordinates) into the common assembled frame.
 
     Raises:
-        ValueError: fewer than 2 pieces, ``num_points`` or ``scale`` out of range.
+        ValueError: fewer than 2 pieces, ``num_points`` or ``scale`` out of range, or a
+            ``device`` that is not a device name or not available here (see
+            :func:`resolve_device`).
         FileNotFoundError: a piece file does not exist (the message names its index).
         PieceError: a piece cannot be used: an unreadable, empty or non-finite file, a
-            cloud with fewer distinct points than the model's ``k``, a wrong shape or
-            NaN values (the message names the piece's index and path).
+            cloud with fewer distinct points than the model's ``k``, a wrong shape,
+            NaN values, or values that overflow float32 after centring and ``scale``
+            (the message names the piece's index and path).
 
     Warns:
         UserWarning: more pieces than the checkpoint's training data had (its
@@ -253,6 +297,7 @@ def assemble(
         raise ValueError(f"num_points: expected an int >= 1, got {num_points!r}")
     if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
         raise ValueError(f"scale: expected a finite number > 0, got {scale!r}")
+    dev = resolve_device(device)
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_model(checkpoint)
     k = _model_k(model)
     if k is not None and num_points < k:
@@ -262,7 +307,7 @@ def assemble(
         warnings.warn(f"assemble: {len(pieces)} pieces, but the checkpoint was trained on "
                       f"objects of at most {max_parts} parts; the result may be poor",
                       UserWarning, stacklevel=2)
-    model = model.eval().to(device or "cpu")
+    model = model.eval().to(dev)
     pts64 = []
     for i, p in enumerate(pieces):
         path = p if isinstance(p, (str, os.PathLike)) else None
@@ -281,7 +326,14 @@ def assemble(
         pts64.append(x)
     x64 = torch.stack(pts64)  # (P, N, 3) float64, input coordinates
     c = x64.mean(dim=1)  # (P, 3) float64 centroids
-    xin = ((x64 - c[:, None]) * float(scale)).to(torch.float32).to(device or "cpu")
+    xin = ((x64 - c[:, None]) * float(scale)).to(torch.float32)
+    bad = ~torch.isfinite(xin).flatten(1).all(1)  # checked after the cast: float32 overflow
+    if bool(bad.any()):
+        i = int(bad.float().argmax())
+        path = pieces[i] if isinstance(pieces[i], (str, os.PathLike)) else None
+        raise PieceError(i, path, f"centred coordinates times scale={scale!r} overflow "
+                                  f"float32 (the network's dtype); pass a smaller scale")
+    xin = xin.to(dev)
     valid = torch.ones(1, xin.shape[0], dtype=torch.bool, device=xin.device)
     with torch.no_grad():
         out = model(xin[None], valid)

@@ -19,10 +19,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "main", "config_path", "run_lightning_cli", "resolve_last_checkpoint"]
+__all__ = ["add_parser", "main", "config_path", "run_lightning_cli", "resolve_last_checkpoint",
+           "UsageError"]
 
 _LIGHTNING = ("fit", "validate", "test", "predict")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class UsageError(ValueError):
+    """A command line that ``geo3d assembly`` cannot run (missing config file, unknown or
+    misplaced arguments); the ``geo3d`` CLI prints it as one line and exits with 2."""
+
+
+def _packaged_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
 def config_path(name: str) -> str:
@@ -36,13 +46,26 @@ def config_path(name: str) -> str:
     return name
 
 
+def _existing_config(name: str) -> str:
+    path = config_path(name)
+    # jsonargparse also takes inline YAML/JSON (``--config '{trainer: ...}'``): only a
+    # value that cannot be inline YAML must name a file
+    if not Path(path).is_file() and not any(c in name for c in ":{}\n"):
+        raise UsageError(f"--config: expected an existing YAML file or a packaged config "
+                         f"name ({', '.join(_packaged_configs())}), got {name!r} (no such "
+                         f"file)")
+    return path
+
+
 def _resolve_configs(args: list[str]) -> list[str]:
     out = list(args)
     for i, a in enumerate(out):
-        if a == "--config" and i + 1 < len(out):
-            out[i + 1] = config_path(out[i + 1])
+        if a == "--config":
+            if i + 1 >= len(out):
+                raise UsageError("--config: expected a YAML file after it, got nothing")
+            out[i + 1] = _existing_config(out[i + 1])
         elif a.startswith("--config="):
-            out[i] = "--config=" + config_path(a.split("=", 1)[1])
+            out[i] = "--config=" + _existing_config(a.split("=", 1)[1])
     return out
 
 
@@ -82,7 +105,12 @@ def _make_cli_class() -> Any:
 
     class AssemblyCLI(LightningCLI):
         """LightningCLI with a ``checkpoint`` (ModelCheckpoint, ``save_last``) group and the
-        atomic checkpoint IO plugin always installed."""
+        atomic checkpoint IO plugin always installed. Its parsers raise on bad arguments
+        (instead of printing the whole usage and exiting), see :func:`run_lightning_cli`."""
+
+        def init_parser(self, **kwargs: Any) -> Any:
+            kwargs.setdefault("exit_on_error", False)
+            return super().init_parser(**kwargs)
 
         def add_arguments_to_parser(self, parser: Any) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -152,17 +180,23 @@ def run_lightning_cli(args: list[str], run: bool = True) -> Any:
     from geo3d.apps.assembly._data import AssemblyDataModule
     from geo3d.apps.assembly._module import AssemblyModule
 
+    cmd = args[0] if args else ""
+    args = _resolve_configs(args)
     cls = _make_cli_class()
-    argv, sys.argv = sys.argv, sys.argv[:1]  # the arguments come from `args`, not argv
+    argv, sys.argv = sys.argv, ["geo3d assembly"]  # the arguments come from `args`
     try:
         return cls(
             AssemblyModule,
             AssemblyDataModule,
-            args=_resolve_configs(args),
+            args=args,
             run=run,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
         )
+    except argparse.ArgumentError as err:  # jsonargparse, exit_on_error=False
+        msg = " ".join(str(err).split())
+        raise UsageError(f"geo3d assembly {cmd}: {msg} (see `geo3d assembly {cmd} --help`)"
+                         ) from err
     finally:
         sys.argv = argv
 
@@ -174,16 +208,32 @@ def _predict_pieces(argv: list[str]) -> int:
     from geo3d.apps.assembly._api import assemble
     from geo3d.apps.assembly._checkpoint import atomic_write_text
 
-    p = argparse.ArgumentParser(prog="geo3d assembly predict", description="Assemble pieces.")
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> Any:  # one line via the geo3d CLI, exit code 2
+            raise UsageError(f"geo3d assembly predict: {message} (see `geo3d assembly "
+                             f"predict --help`)")
+
+    p = _Parser(prog="geo3d assembly predict", description="Assemble pieces.")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `fit`")
-    p.add_argument("--pieces", nargs="+", required=True, help="mesh or point-cloud files")
+    p.add_argument("--pieces", nargs="+", default=None, help="mesh or point-cloud files")
     p.add_argument("--num-points", type=int, default=512)
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="where to run (default: cpu)")
     p.add_argument("--out", default=None, help="write poses as JSON here (default: stdout)")
-    a = p.parse_args(argv)
+    a, extra = p.parse_known_args(argv)
+    if extra:
+        stray = [x for x in extra if not x.startswith("-")]
+        if stray and len(stray) == len(extra):
+            raise UsageError(f"geo3d assembly predict: unexpected positional argument(s) "
+                             f"{' '.join(stray)}: give the piece files after --pieces")
+        raise UsageError(f"geo3d assembly predict: unrecognized argument(s) "
+                         f"{' '.join(extra)} (see `geo3d assembly predict --help`)")
+    if not a.pieces:
+        raise UsageError("--pieces: expected the piece files to assemble, got none (geo3d "
+                         "assembly predict --checkpoint CKPT --pieces A B ...)")
     T = assemble(a.pieces, a.checkpoint, num_points=a.num_points, scale=a.scale,
-                 generator=torch.Generator().manual_seed(a.seed))
+                 device=a.device, generator=torch.Generator().manual_seed(a.seed))
     text = json.dumps({"pieces": a.pieces, "poses": T.tolist()}, indent=2)
     if a.out:
         atomic_write_text(a.out, text)
@@ -199,7 +249,11 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0
     cmd, rest = argv[0], list(argv[1:])
-    if cmd == "predict" and "--pieces" in rest:
+    if cmd == "predict" and any(a in ("--pieces", "--checkpoint") or
+                                a.startswith(("--pieces=", "--checkpoint="))
+                                for a in rest):
+        # `--checkpoint` alone is this command with --pieces forgotten (LightningCLI
+        # would read the checkpoint file as the YAML of its `checkpoint` group)
         return _predict_pieces(rest)
     if cmd in _LIGHTNING:
         run_lightning_cli([cmd, *rest])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -281,11 +282,75 @@ def test_cli_prints_one_line_for_user_errors(trained: Path, tmp_path, capsys):
                        str(f["good"]), str(f["good"])]) == 2
     err = capsys.readouterr().err
     assert "bad.ckpt" in err and "truncated" in err and "Traceback" not in err
-    # --debug: the full traceback (the exception propagates)
-    from geo3d.apps.assembly import PieceError
+    # --debug: the full traceback, still exit code 2
+    assert geo3d_main(["--debug", *argv]) == 2  # a user error: code 2, with traceback
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "PieceError" in err and "truncated.ply" in err
 
-    with pytest.raises(PieceError, match="truncated.ply"):
-        geo3d_main(["--debug", *argv])
+
+@pytest.mark.parametrize("argv, expected", [
+    (["assembly", "fit", "--config", "nope.yaml"],
+     r"^geo3d: error: --config: expected an existing YAML file .*got 'nope\.yaml'"),
+    (["assembly", "predict", "--checkpoint", "ck.ckpt", "a.ply", "b.ply"],
+     r"^geo3d: error: geo3d assembly predict: unexpected positional argument\(s\) a\.ply "
+     r"b\.ply: give the piece files after --pieces"),
+    (["assembly", "predict", "--checkpoint", "ck.ckpt"],
+     r"^geo3d: error: --pieces: expected the piece files"),
+    (["assembly", "fit", "--config", "demo", "--no_such_flag", "3"],
+     r"^geo3d: error: geo3d assembly fit: unrecognized arguments: --no_such_flag 3 \(see "
+     r"`geo3d assembly fit --help`\)"),
+])
+def test_cli_usage_errors_are_one_line_exit_2(argv, expected, capsys, monkeypatch):
+    """No 97-line LightningCLI usage, no `geo3d fit --help` tip for a command that does
+    not exist, no YAML decoding of a checkpoint: one line naming the mistake, code 2."""
+    import re
+
+    monkeypatch.delenv("GEO3D_DEBUG", raising=False)
+    assert geo3d_main(argv) == 2
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and re.search(expected, lines[0]), captured.err
+    assert "tip:" not in captured.err and "usage:" not in captured.err
+    assert geo3d_main(["--debug", *argv]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:99", "nonsense:0", 3.5])
+def test_assemble_rejects_devices_that_do_not_exist(device, tmp_path):
+    """torch answers an unknown name with RuntimeError and CUDA on a CPU-only build with
+    AssertionError; the API raises a ValueError naming the argument (before any file is
+    read: the checkpoint here does not exist)."""
+    good = torch.rand(20, 3)
+    with pytest.raises(ValueError, match=r"^device: expected .*got " + re.escape(repr(device))):
+        assemble([good, good], tmp_path / "none.ckpt", device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_assemble_rejects_cuda_without_cuda(tmp_path):
+    good = torch.rand(20, 3)
+    with pytest.raises(ValueError, match=r"^device: expected an available device, got 'cuda' "
+                                         r"\(0 CUDA device"):
+        assemble([good, good], tmp_path / "none.ckpt", device="cuda")
+
+
+def test_assemble_checks_finiteness_after_the_float32_cast(trained: Path):
+    """Kind: finite float64 values that overflow in the cast (1e39 > float32 max 3.4e38)
+    are reported with the piece index, not handed to the network as inf."""
+    from geo3d.apps.assembly import PieceError, load_piece
+
+    model = load_model(_ckpt(trained))
+    good = torch.randn(20, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(PieceError, match=r"^pieces\[1\]: centred coordinates times "
+                                         r"scale=1.0 overflow float32"):
+        assemble([good, good * 1e39], model, num_points=16)
+    with pytest.raises(PieceError,
+                       match=r"pieces\[1\]: centred coordinates times scale=1e\+30"):
+        assemble([good * 1e-30, good * 1e10], model, num_points=16, scale=1e30)
+    with pytest.raises(PieceError, match=r"^pieces: 16 point\(s\) with coordinates beyond "
+                                         r"the range of torch.float32"):
+        load_piece(good * 1e39, 16)
+    assert torch.equal(load_piece(good * 1e39, 20, dtype=torch.float64).sort(0).values,
+                       (good * 1e39).sort(0).values)
 
 
 def test_cli_fit_resumes_with_ckpt_path_last(trained: Path, tmp_path, capsys):
