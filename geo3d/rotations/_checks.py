@@ -80,3 +80,36 @@ def check_finite(name: str, x: torch.Tensor) -> None:
         lo, hi = torch.aminmax(x.detach())
         if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):
             raise ValueError(f"{name}: expected finite values, got NaN or inf")
+
+
+def check_pair(
+    first: str, a: torch.Tensor, a_tail: int, name: str, b: torch.Tensor, b_tail: int,
+    dtype: bool = True,
+) -> torch.Size:
+    """Raise ``ValueError`` naming ``name`` (the second argument) unless ``b`` has ``a``'s
+    device (and dtype, if ``dtype``) and the batch dims (all but the last ``a_tail`` /
+    ``b_tail``) of both broadcast; returns the broadcast batch shape. Shape-only (runs
+    under tracing too)."""
+    if b.device != a.device:
+        raise ValueError(f"{name}: expected a tensor on {first}'s device {a.device}, got {b.device}")
+    if dtype and b.dtype != a.dtype:
+        raise ValueError(f"{name}: expected {first}'s dtype {a.dtype}, got {b.dtype}")
+    ab = a.shape[: a.ndim - a_tail]
+    bb = b.shape[: b.ndim - b_tail]
+    try:
+        return torch.broadcast_shapes(ab, bb)
+    except RuntimeError:
+        raise ValueError(
+            f"{name}: expected batch dims broadcastable with {first}'s {tuple(ab)}, got "
+            f"{tuple(bb)} ({name} has shape {tuple(b.shape)})"
+        ) from None
+
+
+def check_dtype(name: str, dtype: object) -> torch.dtype:
+    """``dtype`` if it is a floating-point torch dtype (or None: the default), else
+    ``ValueError`` naming ``name``."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{name}: expected a floating-point torch.dtype, got {dtype!r}")
+    return dtype

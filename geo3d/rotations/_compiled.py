@@ -44,7 +44,7 @@ import torch
 
 from geo3d.rotations import _native
 from geo3d.rotations._axis_angle import axis_angle_to_matrix
-from geo3d.rotations._checks import check_tensor
+from geo3d.rotations._checks import check_pair, check_tensor
 from geo3d.rotations._euler import (
     _elementary,
     _euler_abcd,
@@ -172,6 +172,7 @@ def _f_matrix_to_euler(R: torch.Tensor, convention: str, warn: bool = True) -> t
 def _f_quat_multiply(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     check_tensor("p", p, (4,))
     check_tensor("q", q, (4,))
+    check_pair("p", p, 1, "q", q, 1)
     pw, px, py, pz = p.unbind(-1)
     qw, qx, qy, qz = q.unbind(-1)
     return torch.stack(_qmul([pw, px, py, pz], [qw, qx, qy, qz]), dim=-1)
@@ -180,6 +181,7 @@ def _f_quat_multiply(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def _f_quat_apply(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     check_tensor("q", q, (4,))
     check_tensor("v", v, (3,))
+    check_pair("q", q, 1, "v", v, 1)
     w, x, y, z = q.unbind(-1)
     vx, vy, vz = v.unbind(-1)
     s = 2.0 / ((w * w + x * x) + (y * y + z * z))
@@ -240,6 +242,22 @@ def _compile(name: str, convention: str | None = None) -> Callable:
     if convention is not None:  # one graph per convention: no string guards/recompiles
         impl = functools.partial(impl, convention=convention)
     return torch.compile(impl, options=_inductor_options())
+
+
+#: two-tensor functions: (first, tail), (second, tail), checked before any back end runs
+#: (a mismatch must raise ValueError, not fail a compile and switch the back end off)
+_PAIRS = {"quat_multiply": (("p", 4), ("q", 4)), "quat_apply": (("q", 4), ("v", 3))}
+
+
+def _check_pair_args(name: str, signature: inspect.Signature, args: tuple, kwargs: dict):
+    if name not in _PAIRS:
+        return
+    (a, ta), (b, tb) = _PAIRS[name]
+    bound = signature.bind(*args, **kwargs)
+    x, y = bound.arguments[a], bound.arguments[b]
+    check_tensor(a, x, (ta,))
+    check_tensor(b, y, (tb,))
+    check_pair(a, x, 1, b, y, 1)
 
 
 def _native_call(name: str, signature: inspect.Signature, args: tuple, kwargs: dict):
@@ -356,6 +374,7 @@ def fused(name: str) -> Callable:
 
         @functools.wraps(eager)
         def wrapper(*args, **kwargs):
+            _check_pair_args(name, signature, args, kwargs)
             out = _native_call(name, signature, args, kwargs)
             if out is not None:
                 return out

@@ -7,7 +7,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
+from geo3d.rotations._checks import check_finite, check_pair, check_tensor, values_enabled
 from geo3d.rotations._matrix_input import as_rotation
 
 __all__ = ["project_to_so3", "geodesic_distance", "mean_rotation", "kabsch", "umeyama"]
@@ -95,6 +95,9 @@ def project_to_so3(M: torch.Tensor) -> torch.Tensor:
     (rank <= 1, e.g. singular values (1, 0, 0)), one nearest rotation is returned and the
     denominators below ``ε^(1/3) σ₁`` are damped (like roma's ``gradient_eps``): the
     gradient stays bounded (``<= |dL/dR| / (ε^(1/3) σ₁)``) and a descent direction.
+    float16/bfloat16 input (no SVD kernel for them) is computed in float32 and the
+    result cast back (as are :func:`kabsch`, :func:`umeyama`, :func:`mean_rotation` and
+    the matrix readers, which project through this function).
 
     Args:
         M: matrices, shape :math:`(*, 3, 3)`, finite.
@@ -120,7 +123,13 @@ def project_to_so3(M: torch.Tensor) -> torch.Tensor:
     check_finite("M", M)
     if M.numel() == 0:
         return M.clone()
+    if M.dtype in _LOW_PRECISION:
+        return _ProjectSO3.apply(M.float())[0].to(M.dtype)
     return _ProjectSO3.apply(M)[0]
+
+
+#: dtypes without a CPU SVD kernel: projected in float32
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def geodesic_distance(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
@@ -162,14 +171,7 @@ def geodesic_distance(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("R1", R1, (3, 3))
     check_tensor("R2", R2, (3, 3))
-    try:
-        if R1.shape != R2.shape:
-            torch.broadcast_shapes(R1.shape, R2.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"R2: expected batch dims broadcastable with R1's {tuple(R1.shape[:-2])}, got "
-            f"{tuple(R2.shape[:-2])}"
-        ) from None
+    check_pair("R1", R1, 2, "R2", R2, 2)
     if not values_enabled() or R1.numel() + R2.numel() < _FAST_MIN_NUMEL:
         # traced/compiled or checks off: no host read; small batches: fewer kernels
         return _geodesic_precise(R1, R2)
@@ -257,10 +259,14 @@ def _flat_sin(R1, R2, c, v, s, tol: float) -> torch.Tensor:
     return torch.where(s <= tol, s_flat, s)
 
 
-def _check_weights(weights: torch.Tensor, shape: torch.Size, what: str) -> None:
+def _check_weights(weights: torch.Tensor, shape: torch.Size, what: str, device) -> None:
+    """Shape/device/value checks of ``weights`` (any floating dtype: they are cast to the
+    dtype of the points/rotations)."""
     if not isinstance(weights, torch.Tensor) or not weights.is_floating_point():
         got = weights.dtype if isinstance(weights, torch.Tensor) else type(weights).__name__
         raise ValueError(f"weights: expected a floating-point tensor of shape {what}, got {got}")
+    if weights.device != device:
+        raise ValueError(f"weights: expected a tensor on device {device}, got {weights.device}")
     try:
         ok = torch.broadcast_shapes(weights.shape, shape) == shape
     except RuntimeError:
@@ -324,7 +330,8 @@ def mean_rotation(
     if weights is None:
         M = R.mean(dim=d)
     else:
-        _check_weights(weights, R.shape[:-2], "(R.shape[:-2])")
+        _check_weights(weights, R.shape[:-2], "(R.shape[:-2])", R.device)
+        weights = weights.to(R.dtype)  # like kabsch/umeyama
         w = weights.unsqueeze(-1).unsqueeze(-1)
         if values_enabled():
             tot = torch.broadcast_to(weights, R.shape[:-2]).sum(dim=d)
@@ -342,20 +349,14 @@ def _prep(P: torch.Tensor, Q: torch.Tensor, weights: torch.Tensor | None):
             f"Q: expected the same number of points as P ({P.shape[-2]}), got shape "
             f"{tuple(Q.shape)} (P has shape {tuple(P.shape)})"
         )
-    try:
-        batch = torch.broadcast_shapes(P.shape[:-2], Q.shape[:-2])
-    except RuntimeError:
-        raise ValueError(
-            f"Q: expected batch dims broadcastable with P's {tuple(P.shape[:-2])}, got "
-            f"{tuple(Q.shape[:-2])}"
-        ) from None
+    batch = check_pair("P", P, 2, "Q", Q, 2)
     check_finite("P", P)
     check_finite("Q", Q)
     n = P.shape[-2]
     if weights is None:
         w = torch.full((*batch, n), 1.0 / max(n, 1), dtype=P.dtype, device=P.device)
     else:
-        _check_weights(weights, torch.Size((*batch, n)), "(..., N)")
+        _check_weights(weights, torch.Size((*batch, n)), "(..., N)", P.device)
         w = weights.to(P.dtype).expand(*batch, n)
         tot = w.sum(-1, keepdim=True)
         if values_enabled() and bool((tot <= 0).any()):

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
+from geo3d.rotations._checks import check_finite, check_pair, check_tensor, values_enabled
 
 __all__ = [
     "quat_to_matrix",
@@ -197,6 +197,7 @@ def quat_multiply(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("p", p, (4,))
     check_tensor("q", q, (4,))
+    check_pair("p", p, 1, "q", q, 1)
     pw, pu = p[..., :1], p[..., 1:]
     qw, qu = q[..., :1], q[..., 1:]
     w = pw * qw - (pu * qu).sum(-1, keepdim=True)
@@ -231,6 +232,7 @@ def quat_apply(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("q", q, (4,))
     check_tensor("v", v, (3,))
+    check_pair("q", q, 1, "v", v, 1)
     _check_quat_norm("q", q)
     q = _rescaled(q)
     n2 = (q * q).sum(-1, keepdim=True)
@@ -262,12 +264,22 @@ def quat_slerp(q0: torch.Tensor, q1: torch.Tensor, t: torch.Tensor | float) -> t
     """
     check_tensor("q0", q0, (4,))
     check_tensor("q1", q1, (4,))
+    batch = check_pair("q0", q0, 1, "q1", q1, 1)
     _check_quat_norm("q0", q0)
     _check_quat_norm("q1", q1)
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(t, dtype=q0.dtype, device=q0.device)
     elif not t.is_floating_point():
         raise ValueError(f"t: expected a floating-point tensor or a float, got dtype {t.dtype}")
+    else:
+        check_pair("q0", q0[..., 0], 0, "t", t, 0)
+        try:
+            torch.broadcast_shapes(batch, t.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"t: expected a shape broadcastable with the batch dims {tuple(batch)} of "
+                f"q0/q1, got {tuple(t.shape)}"
+            ) from None
     q0 = _unit_canonical(q0)
     q1 = _unit_canonical(q1)
     r = quat_multiply(quat_conjugate(q0), q1)
@@ -300,6 +312,7 @@ def quat_distance(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("q1", q1, (4,))
     check_tensor("q2", q2, (4,))
+    check_pair("q1", q1, 1, "q2", q2, 1)
     _check_quat_norm("q1", q1)
     _check_quat_norm("q2", q2)
     # the angle does not depend on the scales: rescaled so that the product cannot

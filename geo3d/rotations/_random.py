@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from geo3d.rotations._checks import check_dtype
+
 
 def _shape(shape: tuple) -> tuple[int, ...]:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
@@ -25,6 +27,10 @@ def random_quat(
     Args:
         *shape: batch shape (ints, or a single tuple).
         generator: optional :class:`torch.Generator`; every draw goes through it.
+        dtype: a floating-point dtype (default: torch's default dtype).
+
+    Raises:
+        ValueError: negative or non-int ``shape``; a non-floating ``dtype``.
 
     Returns:
         Tensor of shape :math:`(*shape, 4)`.
@@ -32,7 +38,7 @@ def random_quat(
     shape = _shape(shape)
     if generator is not None and device is None:
         device = generator.device
-    dtype = dtype or torch.get_default_dtype()
+    dtype = check_dtype("dtype", dtype)
     q = torch.randn(*shape, 4, generator=generator, dtype=dtype, device=device)
     # A normal draw is never exactly zero in practice; guard anyway.
     q = q / q.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)

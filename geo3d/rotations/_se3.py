@@ -9,7 +9,7 @@ from geo3d.rotations._axis_angle import (
     _rotvec_from_quat,
     axis_angle_to_matrix,
 )
-from geo3d.rotations._checks import check_finite, check_tensor, values_enabled
+from geo3d.rotations._checks import check_finite, check_pair, check_tensor, values_enabled
 from geo3d.rotations._matrix_input import as_rotation
 from geo3d.rotations._quat import _quat_from_rotation
 
@@ -127,12 +127,6 @@ def se3_apply(T: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("T", T, (4, 4))
     check_tensor("x", x, (3,))
-    try:
-        torch.broadcast_shapes(T.shape[:-2], x.shape[:-1])
-    except RuntimeError:
-        raise ValueError(
-            f"x: expected batch dims broadcastable with T's {tuple(T.shape[:-2])}, got "
-            f"{tuple(x.shape[:-1])} (x has shape {tuple(x.shape)})"
-        ) from None
+    check_pair("T", T, 2, "x", x, 1)
     R, t = T[..., :3, :3], T[..., :3, 3]
     return (R @ x.unsqueeze(-1)).squeeze(-1) + t
