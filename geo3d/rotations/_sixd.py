@@ -23,16 +23,22 @@ def sixd_to_matrix(x: torch.Tensor) -> torch.Tensor:
     """
     check_tensor("x", x, (6,))
     a1, a2 = x[..., :3], x[..., 3:]
+    # the map is invariant to a positive scale of each column: divide each by its max-abs
+    # entry (detached: that scale's derivative contributes 0), so squared norms neither
+    # under- nor overflow (|c| ~ 1e-30 or 1e30 in float32) and "zero" means all entries 0
+    m1 = a1.detach().abs().amax(-1, keepdim=True)
+    m2 = a2.detach().abs().amax(-1, keepdim=True)
+    if values_enabled() and m1.numel() > 0:
+        lo1, hi1 = torch.aminmax(m1)
+        if not (bool(lo1 > 0) and bool(hi1 < float("inf"))):
+            raise ValueError("x: expected finite 6D vectors with non-zero first column c1")
+    a1, a2 = a1 / m1, a2 / m2
     n1 = torch.linalg.vector_norm(a1, dim=-1, keepdim=True)
     b1 = a1 / n1
     a2p = a2 - (b1 * a2).sum(-1, keepdim=True) * b1
     n2 = torch.linalg.vector_norm(a2p, dim=-1, keepdim=True)
     if values_enabled() and n1.numel() > 0:
-        tiny = torch.finfo(x.dtype).tiny
-        lo1, hi1 = torch.aminmax(n1.detach())
-        lo2, hi2 = torch.aminmax((n2 / n1).detach())
-        if not (bool(lo1 > tiny) and bool(hi1 < float("inf"))):
-            raise ValueError("x: expected finite 6D vectors with non-zero first column c1")
+        lo2, hi2 = torch.aminmax((n2 / n1).detach())  # ~ sin(angle of c1, c2); NaN if c2 = 0
         if not (bool(lo2 > 1e3 * torch.finfo(x.dtype).eps) and bool(hi2 < float("inf"))):
             raise ValueError("x: expected c2 not parallel to c1 (and finite), got (near-)parallel")
     b2 = a2p / n2

@@ -175,3 +175,21 @@ def test_tiny_and_huge_quaternions_in_float32_are_not_zero(scale):
         G.quat_to_matrix(torch.zeros(4), normalize=True)
     with pytest.raises(ValueError, match="q1: expected finite quaternions with non-zero"):
         G.quat_distance(torch.zeros(4), q[0])
+
+
+@pytest.mark.parametrize("s1, s2", [(1e-30, 1e-30), (1e30, 1e30), (1e-30, 1e30)])
+def test_sixd_tiny_and_huge_columns_in_float32(s1, s2):
+    """Same kind in the 6D map: squared column norms under/overflow in float32 for
+    |c| = 1e-30 / 1e30; reference: float64 Gram-Schmidt (numpy) of the unscaled columns."""
+    c1 = np.array([1.0, 0.2, 0.1])
+    c2 = np.array([0.3, 1.0, -0.4])
+    b1 = c1 / np.linalg.norm(c1)
+    b2 = c2 - b1 @ c2 * b1
+    b2 /= np.linalg.norm(b2)
+    ref = np.stack([b1, b2, np.cross(b1, b2)], axis=-1)
+    x = torch.tensor(np.concatenate([c1 * s1, c2 * s2]), dtype=torch.float32)
+    assert (G.sixd_to_matrix(x).double() - torch.from_numpy(ref)).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="x: expected finite 6D vectors with non-zero first"):
+        G.sixd_to_matrix(torch.cat([torch.zeros(3), x[3:]]))
+    with pytest.raises(ValueError, match="x: expected c2 not parallel to c1"):
+        G.sixd_to_matrix(torch.cat([x[:3], torch.zeros(3)]))
