@@ -55,17 +55,23 @@ class MaskedBatchNorm(nn.Module):
         if self.training:
             dims = [0] + list(range(2, x.dim()))
             if mask is None:
-                mean = x.mean(dim=dims)
-                var = x.var(dim=dims, unbiased=False)
                 count = x.numel() // x.shape[1]
+                if count > 0:
+                    mean = x.mean(dim=dims)
+                    var = x.var(dim=dims, unbiased=False)
+                else:  # empty batch: nothing to normalise, running statistics kept
+                    mean = x.new_zeros(x.shape[1])
+                    var = x.new_ones(x.shape[1])
                 count_t = torch.tensor(float(count), dtype=x.dtype, device=x.device)
+                count_raw = count_t
             else:
                 if mask.shape != x.shape[:1] + x.shape[2:]:
                     raise ValueError(
                         f"mask: expected shape {tuple(x.shape[:1] + x.shape[2:])}, got {tuple(mask.shape)}")
                 m = mask.unsqueeze(1)
                 zero = torch.zeros((), dtype=x.dtype, device=x.device)
-                count_t = m.to(x.dtype).sum(dim=dims).clamp_min(1.0)  # (1,) -> broadcast
+                count_raw = m.to(x.dtype).sum(dim=dims)  # (1,) -> broadcast
+                count_t = count_raw.clamp_min(1.0)
                 xm = torch.where(m, x, zero)
                 mean = xm.sum(dim=dims) / count_t
                 dev = torch.where(m, x - mean.view(shape), zero)
@@ -73,8 +79,14 @@ class MaskedBatchNorm(nn.Module):
             with torch.no_grad():
                 n = count_t.detach()
                 unbiased = var.detach() * n / (n - 1).clamp_min(1.0)
-                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach().to(self.running_mean.dtype))
-                self.running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased.to(self.running_var.dtype))
+                # a batch without any valid entry (B = 0, or all padded) leaves the running
+                # statistics as they are (its mean/var are NaN or meaningless 0)
+                has = count_raw.detach() > 0
+                rm, rv = self.running_mean, self.running_var
+                new_m = rm * (1 - self.momentum) + self.momentum * mean.detach().to(rm.dtype)
+                new_v = rv * (1 - self.momentum) + self.momentum * unbiased.to(rv.dtype)
+                rm.copy_(torch.where(has, new_m, rm))
+                rv.copy_(torch.where(has, new_v, rv))
         else:
             mean = self.running_mean.to(x.dtype)
             var = self.running_var.to(x.dtype)

@@ -91,6 +91,9 @@ def _masked_knn(x: Tensor, k: int, mask: Tensor | None) -> tuple[Tensor, Tensor]
 
     B, N, _ = x.shape
     kk = min(int(k), N)
+    if B == 0:  # empty batch: empty graph (geo3d.ops.knn cannot reshape 0 rows)
+        return (torch.zeros(0, N, kk, dtype=torch.long, device=x.device),
+                torch.zeros(0, N, kk, dtype=torch.bool, device=x.device))
     x = x.detach()
     xs, lengths, perm = _valid_first(x, mask)
     _, idx_s = knn(xs, xs, kk, x_lengths=lengths, y_lengths=lengths)  # self first
@@ -208,6 +211,10 @@ def _knn_neighborhood(x: Tensor, k: int, mask: Tensor | None, rtol: float | None
     B, N, _ = x.shape
     dev, dt = x.device, x.dtype
     kk = min(int(k), N)
+    if B == 0:  # empty batch: empty graph (geo3d.ops.knn cannot reshape 0 rows)
+        return Neighborhood(torch.zeros(0, N, kk, dtype=torch.long, device=dev),
+                            torch.zeros(0, N, kk, dtype=torch.bool, device=dev),
+                            torch.zeros(0, N, kk, dtype=dt, device=dev))
     eps = torch.finfo(dt).eps
     rt = 0.0 if rtol is None else float(rtol)
     xs, lengths, perm = _valid_first(x.detach(), mask)

@@ -183,7 +183,7 @@ class TFNEncoder(nn.Module):
         f = self.conv_out(f, idx, weight, sh, emb)  # (B, N, dim irreps_out)
         pm = mask.unsqueeze(-1)
         f0 = f[..., self.idx0]  # (B, N, C0)
-        f1 = e3nn_l1_to_xyz(f[..., self.idx1].reshape(B, N, -1, 3))  # (B, N, C1, 3)
+        f1 = e3nn_l1_to_xyz(f[..., self.idx1].reshape(B, N, len(self.idx1) // 3, 3))  # (B, N, C1, 3)
         inv = masked_mean(f0, pm, dim=1)
         eq = masked_mean(f1, pm.unsqueeze(-1), dim=1)
         if self.equivariant_dim == 0:  # no 1o channels requested

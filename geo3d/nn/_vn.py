@@ -50,7 +50,7 @@ def _channel_mix(linear: nn.Linear, x: Tensor) -> Tensor:
     # x: (B, C_in, 3, *S) -> (B, C_out, 3, *S); mixes channels only (one batched matmul
     # on the contiguous (B, C_in, 3 * prod(S)) view, no transposes).
     w = linear.weight  # (C_out, C_in)
-    out = torch.matmul(w, x.reshape(x.shape[0], x.shape[1], -1))
+    out = torch.matmul(w, x.flatten(2))  # flatten: B = 0 too
     return out.view(x.shape[0], w.shape[0], *x.shape[2:])
 
 

@@ -66,7 +66,7 @@ def _edge_conv(conv: VNLinearLeakyReLU, x: Tensor, idx: Tensor, cross: bool,
 
     def split_map(w: Tensor) -> Tensor:
         a, b = w[:, :C], w[:, C:]
-        y = torch.matmul(torch.cat([a, b - a], dim=0), x.reshape(x.shape[0], C, -1))
+        y = torch.matmul(torch.cat([a, b - a], dim=0), x.flatten(2))  # flatten: B = 0 too
         y = y.view(x.shape[0], 2 * w.shape[0], 3, x.shape[-1])
         yj, yi = y[:, : w.shape[0]], y[:, w.shape[0]:]
         return _gather_neighbors(yj, idx) + yi.unsqueeze(-1)

@@ -399,3 +399,61 @@ def test_vn_max_pool_averages_exact_ties():
     # masked entries never take part, a clear maximum is returned as is
     m = torch.tensor([[False, True, True]])
     torch.testing.assert_close(pool(x, m)[0, 0], b, atol=0, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# empty batches (issue 11, 6d)
+
+
+def _buffers(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", list(ALL))
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
+def test_empty_batch_gives_empty_outputs(build, name, train, with_mask):
+    """B = 0: every field of EncoderOutput has the shape of a B = 1 output with 0 rows
+    (None exactly where the B = 1 output is None), the input's dtype, and a graph that
+    backpropagates; a training-mode call leaves the batch-norm running statistics
+    unchanged (no valid sample: averaging its NaN/0 statistics in would corrupt them)."""
+    model = build(ALL[name]).train(train)
+    ref = model.eval()(torch.randn(1, 10, 3, generator=torch.Generator().manual_seed(8),
+                                   dtype=torch.float64))
+    model.train(train)
+    before = _buffers(model)
+    pts = torch.zeros(0, 10, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.zeros(0, 10, dtype=torch.bool) if with_mask else None
+    out = model(pts, mask)
+    for field in ("invariant", "equivariant", "point_features", "point_equivariant"):
+        got, want = getattr(out, field), getattr(ref, field)
+        assert (got is None) == (want is None), field
+        if want is not None:
+            assert got.shape == (0, *want.shape[1:]) and got.dtype == torch.float64, field
+    sum(t.sum() for t in _flat(out)).backward()
+    assert pts.grad is not None and pts.grad.shape == (0, 10, 3)
+    after = _buffers(model)
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k  # running_mean/var untouched, never NaN
+    if train:  # the next real batch still trains and evaluates finitely
+        model(torch.randn(2, 10, 3, generator=torch.Generator().manual_seed(9),
+                          dtype=torch.float64))
+        assert all(torch.isfinite(v).all() for v in model.state_dict().values()
+                   if v.is_floating_point())
+
+
+def test_masked_batchnorm_all_padded_batch_keeps_running_stats():
+    from geo3d.nn import MaskedBatchNorm
+
+    bn = MaskedBatchNorm(3).double().train()
+    x = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    bn(x, torch.ones(4, 5, dtype=torch.bool))
+    mean, var = bn.running_mean.clone(), bn.running_var.clone()
+    # reference: torch's BatchNorm1d on the same batch (momentum 0.1 both)
+    ref = torch.nn.BatchNorm1d(3).double().train()
+    ref(x)
+    torch.testing.assert_close(mean, ref.running_mean, atol=1e-12, rtol=0)
+    torch.testing.assert_close(var, ref.running_var, atol=1e-12, rtol=0)
+    bn(x, torch.zeros(4, 5, dtype=torch.bool))  # nothing valid
+    bn(x[:0], None)  # empty batch
+    assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
