@@ -163,15 +163,23 @@ def quat_to_euler(q: torch.Tensor, convention: str, warn: bool = True) -> torch.
     """Euler angles from quaternions (see :func:`matrix_to_euler`).
 
     Args:
-        q: quaternions ``wxyz``, shape :math:`(*, 4)`.
+        q: quaternions ``wxyz``, shape :math:`(*, 4)`, non-zero (any scale: the angles
+            are those of ``q / |q|``).
         convention: as in :func:`euler_to_matrix`.
         warn: warn (like scipy) when gimbal lock is detected.
 
     Returns:
         Angles in radians, shape :math:`(*, 3)`.
+
+    Raises:
+        ValueError: wrong shape or convention; (value checks on) a zero or non-finite
+            quaternion.
     """
     extrinsic, symmetric, i, j, k, sign = _euler_setup(convention)
     check_tensor("q", q, (4,))
+    from geo3d.rotations._quat import _check_quat_norm
+
+    _check_quat_norm("q", q)
     # scipy's xyzw layout: index 3 is the scalar part; ours is wxyz.
     a, b, c, d = _euler_abcd(q[..., 0], q[..., 1 + i], q[..., 1 + j], q[..., 1 + k],
                              symmetric, sign)

@@ -166,6 +166,7 @@ def test_tiny_and_huge_quaternions_in_float32_are_not_zero(scale):
     unit = ref.as_quat()[:, [3, 0, 1, 2]]
     unit = unit * np.sign(unit[:, :1])  # w >= 0
     checks["quat_normalize"] = (qn, unit)
+    checks["quat_to_euler"] = (G.quat_to_euler(q, "ZYX"), ref.as_euler("ZYX"))
     for name, (got, want) in checks.items():
         assert torch.isfinite(got).all(), name
         err = (got.double() - torch.as_tensor(want)).abs().max()
@@ -175,6 +176,8 @@ def test_tiny_and_huge_quaternions_in_float32_are_not_zero(scale):
         G.quat_to_matrix(torch.zeros(4), normalize=True)
     with pytest.raises(ValueError, match="q1: expected finite quaternions with non-zero"):
         G.quat_distance(torch.zeros(4), q[0])
+    with pytest.raises(ValueError, match="q: expected finite quaternions with non-zero"):
+        G.quat_to_euler(torch.zeros(4), "xyz")  # was silently the angles (0, -π/2, 0)
 
 
 @pytest.mark.parametrize("s1, s2", [(1e-30, 1e-30), (1e30, 1e30), (1e-30, 1e30)])
