@@ -75,12 +75,16 @@ def load_model(checkpoint: str | os.PathLike, map_location: Any = "cpu") -> Any:
     of the training run when the checkpoint records it (``None`` otherwise).
 
     Raises:
+        ValueError: ``map_location`` names a device that is not a device or not
+            available here (see :func:`resolve_device`).
         FileNotFoundError: no such file.
         CheckpointError: (a ``RuntimeError``) a truncated/corrupt checkpoint, or one
             without ``state_dict``.
     """
     from geo3d.apps.assembly._module import AssemblyModule
 
+    if isinstance(map_location, (str, torch.device)):
+        map_location = resolve_device(map_location, "map_location")
     ckpt = load_checkpoint(checkpoint, map_location=map_location)
     if "state_dict" not in ckpt:
         from geo3d.apps.assembly._checkpoint import CheckpointError

@@ -323,6 +323,20 @@ def test_assemble_rejects_devices_that_do_not_exist(device, tmp_path):
     good = torch.rand(20, 3)
     with pytest.raises(ValueError, match=r"^device: expected .*got " + re.escape(repr(device))):
         assemble([good, good], tmp_path / "none.ckpt", device=device)
+    if isinstance(device, str):
+        with pytest.raises(ValueError, match=r"^map_location: expected .*got "
+                                             + re.escape(repr(device))):
+            load_model(tmp_path / "none.ckpt", map_location=device)
+
+
+def test_cli_predict_device_error_is_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("GEO3D_DEBUG", raising=False)
+    argv = ["assembly", "predict", "--checkpoint", str(tmp_path / "x.ckpt"), "--pieces",
+            "a.ply", "b.ply", "--device", "tpu"]
+    assert geo3d_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("geo3d: error: device: expected a torch "
+                                                  "device such as 'cpu' or 'cuda', got 'tpu'")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
