@@ -42,6 +42,11 @@ def resolve_device(device: str | torch.device | None, name: str = "device") -> t
 
     Raises:
         ValueError: not a device name, or a device this build/machine does not have.
+
+    Example:
+        >>> from geo3d.apps.assembly._api import resolve_device
+        >>> resolve_device(None), resolve_device("cpu")
+        (device(type='cpu'), device(type='cpu'))
     """
     if device is None:
         return torch.device("cpu")
