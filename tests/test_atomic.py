@@ -4,6 +4,7 @@ import os
 import stat
 
 import pytest
+
 from geo3d._atomic import atomic_path, atomic_write_bytes, atomic_write_text
 
 
