@@ -288,8 +288,8 @@ def fused(name: str) -> Callable:
 
     * float32 CPU tensors that need no gradient go to hand-vectorised C kernels
       (``_native.c``), built with the system C compiler on first use and cached. They take
-      0.5-1.5x the time of a copy of the same bytes at 1e6 rotations
-      (``benchmarks/rotations.py``) and use ``torch.get_num_threads()`` threads (results
+      0.5-2.4x the time of a copy of the same bytes at 1e6 rotations
+      (``benchmarks/rotations.py``; the spread is between machines, see the README) and use ``torch.get_num_threads()`` threads (results
       do not depend on the thread count);
     * everything else (float64, CUDA, inputs that require grad) goes to ``torch.compile``
       kernels (of the eager function where that is as fast, of a scalar-component
