@@ -11,11 +11,39 @@ Data-dependent checks (non-finite coordinates) follow the one project-wide switc
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
-__all__ = ["check_finite", "value_error", "values_enabled"]
+__all__ = ["check_finite", "set_value_checks", "switch_on", "value_error", "values_enabled"]
+
+_VALUE_CHECKS = True
+
+
+def set_value_checks(enabled: bool) -> bool:
+    """Enable or disable data-dependent input checks (non-finite / degenerate values).
+
+    Public as :func:`geo3d.rotations.set_value_checks` (one switch for the package). Shape
+    and dtype checks are always performed. Value checks need one reduction and, on CUDA,
+    a host synchronisation; they are skipped automatically while tracing
+    (``torch.compile``/``torch.export``, ``torch.jit.trace``, and the ``torch.func``
+    transforms ``vmap``, ``grad``, ``jacrev``, ``jacfwd``), where a host read of the data
+    is impossible or meaningless. Inputs are then assumed valid (e.g. matrices are assumed
+    to be rotations).
+
+    Args:
+        enabled: new setting.
+
+    Returns:
+        The previous setting.
+    """
+    global _VALUE_CHECKS
+    old = _VALUE_CHECKS
+    _VALUE_CHECKS = bool(enabled)
+    return old
+
+
+def switch_on() -> bool:
+    """The setting of :func:`set_value_checks` (tracing not considered)."""
+    return _VALUE_CHECKS
 
 
 def value_error(name: str, what: str, actual: object) -> ValueError:
@@ -31,10 +59,7 @@ def shape_of(x: object) -> object:
 def values_enabled() -> bool:
     """True when data-dependent checks should run: the switch of
     :func:`geo3d.rotations.set_value_checks` is on and nothing is being compiled."""
-    # The switch lives in geo3d.rotations._checks; read it without importing that package
-    # (if it was never imported, nobody can have turned the checks off).
-    mod = sys.modules.get("geo3d.rotations._checks")
-    if mod is not None and not getattr(mod, "_VALUE_CHECKS", True):
+    if not _VALUE_CHECKS:
         return False
     try:
         return not torch.compiler.is_compiling()

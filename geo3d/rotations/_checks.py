@@ -6,29 +6,10 @@ import math
 
 import torch
 
-_VALUE_CHECKS = True
-
-
-def set_value_checks(enabled: bool) -> bool:
-    """Enable or disable data-dependent input checks (non-finite / degenerate values).
-
-    Shape and dtype checks are always performed. Value checks need one reduction and, on
-    CUDA, a host synchronisation; they are skipped automatically while tracing
-    (``torch.compile``/``torch.export``, ``torch.jit.trace``, and the ``torch.func``
-    transforms ``vmap``, ``grad``, ``jacrev``, ``jacfwd``), where a host read of the data
-    is impossible or meaningless. Inputs are then assumed valid (e.g. matrices are assumed
-    to be rotations).
-
-    Args:
-        enabled: new setting.
-
-    Returns:
-        The previous setting.
-    """
-    global _VALUE_CHECKS
-    old = _VALUE_CHECKS
-    _VALUE_CHECKS = bool(enabled)
-    return old
+# The one project-wide switch lives in the bottom layer (geo3d._validation), so ops and nn
+# read the same setting without importing this package; re-exported here as public API.
+from geo3d import _validation
+from geo3d._validation import set_value_checks  # noqa: F401 (re-export)
 
 
 def _fmt_tail(tail: tuple) -> str:
@@ -61,7 +42,7 @@ def tracing() -> bool:
 
 def values_enabled() -> bool:
     """Whether data-dependent value checks run now (enabled and not tracing)."""
-    return _VALUE_CHECKS and not tracing()
+    return _validation.switch_on() and not tracing()
 
 
 def check_values(name: str, ok: torch.Tensor, what: str) -> None:
