@@ -1,6 +1,8 @@
 """Evaluation: GPU-batched metrics usable outside the apps.
 
-Shape assembly (Breaking Bad benchmark) metrics live in :mod:`geo3d.eval._assembly_metrics`.
+Shape assembly (Breaking Bad benchmark) metrics live in :mod:`geo3d.eval._assembly_metrics`;
+human-body fitting metrics (V2V, MPJPE, per-point part accuracy) in
+:mod:`geo3d.eval._body_metrics`.
 """
 
 from geo3d.eval._assembly_metrics import (
@@ -14,6 +16,7 @@ from geo3d.eval._assembly_metrics import (
     transform_parts,
     translation_errors,
 )
+from geo3d.eval._body_metrics import mpjpe, part_accuracy_points, v2v_error
 
 __all__ = [
     "align_to_anchor",
@@ -25,4 +28,7 @@ __all__ = [
     "shape_chamfer",
     "transform_parts",
     "translation_errors",
+    "mpjpe",
+    "part_accuracy_points",
+    "v2v_error",
 ]
