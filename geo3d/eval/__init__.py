@@ -2,7 +2,8 @@
 
 Shape assembly (Breaking Bad benchmark) metrics live in :mod:`geo3d.eval._assembly_metrics`;
 human-body fitting metrics (V2V, MPJPE, per-point part accuracy) in
-:mod:`geo3d.eval._body_metrics`.
+:mod:`geo3d.eval._body_metrics`; 3D-correspondence metrics of image features (APE, PCDP,
+keypoint PCK) in :mod:`geo3d.eval._correspondence`.
 """
 
 from geo3d.eval._assembly_metrics import (
@@ -17,6 +18,17 @@ from geo3d.eval._assembly_metrics import (
     translation_errors,
 )
 from geo3d.eval._body_metrics import mpjpe, part_accuracy_points, v2v_error
+from geo3d.eval._correspondence import (
+    dense_correspondence_metrics,
+    extract_features,
+    keypoint_pck,
+    keypoints_from_points,
+    mask_bbox_size,
+    nearest_pixels,
+    sample_features,
+    transfer_keypoints,
+    views_from_pair,
+)
 
 __all__ = [
     "align_to_anchor",
@@ -31,4 +43,14 @@ __all__ = [
     "mpjpe",
     "part_accuracy_points",
     "v2v_error",
+    # dense correspondence / keypoint transfer (issue 16)
+    "dense_correspondence_metrics",
+    "extract_features",
+    "keypoint_pck",
+    "keypoints_from_points",
+    "mask_bbox_size",
+    "nearest_pixels",
+    "sample_features",
+    "transfer_keypoints",
+    "views_from_pair",
 ]
