@@ -1,0 +1,201 @@
+"""Test-time assembly pipeline: network outputs -> poses (matching, graph, refinement).
+
+``method="matching"`` (default) turns the correspondence head's per-point descriptors
+(``out["desc"]``, rotation-invariant) and fracture-surface logits (``out["frac_score"]``)
+into poses: pairwise matching + RANSAC (:func:`~geo3d.apps.assembly._matching.pairwise_poses`),
+a maximum spanning tree from the anchor with the network's poses as the fallback for
+pieces without a reliable edge (:func:`~geo3d.apps.assembly._matching.global_assembly`),
+and a joint refinement (:func:`~geo3d.apps.assembly._refine.refine_poses`).
+``method="network"`` returns the network's own poses (``out["rot"]``, ``out["trans"]``).
+
+Frame of the result: the anchor (largest piece, :func:`geo3d.eval.anchor_parts`) keeps the
+network's pose ``T_a`` (identity when ``out`` has no poses); every other piece is placed
+relative to it, ``T_i = T_a G_i`` with ``G_i`` its pose in the anchor's input frame. With
+an equivariant network (``T_a(g p) = T_a(p) g⁻¹``) the assembled object is therefore
+invariant to a rigid motion of any input piece, the anchor included.
+
+Reference: Y. Lu et al., "Jigsaw: Learning to Assemble Multiple Fractured Objects",
+NeurIPS 2023, arXiv:2305.17975 (the same stages: fracture-surface segmentation,
+matching, pairwise poses, global alignment).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["assemble_from_outputs", "network_poses", "PIPELINE_METHODS", "STAGES"]
+
+PIPELINE_METHODS = ("matching", "network")
+#: keys of ``timings`` (seconds, summed over the batch's objects); ``"objects"`` counts them
+STAGES = ("match", "ransac", "global", "refine", "total")
+
+
+def _shape(x: object) -> object:
+    return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+
+
+def network_poses(out: dict[str, Any], B: int, P: int, dtype: torch.dtype,
+                  device: torch.device) -> Tensor | None:
+    """``(B, P, 4, 4)`` poses from ``out["rot"] (B, P, 3, 3)`` and ``out["trans"] (B, P, 3)``
+    (``None`` when ``out`` has no poses).
+
+    Raises:
+        ValueError: ``rot``/``trans`` of the wrong shape.
+    """
+    rot, trans = out.get("rot"), out.get("trans")
+    if rot is None or trans is None:
+        return None
+    if not isinstance(rot, Tensor) or rot.shape != (B, P, 3, 3):
+        raise ValueError(f"out['rot']: expected shape ({B}, {P}, 3, 3), got {_shape(rot)}")
+    if not isinstance(trans, Tensor) or trans.shape != (B, P, 3):
+        raise ValueError(f"out['trans']: expected shape ({B}, {P}, 3), got {_shape(trans)}")
+    T = torch.zeros(B, P, 4, 4, dtype=dtype, device=device)
+    T[..., :3, :3] = rot.detach().to(device, dtype)
+    T[..., :3, 3] = trans.detach().to(device, dtype)
+    T[..., 3, 3] = 1.0
+    return T
+
+
+def assemble_from_outputs(
+    points: Tensor,
+    valid: Tensor,
+    out: dict[str, Any],
+    method: str = "matching",
+    refine: bool = True,
+    generator: torch.Generator | None = None,
+    timings: dict[str, float] | None = None,
+    *,
+    normals: Tensor | None = None,
+    match_method: str = "sinkhorn",
+    max_points: int = 256,
+    score_min: float = 0.5,
+    min_points: int = 32,
+    rel_thresh: float = 0.1,
+    ransac_iters: int = 256,
+    min_score: float = 6.0,
+    refine_steps: int = 10,
+    match_kwargs: dict[str, float] | None = None,
+    refine_kwargs: dict[str, float] | None = None,
+) -> Tensor:
+    """Poses of the pieces of a batch of objects from the network's outputs.
+
+    Args:
+        points: the pieces as given to the network, shape :math:`(B, P, N, 3)` (each in
+            its own frame; padded pieces: anything finite).
+        valid: valid pieces, shape :math:`(B, P)` bool.
+        out: the model's output dict: ``"rot" (B, P, 3, 3)``, ``"trans" (B, P, 3)`` (the
+            network's poses; fallback and anchor placement), ``"desc" (B, P, N, C)``
+            pose-invariant descriptors, ``"frac_score" (B, P, N)`` fracture-surface
+            logits (optional: all points count as fracture points). Without ``"desc"``
+            the network's poses are returned.
+        method: ``"matching"`` (default) or ``"network"``.
+        refine: run :func:`~geo3d.apps.assembly._refine.refine_poses` after the spanning
+            tree.
+        generator: optional :class:`torch.Generator` for RANSAC (used object by object,
+            pair by pair, in order).
+        timings: optional dict; wall seconds per stage (:data:`STAGES`) are added to it,
+            summed over the objects, and ``"objects"`` counts the objects.
+        normals: optional outward normals of the input points, shape :math:`(B, P, N, 3)`
+            (the refinement estimates them otherwise).
+        match_method, max_points, score_min, min_points, rel_thresh, ransac_iters: see
+            :func:`~geo3d.apps.assembly._matching.pairwise_poses` (``match_method`` is its
+            ``method``, ``ransac_iters`` its ``iters``).
+        min_score: inlier score of a reliable edge
+            (:func:`~geo3d.apps.assembly._matching.global_assembly`).
+        refine_steps: LM steps of the refinement.
+        match_kwargs, refine_kwargs: extra options for ``match_pieces`` / ``refine_poses``.
+
+    Returns:
+        Poses :math:`(B, P, 4, 4)` (dtype of ``points``): ``T[b, i] @ [p, 1]`` places point
+        ``p`` of input piece ``i`` in the assembled frame; identity for padded pieces.
+
+    Raises:
+        ValueError: bad shapes, an unknown ``method``, or ``method="network"`` (or no
+            ``"desc"``) without ``out["rot"]``/``out["trans"]``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> pts = torch.randn(1, 2, 64, 3, generator=g, dtype=torch.float64)
+        >>> pts[0, 1] = pts[0, 0] + 1.0
+        >>> d = torch.randn(64, 8, generator=g, dtype=torch.float64).expand(1, 2, 64, 8)
+        >>> T = assemble_from_outputs(pts, torch.ones(1, 2, dtype=torch.bool), {"desc": d},
+        ...                           refine=False, generator=g)
+        >>> placed = pts[0] @ T[0, :, :3, :3].transpose(-1, -2) + T[0, :, None, :3, 3]
+        >>> bool((placed[0] - placed[1]).abs().max() < 1e-9)
+        True
+    """
+    from geo3d.apps.assembly._matching import _clock, _inverse, global_assembly, pairwise_poses
+    from geo3d.apps.assembly._refine import refine_poses
+
+    from geo3d.eval import anchor_parts
+
+    if not isinstance(points, Tensor) or points.dim() != 4 or points.shape[-1] != 3 or \
+            not points.is_floating_point():
+        raise ValueError(f"points: expected a floating-point tensor of shape (B, P, N, 3), "
+                         f"got {_shape(points)}")
+    B, P, N = points.shape[:3]
+    if not isinstance(valid, Tensor) or valid.shape != (B, P):
+        raise ValueError(f"valid: expected shape ({B}, {P}), got {_shape(valid)}")
+    valid = valid.to(points.device).bool()
+    if not isinstance(out, dict):
+        raise ValueError(f"out: expected the model's output dict, got {type(out).__name__}")
+    if method not in PIPELINE_METHODS:
+        raise ValueError(f"method: expected one of {PIPELINE_METHODS}, got {method!r}")
+    dt, dev = points.dtype, points.device
+    t_start = _clock(dev)
+    T_net = network_poses(out, B, P, dt, dev)
+    desc = out.get("desc")
+    if method == "network" or desc is None:
+        if T_net is None:
+            raise ValueError("out: expected 'rot' and 'trans' (the network's poses) for "
+                             f"method={method!r}" + ("" if desc is not None else
+                                                     " and no 'desc' to match"))
+        eye = torch.eye(4, dtype=dt, device=dev)
+        res = torch.where(valid[..., None, None], T_net, eye)
+        if timings is not None:
+            timings["total"] = timings.get("total", 0.0) + _clock(dev) - t_start
+            timings["objects"] = timings.get("objects", 0) + B
+        return res
+    if not isinstance(desc, Tensor) or desc.dim() != 4 or desc.shape[:3] != (B, P, N):
+        raise ValueError(f"out['desc']: expected shape ({B}, {P}, {N}, C), got "
+                         f"{_shape(desc)}")
+    logits = out.get("frac_score")
+    if logits is not None and (not isinstance(logits, Tensor) or logits.shape != (B, P, N)):
+        raise ValueError(f"out['frac_score']: expected shape ({B}, {P}, {N}), got "
+                         f"{_shape(logits)}")
+    if normals is not None and (not isinstance(normals, Tensor) or
+                                normals.shape != (B, P, N, 3)):
+        raise ValueError(f"normals: expected shape ({B}, {P}, {N}, 3), got {_shape(normals)}")
+    desc = desc.detach().to(dev, dt)
+    prob = None if logits is None else torch.sigmoid(logits.detach().to(dev, dt))
+    anchors = anchor_parts(points, valid).tolist()
+    eye = torch.eye(4, dtype=dt, device=dev)
+    result = eye.repeat(B, P, 1, 1)
+    tim = timings if timings is not None else {}
+    for b in range(B):
+        a = int(anchors[b])
+        vb = valid[b]
+        Ta = T_net[b, a] if T_net is not None else eye
+        fallback = None
+        if T_net is not None:
+            fallback = _inverse(Ta)[None] @ T_net[b]
+        pw = pairwise_poses(points[b], desc[b], None if prob is None else prob[b], vb,
+                            method=match_method, max_points=max_points, score_min=score_min,
+                            min_points=min_points, rel_thresh=rel_thresh, iters=ransac_iters,
+                            generator=generator, timings=tim, **(match_kwargs or {}))
+        t0 = _clock(dev)
+        G = global_assembly(pw, a, fallback, valid=vb, min_score=min_score)
+        t1 = _clock(dev)
+        tim["global"] = tim.get("global", 0.0) + (t1 - t0)
+        if refine and refine_steps > 0:
+            G = refine_poses(points[b], G, pw.matches, a, valid=vb,
+                             normals=None if normals is None else normals[b].to(dt),
+                             steps=refine_steps, **(refine_kwargs or {}))
+        tim["refine"] = tim.get("refine", 0.0) + (_clock(dev) - t1)
+        result[b] = torch.where(vb[:, None, None], Ta[None] @ G, eye)
+    tim["total"] = tim.get("total", 0.0) + _clock(dev) - t_start
+    tim["objects"] = tim.get("objects", 0) + B
+    return result
