@@ -29,6 +29,13 @@ from geo3d.eval._correspondence import (
     transfer_keypoints,
     views_from_pair,
 )
+from geo3d.eval._pose_estimation import (
+    estimate_pose_pnp,
+    match_to_references,
+    pose_accuracy,
+    pose_errors,
+    pose_estimation_metrics,
+)
 
 __all__ = [
     "align_to_anchor",
@@ -53,4 +60,9 @@ __all__ = [
     "sample_features",
     "transfer_keypoints",
     "views_from_pair",
+    "estimate_pose_pnp",
+    "match_to_references",
+    "pose_accuracy",
+    "pose_errors",
+    "pose_estimation_metrics",
 ]
