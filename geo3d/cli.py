@@ -18,6 +18,7 @@ SUBCOMMANDS: list[str] = [
     "geo3d._demo",
     "geo3d.datasets._cli",
     "geo3d.apps.assembly.cli",
+    "geo3d.apps.arteq.cli",
     "geo3d.apps.multiview_corr.cli",
     "geo3d.body._cli",
 ]

@@ -1,0 +1,157 @@
+"""ArtEq checkpoints: atomic writes, safe loads (``weights_only=True``), clear errors.
+
+Two file kinds load as an :class:`~geo3d.apps.arteq._model.ArtEqNet`:
+
+* a Lightning ``.ckpt`` written by ``geo3d arteq fit`` (``state_dict`` keys start with
+  ``net.``; the module adds ``config`` = the net's constructor arguments and ``arteq`` =
+  ``{"body_model", "num_betas"}``);
+* a plain file ``{"config": dict, "state_dict": dict}`` (:func:`save_model`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from geo3d._atomic import atomic_write_bytes
+
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "load_checkpoint", "load_model",
+           "save_model", "checkpoint_info"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is truncated, corrupt or not an ArtEq checkpoint; ``path`` names it."""
+
+    def __init__(self, path: str | os.PathLike, message: str) -> None:
+        self.path = str(path)
+        super().__init__(message)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with clear errors.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: the file is truncated, corrupt, not a torch file, or not a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # zip/unpickling errors of truncated or foreign files
+        raise CheckpointError(
+            path, f"checkpoint: {str(path)!r} ({path.stat().st_size} bytes) could not be read: "
+            f"it is truncated, corrupted or not a torch checkpoint ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:200]})"
+        ) from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(path, f"checkpoint: expected a dict in {str(path)!r}, got "
+                                    f"{type(ckpt).__name__}")
+    return ckpt
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning CheckpointIO writing through a temporary file + rename (a killed run never
+    leaves a half-written checkpoint under the final name), loading with
+    ``weights_only=True`` and a clear error for truncated files."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location if map_location else "cpu")
+
+
+def _net_state(path: Path, ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    keys = sorted(map(str, ckpt))[:8]
+    state = ckpt.get("state_dict")
+    config = ckpt.get("config")
+    if config is None and isinstance(ckpt.get("hyper_parameters"), dict):
+        config = ckpt["hyper_parameters"].get("net_config")
+    if not isinstance(state, dict) or not isinstance(config, dict):
+        raise CheckpointError(
+            path, f"checkpoint: expected an ArtEq checkpoint in {str(path)!r} (a dict with "
+            f"'config' and 'state_dict', or a `geo3d arteq fit` .ckpt), got keys {keys}")
+    if any(str(k).startswith("net.") for k in state):
+        state = {k[4:]: v for k, v in state.items() if str(k).startswith("net.")}
+    return config, state
+
+
+def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.Module:
+    """Rebuild the trained :class:`~geo3d.apps.arteq._model.ArtEqNet` of a checkpoint.
+
+    Args:
+        path: a ``geo3d arteq fit`` Lightning ``.ckpt`` or a plain
+            ``{"config", "state_dict"}`` file (:func:`save_model`).
+        map_location: where the tensors go (``torch.load``'s argument).
+
+    Returns:
+        The net in eval mode.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: truncated/corrupt file, a foreign checkpoint (not ArtEq's keys), or
+            weights that do not fit the stored configuration.
+
+    Example:
+        >>> import tempfile, os
+        >>> from geo3d.apps.arteq._model import ArtEqNet
+        >>> p = os.path.join(tempfile.mkdtemp(), "net.pt")
+        >>> _ = save_model(ArtEqNet("pointnet"), p)
+        >>> type(load_model(p)).__name__
+        'ArtEqNet'
+    """
+    from geo3d.apps.arteq._model import ArtEqNet
+
+    path = Path(path)
+    config, state = _net_state(path, load_checkpoint(path, map_location))
+    try:
+        net = ArtEqNet(**config)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(path, f"checkpoint: config in {str(path)!r} does not build an "
+                                    f"ArtEqNet ({err})") from err
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        msg = " ".join(str(err).split())[:300]
+        raise CheckpointError(path, f"checkpoint: weights in {str(path)!r} do not fit its "
+                                    f"config ({msg})") from err
+    return net.eval()
+
+
+def checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``arteq`` entry of a checkpoint (``body_model``, ``num_betas``), or ``{}``."""
+    ckpt = load_checkpoint(path)
+    info = ckpt.get("arteq")
+    return dict(info) if isinstance(info, dict) else {}
+
+
+def save_model(net: torch.nn.Module, path: str | os.PathLike,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Write ``{"config": net.config, "state_dict": net.state_dict()}`` atomically.
+
+    Args:
+        net: an :class:`~geo3d.apps.arteq._model.ArtEqNet`.
+        path: output file.
+        extra: stored as ``"arteq"`` (e.g. ``{"body_model": ...}``).
+
+    Returns:
+        ``path``.
+    """
+    buf = io.BytesIO()
+    payload: dict[str, Any] = {"config": dict(net.config), "state_dict": net.state_dict()}
+    if extra:
+        payload["arteq"] = dict(extra)
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
