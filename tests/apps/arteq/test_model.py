@@ -116,6 +116,21 @@ class TestContract:
         c = net(x[:, perm], labels[:, perm])
         torch.testing.assert_close(c["part_rot"], b["part_rot"], atol=1e-10, rtol=0)
 
+    def test_subsample_generator(self):
+        # a fixed subset without a generator (deterministic), another one with it
+        net = _net(num_centers=40).double().eval()
+        x = _cloud(1, 120)
+        a, b = net(x), net(x)
+        torch.testing.assert_close(a["part_rot"], b["part_rot"], atol=0, rtol=0)
+        c = net(x, generator=torch.Generator().manual_seed(123))
+        assert float((a["part_logits"] - c["part_logits"]).detach().abs().max()) > 1e-6
+        # num_centers >= N: the backbone sees every point, nothing is interpolated
+        full = _net(num_centers=None).double().eval()
+        full.load_state_dict(net.state_dict())
+        big = _net(num_centers=120).double().eval()
+        big.load_state_dict(net.state_dict())
+        torch.testing.assert_close(full(x)["part_rot"], big(x)["part_rot"], atol=0, rtol=0)
+
     def test_gradients_finite(self):
         net = _net().double().train()
         x = _cloud(2, 60)
@@ -160,6 +175,14 @@ class TestBadInput:
         bad[1, 5] = -1
         with pytest.raises(ValueError, match="part_labels"):
             net(x, bad)
+
+    def test_hyper_values(self):
+        with pytest.raises(ValueError, match="num_centers"):
+            ArtEqNet(num_centers=0)
+        with pytest.raises(ValueError, match="interp_sigma"):
+            ArtEqNet(interp_sigma=0.0)
+        with pytest.raises(ValueError, match="num_heads"):
+            ArtEqNet(d_model=30, num_heads=4)
 
     def test_backbone_name(self):
         with pytest.raises(ValueError, match="backbone"):
@@ -223,6 +246,14 @@ class TestEquivariance:
         errs = _equivariance_errors(_net().double().eval(), x)
         for key in ("betas", "part_logits", "centre"):
             assert errs[key] < self.TOL, (key, errs[key])
+
+    def test_subsampled_backbone(self):
+        # N > num_centers: backbone on a subset, Gaussian interpolation back to all points
+        net = _net(num_centers=48, interp_sigma=0.2).double().eval()
+        self._assert_exact(_equivariance_errors(net, _cloud(2, 150)))
+        x = _cloud(2, 150)
+        x = torch.cat([x, x[:, :40]], dim=1)  # duplicates in and out of the subset
+        self._assert_exact(_equivariance_errors(net, x))
 
     def test_large_offset(self):
         self._assert_exact(_equivariance_errors(_net().double().eval(), _cloud(2, 100) + 1e3,
