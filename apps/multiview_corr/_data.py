@@ -79,6 +79,7 @@ def load_view_dict(root: str | os.PathLike, name: str, index: int, poses: np.nda
                    K: np.ndarray, image_size: int | None = None) -> dict[str, Any]:
     """View ``index`` of object ``name`` as a view dict (see the module docstring)."""
     from geo3d.datasets.multiview import load_view
+
     from geo3d.render import depth_to_points
 
     v = load_view(Path(root) / name, index)

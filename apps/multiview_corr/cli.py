@@ -85,11 +85,10 @@ def _rewrite_args(args: list[str]) -> list[str]:
 
 
 def _make_cli_class() -> Any:
+    from geo3d.apps.multiview_corr._module import AtomicCheckpointIO
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.plugins.io import CheckpointIO
-
-    from geo3d.apps.multiview_corr._module import AtomicCheckpointIO
 
     class MultiviewCLI(LightningCLI):
         """LightningCLI with a ``checkpoint`` (ModelCheckpoint) group, atomic checkpoint

@@ -10,6 +10,7 @@ from geo3d.apps.multiview_corr._data import (
     resize_view,
     split_objects,
 )
+
 from geo3d.render import project_points, relative_rotation_angle
 
 RENDER = {"num_synthetic": 2, "seed": 0, "size": 32, "focal": 36.0, "level": 0}

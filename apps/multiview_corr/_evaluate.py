@@ -1,0 +1,232 @@
+"""Before/after evaluation of multiview finetuning on held-out objects (``geo3d multiview eval``).
+
+The same held-out view pairs are scored with two feature extractors: the backbone alone
+("before": its normalised patch tokens) and the finetuned model ("after": LoRA + conv).
+Metrics (all from :mod:`geo3d.eval`, averaged over pairs):
+
+* dense 3D equivariance: APE (pixels; and normalised by the image side / the object's
+  mask box side) and PCDP@{0.05, 0.1, 0.2} for both normalisations
+  (:func:`geo3d.eval._correspondence.dense_correspondence_metrics`, direction A -> B);
+* keypoint transfer PCK@{0.05, 0.1, 0.2} (normalised by the mask box side of view B):
+  ``num_keypoints`` surface points drawn from view A's foreground, visible in both views,
+  transferred by nearest features (:func:`geo3d.eval._correspondence.keypoint_pck`);
+
+pooled over every pair.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geo3d._atomic import atomic_write_text
+
+__all__ = ["evaluate_extractors", "eval_adapter_main", "format_table", "TABLE_KEYS"]
+
+#: rows of the before/after table: (key, label, scale)
+TABLE_KEYS = [
+    ("ape_px", "APE (px)", 1.0),
+    ("ape_img", "APE / image side (%)", 100.0),
+    ("ape_bbox", "APE / object box side (%)", 100.0),
+    ("pcdp_img@0.05", "PCDP_img@0.05 (%)", 100.0),
+    ("pcdp_img@0.1", "PCDP_img@0.1 (%)", 100.0),
+    ("pcdp_img@0.2", "PCDP_img@0.2 (%)", 100.0),
+    ("pcdp_bbox@0.05", "PCDP_bbox@0.05 (%)", 100.0),
+    ("pcdp_bbox@0.1", "PCDP_bbox@0.1 (%)", 100.0),
+    ("pcdp_bbox@0.2", "PCDP_bbox@0.2 (%)", 100.0),
+    ("pck@0.05", "PCK@0.05 (bbox, %)", 100.0),
+    ("pck@0.1", "PCK@0.1 (bbox, %)", 100.0),
+    ("pck@0.2", "PCK@0.2 (bbox, %)", 100.0),
+]
+
+
+def _mean(values: list[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _pair_keypoints(view_a: dict[str, Any], view_b: dict[str, Any], num: int,
+                    g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(uv_a (K, 2), uv_b (K, 2))`` of surface points drawn from A's foreground, visible
+    in both views (continuous pixel positions)."""
+    from geo3d.eval._correspondence import keypoints_from_points
+
+    vv, uu = torch.nonzero(view_a["mask"], as_tuple=True)
+    idx = torch.randperm(len(vv), generator=g)[: 4 * num]
+    X = view_a["points"][vv[idx], uu[idx]].double()
+    uva, vis_a = keypoints_from_points(X, view_a)
+    uvb, vis_b = keypoints_from_points(X, view_b)
+    keep = torch.nonzero(vis_a & vis_b).flatten()[:num]
+    return uva[keep], uvb[keep]
+
+
+def evaluate_extractors(
+    extractors: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    pairs: Any,
+    *,
+    max_points: int = 1000,
+    thresholds: tuple[float, ...] = (0.05, 0.1, 0.2),
+    num_keypoints: int = 20,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Score every extractor on the same view pairs.
+
+    Args:
+        extractors: name -> callable ``(B, 3, H, W) in [0, 1] -> (B, C, h, w)``.
+        pairs: a sequence of pair dicts with ``view_a``/``view_b`` view dicts (e.g. a
+            :class:`~geo3d.apps.multiview_corr._data.ViewPairDataset`).
+        max_points: points per pair for APE/PCDP.
+        thresholds: PCDP/PCK thresholds.
+        num_keypoints: keypoints per pair for PCK.
+        seed: seed of the point and keypoint draws (the same draws for every extractor).
+        progress: print one line per pair.
+
+    Returns:
+        ``{name: {metric: mean over pairs, ..., "num_pairs": n, "num_keypoints": k}}``.
+    """
+    from geo3d.eval._correspondence import (
+        dense_correspondence_metrics,
+        extract_features,
+        keypoint_pck,
+        mask_bbox_size,
+        transfer_keypoints,
+    )
+
+    per: dict[str, dict[str, list[float]]] = {n: {} for n in extractors}
+    # PCK pooled over every keypoint of every pair: sums of hits per threshold
+    hits: dict[str, dict[str, float]] = {n: {} for n in extractors}
+    n_kp = 0
+    n_pairs = len(pairs)
+    for k in range(n_pairs):
+        pair = pairs[k]
+        va, vb = pair["view_a"], pair["view_b"]
+        uva, uvb = _pair_keypoints(va, vb, num_keypoints,
+                                   torch.Generator().manual_seed(seed * 7919 + k))
+        n_kp += len(uvb)
+        for name, f in extractors.items():
+            imgs = torch.stack([va["rgb"], vb["rgb"]])
+            fm = extract_features(f, imgs)
+            m = dense_correspondence_metrics(
+                f, va, vb, thresholds=thresholds, max_points=max_points,
+                generator=torch.Generator().manual_seed(seed * 100_003 + k),
+                features=(fm[0], fm[1]))
+            for key, v in m.items():
+                if isinstance(v, float):
+                    per[name].setdefault(key, []).append(v)
+            if len(uva):
+                pred = transfer_keypoints(f, va["rgb"], vb["rgb"], uva, mask_b=vb["mask"],
+                                          features=(fm[0], fm[1]))
+                pck = keypoint_pck(pred.double(), uvb, mask_bbox_size(vb["mask"]),
+                                   alphas=thresholds)
+                for key, v in pck.items():
+                    if key.startswith("pck@"):
+                        hits[name][key] = hits[name].get(key, 0.0) + v * len(uvb)
+        if progress:
+            print(f"  pair {k + 1}/{n_pairs} ({pair['object']}, views "
+                  f"{pair['views'].tolist()}, {pair['angle']:.0f} deg)", flush=True)
+    out: dict[str, dict[str, float]] = {}
+    for name in extractors:
+        res = {k: _mean(v) for k, v in per[name].items()
+               if k not in ("img_size", "bbox_size")}
+        for a in thresholds:
+            key = f"pck@{a:g}"
+            res[key] = hits[name].get(key, 0.0) / n_kp if n_kp else float("nan")
+        res["num_keypoints"] = n_kp
+        res["num_pairs"] = n_pairs
+        out[name] = res
+    return out
+
+
+def format_table(results: dict[str, dict[str, float]], keys: list[tuple[str, str, float]] | None = None) -> str:
+    """Plain-text before/after table (one row per metric)."""
+    keys = keys or TABLE_KEYS
+    names = list(results)
+    head = f"{'metric':<28}" + "".join(f"{n:>14}" for n in names)
+    lines = [head, "-" * len(head)]
+    for key, label, scale in keys:
+        if not any(key in results[n] for n in names):
+            continue
+        cells = "".join(
+            f"{results[n][key] * scale:>14.2f}" if key in results[n] else f"{'-':>14}"
+            for n in names)
+        lines.append(f"{label:<28}{cells}")
+    return "\n".join(lines)
+
+
+def eval_adapter_main(a: Any) -> int:
+    """``geo3d multiview eval`` (arguments from :mod:`geo3d.apps.multiview_corr.cli`)."""
+    from geo3d.apps.multiview_corr._data import ViewPairDataset, split_objects
+    from geo3d.apps.multiview_corr._module import (
+        BackboneExtractor,
+        backbone_fingerprint,
+        build_backbone,
+        load_adapter,
+        read_checkpoint,
+    )
+    from geo3d.datasets.multiview import find_objects
+
+    for name, v, lo in (("--pairs", a.pairs, 1), ("--max-points", a.max_points, 1)):
+        if v < lo:
+            raise ValueError(f"{name}: expected an int >= {lo}, got {v}")
+    t0 = time.perf_counter()
+    ckpt = read_checkpoint(a.adapter)
+    after = load_adapter(a.adapter, vit=a.vit)
+    hp = dict(after.hparams)
+    before_vit = build_backbone(hp["vit"], hp.get("vit_config"), hp.get("pretrain"),
+                                hp.get("seed", 0)).eval()
+    if backbone_fingerprint(before_vit) != after.fingerprint:  # pragma: no cover - same source
+        raise ValueError("vit: expected the backbone of the adapter, got another one")
+    dm = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    root = a.data or dm.get("root")
+    if not root:
+        raise ValueError("--data: expected the rendered dataset root (the checkpoint does not "
+                         "record data.root), got nothing")
+    names = list(dm.get("objects") or []) or find_objects(root)
+    if not names:
+        raise ValueError(f"--data: expected rendered objects in {str(root)!r}, found none")
+    _, held = split_objects(names, int(dm.get("num_val_objects", 2)))
+    pairs = ViewPairDataset(root, held, pairs_per_object=a.pairs,
+                            max_angle=float(dm.get("max_angle", 120.0)),
+                            image_size=dm.get("image_size"), seed=a.seed + 12345)
+    extractors = {"before": BackboneExtractor(before_vit, hp.get("long_side"),
+                                              hp.get("downsample")).eval(),
+                  "after": after}
+    print(f"{len(held)} held-out objects x {a.pairs} pairs: before vs after finetuning",
+          flush=True)
+    res = evaluate_extractors(extractors, pairs, max_points=a.max_points, seed=a.seed,
+                              progress=True)
+    table = format_table(res)
+    print(table)
+    out = Path(a.out) if a.out else Path(a.adapter).with_name("multiview_eval.json")
+    payload = {
+        "adapter": str(a.adapter),
+        "global_step": int(ckpt.get("global_step", -1)),
+        "vit": hp["vit"],
+        "data_root": str(root),
+        "held_out_objects": held,
+        "pairs_per_object": a.pairs,
+        "max_points": a.max_points,
+        "seed": a.seed,
+        "results": res,
+        "seconds": time.perf_counter() - t0,
+        "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads()},
+        "table": table,
+    }
+    atomic_write_text(out, json.dumps(payload, indent=2))
+    print(f"wrote {out}")
+    if a.picture:
+        from geo3d.apps.multiview_corr._viz import correspondence_picture
+
+        correspondence_picture(extractors, [pairs[i * a.pairs] for i in range(min(3, len(held)))],
+                               a.picture)
+        print(f"wrote {a.picture}")
+    return 0

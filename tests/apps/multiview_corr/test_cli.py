@@ -1,0 +1,128 @@
+"""``geo3d multiview`` end to end with a tiny ViT: fit, adapter checkpoint, resume, eval,
+one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from geo3d.apps.multiview_corr._evaluate import TABLE_KEYS
+from geo3d.apps.multiview_corr._module import MultiviewCorrModule, load_adapter
+
+from geo3d.cli import main as geo3d_main
+
+TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "img_size": 32}
+
+
+def _config(tmp: Path, data_root: Path) -> Path:
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 2, "max_epochs": -1,
+                    "gradient_clip_val": 1.0, "log_every_n_steps": 1, "val_check_interval": 2,
+                    "check_val_every_n_epoch": None, "num_sanity_val_steps": 0,
+                    "limit_val_batches": 1, "enable_progress_bar": False,
+                    "default_root_dir": str(tmp / "run")},
+        "model": {"vit": "random", "vit_config": TINY_VIT, "lora_rank": 2, "lora_blocks": 1,
+                  "lr": 1e-3, "val_max_points": 50},
+        "data": {"root": str(data_root),
+                 "render": {"num_synthetic": 2, "seed": 0, "size": 32, "focal": 36.0,
+                            "level": 0},
+                 "num_val_objects": 1, "pairs_per_object": 8, "val_pairs_per_object": 1,
+                 "num_pixels": 64, "pos_radius": 0.05, "neg_radius": 0.1},
+    }
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mvcli")
+    cfg = _config(tmp, tmp / "data")
+    assert geo3d_main(["multiview", "fit", "--config", str(cfg)]) == 0
+    ckpts = sorted((tmp / "run").rglob("last.ckpt"))
+    assert len(ckpts) == 1
+    return tmp, cfg, ckpts[0]
+
+
+def test_adapter_checkpoint_holds_only_trainable_weights(run):
+    _, _, ckpt_path = run
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2
+    fresh = MultiviewCorrModule(vit="random", vit_config=TINY_VIT, lora_rank=2, lora_blocks=1)
+    trainable = {n for n, p in fresh.named_parameters() if p.requires_grad}
+    frozen = {n for n, p in fresh.named_parameters() if not p.requires_grad}
+    assert set(ckpt["state_dict"]) == trainable
+    assert frozen and not (frozen & set(ckpt["state_dict"]))
+    n = sum(v.numel() for v in ckpt["state_dict"].values())
+    assert n == fresh.model.trainable_parameters() == ckpt["multiview_corr"]["trainable_parameters"]
+    # the adapter moved during the 2 steps (lr 1e-3): some trainable tensor differs from init
+    assert any(not torch.equal(ckpt["state_dict"][k], fresh.state_dict()[k]) for k in trainable)
+
+
+def test_adapter_reloads_to_the_same_features(run):
+    _, _, ckpt_path = run
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    m = load_adapter(ckpt_path)
+    ref = MultiviewCorrModule(vit="random", vit_config=TINY_VIT, lora_rank=2, lora_blocks=1)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = ref(x)
+        missing = ref.load_state_dict(ckpt["state_dict"], strict=False)
+        assert not missing.unexpected_keys
+        after = ref.eval()(x)
+        got = m(x)
+    torch.testing.assert_close(got, after, rtol=0, atol=0)
+    assert not torch.allclose(before, after)
+    # another backbone (other seed) is refused
+    with pytest.raises(ValueError, match="adapter"):
+        from geo3d.apps.multiview_corr._module import check_adapter_checkpoint
+
+        other = MultiviewCorrModule(vit="random", vit_config=TINY_VIT, lora_rank=2,
+                                    lora_blocks=1, seed=1)
+        check_adapter_checkpoint(ckpt, other)
+
+
+def test_resume_from_last_continues_the_step_count(run):
+    tmp, cfg, ckpt_path = run
+    from geo3d.apps.multiview_corr.cli import run_lightning_cli
+
+    cli = run_lightning_cli(["fit", "--config", str(cfg), "--ckpt_path", "last",
+                             "--trainer.max_steps", "4"])
+    assert cli.trainer.global_step == 4
+    assert cli.model.train_steps == 2  # 2 new steps, not 4 from scratch
+    last = sorted((tmp / "run").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime_ns)[-1]
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
+
+
+def test_eval_writes_every_key(run, capsys):
+    tmp, _, ckpt_path = run
+    out = tmp / "eval.json"
+    pic = tmp / "pic.png"
+    assert geo3d_main(["multiview", "eval", "--adapter", str(ckpt_path), "--pairs", "1",
+                       "--max-points", "40", "--out", str(out), "--picture", str(pic)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["results"]) == {"before", "after"}
+    for name in ("before", "after"):
+        for key, _, _ in TABLE_KEYS:
+            assert key in res["results"][name], (name, key)
+        assert res["results"][name]["num_pairs"] == 1
+    assert pic.stat().st_size > 1000
+    assert "APE (px)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["multiview", "bogus"], "unknown command"),
+    (["multiview", "fit", "--config", "no_such_config"], "--config"),
+    (["multiview", "fit", "--config", "demo", "--model.no_such_option", "1"], "no_such_option"),
+    (["multiview", "eval"], "--adapter"),
+    (["multiview", "eval", "--adapter", "/no/such.ckpt"], "adapter"),
+    (["multiview", "fit", "--vit"], "--vit"),
+])
+def test_bad_input_one_line_exit_2(argv, needle, capsys):
+    assert geo3d_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geo3d: error:") and "\n" not in err and needle in err
