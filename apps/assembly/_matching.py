@@ -129,7 +129,8 @@ def piece_scale(points: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- matching
-def log_sinkhorn(log_k: Tensor, log_mu: Tensor, log_nu: Tensor, iters: int = 100) -> Tensor:
+def log_sinkhorn(log_k: Tensor, log_mu: Tensor, log_nu: Tensor, iters: int = 100,
+                 tol: float | None = None) -> Tensor:
     """Entropic optimal transport in the log domain (Sinkhorn–Knopp iterations).
 
     Finds ``P = diag(u) K diag(v)`` with row sums ``mu`` and column sums ``nu`` (``K =
@@ -142,7 +143,9 @@ def log_sinkhorn(log_k: Tensor, log_mu: Tensor, log_nu: Tensor, iters: int = 100
         log_k: log kernel (scores / temperature), shape :math:`(*, M, N)`.
         log_mu: log row marginals, shape :math:`(*, M)` (``-inf`` allowed: empty rows).
         log_nu: log column marginals, shape :math:`(*, N)`.
-        iters: number of row+column updates, >= 1.
+        iters: largest number of row+column updates, >= 1.
+        tol: stop early (checked every 10 iterations) once every row sum is within
+            ``tol`` times the largest row marginal of it (``None``: run ``iters``).
 
     Returns:
         ``log P``, shape :math:`(*, M, N)`.
@@ -176,9 +179,14 @@ def log_sinkhorn(log_k: Tensor, log_mu: Tensor, log_nu: Tensor, iters: int = 100
         raise ValueError(f"iters: expected an int >= 1, got {iters!r}")
     u = torch.zeros_like(log_mu)
     v = torch.zeros_like(log_nu)
-    for _ in range(iters):
+    mu = log_mu.exp() if tol is not None else None
+    for it in range(iters):
         u = log_mu - torch.logsumexp(log_k + v[..., None, :], dim=-1)
         v = log_nu - torch.logsumexp(log_k + u[..., :, None], dim=-2)
+        if mu is not None and it % 10 == 9:
+            rows = torch.logsumexp(log_k + u[..., :, None] + v[..., None, :], dim=-1).exp()
+            if float((rows - mu).abs().max()) <= tol * float(mu.max()):
+                break
     return log_k + u[..., :, None] + v[..., None, :]
 
 
@@ -192,6 +200,7 @@ def match_pieces(
     temperature: float = 0.02,
     dustbin: float = 0.5,
     iters: int = 100,
+    tol: float | None = 1e-3,
     min_weight: float = 1e-3,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Match the points of two pieces by their descriptors.
@@ -220,7 +229,8 @@ def match_pieces(
         method: ``"sinkhorn"`` or ``"mnn"``.
         temperature: softmax temperature of the cosine similarity (sinkhorn).
         dustbin: similarity below which a point prefers to stay unmatched (sinkhorn).
-        iters: Sinkhorn iterations.
+        iters: largest number of Sinkhorn iterations.
+        tol: early stop of the iterations (see :func:`log_sinkhorn`).
         min_weight: smallest weight kept.
 
     Returns:
@@ -273,7 +283,8 @@ def match_pieces(
         if float(tot) <= 0:
             return empty, empty.clone(), torch.zeros(0, dtype=sim.dtype, device=sim.device)
         mu, nu = mu / tot, nu / tot
-        lp = log_sinkhorn(log_k, mu.clamp_min(tiny).log(), nu.clamp_min(tiny).log(), iters)
+        lp = log_sinkhorn(log_k, mu.clamp_min(tiny).log(), nu.clamp_min(tiny).log(), iters,
+                          tol)
         plan = lp.exp()
         j_of_i = plan[:na].argmax(1)  # over the nb + 1 columns (dustbin last)
         i_of_j = plan[:, :nb].argmax(0)  # over the na + 1 rows

@@ -131,66 +131,101 @@ def _cauchy(r2: Tensor, c2: float) -> tuple[Tensor, Tensor]:
     return 0.5 * c2 * torch.log1p(r2 / c2), 1.0 / (1.0 + r2 / c2)
 
 
-def _nearest(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+class _Plan:
+    """Index structure of the associations, built once per refinement (matches fixed).
+
+    ``fixed``: concatenated fixed matches ``(pi, ii, pj, jj, w)``. ``icp``: both
+    directions of every matched pair, padded: source piece ``s (D,)``, source indices
+    ``us (D, L)``, target piece ``t (D,)``, target indices ``ut (D, L)``, lengths.
+    ``pen``: the valid pieces ``v (V,)`` and, per valid piece, the flat indices
+    ``(V, (V-1) N)`` of the points of all other valid pieces."""
+
+    def __init__(self, matches: Mapping[tuple[int, int], tuple[Tensor, Tensor, Tensor]],
+                 valid: list[bool], P: int, N: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        fixed: list[list[Tensor]] = [[], [], [], [], []]
+        dirs: list[tuple[int, Tensor, int, Tensor]] = []
+        for (i, j), (ii, jj, w) in sorted(matches.items()):
+            if not (valid[i] and valid[j]) or ii.numel() == 0:
+                continue
+            ii, jj = ii.to(device), jj.to(device)
+            fixed[0].append(torch.full_like(ii, i))
+            fixed[1].append(ii)
+            fixed[2].append(torch.full_like(jj, j))
+            fixed[3].append(jj)
+            fixed[4].append(w.to(device, dtype))
+            ui, uj = torch.unique(ii), torch.unique(jj)
+            dirs += [(i, ui, j, uj), (j, uj, i, ui)]
+        self.fixed = [torch.cat(f) for f in fixed] if fixed[0] else None
+        self.icp = None
+        if dirs:
+            L = max(max(len(d[1]), len(d[3])) for d in dirs)
+            us = torch.zeros(len(dirs), L, dtype=torch.long, device=device)
+            ut = torch.zeros_like(us)
+            for k, (_, a, _, b) in enumerate(dirs):
+                us[k, :len(a)] = a
+                ut[k, :len(b)] = b
+            self.icp = (torch.tensor([d[0] for d in dirs], device=device), us,
+                        torch.tensor([d[2] for d in dirs], device=device), ut,
+                        torch.tensor([len(d[1]) for d in dirs], device=device),
+                        torch.tensor([len(d[3]) for d in dirs], device=device))
+        v = [i for i in range(P) if valid[i]]
+        self.pen = None
+        if len(v) > 1:
+            flat = torch.arange(P * N, device=device).view(P, N)
+            others = torch.stack([flat[[j for j in v if j != i]].reshape(-1) for i in v])
+            self.pen = (torch.tensor(v, device=device), others)
+        self.N = N
+
+
+def _nn(x: Tensor, y: Tensor, xl: Tensor | None = None,
+        yl: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Nearest neighbour (index, squared distance) in ``y`` of every point of ``x``,
+    batched (exact, ties to the lower index: :func:`geo3d.ops.knn`)."""
     from geo3d.ops import knn
 
-    out = knn(x[None], y[None], 1)
-    return out.idx[0, :, 0], out.dists[0, :, 0]
+    out = knn(x, y, 1, xl, yl)
+    return out.idx[..., 0], out.dists[..., 0]
 
 
 def _build_terms(
-    q: Tensor, nrm: Tensor, o: Tensor, valid: list[bool],
-    matches: Mapping[tuple[int, int], tuple[Tensor, Tensor, Tensor]],
+    q: Tensor, nrm: Tensor, o: Tensor, plan: _Plan,
     w_match: float, w_surface: float, w_pen: float, margin: float, icp_radius: float,
 ) -> _Terms:
     terms = _Terms()
-    dev = q.device
-    P = q.shape[0]
-    for (i, j), (ii, jj, w) in matches.items():
-        if not (valid[i] and valid[j]) or ii.numel() == 0:
-            continue
-        ii, jj = ii.to(dev), jj.to(dev)
-        w = w.to(q.dtype).to(dev)
-        pi = torch.full_like(ii, i)
-        pj = torch.full_like(jj, j)
-        if w_match > 0:  # fixed matches, point to point
-            a, b = q[i, ii] - o, q[j, jj] - o
-            Ji = torch.cat([torch.eye(3, dtype=q.dtype, device=dev).expand(len(a), 3, 3),
-                            -_skew_cross(a)], -1)
-            Jj = -torch.cat([torch.eye(3, dtype=q.dtype, device=dev).expand(len(b), 3, 3),
-                             -_skew_cross(b)], -1)
-            terms.add(a - b, Ji, pi, Jj, pj, w * w_match)
-        if w_surface > 0:  # ICP between the matched regions, both directions
-            ui, uj = torch.unique(ii), torch.unique(jj)
-            for (s, us, t, ut) in ((i, ui, j, uj), (j, uj, i, ui)):
-                k, d2 = _nearest(q[s, us], q[t, ut])
-                keep = d2 < icp_radius ** 2
-                src, dst = us[keep], ut[k[keep]]
-                a = q[s, src] - o
-                n = nrm[t, dst]
-                res = ((q[s, src] - q[t, dst]) * n).sum(-1)
-                ps = torch.full_like(src, s)
-                pt = torch.full_like(dst, t)
-                _plane_terms(terms, a, n, res, ps, pt, torch.full_like(res, w_surface))
-    if w_pen > 0 and sum(valid) > 1:
-        N = q.shape[1]
-        for i in range(P):
-            if not valid[i]:
-                continue
-            others = [j for j in range(P) if j != i and valid[j]]
-            ref = q[others].reshape(-1, 3)
-            k, _ = _nearest(q[i], ref)
-            owner = torch.tensor(others, device=dev)[k // N]
-            y = ref[k]
-            n = nrm[others].reshape(-1, 3)[k]
-            sd = ((q[i] - y) * n).sum(-1) + margin
-            hit = sd < 0
-            if not bool(hit.any()):
-                continue
-            a = q[i][hit] - o
-            pi = torch.full_like(owner[hit], i)
-            _plane_terms(terms, a, n[hit], sd[hit], pi, owner[hit],
-                         torch.full_like(sd[hit], w_pen))
+    dev, dt = q.device, q.dtype
+    if plan.fixed is not None and w_match > 0:  # fixed matches, point to point
+        pi, ii, pj, jj, w = plan.fixed
+        a, b = q[pi, ii] - o, q[pj, jj] - o
+        eye = torch.eye(3, dtype=dt, device=dev).expand(len(a), 3, 3)
+        Ji = torch.cat([eye, -_skew_cross(a)], -1)
+        Jj = -torch.cat([eye, -_skew_cross(b)], -1)
+        terms.add(a - b, Ji, pi, Jj, pj, w * w_match)
+    if plan.icp is not None and w_surface > 0:  # ICP between the matched regions
+        s, us, t, ut, ls, lt = plan.icp
+        k, d2 = _nn(q[s[:, None], us], q[t[:, None], ut], ls, lt)
+        L = us.shape[1]
+        keep = (torch.arange(L, device=dev)[None] < ls[:, None]) & (d2 < icp_radius ** 2)
+        row, col = keep.nonzero(as_tuple=True)
+        ps, src = s[row], us[row, col]
+        pt, dst = t[row], ut[row, k[row, col]]
+        n = nrm[pt, dst]
+        res = ((q[ps, src] - q[pt, dst]) * n).sum(-1)
+        _plane_terms(terms, q[ps, src] - o, n, res, ps, pt, torch.full_like(res, w_surface))
+    if plan.pen is not None and w_pen > 0:  # interpenetration
+        v, others = plan.pen
+        N = plan.N
+        qf, nf = q.reshape(-1, 3), nrm.reshape(-1, 3)
+        k, _ = _nn(q[v], qf[others])
+        flat = torch.gather(others, 1, k)  # (V, N) flat index of the nearest other point
+        y, n = qf[flat], nf[flat]
+        sd = ((q[v] - y) * n).sum(-1) + margin
+        hit = sd < 0
+        row, col = hit.nonzero(as_tuple=True)
+        if row.numel():
+            pi = v[row]
+            _plane_terms(terms, q[pi, col] - o, n[row, col], sd[row, col], pi,
+                         flat[row, col] // N, torch.full_like(sd[row, col], w_pen))
     return terms
 
 
@@ -252,8 +287,8 @@ def assembly_energy(
         normals = estimate_normals(points)
     nrm = normals.to(points.dtype) @ poses[:, :3, :3].to(points.dtype).transpose(-1, -2)
     o = q[torch.tensor(valid_l, device=q.device)].reshape(-1, 3).mean(0)
-    terms = _build_terms(q, nrm, o, valid_l, _parse_matches(matches), w_match, w_surface,
-                         w_pen, margin, icp_radius)
+    plan = _Plan(_parse_matches(matches), valid_l, P, N, points.dtype, points.device)
+    terms = _build_terms(q, nrm, o, plan, w_match, w_surface, w_pen, margin, icp_radius)
     if robust_scale is None:
         tot = points.new_zeros(())
         for r, *_, w in terms.items:
@@ -360,13 +395,13 @@ def refine_poses(
     margin, icp_r = rel_margin * s, rel_icp_radius * s
     nrm0 = (estimate_normals(points, k_normals) if normals is None else normals).to(dt)
     nf = len(free)
+    plan = _Plan(match_d, valid_l, P, N, dt, dev)
 
     def evaluate(Gc: Tensor) -> tuple[_Terms, Tensor, Tensor]:
         q = _place(points, Gc)
         nrm = nrm0 @ Gc[:, :3, :3].transpose(-1, -2)
         o = q[vmask].reshape(-1, 3).mean(0)
-        terms = _build_terms(q, nrm, o, valid_l, match_d, w_match, w_surface, w_pen,
-                             margin, icp_r)
+        terms = _build_terms(q, nrm, o, plan, w_match, w_surface, w_pen, margin, icp_r)
         return terms, _energy(terms, c2).to(dt), o
 
     terms, energy, o = evaluate(G)
