@@ -57,8 +57,10 @@ if TYPE_CHECKING:  # trimesh is imported lazily (slow import)
 __all__ = [
     "FractureError",
     "fracture_mesh",
+    "fracture_surface_labels",
     "generate_dataset",
     "pieces_to_obj_bytes",
+    "point_mesh_distance",
 ]
 
 SUBSETS: tuple[str, ...] = ("everyday", "artifact", "other")
@@ -408,6 +410,122 @@ def fracture_mesh(
             continue
         return pieces
     raise FractureError(f"no valid {n_parts}-piece fracture in {max_attempts} attempts ({last})")
+
+
+# ----------------------------------------------------------------------------- labels
+def point_mesh_distance(
+    points: torch.Tensor | np.ndarray,
+    vertices: torch.Tensor | np.ndarray,
+    faces: torch.Tensor | np.ndarray,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """Exact unsigned distance of points to a triangle mesh's surface (brute force, float64).
+
+    Per point, the minimum over all triangles of the distance to the triangle: the
+    distance to its plane when the projection falls inside (same-side tests of the three
+    edge normals), else the distance to the nearest of its three edge segments.
+    Degenerate (zero-area) triangles only contribute their edges. Memory ``chunk * F``.
+
+    Args:
+        points: shape :math:`(M, 3)`.
+        vertices: shape :math:`(V, 3)`; faces: shape :math:`(F, 3)` vertex indices.
+        chunk: points per block.
+
+    Returns:
+        Distances, shape :math:`(M,)` float64 (same units as the input).
+
+    Raises:
+        ValueError: bad shapes or an empty mesh.
+
+    Example:
+        >>> import torch
+        >>> v = torch.tensor([[0., 0, 0], [1, 0, 0], [0, 1, 0]])
+        >>> point_mesh_distance(torch.tensor([[0.2, 0.2, 0.5], [2., 0, 0]]), v,
+        ...                     torch.tensor([[0, 1, 2]])).tolist()
+        [0.5, 1.0]
+    """
+    p = torch.as_tensor(np.asarray(points) if not isinstance(points, torch.Tensor) else points,
+                        dtype=torch.float64)
+    v = torch.as_tensor(np.asarray(vertices) if not isinstance(vertices, torch.Tensor)
+                        else vertices, dtype=torch.float64)
+    f = torch.as_tensor(np.asarray(faces) if not isinstance(faces, torch.Tensor) else faces,
+                        dtype=torch.long)
+    if p.dim() != 2 or p.shape[-1] != 3:
+        raise ValueError(f"points: expected shape (M, 3), got {tuple(p.shape)}")
+    if v.dim() != 2 or v.shape[-1] != 3 or v.shape[0] == 0:
+        raise ValueError(f"vertices: expected shape (V, 3) with V >= 1, got {tuple(v.shape)}")
+    if f.dim() != 2 or f.shape[-1] != 3 or f.shape[0] == 0:
+        raise ValueError(f"faces: expected shape (F, 3) with F >= 1, got {tuple(f.shape)}")
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]  # (F, 3)
+    n = torch.linalg.cross(b - a, c - a, dim=-1)
+    nn2 = (n * n).sum(-1)
+    ok = nn2 > 0
+    nhat = n / nn2.clamp_min(torch.finfo(torch.float64).tiny).sqrt()[:, None]
+    edges = [(a, b), (b, c), (c, a)]
+    out = []
+    for s in range(0, p.shape[0], chunk):
+        q = p[s:s + chunk, None, :]  # (m, 1, 3)
+        best = None
+        for e0, e1 in edges:
+            e = e1 - e0
+            ee = (e * e).sum(-1).clamp_min(torch.finfo(torch.float64).tiny)
+            t = (((q - e0) * e).sum(-1) / ee).clamp(0.0, 1.0)
+            d = (q - e0 - t[..., None] * e).norm(dim=-1)  # (m, F)
+            best = d if best is None else torch.minimum(best, d)
+        inside = ok.expand_as(best)
+        for e0, e1 in edges:  # projection on the inner side of every edge
+            side = (torch.linalg.cross((e1 - e0).expand_as(q - e0), q - e0, dim=-1) * n).sum(-1)
+            inside = inside & (side >= 0)
+        plane = ((q - a) * nhat).sum(-1).abs()
+        best = torch.where(inside, torch.minimum(best, plane), best)
+        out.append(best.amin(-1))
+    return torch.cat(out) if out else p.new_zeros(0)
+
+
+def fracture_surface_labels(
+    piece_points: Sequence[torch.Tensor | np.ndarray],
+    piece_meshes: Sequence[trimesh.Trimesh],
+    tol: float | None = None,
+) -> list[torch.Tensor]:
+    """Per-point fracture-surface labels of the pieces of one object (in place, assembled).
+
+    A point of piece ``i`` lies on a fracture (cut) face when it lies on the surface of
+    another piece: the pieces of :func:`fracture_mesh` tile the solid, so every cut face
+    is shared by exactly two pieces, and the original outer surface by none. Label =
+    ``min_{j != i} dist(point, piece_j) <= tol``. Works for any pieces stored in their
+    assembled pose (also real Breaking Bad data). Points of the outer surface closer
+    than ``tol`` to a cut edge count as fracture points.
+
+    Args:
+        piece_points: per piece, points on its surface in the assembled frame, (N_i, 3).
+        piece_meshes: the pieces (same order), in the same frame.
+        tol: distance threshold; default ``1e-4`` times the bounding-box diagonal of all
+            mesh vertices.
+
+    Returns:
+        Per piece a bool tensor ``(N_i,)``.
+
+    Raises:
+        ValueError: different numbers of point sets and meshes, or fewer than 2 pieces.
+    """
+    if len(piece_points) != len(piece_meshes):
+        raise ValueError(f"piece_meshes: expected {len(piece_points)} meshes (one per point "
+                         f"set), got {len(piece_meshes)}")
+    if len(piece_meshes) < 2:
+        raise ValueError(f"piece_meshes: expected at least 2 pieces, got {len(piece_meshes)}")
+    if tol is None:
+        allv = np.concatenate([np.asarray(m.vertices) for m in piece_meshes])
+        tol = 1e-4 * float(np.linalg.norm(allv.max(0) - allv.min(0)))
+    out = []
+    for i, pts in enumerate(piece_points):
+        d = None
+        for j, m in enumerate(piece_meshes):
+            if j == i:
+                continue
+            dj = point_mesh_distance(pts, np.asarray(m.vertices), np.asarray(m.faces))
+            d = dj if d is None else torch.minimum(d, dj)
+        out.append(d <= tol)
+    return out
 
 
 # ----------------------------------------------------------------------------- dataset

@@ -253,8 +253,19 @@ def assemble(
     scale: float = 1.0,
     device: str | torch.device | None = None,
     generator: torch.Generator | None = None,
+    method: str = "matching",
+    refine: bool = True,
 ) -> Tensor:
     """Assemble fractured pieces.
+
+    By default (``method="matching"``) the network's per-point descriptors and
+    fracture-surface scores are matched between every pair of pieces, relative poses come
+    from RANSAC + weighted Kabsch, a spanning tree from the anchor (largest piece) joins
+    them, with the network's own poses as the fallback for pieces without a reliable
+    match, and a short joint refinement follows
+    (:func:`geo3d.apps.assembly._pipeline.assemble_from_outputs`). ``method="network"``
+    returns the network's poses as they are (the only choice for a checkpoint without a
+    correspondence head: then ``"matching"`` warns and falls back to it).
 
     Each piece is read in float64 and centred at its own centroid in float64 before it
     is cast to float32 for the network, so coordinates far from the origin (e.g. 1e5 in
@@ -273,15 +284,18 @@ def assemble(
         scale: coordinates are multiplied by ``scale`` before the network (use it to bring
             metric data to the training scale); returned translations are in input units.
         device: where to run (default: CPU).
-        generator: optional :class:`torch.Generator` for the sampling/resampling.
+        generator: optional :class:`torch.Generator` for the sampling/resampling and the
+            pipeline's RANSAC samples.
+        method: ``"matching"`` (default) or ``"network"`` (see above).
+        refine: run the matching pipeline's joint refinement.
 
     Returns:
         Poses of shape :math:`(P, 4, 4)` (float64, CPU): ``T[i] @ [x, 1]`` places point
         ``x`` of piece ``i`` (in its input coordinates) into the common assembled frame.
 
     Raises:
-        ValueError: fewer than 2 pieces, ``num_points`` or ``scale`` out of range, or a
-            ``device`` that is not a device name or not available here (see
+        ValueError: fewer than 2 pieces, ``num_points`` or ``scale`` out of range, an
+            unknown ``method``, or a ``device`` that is not a device name or not available here (see
             :func:`resolve_device`).
         FileNotFoundError: a piece file does not exist (the message names its index).
         PieceError: a piece cannot be used: an unreadable, empty or non-finite file, a
@@ -306,6 +320,8 @@ def assemble(
         raise ValueError(f"num_points: expected an int >= 1, got {num_points!r}")
     if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
         raise ValueError(f"scale: expected a finite number > 0, got {scale!r}")
+    if method not in ("matching", "network"):
+        raise ValueError(f"method: expected 'matching' or 'network', got {method!r}")
     dev = resolve_device(device)
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_model(checkpoint)
     k = _model_k(model)
@@ -344,10 +360,18 @@ def assemble(
                                   f"float32 (the network's dtype); pass a smaller scale")
     xin = xin.to(dev)
     valid = torch.ones(1, xin.shape[0], dtype=torch.bool, device=xin.device)
+    from geo3d.apps.assembly._pipeline import assemble_from_outputs
+
     with torch.no_grad():
         out = model(xin[None], valid)
-    rot = out["rot"][0].detach().cpu().to(torch.float64)
-    trans = out["trans"][0].detach().cpu().to(torch.float64) / float(scale)
+        if method == "matching" and "desc" not in out:
+            warnings.warn("assemble: the checkpoint has no correspondence head (desc_dim=0); "
+                          "method='matching' falls back to the network's poses",
+                          UserWarning, stacklevel=2)
+        Tn = assemble_from_outputs(xin[None], valid, out, method=method, refine=refine,
+                                   generator=generator)[0]
+    rot = Tn[:, :3, :3].detach().cpu().to(torch.float64)
+    trans = Tn[:, :3, 3].detach().cpu().to(torch.float64) / float(scale)
     # y = R (x - c) + t  =>  T = [R, t - R c]
     T = torch.eye(4, dtype=torch.float64).repeat(x64.shape[0], 1, 1)
     T[:, :3, :3] = rot

@@ -6,15 +6,80 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["AssemblyDataModule"]
+__all__ = ["AssemblyDataModule", "FractureLabelled"]
 
 
 def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     from geo3d.datasets.breaking_bad import collate_parts
 
-    return collate_parts(batch, trim=True)
+    out = collate_parts(batch, trim=True)
+    if "fracture" in out:
+        out["fracture"] = out["fracture"][:, : out["points"].shape[1]]
+    return out
+
+
+class FractureLabelled(Dataset):
+    """Adds per-point fracture-surface labels to :class:`geo3d.datasets.BreakingBad` items.
+
+    ``item["fracture"]`` :math:`(P, N)` bool: the point lies on a cut face, i.e. on the
+    surface of another piece of the same object
+    (:func:`geo3d.datasets.fracture.fracture_surface_labels`, exact point-to-mesh
+    distances of the loader's cached surface samples, threshold ``tol``). Labels are
+    computed once per fracture folder (in this process) on the canonical samples; every
+    item's points are matched back to them through their assembled positions
+    ``rot @ p + trans`` (so point shuffling, part shuffling and rotations are handled).
+    Padded parts are ``False``.
+
+    Args:
+        base: a :class:`~geo3d.datasets.BreakingBad` dataset (pieces stored in place).
+        tol: label distance threshold (default: ``1e-4`` of the object's diagonal).
+    """
+
+    def __init__(self, base: Any, tol: float | None = None) -> None:
+        self.base, self.tol = base, tol
+        self._memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __getattr__(self, name: str) -> Any:  # samples, root, ... of the base dataset
+        if name in ("base", "tol", "_memo"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def _canonical(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from geo3d.datasets._io import load_mesh
+        from geo3d.datasets.fracture import fracture_surface_labels
+
+        name, pieces = self.base.samples[index]
+        if name not in self._memo:
+            pts = [torch.as_tensor(self.base._piece_points(p)[0], dtype=torch.float64)
+                   for p in pieces]
+            meshes = [load_mesh(p) for p in pieces]
+            labels = fracture_surface_labels(pts, meshes, self.tol)
+            self._memo[name] = (torch.cat(pts), torch.cat(labels))
+        return self._memo[name]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.base[index]
+        pts, lab = self._canonical(int(item["index"]))
+        valid = item["valid"]
+        x = item["points"].double() @ item["rot"].double().transpose(-1, -2) \
+            + item["trans"].double()[:, None]
+        if getattr(self.base, "normalize", False):
+            x = x * item["scale"].double() + item["center"].double()
+        n = int(valid.sum())
+        near = torch.cdist(x[valid].reshape(-1, 3), pts).argmin(-1)  # nearest canonical point
+        frac = torch.zeros(valid.shape[0], x.shape[1], dtype=torch.bool)
+        frac[valid] = lab[near].reshape(n, -1)
+        item["fracture"] = frac
+        return item
 
 
 class AssemblyDataModule(L.LightningDataModule):
@@ -38,6 +103,8 @@ class AssemblyDataModule(L.LightningDataModule):
             are generated first with ``geo3d.datasets.fracture.generate_dataset(root,
             **generate)`` (e.g. ``{"num_objects": 60, "seed": 0}``).
         loader_kwargs: extra keyword arguments for :class:`BreakingBad`.
+        fracture_labels: add per-point fracture-surface labels (``batch["fracture"]``,
+            see :class:`FractureLabelled`) for the correspondence head's losses.
     """
 
     def __init__(
@@ -58,6 +125,7 @@ class AssemblyDataModule(L.LightningDataModule):
         seed: int = 0,
         generate: dict[str, Any] | None = None,
         loader_kwargs: dict[str, Any] | None = None,
+        fracture_labels: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -79,11 +147,12 @@ class AssemblyDataModule(L.LightningDataModule):
             kw = {"seed": h.seed, **dict(h.loader_kwargs or {})}
             if split == h.train_split:
                 kw.setdefault("rotate", h.train_rotate)
-            self._sets[split] = BreakingBad(
+            ds = BreakingBad(
                 h.root, subset=h.subset, split=split, categories=h.categories,
                 min_parts=h.min_parts, max_parts=h.max_parts, num_points=h.num_points,
                 **kw,
             )
+            self._sets[split] = FractureLabelled(ds) if h.fracture_labels else ds
         return self._sets[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

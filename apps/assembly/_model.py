@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EquivariantAssembler", "GlobalAssembler", "build_encoder", "check_parts"]
+__all__ = ["CorrespondenceHead", "EquivariantAssembler", "GlobalAssembler", "build_encoder",
+           "check_parts"]
 
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 _GRAM = 16  # VN projections whose Gram matrix forms the invariant part token
@@ -157,6 +158,42 @@ def _scatter(x: Tensor, valid: Tensor) -> Tensor:
     return out
 
 
+class CorrespondenceHead(nn.Module):
+    """Per-point descriptors and fracture-surface logits from per-point features.
+
+    ``h = MLP([point features, part token])``; ``desc = normalize(W_d h)`` (unit L2
+    norm), ``frac = w_f · h`` (logit of "this point lies on a fracture surface"). When the
+    inputs are rotation invariant (the VN encoder's ``point_features``: inner products of
+    per-point VN features with an equivariant frame; the attended invariant part token),
+    so are the outputs, exactly (up to rounding).
+
+    Args:
+        point_dim: width of the per-point features; token_dim: width of the part token.
+        desc_dim: descriptor width ``C``; hidden: MLP width.
+
+    Shape:
+        ``point_feats (M, N, point_dim)``, ``token (M, token_dim)`` ->
+        ``desc (M, N, C)``, ``frac (M, N)``.
+    """
+
+    def __init__(self, point_dim: int, token_dim: int, desc_dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(point_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(point_dim + token_dim, hidden), nn.LayerNorm(hidden), nn.GELU(),
+            nn.Linear(hidden, hidden), nn.GELU(),
+        )
+        self.desc = nn.Linear(hidden, desc_dim)
+        self.frac = nn.Linear(hidden, 1)
+
+    def forward(self, point_feats: Tensor, token: Tensor) -> tuple[Tensor, Tensor]:
+        N = point_feats.shape[1]
+        x = torch.cat([self.norm(point_feats), token[:, None].expand(-1, N, -1)], dim=-1)
+        h = self.mlp(x)
+        desc = torch.nn.functional.normalize(self.desc(h), dim=-1, eps=1e-12)
+        return desc, self.frac(h)[..., 0]
+
+
 class _PoseHeadMixin:
     def _init_heads(self, d: int) -> None:
         self.rot_head = nn.Linear(d, 6)
@@ -228,6 +265,13 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
             holds ``hyp_rot (B, P, K, 3, 3)``, ``hyp_trans (B, P, K, 3)`` and
             ``hyp_logits (B, P, K)``, trained with
             :func:`geo3d.apps.assembly._losses.assembly_loss`'s winner-takes-all terms).
+        desc_dim: width of the per-point correspondence descriptors (0: no
+            correspondence head). With a head the output also holds ``desc (B, P, N, C)``
+            (unit vectors, rotation invariant) and ``frac_score (B, P, N)`` (fracture-
+            surface logits, invariant), from :class:`CorrespondenceHead` on the encoder's
+            invariant ``point_features`` and the attended part token (the pose outputs
+            are unchanged). Used by the matching pipeline
+            (:func:`geo3d.apps.assembly._pipeline.assemble_from_outputs`).
     """
 
     def __init__(
@@ -244,6 +288,7 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         rot_readout: str = "steer",
         dynamic_graph: bool = True,
         hypotheses: int = 1,
+        desc_dim: int = 0,
     ) -> None:
         super().__init__()
         from geo3d.nn import VNLinear
@@ -281,6 +326,10 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
         )
         self.mixer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.out_norm = nn.LayerNorm(d_model)
+        if not isinstance(desc_dim, int) or desc_dim < 0:
+            raise ValueError(f"desc_dim: expected an int >= 0, got {desc_dim!r}")
+        self.desc_dim = desc_dim
+        self.corr = CorrespondenceHead(3 * c_eq, d_model, desc_dim) if desc_dim else None
         if rot_readout == "frame":
             self._init_heads(d_model)
         elif rot_readout == "pca":
@@ -371,6 +420,9 @@ class EquivariantAssembler(nn.Module, _PoseHeadMixin):
             out["hyp_rot"] = torch.where(valid[..., None, None, None], _scatter(HR, valid), eye)
             out["hyp_trans"] = _scatter(Ht, valid)
             out["hyp_logits"] = _scatter(logits, valid)
+        if self.corr is not None:
+            desc, frac = self.corr(enc.point_features, tok)
+            out["desc"], out["frac_score"] = _scatter(desc, valid), _scatter(frac, valid)
         return out
 
 
@@ -386,6 +438,9 @@ class GlobalAssembler(nn.Module, _PoseHeadMixin):
         d_model: hidden width of the pose MLP.
         hidden: encoder block widths (``None``: encoder default).
         batch_norm: batch norm inside the encoder.
+        desc_dim: correspondence head width (0: none); same head and outputs as
+            :class:`EquivariantAssembler` on the encoder's per-point features and the
+            part's hidden feature (not rotation invariant: learned from augmentation).
     """
 
     def __init__(
@@ -396,10 +451,23 @@ class GlobalAssembler(nn.Module, _PoseHeadMixin):
         d_model: int = 128,
         hidden: list[int] | None = None,
         batch_norm: bool = True,
+        desc_dim: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = build_encoder(encoder, feat_dim, k, hidden, batch_norm)
         _, c_inv = _probe(self.encoder, k)
+        if not isinstance(desc_dim, int) or desc_dim < 0:
+            raise ValueError(f"desc_dim: expected an int >= 0, got {desc_dim!r}")
+        self.desc_dim = desc_dim
+        self.corr = None
+        if desc_dim:
+            was = self.encoder.training
+            self.encoder.eval()
+            with torch.no_grad():
+                g = torch.Generator().manual_seed(0)
+                pf = self.encoder(torch.randn(2, max(k + 2, 8), 3, generator=g)).point_features
+            self.encoder.train(was)
+            self.corr = CorrespondenceHead(int(pf.shape[-1]), d_model, desc_dim)
         self.mlp = _mlp([2 * c_inv, d_model, d_model])
         self.act = nn.GELU()
         self._init_heads(d_model)
@@ -410,7 +478,8 @@ class GlobalAssembler(nn.Module, _PoseHeadMixin):
 
         valid = check_parts(points, valid)
         x, c = _centre(points[valid])
-        f = _scatter(self.encoder(x).invariant, valid)  # (B, P, C)
+        enc = self.encoder(x)
+        f = _scatter(enc.invariant, valid)  # (B, P, C)
         neg = torch.finfo(f.dtype).min
         g = torch.where(valid[..., None], f, torch.full_like(f, neg)).amax(dim=1)  # (B, C)
         h = self.act(self.mlp(torch.cat([f, g[:, None].expand_as(f)], dim=-1)))[valid]
@@ -418,4 +487,8 @@ class GlobalAssembler(nn.Module, _PoseHeadMixin):
         t = self.trans_head(h) - (R @ c[..., None])[..., 0]
         eye = torch.eye(3, dtype=points.dtype, device=points.device)
         rot = torch.where(valid[..., None, None], _scatter(R, valid), eye)
-        return {"rot": rot, "trans": _scatter(t, valid)}
+        out = {"rot": rot, "trans": _scatter(t, valid)}
+        if self.corr is not None:
+            desc, frac = self.corr(enc.point_features, h)
+            out["desc"], out["frac_score"] = _scatter(desc, valid), _scatter(frac, valid)
+        return out

@@ -11,13 +11,18 @@ from typing import Any
 import lightning as L
 import torch
 from geo3d.apps.assembly._checkpoint import atomic_write_text
-from geo3d.apps.assembly._losses import assembly_loss
+from geo3d.apps.assembly._losses import assembly_loss, correspondence_loss
 from geo3d.apps.assembly._model import EquivariantAssembler, GlobalAssembler
 from torch import Tensor
 
 from geo3d.eval import anchor_parts, assembly_metrics
 
-__all__ = ["AssemblyModule", "PROTOCOLS", "METRICS"]
+__all__ = ["AssemblyModule", "PROTOCOLS", "METRICS", "EVAL_METHODS", "MAX_COUNTED_PARTS"]
+
+EVAL_METHODS = ("matching", "network")
+#: part counts 1..MAX_COUNTED_PARTS get their own accuracy in the results (more: pooled
+#: into the last bin)
+MAX_COUNTED_PARTS = 20
 
 PROTOCOLS = ("absolute", "anchor")
 METRICS = (
@@ -71,6 +76,19 @@ class AssemblyModule(L.LightningModule):
         loss_frame: ``"absolute"`` or ``"anchor"`` (see :func:`assembly_loss`).
         num_pictures: validation/test objects drawn as PNG + PLY (rank 0, last epoch / test).
         seed: seed of the augmentation generator.
+        desc_dim: width of the correspondence head's per-point descriptors (0: no head;
+            see :class:`EquivariantAssembler`).
+        w_desc, w_frac: weights of the contrastive matching loss and of the
+            fracture-surface BCE (:func:`correspondence_loss`).
+        corr_radius: contact distance of the ground-truth correspondences (data units).
+        corr_temperature: InfoNCE temperature.
+        eval_methods: test-time pipelines evaluated at validation/test
+            (:func:`geo3d.apps.assembly._pipeline.assemble_from_outputs`), the first is
+            the primary one (``val/anchor/part_acc``, pictures, the results' top level);
+            default ``["matching", "network"]`` with a correspondence head, else
+            ``["network"]``.
+        refine: run the pipeline's joint refinement after the spanning tree.
+        eval_seed: seed of the pipeline's RANSAC generator (reset every evaluation).
     """
 
     def __init__(
@@ -98,20 +116,37 @@ class AssemblyModule(L.LightningModule):
         loss_frame: str = "absolute",
         num_pictures: int = 4,
         seed: int = 0,
+        desc_dim: int = 0,
+        w_desc: float = 1.0,
+        w_frac: float = 1.0,
+        corr_radius: float = 0.1,
+        corr_temperature: float = 0.1,
+        eval_methods: list[str] | None = None,
+        refine: bool = True,
+        eval_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if arch == "equivariant":
             self.net = EquivariantAssembler(
                 encoder, feat_dim, k, d_model, num_layers, num_heads, 0.0, hidden, batch_norm,
-                rot_readout, dynamic_graph, hypotheses,
+                rot_readout, dynamic_graph, hypotheses, desc_dim,
             )
         elif arch == "global":
-            self.net = GlobalAssembler(encoder, feat_dim, k, d_model, hidden, batch_norm)
+            self.net = GlobalAssembler(encoder, feat_dim, k, d_model, hidden, batch_norm,
+                                       desc_dim)
         else:
             raise ValueError(f"arch: expected 'equivariant' or 'global', got {arch!r}")
         if loss_frame not in PROTOCOLS:
             raise ValueError(f"loss_frame: expected one of {PROTOCOLS}, got {loss_frame!r}")
+        if eval_methods is None:
+            eval_methods = ["matching", "network"] if desc_dim else ["network"]
+        eval_methods = list(eval_methods)
+        if not eval_methods or any(m not in EVAL_METHODS for m in eval_methods):
+            raise ValueError(f"eval_methods: expected a non-empty list of {EVAL_METHODS}, "
+                             f"got {eval_methods!r}")
+        self.eval_methods = eval_methods
+        self._eval_gen: torch.Generator | None = None
         self._gen: torch.Generator | None = None
         self._eval_sums: dict[str, Tensor] = {}
         self._pictures: list[dict[str, Any]] = []
@@ -155,6 +190,13 @@ class AssemblyModule(L.LightningModule):
             h.w_rot, h.w_trans, h.w_part_cd, h.w_shape_cd, h.loss_frame,
             hypotheses=pred if "hyp_rot" in pred else None,
         )
+        if "desc" in pred and (h.w_desc or h.w_frac):
+            lc, cterms = correspondence_loss(
+                pred["desc"], pred["frac_score"], points, valid, rot, batch["trans"],
+                batch.get("fracture"), h.corr_radius, h.corr_temperature, h.w_desc, h.w_frac,
+            )
+            loss = loss + lc
+            terms.update({f"corr_{k}": v for k, v in cterms.items()})
         B = points.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         for k, v in terms.items():
@@ -162,21 +204,50 @@ class AssemblyModule(L.LightningModule):
         self.log("train/parts", valid.sum().to(torch.float32), reduce_fx="sum", batch_size=B)
         return loss
 
+    def _add(self, key: str, value: Tensor) -> None:
+        v = value.detach().double().reshape(-1)
+        self._eval_sums[key] = self._eval_sums[key] + v if key in self._eval_sums else v
+
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        from geo3d.apps.assembly._pipeline import assemble_from_outputs
+
         points, valid = batch["points"], batch["valid"].bool()
+        t0 = time.perf_counter()
         pred = self(points, valid)
+        t_net = time.perf_counter() - t0
         anchor = anchor_parts(points, valid)
-        for proto in PROTOCOLS:
-            m = assembly_metrics(
-                points, valid, pred["rot"], pred["trans"], batch["rot"], batch["trans"],
-                protocol=proto, anchor=anchor, reduction="none",
-            )
-            for k, v in m.items():
-                key = f"{proto}/{k}"
-                self._eval_sums[key] = self._eval_sums.get(key, 0.0) + v.double().sum()
-        self._eval_sums["count"] = self._eval_sums.get("count", 0.0) + torch.tensor(
-            float(points.shape[0]), dtype=torch.float64, device=points.device
-        )
+        B, dev = points.shape[0], points.device
+        nparts = valid.sum(1).clamp_max(MAX_COUNTED_PARTS)
+        onehot = torch.nn.functional.one_hot(nparts, MAX_COUNTED_PARTS + 1).double()  # (B, K)
+        self._add("count", torch.tensor([float(B)], dtype=torch.float64, device=dev))
+        self._add("count_by_parts", onehot.sum(0))
+        if self._eval_gen is None:
+            self._eval_gen = torch.Generator().manual_seed(int(self.hparams.eval_seed))
+        primary = None
+        for method in self.eval_methods:
+            tim: dict[str, float] = {}
+            with torch.no_grad():
+                T = assemble_from_outputs(points, valid, pred, method=method,
+                                          refine=bool(self.hparams.refine),
+                                          generator=self._eval_gen, timings=tim)
+            rot, trans = T[..., :3, :3], T[..., :3, 3]
+            if primary is None:
+                primary = (rot, trans)
+            tim["network"] = t_net
+            tim.pop("objects", None)
+            for stg, sec in tim.items():
+                self._add(f"{method}/time_s/{stg}",
+                          torch.tensor([float(sec)], dtype=torch.float64, device=dev))
+            for proto in PROTOCOLS:
+                m = assembly_metrics(
+                    points, valid, rot, trans, batch["rot"], batch["trans"],
+                    protocol=proto, anchor=anchor, reduction="none",
+                )
+                for k, v in m.items():
+                    self._add(f"{method}/{proto}/{k}", v.sum())
+                self._add(f"{method}/{proto}/part_acc_by_parts",
+                          (m["part_acc"].double()[:, None] * onehot).sum(0))
+        rot, trans = primary
         if len(self._pictures) < int(self.hparams.num_pictures) and self._want_pictures(stage):
             n = min(points.shape[0], int(self.hparams.num_pictures) - len(self._pictures))
             for i in range(n):
@@ -184,8 +255,8 @@ class AssemblyModule(L.LightningModule):
                     "name": str(batch["name"][i]) if "name" in batch else f"object_{i}",
                     "points": points[i].detach().cpu(),
                     "valid": valid[i].cpu(),
-                    "pred_rot": pred["rot"][i].detach().cpu(),
-                    "pred_trans": pred["trans"][i].detach().cpu(),
+                    "pred_rot": rot[i].detach().cpu(),
+                    "pred_trans": trans[i].detach().cpu(),
                     "gt_rot": batch["rot"][i].detach().cpu(),
                     "gt_trans": batch["trans"][i].detach().cpu(),
                 })
@@ -205,16 +276,25 @@ class AssemblyModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        pred = self(batch["points"], batch["valid"].bool())
+        """Poses from the primary evaluation pipeline (``eval_methods[0]``)."""
+        from geo3d.apps.assembly._pipeline import assemble_from_outputs
+
+        points, valid = batch["points"], batch["valid"].bool()
+        pred = self(points, valid)
+        if self._eval_gen is None:
+            self._eval_gen = torch.Generator().manual_seed(int(self.hparams.eval_seed))
+        T = assemble_from_outputs(points, valid, pred, method=self.eval_methods[0],
+                                  refine=bool(self.hparams.refine), generator=self._eval_gen)
         return {
             "name": list(batch.get("name", [])),
-            "valid": batch["valid"].bool().cpu(),
-            "rot": pred["rot"].detach().cpu(),
-            "trans": pred["trans"].detach().cpu(),
+            "valid": valid.cpu(),
+            "rot": T[..., :3, :3].detach().cpu(),
+            "trans": T[..., :3, 3].detach().cpu(),
         }
 
     def on_validation_epoch_start(self) -> None:
         self._eval_sums, self._pictures = {}, []
+        self._eval_gen = None  # every evaluation draws the same RANSAC samples
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -222,17 +302,39 @@ class AssemblyModule(L.LightningModule):
         if not self._eval_sums:
             return
         keys = sorted(self._eval_sums)
-        vec = torch.stack([torch.as_tensor(self._eval_sums[k]).to(self.device) for k in keys])
+        parts = [torch.as_tensor(self._eval_sums[k]).to(self.device).reshape(-1) for k in keys]
+        vec = torch.cat(parts)
         if self.trainer is not None and self.trainer.world_size > 1:
             vec = self.trainer.strategy.reduce(vec, reduce_op="sum")
-        sums = dict(zip(keys, vec.tolist(), strict=True))
-        count = sums.pop("count")
-        results: dict[str, Any] = {"num_objects": int(count)}
+        sums = dict(zip(keys, torch.split(vec, [len(p) for p in parts]), strict=True))
+        count = float(sums.pop("count")[0])
+        by_n = sums.pop("count_by_parts").tolist()
+        results: dict[str, Any] = {"num_objects": int(count), "methods": {},
+                                   "primary_method": self.eval_methods[0]}
         for key, total in sums.items():
-            proto, metric = key.split("/")
-            results.setdefault(proto, {})[metric] = total / max(count, 1.0)
-            self.log(f"{stage}/{key}", total / max(count, 1.0), prog_bar=(key == "anchor/part_acc"),
-                     sync_dist=False, rank_zero_only=True)
+            method, group, metric = key.split("/")
+            res = results["methods"].setdefault(method, {})
+            if group == "time_s":  # wall seconds per object and stage
+                res.setdefault("time_s_per_object", {})[metric] = float(total[0]) / max(count, 1)
+            elif metric == "part_acc_by_parts":
+                res.setdefault("part_acc_by_num_parts", {})[group] = {
+                    str(n): {"num_objects": int(c), "part_acc": float(total[n]) / c}
+                    for n, c in enumerate(by_n) if c > 0
+                }
+            else:
+                res.setdefault(group, {})[metric] = float(total[0]) / max(count, 1.0)
+        for method, res in results["methods"].items():
+            for proto in PROTOCOLS:
+                for metric, v in res.get(proto, {}).items():
+                    primary = method == self.eval_methods[0]
+                    self.log(f"{stage}/{method}/{proto}/{metric}", v, sync_dist=False,
+                             rank_zero_only=True)
+                    if primary:  # the primary method also under the plain names
+                        self.log(f"{stage}/{proto}/{metric}", v,
+                                 prog_bar=(proto == "anchor" and metric == "part_acc"),
+                                 sync_dist=False, rank_zero_only=True)
+        prim = results["methods"][self.eval_methods[0]]
+        results.update({p: prim[p] for p in PROTOCOLS if p in prim})
         self.last_results = results
         if self.trainer is None or self.trainer.sanity_checking or self.global_rank != 0:
             return

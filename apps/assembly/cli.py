@@ -6,6 +6,7 @@ Usage::
     geo3d assembly fit --config demo.yaml --ckpt_path last   # resume the newest last.ckpt
     geo3d assembly test --config demo.yaml --ckpt_path runs/x/checkpoints/last.ckpt
     geo3d assembly predict --checkpoint last.ckpt --pieces a.obj b.obj [--out poses.json]
+                           [--method matching|network] [--no-refine]
     geo3d assembly demo [--out runs/demo] [--config-set demo|long]
 
 ``--config NAME`` also accepts the name of a packaged config (``demo``, ``long``,
@@ -220,6 +221,11 @@ def _predict_pieces(argv: list[str]) -> int:
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="where to run (default: cpu)")
+    p.add_argument("--method", default="matching", choices=["matching", "network"],
+                   help="matching: descriptor matching + RANSAC + refinement (default); "
+                        "network: the network's own poses")
+    p.add_argument("--no-refine", action="store_true",
+                   help="skip the matching pipeline's joint refinement")
     p.add_argument("--out", default=None, help="write poses as JSON here (default: stdout)")
     a, extra = p.parse_known_args(argv)
     if extra:
@@ -233,8 +239,9 @@ def _predict_pieces(argv: list[str]) -> int:
         raise UsageError("--pieces: expected the piece files to assemble, got none (geo3d "
                          "assembly predict --checkpoint CKPT --pieces A B ...)")
     T = assemble(a.pieces, a.checkpoint, num_points=a.num_points, scale=a.scale,
-                 device=a.device, generator=torch.Generator().manual_seed(a.seed))
-    text = json.dumps({"pieces": a.pieces, "poses": T.tolist()}, indent=2)
+                 device=a.device, generator=torch.Generator().manual_seed(a.seed),
+                 method=a.method, refine=not a.no_refine)
+    text = json.dumps({"pieces": a.pieces, "method": a.method, "poses": T.tolist()}, indent=2)
     if a.out:
         atomic_write_text(a.out, text)
         print(f"wrote {a.out}")
