@@ -36,6 +36,7 @@ from geo3d.eval._pose_estimation import (
     pose_errors,
     pose_estimation_metrics,
 )
+from geo3d.eval._tracking import TAPVID_THRESHOLDS, tapvid_metrics, track_points, tracking_metrics
 
 __all__ = [
     "align_to_anchor",
@@ -65,4 +66,8 @@ __all__ = [
     "pose_accuracy",
     "pose_errors",
     "pose_estimation_metrics",
+    "TAPVID_THRESHOLDS",
+    "tapvid_metrics",
+    "track_points",
+    "tracking_metrics",
 ]

@@ -30,6 +30,7 @@ from geo3d.render._camera import (
 from geo3d.render._corr import view_correspondences
 from geo3d.render._mesh import DEFAULT_GREY, RenderMesh, as_render_mesh, sample_texture
 from geo3d.render._render import Renderer, render
+from geo3d.render._tracks import render_tracks, smooth_rigid_trajectory
 
 __all__ = [
     "render",
@@ -47,4 +48,6 @@ __all__ = [
     "depth_to_points",
     "relative_rotation_angle",
     "view_correspondences",
+    "render_tracks",
+    "smooth_rigid_trajectory",
 ]
