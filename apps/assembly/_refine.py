@@ -188,10 +188,32 @@ def _nn(x: Tensor, y: Tensor, xl: Tensor | None = None,
     return out.idx[..., 0], out.dists[..., 0]
 
 
+def _associate(q: Tensor, plan: _Plan, icp_radius: float, surface: bool,
+               pen: bool) -> dict[str, tuple[Tensor, ...]]:
+    """Nearest-neighbour associations at the placed points ``q``: ICP pairs ``(ps, src,
+    pt, dst)`` within ``icp_radius``, and for every point of every valid piece the flat
+    index of its nearest point on another valid piece."""
+    dev = q.device
+    assoc: dict[str, tuple[Tensor, ...]] = {}
+    if plan.icp is not None and surface:
+        s, us, t, ut, ls, lt = plan.icp
+        k, d2 = _nn(q[s[:, None], us], q[t[:, None], ut], ls, lt)
+        L = us.shape[1]
+        keep = (torch.arange(L, device=dev)[None] < ls[:, None]) & (d2 < icp_radius ** 2)
+        row, col = keep.nonzero(as_tuple=True)
+        assoc["icp"] = (s[row], us[row, col], t[row], ut[row, k[row, col]])
+    if plan.pen is not None and pen:
+        v, others = plan.pen
+        k, _ = _nn(q[v], q.reshape(-1, 3)[others])
+        assoc["pen"] = (v, torch.gather(others, 1, k))  # (V,), (V, N) nearest other point
+    return assoc
+
+
 def _build_terms(
-    q: Tensor, nrm: Tensor, o: Tensor, plan: _Plan,
-    w_match: float, w_surface: float, w_pen: float, margin: float, icp_radius: float,
+    q: Tensor, nrm: Tensor, o: Tensor, plan: _Plan, assoc: dict[str, tuple[Tensor, ...]],
+    w_match: float, w_surface: float, w_pen: float, margin: float,
 ) -> _Terms:
+    """Residuals and Jacobians at the placed points ``q`` for fixed associations."""
     terms = _Terms()
     dev, dt = q.device, q.dtype
     if plan.fixed is not None and w_match > 0:  # fixed matches, point to point
@@ -201,31 +223,21 @@ def _build_terms(
         Ji = torch.cat([eye, -_skew_cross(a)], -1)
         Jj = -torch.cat([eye, -_skew_cross(b)], -1)
         terms.add(a - b, Ji, pi, Jj, pj, w * w_match)
-    if plan.icp is not None and w_surface > 0:  # ICP between the matched regions
-        s, us, t, ut, ls, lt = plan.icp
-        k, d2 = _nn(q[s[:, None], us], q[t[:, None], ut], ls, lt)
-        L = us.shape[1]
-        keep = (torch.arange(L, device=dev)[None] < ls[:, None]) & (d2 < icp_radius ** 2)
-        row, col = keep.nonzero(as_tuple=True)
-        ps, src = s[row], us[row, col]
-        pt, dst = t[row], ut[row, k[row, col]]
+    if "icp" in assoc and w_surface > 0:  # ICP between the matched regions
+        ps, src, pt, dst = assoc["icp"]
         n = nrm[pt, dst]
         res = ((q[ps, src] - q[pt, dst]) * n).sum(-1)
         _plane_terms(terms, q[ps, src] - o, n, res, ps, pt, torch.full_like(res, w_surface))
-    if plan.pen is not None and w_pen > 0:  # interpenetration
-        v, others = plan.pen
-        N = plan.N
+    if "pen" in assoc and w_pen > 0:  # interpenetration
+        v, flat = assoc["pen"]
         qf, nf = q.reshape(-1, 3), nrm.reshape(-1, 3)
-        k, _ = _nn(q[v], qf[others])
-        flat = torch.gather(others, 1, k)  # (V, N) flat index of the nearest other point
         y, n = qf[flat], nf[flat]
         sd = ((q[v] - y) * n).sum(-1) + margin
-        hit = sd < 0
-        row, col = hit.nonzero(as_tuple=True)
+        row, col = (sd < 0).nonzero(as_tuple=True)
         if row.numel():
             pi = v[row]
             _plane_terms(terms, q[pi, col] - o, n[row, col], sd[row, col], pi,
-                         flat[row, col] // N, torch.full_like(sd[row, col], w_pen))
+                         flat[row, col] // plan.N, torch.full_like(sd[row, col], w_pen))
     return terms
 
 
@@ -288,7 +300,8 @@ def assembly_energy(
     nrm = normals.to(points.dtype) @ poses[:, :3, :3].to(points.dtype).transpose(-1, -2)
     o = q[torch.tensor(valid_l, device=q.device)].reshape(-1, 3).mean(0)
     plan = _Plan(_parse_matches(matches), valid_l, P, N, points.dtype, points.device)
-    terms = _build_terms(q, nrm, o, plan, w_match, w_surface, w_pen, margin, icp_radius)
+    assoc = _associate(q, plan, icp_radius, w_surface > 0, w_pen > 0)
+    terms = _build_terms(q, nrm, o, plan, assoc, w_match, w_surface, w_pen, margin)
     if robust_scale is None:
         tot = points.new_zeros(())
         for r, *_, w in terms.items:
@@ -397,14 +410,18 @@ def refine_poses(
     nf = len(free)
     plan = _Plan(match_d, valid_l, P, N, dt, dev)
 
-    def evaluate(Gc: Tensor) -> tuple[_Terms, Tensor, Tensor]:
+    def evaluate(Gc: Tensor, assoc: dict | None) -> tuple[_Terms, Tensor, Tensor, dict]:
+        # assoc None: re-associate at Gc; else residuals for the given associations
+        # (a smooth energy in Gc, so the LM acceptance test is meaningful)
         q = _place(points, Gc)
         nrm = nrm0 @ Gc[:, :3, :3].transpose(-1, -2)
         o = q[vmask].reshape(-1, 3).mean(0)
-        terms = _build_terms(q, nrm, o, plan, w_match, w_surface, w_pen, margin, icp_r)
-        return terms, _energy(terms, c2).to(dt), o
+        if assoc is None:
+            assoc = _associate(q, plan, icp_r, w_surface > 0, w_pen > 0)
+        terms = _build_terms(q, nrm, o, plan, assoc, w_match, w_surface, w_pen, margin)
+        return terms, _energy(terms, c2).to(dt), o, assoc
 
-    terms, energy, o = evaluate(G)
+    terms, energy, o, assoc = evaluate(G, None)
     lam = float(damping)
     for _ in range(steps):
         H = torch.zeros(P, P, 6, 6, dtype=dt, device=dev)
@@ -437,9 +454,10 @@ def refine_poses(
             Gn = G.clone()
             Gn[idx, :3, :3] = Rn @ G[idx, :3, :3]
             Gn[idx, :3, 3] = (Rn @ G[idx, :3, 3, None])[..., 0] + tn
-            terms_n, energy_n, o_n = evaluate(Gn)
+            _, energy_n, _, _ = evaluate(Gn, assoc)
             if bool(energy_n <= energy):
-                G, terms, energy, o = Gn, terms_n, energy_n, o_n
+                G = Gn
+                terms, energy, o, assoc = evaluate(G, None)
                 lam = max(lam / 10.0, 1e-12)
                 accepted = True
                 break
