@@ -170,7 +170,7 @@ def views_from_pair(item: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, 
 
 
 # ----------------------------------------------------------------------------- features
-def extract_features(extractor: Extractor, images: Tensor) -> Tensor:
+def extract_features(extractor: Extractor, images: Tensor, *, device: Any = None) -> Tensor:
     """Run ``extractor`` on ``images`` without gradients and check its output.
 
     The extractor's train/eval mode is left as it is (call ``.eval()`` first for models
@@ -179,9 +179,12 @@ def extract_features(extractor: Extractor, images: Tensor) -> Tensor:
     Args:
         extractor: callable ``(B, 3, H, W) -> (B, C, h, w)``.
         images: :math:`(B, 3, H, W)` float in [0, 1].
+        device: where the extractor runs (the images are moved there); default: where
+            ``images`` are.
 
     Returns:
-        feature maps :math:`(B, C, h, w)` float32 (not upsampled; see :func:`sample_features`).
+        feature maps :math:`(B, C, h, w)` float32 on the extractor's output device (not
+        upsampled; see :func:`sample_features`).
 
     Raises:
         ValueError: ``images`` is not ``(B, 3, H, W)`` or the output is not ``(B, C, h, w)``.
@@ -192,6 +195,8 @@ def extract_features(extractor: Extractor, images: Tensor) -> Tensor:
     """
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images: expected shape (B, 3, H, W), got {tuple(getattr(images, 'shape', ()))}")
+    if device is not None:
+        images = images.to(device)
     with torch.no_grad():
         out = extractor(images)
     if not isinstance(out, Tensor) or out.ndim != 4 or out.shape[0] != images.shape[0]:
@@ -230,14 +235,14 @@ def sample_features(fmap: Tensor, pixels: Tensor, image_size: Sequence[int]) -> 
     if pixels.ndim != 2 or pixels.shape[1] != 2:
         raise ValueError(f"pixels: expected shape (M, 2), got {tuple(pixels.shape)}")
     H, W = (int(s) for s in image_size)
-    p = pixels.to(fmap.dtype if fmap.is_floating_point() else torch.float32)
+    p = pixels.to(device=fmap.device, dtype=fmap.dtype if fmap.is_floating_point() else torch.float32)
     grid = torch.stack([(2 * p[:, 0] + 1) / W - 1, (2 * p[:, 1] + 1) / H - 1], dim=-1)
     out = F.grid_sample(fmap[None], grid[None, None].to(fmap.dtype), mode="bilinear",
                         padding_mode="border", align_corners=False)
     return out[0, :, 0].T
 
 
-def nearest_pixels(feat_query: Tensor, feat_target: Tensor, *, chunk: int = 1024) -> tuple[Tensor, Tensor]:
+def nearest_pixels(feat_query: Tensor, feat_target: Tensor, *, chunk: int = 512) -> tuple[Tensor, Tensor]:
     """Cosine nearest neighbours: for every query feature, the most similar target feature.
 
     Args:
@@ -246,7 +251,8 @@ def nearest_pixels(feat_query: Tensor, feat_target: Tensor, *, chunk: int = 1024
         chunk: query rows per similarity block (memory ``chunk · N``).
 
     Returns:
-        ``(index (M,) long, similarity (M,))``; ties go to the lowest index.
+        ``(index (M,) long, similarity (M,))`` on the features' device; ties go to the
+        lowest index.
 
     Raises:
         ValueError: shapes, empty target.
@@ -263,7 +269,7 @@ def nearest_pixels(feat_query: Tensor, feat_target: Tensor, *, chunk: int = 1024
     if feat_target.shape[0] == 0:
         raise ValueError("feat_target: expected at least one target feature, got 0")
     q = F.normalize(feat_query, dim=1)
-    t = F.normalize(feat_target, dim=1)
+    t = F.normalize(feat_target.to(q.device), dim=1)
     idx, sim = [], []
     for s in range(0, q.shape[0], chunk):
         m = q[s : s + chunk] @ t.T
@@ -339,6 +345,7 @@ def dense_correspondence_metrics(
     generator: torch.Generator | None = None,
     features: tuple[Tensor, Tensor] | None = None,
     return_details: bool = False,
+    device: Any = None,
 ) -> dict[str, Any]:
     """APE and PCDP of an extractor's nearest-feature matches from view A to view B.
 
@@ -357,6 +364,7 @@ def dense_correspondence_metrics(
         features: optional precomputed maps ``(fmap_a (C, h, w), fmap_b (C, h', w'))``.
         return_details: also return per-point tensors ``pixels_a (M, 2)``, ``gt_b (M, 2)``,
             ``pred_b (M, 2)`` (long, ``(u, v)``), ``errors_px (M,)`` and ``similarity (M,)``.
+        device: where the extractor and the matching run (e.g. ``"cuda"``).
 
     Returns:
         dict of floats ``ape_px``, ``ape_img``, ``ape_bbox``, ``pcdp_img@α`` and
@@ -417,17 +425,17 @@ def dense_correspondence_metrics(
     if features is None:
         Ha, Wa = va["image"].shape[-2:]
         if (Ha, Wa) == (Hb, Wb):
-            fm = extract_features(extractor, torch.stack([va["image"], vb["image"]]))
+            fm = extract_features(extractor, torch.stack([va["image"], vb["image"]]), device=device)
             fa, fb = fm[0], fm[1]
         else:
-            fa = extract_features(extractor, va["image"][None])[0]
-            fb = extract_features(extractor, vb["image"][None])[0]
+            fa = extract_features(extractor, va["image"][None], device=device)[0]
+            fb = extract_features(extractor, vb["image"][None], device=device)[0]
     else:
-        fa, fb = (f.float() for f in features)
+        fa, fb = (f.float() if device is None else f.float().to(device) for f in features)
     vb_v, vb_u = torch.nonzero(vb["mask"], as_tuple=True)
     pix_b = torch.stack([vb_u, vb_v], dim=1)
-    feat_a = sample_features(fa, pix_a.to(fa.device), va["image"].shape[-2:])
-    feat_b = sample_features(fb, pix_b.to(fb.device), (Hb, Wb))
+    feat_a = sample_features(fa, pix_a, va["image"].shape[-2:])
+    feat_b = sample_features(fb, pix_b, (Hb, Wb))
     idx, sim = nearest_pixels(feat_a, feat_b)
     pred = pix_b[idx.cpu()]
     err = (pred - q).double().norm(dim=1)
@@ -489,6 +497,7 @@ def transfer_keypoints(
     *,
     mask_b: Tensor | None = None,
     features: tuple[Tensor, Tensor] | None = None,
+    device: Any = None,
 ) -> Tensor:
     """Transfer keypoints from image A to image B by cosine-nearest features.
 
@@ -499,6 +508,7 @@ def transfer_keypoints(
             features interpolated bilinearly).
         mask_b: optional :math:`(H_B, W_B)` bool: candidates in B (default every pixel).
         features: optional precomputed maps ``(fmap_a (C, h, w), fmap_b (C, h', w'))``.
+        device: where the extractor and the matching run.
 
     Returns:
         :math:`(K, 2)` long pixels ``(u, v)`` of B.
@@ -524,11 +534,11 @@ def transfer_keypoints(
         raise ValueError("mask_b: expected at least one candidate pixel, got an empty mask")
     if features is None:
         if ia.shape == ib.shape:
-            fm = extract_features(extractor, torch.stack([ia, ib]))
+            fm = extract_features(extractor, torch.stack([ia, ib]), device=device)
             fa, fb = fm[0], fm[1]
         else:
-            fa = extract_features(extractor, ia[None])[0]
-            fb = extract_features(extractor, ib[None])[0]
+            fa = extract_features(extractor, ia[None], device=device)[0]
+            fb = extract_features(extractor, ib[None], device=device)[0]
     else:
         fa, fb = (f.float() for f in features)
     vv, uu = torch.nonzero(cand, as_tuple=True)

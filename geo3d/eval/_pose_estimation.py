@@ -246,6 +246,7 @@ def match_to_references(
     mutual: bool = True,
     use_query_mask: bool = True,
     generator: torch.Generator | None = None,
+    device: Any = None,
 ) -> dict[str, Tensor]:
     """2D–3D matches: reference foreground pixels (with 3D points) → query pixels by features.
 
@@ -265,6 +266,7 @@ def match_to_references(
         mutual: keep mutual nearest neighbours only.
         use_query_mask: restrict the query candidates to its foreground.
         generator: random source of the pixel draws.
+        device: where the extractor and the matching run.
 
     Returns:
         dict with ``points3d (M, 3)`` float64 object frame, ``pixels (M, 2)`` long query
@@ -299,7 +301,7 @@ def match_to_references(
         raise ValueError("query: expected foreground pixels in the query, got an empty mask")
     vv, uu = torch.nonzero(cand, as_tuple=True)
     pix_q = torch.stack([uu, vv], dim=1)
-    fq = extract_features(extractor, q_img[None])[0]
+    fq = extract_features(extractor, q_img[None], device=device)[0]
     feat_q = sample_features(fq, pix_q, (H, W))
     pts, pix, sims, refs = [], [], [], []
     for r_i, ref in enumerate(references):
@@ -311,16 +313,17 @@ def match_to_references(
             sel = torch.randperm(len(rv_v), generator=generator)[:points_per_reference].sort().values
             rv_v, rv_u = rv_v[sel], rv_u[sel]
         pix_r = torch.stack([rv_u, rv_v], dim=1)
-        fr = extract_features(extractor, rv["image"][None])[0]
+        fr = extract_features(extractor, rv["image"][None], device=device)[0]
         feat_r = sample_features(fr, pix_r, rv["image"].shape[-2:])
         idx, sim = nearest_pixels(feat_r, feat_q)
         keep = torch.ones(len(idx), dtype=torch.bool)
         if mutual:
             back, _ = nearest_pixels(feat_q[idx], feat_r)
-            keep = back == torch.arange(len(idx))
+            keep = back.cpu() == torch.arange(len(idx))
+        idx = idx.cpu()
         pts.append(rv["points"][rv_v, rv_u][keep])
         pix.append(pix_q[idx][keep])
-        sims.append(sim[keep].cpu())
+        sims.append(sim.cpu()[keep])
         refs.append(torch.full((int(keep.sum()),), r_i, dtype=torch.long))
     if not pts:
         return {"points3d": torch.zeros(0, 3, dtype=torch.float64), "pixels": torch.zeros(0, 2, dtype=torch.long),
@@ -341,6 +344,7 @@ def pose_estimation_metrics(
     reprojection_error: float = 8.0,
     iterations: int = 1000,
     generator: torch.Generator | None = None,
+    device: Any = None,
 ) -> dict[str, Any]:
     """cm-degree pose accuracy of an extractor on query views of one object.
 
@@ -357,6 +361,7 @@ def pose_estimation_metrics(
         points_per_reference, mutual: see :func:`match_to_references`.
         reprojection_error, iterations: see :func:`estimate_pose_pnp`.
         generator: random source (pixel draws and RANSAC seeds).
+        device: where the extractor and the matching run.
 
     Returns:
         dict with the accuracies (``"1cm1deg"``, ...), ``rot_err_deg`` and
@@ -382,7 +387,7 @@ def pose_estimation_metrics(
             raise ValueError(f"queries[{k}]: expected a view dict with world_to_cam, got {type(qv).__name__}")
         K = torch.as_tensor(qv["K"]).double()
         m = match_to_references(extractor, qv, references, points_per_reference=points_per_reference,
-                                mutual=mutual, generator=generator)
+                                mutual=mutual, generator=generator, device=device)
         est = estimate_pose_pnp(m["points3d"], m["pixels"].double(), K, reprojection_error=reprojection_error,
                                 iterations=iterations, generator=generator)
         r, t = pose_errors(est["world_to_cam"], T_gt, unit_to_cm=unit_to_cm)

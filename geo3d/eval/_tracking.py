@@ -194,6 +194,7 @@ def track_points(
     cycle_threshold: float = 8.0,
     similarity_threshold: float = 0.5,
     batch_size: int = 8,
+    device: Any = None,
 ) -> dict[str, Tensor]:
     """Track points through a video by nearest features (no temporal model).
 
@@ -209,6 +210,7 @@ def track_points(
         similarity_threshold: cosine similarity below which a point is predicted occluded
             (``"similarity"``).
         batch_size: frames per extractor call.
+        device: where the extractor and the matching run.
 
     Returns:
         dict with ``tracks (N, T, 2)`` float64 ``(u, v)``, ``occluded (N, T)`` bool and
@@ -238,7 +240,7 @@ def track_points(
     N = q.shape[0]
     vv, uu = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
     pix = torch.stack([uu.flatten(), vv.flatten()], dim=1)  # row-major (u, v)
-    f_query_map = extract_features(extractor, v[query_frame : query_frame + 1])[0]
+    f_query_map = extract_features(extractor, v[query_frame : query_frame + 1], device=device)[0]
     feat_q = sample_features(f_query_map, q.float(), (H, W))  # (N, C)
     all_q = _upsampled(f_query_map, (H, W)) if occlusion == "cycle" else None
     tracks = torch.empty(N, T, 2, dtype=torch.float64)
@@ -246,7 +248,7 @@ def track_points(
     similarity = torch.ones(N, T)
     scale = torch.tensor([256.0 / W, 256.0 / H], dtype=torch.float64)
     for s in range(0, T, batch_size):
-        maps = extract_features(extractor, v[s : s + batch_size])
+        maps = extract_features(extractor, v[s : s + batch_size], device=device)
         for j in range(maps.shape[0]):
             t = s + j
             if t == query_frame:
@@ -254,14 +256,14 @@ def track_points(
                 continue
             cand = _upsampled(maps[j], (H, W))
             idx, sim = nearest_pixels(feat_q, cand)
-            tracks[:, t] = pix[idx].double()
-            similarity[:, t] = sim
-            if occlusion == "similarity":
-                occluded[:, t] = sim < similarity_threshold
-            else:
+            tracks[:, t] = pix[idx.cpu()].double()
+            similarity[:, t] = sim.cpu()
+            if occlusion == "cycle":
                 back, _ = nearest_pixels(cand[idx], all_q)
-                d = ((pix[back].double() - q) * scale).norm(dim=1)
+                d = ((pix[back.cpu()].double() - q) * scale).norm(dim=1)
                 occluded[:, t] = d > cycle_threshold
+            else:
+                occluded[:, t] = similarity[:, t] < similarity_threshold
     return {"tracks": tracks, "occluded": occluded, "similarity": similarity}
 
 
