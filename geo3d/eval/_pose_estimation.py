@@ -16,15 +16,17 @@ Errors (OnePose / OnePose++ convention):
   mesh units are metres; the rendered datasets' objects are normalised to unit size, so
   "1 cm" is 1 % of the object's extent there);
 * ``n cm-n°`` accuracy: the fraction of queries with rotation error ``< n`` degrees **and**
-  translation error ``< n`` cm (strict, as OnePose's ``aggregate_metrics``); a failed PnP
-  counts as wrong.
+  translation error ``< n`` cm (strict, as OnePose's ``cm_degree_n_metric``); a failed PnP
+  counts as wrong. One released version of that function clamps the trace of
+  ``R_pred R_gtᵀ`` to ``n`` before the arccos, which makes its 1cm-1° score always 0 (the
+  angle becomes >= 90°); that is not repeated here.
 
 OpenCV is an optional dependency: ``pip install 'geo3d[corr]'`` (``opencv-python-headless``).
 
 References: Y. You et al., "Multiview Equivariance Improves 3D Correspondence Understanding
 with Minimal Feature Finetuning", ICLR 2025, arXiv:2411.19458 (pose-estimation protocol);
 J. Sun et al., "OnePose: One-Shot Object Pose Estimation without CAD Models", CVPR 2022,
-arXiv:2205.12257 (cm-degree metric, ``src/evaluators/cmd_evaluator.py``); V. Lepetit et al.,
+arXiv:2205.12257 (cm-degree metric: zju3dv/OnePose ``src/evaluators/cmd_evaluator.py``); V. Lepetit et al.,
 "EPnP: An Accurate O(n) Solution to the PnP Problem", IJCV 2009, doi:10.1007/s11263-008-0152-6.
 """
 
