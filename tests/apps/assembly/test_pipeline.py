@@ -75,6 +75,12 @@ def _equivariance_gap(obj: dict, dtype: torch.dtype, refine: bool, shift: float)
     P = p.shape[1]
     valid = torch.ones(1, P, dtype=torch.bool)
     out = dict(out)
+    # adversarial: exact duplicate points (with their descriptors and scores) in every
+    # piece, so nearest-neighbour and argmax ties must be broken the same way in any frame
+    p[:, :, 1:40:3] = p[:, :, 0:39:3]
+    for key in ("desc", "frac_score"):
+        out[key] = out[key].clone()
+        out[key][:, :, 1:40:3] = out[key][:, :, 0:39:3]
     # an equivariant "network": its poses are the truth perturbed by a fixed error
     err = random_poses(P, torch.Generator().manual_seed(5), shift=0.05)
     T_net = gt @ err
