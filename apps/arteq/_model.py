@@ -23,10 +23,18 @@ and the identity for the hands ``j = 22, 23`` (not predicted, as in the referenc
 
 Backbone choice. The reference uses EPN over the 60-element icosahedral group, built from
 compiled CUDA kernels: equivariant only to those 60 rotations (and approximately between
-them). Here the equivariant backbone is a Vector-Neuron DGCNN from :mod:`geo3d.nn` (pure
-torch, CPU and CUDA): exactly equivariant to every rotation of SO(3) (in fact O(3)) by
-construction, with tie-symmetric kNN graphs so that the claim also holds on grid-like clouds
-and duplicated points, and already tested there. The rotation readout is exactly
+them). Here the equivariant backbone is built from the Vector-Neuron layers of
+:mod:`geo3d.nn` (pure torch, CPU and CUDA): exactly equivariant to every rotation of SO(3)
+(in fact O(3)) by construction, with tie-symmetric kNN graphs so that the claim also holds
+on grid-like clouds and duplicated points (layers and graphs already tested there).
+``backbone="vn"`` (default) is :class:`~geo3d.apps.arteq._backbones.VNLocalEncoder`: local
+and translation-invariant like the reference's EPN features (relative offsets only), so with
+ground-truth part pooling in eval mode the rotation of a part far from a moved limb does
+not change at all (tested); ``"vn_dgcnn"`` is :class:`geo3d.nn.VNDGCNN` (positions relative
+to the centroid enter every feature, so every part sees every limb). The rotation readout
+of a part uses only its own and its parent's pooled features (no cross-part attention, as
+in the reference, whose attention runs over the 60 group elements of one part); only the
+shape head attends across parts. The rotation readout is exactly
 equivariant too (an equivariant 3x3 matrix projected onto SO(3) by SVD with the det fix)
 instead of the reference's weighted chordal mean over the 60 anchors, so the whole network
 is exactly SE(3)-equivariant for all rotations. An accuracy comparison against a
@@ -70,7 +78,7 @@ __all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES"]
 #: Parent of each ArtEq part in the 22-part tree (-1 for the pelvis): ``SMPL_PARENTS[:22]``.
 ARTEQ_PARENTS: tuple[int, ...] = tuple(int(p) for p in SMPL_PARENTS[:ARTEQ_NUM_PARTS])
 #: Accepted ``backbone`` names: the equivariant one first.
-BACKBONES = ("vn", "pointnet", "dgcnn")
+BACKBONES = ("vn", "vn_dgcnn", "pointnet", "dgcnn")
 
 _GRAM = 8  # VN projections whose Gram matrix enters the invariant part token
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -116,26 +124,31 @@ class ArtEqNet(nn.Module):
     """ArtEq: SMPL pose and shape of a point cloud, SE(3)-equivariant (see module docs).
 
     Args:
-        backbone: ``"vn"`` (Vector-Neuron DGCNN, exactly SO(3)-equivariant), or the
+        backbone: ``"vn"`` (local VN EdgeConv, exactly SE(3)-equivariant; default),
+            ``"vn_dgcnn"`` (:class:`geo3d.nn.VNDGCNN`, also equivariant), or the
             non-equivariant baselines ``"pointnet"`` / ``"dgcnn"``.
         num_betas: shape coefficients predicted.
         k: neighbours of the backbone's kNN graphs (including the point itself).
         feat_dim: per-point feature width ``F`` of the backbone: vector channels for
             ``"vn"`` (``3F`` numbers), ``3F`` scalar channels for the baselines (same size).
         hidden: backbone block widths (vector channels; the baselines use 3x each).
-        dynamic_graph: ``"vn"``/``"dgcnn"``: recompute the kNN graph in feature space for
+        dynamic_graph: ``"vn_dgcnn"`` only: recompute the kNN graph in feature space for
             every block (DGCNN); ``False`` (default) reuses the coordinate graph (one kNN,
             local receptive fields, no float32 rounding flips in feature space).
         d_model: width of the invariant part tokens and the attention.
         num_layers: self-attention layers over the 22 part tokens.
         num_heads: attention heads.
-        rot_hidden: vector channels of the per-part VN rotation MLP (``"vn"``).
+        rot_hidden: vector channels of the per-part VN rotation MLP (VN backbones).
         batch_norm: batch norm inside the backbone (in training mode it mixes the samples
             of a batch: equivariance then holds for one rotation of the whole batch; in
             eval mode per sample).
         num_centers: at most this many points enter the backbone (``None``: all); larger
             scans are subsampled and features interpolated back (see module docs).
         interp_sigma: width ``sigma`` of the Gaussian interpolation weights, metres.
+        unit: length unit of the backbone, metres: centred points are divided by it, so
+            that neighbour offsets (centimetres on a body) give features of order one
+            (batch-norm running variances start at 1 and would otherwise need hundreds of
+            steps to reach the ~1e-4 variances of metre-scale offsets: a train/eval gap).
 
     Attributes:
         config: the JSON-able keyword arguments: ``ArtEqNet(**net.config)`` rebuilds it.
@@ -163,6 +176,7 @@ class ArtEqNet(nn.Module):
         batch_norm: bool = True,
         num_centers: int | None = 1024,
         interp_sigma: float = 0.03,
+        unit: float = 0.05,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -181,6 +195,8 @@ class ArtEqNet(nn.Module):
             raise value_error("num_centers", "a positive int or None", repr(num_centers))
         if not (isinstance(interp_sigma, (int, float)) and 0 < interp_sigma < float("inf")):
             raise value_error("interp_sigma", "a positive number (metres)", repr(interp_sigma))
+        if not (isinstance(unit, (int, float)) and 0 < unit < float("inf")):
+            raise value_error("unit", "a positive number (metres)", repr(unit))
         if d_model % num_heads:
             raise value_error("num_heads", f"a divisor of d_model = {d_model}", num_heads)
         self.config: dict[str, Any] = {
@@ -188,12 +204,13 @@ class ArtEqNet(nn.Module):
             "hidden": hidden, "dynamic_graph": bool(dynamic_graph), "d_model": d_model,
             "num_layers": num_layers, "num_heads": num_heads, "rot_hidden": rot_hidden,
             "batch_norm": bool(batch_norm), "num_centers": num_centers,
-            "interp_sigma": float(interp_sigma),
+            "interp_sigma": float(interp_sigma), "unit": float(unit),
         }
+        self.unit = float(unit)
         self.num_centers = num_centers
         self.interp_sigma = float(interp_sigma)
         self.backbone = backbone
-        self.equivariant = backbone == "vn"
+        self.equivariant = backbone in ("vn", "vn_dgcnn")
         self.num_betas = num_betas
         P = ARTEQ_NUM_PARTS
         self.register_buffer("parents", torch.tensor(
@@ -202,6 +219,12 @@ class ArtEqNet(nn.Module):
         import geo3d.nn as gnn
 
         if backbone == "vn":
+            from geo3d.apps.arteq._backbones import VNLocalEncoder
+
+            self.encoder = VNLocalEncoder(k=k, feat_dim=feat_dim, hidden=tuple(hidden),
+                                          batch_norm=batch_norm)
+            c_pt = 3 * feat_dim
+        elif backbone == "vn_dgcnn":
             self.encoder = gnn.VNDGCNN(k=k, feat_dim=feat_dim, hidden=tuple(hidden),
                                        dynamic=dynamic_graph, batch_norm=batch_norm)
             c_pt = 3 * feat_dim  # invariant per-point features
@@ -238,13 +261,15 @@ class ArtEqNet(nn.Module):
         self.beta_head = _mlp([d_model, d_model, num_betas])
         if self.equivariant:
             # per part: shared VN MLP on [part, parent] vector features, then three vectors
-            # from per-part static weights + weights steered by the attended invariant token
+            # from per-part static weights + weights steered by the part's own frame-free
+            # invariants (norms, Gram matrix): the readout of part k sees only the features
+            # pooled on part k and its parent, as in the reference (no cross-part mixing)
             self.rot_mlp = gnn.VNLinearLeakyReLU(2 * feat_dim, rot_hidden, batch_norm=False)
             self.rot_static = nn.Parameter(torch.randn(P, 3, rot_hidden) / rot_hidden ** 0.5)
-            self.rot_steer = nn.Linear(d_model, 3 * rot_hidden)
+            self.rot_steer = _mlp([2 * feat_dim + _GRAM * _GRAM, d_model, 3 * rot_hidden])
             with torch.no_grad():
-                self.rot_steer.weight.mul_(0.1)
-                self.rot_steer.bias.zero_()
+                self.rot_steer[-1].weight.mul_(0.1)
+                self.rot_steer[-1].bias.zero_()
         else:
             # per part: its own linear head token -> 6D, started at the identity
             self.rot_weight = nn.Parameter(0.01 * torch.randn(P, d_model, 6))
@@ -304,7 +329,16 @@ class ArtEqNet(nn.Module):
         par = self.parents
 
         idx = self._centers(N, x.device, generator)
-        enc = self.encoder(x if idx is None else x[:, idx])
+        xs = (x if idx is None else x[:, idx]) / self.unit
+        if self.backbone == "vn":
+            # relative rounding error of the centred points (kNN tie tolerance)
+            with torch.no_grad():
+                amp = wide.detach().norm(dim=-1).amax(1) / x.detach().norm(dim=-1).amax(1).to(
+                    wide.dtype).clamp_min(torch.finfo(wide.dtype).tiny)
+                err = (torch.finfo(dtype).eps * amp.clamp(1.0, 1e30)).to(dtype)
+            enc = self.encoder(xs, input_error=err)
+        else:
+            enc = self.encoder(xs)
         pt_inv = enc.point_features  # (B, M, c_pt): invariant ("vn") / plain features
         V = enc.point_equivariant  # (B, M, F, 3) ("vn") or None
         glob = enc.invariant  # (B, c_glob)
@@ -337,7 +371,8 @@ class ArtEqNet(nn.Module):
             G = self.gram(Qv)  # (B, G, 3, P)
             gram = torch.einsum("bgxp,bhxp->bpgh", G, G).reshape(B, P, _GRAM * _GRAM)
             norms = torch.linalg.vector_norm(Q, dim=-1)  # (B, P, 2F)
-            feats += [norms, gram]
+            local_inv = torch.cat([norms, gram], dim=-1)  # frame-free, part + parent only
+            feats.append(local_inv)
         tok = self.token(torch.cat(feats, dim=-1)) + self.part_embed
         tok = self.out_norm(self.mixer(tok))  # (B, P, D) invariant for "vn"
 
@@ -349,7 +384,7 @@ class ArtEqNet(nn.Module):
         if self.equivariant:
             Z = self.rot_mlp(Qv)  # (B, H, 3, P)
             H = Z.shape[1]
-            coef = self.rot_static + self.rot_steer(tok).view(B, P, 3, H)  # (B, P, 3, H)
+            coef = self.rot_static + self.rot_steer(local_inv).view(B, P, 3, H)  # (B,P,3,H)
             u = torch.einsum("bpjh,bhxp->bpxj", coef, Z)  # (B, P, 3, 3): columns = vectors
             R = project_to_so3(u)
         else:
