@@ -9,10 +9,14 @@ Energy over the poses ``G_i`` of the non-anchor pieces (the anchor stays fixed),
   pieces: every matched point of ``i`` is paired with its nearest matched point ``y`` of
   ``j`` (and vice versa), residual ``n_y · (q - y)``;
 * interpenetration (``w_pen``): every point ``q`` of a piece against its nearest point
-  ``y`` (normal ``n_y``) on any other piece, residual ``min(n_y · (q - y) + margin, 0)``.
+  ``y`` (normal ``n_y``) on any other piece within ``pen_radius``, residual
+  ``min(n_y · (q - y) + margin, 0)``.
   This is the signed distance to the other piece's surface in the point-to-plane
   approximation: exact for a locally planar surface near ``y``; deep inside a thin or
   strongly curved piece the nearest point may lie on the far side and under-report.
+  Only points within ``pen_radius`` (5% of the piece scale) of the other surface count:
+  a correct assembly penetrates only shallowly, and far points are where wrongly oriented
+  normals (below) would report deep false penetrations.
 
 Normals: the data's (``normals``, e.g. :class:`geo3d.datasets.BreakingBad`'s
 ``with_normals``, sampled face normals) or, by default, estimated per piece by local PCA
@@ -189,10 +193,11 @@ def _nn(x: Tensor, y: Tensor, xl: Tensor | None = None,
 
 
 def _associate(q: Tensor, plan: _Plan, icp_radius: float, surface: bool,
-               pen: bool) -> dict[str, tuple[Tensor, ...]]:
+               pen: bool, pen_radius: float = float("inf")) -> dict[str, tuple[Tensor, ...]]:
     """Nearest-neighbour associations at the placed points ``q``: ICP pairs ``(ps, src,
     pt, dst)`` within ``icp_radius``, and for every point of every valid piece the flat
-    index of its nearest point on another valid piece."""
+    index of its nearest point on another valid piece (and whether it is within
+    ``pen_radius``)."""
     dev = q.device
     assoc: dict[str, tuple[Tensor, ...]] = {}
     if plan.icp is not None and surface:
@@ -204,8 +209,9 @@ def _associate(q: Tensor, plan: _Plan, icp_radius: float, surface: bool,
         assoc["icp"] = (s[row], us[row, col], t[row], ut[row, k[row, col]])
     if plan.pen is not None and pen:
         v, others = plan.pen
-        k, _ = _nn(q[v], q.reshape(-1, 3)[others])
-        assoc["pen"] = (v, torch.gather(others, 1, k))  # (V,), (V, N) nearest other point
+        k, d2 = _nn(q[v], q.reshape(-1, 3)[others])
+        # (V,), (V, N) nearest other point, (V, N) close enough to count
+        assoc["pen"] = (v, torch.gather(others, 1, k), d2 < pen_radius ** 2)
     return assoc
 
 
@@ -229,11 +235,11 @@ def _build_terms(
         res = ((q[ps, src] - q[pt, dst]) * n).sum(-1)
         _plane_terms(terms, q[ps, src] - o, n, res, ps, pt, torch.full_like(res, w_surface))
     if "pen" in assoc and w_pen > 0:  # interpenetration
-        v, flat = assoc["pen"]
+        v, flat, near = assoc["pen"]
         qf, nf = q.reshape(-1, 3), nrm.reshape(-1, 3)
         y, n = qf[flat], nf[flat]
         sd = ((q[v] - y) * n).sum(-1) + margin
-        row, col = (sd < 0).nonzero(as_tuple=True)
+        row, col = ((sd < 0) & near).nonzero(as_tuple=True)
         if row.numel():
             pi = v[row]
             _plane_terms(terms, q[pi, col] - o, n[row, col], sd[row, col], pi,
@@ -277,6 +283,7 @@ def assembly_energy(
     w_pen: float = 0.0,
     margin: float = 0.0,
     icp_radius: float = float("inf"),
+    pen_radius: float = float("inf"),
     robust_scale: float | None = None,
 ) -> Tensor:
     """The energy :func:`refine_poses` minimises (see the module docstring), at ``poses``.
@@ -300,7 +307,7 @@ def assembly_energy(
     nrm = normals.to(points.dtype) @ poses[:, :3, :3].to(points.dtype).transpose(-1, -2)
     o = q[torch.tensor(valid_l, device=q.device)].reshape(-1, 3).mean(0)
     plan = _Plan(_parse_matches(matches), valid_l, P, N, points.dtype, points.device)
-    assoc = _associate(q, plan, icp_radius, w_surface > 0, w_pen > 0)
+    assoc = _associate(q, plan, icp_radius, w_surface > 0, w_pen > 0, pen_radius)
     terms = _build_terms(q, nrm, o, plan, assoc, w_match, w_surface, w_pen, margin)
     if robust_scale is None:
         tot = points.new_zeros(())
@@ -325,6 +332,7 @@ def refine_poses(
     rel_scale: float = 0.03,
     rel_margin: float = 0.005,
     rel_icp_radius: float = 0.1,
+    rel_pen_radius: float = 0.05,
     damping: float = 1e-4,
     k_normals: int = 16,
 ) -> Tensor:
@@ -334,7 +342,7 @@ def refine_poses(
     at most ``steps`` accepted or rejected LM steps; the anchor's pose is returned
     unchanged (bit for bit). Lengths are relative to ``s`` = the mean :func:`piece_scale`
     of the valid pieces: Cauchy scale ``rel_scale s``, penetration margin ``rel_margin s``,
-    ICP pairing radius ``rel_icp_radius s``.
+    ICP pairing radius ``rel_icp_radius s``, penetration radius ``rel_pen_radius s``.
 
     Args:
         points: input points of the pieces, shape :math:`(P, N, 3)`.
@@ -349,7 +357,7 @@ def refine_poses(
             :math:`(P, N, 3)` (``None``: :func:`estimate_normals`).
         steps: LM iterations, >= 0.
         w_match, w_surface, w_pen: weights of the three terms.
-        rel_scale, rel_margin, rel_icp_radius: see above.
+        rel_scale, rel_margin, rel_icp_radius, rel_pen_radius: see above.
         damping: initial LM damping (relative to ``tr(H)/n``).
         k_normals: neighbours of the normal estimate.
 
@@ -405,7 +413,7 @@ def refine_poses(
     vmask = torch.tensor(valid_l, device=dev)
     s = float(piece_scale(points[vmask]).mean())
     c2 = (rel_scale * s) ** 2
-    margin, icp_r = rel_margin * s, rel_icp_radius * s
+    margin, icp_r, pen_r = rel_margin * s, rel_icp_radius * s, rel_pen_radius * s
     nrm0 = (estimate_normals(points, k_normals) if normals is None else normals).to(dt)
     nf = len(free)
     plan = _Plan(match_d, valid_l, P, N, dt, dev)
@@ -417,7 +425,7 @@ def refine_poses(
         nrm = nrm0 @ Gc[:, :3, :3].transpose(-1, -2)
         o = q[vmask].reshape(-1, 3).mean(0)
         if assoc is None:
-            assoc = _associate(q, plan, icp_r, w_surface > 0, w_pen > 0)
+            assoc = _associate(q, plan, icp_r, w_surface > 0, w_pen > 0, pen_r)
         terms = _build_terms(q, nrm, o, plan, assoc, w_match, w_surface, w_pen, margin)
         return terms, _energy(terms, c2).to(dt), o, assoc
 
