@@ -59,8 +59,8 @@ def main() -> None:
     from geo3d.apps.assembly._pipeline import assemble_from_outputs
     from geo3d.datasets.fracture import FractureError
     from geo3d.datasets.shapes import SHAPE_CATEGORIES
-    from geo3d.eval import assembly_metrics
 
+    from geo3d.eval import assembly_metrics
     from geo3d.rotations import kabsch
 
     for dt in (torch.float32, torch.float64):  # one-time initialisation (~2 s) not timed
@@ -73,7 +73,7 @@ def main() -> None:
         rows = {"refine": [], "no_refine": []}
         times = {"refine": {}, "no_refine": {}}
         cat_used = []
-        for o in range(a.objects):
+        for _ in range(a.objects):
             cat = cats[k % len(cats)]
             seed = a.seed * 1000 + k
             k += 1
