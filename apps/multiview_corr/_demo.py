@@ -19,17 +19,33 @@ from typing import Any
 __all__ = ["demo_main", "run_demo"]
 
 
-def run_demo(out: str | Path, *, config: str = "demo", vit: str | None = None,
-             steps: int | None = None, pairs: int = 4, max_points: int = 1000,
-             extra: list[str] | None = None) -> dict[str, Any]:
+def run_demo(
+    out: str | Path,
+    *,
+    config: str = "demo",
+    vit: str | None = None,
+    steps: int | None = None,
+    pairs: int = 4,
+    max_points: int = 1000,
+    pose_queries: int = 4,
+    track_frames: int = 12,
+    extra: list[str] | None = None,
+) -> dict[str, Any]:
     """Fit with ``config`` into ``out`` and evaluate before/after; returns
     ``{"fit_seconds", "steps_per_s", "checkpoint", "eval_json", "picture", "command"}``."""
     from geo3d.apps.multiview_corr._evaluate import eval_adapter_main
     from geo3d.apps.multiview_corr.cli import run_lightning_cli
 
     out = Path(out)
-    args = ["fit", "--config", config, "--trainer.default_root_dir", str(out / "fit"),
-            "--data.root", str(out / "data")]
+    args = [
+        "fit",
+        "--config",
+        config,
+        "--trainer.default_root_dir",
+        str(out / "fit"),
+        "--data.root",
+        str(out / "data"),
+    ]
     if vit:
         args += ["--vit", vit]
     if steps is not None:
@@ -42,11 +58,21 @@ def run_demo(out: str | Path, *, config: str = "demo", vit: str | None = None,
     model = cli.model
     ckpt = getattr(cli.trainer.checkpoint_callback, "last_model_path", "") or ""
     if not ckpt:
-        raise ValueError(f"checkpoint: expected fit to write last.ckpt under {out / 'fit'}, "
-                         "got none")
-    ns = argparse.Namespace(adapter=ckpt, vit=None, data=None, pairs=pairs,
-                            max_points=max_points, seed=0, out=str(out / "multiview_eval.json"),
-                            picture=str(out / "correspondences.png"))
+        raise ValueError(
+            f"checkpoint: expected fit to write last.ckpt under {out / 'fit'}, got none"
+        )
+    ns = argparse.Namespace(
+        adapter=ckpt,
+        vit=None,
+        data=None,
+        pairs=pairs,
+        max_points=max_points,
+        seed=0,
+        pose_queries=pose_queries,
+        track_frames=track_frames,
+        out=str(out / "multiview_eval.json"),
+        picture=str(out / "correspondences.png"),
+    )
     print(f"=== geo3d multiview eval --adapter {ckpt}", flush=True)
     eval_adapter_main(ns)
     return {
@@ -66,23 +92,28 @@ def demo_main(argv: list[str]) -> int:
 
     class _Parser(argparse.ArgumentParser):
         def error(self, message: str) -> Any:
-            raise UsageError(f"geo3d multiview demo: {message} (see `geo3d multiview demo "
-                             "--help`)")
+            raise UsageError(f"geo3d multiview demo: {message} (see `geo3d multiview demo --help`)")
 
     p = _Parser(prog="geo3d multiview demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/multiview_demo", help="output folder")
     p.add_argument("--config", default="demo", help="packaged config or YAML [demo]")
-    p.add_argument("--vit", default=None, help="DINOv2 .pth or HF folder (default: the "
-                   "ViT-S/14 pretrained on synthetic renders)")
+    p.add_argument(
+        "--vit",
+        default=None,
+        help="DINOv2 .pth or HF folder (default: the ViT-S/14 pretrained on synthetic renders)",
+    )
     p.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
     p.add_argument("--pairs", type=int, default=4, help="evaluation pairs per held-out object")
     p.add_argument("--max-points", type=int, default=1000)
     a = p.parse_args(argv)
     if a.steps is not None and a.steps < 1:
         raise UsageError(f"--steps: expected an int >= 1, got {a.steps}")
-    res = run_demo(a.out, config=a.config, vit=a.vit, steps=a.steps, pairs=a.pairs,
-                   max_points=a.max_points)
-    print(f"fit: {res['train_steps']} steps in {res['fit_seconds']:.0f} s "
-          f"({res['steps_per_s']:.2f} steps/s); table: {res['eval_json']}; picture: "
-          f"{res['picture']}")
+    res = run_demo(
+        a.out, config=a.config, vit=a.vit, steps=a.steps, pairs=a.pairs, max_points=a.max_points
+    )
+    print(
+        f"fit: {res['train_steps']} steps in {res['fit_seconds']:.0f} s "
+        f"({res['steps_per_s']:.2f} steps/s); table: {res['eval_json']}; picture: "
+        f"{res['picture']}"
+    )
     return 0

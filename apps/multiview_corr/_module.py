@@ -44,26 +44,15 @@ __all__ = ["MultiviewCorrModule", "AtomicCheckpointIO", "build_backbone", "load_
 ADAPTER_FORMAT = 1
 
 
-def _cache_dir() -> Path:
-    env = os.environ.get("GEO3D_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "geo3d"
-
-
 def default_vit_path(**pretrain: Any) -> Path:
     """The ViT-S/14 pretrained on synthetic renders (the default starting weights here,
-    where no DINOv2 checkpoint can be downloaded), built once by
-    :func:`geo3d.apps.multiview_corr._pretrain.pretrain_vit` and cached under
-    ``$GEO3D_CACHE`` (default ``~/.cache/geo3d``)/``multiview_corr``. ``pretrain``
-    overrides that function's arguments (the cache file name depends on them)."""
+    where no DINOv2 checkpoint can be downloaded): built once by
+    :func:`geo3d.apps.multiview_corr._pretrain.pretrain_vit` (``pretrain`` overrides its
+    arguments) and cached by it (``$GEO3D_CACHE_DIR``, default ``~/.cache/geo3d``); later
+    calls with the same settings return the cached file."""
     from geo3d.apps.multiview_corr._pretrain import pretrain_vit
 
-    key = hashlib.sha256(json.dumps(pretrain, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = _cache_dir() / "multiview_corr" / f"vit_s14_renders_{key}.pth"
-    if not path.is_file():
-        print(f"multiview_corr: pretraining the default ViT-S/14 on synthetic renders "
-              f"(once; cached at {path})", flush=True)
-        pretrain_vit(out=str(path), **pretrain)
-    return path
+    return Path(pretrain_vit(**pretrain))
 
 
 def build_backbone(vit: str = "pretrained", vit_config: dict[str, Any] | None = None,

@@ -183,6 +183,10 @@ def _eval_main(argv: list[str]) -> int:
     p.add_argument("--pairs", type=int, default=4, help="view pairs per held-out object [4]")
     p.add_argument("--max-points", type=int, default=1000,
                    help="points per pair for APE/PCDP [1000]")
+    p.add_argument("--pose-queries", type=int, default=4,
+                   help="pose-estimation query views per held-out object (0: skip) [4]")
+    p.add_argument("--track-frames", type=int, default=12,
+                   help="frames of the tracking video per held-out object (0: skip) [12]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None,
                    help="JSON file (default: multiview_eval.json next to the adapter)")
