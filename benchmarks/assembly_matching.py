@@ -46,6 +46,10 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.02)
     ap.add_argument("--bandwidth", type=float, default=0.02,
                     help="oracle kernel width relative to the object's diagonal")
+    ap.add_argument("--desc-noise", type=float, default=0.0,
+                    help="Gaussian descriptor noise relative to the RMS entry (degraded oracle)")
+    ap.add_argument("--label-flip", type=float, default=0.0,
+                    help="fraction of fracture labels flipped (degraded oracle)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS_DIR / "assembly_matching_cpu.json"))
     a = ap.parse_args()
@@ -91,7 +95,8 @@ def main() -> None:
             p = x @ A[:, :3, :3].transpose(-1, -2) + A[:, None, :3, 3]
             gt = torch.linalg.inv(A)
             out = oracle_outputs(x, obj["fracture"],
-                                 bandwidth=a.bandwidth * float(obj["diag"]), generator=g)
+                                 bandwidth=a.bandwidth * float(obj["diag"]), generator=g,
+                                 desc_noise=a.desc_noise, label_flip=a.label_flip)
             out = {kk: v[None].float() for kk, v in out.items()}
             pts = p[None].float()  # the pipeline in float32, as after the network
             valid = torch.ones(1, P, dtype=torch.bool)

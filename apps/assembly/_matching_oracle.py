@@ -117,6 +117,8 @@ def oracle_outputs(
     bandwidth: float = 0.05,
     generator: torch.Generator | None = None,
     logit: float = 8.0,
+    desc_noise: float = 0.0,
+    label_flip: float = 0.0,
 ) -> dict[str, Tensor]:
     """Oracle ``desc``/``frac_score`` for :func:`assemble_from_outputs`.
 
@@ -127,6 +129,9 @@ def oracle_outputs(
         bandwidth: kernel width ``σ`` (units of the points).
         generator: optional :class:`torch.Generator` for ``W``, ``b``.
         logit: ``frac_score`` is ``+logit`` on fracture points, ``-logit`` elsewhere.
+        desc_noise: Gaussian noise added to every descriptor entry, relative to the RMS
+            entry ``sqrt(1/C)`` (1.0: as much noise as signal), to emulate a learned head.
+        label_flip: fraction of fracture labels flipped at random.
 
     Returns:
         ``{"desc": (*, N, C), "frac_score": (*, N)}`` in the dtype of ``assembled``.
@@ -135,7 +140,13 @@ def oracle_outputs(
     W = torch.randn(3, dim, generator=generator, dtype=torch.float64) / bandwidth
     b = torch.rand(dim, generator=generator, dtype=torch.float64) * (2 * math.pi)
     z = math.sqrt(2.0 / dim) * torch.cos(assembled.to(torch.float64) @ W + b)
+    if desc_noise > 0:
+        z = z + desc_noise * math.sqrt(1.0 / dim) * torch.randn(
+            z.shape, generator=generator, dtype=torch.float64)
     if fracture is None:
         fracture = torch.ones(assembled.shape[:-1], dtype=torch.bool)
+    if label_flip > 0:
+        flip = torch.rand(fracture.shape, generator=generator, dtype=torch.float64) < label_flip
+        fracture = fracture ^ flip
     score = torch.where(fracture, logit, -logit).to(torch.float64)
     return {"desc": z.to(dt), "frac_score": score.to(dt)}
