@@ -20,6 +20,7 @@ from geo3d.eval._assembly_metrics import (
 from geo3d.eval._body_metrics import mpjpe, part_accuracy_points, v2v_error
 from geo3d.eval._correspondence import (
     dense_correspondence_metrics,
+    dense_cosine_similarity,
     extract_features,
     keypoint_pck,
     keypoints_from_points,
@@ -53,6 +54,7 @@ __all__ = [
     "v2v_error",
     # dense correspondence / keypoint transfer (issue 16)
     "dense_correspondence_metrics",
+    "dense_cosine_similarity",
     "extract_features",
     "keypoint_pck",
     "keypoints_from_points",

@@ -69,6 +69,7 @@ __all__ = [
     "extract_features",
     "sample_features",
     "nearest_pixels",
+    "dense_cosine_similarity",
     "mask_bbox_size",
     "dense_correspondence_metrics",
     "keypoints_from_points",
@@ -270,6 +271,11 @@ def nearest_pixels(feat_query: Tensor, feat_target: Tensor, *, chunk: int = 512)
         raise ValueError("feat_target: expected at least one target feature, got 0")
     q = F.normalize(feat_query, dim=1)
     t = F.normalize(feat_target.to(q.device), dim=1)
+    return _nearest_normalized(q, t, chunk)
+
+
+def _nearest_normalized(q: Tensor, t: Tensor, chunk: int = 512) -> tuple[Tensor, Tensor]:
+    """:func:`nearest_pixels` on rows already normalised to unit length."""
     idx, sim = [], []
     for s in range(0, q.shape[0], chunk):
         m = q[s : s + chunk] @ t.T
@@ -280,6 +286,98 @@ def nearest_pixels(feat_query: Tensor, feat_target: Tensor, *, chunk: int = 512)
         sim.append(v)
     if not idx:
         return torch.zeros(0, dtype=torch.long, device=q.device), q.new_zeros(0)
+    return torch.cat(idx), torch.cat(sim)
+
+
+def _interp_index(n_in: int, n_out: int, device: Any) -> tuple[Tensor, Tensor]:
+    """Source index and weight of the upper neighbour for bilinear, align_corners=False."""
+    src = ((torch.arange(n_out, dtype=torch.float64, device=device) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0.0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    return i0, src - i0
+
+
+def dense_cosine_similarity(
+    feat_query: Tensor, fmap: Tensor, image_size: Sequence[int], pixels: Tensor | None = None
+) -> Tensor:
+    """Cosine similarity of query features with the pixels of a bilinearly upsampled map.
+
+    Equals ``cos(q, F.interpolate(fmap, image_size, mode="bilinear", align_corners=False)[:, v, u])``.
+    For the whole image the upsampled ``(C, H, W)`` map is never built: the dot products
+    commute with the (linear) interpolation, so they are taken on the coarse map and
+    interpolated, and the squared norm of an interpolated feature is the weighted quadratic
+    form of the Gram entries of its (at most four) coarse neighbours: cost
+    ``O(M·C·h·w + M·H·W)`` instead of ``O(M·C·H·W)``. For a pixel subset the features are
+    interpolated at those pixels (:func:`sample_features`) and compared by one matrix
+    product.
+
+    Args:
+        feat_query: :math:`(M, C)` query features.
+        fmap: :math:`(C, h, w)` feature map.
+        image_size: ``(H, W)``.
+        pixels: optional :math:`(P, 2)` integer pixels ``(u, v)``; default every pixel.
+
+    Returns:
+        :math:`(M, H, W)` (or :math:`(M, P)` with ``pixels``) cosine similarities, 0 where
+        a feature is zero.
+
+    Raises:
+        ValueError: shapes.
+
+    Example:
+        >>> f = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0))
+        >>> up = F.interpolate(f[None], (6, 10), mode="bilinear", align_corners=False)[0]
+        >>> s = dense_cosine_similarity(up[:, 2, 7][None], f, (6, 10))
+        >>> s.shape, round(float(s[0, 2, 7]), 5)
+        (torch.Size([1, 6, 10]), 1.0)
+    """
+    if fmap.ndim != 3:
+        raise ValueError(f"fmap: expected shape (C, h, w), got {tuple(fmap.shape)}")
+    if feat_query.ndim != 2 or feat_query.shape[1] != fmap.shape[0]:
+        raise ValueError(f"feat_query: expected shape (M, {fmap.shape[0]}), got {tuple(feat_query.shape)}")
+    if pixels is not None and (pixels.ndim != 2 or pixels.shape[1] != 2):
+        raise ValueError(f"pixels: expected shape (P, 2), got {tuple(pixels.shape)}")
+    C, h, w = fmap.shape
+    H, W = (int(s) for s in image_size)
+    dev = fmap.device
+    q = F.normalize(feat_query.to(device=dev, dtype=fmap.dtype), dim=1)
+    if pixels is not None:  # few pixels: interpolate the features there, one matmul (BLAS)
+        return q @ F.normalize(sample_features(fmap, pixels, (H, W)), dim=1).T
+    dots = q @ fmap.reshape(C, h * w)  # (M, h*w)
+    num = F.interpolate(dots.reshape(1, -1, h, w), (H, W), mode="bilinear", align_corners=False)[0]
+    # Gram entries of every coarse 2x2 block (the last row / column replicated, as the
+    # interpolation clamps its source indices)
+    fp = F.pad(fmap[None], (0, 1, 0, 1), mode="replicate")[0]
+    A, B = fp[:, :-1, :-1], fp[:, :-1, 1:]
+    Cc, D = fp[:, 1:, :-1], fp[:, 1:, 1:]
+    g = torch.stack([(A * A).sum(0), (B * B).sum(0), (Cc * Cc).sum(0), (D * D).sum(0), (A * B).sum(0),
+                     (A * Cc).sum(0), (A * D).sum(0), (B * Cc).sum(0), (B * D).sum(0), (Cc * D).sum(0)])
+    y0, wy = _interp_index(h, H, dev)
+    x0, wx = _interp_index(w, W, dev)
+    gp = g[:, y0][:, :, x0]  # (10, H, W)
+    wy, wx = wy.to(fmap.dtype)[:, None], wx.to(fmap.dtype)[None, :]
+    a, b, c, d = (1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx
+    den2 = a * a * gp[0] + b * b * gp[1] + c * c * gp[2] + d * d * gp[3] + 2 * (
+        a * b * gp[4] + a * c * gp[5] + a * d * gp[6] + b * c * gp[7] + b * d * gp[8] + c * d * gp[9])
+    return num / den2.clamp_min(0.0).sqrt().clamp_min(1e-12)
+
+
+def _nearest_dense(
+    feat_query: Tensor, fmap: Tensor, image_size: Sequence[int], pixels: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Cosine-nearest pixel of each query (index into ``pixels``, or a flat row-major index
+    into the image) via :func:`dense_cosine_similarity`, chunked to ~2^25 values. Ties go
+    to the first candidate. Returns CPU ``(index (M,), similarity (M,))``."""
+    H, W = (int(s) for s in image_size)
+    P = H * W if pixels is None else max(1, len(pixels))
+    chunk = max(1, (1 << 25) // P)
+    idx, sim = [], []
+    for s in range(0, feat_query.shape[0], chunk):
+        m = dense_cosine_similarity(feat_query[s : s + chunk], fmap, (H, W), pixels).flatten(1)
+        v = m.max(dim=1).values
+        idx.append((m == v[:, None]).to(torch.uint8).argmax(dim=1).cpu())
+        sim.append(v.cpu())
+    if not idx:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0)
     return torch.cat(idx), torch.cat(sim)
 
 
@@ -435,9 +533,8 @@ def dense_correspondence_metrics(
     vb_v, vb_u = torch.nonzero(vb["mask"], as_tuple=True)
     pix_b = torch.stack([vb_u, vb_v], dim=1)
     feat_a = sample_features(fa, pix_a, va["image"].shape[-2:])
-    feat_b = sample_features(fb, pix_b, (Hb, Wb))
-    idx, sim = nearest_pixels(feat_a, feat_b)
-    pred = pix_b[idx.cpu()]
+    idx, sim = _nearest_dense(feat_a, fb, (Hb, Wb), pix_b)
+    pred = pix_b[idx]
     err = (pred - q).double().norm(dim=1)
     out["ape_px"] = float(err.mean())
     out["ape_img"] = float((err / img_size).mean())
@@ -543,8 +640,8 @@ def transfer_keypoints(
         fa, fb = (f.float() for f in features)
     vv, uu = torch.nonzero(cand, as_tuple=True)
     pix_b = torch.stack([uu, vv], dim=1)
-    idx, _ = nearest_pixels(sample_features(fa, kp.float(), ia.shape[-2:]), sample_features(fb, pix_b, (Hb, Wb)))
-    return pix_b[idx.cpu()]
+    idx, _ = _nearest_dense(sample_features(fa, kp.float(), ia.shape[-2:]), fb, (Hb, Wb), pix_b)
+    return pix_b[idx]
 
 
 def keypoint_pck(

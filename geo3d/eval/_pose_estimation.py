@@ -41,6 +41,7 @@ from torch import Tensor
 
 from geo3d.eval._correspondence import (
     Extractor,
+    _nearest_dense,
     _parse_view,
     extract_features,
     nearest_pixels,
@@ -304,7 +305,6 @@ def match_to_references(
     vv, uu = torch.nonzero(cand, as_tuple=True)
     pix_q = torch.stack([uu, vv], dim=1)
     fq = extract_features(extractor, q_img[None], device=device)[0]
-    feat_q = sample_features(fq, pix_q, (H, W))
     pts, pix, sims, refs = [], [], [], []
     for r_i, ref in enumerate(references):
         rv = _parse_view(f"references[{r_i}]", ref)
@@ -317,12 +317,11 @@ def match_to_references(
         pix_r = torch.stack([rv_u, rv_v], dim=1)
         fr = extract_features(extractor, rv["image"][None], device=device)[0]
         feat_r = sample_features(fr, pix_r, rv["image"].shape[-2:])
-        idx, sim = nearest_pixels(feat_r, feat_q)
+        idx, sim = _nearest_dense(feat_r, fq, (H, W), pix_q)
         keep = torch.ones(len(idx), dtype=torch.bool)
         if mutual:
-            back, _ = nearest_pixels(feat_q[idx], feat_r)
+            back, _ = nearest_pixels(sample_features(fq, pix_q[idx], (H, W)), feat_r)
             keep = back.cpu() == torch.arange(len(idx))
-        idx = idx.cpu()
         pts.append(rv["points"][rv_v, rv_u][keep])
         pix.append(pix_q[idx][keep])
         sims.append(sim.cpu()[keep])

@@ -46,10 +46,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from geo3d.eval._correspondence import Extractor, extract_features, nearest_pixels, sample_features
+from geo3d.eval._correspondence import (
+    Extractor,
+    _nearest_dense,
+    extract_features,
+    sample_features,
+)
 
 __all__ = ["TAPVID_THRESHOLDS", "tapvid_metrics", "track_points", "tracking_metrics"]
 
@@ -177,13 +181,6 @@ def _video_chw(video: Any) -> Tensor:
     return v.float()
 
 
-def _upsampled(fmap: Tensor, size: tuple[int, int]) -> Tensor:
-    """``(C, h, w)`` → ``(H·W, C)`` bilinearly upsampled features in row-major pixel order."""
-    if tuple(fmap.shape[-2:]) != size:
-        fmap = F.interpolate(fmap[None], size, mode="bilinear", align_corners=False)[0]
-    return fmap.flatten(1).T
-
-
 def track_points(
     extractor: Extractor,
     video: Any,
@@ -242,7 +239,6 @@ def track_points(
     pix = torch.stack([uu.flatten(), vv.flatten()], dim=1)  # row-major (u, v)
     f_query_map = extract_features(extractor, v[query_frame : query_frame + 1], device=device)[0]
     feat_q = sample_features(f_query_map, q.float(), (H, W))  # (N, C)
-    all_q = _upsampled(f_query_map, (H, W)) if occlusion == "cycle" else None
     tracks = torch.empty(N, T, 2, dtype=torch.float64)
     occluded = torch.zeros(N, T, dtype=torch.bool)
     similarity = torch.ones(N, T)
@@ -254,13 +250,12 @@ def track_points(
             if t == query_frame:
                 tracks[:, t] = q
                 continue
-            cand = _upsampled(maps[j], (H, W))
-            idx, sim = nearest_pixels(feat_q, cand)
-            tracks[:, t] = pix[idx.cpu()].double()
-            similarity[:, t] = sim.cpu()
+            idx, sim = _nearest_dense(feat_q, maps[j], (H, W))
+            tracks[:, t] = pix[idx].double()
+            similarity[:, t] = sim
             if occlusion == "cycle":
-                back, _ = nearest_pixels(cand[idx], all_q)
-                d = ((pix[back.cpu()].double() - q) * scale).norm(dim=1)
+                back, _ = _nearest_dense(sample_features(maps[j], pix[idx], (H, W)), f_query_map, (H, W))
+                d = ((pix[back].double() - q) * scale).norm(dim=1)
                 occluded[:, t] = d > cycle_threshold
             else:
                 occluded[:, t] = similarity[:, t] < similarity_threshold

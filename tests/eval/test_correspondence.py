@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from geo3d.eval import (
     dense_correspondence_metrics,
+    dense_cosine_similarity,
     keypoint_pck,
     keypoints_from_points,
     mask_bbox_size,
@@ -217,6 +218,25 @@ class TestHelpers:
         pix = torch.stack([uu.flatten(), vv.flatten()], 1)
         got = sample_features(f, pix, (20, 33))
         torch.testing.assert_close(got, up[:, pix[:, 1], pix[:, 0]].T, rtol=0, atol=1e-12)
+
+    @pytest.mark.parametrize("hw,HW", [((7, 9), (20, 33)), ((5, 5), (5, 5)), ((16, 12), (9, 7)), ((1, 4), (3, 8))])
+    def test_dense_cosine_similarity_equals_explicit_upsampling(self, generator, hw, HW):
+        """Up-, same- and down-sampling, a 1-row map (border clamping): against cos of F.interpolate."""
+        f = torch.randn(6, *hw, generator=generator, dtype=torch.float64)
+        f[:, 0, 0] = 0.0  # a zero feature: its neighbourhood has small norms
+        q = torch.randn(4, 6, generator=generator, dtype=torch.float64)
+        up = F.interpolate(f[None], HW, mode="bilinear", align_corners=False)[0]
+        ref = F.normalize(q, dim=1) @ F.normalize(up.flatten(1), dim=0)
+        got = dense_cosine_similarity(q, f, HW)
+        torch.testing.assert_close(got.flatten(1), ref, rtol=0, atol=1e-10)
+        # a pixel subset (shuffled, with a duplicate) reads the same values
+        vv, uu = torch.meshgrid(torch.arange(HW[0]), torch.arange(HW[1]), indexing="ij")
+        pix = torch.stack([uu.flatten(), vv.flatten()], 1)
+        sel = torch.cat([torch.randperm(len(pix), generator=generator)[:9], torch.tensor([0])])
+        sub = dense_cosine_similarity(q, f, HW, pixels=pix[sel])
+        torch.testing.assert_close(sub, ref[:, pix[sel, 1] * HW[1] + pix[sel, 0]], rtol=0, atol=1e-10)
+        with pytest.raises(ValueError, match="feat_query"):
+            dense_cosine_similarity(q[:, :5], f, HW)
 
     def test_nearest_pixels_brute_force_and_ties(self, generator):
         a = torch.randn(50, 8, generator=generator)
