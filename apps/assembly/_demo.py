@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from geo3d.apps.assembly._checkpoint import atomic_write_text
 
-__all__ = ["demo_main", "format_table"]
+__all__ = ["demo_main", "format_table", "format_parts_table", "format_timing_table",
+           "method_rows"]
 
 _COLS = [
     ("part_acc", "PA %", 100.0),
@@ -34,13 +35,63 @@ _COLS = [
 
 def format_table(rows: list[tuple[str, str, dict[str, float]]]) -> str:
     """Plain-text table of ``(model, protocol, metrics)`` rows."""
-    head = f"{'model':<22}{'protocol':<10}" + "".join(f"{c[1]:>16}" for c in _COLS)
+    head = f"{'model':<26}{'protocol':<10}" + "".join(f"{c[1]:>16}" for c in _COLS)
     lines = [head, "-" * len(head)]
     for model, proto, m in rows:
         cells = "".join(
             f"{m[k] * s:>16.2f}" if k in m else f"{'-':>16}" for k, _, s in _COLS
         )
-        lines.append(f"{model:<22}{proto:<10}{cells}")
+        lines.append(f"{model:<26}{proto:<10}{cells}")
+    return "\n".join(lines)
+
+
+def method_rows(runs: dict[str, Any]) -> list[tuple[str, str, dict[str, float]]]:
+    """Table rows ``(model/method, protocol, metrics)`` of every run and evaluated method
+    (runs recorded before the matching pipeline have only the network's poses)."""
+    rows = []
+    for name, r in runs.items():
+        methods = r["metrics"].get("methods")
+        if not methods:
+            methods = {"network": {p: r["metrics"].get(p, {}) for p in ("absolute", "anchor")}}
+        for method, res in methods.items():
+            for proto in ("absolute", "anchor"):
+                rows.append((f"{name}/{method}", proto, res.get(proto, {})))
+    return rows
+
+
+def format_parts_table(runs: dict[str, Any]) -> str:
+    """Part accuracy (%) per number of pieces, both protocols, every run and method."""
+    counts: set[int] = set()
+    for r in runs.values():
+        for res in r["metrics"].get("methods", {}).values():
+            for by in res.get("part_acc_by_num_parts", {}).values():
+                counts |= {int(n) for n in by}
+    ns = sorted(counts)
+    if not ns:
+        return ""
+    head = f"{'model/method':<26}{'protocol':<10}" + "".join(f"{f'{n} pcs':>12}" for n in ns)
+    lines = [head, "-" * len(head)]
+    for name, r in runs.items():
+        for method, res in r["metrics"].get("methods", {}).items():
+            by = res.get("part_acc_by_num_parts", {})
+            for proto in ("absolute", "anchor"):
+                cells = "".join(
+                    f"{by[proto][str(n)]['part_acc'] * 100:>7.1f} (n={by[proto][str(n)]['num_objects']:<3})"
+                    .rjust(12) if str(n) in by.get(proto, {}) else f"{'-':>12}" for n in ns)
+                lines.append(f"{name + '/' + method:<26}{proto:<10}{cells}")
+    return "\n".join(lines)
+
+
+def format_timing_table(runs: dict[str, Any]) -> str:
+    """Wall milliseconds per object and pipeline stage (evaluation batches, CPU)."""
+    stages = ["network", "match", "ransac", "global", "refine", "total"]
+    head = f"{'model/method':<26}" + "".join(f"{s + ' ms':>12}" for s in stages)
+    lines = [head, "-" * len(head)]
+    for name, r in runs.items():
+        for method, res in r["metrics"].get("methods", {}).items():
+            t = res.get("time_s_per_object", {})
+            cells = "".join(f"{t[s] * 1e3:>12.1f}" if s in t else f"{'-':>12}" for s in stages)
+            lines.append(f"{name + '/' + method:<26}{cells}")
     return "\n".join(lines)
 
 
@@ -118,8 +169,9 @@ def demo_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="geo3d assembly demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--config-set", default="demo", choices=["demo", "long"],
-                   help="packaged configs: demo (minutes) or long (real experiment)")
+    p.add_argument("--config-set", default="demo", choices=["demo", "long", "long8"],
+                   help="packaged configs: demo (minutes), long (2-3 pieces) or long8 "
+                        "(2-8 pieces)")
     p.add_argument("--max-epochs", type=int, default=None, help="override trainer.max_epochs")
     p.add_argument("--no-registration", action="store_true", help="skip the open3d baseline")
     p.add_argument("--models", default="equivariant,global",
@@ -162,10 +214,7 @@ def demo_main(argv: list[str]) -> int:
     old = _previous_results(out / "results.json", a.config_set)
     runs.update({k: v for k, v in old.get("runs", {}).items() if k not in models})
     runs = {k: runs[k] for k in ("equivariant", "global") if k in runs}
-    rows = []
-    for name, r in runs.items():
-        for proto in ("absolute", "anchor"):
-            rows.append((name, proto, r["metrics"].get(proto, {})))
+    rows = method_rows(runs)
     # --no-registration keeps a baseline computed by another run
     reg = old.get("registration") if a.no_registration else None
     if reg is not None:
@@ -181,6 +230,10 @@ def demo_main(argv: list[str]) -> int:
     print(f"\n=== held-out objects: {n_obj}, pieces randomly rotated; "
           "absolute = Breaking Bad frame, anchor = largest piece fixed to its true pose\n")
     print(table)
+    parts_table = format_parts_table(runs)
+    timing_table = format_timing_table(runs)
+    print("\npart accuracy (%) per number of pieces (n = objects)\n" + parts_table)
+    print("\nwall time per object and stage (ms, CPU, shared machine)\n" + timing_table)
     for name, r in runs.items():
         print(f"{name}: fit {r['fit_seconds']:.0f} s, {r['train_parts_per_s']:.1f} parts/s "
               f"(train steps), {r['num_parameters']} parameters")
@@ -189,6 +242,8 @@ def demo_main(argv: list[str]) -> int:
         "runs": runs,
         "registration": reg,
         "table": table,
+        "parts_table": parts_table,
+        "timing_table": timing_table,
         "total_seconds": time.perf_counter() - t_start,
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
