@@ -188,6 +188,21 @@ class TestDenseCorrespondence:
         m2 = dense_correspondence_metrics(_oracle, va, vb, max_points=None)
         assert m1 == m2
 
+    def test_uint8_images_are_scaled(self):
+        """uint8 images (as load_view reads PNGs) reach the extractor as floats in [0, 1]."""
+        va, vb = _scene_views()
+        seen = []
+
+        def spy(images):
+            seen.append((images.dtype, float(images.max())))
+            return _constant(images)
+
+        a8 = dict(va, rgb=(va["rgb"] * 255).round().to(torch.uint8))
+        b8 = dict(vb, rgb=(vb["rgb"] * 255).round().to(torch.uint8))
+        m8 = dense_correspondence_metrics(spy, a8, b8, max_points=None)
+        assert seen[0][0] == torch.float32 and 0.5 < seen[0][1] <= 1.0
+        assert m8 == dense_correspondence_metrics(_constant, va, vb, max_points=None)
+
     def test_no_visible_points_gives_nan(self):
         va, vb = _scene_views(dx=40.0)  # B looks far away: nothing of A is in its image
         vb = dict(vb, mask=va["mask"], depth=va["depth"])  # give B a foreground to match against

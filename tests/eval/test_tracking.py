@@ -214,6 +214,16 @@ class TestRenderTracks:
         out = render_tracks(_scene(), K, Tc, P, (32, 32), num_queries=10, generator=torch.Generator().manual_seed(0))
         assert out["occluded"][:, 1].all() and not out["occluded"][:, 0].any()
 
+    def test_query_pixel_errors(self):
+        from geo3d.render import render_tracks
+
+        K, Tc = _camera(32)
+        P = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1)
+        with pytest.raises(ValueError, match="query_pixels"):
+            render_tracks(_scene(), K, Tc, P, (32, 32), query_pixels=torch.tensor([[0, 0]]))  # background corner
+        with pytest.raises(ValueError, match="object_poses"):
+            render_tracks(_scene(), K, Tc, P[0], (32, 32))
+
     def test_trajectory_is_smooth_rigid(self):
         from geo3d.render import smooth_rigid_trajectory
 
@@ -250,6 +260,24 @@ class TestTracker:
         assert not out["occluded"].any()
         out = track_points(lambda x: x, video, q, occlusion="similarity", similarity_threshold=0.999)
         assert not out["occluded"].any()
+
+    def test_coarse_features_against_explicit_upsampling(self, generator):
+        """With a half-resolution map the tracker equals brute force on F.interpolate'd features."""
+        video = torch.rand(3, 3, 12, 18, generator=generator)
+        q = torch.tensor([[3.0, 4.0], [17.0, 11.0], [8.5, 2.25]])  # one sub-pixel query
+
+        def coarse(x):
+            return torch.nn.functional.avg_pool2d(x, 2) * torch.tensor([1.0, -2.0, 0.5])[None, :, None, None]
+
+        out = track_points(coarse, video, q)
+        maps = coarse(video).double()
+        up = torch.nn.functional.interpolate(maps, (12, 18), mode="bilinear", align_corners=False)
+        grid = torch.stack([(2 * q[:, 0] + 1) / 18 - 1, (2 * q[:, 1] + 1) / 12 - 1], -1).double()
+        fq = torch.nn.functional.grid_sample(maps[:1], grid[None, None], align_corners=False, padding_mode="border")[0, :, 0].T
+        for t in (1, 2):
+            sims = torch.nn.functional.normalize(fq, dim=1) @ torch.nn.functional.normalize(up[t].flatten(1), dim=0)
+            best = sims.argmax(dim=1)
+            assert torch.equal(out["tracks"][:, t], torch.stack([best % 18, best // 18], 1).double())
 
     def test_occlusion_prediction_hand_made(self):
         """Frame 0: the query colour at (2, 3) and a similar colour at (12, 10). Frame 1: the
