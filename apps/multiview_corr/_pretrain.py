@@ -394,6 +394,7 @@ def _train(
         curve: list[dict[str, float]] = []
         vit.train()
         t1 = time.perf_counter()
+        c1 = time.process_time()
         bar = tqdm(range(steps), desc="pretrain ViT", disable=not progress, leave=False)
         for _k in bar:
             idx = torch.randint(0, n_views, (settings["batch_size"],), generator=g)
@@ -410,6 +411,7 @@ def _train(
             curve.append(parts)
             bar.set_postfix(loss=f"{parts['total']:.3f}")
         train_s = time.perf_counter() - t1
+        train_cpu = time.process_time() - c1  # CPU time of this process (all its threads)
         vit.eval()
         sd = {k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -426,6 +428,8 @@ def _train(
             "load_seconds": round(load_s, 3),
             "train_seconds": round(train_s, 3),
             "seconds_per_step": round(train_s / steps, 4),
+            "train_cpu_seconds": round(train_cpu, 3),
+            "cpu_seconds_per_step": round(train_cpu / steps, 4),
             "loss_first": {n: float(np.mean([c[n] for c in curve[:k]])) for n in curve[0]},
             "loss_last": {n: float(np.mean([c[n] for c in curve[-k:]])) for n in curve[0]},
             "loss_curve": [round(c["total"], 5) for c in curve],

@@ -92,6 +92,7 @@ def test_three_steps_write_loadable_weights_that_moved(tiny_renders, tmp_path):
     assert "blocks.0.attn.qkv.weight" in moved and "patch_embed.proj.weight" in moved
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["steps"] == 3 and len(meta["loss_curve"]) == 3 and meta["num_views"] == 2
+    assert meta["train_cpu_seconds"] > 0 and meta["seconds_per_step"] > 0
     assert all(v == v for v in meta["loss_curve"])  # finite, no NaN
     x = torch.rand(1, 3, 28, 28)
     assert torch.isfinite(vit.forward_features(x)["patch_tokens"]).all()
