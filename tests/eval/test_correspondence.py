@@ -188,6 +188,23 @@ class TestDenseCorrespondence:
         m2 = dense_correspondence_metrics(_oracle, va, vb, max_points=None)
         assert m1 == m2
 
+    def test_invariant_to_the_world_frame(self, generator):
+        """Moving the world frame (object and cameras together: world_to_cam -> T g^-1) changes
+        no image, so no metric: catches a pose used inverted or a point taken in the wrong frame."""
+        from geo3d.rotations import random_rotation_matrix
+
+        va, vb = _scene_views()
+        g = torch.eye(4, dtype=torch.float64)
+        g[:3, :3] = random_rotation_matrix(generator=generator, dtype=torch.float64)
+        g[:3, 3] = torch.randn(3, generator=generator, dtype=torch.float64) * 5
+        gi = torch.linalg.inv(g)
+        ma = dense_correspondence_metrics(_oracle, va, vb, max_points=None, return_details=True)
+        mb = dense_correspondence_metrics(_oracle, dict(va, world_to_cam=va["world_to_cam"] @ gi),
+                                          dict(vb, world_to_cam=vb["world_to_cam"] @ gi),
+                                          max_points=None, return_details=True)
+        assert torch.equal(ma["pixels_a"], mb["pixels_a"]) and torch.equal(ma["gt_b"], mb["gt_b"])
+        assert ma["ape_px"] == mb["ape_px"] == 0.0
+
     def test_uint8_images_are_scaled(self):
         """uint8 images (as load_view reads PNGs) reach the extractor as floats in [0, 1]."""
         va, vb = _scene_views()

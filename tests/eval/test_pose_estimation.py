@@ -66,6 +66,19 @@ class TestPnP:
         P[:3, 3] = torch.from_numpy(tvec.reshape(3))
         assert float(pose_errors(P, T)[0]) > 1.0
 
+    def test_equivariant_to_the_object_frame(self, generator):
+        """Points moved by g and the same pixels: the estimate is T g^-1 (float64)."""
+        from geo3d.rotations import random_rotation_matrix
+
+        X, uv, K, T = _synthetic(generator)
+        g = torch.eye(4, dtype=torch.float64)
+        g[:3, :3] = random_rotation_matrix(generator=generator, dtype=torch.float64)
+        g[:3, 3] = torch.randn(3, generator=generator, dtype=torch.float64)
+        Xg = X @ g[:3, :3].T + g[:3, 3]
+        out = estimate_pose_pnp(Xg, uv, K, generator=generator)
+        r, t = pose_errors(out["world_to_cam"], T @ torch.linalg.inv(g))
+        assert float(r) < 1e-5 and float(t) < 1e-5
+
     def test_seeded(self, generator):
         X, uv, K, _ = _synthetic(generator)
         uv = uv + torch.randn(uv.shape, generator=generator, dtype=torch.float64)  # noisy: RANSAC draws matter
