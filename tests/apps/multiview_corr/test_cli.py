@@ -103,13 +103,19 @@ def test_eval_writes_every_key(run, capsys):
     out = tmp / "eval.json"
     pic = tmp / "pic.png"
     assert geo3d_main(["multiview", "eval", "--adapter", str(ckpt_path), "--pairs", "1",
-                       "--max-points", "40", "--out", str(out), "--picture", str(pic)]) == 0
+                       "--max-points", "40", "--pose-queries", "2", "--track-frames", "3",
+                       "--out", str(out), "--picture", str(pic)]) == 0
     res = json.loads(out.read_text())
     assert set(res["results"]) == {"before", "after"}
     for name in ("before", "after"):
         for key, _, _ in TABLE_KEYS:
             assert key in res["results"][name], (name, key)
-        assert res["results"][name]["num_pairs"] == 1
+        r = res["results"][name]
+        assert r["num_pairs"] == 1 and r["pose_num_queries"] == 2 and r["tracking_videos"] == 1
+        # fractions are fractions; the pose medians are errors (>= 0, inf when PnP fails)
+        for key in ("pcdp_img@0.1", "pcdp_bbox@0.1", "pck@0.1", "pose_5cm5deg"):
+            assert 0.0 <= r[key] <= 1.0, (name, key, r[key])
+        assert r["pose_rot_err_deg"] >= 0.0
     assert pic.stat().st_size > 1000
     assert "APE (px)" in capsys.readouterr().out
 
