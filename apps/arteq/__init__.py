@@ -33,7 +33,7 @@ _WHERE = {
     "FitResult": "_fit",
     "decode": "_fit",
     "fit_smpl": "_fit",
-    "optimize_smpl": "_fit",
+    "optimize_smpl": "_optim",
     "AtomicCheckpointIO": "_checkpoint",
     "CheckpointError": "_checkpoint",
     "load_checkpoint": "_checkpoint",

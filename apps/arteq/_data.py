@@ -62,7 +62,7 @@ __all__ = [
 
 #: Test conditions, in the order of the test dataloaders.
 CONDITIONS = ("in_dist", "ood", "rotated", "partial")
-_FORMAT = 1  # bump when the cached layout or the generator changes
+_FORMAT = 2  # bump when the cached layout or the generator changes
 
 
 def _cache_dir() -> Path:
@@ -170,7 +170,7 @@ def _synthetic_frames(kind: str, subjects: Tensor, motions: int, frames: int, st
         poses.append(m.poses[sel])
         trans.append(m.trans[sel])
         # subjects cycle over frames: every motion is seen on several bodies
-        betas.append(subjects[(i + sel) % len(subjects)])
+        betas.append(subjects[(i + torch.arange(len(sel))) % len(subjects)])
     return {"betas": torch.cat(betas), "pose": torch.cat(poses), "transl": torch.cat(trans)}
 
 
