@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 MATCH_METHODS = ("sinkhorn", "mnn")
+#: "auto" dustbin: mean + this many standard deviations of the similarities
+_DUSTBIN_STD = 3.0
 
 
 # ----------------------------------------------------------------------------- checks
@@ -198,7 +200,7 @@ def match_pieces(
     method: str = "sinkhorn",
     *,
     temperature: float = 0.02,
-    dustbin: float = 0.5,
+    dustbin: float | str = "auto",
     iters: int = 100,
     tol: float | None = 1e-3,
     min_weight: float = 1e-3,
@@ -228,7 +230,14 @@ def match_pieces(
         score_b: the same for b, shape :math:`(N_b,)`.
         method: ``"sinkhorn"`` or ``"mnn"``.
         temperature: softmax temperature of the cosine similarity (sinkhorn).
-        dustbin: similarity below which a point prefers to stay unmatched (sinkhorn).
+        dustbin: similarity below which a point prefers to stay unmatched (sinkhorn), or
+            ``"auto"`` (default): the mean plus three standard deviations of all
+            ``N_a N_b`` similarities, i.e. of the background of non-matching pairs (true
+            matches are a small fraction). The scale of a learned head's similarities is
+            not known in advance: with oracle descriptors plus noise of twice the
+            signal's RMS, true pairs have cosines ~0.2 and a fixed dustbin at 0.2 or 0.5
+            swallowed every match, while 0 let spurious matches through on noise-free
+            ones (benchmarks/assembly_matching.py, tests/apps/assembly/test_pipeline.py).
         iters: largest number of Sinkhorn iterations.
         tol: early stop of the iterations (see :func:`log_sinkhorn`).
         min_weight: smallest weight kept.
@@ -255,6 +264,8 @@ def match_pieces(
         raise ValueError(f"method: expected one of {MATCH_METHODS}, got {method!r}")
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"temperature: expected a number > 0, got {temperature!r}")
+    if isinstance(dustbin, str) and dustbin != "auto":
+        raise ValueError(f"dustbin: expected a number or 'auto', got {dustbin!r}")
     na, nb = desc_a.shape[0], desc_b.shape[0]
     desc_b = desc_b.to(desc_a.dtype)
     sa = _check_weights("score_a", score_a, na, desc_a)
@@ -274,7 +285,11 @@ def match_pieces(
         w = sim[ia, ib].clamp_min(0) * (sa[ia] * sb[ib]).sqrt()
     else:
         tiny = torch.finfo(sim.dtype).tiny
-        log_k = torch.full((na + 1, nb + 1), float(dustbin) / temperature, dtype=sim.dtype,
+        if isinstance(dustbin, str):  # "auto": background mean + 3 std of the similarities
+            db = float(sim.mean() + _DUSTBIN_STD * sim.std(unbiased=False))
+        else:
+            db = float(dustbin)
+        log_k = torch.full((na + 1, nb + 1), db / temperature, dtype=sim.dtype,
                            device=sim.device)
         log_k[:na, :nb] = sim / temperature
         mu = torch.cat([sa, sb.sum()[None]])

@@ -105,12 +105,26 @@ def test_match_recovers_a_permutation_and_ignores_zero_scores(generator, method)
     assert bool((w > 0.5).all())
 
 
+def test_sinkhorn_auto_dustbin_scales_with_the_similarities(generator):
+    """Noisy descriptors (true-pair cosine ~0.37, background std ~0.09): a fixed dustbin
+    at 0.5 loses every match, the "auto" one (background mean + 3 std) keeps true ones
+    (24 of 60 here, all correct)."""
+    d = torch.randn(60, 128, generator=generator, dtype=F64)
+    noisy = d + 2.5 * torch.randn(60, 128, generator=generator, dtype=F64)
+    ia, ib, _ = match_pieces(d, noisy, method="sinkhorn", dustbin=0.5)
+    assert len(ia) == 0
+    ia, ib, _ = match_pieces(d, noisy, method="sinkhorn")
+    assert len(ia) >= 20 and torch.equal(ia, ib)
+
+
 def test_sinkhorn_dustbin_leaves_unrelated_points_unmatched(generator):
     d = torch.randn(20, 64, generator=generator, dtype=F64)
     other = torch.randn(20, 64, generator=generator, dtype=F64)
     b = torch.cat([d[:10], other[:10]])  # only a's first ten have partners
-    ia, ib, _ = match_pieces(d, b, method="sinkhorn")
+    ia, ib, _ = match_pieces(d, b, method="sinkhorn", dustbin=0.5)
     assert ia.tolist() == list(range(10)) and ib.tolist() == list(range(10))
+    ia, ib, _ = match_pieces(d, b, method="sinkhorn", dustbin=-1.0)  # no dustbin
+    assert len(ia) > 10
 
 
 def test_match_errors():
@@ -125,6 +139,8 @@ def test_match_errors():
         match_pieces(a, a, None, torch.ones(4))
     with pytest.raises(ValueError, match="temperature"):
         match_pieces(a, a, temperature=0.0)
+    with pytest.raises(ValueError, match="dustbin"):
+        match_pieces(a, a, dustbin="median")
 
 
 # ----------------------------------------------------------------------------- RANSAC
