@@ -208,9 +208,34 @@ class AssemblyModule(L.LightningModule):
         v = value.detach().double().reshape(-1)
         self._eval_sums[key] = self._eval_sums[key] + v if key in self._eval_sums else v
 
-    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+    def _pipeline(self, points: Tensor, valid: Tensor, pred: dict[str, Tensor], method: str,
+                  tim: dict[str, float]) -> tuple[Tensor, int]:
+        """Poses of a batch from the pipeline; an object on which it raises a
+        ``RuntimeError`` (e.g. a singular linear solve) is evaluated with the network's
+        poses instead and counted (``errors/pipeline`` in the results)."""
         from geo3d.apps.assembly._pipeline import assemble_from_outputs
 
+        kw = dict(method=method, refine=bool(self.hparams.refine), timings=tim)
+        with torch.no_grad():
+            try:
+                return assemble_from_outputs(points, valid, pred, generator=self._eval_gen,
+                                             **kw), 0
+            except RuntimeError:
+                pass
+            rows, errors = [], 0
+            for b in range(points.shape[0]):
+                sl = slice(b, b + 1)
+                o = {k: v[sl] for k, v in pred.items()}
+                try:
+                    rows.append(assemble_from_outputs(points[sl], valid[sl], o,
+                                                      generator=self._eval_gen, **kw))
+                except RuntimeError:
+                    errors += 1
+                    rows.append(assemble_from_outputs(points[sl], valid[sl], o,
+                                                      method="network"))
+            return torch.cat(rows), errors
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         points, valid = batch["points"], batch["valid"].bool()
         t0 = time.perf_counter()
         pred = self(points, valid)
@@ -226,10 +251,9 @@ class AssemblyModule(L.LightningModule):
         primary = None
         for method in self.eval_methods:
             tim: dict[str, float] = {}
-            with torch.no_grad():
-                T = assemble_from_outputs(points, valid, pred, method=method,
-                                          refine=bool(self.hparams.refine),
-                                          generator=self._eval_gen, timings=tim)
+            T, errors = self._pipeline(points, valid, pred, method, tim)
+            self._add(f"{method}/errors/pipeline",
+                      torch.tensor([float(errors)], dtype=torch.float64, device=dev))
             rot, trans = T[..., :3, :3], T[..., :3, 3]
             if primary is None:
                 primary = (rot, trans)
@@ -314,7 +338,9 @@ class AssemblyModule(L.LightningModule):
         for key, total in sums.items():
             method, group, metric = key.split("/")
             res = results["methods"].setdefault(method, {})
-            if group == "time_s":  # wall seconds per object and stage
+            if group == "errors":  # objects on which the pipeline raised (network poses used)
+                res["pipeline_errors"] = int(total[0])
+            elif group == "time_s":  # wall seconds per object and stage
                 res.setdefault("time_s_per_object", {})[metric] = float(total[0]) / max(count, 1)
             elif metric == "part_acc_by_parts":
                 res.setdefault("part_acc_by_num_parts", {})[group] = {
