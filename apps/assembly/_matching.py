@@ -233,7 +233,9 @@ def match_pieces(
         dustbin: similarity below which a point prefers to stay unmatched (sinkhorn), or
             ``"auto"`` (default): the mean plus three standard deviations of all
             ``N_a N_b`` similarities, i.e. of the background of non-matching pairs (true
-            matches are a small fraction). The scale of a learned head's similarities is
+            matches are a small fraction), but at most 90% of the way from that mean to
+            the median over rows of the best similarity (with few channels the
+            background spread alone can exceed the true matches' similarity). The scale of a learned head's similarities is
             not known in advance: with oracle descriptors plus noise of twice the
             signal's RMS, true pairs have cosines ~0.2 and a fixed dustbin at 0.2 or 0.5
             swallowed every match, while 0 let spurious matches through on noise-free
@@ -285,8 +287,11 @@ def match_pieces(
         w = sim[ia, ib].clamp_min(0) * (sa[ia] * sb[ib]).sqrt()
     else:
         tiny = torch.finfo(sim.dtype).tiny
-        if isinstance(dustbin, str):  # "auto": background mean + 3 std of the similarities
-            db = float(sim.mean() + _DUSTBIN_STD * sim.std(unbiased=False))
+        if isinstance(dustbin, str):  # "auto", see the docstring
+            m = sim.mean()
+            best = sim.max(1).values.median()
+            db = float(torch.minimum(m + _DUSTBIN_STD * sim.std(unbiased=False),
+                                     m + 0.9 * (best - m)))
         else:
             db = float(dustbin)
         log_k = torch.full((na + 1, nb + 1), db / temperature, dtype=sim.dtype,

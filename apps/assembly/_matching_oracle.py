@@ -135,6 +135,13 @@ def oracle_outputs(
 
     Returns:
         ``{"desc": (*, N, C), "frac_score": (*, N)}`` in the dtype of ``assembled``.
+
+    Example:
+        >>> x = torch.tensor([[0.0, 0, 0], [0.001, 0, 0], [1.0, 0, 0]], dtype=torch.float64)
+        >>> d = oracle_outputs(x, generator=torch.Generator().manual_seed(0))["desc"]
+        >>> d = torch.nn.functional.normalize(d, dim=-1)
+        >>> bool(d[0] @ d[1] > 0.99), bool(abs(d[0] @ d[2]) < 0.3)
+        (True, True)
     """
     dt = assembled.dtype
     W = torch.randn(3, dim, generator=generator, dtype=torch.float64) / bandwidth

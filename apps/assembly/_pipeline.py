@@ -44,6 +44,11 @@ def network_poses(out: dict[str, Any], B: int, P: int, dtype: torch.dtype,
 
     Raises:
         ValueError: ``rot``/``trans`` of the wrong shape.
+
+    Example:
+        >>> out = {"rot": torch.eye(3).expand(1, 2, 3, 3), "trans": torch.ones(1, 2, 3)}
+        >>> network_poses(out, 1, 2, torch.float64, torch.device("cpu"))[0, 1, :3, 3]
+        tensor([1., 1., 1.], dtype=torch.float64)
     """
     rot, trans = out.get("rot"), out.get("trans")
     if rot is None or trans is None:

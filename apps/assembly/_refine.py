@@ -294,10 +294,21 @@ def assembly_energy(
 
     Args:
         points: shape :math:`(P, N, 3)`; poses: :math:`(P, 4, 4)`; others as in
-            :func:`refine_poses`.
+            :func:`refine_poses` (lengths absolute here, in the units of ``points``).
 
     Returns:
         Scalar energy (dtype of ``points``).
+
+    Raises:
+        ValueError: ``matches`` neither a dict nor a :class:`PairwiseResult`.
+
+    Example:
+        >>> pts = torch.zeros(2, 1, 3, dtype=torch.float64)
+        >>> T = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1)
+        >>> T[1, 0, 3] = 2.0  # the two matched points are 2 apart: energy 2²/2
+        >>> m = {(0, 1): (torch.tensor([0]), torch.tensor([0]), torch.ones(1))}
+        >>> float(assembly_energy(pts, T, m, normals=torch.zeros(2, 1, 3)))
+        2.0
     """
     P, N = points.shape[:2]
     valid_l = [True] * P if valid is None else valid.bool().tolist()

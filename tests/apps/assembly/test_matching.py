@@ -117,6 +117,15 @@ def test_sinkhorn_auto_dustbin_scales_with_the_similarities(generator):
     assert len(ia) >= 20 and torch.equal(ia, ib)
 
 
+def test_sinkhorn_auto_dustbin_few_channels(generator):
+    """C = 4: random cosines spread so widely that mean + 3 std > 1 (every match would go
+    to the dustbin); the cap below the median best similarity keeps the exact matches."""
+    d = torch.randn(64, 4, generator=generator, dtype=F64)
+    perm = torch.randperm(64, generator=generator)
+    ia, ib, _ = match_pieces(d, d[perm], method="sinkhorn")
+    assert len(ia) >= 48 and torch.equal(perm[ib], ia)
+
+
 def test_sinkhorn_dustbin_leaves_unrelated_points_unmatched(generator):
     d = torch.randn(20, 64, generator=generator, dtype=F64)
     other = torch.randn(20, 64, generator=generator, dtype=F64)
