@@ -6,6 +6,9 @@ Public API (imported lazily so that ``geo3d --help`` stays fast):
 * :class:`EquivariantAssembler`, :class:`GlobalAssembler` — the networks.
 * :class:`AssemblyModule`, :class:`AssemblyDataModule` — Lightning training code.
 * :class:`AtomicCheckpointIO`, :func:`load_checkpoint`, :func:`load_model`.
+* :func:`assemble_from_outputs` — network outputs -> poses: descriptor matching
+  (:func:`match_pieces`), RANSAC + Kabsch (:func:`ransac_kabsch`, :func:`pairwise_poses`),
+  spanning tree from the anchor (:func:`global_assembly`), refinement (:func:`refine_poses`).
 * :class:`PieceError` (a bad piece given to :func:`assemble`, with its index and path),
   :class:`CheckpointError` (a truncated or foreign checkpoint file).
 
@@ -42,6 +45,12 @@ _WHERE = {
     "CheckpointError": "_checkpoint",
     "save_pictures": "_viz",
     "register_pair": "_registration",
+    "assemble_from_outputs": "_pipeline",
+    "match_pieces": "_matching",
+    "ransac_kabsch": "_matching",
+    "pairwise_poses": "_matching",
+    "global_assembly": "_matching",
+    "refine_poses": "_refine",
     "run_lightning_cli": "cli",
 }
 
