@@ -250,7 +250,12 @@ def match_pieces(
 
     Raises:
         ValueError: bad shapes/dtypes, negative or non-finite scores, an unknown
-            ``method`` or a non-positive ``temperature``.
+            ``method``, a non-positive ``temperature`` or an unknown ``dustbin`` string.
+
+    Reference:
+        P.-E. Sarlin et al., "SuperGlue", CVPR 2020, arXiv:1911.11763 (optimal transport
+        with a dustbin, mutual-argmax extraction); Y. Lu et al., "Jigsaw", NeurIPS 2023,
+        arXiv:2305.17975 (matching fracture-surface points across pieces).
 
     Example:
         >>> d = torch.eye(4)
@@ -623,6 +628,11 @@ def global_assembly(
 
     Raises:
         ValueError: bad shapes, an ``anchor`` out of range or invalid.
+
+    Reference:
+        R. C. Prim, "Shortest connection networks and some generalizations", Bell Syst.
+        Tech. J. 36(6), 1957, DOI 10.1002/j.1538-7305.1957.tb01515.x; Jigsaw
+        (arXiv:2305.17975) assembles pieces from its pairwise pose graph the same way.
 
     Example:
         >>> rel = torch.eye(4).repeat(3, 3, 1, 1)
