@@ -632,7 +632,7 @@ def global_assembly(
     Reference:
         R. C. Prim, "Shortest connection networks and some generalizations", Bell Syst.
         Tech. J. 36(6), 1957, DOI 10.1002/j.1538-7305.1957.tb01515.x; Jigsaw
-        (arXiv:2305.17975) assembles pieces from its pairwise pose graph the same way.
+        (arXiv:2305.17975) also builds its global assembly from pairwise matches.
 
     Example:
         >>> rel = torch.eye(4).repeat(3, 3, 1, 1)
