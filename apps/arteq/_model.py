@@ -330,15 +330,7 @@ class ArtEqNet(nn.Module):
 
         idx = self._centers(N, x.device, generator)
         xs = (x if idx is None else x[:, idx]) / self.unit
-        if self.backbone == "vn":
-            # relative rounding error of the centred points (kNN tie tolerance)
-            with torch.no_grad():
-                amp = wide.detach().norm(dim=-1).amax(1) / x.detach().norm(dim=-1).amax(1).to(
-                    wide.dtype).clamp_min(torch.finfo(wide.dtype).tiny)
-                err = (torch.finfo(dtype).eps * amp.clamp(1.0, 1e30)).to(dtype)
-            enc = self.encoder(xs, input_error=err)
-        else:
-            enc = self.encoder(xs)
+        enc = self.encoder(xs)
         pt_inv = enc.point_features  # (B, M, c_pt): invariant ("vn") / plain features
         V = enc.point_equivariant  # (B, M, F, 3) ("vn") or None
         glob = enc.invariant  # (B, c_glob)

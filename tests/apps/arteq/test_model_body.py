@@ -17,7 +17,7 @@ from geo3d.body import (
     tiny_body_dict,
     write_tiny_body,
 )
-from geo3d.rotations import axis_angle_to_matrix, geodesic_distance
+from geo3d.rotations import axis_angle_to_matrix, geodesic_distance, random_rotation_matrix
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -83,13 +83,13 @@ class TestArticulation:
         pts, labels = _two_scans(body)
         torch.manual_seed(0)
         net = ArtEqNet("vn", **SMALL, num_centers=None).double().eval()
-        # receptive field: one kNN hop per EdgeConv block; hop length = the largest k-th
-        # neighbour distance in either scan (x1.25 margin for tie-extended neighbourhoods)
-        kth = torch.cdist(pts, pts).topk(SMALL["k"], largest=False).values[..., -1].amax()
+        # receptive field: one hop per EdgeConv block; hop length = the largest soft-kNN
+        # radius (distance to the (k+1)-th neighbour) in either scan, x1.25 margin
+        kth = torch.cdist(pts, pts).topk(SMALL["k"] + 1, largest=False).values[..., -1].amax()
         reach = 1.25 * len(SMALL["hidden"]) * float(kth)
         far = _far_parts(pts, labels, reach)
-        # premise: the legs, pelvis and right arm are far from the left forearm
-        assert {1, 2, 4, 5, 7, 8, 19, 21} <= set(far), far
+        # premise: knees, ankles, right elbow and wrist are far from the left forearm
+        assert {4, 5, 7, 8, 19, 21} <= set(far), far
         with torch.no_grad():
             gt = net(pts, labels)
             pred = net(pts)
@@ -116,6 +116,35 @@ class TestArticulation:
             out = net(pts, labels)
         legs = [1, 2, 4, 5, 7, 8]
         assert float((out["part_rot"][0, legs] - out["part_rot"][1, legs]).abs().max()) > 1e-6
+
+
+def test_float32_equivariance_on_body_scans(body, capsys):
+    """float32 error on posed body scans under random rotations + translations (recorded).
+
+    Soft kNN weights keep it at the rounding level. (A hard, tie-tolerant kNN graph gave
+    ~1e-2 at the default size on 5000-point scans, where a near-tied neighbour flipped
+    between a scan and its rotated copy; at this size no flip occurs, so that regression is
+    caught by ``TestLocalEncoder.test_continuous_at_the_knn_boundary`` instead.)"""
+    model, faces, weights = body
+    g = torch.Generator().manual_seed(1)
+    pose = axis_angle_to_matrix(0.3 * torch.randn(3, 24, 3, generator=g, dtype=torch.float64))
+    v = pose_body(model, pose).vertices.detach().float()
+    x = torch.stack([sample_surface_scan(v[i], faces, weights.float(), 1500, generator=g).points
+                     for i in range(3)])
+    R = random_rotation_matrix(3, generator=g)
+    t = torch.randn(3, 3, generator=g)
+    y = x @ R.transpose(-1, -2) + t[:, None]
+    torch.manual_seed(0)
+    net = ArtEqNet("vn", **SMALL, num_centers=512).eval()
+    with torch.no_grad():
+        a, b = net(x), net(y)
+    err = float((b["part_rot"] - R[:, None] @ a["part_rot"]).abs().max())
+    err_pose = float((b["body_pose"] - a["body_pose"]).abs().max())
+    err_betas = float((b["betas"] - a["betas"]).abs().max())
+    with capsys.disabled():
+        print(f"\nfloat32 body scans: part_rot {err:.2e}, body_pose {err_pose:.2e}, "
+              f"betas {err_betas:.2e}")
+    assert err < 1e-3 and err_pose < 1e-3 and err_betas < 1e-4
 
 
 def test_overfit_two_scans(body):
