@@ -163,6 +163,8 @@ class TestBadInput:
         with pytest.raises(ValueError, match="points"):
             net(torch.zeros(2, 0, 3))
         with pytest.raises(ValueError, match="points"):
+            net(torch.zeros(0, 10, 3))
+        with pytest.raises(ValueError, match="points"):
             net(torch.zeros(2, 10, 3, dtype=torch.long))
 
     def test_points_nan(self):
