@@ -354,9 +354,15 @@ class ArtEqNet(nn.Module):
                 c = x[:, idx].detach()
                 logit = x.detach() @ c.transpose(1, 2) - 0.5 * c.square().sum(-1)[:, None]
                 wi = torch.softmax(logit / self.interp_sigma ** 2, dim=-1)  # (B, N, M)
-            pt_inv = wi @ pt_inv
             if V is not None:
                 V = (wi @ V.flatten(2)).view(B, N, *V.shape[2:])
+            if self.backbone == "vn":
+                # the invariants are linear in V (read in the encoder's global frame, which
+                # has no batch norm here): interpolating V alone gives the same values
+                frame = self.encoder.std(enc.equivariant)[1]  # (B, 3, 3)
+                pt_inv = torch.einsum("bncx,bjx->bncj", V, frame).reshape(B, N, -1)
+            else:
+                pt_inv = wi @ pt_inv
         logits = self.seg_head(torch.cat([pt_inv, glob[:, None].expand(B, N, -1)], dim=-1))
 
         # per-part weights, L1-normalised over the points

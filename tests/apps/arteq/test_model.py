@@ -323,3 +323,24 @@ class TestLocalEncoder:
         out = enc(x)
         assert bool(torch.isfinite(out.point_equivariant).all())
         torch.testing.assert_close(out.point_equivariant[0, 0], out.point_equivariant[0, 4])
+
+
+def test_interpolated_invariants_match_encoder_invariants():
+    # "vn" interpolates only the equivariant features and reads them in the encoder's
+    # frame; by linearity that equals interpolating the encoder's invariant point features
+    # (recomputed here independently from the documented Gaussian weights)
+    torch.manual_seed(0)
+    net = ArtEqNet("vn", **SMALL, num_centers=50, interp_sigma=0.1).double().eval()
+    x = _cloud(2, 150)
+    cap = []
+    net.encoder.register_forward_hook(lambda mod, inp, out: cap.append(out))
+    with torch.no_grad():
+        out = net(x)
+        enc = cap[0]
+        idx = torch.randperm(150, generator=torch.Generator().manual_seed(0))[:50].sort().values
+        xc = x - x.mean(1, keepdim=True)
+        d2 = torch.cdist(xc, xc[:, idx]) ** 2
+        wi = torch.softmax(-d2 / (2 * 0.1 ** 2), dim=-1)
+        pt = wi @ enc.point_features
+        logits = net.seg_head(torch.cat([pt, enc.invariant[:, None].expand(2, 150, -1)], -1))
+    torch.testing.assert_close(out["part_logits"], logits, atol=1e-10, rtol=0)
