@@ -25,8 +25,9 @@ Backbone choice. The reference uses EPN over the 60-element icosahedral group, b
 compiled CUDA kernels: equivariant only to those 60 rotations (and approximately between
 them). Here the equivariant backbone is built from the Vector-Neuron layers of
 :mod:`geo3d.nn` (pure torch, CPU and CUDA): exactly equivariant to every rotation of SO(3)
-(in fact O(3)) by construction, with tie-symmetric kNN graphs so that the claim also holds
-on grid-like clouds and duplicated points (layers and graphs already tested there).
+(in fact O(3)) by construction, with neighbourhoods that do not depend on how distance ties
+are broken, so that the claim also holds on grid-like clouds and duplicated points (soft
+kNN weights for ``"vn"``, geo3d.nn's tie-symmetric graphs for ``"vn_dgcnn"``).
 ``backbone="vn"`` (default) is :class:`~geo3d.apps.arteq._backbones.VNLocalEncoder`: local
 and translation-invariant like the reference's EPN features (relative offsets only), so with
 ground-truth part pooling in eval mode the rotation of a part far from a moved limb does
@@ -132,7 +133,8 @@ class ArtEqNet(nn.Module):
             ``"vn_dgcnn"`` (:class:`geo3d.nn.VNDGCNN`, also equivariant), or the
             non-equivariant baselines ``"pointnet"`` / ``"dgcnn"``.
         num_betas: shape coefficients predicted.
-        k: neighbours of the backbone's kNN graphs (including the point itself).
+        k: neighbours of the backbone's kNN graphs (including the point itself; for
+            ``"vn"`` the ``k`` with positive soft weight, the ``k+1``-th sets the radius).
         feat_dim: per-point feature width ``F`` of the backbone: vector channels for
             ``"vn"`` (``3F`` numbers), ``3F`` scalar channels for the baselines (same size).
         hidden: backbone block widths (vector channels; the baselines use 3x each).
