@@ -39,10 +39,38 @@ from geo3d.nn import (
     VNInvariant,
     VNLinearLeakyReLU,
     VNMeanPool,
-    vn_edge_features,
 )
 
 __all__ = ["VNLocalEncoder"]
+
+
+def _gather_nbrs(y: Tensor, idx: Tensor) -> Tensor:
+    """``y (B, C, 3, N)``, ``idx (B, N, K)`` -> ``(B, C, 3, N, K)``, ``[..., i, s] = y[..., idx[i, s]]``."""
+    B, C, _, N = y.shape
+    K = idx.shape[-1]
+    flat = idx.reshape(B, 1, 1, N * K).expand(B, C, 3, N * K)
+    return torch.gather(y, 3, flat).view(B, C, 3, N, K)
+
+
+def _edge_conv(conv: VNLinearLeakyReLU, f: Tensor, idx: Tensor, nmask: Tensor) -> Tensor:
+    """``conv(vn_edge_features(f, idx), nmask)`` without building the ``2C``-channel edge
+    tensor: by linearity ``W [f_j - f_i; f_i] = W_1 f_j + (W_2 - W_1) f_i``, so the channel
+    maps run on the ``N`` points and only their results are gathered over the neighbours
+    (equal up to rounding; tested against the plain composition)."""
+    from geo3d.nn._vn import _vn_relu  # the VN leaky ReLU of VNLinearLeakyReLU itself
+
+    B, C, _, N = f.shape
+
+    def mix(weight: Tensor) -> Tensor:
+        a, b = weight[:, :C], weight[:, C:]
+        out = weight.shape[0]
+        y = torch.matmul(torch.cat([a, b - a], dim=0), f.flatten(2)).view(B, 2 * out, 3, N)
+        return _gather_nbrs(y[:, :out], idx) + y[:, out:].unsqueeze(-1)
+
+    p = mix(conv.map_to_feat.weight)
+    if conv.bn is not None:
+        p = conv.bn(p, nmask)
+    return _vn_relu(p, mix(conv.map_to_dir.weight), conv.negative_slope, conv.eps)
 
 
 class VNLocalEncoder(nn.Module):
@@ -110,8 +138,7 @@ class VNLocalEncoder(nn.Module):
         K = min(self.k + 1, N)
         idx = knn(points.detach(), points.detach(), K).idx  # (B, N, K), self first
         x = points.transpose(1, 2).unsqueeze(1)  # (B, 1, 3, N)
-        flat = idx.reshape(B, 1, 1, N * K).expand(B, 1, 3, N * K)
-        rel = torch.gather(x, 3, flat).view(B, 1, 3, N, K) - x.unsqueeze(-1)  # x_j - x_i
+        rel = _gather_nbrs(x, idx) - x.unsqueeze(-1)  # x_j - x_i, (B, 1, 3, N, K)
         with torch.no_grad():  # soft kNN weights: 1 at the point, 0 at the (k+1)-th
             d2 = rel.detach().square().sum(2)[:, 0]  # (B, N, K)
             r2 = d2.amax(-1, keepdim=True)
@@ -121,8 +148,8 @@ class VNLocalEncoder(nn.Module):
         outs = []
         f = None
         for i, conv in enumerate(self.convs):
-            e = rel if i == 0 else vn_edge_features(f, idx)  # (B, C, 3, N, K)
-            f = self.pool(conv(e, nmask), nmask, w)  # (B, h, 3, N)
+            e = conv(rel, nmask) if i == 0 else _edge_conv(conv, f, idx, nmask)  # (B,h,3,N,K)
+            f = self.pool(e, nmask, w)  # (B, h, 3, N)
             outs.append(f)
         h = self.conv_out(torch.cat(outs, dim=1))  # (B, F, 3, N)
         g = h.mean(dim=-1)  # (B, F, 3)

@@ -344,3 +344,19 @@ def test_interpolated_invariants_match_encoder_invariants():
         pt = wi @ enc.point_features
         logits = net.seg_head(torch.cat([pt, enc.invariant[:, None].expand(2, 150, -1)], -1))
     torch.testing.assert_close(out["part_logits"], logits, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_split_edge_conv_equals_plain_composition(train):
+    # the memory-saving EdgeConv equals VNLinearLeakyReLU on explicit edge features
+    from geo3d.apps.arteq._backbones import _edge_conv
+
+    from geo3d.nn import VNLinearLeakyReLU, vn_edge_features
+
+    torch.manual_seed(0)
+    conv = VNLinearLeakyReLU(2 * 5, 7).double().train(train)
+    f = torch.randn(2, 5, 3, 30, dtype=torch.float64)
+    idx = torch.randint(0, 30, (2, 30, 6), generator=torch.Generator().manual_seed(1))
+    mask = torch.rand(2, 30, 6, generator=torch.Generator().manual_seed(2)) > 0.2
+    ref = conv(vn_edge_features(f, idx), mask)
+    torch.testing.assert_close(_edge_conv(conv, f, idx, mask), ref, atol=1e-12, rtol=0)
