@@ -5,8 +5,9 @@ and shape priors) and the same :class:`~._fit.FitResult`.
 Starts: the T-pose (identity body pose, zero betas) under ``num_starts`` of the 24 rotations
 of the cube (the rotation group of the octahedron), ordered so that the first 6 send the
 body's up axis to the 6 axis directions, each translated so that the mesh's surface centroid
-sits on the points' centroid. Every start is optimised (first rigidly: global orientation and
-translation only, then everything) and the start with the lowest final objective wins.
+sits on the points' centroid, then aligned by a few closed-form rigid ICP iterations. Every
+start is optimised (first rigidly: global orientation and translation only, then everything)
+and the start with the lowest final objective wins.
 
 Reference: SMPLify (Bogo et al., "Keep it SMPL", ECCV 2016, arXiv:1607.08128) for the
 objective and staging; ArtEq (Feng et al., ICCV 2023, arXiv:2304.10528) compares against
@@ -39,7 +40,7 @@ from geo3d.apps.arteq._fit import (
 )
 from torch import Tensor, nn
 
-__all__ = ["cube_rotations", "optimize_smpl"]
+__all__ = ["cube_rotations", "optimize_smpl", "rigid_icp"]
 
 
 def cube_rotations(dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
@@ -73,6 +74,36 @@ def cube_rotations(dtype: torch.dtype = torch.float64, device: torch.device | st
     return torch.tensor(np.stack(ordered), dtype=dtype, device=device)
 
 
+def rigid_icp(points_m: Tensor, vertices: Tensor, faces: Tensor, iters: int = 10,
+              full_scan: bool = True) -> tuple[Tensor, Tensor]:
+    """Closed-form rigid ICP moving the mesh onto the points: ``(R (B, 3, 3), t (B, 3))``
+    with ``vertices @ R.T + t`` aligned. Each iteration pairs every point with its closest
+    surface point and (``full_scan``) every vertex with its nearest point, and solves for the
+    rigid motion by Kabsch (W. Kabsch, Acta Cryst. A32, 1976, DOI 10.1107/S0567739476001873;
+    Besl & McKay, "A Method for Registration of 3-D Shapes", TPAMI 1992,
+    DOI 10.1109/34.121791)."""
+    from geo3d.ops import knn
+    from geo3d.rotations import kabsch
+
+    B = points_m.shape[0]
+    R = torch.eye(3, dtype=vertices.dtype, device=vertices.device).repeat(B, 1, 1)
+    t = torch.zeros(B, 3, dtype=vertices.dtype, device=vertices.device)
+    v = vertices
+    for _ in range(iters):
+        q, _ = closest_surface_points(points_m, v, faces)
+        src, dst = q, points_m
+        if full_scan:
+            nn_idx = knn(v, points_m, 1).idx[..., 0]
+            src = torch.cat([src, v], 1)
+            dst = torch.cat([dst, torch.gather(points_m, 1, nn_idx[..., None].expand(-1, -1, 3))],
+                            1)
+        dR, dt = kabsch(src, dst)
+        v = v @ dR.transpose(1, 2) + dt[:, None]
+        R = dR @ R
+        t = (dR @ t[..., None])[..., 0] + dt
+    return R, t
+
+
 def _labels_from_surface(points_m: Tensor, vertices: Tensor, faces: Tensor,
                          lbs_weights: Tensor) -> Tensor:
     """ArtEq part of each point: argmax of the skinning weights averaged over its closest
@@ -98,6 +129,7 @@ def optimize_smpl(
     device: str | torch.device | None = None,
     batch_size: int = 1,
     max_points: int | None = 2048,
+    icp_iters: int = 10,
     progress: bool = False,
 ) -> FitResult:
     """Fit SMPL-layout bodies to point clouds by multi-start optimisation (no network).
@@ -109,7 +141,7 @@ def optimize_smpl(
             module (moved to ``device``; its dtype is used).
         num_starts: starts per scan (1..24, the first ``num_starts`` of
             :func:`cube_rotations`).
-        steps: Adam steps per start; the first ``rigid_steps`` (default ``steps // 3``) move
+        steps: Adam steps per start; the first ``rigid_steps`` (default ``steps // 5``) move
             only global orientation and translation.
         lr: Adam step size.
         scale: metres per input unit (mm: 0.001).
@@ -118,6 +150,8 @@ def optimize_smpl(
         device: default: the device of ``points``.
         batch_size: scans optimised together (times ``num_starts`` bodies per step).
         max_points: points per scan used by the data terms (fixed stride subsample).
+        icp_iters: closed-form rigid ICP iterations (:func:`rigid_icp`, on at most ~1000
+            points) aligning each start before the optimisation (0: none).
         progress: tqdm bar.
 
     Returns:
@@ -150,7 +184,7 @@ def optimize_smpl(
         raise ValueError(f"num_starts: expected at most 24 (the cube's rotations), got "
                          f"{num_starts}")
     if rigid_steps is None:
-        rigid_steps = steps // 3
+        rigid_steps = steps // 5
     if not isinstance(rigid_steps, int) or isinstance(rigid_steps, bool) or not (
         0 <= rigid_steps <= steps
     ):
@@ -173,9 +207,17 @@ def optimize_smpl(
         bp = eye.expand(B * S, 23, 3, 3)
         betas = torch.zeros(B * S, nb, dtype=dt, device=dev)
         with torch.no_grad():
-            v0 = _pose(model, go, bp, betas).vertices
-        pm_rep = pm.repeat_interleave(S, 0)
-        transl = pm_rep.mean(1) - _area_centroid(v0, faces)
+            o0 = _pose(model, go, bp, betas)
+            pm_rep = pm.repeat_interleave(S, 0)
+            transl = pm_rep.mean(1) - _area_centroid(o0.vertices, faces)
+            if icp_iters:
+                sub = pm_rep[:, :: max(1, pm_rep.shape[1] // 1000)]
+                Ri, ti = rigid_icp(sub, o0.vertices + transl[:, None], faces, icp_iters,
+                                   full_scan)
+                # the mesh rotates about its pelvis: move the pelvis P0 = J0 + transl rigidly
+                pelvis = o0.joints[:, 0] + transl
+                go = Ri @ go
+                transl = (Ri @ pelvis[..., None])[..., 0] + ti - o0.joints[:, 0]
         go, bp, betas, transl, loss = optimize_params(
             pm_rep, model, go, bp, betas, transl, steps=steps, lr=lr, rigid_steps=rigid_steps,
             weights=weights, full_scan=full_scan, progress=progress, max_points=max_points,

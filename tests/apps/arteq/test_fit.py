@@ -204,7 +204,7 @@ class TestDecode:
         assert err8.item() < 0.75 * err0.item()
 
     def test_scale_mm(self, body):
-        gt = _gt(body, seed=7, n=800, noise=1e-3)
+        gt = _gt(body, seed=7, n=300, noise=1e-3)
         r_m = decode(gt["net_out"], body, gt["points"])
         r_mm = decode(gt["net_out"], body, gt["points"] * 1000, scale=0.001)
         for name in ("vertices", "joints", "transl"):
@@ -213,9 +213,9 @@ class TestDecode:
         torch.testing.assert_close(r_mm.betas, r_m.betas)
 
     def test_batched_equals_single(self, body):
-        a, b = _gt(body, seed=8, n=600), _gt(body, seed=9, n=600)
+        a, b = _gt(body, seed=8, n=300), _gt(body, seed=9, n=300)
         net = {k: torch.cat([a["net_out"][k], b["net_out"][k]]) for k in a["net_out"]}
-        net["part_logits"] = torch.randn(2, 600, 22, generator=torch.Generator().manual_seed(0))
+        net["part_logits"] = torch.randn(2, 300, 22, generator=torch.Generator().manual_seed(0))
         r = decode(net, body, torch.cat([a["points"], b["points"]]))
         for i, x in enumerate((a, b)):
             one = dict(x["net_out"], part_logits=net["part_logits"][i : i + 1])
@@ -228,14 +228,14 @@ class TestDecode:
     def test_equivariance(self, body, offset):
         # an exactly equivariant net output (global orientation rotated by g, the rest
         # unchanged) for the moved points -> the fitted body moves with them
-        gt = _gt(body, seed=10, n=700, noise=2e-3)
+        gt = _gt(body, seed=10, n=300, noise=2e-3)
         pts = gt["points"].clone()
         pts[0, 100:110] = pts[0, :10]  # duplicated points
         g = torch.Generator().manual_seed(11)
-        for _ in range(3):
+        r0 = decode(gt["net_out"], body, pts)
+        for _ in range(2):
             Rg = random_rotation_matrix(generator=g, dtype=F64)
             t = torch.randn(3, generator=g, dtype=F64) + offset
-            r0 = decode(gt["net_out"], body, pts)
             moved = dict(gt["net_out"], global_orient=Rg @ gt["net_out"]["global_orient"])
             r1 = decode(moved, body, pts @ Rg.T + t)
             tol = 1e-9 * max(1.0, offset)
@@ -268,13 +268,13 @@ class TestDecode:
 
 
 def test_refine_lowers_v2v_from_perturbed_start(body):
-    gt = _gt(body, seed=13, n=1000, noise=1e-3)
+    gt = _gt(body, seed=13, n=400, noise=1e-3)
     g = torch.Generator().manual_seed(14)
     noise = axis_angle_to_matrix(0.12 * torch.randn(1, 23, 3, generator=g, dtype=F64))
     start = dict(gt["net_out"], body_pose=gt["net_out"]["body_pose"] @ noise,
                  betas=gt["betas"] + 0.5 * torch.randn(1, 10, generator=g, dtype=F64))
     fit0 = decode(start, body, gt["points"])
-    r = refine_fit(fit0, gt["points"], body, steps=40)
+    r = refine_fit(fit0, gt["points"], body, steps=25)
     e0 = v2v_error(fit0.vertices, gt["out"].vertices).item()
     e1 = v2v_error(r.vertices, gt["out"].vertices).item()
     assert e1 < 0.5 * e0, (e0, e1)
@@ -302,6 +302,24 @@ def test_cube_rotations_group():
                                                  (0, 0, 1), (0, 0, -1)}
 
 
+def test_optimize_smpl_recovers_moderately_posed_body(body):
+    # fast: 2 starts (identity, upside down), 40 steps, the body turned by 30 degrees
+    gt = _gt(body, seed=15, n=300, noise=1e-3, orient_deg=30.0)
+    eye = torch.eye(3, dtype=F64)
+    faces = body.faces_tensor.long()
+    v = pose_body(body, eye.expand(1, 24, 3, 3)).vertices
+    v = v + (gt["points"].mean(1) - _fit._area_centroid(v, faces))[:, None]
+    start = v2v_error(v, gt["out"].vertices).item()
+    r = optimize_smpl(gt["points"], body, num_starts=2, steps=40)
+    e = v2v_error(r.vertices, gt["out"].vertices).item()
+    assert e < start / 4, (start, e)  # measured: 0.29 m -> 0.058 m
+    torch.testing.assert_close(r.global_orient @ r.global_orient.transpose(1, 2),
+                               eye.expand(1, 3, 3))
+    # the returned loss is that of the returned body
+    terms = _fit.fit_objective(gt["points"], r.vertices, faces, r.body_pose, r.betas)
+    assert r.loss.item() == pytest.approx(terms["total"].item(), rel=0.05)
+
+
 @pytest.mark.slow
 def test_optimize_smpl_recovers_posed_body(body):
     gt = _gt(body, seed=15, n=600, noise=1e-3, orient_deg=150.0)
@@ -313,7 +331,7 @@ def test_optimize_smpl_recovers_posed_body(body):
         v = pose_body(body, torch.cat([S[None, None], eye.expand(1, 23, 3, 3)], 1)).vertices
         v = v + (gt["points"].mean(1) - _fit._area_centroid(v, faces))[:, None]
         starts.append(v2v_error(v, gt["out"].vertices).item())
-    r = optimize_smpl(gt["points"], body, num_starts=6, steps=60)
+    r = optimize_smpl(gt["points"], body, num_starts=24, steps=60)
     e = v2v_error(r.vertices, gt["out"].vertices).item()
     assert e < min(starts) / 4, (starts, e)
     assert isinstance(r, FitResult) and r.seconds_per_scan > 0
@@ -347,26 +365,26 @@ def tiny_net():
 
 class TestFitSMPL:
     def test_shapes_batched_single_ragged_scale(self, body, tiny_net):
-        a, b = _gt(body, seed=16, n=300, noise=1e-3), _gt(body, seed=17, n=300, noise=1e-3)
+        a, b = _gt(body, seed=16, n=200, noise=1e-3), _gt(body, seed=17, n=200, noise=1e-3)
         pts = torch.cat([a["points"], b["points"]])
         r = fit_smpl(pts, tiny_net, body, batch_size=2)
         assert r.vertices.shape == (2, 768, 3) and r.body_pose.shape == (2, 23, 3, 3)
-        assert r.part_labels.shape == (2, 300) and r.part_labels.dtype == torch.long
+        assert r.part_labels.shape == (2, 200) and r.part_labels.dtype == torch.long
         with torch.no_grad():
             logits = tiny_net(pts)["part_logits"]
         assert torch.equal(r.part_labels, logits.argmax(-1))
         single = fit_smpl(b["points"][0], tiny_net, body)  # (N, 3) input
         torch.testing.assert_close(r.vertices[1:], single.vertices, rtol=0, atol=1e-9)
-        ragged = fit_smpl([a["points"][0].numpy(), b["points"][0, :250]], tiny_net, body)
+        ragged = fit_smpl([a["points"][0].numpy(), b["points"][0, :150]], tiny_net, body)
         torch.testing.assert_close(ragged.vertices[:1], r.vertices[:1], rtol=0, atol=1e-9)
-        assert ragged.part_labels.shape == (2, 300)
-        assert (ragged.part_labels[1, 250:] == -1).all()
+        assert ragged.part_labels.shape == (2, 200)
+        assert (ragged.part_labels[1, 150:] == -1).all()
         mm = fit_smpl(pts * 1000, tiny_net, body, scale=0.001, batch_size=2)
         torch.testing.assert_close(mm.vertices, 1000 * r.vertices, rtol=1e-7, atol=1e-6)
         torch.testing.assert_close(mm.transl, 1000 * r.transl, rtol=1e-7, atol=1e-6)
 
     def test_checkpoint_file_and_refine(self, body, tiny_net, tmp_path):
-        gt = _gt(body, seed=18, n=300, noise=1e-3)
+        gt = _gt(body, seed=18, n=200, noise=1e-3)
         path = tmp_path / "net.pt"
         torch.save({"config": tiny_net.config, "state_dict": tiny_net.state_dict()}, path)
         r_mod = fit_smpl(gt["points"], tiny_net, body)
