@@ -1,10 +1,20 @@
 """Starting weights when no DINOv2 checkpoint is on disk: a ViT pretrained on synthetic renders.
 
-The paper finetunes DINOv2; here no checkpoint can be downloaded, and finetuning LoRA
-rank 4 on a *random* ViT would only train a random feature map. :func:`pretrain_vit`
-gives the default runs a backbone whose features already describe local surface geometry,
-with a cheap, fully supervised objective on renders of procedurally textured objects
-(:mod:`geo3d.datasets.multiview_render`, the ``geo3d data render`` layout):
+The paper finetunes DINOv2; here no checkpoint can be downloaded. :func:`pretrain_vit`
+is an attempt to give the default runs a backbone whose features describe local surface
+geometry, with a cheap, fully supervised objective on renders of procedurally textured
+objects (:mod:`geo3d.datasets.multiview_render`, the ``geo3d data render`` layout).
+
+**Measured result: at the default budget it does NOT give better starting features than
+random initialisation** (``benchmarks/mv_core_pretrain.py``, results in
+``benchmarks/results/mv_core_pretrain.json``: plain ViT-S/14 at 224², no adapters, 6
+held-out procedural objects, 24 view pairs <= 120° apart, 300 points each,
+:func:`geo3d.eval.dense_correspondence_metrics`; APE in pixels / PCDP(bbox) at 0.1):
+random init 32.5 / 0.33; these defaults 41.7 / 0.20; with ``rgb_weight=1`` 38.8 / 0.24;
+the RGB image itself as a 3-channel feature 19.8 / 0.41. A random ViT's tokens are close to
+a random projection of the patch pixels, which NN matching already exploits; 200 steps of
+this objective trade that for smooth mask/depth information. Use random initialisation
+(stated as such) or a real DINOv2 file unless a longer run is shown to help.
 
 **Objective: dense geometry from one view.** A linear head on every patch token predicts,
 for each of the ``p x p`` pixels of its patch (a pixel-shuffle decoder as in MAE's linear
@@ -39,8 +49,11 @@ cached under ``$GEO3D_CACHE_DIR/multiview_corr/pretrain`` (default
 of the bytes of the data files, so a second call with the same inputs copies the cached
 file instead of training.
 
-Measured (this shared 2-core CPU, 8 jobs competing, 1 thread): see the final report of
-issue 16 and ``benchmarks/results``; roughly 1.5-3 s per step at the defaults.
+Measured time at the defaults (ViT-S/14, 4 objects x 42 views, batch 4 at 112², 200 steps,
+1 thread, on a shared 2-core CPU with ~8 other jobs): 813 s wall (4.06 s/step) for the
+run cached by the app, 451 s wall (2.26 s/step) for the ``rgb_weight=1`` run; CPU time of
+the process 0.67 s/step (133.5 CPU-s for the 200 ``rgb_weight=1`` steps; 0.67 s/step on a
+6-step run at the defaults), i.e. about 2.5 min on one free core. Rendering the 4 objects at 224² takes ~10 s each here.
 """
 
 from __future__ import annotations
@@ -130,7 +143,9 @@ def _load_views(root: Path, objects: list[str], max_views: int | None) -> dict[s
     }
 
 
-def _batch(data: dict[str, Tensor], idx: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+def _batch(
+    data: dict[str, Tensor], idx: Tensor, size: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from geo3d.nn import imagenet_normalize
 
     rgb = data["rgb"][idx].float() / 255.0
@@ -140,27 +155,35 @@ def _batch(data: dict[str, Tensor], idx: Tensor, size: int) -> tuple[Tensor, Ten
     if rgb.shape[-1] != size or rgb.shape[-2] != size:
         rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", antialias=True)
         tgt = F.interpolate(tgt, size=(size, size), mode="nearest-exact")
-    return imagenet_normalize(rgb), tgt[:, :1] > 0.5, tgt[:, 1:]
+    return imagenet_normalize(rgb), tgt[:, :1] > 0.5, tgt[:, 1:], rgb
 
 
 class _DenseHead(nn.Module):
-    """Linear ``C -> p*p*5`` per token, pixel-shuffled to ``(B, 5, H, W)``."""
+    """Linear ``C -> p*p*K`` per token, pixel-shuffled to ``(B, K, H, W)``."""
 
-    def __init__(self, dim: int, patch: int, generator: torch.Generator | None) -> None:
+    def __init__(
+        self, dim: int, patch: int, generator: torch.Generator | None, channels: int = 5
+    ) -> None:
         super().__init__()
         self.patch = patch
-        self.proj = nn.Linear(dim, patch * patch * 5)
+        self.proj = nn.Linear(dim, patch * patch * channels)
         with torch.no_grad():
             nn.init.trunc_normal_(self.proj.weight, std=0.02, generator=generator)
             self.proj.bias.zero_()
 
     def forward(self, tokens: Tensor) -> Tensor:  # (B, C, h, w)
-        y = self.proj(tokens.permute(0, 2, 3, 1))  # (B, h, w, 5 p p)
-        y = y.permute(0, 3, 1, 2)  # (B, 5 p p, h, w), channel = k * p * p + (dy * p + dx)
-        return F.pixel_shuffle(y, self.patch)  # (B, 5, h p, w p)
+        y = self.proj(tokens.permute(0, 2, 3, 1))  # (B, h, w, K p p)
+        y = y.permute(0, 3, 1, 2)  # (B, K p p, h, w), channel = k * p * p + (dy * p + dx)
+        return F.pixel_shuffle(y, self.patch)  # (B, K, h p, w p)
 
 
-def _loss(pred: Tensor, mask: Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:
+def _loss(
+    pred: Tensor,
+    mask: Tensor,
+    target: Tensor,
+    rgb: Tensor | None = None,
+    rgb_weight: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
     fg = mask.float()
     n = fg.sum().clamp_min(1.0)
     l_mask = F.binary_cross_entropy_with_logits(pred[:, :1], fg)
@@ -168,6 +191,9 @@ def _loss(pred: Tensor, mask: Tensor, target: Tensor) -> tuple[Tensor, dict[str,
     l_depth = ((pred[:, 4:5] - target[:, 3:4]).abs() * fg).sum() / n
     total = l_mask + l_pts + l_depth
     parts = {"mask": l_mask, "points": l_pts, "depth": l_depth}
+    if rgb_weight:
+        parts["rgb"] = (pred[:, 5:8] - rgb).abs().mean()
+        total = total + rgb_weight * parts["rgb"]
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
@@ -198,6 +224,7 @@ def pretrain_vit(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     use_cache: bool = True,
+    rgb_weight: float = 0.0,
 ) -> Path:
     """Pretrain a DINOv2-architecture ViT on synthetic renders (module docstring: the
     objective) and write its weights in the official DINOv2 ``.pth`` key layout.
@@ -227,6 +254,8 @@ def pretrain_vit(
         cache_dir: cache folder (default :func:`pretrain_cache_dir`).
         progress: tqdm progress bar.
         use_cache: reuse a cached result with the same key (else train and overwrite it).
+        rgb_weight: weight of an extra target, the pixel colours of the input (L1 on RGB in
+            [0, 1], all pixels; 0 = off, the key of the cache then stays that of version 1).
 
     Returns:
         the path written (``out``, or the cache file).
@@ -278,7 +307,7 @@ def pretrain_vit(
             )
         if sizes[0] % sizes[2]:
             raise ValueError(f"arch: expected num_heads dividing embed_dim, got {arch!r}")
-    for name, v in (("lr", lr), ("weight_decay", weight_decay)):
+    for name, v in (("lr", lr), ("weight_decay", weight_decay), ("rgb_weight", rgb_weight)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{name}: expected a finite float >= 0, got {v!r}")
 
@@ -298,6 +327,9 @@ def pretrain_vit(
         "max_views": max_views,
         "seed": seed,
     }
+    if rgb_weight:
+        settings["rgb_weight"] = float(rgb_weight)
+        settings["objective"] += " + input RGB"
     if data_root is None:
         from geo3d.datasets.multiview_render import RenderSettings, render_dataset
 
@@ -371,7 +403,8 @@ def _train(
             img_size=settings["img_size"],
             generator=g,
         ).to(dev)
-        head = _DenseHead(dim, settings["patch_size"], g).to(dev)
+        w_rgb = float(settings.get("rgb_weight", 0.0))
+        head = _DenseHead(dim, settings["patch_size"], g, 8 if w_rgb else 5).to(dev)
         params = [p for p in list(vit.parameters()) + list(head.parameters()) if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
@@ -398,10 +431,10 @@ def _train(
         bar = tqdm(range(steps), desc="pretrain ViT", disable=not progress, leave=False)
         for _k in bar:
             idx = torch.randint(0, n_views, (settings["batch_size"],), generator=g)
-            x, mask, tgt = _batch(data, idx, settings["train_size"])
-            x, mask, tgt = x.to(dev), mask.to(dev), tgt.to(dev)
+            x, mask, tgt, rgb = _batch(data, idx, settings["train_size"])
+            x, mask, tgt, rgb = x.to(dev), mask.to(dev), tgt.to(dev), rgb.to(dev)
             pred = head(vit.forward_features(x)["patch_tokens"])
-            loss, parts = _loss(pred, mask, tgt)
+            loss, parts = _loss(pred, mask, tgt, rgb, w_rgb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -169,3 +169,14 @@ def test_loaded_targets_are_the_sphere(tiny_renders):
     dep = data["depth"][m]
     assert float(dep.min()) >= -0.4 - 2e-3 and float(dep.max()) <= 1e-3
     assert float(data["depth"][~m].abs().max()) == 0.0
+
+
+def test_rgb_target_is_a_separate_cache_entry(tiny_renders, tmp_path):
+    plain = _run(tiny_renders, tmp_path, "p.pth")
+    rgb = _run(tiny_renders, tmp_path, "r.pth", rgb_weight=1.0)
+    meta = json.loads(rgb.with_suffix(".json").read_text())
+    assert meta["rgb_weight"] == 1.0 and "rgb" in meta["loss_first"]
+    assert "rgb_weight" not in json.loads(plain.with_suffix(".json").read_text())
+    assert plain.read_bytes() != rgb.read_bytes()
+    assert len(list((tmp_path / "cache").glob("*.pth"))) == 2
+    load_vit(rgb)  # the head (8 channels) is not saved: still a plain ViT file
