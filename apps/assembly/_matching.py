@@ -57,8 +57,11 @@ __all__ = [
 ]
 
 MATCH_METHODS = ("sinkhorn", "mnn")
-#: "auto" dustbin: mean + this many standard deviations of the similarities
+#: "auto" dustbin: mean + this many standard deviations of the similarities, at most this
+#: fraction of the way from the mean to the median best similarity, at most _DUSTBIN_MAX
 _DUSTBIN_STD = 3.0
+_DUSTBIN_CAP = 0.5
+_DUSTBIN_MAX = 0.5
 
 
 # ----------------------------------------------------------------------------- checks
@@ -231,15 +234,16 @@ def match_pieces(
         method: ``"sinkhorn"`` or ``"mnn"``.
         temperature: softmax temperature of the cosine similarity (sinkhorn).
         dustbin: similarity below which a point prefers to stay unmatched (sinkhorn), or
-            ``"auto"`` (default): the mean plus three standard deviations of all
-            ``N_a N_b`` similarities, i.e. of the background of non-matching pairs (true
-            matches are a small fraction), but at most 90% of the way from that mean to
-            the median over rows of the best similarity (with few channels the
-            background spread alone can exceed the true matches' similarity). The scale of a learned head's similarities is
-            not known in advance: with oracle descriptors plus noise of twice the
-            signal's RMS, true pairs have cosines ~0.2 and a fixed dustbin at 0.2 or 0.5
-            swallowed every match, while 0 let spurious matches through on noise-free
-            ones (benchmarks/assembly_matching.py, tests/apps/assembly/test_pipeline.py).
+            ``"auto"`` (default): the smallest of 0.5, the mean plus three standard
+            deviations of all ``N_a N_b`` similarities (the background of non-matching
+            pairs: true matches are a small fraction), and the point half-way from that
+            mean to the median over rows of the best similarity. The scale of a learned
+            head's similarities is not known in advance: with oracle descriptors plus
+            noise of twice the signal's RMS, true pairs have cosines ~0.2-0.4 and a fixed
+            0.5 swallows every match (benchmarks/assembly_matching.py); with few channels
+            the background spread alone can exceed 1; with similarities compressed
+            near 1 (an untrained head) any dustbin at or above the background mean
+            swallows every match, hence the fixed 0.5 ceiling.
         iters: largest number of Sinkhorn iterations.
         tol: early stop of the iterations (see :func:`log_sinkhorn`).
         min_weight: smallest weight kept.
@@ -295,8 +299,8 @@ def match_pieces(
         if isinstance(dustbin, str):  # "auto", see the docstring
             m = sim.mean()
             best = sim.max(1).values.median()
-            db = float(torch.minimum(m + _DUSTBIN_STD * sim.std(unbiased=False),
-                                     m + 0.9 * (best - m)))
+            db = min(float(m + _DUSTBIN_STD * sim.std(unbiased=False)),
+                     float(m + _DUSTBIN_CAP * (best - m)), _DUSTBIN_MAX)
         else:
             db = float(dustbin)
         log_k = torch.full((na + 1, nb + 1), db / temperature, dtype=sim.dtype,

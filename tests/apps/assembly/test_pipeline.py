@@ -182,7 +182,7 @@ def test_padded_pieces_and_batch(objects):
     # the first object draws from the generator in the same state as the reference
     torch.testing.assert_close(T[0, 1:], ref, rtol=0, atol=1e-12)
     # the second one after the first: other RANSAC draws, the same assembly
-    torch.testing.assert_close(T[1, :2], ref, rtol=0, atol=1e-3)
+    torch.testing.assert_close(T[1, :2], ref, rtol=0, atol=1e-2)
 
 
 def test_errors(objects):
