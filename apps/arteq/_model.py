@@ -145,6 +145,12 @@ class ArtEqNet(nn.Module):
         num_layers: self-attention layers over the 22 part tokens.
         num_heads: attention heads.
         rot_hidden: vector channels of the per-part VN rotation MLP (VN backbones).
+        rot_context: VN backbones: ``"local"`` (default, as the reference) reads a part's
+            rotation from its own and its parent's pooled features only (exact
+            articulation locality, see module docs); ``"global"`` adds the cloud's
+            mean-pooled equivariant feature to every part's vectors and steers the readout
+            with the attended (cross-part) tokens: still exactly equivariant, but every
+            part then sees the whole body (e.g. to resolve the twist of tube-like limbs).
         batch_norm: batch norm inside the backbone (in training mode it mixes the samples
             of a batch: equivariance then holds for one rotation of the whole batch; in
             eval mode per sample). Its running statistics lag behind fast-changing
@@ -190,6 +196,7 @@ class ArtEqNet(nn.Module):
         num_layers: int = 2,
         num_heads: int = 4,
         rot_hidden: int = 64,
+        rot_context: str = "local",
         batch_norm: bool = True,
         num_centers: int | None = 1024,
         interp_sigma: float = 0.03,
@@ -214,12 +221,15 @@ class ArtEqNet(nn.Module):
             raise value_error("interp_sigma", "a positive number (metres)", repr(interp_sigma))
         if not (isinstance(unit, (int, float)) and 0 < unit < float("inf")):
             raise value_error("unit", "a positive number (metres)", repr(unit))
+        if rot_context not in ("local", "global"):
+            raise value_error("rot_context", "'local' or 'global'", repr(rot_context))
         if d_model % num_heads:
             raise value_error("num_heads", f"a divisor of d_model = {d_model}", num_heads)
         self.config: dict[str, Any] = {
             "backbone": backbone, "num_betas": num_betas, "k": k, "feat_dim": feat_dim,
             "hidden": hidden, "dynamic_graph": bool(dynamic_graph), "d_model": d_model,
             "num_layers": num_layers, "num_heads": num_heads, "rot_hidden": rot_hidden,
+            "rot_context": rot_context,
             "batch_norm": bool(batch_norm), "num_centers": num_centers,
             "interp_sigma": float(interp_sigma), "unit": float(unit),
         }
@@ -281,9 +291,12 @@ class ArtEqNet(nn.Module):
             # from per-part static weights + weights steered by the part's own frame-free
             # invariants (norms, Gram matrix): the readout of part k sees only the features
             # pooled on part k and its parent, as in the reference (no cross-part mixing)
-            self.rot_mlp = gnn.VNLinearLeakyReLU(2 * feat_dim, rot_hidden, batch_norm=False)
+            self.rot_context = rot_context
+            c_rot = (3 if rot_context == "global" else 2) * feat_dim
+            self.rot_mlp = gnn.VNLinearLeakyReLU(c_rot, rot_hidden, batch_norm=False)
             self.rot_static = nn.Parameter(torch.randn(P, 3, rot_hidden) / rot_hidden ** 0.5)
-            self.rot_steer = _mlp([2 * feat_dim + _GRAM * _GRAM, d_model, 3 * rot_hidden])
+            n_steer = d_model if rot_context == "global" else 2 * feat_dim + _GRAM * _GRAM
+            self.rot_steer = _mlp([n_steer, d_model, 3 * rot_hidden])
             with torch.no_grad():
                 self.rot_steer[-1].weight.mul_(0.1)
                 self.rot_steer[-1].bias.zero_()
@@ -397,9 +410,14 @@ class ArtEqNet(nn.Module):
         from geo3d.rotations import project_to_so3, sixd_to_matrix
 
         if self.equivariant:
-            Z = self.rot_mlp(Qv)  # (B, H, 3, P)
+            if self.rot_context == "global":
+                g_eq = enc.equivariant.unsqueeze(-1).expand(-1, -1, -1, P)  # (B, F, 3, P)
+                Z = self.rot_mlp(torch.cat([Qv, g_eq], dim=1))  # (B, H, 3, P)
+            else:
+                Z = self.rot_mlp(Qv)  # (B, H, 3, P)
             H = Z.shape[1]
-            coef = self.rot_static + self.rot_steer(local_inv).view(B, P, 3, H)  # (B,P,3,H)
+            steer = self.rot_steer(tok if self.rot_context == "global" else local_inv)
+            coef = self.rot_static + steer.view(B, P, 3, H)  # (B, P, 3, H)
             u = torch.einsum("bpjh,bhxp->bpxj", coef, Z)  # (B, P, 3, 3): columns = vectors
             R = project_to_so3(u)
         else:

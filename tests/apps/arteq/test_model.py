@@ -195,6 +195,8 @@ class TestBadInput:
             ArtEqNet(interp_sigma=0.0)
         with pytest.raises(ValueError, match="num_heads"):
             ArtEqNet(d_model=30, num_heads=4)
+        with pytest.raises(ValueError, match="rot_context"):
+            ArtEqNet(rot_context="parent")
 
     def test_backbone_name(self):
         with pytest.raises(ValueError, match="backbone"):
@@ -214,6 +216,11 @@ class TestEquivariance:
     def test_float64_random(self, seed):
         net = _net(seed=seed).double().eval()
         self._assert_exact(_equivariance_errors(net, _cloud(3, 120, seed), seed=seed + 10))
+
+    @pytest.mark.parametrize("backbone", ["vn", "vn_dgcnn"])
+    def test_float64_global_context(self, backbone):
+        net = _net(backbone, rot_context="global").double().eval()
+        self._assert_exact(_equivariance_errors(net, _cloud(2, 120, 4), seed=5))
 
     def test_float64_part_labels(self):
         net = _net().double().eval()

@@ -106,6 +106,16 @@ class TestArticulation:
         # the moved limb itself does change (the test is not vacuous)
         assert float(ang_gt[LEFT_ELBOW]) > 1.0 and float(ang_gt[20]) > 1.0
 
+    def test_global_rotation_context_far_parts_move(self, body):
+        # rot_context="global" trades the locality for whole-body context
+        pts, labels = _two_scans(body)
+        torch.manual_seed(0)
+        net = ArtEqNet("vn", **SMALL, num_centers=None, rot_context="global").double().eval()
+        with torch.no_grad():
+            out = net(pts, labels)
+        legs = [4, 5, 7, 8]
+        assert float((out["part_rot"][0, legs] - out["part_rot"][1, legs]).abs().max()) > 1e-6
+
     def test_global_backbone_far_parts_move(self, body):
         # contrast: VN-DGCNN feeds positions relative to the centroid into every feature,
         # so bending the elbow moves every part's prediction (why "vn" is the default)
