@@ -161,6 +161,7 @@ def merge(a: argparse.Namespace, argv: list[str]) -> Path:
         "commands": ["nice -n 5 python benchmarks/arteq.py --part nets --out " + str(out),
                      "nice -n 5 python benchmarks/arteq.py --part opt --out " + str(out),
                      "python benchmarks/arteq.py --part merge --out " + str(out)],
+        "remark": a.note,
         "runs": runs,
         "env": env_info("cpu"),
     }
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--opt-scans", type=int, default=2)
     p.add_argument("--opt-starts", type=int, default=8)
     p.add_argument("--opt-steps", type=int, default=60)
+    p.add_argument("--note", default="", help="merge: a remark stored in meta.remark")
     p.add_argument("--results", default=str(RESULTS_DIR / "arteq.json"),
                    help="merged table (default benchmarks/results/arteq.json)")
     a, extra = p.parse_known_args(argv)

@@ -234,12 +234,12 @@ def _predict(argv: list[str]) -> int:
     from geo3d.apps.arteq._data import load_body
     from geo3d.apps.arteq._fit import fit_smpl
 
+    clouds = [read_points(f) for f in a.points]  # bad input files fail before any loading
     net = load_model(a.checkpoint)
     info = checkpoint_info(a.checkpoint)
     spec = a.body_model or info.get("body_model", "anny")
     body = load_body(spec, info.get("gender", "neutral"),
                      int(info.get("num_betas", net.config.get("num_betas", 10))))
-    clouds = [read_points(f) for f in a.points]
     for f, pts in zip(a.points, clouds, strict=True):
         res = fit_smpl(torch.as_tensor(pts, dtype=torch.float32), net, body_model=body,
                        refine=a.refine, scale=a.scale, device=a.device,

@@ -1,0 +1,208 @@
+"""``geo3d arteq`` end to end on the tiny body: fit, test, resume, predict, errors, checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from geo3d.apps.arteq._checkpoint import CheckpointError, load_model, save_model
+
+from geo3d.cli import main as geo3d_main
+
+TINY_YAML = """
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_epochs: 1
+  num_sanity_val_steps: 0
+  enable_progress_bar: false
+  enable_model_summary: false
+  log_every_n_steps: 1
+  default_root_dir: {root}/run
+model:
+  backbone: pointnet
+  net: {{k: 4, feat_dim: 4, hidden: [4], d_model: 8, num_layers: 1, num_heads: 2, rot_hidden: 4}}
+  lr: 1.0e-3
+  num_pictures: 1
+  icp_steps: 0
+data:
+  root: {root}/data
+  body_model: tiny
+  num_points: 48
+  train_subjects: 2
+  val_subjects: 1
+  test_subjects: 1
+  train_motions: 2
+  val_motions: 1
+  test_motions: 1
+  frames_per_motion: 4
+  frame_stride: 2
+  ood_poses: 2
+  partial_resolution: 40
+  batch_size: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("arteq_cli")
+    (root / "tiny.yaml").write_text(TINY_YAML.format(root=root))
+    assert geo3d_main(["arteq", "fit", "--config", str(root / "tiny.yaml")]) == 0
+    return root
+
+
+def _last(root: Path) -> Path:
+    found = sorted((root / "run").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    assert found, "fit wrote no last.ckpt"
+    return found[-1]
+
+
+def test_fit_then_test_writes_checkpoint_results_and_pictures(trained: Path):
+    ckpt = _last(trained)
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert raw["global_step"] == 2 and raw["arteq"]["body_model"] == "tiny"
+    assert "config" in raw and all(k.startswith("net.") for k in raw["state_dict"])
+    # the body model's buffers are not saved with the net
+    assert not any("v_template" in k for k in raw["state_dict"])
+    assert geo3d_main(["arteq", "test", "--config", str(trained / "tiny.yaml"),
+                       "--ckpt_path", str(ckpt)]) == 0
+    res = sorted((trained / "run").rglob("results_test.json"))[-1]
+    metrics = json.loads(res.read_text())["metrics"]
+    assert set(metrics) == {"in_dist", "ood", "rotated", "partial"}
+    assert metrics["ood"]["num_scans"] == 2 and metrics["in_dist"]["num_scans"] == 2
+    for m in metrics.values():
+        assert np.isfinite([m["v2v_cm"], m["mpjpe_cm"], m["part_acc"]]).all()
+        assert 0.0 <= m["part_acc"] <= 1.0 and m["v2v_cm"] > 0
+    pics = res.parent / "pictures_test"
+    for cond in metrics:
+        pngs = list(pics.glob(f"{cond}_*.png"))
+        assert len(pngs) == 1 and pngs[0].read_bytes()[:4] == b"\x89PNG"
+        stem = pngs[0].stem
+        cloud = trimesh.load(pics / f"{stem}_points.ply")
+        assert len(cloud.vertices) == 48
+        fit = trimesh.load(pics / f"{stem}_fit.ply", process=False)
+        gt = trimesh.load(pics / f"{stem}_gt.ply", process=False)
+        assert fit.faces.shape == gt.faces.shape and len(fit.vertices) == 768
+    assert list((trained / "run").rglob("events.out.tfevents.*")), "no TensorBoard log"
+
+
+def test_rotated_condition_is_the_in_dist_scans_rotated(trained: Path):
+    # same scans, a different frame: the metrics of a rotation-invariant quantity (the
+    # mean distance of the points to their centroid) agree, the points do not
+    from geo3d.apps.arteq.cli import run_lightning_cli
+
+    cli = run_lightning_cli(["--config", str(trained / "tiny.yaml"), "--trainer.logger",
+                             "false"], run=False)
+    a, b = cli.datamodule.dataset("in_dist"), cli.datamodule.dataset("rotated")
+    for i in range(len(a)):
+        pa, pb, R = a[i]["points"], b[i]["points"], b[i]["rot"]
+        torch.testing.assert_close(pb, pa @ R.T, atol=1e-5, rtol=0)
+        assert not torch.allclose(pa, pb, atol=1e-2)
+
+
+def test_resume_from_last(trained: Path, capsys):
+    first = _last(trained)
+    assert geo3d_main(["arteq", "fit", "--config", str(trained / "tiny.yaml"),
+                       "--ckpt_path", "last", "--trainer.max_epochs", "2"]) == 0
+    assert f"-> {first}" in capsys.readouterr().err
+    again = _last(trained)
+    assert again != first
+    raw = torch.load(again, map_location="cpu", weights_only=True)
+    assert raw["global_step"] == 4 and raw["epoch"] == 1  # continued, not restarted
+
+
+def test_load_model_round_trip(trained: Path, tmp_path):
+    ckpt = _last(trained)
+    net = load_model(ckpt)
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, raw["state_dict"][f"net.{k}"], rtol=0, atol=0)
+    x = torch.randn(2, 48, 3, generator=torch.Generator().manual_seed(0)) * 0.3
+    with torch.no_grad():
+        ref = net(x)
+        plain = save_model(net, tmp_path / "plain.pt", {"body_model": "tiny"})
+        out = load_model(plain)(x)
+    for k in ("part_logits", "part_rot", "betas", "body_pose"):
+        torch.testing.assert_close(out[k], ref[k], rtol=0, atol=0)
+    # the plain file keeps the contract's two keys (readable without load_model)
+    obj = torch.load(plain, map_location="cpu", weights_only=True)
+    assert {"config", "state_dict"} <= set(obj)
+
+
+def test_load_model_rejects_foreign_and_truncated_files(trained: Path, tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, foreign)
+    with pytest.raises(CheckpointError, match="config"):
+        load_model(foreign)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(_last(trained).read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_model(cut)
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        load_model(tmp_path / "missing.ckpt")
+    bad = tmp_path / "bad.pt"
+    net = load_model(_last(trained))
+    torch.save({"config": net.config, "state_dict": {"nope": torch.zeros(1)}}, bad)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_model(bad)
+
+
+def test_predict_writes_params_and_mesh(trained: Path, tmp_path):
+    from geo3d.apps.arteq.cli import run_lightning_cli
+
+    cli = run_lightning_cli(["--config", str(trained / "tiny.yaml"), "--trainer.logger",
+                             "false"], run=False)
+    item = cli.datamodule.dataset("ood")[0]
+    scan_mm = tmp_path / "scan.ply"
+    trimesh.PointCloud(item["points"].double().numpy() * 1000.0).export(scan_mm)
+    np.savez(tmp_path / "scan_m.npz", points=item["points"].numpy())
+    out = tmp_path / "out"
+    assert geo3d_main(["arteq", "predict", "--checkpoint", str(_last(trained)), "--points",
+                       str(scan_mm), str(tmp_path / "scan_m.npz"), "--scale", "0.001",
+                       "--out", str(out)]) == 0
+    z = np.load(out / "scan_smpl.npz")
+    assert z["global_orient"].shape == (3, 3) and z["body_pose"].shape == (23, 3, 3)
+    assert z["betas"].shape == (10,) and z["part_labels"].shape == (48,)
+    mesh = trimesh.load(out / "scan_smpl.ply", process=False)
+    np.testing.assert_allclose(mesh.vertices, z["vertices"], atol=1e-3)
+    # millimetre input: the translation comes back in millimetres, near the scan's centroid
+    centre = item["points"].double().numpy().mean(0) * 1000.0
+    assert np.linalg.norm(z["vertices"].mean(0) - centre) < 300.0
+    assert (out / "scan_m_smpl.npz").is_file()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["arteq", "fit", "--config", "no_such_config"], "--config"),
+    (["arteq", "frobnicate"], "frobnicate"),
+    (["arteq", "predict", "--checkpoint", "x.ckpt", "--out", "o"], "--points"),
+    (["arteq", "predict", "--checkpoint", "missing.ckpt", "--points", "p.ply", "--out", "o"],
+     "p.ply"),
+    (["arteq", "fit", "--config", "demo", "--model.backbone", "transformer"], "backbone"),
+    (["arteq", "fit", "--config", "demo", "--trainer.max_epochs", "many"], "max_epochs"),
+])
+def test_bad_command_lines_exit_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert geo3d_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("geo3d: error:"), err
+    assert needle in err
+
+
+def test_predict_rejects_bad_points_file(trained: Path, tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, points=np.zeros((5, 2)))
+    assert geo3d_main(["arteq", "predict", "--checkpoint", str(_last(trained)), "--points",
+                       str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "(N, 3)" in capsys.readouterr().err
+
+
+def test_packaged_configs_resolve():
+    from geo3d.apps.arteq.cli import config_path
+
+    for name in ("demo", "long", "amass_smpl"):
+        assert Path(config_path(name)).is_file(), name
