@@ -76,7 +76,10 @@ def part_nets(a: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
 
     cfg = config_path(a.config)
     res: dict[str, Any] = {}
-    for name in ("equivariant", "baseline"):
+    old = Path(a.out) / "bench_nets.json"
+    if old.is_file():  # keep the other model's run (--models trains a subset)
+        res = {k: v for k, v in json.loads(old.read_text()).items() if k not in a.models}
+    for name in a.models:
         r = train_and_test(name, cfg, Path(a.out), ["--data.root", str(Path(a.out) / "data"),
                                                     *extra])
         cli = r.pop("_cli")
@@ -176,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", choices=["nets", "opt", "merge"], required=True)
     p.add_argument("--out", default="runs/arteq_bench")
     p.add_argument("--config", default="demo")
+    p.add_argument("--models", nargs="+", default=["equivariant", "baseline"],
+                   choices=["equivariant", "baseline"], help="nets: which to (re)train")
     p.add_argument("--timing-scans", type=int, default=8)
     p.add_argument("--opt-scans", type=int, default=2)
     p.add_argument("--opt-starts", type=int, default=8)
