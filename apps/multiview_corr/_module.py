@@ -178,6 +178,9 @@ class MultiviewCorrModule(L.LightningModule):
             long side; ``None``: the image size rounded down to a multiple of the patch),
             see :func:`geo3d.apps.multiview_corr._model.network_input_size`.
         temperature: sigmoid temperature of the SmoothAP loss (reference 0.01).
+        loss_mode: ``"reference"`` (the reference code's per-positive-pair lists with a
+            self-match) or ``"anchor"`` (Smooth-AP per anchor), see
+            :func:`~geo3d.apps.multiview_corr._loss.smooth_ap_loss`.
         lr, weight_decay: AdamW (reference 1e-5, 1e-4).
         thresholds: PCDP thresholds of the validation metrics.
         val_max_points: foreground pixels per held-out view scored by the metrics.
@@ -205,6 +208,7 @@ class MultiviewCorrModule(L.LightningModule):
         long_side: int | None = None,
         downsample: int | None = None,
         temperature: float = 0.01,
+        loss_mode: str = "reference",
         lr: float = 1e-5,
         weight_decay: float = 1e-4,
         thresholds: list[float] | None = None,
@@ -215,6 +219,8 @@ class MultiviewCorrModule(L.LightningModule):
         self.save_hyperparameters()
         from geo3d.apps.multiview_corr._model import CorrFeatureModel
 
+        if loss_mode not in ("reference", "anchor"):
+            raise ValueError(f"loss_mode: expected 'reference' or 'anchor', got {loss_mode!r}")
         backbone = build_backbone(vit, vit_config, pretrain, seed)
         self.fingerprint = backbone_fingerprint(backbone)
         self.model = CorrFeatureModel(backbone, lora_rank=lora_rank, lora_blocks=lora_blocks,
@@ -248,7 +254,8 @@ class MultiviewCorrModule(L.LightningModule):
         fa = sample_features(feats[0], s["pixels_a"].to(self.device), tuple(va["rgb"].shape[-2:]))
         fb = sample_features(feats[1], s["pixels_b"].to(self.device), tuple(vb["rgb"].shape[-2:]))
         return smooth_ap_loss(fa, fb, s["pos_mask"].to(self.device), s["neg_mask"].to(self.device),
-                              temperature=float(self.hparams.temperature))
+                              temperature=float(self.hparams.temperature),
+                              mode=self.hparams.loss_mode)
 
     def on_train_epoch_start(self) -> None:
         loader = self.trainer.train_dataloader if self.trainer is not None else None

@@ -127,8 +127,33 @@ def test_eval_writes_every_key(run, capsys):
     (["multiview", "eval"], "--adapter"),
     (["multiview", "eval", "--adapter", "/no/such.ckpt"], "adapter"),
     (["multiview", "fit", "--vit"], "--vit"),
+    (["multiview", "fit", "--config", "demo", "--vit", "/no/such/dinov2.pth"], "vit"),
+    (["multiview", "fit", "--config", "demo", "--model.loss_mode", "bogus"], "loss_mode"),
 ])
 def test_bad_input_one_line_exit_2(argv, needle, capsys):
     assert geo3d_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("geo3d: error:") and "\n" not in err and needle in err
+
+
+def test_fit_from_a_dinov2_style_pth(run, tmp_path):
+    """``--vit FILE``: the same command on an official-layout state dict (geo3d.nn.load_vit);
+    the adapter records that backbone's fingerprint and reloads onto it."""
+    from geo3d.apps.multiview_corr._module import backbone_fingerprint
+
+    from geo3d.nn import VisionTransformer, load_vit
+
+    _, cfg, _ = run
+    vit = VisionTransformer(embed_dim=64, depth=2, num_heads=1, patch_size=4, img_size=32,
+                            generator=torch.Generator().manual_seed(3))
+    pth = tmp_path / "vit.pth"
+    torch.save(vit.state_dict(), pth)
+    root = tmp_path / "run_pth"
+    assert geo3d_main(["multiview", "fit", "--config", str(cfg), "--vit", str(pth),
+                       "--trainer.default_root_dir", str(root)]) == 0
+    ckpt_path = next(root.rglob("last.ckpt"))
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["vit"] == str(pth)
+    assert ckpt["multiview_corr"]["backbone_fingerprint"] == backbone_fingerprint(load_vit(pth))
+    m = load_adapter(ckpt_path)
+    assert m.model.embed_dim == 64
