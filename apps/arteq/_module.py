@@ -68,7 +68,8 @@ class ArtEqModule(L.LightningModule):
     """Trains :class:`~geo3d.apps.arteq._model.ArtEqNet` on body scans.
 
     Args:
-        backbone: ``"vn"`` (equivariant), ``"pointnet"`` or ``"dgcnn"`` (baselines).
+        backbone: ``"vn"`` or ``"vn_dgcnn"`` (equivariant), ``"pointnet"`` or ``"dgcnn"``
+            (baselines); see :class:`~geo3d.apps.arteq._model.ArtEqNet`.
         net: other :class:`ArtEqNet` keyword arguments (``k``, ``feat_dim``, ``hidden``,
             ``d_model``, ``num_layers``, ``num_heads``, ...).
         body_model: body model of the data (``"anny"``, ``"tiny"`` or a path; linked to
