@@ -98,7 +98,7 @@ def test_resize_view_geometry(dm):
     import numpy as np
     from PIL import Image
 
-    ref = np.stack([np.asarray(Image.fromarray(c.numpy(), mode="F").resize((16, 16), Image.BILINEAR))
+    ref = np.stack([np.asarray(Image.fromarray(c.numpy().astype("float32")).resize((16, 16), Image.BILINEAR))
                     for c in v["rgb"]])
     torch.testing.assert_close(r["rgb"], torch.from_numpy(ref).clamp(0, 1), atol=1e-4, rtol=0)
     assert resize_view(v, None) is v and resize_view(v, 32) is v
