@@ -1,0 +1,40 @@
+"""``geo3d arteq demo`` end to end on the tiny body (slow: trains two models)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from geo3d.cli import main as geo3d_main
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_cli import TINY_YAML  # noqa: E402
+
+
+@pytest.mark.slow
+def test_demo_trains_both_models_and_writes_the_table(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_YAML.format(root=tmp_path))
+    out = tmp_path / "demo"
+    assert geo3d_main(["arteq", "demo", "--out", str(out), "--config", str(cfg)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["runs"]) == {"equivariant", "baseline"}
+    for name, run in res["runs"].items():
+        assert set(run["metrics"]) == {"in_dist", "ood", "rotated", "partial"}, name
+        assert Path(run["checkpoint"]).is_file()
+        assert list(Path(run["pictures"]).glob("*.png"))
+    assert "equivariant" in res["table"] and "partial" in res["table"]
+
+
+def test_format_table_lists_every_model_and_condition():
+    from geo3d.apps.arteq._demo import format_table
+
+    t = format_table({"equivariant": {"in_dist": {"v2v_cm": 1.234, "mpjpe_cm": 2.0,
+                                                  "part_acc": 0.5}},
+                      "baseline": {"ood": {"v2v_cm": 3.0}}})
+    lines = t.splitlines()
+    assert lines[2].split() == ["equivariant", "in_dist", "1.23", "2.00", "50.00"]
+    assert lines[3].split() == ["baseline", "ood", "3.00", "-", "-"]
