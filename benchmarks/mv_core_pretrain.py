@@ -9,9 +9,17 @@ matches between two views at most 120° apart), for
 * ``pretrained``: :func:`geo3d.apps.multiview_corr._pretrain.pretrain_vit` with its
   defaults (cached; its sidecar JSON gives the measured pretraining time).
 
-Held-out data: ``--data`` (a ``geo3d data render`` folder, default the demo's
-``runs/multiview_demo/data``; its last ``--num-val`` objects in ``objects.txt`` order are the
-demo's held-out objects) — pretraining renders its own objects with another seed.
+Held-out data: ``--data`` folders in the ``geo3d data render`` layout (the last
+``--num-val`` objects of each in ``objects.txt`` order). Default: ``runs/mv_core_eval/a``
+and ``.../b``, rendered on first use at 224² (fx = fy = 245, 42 icosphere views) with seed 7:
+Bottle, Bowl, Mug (the categories pretraining saw, other instances) and Vase, Chair, Hammer
+(categories it did not see). Pretraining renders its own objects with seed 1000.
+
+The recorded results were produced by
+``nice -n 5 .venv/bin/python benchmarks/mv_core_pretrain.py --pairs 4 --max-points 300
+--extra pretrained_rgb1=<pretrain_vit(rgb_weight=1.0) file>
+pretrained_rgb5_lr3e-4=<pretrain_vit(rgb_weight=5.0, lr=3e-4) file>`` (the data then lived
+in /tmp with the same recipe).
 
 Run: ``nice -n 5 .venv/bin/python benchmarks/mv_core_pretrain.py`` (1 thread; the machine
 is shared with other jobs: timings are indicative). Writes
@@ -33,7 +41,7 @@ from geo3d._atomic import atomic_write_text
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", nargs="+", default=["runs/multiview_demo/data"])
+    ap.add_argument("--data", nargs="+", default=["runs/mv_core_eval/a", "runs/mv_core_eval/b"])
     ap.add_argument("--num-val", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=6, help="view pairs per object")
     ap.add_argument("--max-points", type=int, default=300)
@@ -53,6 +61,21 @@ def main() -> None:
     from geo3d.eval import dense_correspondence_metrics
     from geo3d.nn import VisionTransformer, imagenet_normalize, load_vit
 
+    recipe = {
+        "runs/mv_core_eval/a": None,
+        "runs/mv_core_eval/b": ["Vase", "Chair", "Hammer"],
+    }
+    for d in args.data:
+        if d in recipe and not Path(d).is_dir():
+            from geo3d.datasets.multiview_render import RenderSettings, render_dataset
+
+            render_dataset(
+                d,
+                num_synthetic=3,
+                categories=recipe[d],
+                settings=RenderSettings(size=224, focal=245.0),
+                seed=7,
+            )
     g = torch.Generator().manual_seed(0)
     pairs, used = [], []
     for root in map(Path, args.data):
