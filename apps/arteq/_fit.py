@@ -350,6 +350,7 @@ def decode(
     scale: float = 1.0,
     *,
     icp_steps: int = 5,
+    icp_points: int = 1024,
 ) -> FitResult:
     """Turn :class:`ArtEqNet` output into a posed body with translation, in input units.
 
@@ -367,6 +368,8 @@ def decode(
             saw, before scaling).
         scale: metres per input unit (> 0).
         icp_steps: translation-only ICP updates after the centroid match (0: centroid only).
+        icp_points: the ICP uses at most about this many points (a fixed stride over the
+            input order, so the estimate stays rotation/translation-equivariant).
 
     Returns:
         :class:`FitResult` (``part_labels = part_logits.argmax(-1)`` when given, ``loss``
@@ -401,6 +404,8 @@ def decode(
                          f"{_model_num_joints(body_model)}")
     if not isinstance(icp_steps, int) or isinstance(icp_steps, bool) or icp_steps < 0:
         raise ValueError(f"icp_steps: expected a non-negative int, got {icp_steps!r}")
+    if not isinstance(icp_points, int) or isinstance(icp_points, bool) or icp_points < 1:
+        raise ValueError(f"icp_points: expected a positive int, got {icp_points!r}")
     B, N = pts.shape[:2]
     for key in ("global_orient", "body_pose", "betas"):
         if key not in net_out:
@@ -424,8 +429,10 @@ def decode(
     out0 = _pose(body_model, go, bp, betas)
     faces = _faces(body_model)
     t = pts_m.mean(1) - _area_centroid(out0.vertices, faces)
-    for _ in range(icp_steps):
-        t = t + _icp_translation_step(pts_m, out0.vertices + t[:, None], faces)
+    if icp_steps:
+        sub = pts_m[:, :: max(1, math.ceil(N / icp_points))]
+        for _ in range(icp_steps):
+            t = t + _icp_translation_step(sub, out0.vertices + t[:, None], faces)
     return FitResult(
         betas=betas,
         global_orient=go,
@@ -599,8 +606,7 @@ def optimize_params(
         opt.step()
     with torch.no_grad():
         R_go, R_bp = sixd_to_matrix(x_go), sixd_to_matrix(x_bp)
-    assert loss is not None
-    return R_go.detach(), R_bp.detach(), x_b.detach(), x_t.detach(), loss
+    return R_go.detach(), R_bp.detach(), x_b.detach(), x_t.detach(), loss  # type: ignore[return-value]
 
 
 def refine_fit(
@@ -631,14 +637,19 @@ def refine_fit(
         A new :class:`FitResult` (``part_labels`` kept, ``loss`` = final objective).
 
     Raises:
-        ValueError: bad ``points`` or ``scale``.
+        ValueError: bad ``points``, ``scale`` or ``steps``; ``fit`` with another batch size.
 
     Reference: SMPLify (Bogo et al., ECCV 2016, arXiv:1607.08128) for the data + prior
     objective.
     """
     scale = _check_scale(scale)
     pts = _as_points(points)
-    assert isinstance(pts, Tensor)
+    if not isinstance(pts, Tensor):
+        raise ValueError("points: expected a tensor of shape (B, N, 3), got a list")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"steps: expected a non-negative int, got {steps!r}")
+    if len(fit) != pts.shape[0]:
+        raise ValueError(f"fit: expected {pts.shape[0]} bodies (one per scan), got {len(fit)}")
     dt, dev = body_model.v_template.dtype, body_model.v_template.device
     pts_m = pts.to(dev, dt) * scale
     go, bp, b, t, loss = optimize_params(
