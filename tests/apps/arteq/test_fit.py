@@ -262,6 +262,13 @@ class TestDecode:
             decode(dict(net, part_logits=torch.zeros(1, 99, 22)), body, pts)
         with pytest.raises(ValueError, match="icp_steps"):
             decode(net, body, pts, icp_steps=-1)
+        with pytest.raises(ValueError, match="icp_points"):
+            decode(net, body, pts, icp_points=0)
+        fit = decode(net, body, pts, icp_steps=0)
+        with pytest.raises(ValueError, match="steps"):
+            refine_fit(fit, pts, body, steps=-2)
+        with pytest.raises(ValueError, match="fit"):
+            refine_fit(fit, torch.cat([pts, pts]), body)
 
 
 # ------------------------------------------------------------------------------------ refine
