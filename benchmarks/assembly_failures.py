@@ -12,6 +12,8 @@ chamfer >= 0.01) gets the first cause that applies:
   contacts (< 50% of inlier pairs within ``corr_radius`` in the assembled object).
 * ``parent_wrong``: placed through a good edge from a piece that is itself wrong.
 * ``pose_off``: placed through mostly true matches, but the pose is still off.
+* ``pipeline_error``: the pipeline raised on this object (network poses used, as in the
+  LightningModule's evaluation).
 
 Fracture segmentation quality (precision/recall of ``frac_score > 0`` against the
 generator's labels) is reported too. Output: ``<out>.json`` and up to ``--pictures``
@@ -62,7 +64,7 @@ def main() -> None:
                 inspect.signature(assemble_from_outputs).parameters.items()
                 if v.kind == inspect.Parameter.KEYWORD_ONLY}
     causes: dict[str, list] = {"fallback": [], "false_matches": [], "parent_wrong": [],
-                               "pose_off": []}
+                               "pose_off": [], "pipeline_error": []}
     tp = fp = fn = 0
     records = []
     n_parts = n_ok = 0
@@ -83,8 +85,13 @@ def main() -> None:
         for b in range(pts.shape[0]):
             sl = slice(b, b + 1)
             o = {k: v[sl] for k, v in out.items()}
-            T = assemble_from_outputs(pts[sl], valid[sl], o, method="matching",
-                                      generator=torch.Generator().manual_seed(0))[0]
+            try:
+                T = assemble_from_outputs(pts[sl], valid[sl], o, method="matching",
+                                          generator=torch.Generator().manual_seed(0))[0]
+                crashed = False
+            except RuntimeError:  # as the LightningModule: network poses, counted
+                T = assemble_from_outputs(pts[sl], valid[sl], o, method="network")[0]
+                crashed = True
             vb = valid[b]
             pw = pairwise_poses(pts[b], o["desc"][0], torch.sigmoid(o["frac_score"][0]), vb,
                                 method=defaults["match_method"],
@@ -110,7 +117,9 @@ def main() -> None:
                 if not bool(vb[j]) or bool(ok[j]):
                     continue
                 par = int(parent[j])
-                if par == -2:
+                if crashed:
+                    cause = "pipeline_error"
+                elif par == -2:
                     cause = "fallback"
                 else:
                     i0, j0 = min(par, j), max(par, j)
