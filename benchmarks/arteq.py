@@ -3,7 +3,8 @@
 Held-out synthetic subjects and motions of the Anny-derived SMPL-layout body (the data
 module of ``geo3d arteq``, config ``demo``: 512 points per scan, 1 mm noise). Models:
 
-* ``equivariant`` — ArtEqNet with the VN backbone, trained with ``geo3d arteq fit --config demo``;
+* ``equivariant`` — ArtEqNet with an equivariant backbone (``vn_dgcnn``, the demo config's),
+  trained with ``geo3d arteq fit --config demo``;
 * ``baseline`` — the same heads on a DGCNN encoder (``--model.backbone dgcnn``), same data,
   same Haar-uniform rotation augmentation;
 * ``optimization`` — :func:`geo3d.apps.arteq._optim.optimize_smpl` (multi-start fitting,
@@ -147,7 +148,9 @@ def merge(a: argparse.Namespace, argv: list[str]) -> Path:
     opt = json.loads((out / "bench_opt.json").read_text())
     table: dict[str, Any] = {}
     runs: dict[str, Any] = {}
-    for name, r in {**nets, **opt}.items():
+    both = {**nets, **opt}
+    for name in [m for m in ("equivariant", "baseline", "optimization") if m in both]:
+        r = both[name]
         runs[name] = r.pop("_run", {})
         conds = {c: r[c] for c in CONDITIONS if c in r}
         table[name] = {**conds, "sec_per_scan_cpu": r["sec_per_scan_cpu"], "params": r["params"]}

@@ -3,8 +3,8 @@ non-equivariant baseline -> evaluate both per condition -> table, pictures, resu
 
 Steps: generate scans of the Anny-derived SMPL-layout body (held-out subjects and motions
 for testing; the demo config uses 512 points per scan instead of ArtEq's 5000), train the
-VN (equivariant) model and the DGCNN baseline with the same heads and the same Haar-uniform
-rotation augmentation, test both in distribution, out of distribution (poses at the joint
+equivariant model (VN-DGCNN backbone) and the DGCNN baseline with the same heads and the
+same Haar-uniform rotation augmentation, test both in distribution, out of distribution (poses at the joint
 limits), under random global rotations and on partial single-view scans, print V2V /
 MPJPE (cm) / part accuracy, write pictures (PNG + PLY), checkpoints, TensorBoard logs and
 ``results.json`` under ``--out``.
@@ -26,7 +26,7 @@ from geo3d._atomic import atomic_write_text
 __all__ = ["demo_main", "format_table", "train_and_test", "MODELS"]
 
 #: model name -> extra command-line arguments over the config
-MODELS = {"equivariant": ["--model.backbone", "vn"],
+MODELS = {"equivariant": ["--model.backbone", "vn_dgcnn"],
           "baseline": ["--model.backbone", "dgcnn"]}
 _COLS = (("v2v_cm", "V2V cm", 1.0), ("mpjpe_cm", "MPJPE cm", 1.0), ("part_acc", "part acc %", 100.0))
 
@@ -77,7 +77,7 @@ def demo_main(argv: list[str]) -> int:
     p.add_argument("--config", default="demo", help="packaged config name or YAML (demo)")
     p.add_argument("--max-epochs", type=int, default=None, help="override trainer.max_epochs")
     p.add_argument("--models", default="equivariant,baseline",
-                   help="comma list: equivariant (VN) and/or baseline (DGCNN)")
+                   help="comma list: equivariant (VN-DGCNN) and/or baseline (DGCNN)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     a, extra = p.parse_known_args(argv)
     torch.set_num_threads(max(1, a.threads))

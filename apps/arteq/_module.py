@@ -128,6 +128,7 @@ class ArtEqModule(L.LightningModule):
         """The smplx body model (float32, on this module's device), loaded once."""
         if not self._body_cache:
             from geo3d.apps.arteq._data import load_body
+
             from geo3d.body import arteq_part_labels
 
             h = self.hparams
