@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from geo3d._atomic import atomic_write_bytes
+from geo3d._atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "ArtEqDataModule",
@@ -432,7 +432,7 @@ class ArtEqDataModule(L.LightningDataModule):
             torch.save(data, buf)
             atomic_write_bytes(d / f"{split}.pt", buf.getvalue())
         meta = {k: v for k, v in dict(self.hparams).items()}
-        (d / "config.json").write_text(json.dumps(meta, indent=2, default=str))
+        atomic_write_text(d / "config.json", json.dumps(meta, indent=2, default=str))
 
     def _generate(self, splits: list[str]) -> dict[str, dict[str, Tensor]]:
         h = self.hparams
