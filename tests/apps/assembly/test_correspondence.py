@@ -352,6 +352,7 @@ def test_assemble_defaults_to_matching_and_network_still_works(tmp_path, monkeyp
 
     import geo3d.apps.assembly._pipeline as pipeline
     from geo3d.apps.assembly import assemble, load_model
+
     from geo3d.cli import main as geo3d_main
 
     calls = []
