@@ -1,8 +1,10 @@
 """Multiview-equivariance finetuning: before vs after on held-out synthetic objects.
 
 One command renders procedurally textured objects (224², 42 views each), finetunes LoRA +
-conv on the default ViT-S/14 (pretrained on synthetic renders; no DINOv2 checkpoint can be
-downloaded here) with the packaged ``demo`` config, and scores the backbone alone
+conv on the default ViT-S/14 of the packaged ``demo`` config (RANDOM initialisation, seeded:
+no DINOv2 checkpoint can be downloaded here, and the render-pretrained ViT measured worse
+for matching, benchmarks/results/mv_core_pretrain.json; ``--vit pretrained`` or a DINOv2
+path selects another start), and scores the backbone alone
 ("before") and the finetuned model ("after") on the same held-out objects:
 
 * APE / PCDP (image and object-box normalisations) and keypoint PCK
@@ -15,7 +17,8 @@ downloaded here) with the packaged ``demo`` config, and scores the backbone alon
 
 Usage::
 
-    nice -n 5 python benchmarks/multiview_corr.py                      # ~30 min, loaded CPU
+    nice -n 5 python benchmarks/multiview_corr.py                      # ~15-30 min, loaded CPU
+    python benchmarks/multiview_corr.py --vit pretrained --out benchmarks/results/multiview_corr_pretrained_start.json
     python benchmarks/multiview_corr.py --objects 6 --steps 20 --pairs 1   # smoke run
 
 Writes ``benchmarks/results/multiview_corr.json`` and ``multiview_corr.png``.
@@ -61,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-points", type=int, default=1000)
     p.add_argument("--pose-queries", type=int, default=4, help="pose queries per object [4]")
     p.add_argument("--track-frames", type=int, default=12, help="tracking video frames [12]")
+    p.add_argument("--vit", default=None,
+                   help="starting weights: the demo config's (random) unless given: "
+                        "'random', 'pretrained' or a DINOv2 .pth / HF folder")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="runs/bench_multiview_corr", help="scratch folder")
     p.add_argument("--keep-data", action="store_true", help="reuse rendered objects in --work")
@@ -70,11 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     from geo3d.apps.multiview_corr._demo import run_demo
     from geo3d.apps.multiview_corr._module import default_vit_path
 
+    vit = a.vit or "random"  # the demo config's default
     t_pre = time.perf_counter()
-    vit_path = default_vit_path()  # the default backbone (pretrained once, then cached)
+    vit_path, pretrain_info = None, None
+    if vit == "pretrained":  # pretrained once, then cached
+        vit_path = default_vit_path()
+        side = Path(str(vit_path) + ".json")
+        pretrain_info = json.loads(side.read_text()) if side.is_file() else None
     pretrain_s = time.perf_counter() - t_pre
-    side = Path(str(vit_path) + ".json")
-    pretrain_info = json.loads(side.read_text()) if side.is_file() else None
+    backbone = {
+        "random": "ViT-S/14 with seeded random initialisation (demo config default), not DINOv2",
+        "pretrained": "ViT-S/14 pretrained on synthetic renders (geo3d.apps.multiview_corr."
+                      "_pretrain.pretrain_vit defaults), not DINOv2",
+    }.get(vit, f"ViT from {vit}")
 
     work = Path(a.work)
     if work.exists():
@@ -90,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     extra = ["--data.render.num_synthetic", str(a.objects),
              "--data.num_val_objects", str(a.val_objects)]
-    demo = run_demo(work, config="demo", steps=a.steps, pairs=a.pairs, max_points=a.max_points,
+    demo = run_demo(work, config="demo", vit=a.vit, steps=a.steps, pairs=a.pairs, max_points=a.max_points,
                     pose_queries=a.pose_queries, track_frames=a.track_frames, extra=extra)
     ev = json.loads(Path(demo["eval_json"]).read_text())
     png = Path(a.out).with_suffix(".png")
@@ -103,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_end": os.getloadavg(),
         "command": "python benchmarks/multiview_corr.py " + " ".join(argv or sys.argv[1:]),
         "fit_command": demo["command"],
-        "backbone": "ViT-S/14 pretrained on synthetic renders (geo3d.apps.multiview_corr."
-                    "_pretrain.pretrain_vit defaults), not DINOv2",
-        "backbone_file": str(vit_path),
+        "backbone": backbone,
+        "backbone_file": None if vit_path is None else str(vit_path),
         "backbone_seconds_to_resolve": pretrain_s,
         "backbone_pretrain_record": pretrain_info,
         "objects": a.objects,

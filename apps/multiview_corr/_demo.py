@@ -2,8 +2,8 @@
 
 Steps (a few CPU minutes with the packaged ``demo`` config): render procedurally textured
 objects at 224² (42 views each) under ``--out``/data when missing, finetune LoRA + conv
-on the default ViT-S/14 (pretrained on synthetic renders; ``--vit PATH`` for a DINOv2
-checkpoint) with ``geo3d multiview fit --config demo``, then score the backbone alone
+on the demo config's ViT-S/14 (seeded random initialisation; ``--vit PATH`` for a DINOv2
+checkpoint, ``--vit pretrained`` for the ViT pretrained on synthetic renders) with ``geo3d multiview fit --config demo``, then score the backbone alone
 ("before") and the finetuned model ("after") on the same pairs of held-out objects
 (``geo3d multiview eval``): APE, PCDP, PCK; write ``multiview_eval.json`` and the
 colour-coded correspondence picture ``correspondences.png`` under ``--out``.
@@ -100,7 +100,7 @@ def demo_main(argv: list[str]) -> int:
     p.add_argument(
         "--vit",
         default=None,
-        help="DINOv2 .pth or HF folder (default: the ViT-S/14 pretrained on synthetic renders)",
+        help="DINOv2 .pth or HF folder, 'pretrained' or 'random' (default: the config's; demo: random)",
     )
     p.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
     p.add_argument("--pairs", type=int, default=4, help="evaluation pairs per held-out object")

@@ -55,14 +55,16 @@ def default_vit_path(**pretrain: Any) -> Path:
     return Path(pretrain_vit(**pretrain))
 
 
-def build_backbone(vit: str = "pretrained", vit_config: dict[str, Any] | None = None,
+def build_backbone(vit: str = "random", vit_config: dict[str, Any] | None = None,
                    pretrain: dict[str, Any] | None = None,
                    seed: int = 0) -> nn.Module:
     """The frozen ViT to finetune.
 
     Args:
-        vit: ``"pretrained"`` (:func:`default_vit_path`), ``"random"`` (random
-            initialisation of ``vit_config``, seeded), or a path to an official DINOv2
+        vit: ``"random"`` (default: random initialisation of ``vit_config``, seeded),
+            ``"pretrained"`` (:func:`default_vit_path`; measured worse than random
+            initialisation for matching, benchmarks/results/mv_core_pretrain.json), or a
+            path to an official DINOv2
             ``.pth`` or a Hugging Face folder (:func:`geo3d.nn.load_vit`).
         vit_config: :class:`geo3d.nn.VisionTransformer` arguments for ``"random"``
             (default: ViT-S/14 at 224²).
@@ -166,8 +168,8 @@ class MultiviewCorrModule(L.LightningModule):
     """Finetunes :class:`~geo3d.apps.multiview_corr._model.CorrFeatureModel` on view pairs.
 
     Args:
-        vit: starting weights, see :func:`build_backbone` (``"pretrained"``, ``"random"``
-            or a DINOv2 ``.pth`` / Hugging Face folder path).
+        vit: starting weights, see :func:`build_backbone` (``"random"``, the default,
+            ``"pretrained"`` or a DINOv2 ``.pth`` / Hugging Face folder path).
         vit_config: ViT architecture for ``vit="random"``.
         pretrain: arguments for the default pretrained ViT (:func:`default_vit_path`).
         lora_rank, lora_blocks, conv: adapter (reference: rank 4 on q and v of the last
@@ -198,7 +200,7 @@ class MultiviewCorrModule(L.LightningModule):
 
     def __init__(
         self,
-        vit: str = "pretrained",
+        vit: str = "random",
         vit_config: dict[str, Any] | None = None,
         pretrain: dict[str, Any] | None = None,
         lora_rank: int = 4,

@@ -11,8 +11,9 @@ Usage::
 
 ``--config NAME`` also accepts a packaged config (``demo``, ``reference``). ``--vit PATH``
 (an official DINOv2 ``.pth`` or a Hugging Face folder on disk) is short for
-``--model.vit PATH``; without it the run starts from the ViT-S/14 pretrained on synthetic
-renders (cached after its first build). Devices, strategy (DDP) and nodes are Trainer
+``--model.vit PATH``; without it the ``demo`` run starts from a seeded RANDOM ViT-S/14
+(``--vit pretrained``: the ViT-S/14 pretrained on synthetic renders, cached after its first
+build; it measured worse than random initialisation for matching). Devices, strategy (DDP) and nodes are Trainer
 settings in the YAML (``trainer.devices``, ``trainer.strategy``, ``trainer.num_nodes``).
 """
 
