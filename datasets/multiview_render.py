@@ -252,6 +252,19 @@ def _normalise(rm: Any) -> tuple[Any, np.ndarray, float]:
     return out, centre, scale
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux reports it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def render_object(
     mesh: Any,
     out_dir: str | os.PathLike,
@@ -298,6 +311,7 @@ def render_object(
     empty: list[int] = []
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the object folder is not private
         for s0 in range(0, len(poses), chunk):
             out = renderer.render(Kt, Tt[s0 : s0 + chunk], (S, S), dtype=torch.float64)
             for j in range(len(out["mask"])):
