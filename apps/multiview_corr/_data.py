@@ -166,20 +166,21 @@ class ViewPairDataset(Dataset):
         return len(self.objects) * self.pairs_per_object
 
     def valid_pairs(self, name: str) -> np.ndarray:
-        """``(P, 2)`` view index pairs of object ``name`` allowed by ``pair_angle_ok``."""
+        """``(P, 2)`` view index pairs of object ``name`` allowed by ``pair_angle_ok``
+        (one batched :func:`~geo3d.apps.multiview_corr._sampling.valid_view_pairs` call;
+        views listed as empty in ``meta.json`` are left out)."""
         if name not in self._pairs:
             import json
 
-            from geo3d.apps.multiview_corr._sampling import pair_angle_ok
+            from geo3d.apps.multiview_corr._sampling import valid_view_pairs
 
             poses, _ = self._reader.object_cameras(name)
             meta = self.root / name / "meta.json"
             empty = set(json.loads(meta.read_text()).get("empty_views", [])) if meta.is_file() else set()
             T = torch.from_numpy(np.asarray(poses, dtype=np.float64))
-            pairs = [(i, j) for i in range(len(T)) for j in range(len(T))
-                     if i != j and i not in empty and j not in empty
-                     and pair_angle_ok(T[i], T[j], self.max_angle)]
-            self._pairs[name] = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+            exclude = sorted(e for e in empty if 0 <= int(e) < len(T))
+            pairs = valid_view_pairs(T, self.max_angle, exclude=exclude)
+            self._pairs[name] = pairs.numpy().astype(np.int64).reshape(-1, 2)
         return self._pairs[name]
 
     def __getitem__(self, k: int) -> dict[str, Any]:

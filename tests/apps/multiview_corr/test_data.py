@@ -115,3 +115,32 @@ def test_bad_input(tmp_path, dm):
         MultiviewCorrDataModule(str(tmp_path / "empty")).prepare_data()
     with pytest.raises(ValueError, match="pairs_per_object"):
         ViewPairDataset(dm.hparams.root, dm.object_split()[0], pairs_per_object=0)
+
+
+@pytest.mark.parametrize("max_angle", [70.0, 120.0])
+def test_valid_pairs_equal_brute_force_and_skip_empty_views(dm, tmp_path, max_angle):
+    """valid_pairs (one batched check) == the V x V loop over geo3d.render's relative
+    rotation angle, with the views that meta.json lists as empty left out."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    train, _ = dm.object_split()
+    name = train[0]
+    src = dm.dataset("train").root / name
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "meta.json").read_text())
+    meta["empty_views"] = [0, 5, 99]  # 99: out of range, ignored as before
+    (dst / "meta.json").write_text(json.dumps(meta))
+    ds = ViewPairDataset(tmp_path, [name], pairs_per_object=1, max_angle=max_angle)
+    T = torch.from_numpy(np.load(dst / "poses.npy")).double()
+    want = [[i, j] for i in range(len(T)) for j in range(len(T))
+            if i != j and i not in (0, 5)
+            and j not in (0, 5)
+            and float(relative_rotation_angle(T[i], T[j])) <= max_angle + 1e-6]
+    got = ds.valid_pairs(name)
+    assert got.dtype == np.int64 and got.shape == (len(want), 2)
+    assert got.tolist() == want
+    assert 0 < len(want) < len(T) * (len(T) - 1)  # the angle limit does reject pairs
