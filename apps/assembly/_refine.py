@@ -442,6 +442,8 @@ def refine_poses(
 
     terms, energy, o, assoc = evaluate(G, None)
     lam = float(damping)
+    # smallest damping: below the dtype's resolution it no longer regularises H
+    lam_min = max(1e-12, float(torch.finfo(dt).eps))
     for _ in range(steps):
         H = torch.zeros(P, P, 6, 6, dtype=dt, device=dev)
         g = torch.zeros(P, 6, dtype=dt, device=dev)
@@ -459,13 +461,21 @@ def refine_poses(
         idx = torch.tensor(free, device=dev)
         Hf = H[idx][:, idx].permute(0, 2, 1, 3).reshape(6 * nf, 6 * nf)
         gf = g[idx].reshape(6 * nf)
-        if not bool(Hf.abs().sum() > 0):
-            break
+        if not bool(Hf.abs().sum() > 0) or not bool(torch.isfinite(Hf).all()) or \
+                not bool(torch.isfinite(gf).all()):
+            break  # nothing to minimise, or a non-finite system: poses stay as they are
         scale = float(torch.diagonal(Hf).sum()) / (6 * nf)
         accepted = False
         for _try in range(6):
             A = Hf + (lam * scale) * torch.eye(6 * nf, dtype=dt, device=dev)
-            xi = -torch.linalg.solve(A, gf).reshape(nf, 6)
+            # a damping below the dtype's rounding leaves a rank-deficient H (one
+            # matched point, collinear matches) exactly singular: solve_ex reports it
+            # instead of raising, and the step counts as rejected (more damping)
+            sol, info = torch.linalg.solve_ex(A, gf)
+            if int(info) != 0 or not bool(torch.isfinite(sol).all()):
+                lam *= 10.0
+                continue
+            xi = -sol.reshape(nf, 6)
             # left increment about the centroid o: G <- Tr(o) exp(xi) Tr(-o) G
             E = se3_exp(xi)
             Rn = E[:, :3, :3]
@@ -477,7 +487,7 @@ def refine_poses(
             if bool(energy_n <= energy):
                 G = Gn
                 terms, energy, o, assoc = evaluate(G, None)
-                lam = max(lam / 10.0, 1e-12)
+                lam = max(lam / 10.0, lam_min)
                 accepted = True
                 break
             lam *= 10.0
