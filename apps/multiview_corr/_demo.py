@@ -33,9 +33,13 @@ def run_demo(
 ) -> dict[str, Any]:
     """Fit with ``config`` into ``out`` and evaluate before/after; returns
     ``{"fit_seconds", "steps_per_s", "checkpoint", "eval_json", "picture", "command"}``."""
-    from geo3d.apps.multiview_corr._evaluate import eval_adapter_main
+    from geo3d.apps.multiview_corr._evaluate import check_eval_args, eval_adapter_main
     from geo3d.apps.multiview_corr.cli import run_lightning_cli
 
+    # the evaluation's settings (and OpenCV) are checked before minutes of training
+    check_eval_args(pairs, max_points, pose_queries, track_frames)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps: expected an int >= 1, got {steps!r}")
     out = Path(out)
     args = [
         "fit",
@@ -87,7 +91,8 @@ def run_demo(
 
 
 def demo_main(argv: list[str]) -> int:
-    """``geo3d multiview demo [--out DIR] [--vit PATH] [--steps N] [--pairs N]``."""
+    """``geo3d multiview demo [--out DIR] [--vit PATH] [--steps N] [--pairs N]
+    [--pose-queries N] [--track-frames N]``."""
     from geo3d.apps.multiview_corr.cli import UsageError
 
     class _Parser(argparse.ArgumentParser):
@@ -105,11 +110,16 @@ def demo_main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
     p.add_argument("--pairs", type=int, default=4, help="evaluation pairs per held-out object")
     p.add_argument("--max-points", type=int, default=1000)
+    p.add_argument("--pose-queries", type=int, default=4,
+                   help="pose-estimation queries per held-out object (0: skip; needs OpenCV) [4]")
+    p.add_argument("--track-frames", type=int, default=12,
+                   help="frames of the tracking video per held-out object (0: skip) [12]")
     a = p.parse_args(argv)
     if a.steps is not None and a.steps < 1:
         raise UsageError(f"--steps: expected an int >= 1, got {a.steps}")
     res = run_demo(
-        a.out, config=a.config, vit=a.vit, steps=a.steps, pairs=a.pairs, max_points=a.max_points
+        a.out, config=a.config, vit=a.vit, steps=a.steps, pairs=a.pairs, max_points=a.max_points,
+        pose_queries=a.pose_queries, track_frames=a.track_frames,
     )
     print(
         f"fit: {res['train_steps']} steps in {res['fit_seconds']:.0f} s "

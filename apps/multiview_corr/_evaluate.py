@@ -41,7 +41,8 @@ import torch
 
 from geo3d._atomic import atomic_write_text
 
-__all__ = ["evaluate_extractors", "eval_adapter_main", "format_table", "TABLE_KEYS"]
+__all__ = ["evaluate_extractors", "eval_adapter_main", "check_eval_args", "format_table",
+           "TABLE_KEYS"]
 
 #: rows of the before/after table: (key, label, scale)
 TABLE_KEYS = [
@@ -303,6 +304,29 @@ def format_table(results: dict[str, dict[str, float]], keys: list[tuple[str, str
     return "\n".join(lines)
 
 
+def check_eval_args(pairs: int, max_points: int, pose_queries: int, track_frames: int) -> None:
+    """Validate the evaluation settings before any work (the demo checks them before it
+    trains): counts in range, and OpenCV present when pose estimation is asked for.
+
+    Raises:
+        ValueError: a count out of range, or ``pose_queries > 0`` without OpenCV (the
+            message names the ``corr`` extra and ``--pose-queries 0``).
+    """
+    for name, v, lo in (("--pairs", pairs, 1), ("--max-points", max_points, 1),
+                        ("--pose-queries", pose_queries, 0),
+                        ("--track-frames", track_frames, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+    if pose_queries > 0:
+        try:
+            import cv2  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "--pose-queries: pose estimation needs OpenCV, which is not installed: "
+                "pip install 'geo3d[corr]' (or opencv-python-headless), or pass "
+                "--pose-queries 0 to skip it") from None
+
+
 def eval_adapter_main(a: Any) -> int:
     """``geo3d multiview eval`` (arguments from :mod:`geo3d.apps.multiview_corr.cli`)."""
     from geo3d.apps.multiview_corr._data import ViewPairDataset, split_objects
@@ -315,11 +339,7 @@ def eval_adapter_main(a: Any) -> int:
     )
     from geo3d.datasets.multiview import find_objects
 
-    for name, v, lo in (("--pairs", a.pairs, 1), ("--max-points", a.max_points, 1),
-                        ("--pose-queries", a.pose_queries, 0),
-                        ("--track-frames", a.track_frames, 0)):
-        if v < lo:
-            raise ValueError(f"{name}: expected an int >= {lo}, got {v}")
+    check_eval_args(a.pairs, a.max_points, a.pose_queries, a.track_frames)
     t0 = time.perf_counter()
     ckpt = read_checkpoint(a.adapter)
     after = load_adapter(a.adapter, vit=a.vit)

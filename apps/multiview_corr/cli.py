@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["add_parser", "main", "config_path", "run_lightning_cli", "resolve_last_checkpoint",
-           "UsageError"]
+           "UsageError", "step_progress_bar"]
 
 _LIGHTNING = ("fit", "validate", "test")
 _COMMANDS = (*_LIGHTNING, "eval", "demo")
@@ -85,9 +85,30 @@ def _rewrite_args(args: list[str]) -> list[str]:
     return out
 
 
+def step_progress_bar() -> Any:
+    """Lightning's default progress bar (Rich when installed, else tqdm) whose training
+    description reads ``Epoch k`` when the run is limited by steps (``max_epochs`` -1 or
+    None) instead of Rich's ``Epoch k/-2``."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    if not _RICH_AVAILABLE:
+        return TQDMProgressBar()  # its description has no epoch total
+
+    class StepProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            max_epochs = self.trainer.max_epochs
+            if max_epochs is not None and max_epochs >= 0:
+                return super()._get_train_description(current_epoch)
+            desc = f"Epoch {current_epoch}"
+            return f"{desc:{max(len(desc), len(self.validation_description))}}"
+
+    return StepProgressBar()
+
+
 def _make_cli_class() -> Any:
     from geo3d.apps.multiview_corr._module import AtomicCheckpointIO
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.plugins.io import CheckpointIO
 
@@ -116,6 +137,11 @@ def _make_cli_class() -> Any:
             if not any(isinstance(p, CheckpointIO) for p in plugins):
                 plugins.append(AtomicCheckpointIO())
             config["plugins"] = plugins
+            given = config.get("callbacks") or []
+            given = list(given) if isinstance(given, (list, tuple)) else [given]
+            if config.get("enable_progress_bar", True) is not False and not any(
+                    isinstance(c, ProgressBar) for c in [*callbacks, *given]):
+                callbacks = [*callbacks, step_progress_bar()]
             return super()._instantiate_trainer(config, callbacks)
 
     return MultiviewCLI

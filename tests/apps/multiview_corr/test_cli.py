@@ -157,3 +157,30 @@ def test_fit_from_a_dinov2_style_pth(run, tmp_path):
     assert ckpt["multiview_corr"]["backbone_fingerprint"] == backbone_fingerprint(load_vit(pth))
     m = load_adapter(ckpt_path)
     assert m.model.embed_dim == 64
+
+
+@pytest.mark.parametrize("max_epochs, want", [(-1, "Epoch 0"), (None, "Epoch 0"), (3, "Epoch 0/2")])
+def test_progress_bar_has_no_negative_epoch_total(max_epochs, want):
+    """Rich's default bar reads "Epoch 0/-2" with max_epochs -1 (step-limited runs)."""
+    from types import SimpleNamespace
+
+    from geo3d.apps.multiview_corr.cli import step_progress_bar
+
+    bar = step_progress_bar()
+    if not hasattr(bar, "_get_train_description"):
+        pytest.skip("rich is not installed: the tqdm bar shows no epoch total")
+    bar._trainer = SimpleNamespace(max_epochs=max_epochs)
+    assert bar._get_train_description(0).strip() == want
+
+
+def test_cli_trainer_uses_the_step_progress_bar(run):
+    """fit with the progress bar on gets step_progress_bar's class; a config that turns the
+    bar off keeps it off."""
+    from geo3d.apps.multiview_corr.cli import run_lightning_cli, step_progress_bar
+
+    _, cfg, _ = run
+    cli = run_lightning_cli(["--config", str(cfg), "--trainer.enable_progress_bar", "true"],
+                            run=False)
+    assert type(cli.trainer.progress_bar_callback).__name__ == type(step_progress_bar()).__name__
+    cli = run_lightning_cli(["--config", str(cfg)], run=False)
+    assert cli.trainer.progress_bar_callback is None

@@ -43,3 +43,37 @@ def test_demo_bad_input_one_line(capsys):
     assert geo3d_main(["multiview", "demo", "--steps", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("geo3d: error:") and "--steps" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--steps", "-3"], "--steps"),
+    (["--pairs", "0"], "--pairs"),
+    (["--max-points", "0"], "--max-points"),
+    (["--pose-queries", "-1"], "--pose-queries"),
+    (["--track-frames", "-1"], "--track-frames"),
+])
+def test_demo_checks_eval_settings_before_training(argv, needle, tmp_path, capsys):
+    """Bad evaluation counts are refused before the fit (which would take minutes), and
+    nothing is rendered or written."""
+    out = tmp_path / "out"
+    assert geo3d_main(["multiview", "demo", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geo3d: error:") and needle in err and "\n" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("cmd", ["demo", "eval"])
+def test_without_opencv_one_line_naming_the_corr_extra(cmd, tmp_path, monkeypatch, capsys):
+    """Pose estimation without OpenCV: one line naming the `corr` extra, exit 2, before any
+    work (eval: before reading the adapter; demo: before training)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises ImportError
+    out = tmp_path / "out"
+    argv = (["demo", "--out", str(out)] if cmd == "demo"
+            else ["eval", "--adapter", str(tmp_path / "missing.ckpt")])
+    assert geo3d_main(["multiview", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geo3d: error:") and "\n" not in err
+    assert "geo3d[corr]" in err and "--pose-queries 0" in err
+    assert not out.exists()
