@@ -1,0 +1,197 @@
+"""Plumbing shared by the applications' command lines (``geo3d assembly|arteq|multiview``).
+
+The apps may not import each other (ARCHITECTURE.md), so what their command lines have in
+common lives here, below them: the one-line :class:`UsageError`, packaged-config
+resolution (:class:`PackagedConfigs`), checkpoint loading with ``weights_only=True`` and a
+clear error (:func:`load_checkpoint`, :class:`CheckpointError`) and what ``--ckpt_path
+last`` means (:func:`resolve_last_checkpoint`). This module imports only torch; the
+Lightning parts (atomic checkpoint IO, the LightningCLI base class) are in
+:mod:`geo3d._app_lightning`, imported by the apps only when a command runs, so that
+``geo3d --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["UsageError", "PackagedConfigs", "CheckpointError", "load_checkpoint",
+           "find_last_checkpoints", "resolve_last_checkpoint"]
+
+
+class UsageError(ValueError):
+    """A command line that cannot run (missing config file, unknown or misplaced
+    arguments). The ``geo3d`` CLI prints it as one line and exits with status 2."""
+
+
+class PackagedConfigs:
+    """The YAML configs shipped in an app's ``configs/`` folder.
+
+    ``--config NAME`` accepts an existing file, a packaged name (``demo``) or a packaged
+    file name (``demo.yaml``). Inline YAML/JSON (``--config '{trainer: ...}'``), which
+    jsonargparse also accepts, is passed through unchanged.
+
+    Args:
+        directory: the folder holding ``*.yaml``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "demo.yaml").write_text("a: 1")
+        >>> cfg = PackagedConfigs(d)
+        >>> cfg.names(), cfg.path("demo") == str(d / "demo.yaml")
+        (['demo'], True)
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    def names(self) -> list[str]:
+        """Names of the packaged configs, sorted."""
+        return sorted(p.stem for p in self.directory.glob("*.yaml"))
+
+    def path(self, name: str) -> str:
+        """An existing file, else the packaged config of that name, else ``name`` itself."""
+        if Path(name).is_file():
+            return str(name)
+        for cand in (self.directory / name, self.directory / f"{name}.yaml"):
+            if cand.is_file():
+                return str(cand)
+        return name
+
+    def existing(self, name: str) -> str:
+        """:meth:`path`, raising when ``name`` is neither a file nor inline YAML.
+
+        Raises:
+            UsageError: no such file or packaged config.
+        """
+        path = self.path(name)
+        # jsonargparse also takes inline YAML/JSON: only a value that cannot be inline YAML
+        # must name a file
+        if not Path(path).is_file() and not any(c in name for c in ":{}\n"):
+            raise UsageError(f"--config: expected an existing YAML file or a packaged config "
+                             f"name ({', '.join(self.names())}), got {name!r} (no such file)")
+        return path
+
+    def resolve_args(self, args: list[str],
+                     aliases: Mapping[str, tuple[str, str]] | None = None) -> list[str]:
+        """Resolve every ``--config NAME`` / ``--config=NAME`` in ``args``, and rewrite
+        short flags: ``aliases = {"--vit": ("--model.vit", "a .pth file or folder")}``
+        turns ``--vit X`` into ``--model.vit X`` (the second item says what must follow).
+
+        Raises:
+            UsageError: a missing config, or a flag with nothing after it.
+        """
+        table = {"--config": (None, "a YAML file"), **dict(aliases or {})}
+        out = list(args)
+        i = 0
+        while i < len(out):
+            a = out[i]
+            flag, eq, value = a.partition("=")
+            if flag in table:
+                target, what = table[flag]
+                if not eq:
+                    if i + 1 >= len(out) or out[i + 1].startswith("--"):
+                        raise UsageError(f"{flag}: expected {what} after it, got nothing")
+                    value = out[i + 1]
+                if target is None:
+                    value = self.existing(value)
+                new_flag = target or flag
+                out[i:i + (1 if eq else 2)] = [f"{new_flag}={value}"] if eq else [new_flag, value]
+                i += 1 if eq else 2
+                continue
+            i += 1
+        return out
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is truncated, corrupt or not a checkpoint of the expected kind;
+    ``path`` names it."""
+
+    def __init__(self, path: str | os.PathLike, message: str) -> None:
+        self.path = str(path)
+        super().__init__(message)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)`` and clear errors.
+
+    Args:
+        path: a ``.ckpt``/``.pt`` file.
+        map_location: as :func:`torch.load`.
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: (a ``RuntimeError``) the file is truncated, not a torch file, holds
+            objects other than tensors and plain containers, or is not a dict.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "c.ckpt"; torch.save({"a": 1}, f)
+        >>> load_checkpoint(f)
+        {'a': 1}
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # zip/unpickling errors of truncated or foreign files
+        size = path.stat().st_size
+        raise CheckpointError(
+            path, f"checkpoint {str(path)!r} ({size} bytes) could not be read: it is truncated, "
+            f"corrupted or not a torch checkpoint ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:200]}). Delete it and resume from an earlier "
+            "checkpoint."
+        ) from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(path, f"checkpoint {str(path)!r}: expected a dict, got "
+                                    f"{type(ckpt).__name__}")
+    return ckpt
+
+
+def find_last_checkpoints(roots: list[Path]) -> list[Path]:
+    """Every ``last*.ckpt`` file under the existing folders of ``roots``."""
+    return [p for r in roots if r.is_dir() for p in r.rglob("last*.ckpt") if p.is_file()]
+
+
+def resolve_last_checkpoint(trainer: Any, subcommand: str, prog: str) -> str | None:
+    """What ``--ckpt_path last`` means for the geo3d apps: the newest ``last*.ckpt`` (by
+    modification time, then path) anywhere under the run directory
+    (``trainer.default_root_dir``, which holds every ``lightning_logs/version_N``) or an
+    explicit ``checkpoint.dirpath``. Lightning itself looks only in the new run's own
+    version folder, where nothing exists yet, and silently trains from scratch.
+
+    With none found, ``fit`` starts a fresh run with a notice on stderr (so one command can
+    start and resume a job); other subcommands raise.
+
+    Args:
+        trainer: the Lightning Trainer about to run.
+        subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
+        prog: the command's name for the notices (``geo3d assembly``).
+
+    Raises:
+        FileNotFoundError: no ``last*.ckpt`` and ``subcommand`` is not ``fit``.
+    """
+    roots = [Path(trainer.default_root_dir)]
+    cb = getattr(trainer, "checkpoint_callback", None)
+    if cb is not None and getattr(cb, "dirpath", None):
+        roots.append(Path(cb.dirpath))
+    found = find_last_checkpoints(roots)
+    where = " or ".join(repr(str(r)) for r in roots)
+    if not found:
+        if subcommand == "fit":
+            print(f"{prog} fit: --ckpt_path last: no last.ckpt under {where}; starting a fresh "
+                  "run", file=sys.stderr, flush=True)
+            return None
+        raise FileNotFoundError(f"ckpt_path: 'last' but no last*.ckpt exists under {where}")
+    best = max(found, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+    print(f"{prog} {subcommand}: --ckpt_path last -> {best}", file=sys.stderr, flush=True)
+    return str(best)

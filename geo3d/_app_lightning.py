@@ -1,0 +1,128 @@
+"""The Lightning half of the apps' shared command-line plumbing (see :mod:`geo3d._app`).
+
+* :class:`AtomicCheckpointIO`: checkpoints written through a temporary file + rename (a
+  killed run never leaves a half-written file under the final name), loaded with
+  ``weights_only=True`` and a clear error for truncated files.
+* :class:`AppLightningCLI`: LightningCLI with a ``checkpoint`` group (``ModelCheckpoint``,
+  ``save_last``), the atomic IO always installed, ``--ckpt_path last`` resolved over the run
+  folder, and parsers that raise instead of printing the usage and exiting. Apps subclass
+  it (``prog``, :meth:`~AppLightningCLI.add_app_arguments`,
+  :meth:`~AppLightningCLI.app_callbacks`).
+* :func:`run_app_cli`: runs such a CLI on an argument list and turns parse errors into one
+  :class:`~geo3d._app.UsageError` line.
+
+Imported only when a Lightning command runs (importing Lightning takes seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
+
+from geo3d._app import PackagedConfigs, UsageError, load_checkpoint, resolve_last_checkpoint
+from geo3d._atomic import atomic_write_bytes
+
+__all__ = ["AtomicCheckpointIO", "AppLightningCLI", "run_app_cli"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning ``CheckpointIO`` writing through a temporary file + ``os.replace`` and
+    loading with ``weights_only=True`` (:func:`geo3d._app.load_checkpoint`)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location if map_location else "cpu")
+
+
+def _as_list(x: Any) -> list[Any]:
+    if not x:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+class AppLightningCLI(LightningCLI):
+    """LightningCLI for a geo3d app; subclass and set :attr:`prog`.
+
+    Attributes:
+        prog: the command's name in messages (``"geo3d assembly"``).
+        save_on_train_epoch_end: write ``last.ckpt`` after every training epoch (not only
+            at validation epochs), so a killed run loses at most one epoch. Step-limited
+            runs (one long epoch) set it to ``False``.
+    """
+
+    prog = "geo3d"
+    save_on_train_epoch_end = True
+
+    def init_parser(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        defaults = {"checkpoint.save_last": True}
+        if self.save_on_train_epoch_end:
+            defaults["checkpoint.save_on_train_epoch_end"] = True
+        parser.set_defaults(defaults)
+        self.add_app_arguments(parser)
+
+    def add_app_arguments(self, parser: Any) -> None:
+        """Hook: links or extra arguments of one app."""
+
+    def app_callbacks(self, config: dict[str, Any], callbacks: list[Any]) -> list[Any]:
+        """Hook: the trainer's callbacks, to which an app may add its own."""
+        return callbacks
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") == "last":
+            kwargs["ckpt_path"] = resolve_last_checkpoint(self.trainer, subcommand, self.prog)
+        return kwargs
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        plugins = _as_list(config.get("plugins"))
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        config["plugins"] = plugins
+        return super()._instantiate_trainer(config, self.app_callbacks(config, callbacks))
+
+
+def run_app_cli(cli_class: type[AppLightningCLI], model_class: Any, datamodule_class: Any,
+                args: list[str], configs: PackagedConfigs, *, run: bool = True,
+                aliases: Mapping[str, tuple[str, str]] | None = None, **kwargs: Any) -> Any:
+    """Run ``cli_class`` on ``args`` (e.g. ``["fit", "--config", "demo"]``).
+
+    ``--config`` names are resolved against ``configs`` and ``aliases`` rewritten (see
+    :meth:`geo3d._app.PackagedConfigs.resolve_args`); ``kwargs`` go to LightningCLI.
+
+    Returns:
+        The CLI object (its ``model``, ``datamodule`` and ``trainer``).
+
+    Raises:
+        UsageError: unknown or bad arguments, a missing config file (one line).
+    """
+    prog = cli_class.prog
+    cmd = args[0] if args else ""
+    args = configs.resolve_args(args, aliases)
+    kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+    argv, sys.argv = sys.argv, [prog]  # the arguments come from `args`
+    try:
+        return cli_class(model_class, datamodule_class, args=args, run=run, **kwargs)
+    except argparse.ArgumentError as err:  # jsonargparse, exit_on_error=False
+        msg = " ".join(str(err).split())
+        raise UsageError(f"{prog} {cmd}: {msg} (see `{prog} {cmd} --help`)") from err
+    finally:
+        sys.argv = argv

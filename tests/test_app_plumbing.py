@@ -1,0 +1,124 @@
+"""The apps' shared command-line plumbing (geo3d._app, geo3d._app_lightning)."""
+
+from __future__ import annotations
+
+import os
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from geo3d._app import (
+    CheckpointError,
+    PackagedConfigs,
+    UsageError,
+    load_checkpoint,
+    resolve_last_checkpoint,
+)
+
+
+@pytest.fixture()
+def configs(tmp_path: Path) -> PackagedConfigs:
+    d = tmp_path / "configs"
+    d.mkdir()
+    (d / "demo.yaml").write_text("seed_everything: 0\n")
+    (d / "long.yaml").write_text("seed_everything: 1\n")
+    return PackagedConfigs(d)
+
+
+def test_config_names_paths_and_inline_yaml(configs: PackagedConfigs, tmp_path: Path) -> None:
+    demo = str(configs.directory / "demo.yaml")
+    assert configs.names() == ["demo", "long"]
+    assert configs.path("demo") == demo and configs.path("demo.yaml") == demo
+    own = tmp_path / "mine.yaml"
+    own.write_text("a: 1\n")
+    assert configs.path(str(own)) == str(own)  # an existing file wins over the packaged ones
+    assert configs.existing("{trainer: {max_epochs: 1}}") == "{trainer: {max_epochs: 1}}"
+    with pytest.raises(UsageError, match=r"--config: .*\(demo, long\), got 'nope'"):
+        configs.existing("nope")
+
+
+def test_resolve_args_configs_and_aliases(configs: PackagedConfigs) -> None:
+    demo = str(configs.directory / "demo.yaml")
+    aliases = {"--vit": ("--model.vit", "a .pth file")}
+    got = configs.resolve_args(["fit", "--config", "demo", "--vit", "w.pth", "--config=long",
+                                "--vit=x", "--trainer.max_steps", "2"], aliases)
+    assert got == ["fit", "--config", demo, "--model.vit", "w.pth",
+                   f"--config={configs.directory / 'long.yaml'}", "--model.vit=x",
+                   "--trainer.max_steps", "2"]
+    with pytest.raises(UsageError, match="--config: expected a YAML file after it"):
+        configs.resolve_args(["fit", "--config"])
+    with pytest.raises(UsageError, match="--vit: expected a .pth file after it"):
+        configs.resolve_args(["fit", "--vit", "--config", "demo"], aliases)
+    with pytest.raises(UsageError, match="--config"):
+        configs.resolve_args(["fit", "--config=missing"])
+
+
+def test_load_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="checkpoint: no such file"):
+        load_checkpoint(tmp_path / "none.ckpt")
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(3)}}, good)
+    assert torch.equal(load_checkpoint(good)["state_dict"]["w"], torch.ones(3))
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated") as err:
+        load_checkpoint(cut)
+    assert err.value.path == str(cut)
+    lst = tmp_path / "list.ckpt"
+    torch.save([1, 2], lst)
+    with pytest.raises(CheckpointError, match="expected a dict, got list"):
+        load_checkpoint(lst)
+    # an arbitrary pickled object is refused by weights_only=True, not executed
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"f": types.SimpleNamespace(a=1)}, evil)
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_checkpoint(evil)
+
+
+def test_resolve_last_checkpoint_newest_anywhere(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "run"
+    trainer = types.SimpleNamespace(default_root_dir=str(root), checkpoint_callback=None)
+    assert resolve_last_checkpoint(trainer, "fit", "geo3d x") is None
+    assert "starting a fresh run" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="ckpt_path: 'last'"):
+        resolve_last_checkpoint(trainer, "test", "geo3d x")
+    old = root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    new = root / "lightning_logs" / "version_1" / "checkpoints" / "last-v1.ckpt"
+    for p in (old, new):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x")
+    os.utime(old, ns=(2_000_000_000, 2_000_000_000))
+    os.utime(new, ns=(1_000_000_000, 1_000_000_000))
+    assert resolve_last_checkpoint(trainer, "test", "geo3d x") == str(old)  # newest by mtime
+    os.utime(new, ns=(3_000_000_000, 3_000_000_000))
+    assert resolve_last_checkpoint(trainer, "fit", "geo3d x") == str(new)
+    # an explicit checkpoint.dirpath outside the run folder is searched too
+    other = tmp_path / "elsewhere" / "last.ckpt"
+    other.parent.mkdir()
+    other.write_bytes(b"x")
+    os.utime(other, ns=(4_000_000_000, 4_000_000_000))
+    trainer.checkpoint_callback = types.SimpleNamespace(dirpath=str(other.parent))
+    assert resolve_last_checkpoint(trainer, "validate", "geo3d x") == str(other)
+
+
+def test_atomic_checkpoint_io_round_trip_and_no_partial_file(tmp_path: Path, monkeypatch) -> None:
+    from geo3d._app_lightning import AtomicCheckpointIO
+
+    io_ = AtomicCheckpointIO()
+    path = tmp_path / "ck" / "last.ckpt"
+    path.parent.mkdir()
+    io_.save_checkpoint({"w": torch.arange(3)}, path)
+    assert torch.equal(io_.load_checkpoint(path)["w"], torch.arange(3))
+    before = path.read_bytes()
+
+    def boom(*a, **k):  # the rename fails: the old checkpoint must survive untouched
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        io_.save_checkpoint({"w": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
