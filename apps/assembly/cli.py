@@ -20,61 +20,31 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from geo3d._app import PackagedConfigs, UsageError
+from geo3d._app import resolve_last_checkpoint as _resolve_last
+from geo3d._atomic import atomic_write_text
+
 __all__ = ["add_parser", "main", "config_path", "run_lightning_cli", "resolve_last_checkpoint",
            "UsageError"]
 
 _LIGHTNING = ("fit", "validate", "test", "predict")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+PROG = "geo3d assembly"
+CONFIGS = PackagedConfigs(CONFIG_DIR)
+config_path = CONFIGS.path
 
 
-class UsageError(ValueError):
-    """A command line that ``geo3d assembly`` cannot run (missing config file, unknown or
-    misplaced arguments); the ``geo3d`` CLI prints it as one line and exits with 2."""
-
-
-def _packaged_configs() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def config_path(name: str) -> str:
-    """Resolve a config argument: an existing path, or a packaged config name."""
-    p = Path(name)
-    if p.is_file():
-        return str(p)
-    for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
-        if cand.is_file():
-            return str(cand)
-    return name
-
-
-def _existing_config(name: str) -> str:
-    path = config_path(name)
-    # jsonargparse also takes inline YAML/JSON (``--config '{trainer: ...}'``): only a
-    # value that cannot be inline YAML must name a file
-    if not Path(path).is_file() and not any(c in name for c in ":{}\n"):
-        raise UsageError(f"--config: expected an existing YAML file or a packaged config "
-                         f"name ({', '.join(_packaged_configs())}), got {name!r} (no such "
-                         f"file)")
-    return path
-
-
-def _resolve_configs(args: list[str]) -> list[str]:
-    out = list(args)
-    for i, a in enumerate(out):
-        if a == "--config":
-            if i + 1 >= len(out):
-                raise UsageError("--config: expected a YAML file after it, got nothing")
-            out[i + 1] = _existing_config(out[i + 1])
-        elif a.startswith("--config="):
-            out[i] = "--config=" + _existing_config(a.split("=", 1)[1])
-    return out
+def resolve_last_checkpoint(trainer: Any, subcommand: str) -> str | None:
+    """What ``--ckpt_path last`` means for ``geo3d assembly``: see
+    :func:`geo3d._app.resolve_last_checkpoint` (the newest ``last*.ckpt`` under the run
+    folder; ``fit`` without one starts fresh, other commands raise)."""
+    return _resolve_last(trainer, subcommand, PROG)
 
 
 def _make_cli_class() -> Any:
-    from geo3d.apps.assembly._checkpoint import AtomicCheckpointIO
-    from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
-    from lightning.pytorch.plugins.io import CheckpointIO
+    from lightning.pytorch.callbacks import BasePredictionWriter
+
+    from geo3d._app_lightning import AppLightningCLI
 
     class PredictionWriter(BasePredictionWriter):
         """Writes ``predictions.json`` (one entry per object: name, 4x4 poses of its valid
@@ -87,7 +57,6 @@ def _make_cli_class() -> Any:
             import json
 
             import torch
-            from geo3d.apps.assembly._checkpoint import atomic_write_text
 
             objs = []
             for out in predictions:
@@ -104,102 +73,33 @@ def _make_cli_class() -> Any:
             atomic_write_text(d / fname, json.dumps(objs))
             print(f"wrote {d / fname} ({len(objs)} objects)")
 
-    class AssemblyCLI(LightningCLI):
-        """LightningCLI with a ``checkpoint`` (ModelCheckpoint, ``save_last``) group and the
-        atomic checkpoint IO plugin always installed. Its parsers raise on bad arguments
-        (instead of printing the whole usage and exiting), see :func:`run_lightning_cli`."""
+    class AssemblyCLI(AppLightningCLI):
+        """geo3d's app LightningCLI (checkpoint group, atomic IO, ``--ckpt_path last``,
+        one-line errors) writing ``predictions.json`` on ``predict``."""
 
-        def init_parser(self, **kwargs: Any) -> Any:
-            kwargs.setdefault("exit_on_error", False)
-            return super().init_parser(**kwargs)
+        prog = PROG
 
-        def add_arguments_to_parser(self, parser: Any) -> None:
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            # last.ckpt after every training epoch (not only at validation epochs), so a
-            # killed run loses at most one epoch; writes are atomic (AtomicCheckpointIO)
-            parser.set_defaults({"checkpoint.save_last": True,
-                                 "checkpoint.save_on_train_epoch_end": True})
-
-        def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
-            kwargs = super()._prepare_subcommand_kwargs(subcommand)
-            if kwargs.get("ckpt_path") == "last":
-                kwargs["ckpt_path"] = resolve_last_checkpoint(self.trainer, subcommand)
-            return kwargs
-
-        def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
-            plugins = config.get("plugins") or []
-            plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-            if not any(isinstance(p, CheckpointIO) for p in plugins):
-                plugins.append(AtomicCheckpointIO())
-            config["plugins"] = plugins
+        def app_callbacks(self, config: dict[str, Any], callbacks: list[Any]) -> list[Any]:
             if getattr(self, "subcommand", None) == "predict":
-                callbacks = [*callbacks, PredictionWriter()]
-            return super()._instantiate_trainer(config, callbacks)
+                return [*callbacks, PredictionWriter()]
+            return callbacks
 
     return AssemblyCLI
 
 
-def _find_last_checkpoints(roots: list[Path]) -> list[Path]:
-    found: list[Path] = []
-    for root in roots:
-        if root.is_dir():
-            found += [p for p in root.rglob("last*.ckpt") if p.is_file()]
-    return found
-
-
-def resolve_last_checkpoint(trainer: Any, subcommand: str) -> str | None:
-    """What ``--ckpt_path last`` means for ``geo3d assembly``: the newest ``last*.ckpt``
-    (by modification time) anywhere under the run directory (``trainer.default_root_dir``,
-    which holds every ``lightning_logs/version_N/checkpoints``) or under an explicit
-    ``checkpoint.dirpath``. Lightning itself only looks in the new run's own version
-    folder, where nothing exists yet, and silently trains from scratch.
-
-    With no checkpoint found, ``fit`` starts a fresh run and prints a notice saying so
-    (so the same command can start and resume a job); ``validate``/``test``/``predict``
-    raise ``FileNotFoundError``.
-    """
-    roots = [Path(trainer.default_root_dir)]
-    cb = getattr(trainer, "checkpoint_callback", None)
-    if cb is not None and getattr(cb, "dirpath", None):
-        roots.append(Path(cb.dirpath))
-    found = _find_last_checkpoints(roots)
-    where = " or ".join(repr(str(r)) for r in roots)
-    if not found:
-        if subcommand == "fit":
-            print(f"geo3d assembly fit: --ckpt_path last: no last.ckpt under {where}; "
-                  "starting a fresh run", file=sys.stderr, flush=True)
-            return None
-        raise FileNotFoundError(f"ckpt_path: 'last' but no last*.ckpt exists under {where}")
-    best = max(found, key=lambda p: (p.stat().st_mtime_ns, str(p)))
-    print(f"geo3d assembly {subcommand}: --ckpt_path last -> {best}", file=sys.stderr,
-          flush=True)
-    return str(best)
-
-
 def run_lightning_cli(args: list[str], run: bool = True) -> Any:
-    """Run LightningCLI on ``args`` (e.g. ``["fit", "--config", "demo"]``); returns the CLI."""
+    """Run LightningCLI on ``args`` (e.g. ``["fit", "--config", "demo"]``); returns the CLI.
+
+    Raises:
+        UsageError: unknown/bad arguments or a missing config file (one line).
+    """
     from geo3d.apps.assembly._data import AssemblyDataModule
     from geo3d.apps.assembly._module import AssemblyModule
 
-    cmd = args[0] if args else ""
-    args = _resolve_configs(args)
-    cls = _make_cli_class()
-    argv, sys.argv = sys.argv, ["geo3d assembly"]  # the arguments come from `args`
-    try:
-        return cls(
-            AssemblyModule,
-            AssemblyDataModule,
-            args=args,
-            run=run,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-        )
-    except argparse.ArgumentError as err:  # jsonargparse, exit_on_error=False
-        msg = " ".join(str(err).split())
-        raise UsageError(f"geo3d assembly {cmd}: {msg} (see `geo3d assembly {cmd} --help`)"
-                         ) from err
-    finally:
-        sys.argv = argv
+    from geo3d._app_lightning import run_app_cli
+
+    return run_app_cli(_make_cli_class(), AssemblyModule, AssemblyDataModule, args, CONFIGS,
+                       run=run, auto_configure_optimizers=False)
 
 
 def _predict_pieces(argv: list[str]) -> int:
@@ -207,7 +107,6 @@ def _predict_pieces(argv: list[str]) -> int:
 
     import torch
     from geo3d.apps.assembly._api import assemble
-    from geo3d.apps.assembly._checkpoint import atomic_write_text
 
     class _Parser(argparse.ArgumentParser):
         def error(self, message: str) -> Any:  # one line via the geo3d CLI, exit code 2
