@@ -16,60 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from geo3d._app import CheckpointError, load_checkpoint  # shared by the apps
+from geo3d._app_lightning import AtomicCheckpointIO
 from geo3d._atomic import atomic_write_bytes
 
 __all__ = ["AtomicCheckpointIO", "CheckpointError", "load_checkpoint", "load_model",
            "save_model", "checkpoint_info"]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is truncated, corrupt or not an ArtEq checkpoint; ``path`` names it."""
-
-    def __init__(self, path: str | os.PathLike, message: str) -> None:
-        self.path = str(path)
-        super().__init__(message)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with clear errors.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        CheckpointError: the file is truncated, corrupt, not a torch file, or not a dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # zip/unpickling errors of truncated or foreign files
-        raise CheckpointError(
-            path, f"checkpoint: {str(path)!r} ({path.stat().st_size} bytes) could not be read: "
-            f"it is truncated, corrupted or not a torch checkpoint ({type(err).__name__}: "
-            f"{' '.join(str(err).split())[:200]})"
-        ) from err
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(path, f"checkpoint: expected a dict in {str(path)!r}, got "
-                                    f"{type(ckpt).__name__}")
-    return ckpt
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning CheckpointIO writing through a temporary file + rename (a killed run never
-    leaves a half-written checkpoint under the final name), loading with
-    ``weights_only=True`` and a clear error for truncated files."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
-                        storage_options: Any | None = None) -> None:
-        buf = io.BytesIO()
-        torch.save(checkpoint, buf)
-        atomic_write_bytes(path, buf.getvalue())
-
-    def load_checkpoint(self, path: Any, map_location: Any | None = None,
-                        weights_only: bool | None = None) -> dict[str, Any]:
-        return load_checkpoint(path, map_location=map_location if map_location else "cpu")
 
 
 def _net_state(path: Path, ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -18,142 +18,58 @@ body_pose (23, 3, 3), transl, vertices, joints, part_labels) and ``DIR/<scan>_sm
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+from geo3d._app import PackagedConfigs, UsageError
+from geo3d._app import resolve_last_checkpoint as _resolve_last
 
 __all__ = ["add_parser", "main", "config_path", "run_lightning_cli", "resolve_last_checkpoint",
            "UsageError", "read_points"]
 
 _LIGHTNING = ("fit", "validate", "test")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-class UsageError(ValueError):
-    """A command line that ``geo3d arteq`` cannot run; the ``geo3d`` CLI prints it as one
-    line and exits with 2."""
-
-
-def _packaged_configs() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def config_path(name: str) -> str:
-    """Resolve a config argument: an existing path, or a packaged config name."""
-    p = Path(name)
-    if p.is_file():
-        return str(p)
-    for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
-        if cand.is_file():
-            return str(cand)
-    return name
-
-
-def _existing_config(name: str) -> str:
-    path = config_path(name)
-    if not Path(path).is_file() and not any(c in name for c in ":{}\n"):
-        raise UsageError(f"--config: expected an existing YAML file or a packaged config "
-                         f"name ({', '.join(_packaged_configs())}), got {name!r} (no such file)")
-    return path
-
-
-def _resolve_configs(args: list[str]) -> list[str]:
-    out = list(args)
-    for i, a in enumerate(out):
-        if a == "--config":
-            if i + 1 >= len(out):
-                raise UsageError("--config: expected a YAML file after it, got nothing")
-            out[i + 1] = _existing_config(out[i + 1])
-        elif a.startswith("--config="):
-            out[i] = "--config=" + _existing_config(a.split("=", 1)[1])
-    return out
-
-
-def _find_last_checkpoints(roots: list[Path]) -> list[Path]:
-    found: list[Path] = []
-    for root in roots:
-        if root.is_dir():
-            found += [p for p in root.rglob("last*.ckpt") if p.is_file()]
-    return found
+PROG = "geo3d arteq"
+CONFIGS = PackagedConfigs(CONFIG_DIR)
+config_path = CONFIGS.path
 
 
 def resolve_last_checkpoint(trainer: Any, subcommand: str) -> str | None:
-    """``--ckpt_path last``: the newest ``last*.ckpt`` under the run directory
-    (``trainer.default_root_dir``) or an explicit ``checkpoint.dirpath``. ``fit`` without
-    one starts fresh (with a notice); ``validate``/``test`` raise ``FileNotFoundError``."""
-    roots = [Path(trainer.default_root_dir)]
-    cb = getattr(trainer, "checkpoint_callback", None)
-    if cb is not None and getattr(cb, "dirpath", None):
-        roots.append(Path(cb.dirpath))
-    found = _find_last_checkpoints(roots)
-    where = " or ".join(repr(str(r)) for r in roots)
-    if not found:
-        if subcommand == "fit":
-            print(f"geo3d arteq fit: --ckpt_path last: no last.ckpt under {where}; starting a "
-                  "fresh run", file=sys.stderr, flush=True)
-            return None
-        raise FileNotFoundError(f"ckpt_path: 'last' but no last*.ckpt exists under {where}")
-    best = max(found, key=lambda p: (p.stat().st_mtime_ns, str(p)))
-    print(f"geo3d arteq {subcommand}: --ckpt_path last -> {best}", file=sys.stderr, flush=True)
-    return str(best)
+    """``--ckpt_path last``: see :func:`geo3d._app.resolve_last_checkpoint` (the newest
+    ``last*.ckpt`` under the run folder; ``fit`` without one starts fresh, ``validate`` /
+    ``test`` raise ``FileNotFoundError``)."""
+    return _resolve_last(trainer, subcommand, PROG)
 
 
 def _make_cli_class() -> Any:
-    from geo3d.apps.arteq._checkpoint import AtomicCheckpointIO
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
-    from lightning.pytorch.plugins.io import CheckpointIO
+    from geo3d._app_lightning import AppLightningCLI
 
-    class ArtEqCLI(LightningCLI):
-        """LightningCLI with a ``checkpoint`` group (``save_last`` every epoch), the atomic
-        checkpoint IO, ``data.body_model``/``data.num_betas``/``data.gender`` linked to the
-        model, and parsers that raise on bad arguments."""
+    class ArtEqCLI(AppLightningCLI):
+        """geo3d's app LightningCLI (checkpoint group, atomic IO, ``--ckpt_path last``,
+        one-line errors) with ``data.body_model``/``data.num_betas``/``data.gender`` linked
+        to the model."""
 
-        def init_parser(self, **kwargs: Any) -> Any:
-            kwargs.setdefault("exit_on_error", False)
-            return super().init_parser(**kwargs)
+        prog = PROG
 
-        def add_arguments_to_parser(self, parser: Any) -> None:
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.set_defaults({"checkpoint.save_last": True,
-                                 "checkpoint.save_on_train_epoch_end": True})
+        def add_app_arguments(self, parser: Any) -> None:
             for k in ("body_model", "num_betas", "gender"):
                 parser.link_arguments(f"data.{k}", f"model.{k}")
-
-        def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
-            kwargs = super()._prepare_subcommand_kwargs(subcommand)
-            if kwargs.get("ckpt_path") == "last":
-                kwargs["ckpt_path"] = resolve_last_checkpoint(self.trainer, subcommand)
-            return kwargs
-
-        def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
-            plugins = config.get("plugins") or []
-            plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-            if not any(isinstance(p, CheckpointIO) for p in plugins):
-                plugins.append(AtomicCheckpointIO())
-            config["plugins"] = plugins
-            return super()._instantiate_trainer(config, callbacks)
 
     return ArtEqCLI
 
 
 def run_lightning_cli(args: list[str], run: bool = True) -> Any:
-    """Run LightningCLI on ``args`` (e.g. ``["fit", "--config", "demo"]``); returns the CLI."""
+    """Run LightningCLI on ``args`` (e.g. ``["fit", "--config", "demo"]``); returns the CLI.
+
+    Raises:
+        UsageError: unknown/bad arguments or a missing config file (one line).
+    """
     from geo3d.apps.arteq._data import ArtEqDataModule
     from geo3d.apps.arteq._module import ArtEqModule
 
-    cmd = args[0] if args else ""
-    args = _resolve_configs(args)
-    cls = _make_cli_class()
-    argv, sys.argv = sys.argv, ["geo3d arteq"]
-    try:
-        return cls(ArtEqModule, ArtEqDataModule, args=args, run=run,
-                   save_config_kwargs={"overwrite": True})
-    except argparse.ArgumentError as err:  # jsonargparse, exit_on_error=False
-        msg = " ".join(str(err).split())
-        raise UsageError(f"geo3d arteq {cmd}: {msg} (see `geo3d arteq {cmd} --help`)") from err
-    finally:
-        sys.argv = argv
+    from geo3d._app_lightning import run_app_cli
+
+    return run_app_cli(_make_cli_class(), ArtEqModule, ArtEqDataModule, args, CONFIGS, run=run)
 
 
 def read_points(path: str | Path) -> Any:
