@@ -5,7 +5,8 @@
   ``weights_only=True`` and a clear error for truncated files.
 * :class:`AppLightningCLI`: LightningCLI with a ``checkpoint`` group (``ModelCheckpoint``,
   ``save_last``), the atomic IO always installed, ``--ckpt_path last`` resolved over the run
-  folder, and parsers that raise instead of printing the usage and exiting. Apps subclass
+  folder, a progress bar that reads ``Epoch k`` (not ``Epoch k/-2``) on step-limited runs,
+  and parsers that raise instead of printing the usage and exiting. Apps subclass
   it (``prog``, :meth:`~AppLightningCLI.add_app_arguments`,
   :meth:`~AppLightningCLI.app_callbacks`).
 * :func:`run_app_cli`: runs such a CLI on an argument list and turns parse errors into one
@@ -23,14 +24,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 
 from geo3d._app import PackagedConfigs, UsageError, load_checkpoint, resolve_last_checkpoint
 from geo3d._atomic import atomic_write_bytes
 
-__all__ = ["AtomicCheckpointIO", "AppLightningCLI", "run_app_cli"]
+__all__ = ["AtomicCheckpointIO", "AppLightningCLI", "run_app_cli", "step_progress_bar"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -46,6 +47,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location if map_location else "cpu")
+
+
+def step_progress_bar() -> Any:
+    """Lightning's default progress bar (Rich when installed, else tqdm) whose training
+    description reads ``Epoch k`` when the run is limited by steps (``max_epochs`` -1 or
+    None) instead of Rich's ``Epoch k/-2``."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    if not _RICH_AVAILABLE:
+        return TQDMProgressBar()  # its description has no epoch total
+
+    class StepProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            max_epochs = self.trainer.max_epochs
+            if max_epochs is not None and max_epochs >= 0:
+                return super()._get_train_description(current_epoch)
+            desc = f"Epoch {current_epoch}"
+            return f"{desc:{max(len(desc), len(self.validation_description))}}"
+
+    return StepProgressBar()
 
 
 def _as_list(x: Any) -> list[Any]:
@@ -97,7 +119,12 @@ class AppLightningCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
-        return super()._instantiate_trainer(config, self.app_callbacks(config, callbacks))
+        callbacks = self.app_callbacks(config, callbacks)
+        given = _as_list(config.get("callbacks"))
+        if config.get("enable_progress_bar", True) is not False and not any(
+                isinstance(c, ProgressBar) for c in [*callbacks, *given]):
+            callbacks = [*callbacks, step_progress_bar()]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def run_app_cli(cli_class: type[AppLightningCLI], model_class: Any, datamodule_class: Any,

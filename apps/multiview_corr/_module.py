@@ -31,10 +31,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor, nn
 
-from geo3d._atomic import atomic_write_bytes, atomic_write_text
+from geo3d._app import CheckpointError, load_checkpoint
+from geo3d._app_lightning import AtomicCheckpointIO
+from geo3d._atomic import atomic_write_text
 
 __all__ = ["MultiviewCorrModule", "AtomicCheckpointIO", "build_backbone", "load_adapter",
            "backbone_fingerprint", "BackboneExtractor", "default_vit_path",
@@ -125,43 +126,21 @@ class BackboneExtractor(nn.Module):
         return self.model(images)
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning CheckpointIO: writes through a temp file + ``os.replace`` (a killed run
-    never leaves half a checkpoint under the final name), loads with
-    ``weights_only=True`` (:func:`read_checkpoint`)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
-                        storage_options: Any | None = None) -> None:
-        import io
-
-        buf = io.BytesIO()
-        torch.save(checkpoint, buf)
-        atomic_write_bytes(path, buf.getvalue())
-
-    def load_checkpoint(self, path: Any, map_location: Any | None = None,
-                        weights_only: bool | None = None) -> dict[str, Any]:
-        return read_checkpoint(path, map_location or "cpu")
-
-
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with one-line errors.
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the adapter
+    (:func:`geo3d._app.load_checkpoint`).
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: a truncated / foreign file (names it).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"adapter: no such checkpoint file {str(path)!r}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"adapter: expected a torch checkpoint, got a file that cannot be "
-                         f"read: {str(path)!r} ({type(err).__name__}: {err})") from err
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"adapter: expected a checkpoint dict in {str(path)!r}, got "
-                         f"{type(ckpt).__name__}")
-    return ckpt
+        return load_checkpoint(path, map_location)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"adapter: no such checkpoint file {str(path)!r}") from err
+    except CheckpointError as err:
+        raise ValueError(f"adapter: expected a readable torch checkpoint dict, got {err}"
+                         ) from err
 
 
 class MultiviewCorrModule(L.LightningModule):

@@ -20,9 +20,11 @@ settings in the YAML (``trainer.devices``, ``trainer.strategy``, ``trainer.num_n
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+from geo3d._app import PackagedConfigs, UsageError
+from geo3d._app import resolve_last_checkpoint as _resolve_last
 
 __all__ = ["add_parser", "main", "config_path", "run_lightning_cli", "resolve_last_checkpoint",
            "UsageError", "step_progress_bar"]
@@ -31,145 +33,43 @@ _LIGHTNING = ("fit", "validate", "test")
 _COMMANDS = (*_LIGHTNING, "eval", "demo")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PROG = "geo3d multiview"
-
-
-class UsageError(ValueError):
-    """A command line ``geo3d multiview`` cannot run; the ``geo3d`` CLI prints it as one
-    line and exits with 2."""
-
-
-def _packaged_configs() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def config_path(name: str) -> str:
-    """Resolve a config argument: an existing path, or a packaged config name."""
-    p = Path(name)
-    if p.is_file():
-        return str(p)
-    for cand in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
-        if cand.is_file():
-            return str(cand)
-    return name
-
-
-def _existing_config(name: str) -> str:
-    path = config_path(name)
-    if not Path(path).is_file() and not any(c in name for c in ":{}\n"):
-        raise UsageError(f"--config: expected an existing YAML file or a packaged config name "
-                         f"({', '.join(_packaged_configs())}), got {name!r} (no such file)")
-    return path
-
-
-def _rewrite_args(args: list[str]) -> list[str]:
-    """Resolve ``--config`` names and turn ``--vit X`` into ``--model.vit X``."""
-    out = list(args)
-    i = 0
-    while i < len(out):
-        a = out[i]
-        if a in ("--config", "--vit"):
-            if i + 1 >= len(out) or out[i + 1].startswith("--"):
-                what = "a YAML file" if a == "--config" else "a DINOv2 .pth file or folder"
-                raise UsageError(f"{a}: expected {what} after it, got nothing")
-            if a == "--config":
-                out[i + 1] = _existing_config(out[i + 1])
-            else:
-                out[i] = "--model.vit"
-            i += 2
-            continue
-        if a.startswith("--config="):
-            out[i] = "--config=" + _existing_config(a.split("=", 1)[1])
-        elif a.startswith("--vit="):
-            out[i] = "--model.vit=" + a.split("=", 1)[1]
-        i += 1
-    return out
+CONFIGS = PackagedConfigs(CONFIG_DIR)
+config_path = CONFIGS.path
+_ALIASES = {"--vit": ("--model.vit", "a DINOv2 .pth file or folder")}
 
 
 def step_progress_bar() -> Any:
-    """Lightning's default progress bar (Rich when installed, else tqdm) whose training
-    description reads ``Epoch k`` when the run is limited by steps (``max_epochs`` -1 or
-    None) instead of Rich's ``Epoch k/-2``."""
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+    """The apps' progress bar (``Epoch k`` on step-limited runs), see
+    :func:`geo3d._app_lightning.step_progress_bar`."""
+    from geo3d._app_lightning import step_progress_bar as bar
 
-    if not _RICH_AVAILABLE:
-        return TQDMProgressBar()  # its description has no epoch total
+    return bar()
 
-    class StepProgressBar(RichProgressBar):
-        def _get_train_description(self, current_epoch: int) -> str:
-            max_epochs = self.trainer.max_epochs
-            if max_epochs is not None and max_epochs >= 0:
-                return super()._get_train_description(current_epoch)
-            desc = f"Epoch {current_epoch}"
-            return f"{desc:{max(len(desc), len(self.validation_description))}}"
 
-    return StepProgressBar()
+def resolve_last_checkpoint(trainer: Any, subcommand: str) -> str | None:
+    """``--ckpt_path last``: see :func:`geo3d._app.resolve_last_checkpoint` (the newest
+    ``last*.ckpt`` under the run folder; ``fit`` without one starts fresh, other commands
+    raise ``FileNotFoundError``)."""
+    return _resolve_last(trainer, subcommand, PROG)
 
 
 def _make_cli_class() -> Any:
-    from geo3d.apps.multiview_corr._module import AtomicCheckpointIO
-    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-    from lightning.pytorch.cli import LightningCLI
-    from lightning.pytorch.plugins.io import CheckpointIO
+    from geo3d._app_lightning import AppLightningCLI
 
-    class MultiviewCLI(LightningCLI):
-        """LightningCLI with a ``checkpoint`` (ModelCheckpoint) group, atomic checkpoint
-        writes, ``--ckpt_path last`` resolved over the run folder, and parse errors raised
-        (one line) instead of printing the usage."""
+    class MultiviewCLI(AppLightningCLI):
+        """geo3d's app LightningCLI (checkpoint group, atomic IO, ``--ckpt_path last``,
+        one-line errors, step progress bar); runs are step-limited, so ``last.ckpt`` is
+        written at checkpoint intervals, not per epoch."""
 
-        def init_parser(self, **kwargs: Any) -> Any:
-            kwargs.setdefault("exit_on_error", False)
-            return super().init_parser(**kwargs)
-
-        def add_arguments_to_parser(self, parser: Any) -> None:
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.set_defaults({"checkpoint.save_last": True})
-
-        def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
-            kwargs = super()._prepare_subcommand_kwargs(subcommand)
-            if kwargs.get("ckpt_path") == "last":
-                kwargs["ckpt_path"] = resolve_last_checkpoint(self.trainer, subcommand)
-            return kwargs
-
-        def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
-            plugins = config.get("plugins") or []
-            plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-            if not any(isinstance(p, CheckpointIO) for p in plugins):
-                plugins.append(AtomicCheckpointIO())
-            config["plugins"] = plugins
-            given = config.get("callbacks") or []
-            given = list(given) if isinstance(given, (list, tuple)) else [given]
-            if config.get("enable_progress_bar", True) is not False and not any(
-                    isinstance(c, ProgressBar) for c in [*callbacks, *given]):
-                callbacks = [*callbacks, step_progress_bar()]
-            return super()._instantiate_trainer(config, callbacks)
+        prog = PROG
+        save_on_train_epoch_end = False
 
     return MultiviewCLI
 
 
-def resolve_last_checkpoint(trainer: Any, subcommand: str) -> str | None:
-    """``--ckpt_path last``: the newest ``last*.ckpt`` under the run folder
-    (``trainer.default_root_dir``) or the checkpoint ``dirpath``. ``fit`` without one
-    starts fresh (with a notice); other commands raise ``FileNotFoundError``."""
-    roots = [Path(trainer.default_root_dir)]
-    cb = getattr(trainer, "checkpoint_callback", None)
-    if cb is not None and getattr(cb, "dirpath", None):
-        roots.append(Path(cb.dirpath))
-    found = [p for r in roots if r.is_dir() for p in r.rglob("last*.ckpt") if p.is_file()]
-    where = " or ".join(repr(str(r)) for r in roots)
-    if not found:
-        if subcommand == "fit":
-            print(f"{PROG} fit: --ckpt_path last: no last.ckpt under {where}; starting a fresh "
-                  "run", file=sys.stderr, flush=True)
-            return None
-        raise FileNotFoundError(f"ckpt_path: 'last' but no last*.ckpt exists under {where}")
-    best = max(found, key=lambda p: (p.stat().st_mtime_ns, str(p)))
-    print(f"{PROG} {subcommand}: --ckpt_path last -> {best}", file=sys.stderr, flush=True)
-    return str(best)
-
-
 def run_lightning_cli(args: list[str], run: bool = True) -> Any:
     """Run LightningCLI on ``args`` (e.g. ``["fit", "--config", "demo"]``); returns the CLI.
+    ``--vit X`` is short for ``--model.vit X``.
 
     Raises:
         UsageError: unknown/bad arguments or a missing config file (one line).
@@ -177,18 +77,10 @@ def run_lightning_cli(args: list[str], run: bool = True) -> Any:
     from geo3d.apps.multiview_corr._data import MultiviewCorrDataModule
     from geo3d.apps.multiview_corr._module import MultiviewCorrModule
 
-    cmd = args[0] if args else ""
-    args = _rewrite_args(args)
-    cls = _make_cli_class()
-    argv, sys.argv = sys.argv, [PROG]
-    try:
-        return cls(MultiviewCorrModule, MultiviewCorrDataModule, args=args, run=run,
-                   save_config_kwargs={"overwrite": True})
-    except argparse.ArgumentError as err:
-        msg = " ".join(str(err).split())
-        raise UsageError(f"{PROG} {cmd}: {msg} (see `{PROG} {cmd} --help`)") from err
-    finally:
-        sys.argv = argv
+    from geo3d._app_lightning import run_app_cli
+
+    return run_app_cli(_make_cli_class(), MultiviewCorrModule, MultiviewCorrDataModule, args,
+                       CONFIGS, run=run, aliases=_ALIASES)
 
 
 class _Parser(argparse.ArgumentParser):
