@@ -164,6 +164,10 @@ class ArtEqNet(nn.Module):
             that neighbour offsets (centimetres on a body) give features of order one
             (batch-norm running variances start at 1 and would otherwise need hundreds of
             steps to reach the ~1e-4 variances of metre-scale offsets: a train/eval gap).
+        seg_norms: equivariant backbones: the segmentation head also sees the norms of
+            each point's vector channels (``F`` frame-free invariants). The other per-point
+            invariants are read in a frame computed from the global feature, which keeps
+            moving early in training; the norms do not depend on it. ``False``: as before.
 
     Attributes:
         config: the JSON-able keyword arguments: ``ArtEqNet(**net.config)`` rebuilds it.
@@ -201,6 +205,7 @@ class ArtEqNet(nn.Module):
         num_centers: int | None = 1024,
         interp_sigma: float = 0.03,
         unit: float = 0.05,
+        seg_norms: bool = False,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -232,6 +237,7 @@ class ArtEqNet(nn.Module):
             "rot_context": rot_context,
             "batch_norm": bool(batch_norm), "num_centers": num_centers,
             "interp_sigma": float(interp_sigma), "unit": float(unit),
+            "seg_norms": bool(seg_norms),
         }
         self.unit = float(unit)
         self.num_centers = num_centers
@@ -266,7 +272,9 @@ class ArtEqNet(nn.Module):
             c_pt = 3 * feat_dim
         c_glob = 3 * feat_dim
         # segmentation from per-point invariant features and the global invariant
-        self.seg_head = _mlp([c_pt + c_glob, d_model, d_model, P])
+        self.seg_norms = bool(seg_norms) and self.equivariant
+        c_seg = c_pt + c_glob + (feat_dim if self.seg_norms else 0)
+        self.seg_head = _mlp([c_seg, d_model, d_model, P])
         # invariant part token: pooled per-point features of the part and its parent
         # (+ for "vn": norms and a Gram matrix of the equivariant part features)
         n_tok = 2 * c_pt
@@ -378,7 +386,10 @@ class ArtEqNet(nn.Module):
                 pt_inv = torch.einsum("bncx,bjx->bncj", V, frame).reshape(B, N, -1)
             else:
                 pt_inv = wi @ pt_inv
-        logits = self.seg_head(torch.cat([pt_inv, glob[:, None].expand(B, N, -1)], dim=-1))
+        seg_in = [pt_inv, glob[:, None].expand(B, N, -1)]
+        if self.seg_norms:  # frame-free per-point invariants: norms of the vector channels
+            seg_in.append(torch.linalg.vector_norm(V, dim=-1))
+        logits = self.seg_head(torch.cat(seg_in, dim=-1))
 
         # per-part weights, L1-normalised over the points
         prob = torch.softmax(logits, dim=-1)  # (B, N, P)

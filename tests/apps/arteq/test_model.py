@@ -222,6 +222,13 @@ class TestEquivariance:
         net = _net(backbone, rot_context="global").double().eval()
         self._assert_exact(_equivariance_errors(net, _cloud(2, 120, 4), seed=5))
 
+    @pytest.mark.parametrize("backbone", ["vn", "vn_dgcnn"])
+    def test_float64_seg_norms(self, backbone):
+        # the extra segmentation invariants (norms of the vector channels) must be exact too;
+        # large offset: the norms are read after centring
+        net = _net(backbone, seg_norms=True).double().eval()
+        self._assert_exact(_equivariance_errors(net, _cloud(2, 120, 6), seed=8, offset=50.0))
+
     def test_float64_part_labels(self):
         net = _net().double().eval()
         labels = torch.randint(0, 22, (2, 120), generator=torch.Generator().manual_seed(5))
@@ -367,3 +374,19 @@ def test_split_edge_conv_equals_plain_composition(train):
     mask = torch.rand(2, 30, 6, generator=torch.Generator().manual_seed(2)) > 0.2
     ref = conv(vn_edge_features(f, idx), mask)
     torch.testing.assert_close(_edge_conv(conv, f, idx, mask), ref, atol=1e-12, rtol=0)
+
+
+def test_seg_norms_feed_the_segmentation_head():
+    # seg_norms adds F inputs to seg_head and they change the logits (a wiring bug that
+    # builds the wider head but never concatenates the norms would fail here or in forward)
+    net = _net("vn_dgcnn", seg_norms=True).double().eval()
+    assert net.seg_head[0].in_features == _net("vn_dgcnn").seg_head[0].in_features + SMALL["feat_dim"]
+    assert net.config["seg_norms"] is True and ArtEqNet(**net.config).seg_norms
+    x = _cloud(1, 80)
+    with torch.no_grad():
+        a = net(x)["part_logits"]
+        net.seg_head[0].weight[:, -SMALL["feat_dim"]:] = 0.0
+        b = net(x)["part_logits"]
+    assert float((a - b).abs().max()) > 1e-6
+    # baselines have no vector channels: the option is ignored, the head keeps its width
+    assert not _net("dgcnn", seg_norms=True).seg_norms
