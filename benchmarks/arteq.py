@@ -117,10 +117,12 @@ def part_opt(a: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     body = module.body()
     res: dict[str, Any] = {}
     times: list[float] = []
-    for cond in CONDITIONS:
+    counts: dict[str, int] = {}
+    for cond in a.opt_conditions:
         ds = dm.dataset(cond)
         sums: dict[str, float] = {}
         n = min(a.opt_scans, len(ds))
+        done = 0
         for i in range(n):
             item = ds[i]
             batch = {k: v[None] for k, v in item.items()}
@@ -133,12 +135,16 @@ def part_opt(a: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
             print(f"optimization {cond} {i + 1}/{n}: {m} ({times[-1]:.0f} s)", flush=True)
-        res[cond] = {k: v / n for k, v in sums.items()}
-        res["sec_per_scan_cpu"] = statistics.median(times)
-        res["params"] = 0
-        res["_run"] = {"num_scans_per_condition": n, "num_starts": a.opt_starts,
-                       "steps": a.opt_steps, "function": "geo3d.apps.arteq._optim.optimize_smpl"}
-        write_json_atomic(Path(a.out) / "bench_opt.json", {"optimization": res})
+            done += 1
+            # written after every scan: an interrupted run keeps what it measured
+            res[cond] = {k: v / done for k, v in sums.items()}
+            counts[cond] = done
+            res["sec_per_scan_cpu"] = statistics.median(times)
+            res["params"] = 0
+            res["_run"] = {"num_scans": dict(counts), "num_starts": a.opt_starts,
+                           "steps": a.opt_steps,
+                           "function": "geo3d.apps.arteq._optim.optimize_smpl"}
+            write_json_atomic(Path(a.out) / "bench_opt.json", {"optimization": res})
     return {"optimization": res}
 
 
@@ -186,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["equivariant", "baseline"], help="nets: which to (re)train")
     p.add_argument("--timing-scans", type=int, default=8)
     p.add_argument("--opt-scans", type=int, default=2)
+    p.add_argument("--opt-conditions", nargs="+", default=list(CONDITIONS),
+                   choices=list(CONDITIONS), help="opt: conditions, in this order")
     p.add_argument("--opt-starts", type=int, default=8)
     p.add_argument("--opt-steps", type=int, default=60)
     p.add_argument("--note", default="", help="merge: a remark stored in meta.remark")
