@@ -157,6 +157,7 @@ class ViewPairDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self._pairs: dict[str, np.ndarray] = {}
+        self._empty: dict[str, tuple[int, int]] = {}  # name -> (empty views, views)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw other pairs and pixels in every training epoch."""
@@ -181,6 +182,7 @@ class ViewPairDataset(Dataset):
             exclude = sorted(e for e in empty if 0 <= int(e) < len(T))
             pairs = valid_view_pairs(T, self.max_angle, exclude=exclude)
             self._pairs[name] = pairs.numpy().astype(np.int64).reshape(-1, 2)
+            self._empty[name] = (len(exclude), len(T))
         return self._pairs[name]
 
     def __getitem__(self, k: int) -> dict[str, Any]:
@@ -193,12 +195,26 @@ class ViewPairDataset(Dataset):
         g = torch.Generator().manual_seed(int(state))
         pairs = self.valid_pairs(name)
         if len(pairs) == 0:
+            n_empty, n_views = self._empty[name]
+            if n_views - n_empty < 2:
+                raise ValueError(
+                    f"{name}: expected at least 2 views that show the object, got "
+                    f"{n_views - n_empty} of {n_views} (the others are listed as empty in "
+                    f"{self.root / name / 'meta.json'}: nothing in front of the camera); "
+                    "re-render it or remove it from the dataset")
             raise ValueError(f"max_angle: object {name!r} has no view pair within "
                              f"{self.max_angle} degrees")
         a, b = (int(x) for x in pairs[int(torch.randint(0, len(pairs), (1,), generator=g))])
         poses, K = self._reader.object_cameras(name)
         va = load_view_dict(self.root, name, a, poses, K, self.image_size)
         vb = load_view_dict(self.root, name, b, poses, K, self.image_size)
+        for v, view in ((a, va), (b, vb)):
+            if not bool(view["mask"].any()):  # an empty view meta.json does not list
+                raise ValueError(
+                    f"{name}: expected view {v} to show the object (non-empty mask), got an "
+                    f"empty mask that {self.root / name / 'meta.json'} does not list in "
+                    "empty_views; re-render with `geo3d data render` (it lists them) or fix "
+                    "the dataset")
         item = {
             "view_a": va, "view_b": vb, "object": name, "views": torch.tensor([a, b]),
             "angle": float(relative_rotation_angle(va["world_to_cam"], vb["world_to_cam"])),

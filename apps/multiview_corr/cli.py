@@ -13,8 +13,8 @@ Usage::
 (an official DINOv2 ``.pth`` or a Hugging Face folder on disk) is short for
 ``--model.vit PATH``; without it the ``demo`` run starts from a seeded RANDOM ViT-S/14
 (``--vit pretrained``: the ViT-S/14 pretrained on synthetic renders, cached after its first
-build; it measured worse than random initialisation for matching). Devices, strategy (DDP) and nodes are Trainer
-settings in the YAML (``trainer.devices``, ``trainer.strategy``, ``trainer.num_nodes``).
+build; it measured worse than random initialisation for matching). Devices, strategy (DDP)
+and nodes are Trainer settings in the YAML (``trainer.devices``, ``trainer.strategy``, ``trainer.num_nodes``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from geo3d._app import PackagedConfigs, UsageError
 from geo3d._app import resolve_last_checkpoint as _resolve_last
 
 __all__ = ["add_parser", "main", "config_path", "run_lightning_cli", "resolve_last_checkpoint",
-           "UsageError", "step_progress_bar"]
+           "UsageError", "step_progress_bar", "check_fit_limits"]
 
 _LIGHTNING = ("fit", "validate", "test")
 _COMMANDS = (*_LIGHTNING, "eval", "demo")
@@ -64,7 +64,29 @@ def _make_cli_class() -> Any:
         prog = PROG
         save_on_train_epoch_end = False
 
+        def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+            if self.subcommand == "fit":
+                check_fit_limits(config.get("max_steps", -1), config.get("max_epochs"),
+                                 config.get("max_time"))
+            return super()._instantiate_trainer(config, callbacks)
+
     return MultiviewCLI
+
+
+def check_fit_limits(max_steps: Any, max_epochs: Any, max_time: Any = None) -> None:
+    """Refuse a ``fit`` that would train nothing or never stop.
+
+    Raises:
+        UsageError: ``trainer.max_steps`` 0 or below -1, or -1 (no step limit) while
+            ``trainer.max_epochs`` is -1/None and no ``max_time`` is set.
+    """
+    steps = -1 if max_steps is None else max_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps == 0 or steps < -1:
+        raise UsageError(f"trainer.max_steps: expected an int >= 1 (or -1 with "
+                         f"trainer.max_epochs >= 1), got {max_steps!r}")
+    if steps == -1 and (max_epochs is None or max_epochs == -1) and max_time is None:
+        raise UsageError(f"trainer.max_steps: expected an int >= 1 when trainer.max_epochs is "
+                         f"{max_epochs!r} (the run would never stop), got -1")
 
 
 def run_lightning_cli(args: list[str], run: bool = True) -> Any:
@@ -79,8 +101,14 @@ def run_lightning_cli(args: list[str], run: bool = True) -> Any:
 
     from geo3d._app_lightning import run_app_cli
 
-    return run_app_cli(_make_cli_class(), MultiviewCorrModule, MultiviewCorrDataModule, args,
-                       CONFIGS, run=run, aliases=_ALIASES)
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return run_app_cli(_make_cli_class(), MultiviewCorrModule, MultiviewCorrDataModule,
+                           args, CONFIGS, run=run, aliases=_ALIASES)
+    except MisconfigurationException as err:  # Lightning's "bad Trainer settings"
+        cmd = args[0] if args else ""
+        raise UsageError(f"{PROG} {cmd}: trainer: {' '.join(str(err).split())}") from err
 
 
 class _Parser(argparse.ArgumentParser):

@@ -184,3 +184,30 @@ def test_cli_trainer_uses_the_step_progress_bar(run):
     assert type(cli.trainer.progress_bar_callback).__name__ == type(step_progress_bar()).__name__
     cli = run_lightning_cli(["--config", str(cfg)], run=False)
     assert cli.trainer.progress_bar_callback is None
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--trainer.max_steps", "0"], "trainer.max_steps"),
+    (["--trainer.max_steps", "-5"], "trainer.max_steps"),
+    (["--trainer.max_steps", "-1"], "never stop"),  # max_epochs -1 in the config
+    pytest.param(["--trainer.accelerator", "gpu"], "trainer:",  # reference config on a CPU
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
+])
+def test_fit_refuses_bad_trainer_limits_in_one_line(run, tmp_path, extra, needle, capsys):
+    """zero/negative steps (Lightning would train nothing, raise a traceback, or with
+    max_epochs -1 never stop) and other Lightning misconfigurations: one line, exit 2."""
+    _, cfg, _ = run
+    root = tmp_path / "r"
+    assert geo3d_main(["multiview", "fit", "--config", str(cfg),
+                       "--trainer.default_root_dir", str(root), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geo3d: error:") and "\n" not in err and needle in err
+    assert not list(root.rglob("*.ckpt"))
+
+
+def test_fit_limits_accept_bounded_runs():
+    from geo3d.apps.multiview_corr.cli import check_fit_limits
+
+    check_fit_limits(1, -1)
+    check_fit_limits(-1, 3)  # epoch-limited
+    check_fit_limits(-1, None, "00:00:01:00")  # time-limited

@@ -144,3 +144,29 @@ def test_valid_pairs_equal_brute_force_and_skip_empty_views(dm, tmp_path, max_an
     assert got.dtype == np.int64 and got.shape == (len(want), 2)
     assert got.tolist() == want
     assert 0 < len(want) < len(T) * (len(T) - 1)  # the angle limit does reject pairs
+
+
+@pytest.mark.parametrize("listed", [True, False])
+def test_object_without_foreground_named_in_one_error(dm, tmp_path, listed):
+    """An object whose every mask is empty: listed in meta.json (as geo3d data render
+    writes it) or not (a foreign dataset) -> a ValueError that names the object, not a
+    misleading max_angle / "view B" message."""
+    import json
+    import shutil
+
+    import numpy as np
+    from geo3d.datasets.multiview_render import write_png
+
+    train, _ = dm.object_split()
+    name = train[0]
+    dst = tmp_path / name
+    shutil.copytree(dm.dataset("train").root / name, dst)
+    for m in dst.glob("mask_*.png"):
+        write_png(m, np.zeros((32, 32), np.uint8))
+    meta = json.loads((dst / "meta.json").read_text())
+    meta["empty_views"] = list(range(meta["num_views"])) if listed else []
+    (dst / "meta.json").write_text(json.dumps(meta))
+    ds = ViewPairDataset(tmp_path, [name], pairs_per_object=1, num_pixels=16)
+    with pytest.raises(ValueError, match="0 of 12" if listed else "empty mask") as err:
+        ds[0]
+    assert name in str(err.value) and "max_angle" not in str(err.value)
