@@ -98,10 +98,9 @@ def run_lightning_cli(args: list[str], run: bool = True) -> Any:
     """
     from geo3d.apps.multiview_corr._data import MultiviewCorrDataModule
     from geo3d.apps.multiview_corr._module import MultiviewCorrModule
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from geo3d._app_lightning import run_app_cli
-
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
         return run_app_cli(_make_cli_class(), MultiviewCorrModule, MultiviewCorrDataModule,
