@@ -365,9 +365,15 @@ def load_point_cloud(
 def _ply_vertex_normals(geom: Any) -> np.ndarray | None:
     meta = getattr(geom, "metadata", {}) or {}
     attrs = (meta.get("_ply_raw", {}) or {}).get("vertex", {}).get("data")
-    if attrs is not None and all(k in attrs.dtype.names for k in ("nx", "ny", "nz")):
-        return np.stack([attrs["nx"], attrs["ny"], attrs["nz"]], axis=-1).astype(np.float64)
-    return None
+    if attrs is None:
+        return None
+    # trimesh keeps binary PLY vertex data as a structured array but ASCII data as a dict of
+    # (N, 1) column arrays; read both by name
+    names = attrs.keys() if isinstance(attrs, dict) else (attrs.dtype.names or ())
+    if not all(k in names for k in ("nx", "ny", "nz")):
+        return None
+    cols = [np.asarray(attrs[k], dtype=np.float64).reshape(-1) for k in ("nx", "ny", "nz")]
+    return np.stack(cols, axis=-1)
 
 
 def save_point_cloud(

@@ -112,6 +112,32 @@ class TestPointCloudIO:
         assert n3 is None and p3.dtype == torch.float32
         torch.testing.assert_close(p3, pts.float())
 
+    @pytest.mark.parametrize("fmt", ["ascii", "binary_little_endian"])
+    @pytest.mark.parametrize("with_normals", [False, True])
+    @pytest.mark.parametrize("with_faces", [False, True])
+    def test_handwritten_ply(self, tmp_path, fmt, with_normals, with_faces):
+        # written here byte by byte (not by save_point_cloud/trimesh): trimesh keeps ASCII vertex
+        # data as a dict of columns, binary data as a structured array; both must be read
+        pts = np.array([[0.0, 0.0, 0.0], [1.5, -2.0, 0.25], [0.0, 1.0, 0.5]], dtype=np.float32)
+        nrm = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.6, 0.0, 0.8]], dtype=np.float32)
+        cols = ["x", "y", "z"] + (["nx", "ny", "nz"] if with_normals else [])
+        data = np.concatenate([pts, nrm], axis=1) if with_normals else pts
+        header = [f"ply", f"format {fmt} 1.0", "element vertex 3"]
+        header += [f"property float {c}" for c in cols]
+        if with_faces:
+            header += ["element face 0", "property list uchar int vertex_indices"]
+        header += ["end_header"]
+        body = ("\n".join(" ".join(repr(float(v)) for v in row) for row in data) + "\n").encode()
+        if fmt != "ascii":
+            body = data.astype("<f4").tobytes()
+        (tmp_path / "h.ply").write_bytes(("\n".join(header) + "\n").encode() + body)
+        p, n = load_point_cloud(tmp_path / "h.ply", dtype=torch.float64)
+        torch.testing.assert_close(p, torch.from_numpy(pts).double(), atol=0, rtol=0)
+        if with_normals:
+            torch.testing.assert_close(n, torch.from_numpy(nrm).double(), atol=0, rtol=0)
+        else:
+            assert n is None
+
     def test_pcd_roundtrip(self, tmp_path, generator, open3d_module):
         pts = torch.randn(40, 3, generator=generator, dtype=torch.float64)
         nrm = torch.nn.functional.normalize(torch.randn(40, 3, generator=generator,
