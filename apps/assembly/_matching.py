@@ -372,6 +372,14 @@ def _ransac(
     return R, t, (w * inl).sum(), inl
 
 
+def _degenerate(x: Tensor, return_inliers: bool) -> tuple[Tensor, ...]:
+    """ransac_kabsch's answer without a fit: identity, score 0, no inliers."""
+    eye = torch.eye(3, dtype=x.dtype, device=x.device)
+    out = (eye, x.new_zeros(3), x.new_zeros(()))
+    return out + (torch.zeros(x.shape[0], dtype=torch.bool, device=x.device),) \
+        if return_inliers else out
+
+
 def ransac_kabsch(
     x: Tensor,
     y: Tensor,
@@ -408,7 +416,9 @@ def ransac_kabsch(
     Returns:
         ``(R (3, 3), t (3,), inlier_score ())``: ``inlier_score`` is the sum of the
         weights of the final inliers (0 and the identity when fewer than 3 matches have
-        positive weight). With ``return_inliers`` also the bool mask.
+        positive weight, or when ``inlier_thresh`` is ``None`` and both point sets have zero
+        extent: one point or all points identical). With ``return_inliers`` also the bool
+        mask.
 
     Raises:
         ValueError: bad shapes/dtypes, negative or non-finite weights, non-finite points,
@@ -448,6 +458,8 @@ def ransac_kabsch(
         else:
             inlier_thresh = float(rel_thresh) * float(torch.maximum(piece_scale(x),
                                                                     piece_scale(y)))
+            if not inlier_thresh > 0:  # x and y each one point (or all identical): no scale,
+                return _degenerate(x, return_inliers)  # no rotation to fit
     if not (isinstance(inlier_thresh, (int, float)) and math.isfinite(inlier_thresh)
             and inlier_thresh > 0):
         raise ValueError(f"inlier_thresh: expected a finite number > 0, got {inlier_thresh!r}")
@@ -463,7 +475,7 @@ class PairwiseResult:
     Attributes:
         rel: ``(P, P, 4, 4)``: ``rel[i, j]`` maps the input points of piece ``j`` into the
             input frame of piece ``i`` (``rel[j, i] = rel[i, j]⁻¹``; identity on the diagonal
-            and for pairs never fitted).
+            and for pairs never fitted, e.g. two pieces of zero extent).
         score: ``(P, P)`` symmetric inlier scores (sum of inlier match weights; 0 on the
             diagonal, for invalid pieces and pairs without matches).
         matches: ``{(i, j): (idx_i (M,), idx_j (M,), w (M,))}`` for ``i < j``: the RANSAC
@@ -574,14 +586,16 @@ def pairwise_poses(
         for j in range(i + 1, P):
             if not (valid_l[i] and valid_l[j]):
                 continue
+            tau = float(rel_thresh) * float(torch.maximum(scale[i], scale[j]))
+            thresh[i, j] = thresh[j, i] = tau
+            if not tau > 0:  # both pieces have zero extent: no pose to fit, pair stays unfitted
+                continue
             ci, cj = cand[i], cand[j]
             t0 = _clock(dev)
             ia, ib, w = match_pieces(desc[i, ci], desc[j, cj], score[i, ci], score[j, cj],
                                      method, **match_kwargs)
             ia, ib = ci[ia], cj[ib]
             t1 = _clock(dev)
-            tau = float(rel_thresh) * float(torch.maximum(scale[i], scale[j]))
-            thresh[i, j] = thresh[j, i] = tau
             R, t, s, inl = ransac_kabsch(points[j, ib], points[i, ia], w, iters, tau,
                                          generator=generator, return_inliers=True)
             T = _homogeneous(R, t)
