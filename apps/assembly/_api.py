@@ -270,7 +270,9 @@ def assemble(
     Each piece is read in float64 and centred at its own centroid in float64 before it
     is cast to float32 for the network, so coordinates far from the origin (e.g. 1e5 in
     mm) lose nothing: shifting every input by the same vector moves the assembled
-    placement by exactly that much. Returned poses are float64 for the same reason.
+    placement by exactly that much. Matching, RANSAC and refinement run on the centred
+    float64 points (only the network sees float32). Returned poses are float64 for the
+    same reason.
 
     Args:
         pieces: at least 2 pieces: point clouds (arrays/tensors of shape
@@ -287,7 +289,7 @@ def assemble(
         generator: optional :class:`torch.Generator` for the sampling/resampling and the
             pipeline's RANSAC samples.
         method: ``"matching"`` (default) or ``"network"`` (see above).
-        refine: run the matching pipeline's joint refinement.
+        refine: run the matching pipeline's joint refinement (a bool).
 
     Returns:
         Poses of shape :math:`(P, 4, 4)` (float64, CPU): ``T[i] @ [x, 1]`` places point
@@ -322,6 +324,8 @@ def assemble(
         raise ValueError(f"scale: expected a finite number > 0, got {scale!r}")
     if method not in ("matching", "network"):
         raise ValueError(f"method: expected 'matching' or 'network', got {method!r}")
+    if not isinstance(refine, bool):
+        raise ValueError(f"refine: expected True or False, got {refine!r}")
     dev = resolve_device(device)
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_model(checkpoint)
     k = _model_k(model)
@@ -351,7 +355,8 @@ def assemble(
         pts64.append(x)
     x64 = torch.stack(pts64)  # (P, N, 3) float64, input coordinates
     c = x64.mean(dim=1)  # (P, 3) float64 centroids
-    xin = ((x64 - c[:, None]) * float(scale)).to(torch.float32)
+    x64c = (x64 - c[:, None]) * float(scale)  # centred (and scaled) float64
+    xin = x64c.to(torch.float32)
     bad = ~torch.isfinite(xin).flatten(1).all(1)  # checked after the cast: float32 overflow
     if bool(bad.any()):
         i = int(bad.float().argmax())
@@ -368,8 +373,11 @@ def assemble(
             warnings.warn("assemble: the checkpoint has no correspondence head (desc_dim=0); "
                           "method='matching' falls back to the network's poses",
                           UserWarning, stacklevel=2)
-        Tn = assemble_from_outputs(xin[None], valid, out, method=method, refine=refine,
-                                   generator=generator)[0]
+        # the network runs in float32; matching, RANSAC and refinement run on the same
+        # centred points in float64, so the result does not depend on the input pose
+        # through float32 rounding
+        Tn = assemble_from_outputs(x64c.to(dev)[None], valid, out, method=method,
+                                   refine=refine, generator=generator)[0]
     rot = Tn[:, :3, :3].detach().cpu().to(torch.float64)
     trans = Tn[:, :3, 3].detach().cpu().to(torch.float64) / float(scale)
     # y = R (x - c) + t  =>  T = [R, t - R c]
