@@ -211,3 +211,29 @@ def test_fit_limits_accept_bounded_runs():
     check_fit_limits(1, -1)
     check_fit_limits(-1, 3)  # epoch-limited
     check_fit_limits(-1, None, "00:00:01:00")  # time-limited
+
+
+def test_ctrl_c_mid_fit_saves_the_step_and_resume_continues(run, tmp_path, monkeypatch):
+    """Ctrl-C between validations (val_check_interval 6 here): last.ckpt holds the step
+    reached (3), and `--ckpt_path last` continues from it to max_steps."""
+    _, cfg, _ = run
+    root = tmp_path / "r"
+    orig = MultiviewCorrModule.training_step
+
+    def interrupted(self, batch, batch_idx):
+        if self.global_step == 3:
+            raise KeyboardInterrupt
+        return orig(self, batch, batch_idx)
+
+    monkeypatch.setattr(MultiviewCorrModule, "training_step", interrupted)
+    args = ["multiview", "fit", "--config", str(cfg), "--trainer.default_root_dir", str(root),
+            "--trainer.max_steps", "6", "--trainer.val_check_interval", "6"]
+    with pytest.raises(SystemExit):  # Lightning's graceful shutdown exits
+        geo3d_main(args)
+    last = next(root.rglob("last.ckpt"))
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
+    monkeypatch.setattr(MultiviewCorrModule, "training_step", orig)
+    from geo3d.apps.multiview_corr.cli import run_lightning_cli
+
+    cli = run_lightning_cli(args[1:] + ["--ckpt_path", "last"])
+    assert cli.trainer.global_step == 6 and cli.model.train_steps == 3
