@@ -41,7 +41,9 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -78,7 +80,8 @@ def _check_float(name: str, x: object, ndim: int, last: int | None, what: str) -
     return x
 
 
-def _check_weights(name: str, w: object, n: int, like: Tensor) -> Tensor:
+def _check_weights(name: str, w: object, n: int, like: Tensor,
+                   upper: float | None = None) -> Tensor:
     if w is None:
         return torch.ones(n, dtype=like.dtype, device=like.device)
     if not isinstance(w, Tensor) or not w.is_floating_point() or w.shape != (n,):
@@ -90,7 +93,32 @@ def _check_weights(name: str, w: object, n: int, like: Tensor) -> Tensor:
     if n and not bool(torch.isfinite(w).all() and (w >= 0).all()):
         raise ValueError(f"{name}: expected finite non-negative values, got min "
                          f"{float(w.min())}")
+    if n and upper is not None and not bool((w <= upper).all()):
+        raise ValueError(f"{name}: expected values in [0, {upper:g}] (probabilities), got "
+                         f"max {float(w.max())}")
     return w
+
+
+def _check_kwargs(name: str, kwargs: object, fn: Any,
+                  exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``kwargs`` as a dict whose keys are keyword-only parameters of ``fn`` not in
+    ``exclude`` (one-line ``ValueError`` naming ``name`` otherwise: an unknown key would be
+    a TypeError deep in the pipeline)."""
+    import inspect
+
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"{name}: expected a dict of keyword arguments, got "
+                         f"{type(kwargs).__name__}")
+    params = inspect.signature(fn).parameters
+    allowed = sorted(k for k, p in params.items()
+                     if p.kind == p.KEYWORD_ONLY and k not in exclude)
+    unknown = sorted(str(k) for k in kwargs if k not in allowed)
+    if unknown:
+        raise ValueError(f"{name}: expected keys among {allowed} (of {fn.__name__}), got "
+                         f"unknown {unknown}")
+    return dict(kwargs)
 
 
 def _homogeneous(R: Tensor, t: Tensor) -> Tensor:
@@ -253,7 +281,7 @@ def match_pieces(
         ``idx_a``, and weights in [0, 1] (dtype of ``desc_a``).
 
     Raises:
-        ValueError: bad shapes/dtypes, negative or non-finite scores, an unknown
+        ValueError: bad shapes/dtypes, scores outside [0, 1] or non-finite, an unknown
             ``method``, a non-positive ``temperature`` or an unknown ``dustbin`` string.
 
     Reference:
@@ -279,8 +307,8 @@ def match_pieces(
         raise ValueError(f"dustbin: expected a number or 'auto', got {dustbin!r}")
     na, nb = desc_a.shape[0], desc_b.shape[0]
     desc_b = desc_b.to(desc_a.dtype)
-    sa = _check_weights("score_a", score_a, na, desc_a)
-    sb = _check_weights("score_b", score_b, nb, desc_a)
+    sa = _check_weights("score_a", score_a, na, desc_a, upper=1.0)
+    sb = _check_weights("score_b", score_b, nb, desc_a, upper=1.0)
     empty = torch.zeros(0, dtype=torch.long, device=desc_a.device)
     if na == 0 or nb == 0:
         return empty, empty.clone(), torch.zeros(0, dtype=desc_a.dtype, device=desc_a.device)
@@ -572,6 +600,11 @@ def pairwise_poses(
     for name, v in (("max_points", max_points), ("min_points", min_points)):
         if not isinstance(v, int) or v < 3:
             raise ValueError(f"{name}: expected an int >= 3, got {v!r}")
+    if score.numel() and not bool(torch.isfinite(score).all() and (score >= 0).all()
+                                  and (score <= 1).all()):
+        raise ValueError(f"score: expected probabilities in [0, 1], got values in "
+                         f"[{float(score.min())}, {float(score.max())}]")
+    _check_kwargs("match_kwargs", match_kwargs, match_pieces)
     score = score.to(points.dtype)
     valid_l = valid.bool().tolist()
     dt, dev = points.dtype, points.device
@@ -645,7 +678,8 @@ def global_assembly(
         Poses :math:`(P, 4, 4)` (and ``parent`` with ``return_parents``).
 
     Raises:
-        ValueError: bad shapes, an ``anchor`` out of range or invalid.
+        ValueError: bad shapes, non-finite ``rel``/``fallback_poses`` or NaN scores, an
+            ``anchor`` out of range or invalid.
 
     Reference:
         R. C. Prim, "Shortest connection networks and some generalizations", Bell Syst.
@@ -673,6 +707,10 @@ def global_assembly(
         raise ValueError(f"rel: expected shape (P, P, 4, 4), got {tuple(rel.shape)}")
     if not isinstance(score, Tensor) or score.shape != (P, P):
         raise ValueError(f"score: expected shape ({P}, {P}), got {_shape(score)}")
+    if not bool(torch.isfinite(rel).all()):
+        raise ValueError("pairwise: expected finite relative poses (rel), got NaN or inf")
+    if bool(torch.isnan(score).any()):
+        raise ValueError("pairwise: expected scores without NaN (score), got NaN")
     if valid is None:
         valid = torch.ones(P, dtype=torch.bool)
     if not isinstance(valid, Tensor) or valid.shape != (P,):
@@ -686,6 +724,8 @@ def global_assembly(
         if fallback_poses.shape != (P, 4, 4):
             raise ValueError(f"fallback_poses: expected shape ({P}, 4, 4), got "
                              f"{tuple(fallback_poses.shape)}")
+        if not bool(torch.isfinite(fallback_poses).all()):
+            raise ValueError("fallback_poses: expected finite poses, got NaN or inf")
         fallback_poses = fallback_poses.to(device=rel.device, dtype=rel.dtype)
     eye = torch.eye(4, dtype=rel.dtype, device=rel.device)
     poses = eye.repeat(P, 1, 1)

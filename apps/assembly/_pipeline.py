@@ -110,16 +110,19 @@ def assemble_from_outputs(
             ``method``, ``ransac_iters`` its ``iters``).
         min_score: inlier score of a reliable edge
             (:func:`~geo3d.apps.assembly._matching.global_assembly`).
-        refine_steps: LM steps of the refinement.
-        match_kwargs, refine_kwargs: extra options for ``match_pieces`` / ``refine_poses``.
+        refine_steps: LM steps of the refinement (int >= 0).
+        match_kwargs, refine_kwargs: extra keyword options for ``match_pieces`` /
+            ``refine_poses`` (keys checked against their keyword-only parameters).
 
     Returns:
-        Poses :math:`(B, P, 4, 4)` (dtype of ``points``): ``T[b, i] @ [p, 1]`` places point
+        Poses :math:`(B, P, 4, 4)` (dtype of ``points``; float16/bfloat16 input is
+        processed in float32 and the poses cast back): ``T[b, i] @ [p, 1]`` places point
         ``p`` of input piece ``i`` in the assembled frame; identity for padded pieces.
 
     Raises:
         ValueError: bad shapes, an unknown ``method``, or ``method="network"`` (or no
-            ``"desc"``) without ``out["rot"]``/``out["trans"]``.
+            ``"desc"``) without ``out["rot"]``/``out["trans"]``; a non-bool ``refine``, a
+            negative ``refine_steps``, unknown ``match_kwargs``/``refine_kwargs`` keys.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -132,7 +135,14 @@ def assemble_from_outputs(
         >>> bool((placed[0] - placed[1]).abs().max() < 1e-9)
         True
     """
-    from geo3d.apps.assembly._matching import _clock, _inverse, global_assembly, pairwise_poses
+    from geo3d.apps.assembly._matching import (
+        _check_kwargs,
+        _clock,
+        _inverse,
+        global_assembly,
+        match_pieces,
+        pairwise_poses,
+    )
     from geo3d.apps.assembly._refine import refine_poses
 
     from geo3d.eval import anchor_parts
@@ -149,6 +159,16 @@ def assemble_from_outputs(
         raise ValueError(f"out: expected the model's output dict, got {type(out).__name__}")
     if method not in PIPELINE_METHODS:
         raise ValueError(f"method: expected one of {PIPELINE_METHODS}, got {method!r}")
+    if not isinstance(refine, bool):
+        raise ValueError(f"refine: expected True or False, got {refine!r}")
+    if not isinstance(refine_steps, int) or isinstance(refine_steps, bool) or refine_steps < 0:
+        raise ValueError(f"refine_steps: expected an int >= 0, got {refine_steps!r}")
+    match_kwargs = _check_kwargs("match_kwargs", match_kwargs, match_pieces)
+    refine_kwargs = _check_kwargs("refine_kwargs", refine_kwargs, refine_poses,
+                                  exclude=("valid", "normals", "steps"))
+    out_dt = points.dtype
+    if out_dt in (torch.float16, torch.bfloat16):  # computed in float32, returned in out_dt
+        points = points.float()
     dt, dev = points.dtype, points.device
     t_start = _clock(dev)
     T_net = network_poses(out, B, P, dt, dev)
@@ -163,7 +183,7 @@ def assemble_from_outputs(
         if timings is not None:
             timings["total"] = timings.get("total", 0.0) + _clock(dev) - t_start
             timings["objects"] = timings.get("objects", 0) + B
-        return res
+        return res.to(out_dt)
     if not isinstance(desc, Tensor) or desc.dim() != 4 or desc.shape[:3] != (B, P, N):
         raise ValueError(f"out['desc']: expected shape ({B}, {P}, {N}, C), got "
                          f"{_shape(desc)}")
@@ -190,7 +210,7 @@ def assemble_from_outputs(
         pw = pairwise_poses(points[b], desc[b], None if prob is None else prob[b], vb,
                             method=match_method, max_points=max_points, score_min=score_min,
                             min_points=min_points, rel_thresh=rel_thresh, iters=ransac_iters,
-                            generator=generator, timings=tim, **(match_kwargs or {}))
+                            generator=generator, timings=tim, **match_kwargs)
         t0 = _clock(dev)
         G = global_assembly(pw, a, fallback, valid=vb, min_score=min_score)
         t1 = _clock(dev)
@@ -198,9 +218,9 @@ def assemble_from_outputs(
         if refine and refine_steps > 0:
             G = refine_poses(points[b], G, pw.matches, a, valid=vb,
                              normals=None if normals is None else normals[b].to(dt),
-                             steps=refine_steps, **(refine_kwargs or {}))
+                             steps=refine_steps, **refine_kwargs)
         tim["refine"] = tim.get("refine", 0.0) + (_clock(dev) - t1)
         result[b] = torch.where(vb[:, None, None], Ta[None] @ G, eye)
     tim["total"] = tim.get("total", 0.0) + _clock(dev) - t_start
     tim["objects"] = tim.get("objects", 0) + B
-    return result
+    return result.to(out_dt)

@@ -260,7 +260,42 @@ def _place(points: Tensor, poses: Tensor) -> Tensor:
     return points @ poses[:, :3, :3].transpose(-1, -2) + poses[:, None, :3, 3]
 
 
-def _parse_matches(matches: object) -> Mapping[tuple[int, int], tuple[Tensor, Tensor, Tensor]]:
+def _compute_dtype(points: Tensor) -> Tensor:
+    """float16/bfloat16 points promoted to float32 (eigh/solve have no half kernels, and
+    half precision cannot resolve the LM steps); other dtypes unchanged."""
+    return points.float() if points.dtype in (torch.float16, torch.bfloat16) else points
+
+
+#: largest deviation of a starting pose from a rigid motion (|R Rᵀ - I|, |det R - 1|, last
+#: row): float32 network rotations cast to float64 are ~1e-6 off
+_RIGID_TOL = 1e-3
+
+
+def _check_rigid(poses: Tensor, valid: list[bool]) -> None:
+    """ValueError naming ``poses`` unless every valid piece's pose is a finite rigid motion
+    (the refinement composes SE(3) increments with it: a scaled or sheared start would be
+    kept and silently distort the piece)."""
+    idx = [i for i, v in enumerate(valid) if v]
+    if not idx:
+        return
+    T = poses[idx].detach().to(torch.float64)
+    if not bool(torch.isfinite(T).all()):
+        raise ValueError("poses: expected finite rigid motions, got NaN or inf")
+    R = T[:, :3, :3]
+    eye = torch.eye(3, dtype=T.dtype, device=T.device)
+    last = T[:, 3] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=T.dtype, device=T.device)
+    err = torch.stack([(R @ R.transpose(-1, -2) - eye).abs().amax((-1, -2)),
+                       (torch.linalg.det(R) - 1).abs(), last.abs().amax(-1)], -1).amax(-1)
+    if bool((err > _RIGID_TOL).any()):
+        k = int(err.argmax())
+        raise ValueError(f"poses: expected rigid motions (orthonormal rotation, det +1, last "
+                         f"row 0 0 0 1), got a deviation of {float(err[k]):.3g} for piece "
+                         f"{idx[k]}")
+
+
+def _parse_matches(matches: object, P: int,
+                   N: int) -> Mapping[tuple[int, int], tuple[Tensor, Tensor, Tensor]]:
+    """The matches as a dict, checked against ``P`` pieces of ``N`` points each."""
     if matches is None:
         return {}
     if hasattr(matches, "matches"):
@@ -268,6 +303,28 @@ def _parse_matches(matches: object) -> Mapping[tuple[int, int], tuple[Tensor, Te
     if not isinstance(matches, Mapping):
         raise ValueError(f"matches: expected a dict {{(i, j): (idx_i, idx_j, w)}} or a "
                          f"PairwiseResult, got {type(matches).__name__}")
+    for key, val in matches.items():
+        if not (isinstance(key, tuple) and len(key) == 2 and
+                all(isinstance(k, int) and not isinstance(k, bool) for k in key) and
+                0 <= key[0] < P and 0 <= key[1] < P and key[0] != key[1]):
+            raise ValueError(f"matches: expected keys (i, j) of two different pieces in "
+                             f"[0, {P}), got {key!r}")
+        if not (isinstance(val, (tuple, list)) and len(val) == 3 and
+                all(isinstance(v, Tensor) and v.dim() == 1 for v in val) and
+                val[0].shape == val[1].shape == val[2].shape):
+            raise ValueError(f"matches[{key}]: expected (idx_i (M,), idx_j (M,), w (M,)) "
+                             f"tensors, got {type(val).__name__}")
+        ii, jj, w = val
+        if ii.is_floating_point() or jj.is_floating_point() or not w.is_floating_point():
+            raise ValueError(f"matches[{key}]: expected integer indices and float weights, "
+                             f"got {ii.dtype}, {jj.dtype}, {w.dtype}")
+        if ii.numel() and not bool((ii >= 0).all() and (ii < N).all() and (jj >= 0).all()
+                                   and (jj < N).all()):
+            raise ValueError(f"matches[{key}]: expected point indices in [0, {N}), got "
+                             f"[{int(min(ii.min(), jj.min()))}, "
+                             f"{int(max(ii.max(), jj.max()))}]")
+        if w.numel() and not bool(torch.isfinite(w).all() and (w >= 0).all()):
+            raise ValueError(f"matches[{key}]: expected finite non-negative weights")
     return matches
 
 
@@ -300,7 +357,8 @@ def assembly_energy(
         Scalar energy (dtype of ``points``).
 
     Raises:
-        ValueError: ``matches`` neither a dict nor a :class:`PairwiseResult`.
+        ValueError: ``matches`` neither a dict nor a :class:`PairwiseResult`, or with
+            pieces/point indices out of range.
 
     Example:
         >>> pts = torch.zeros(2, 1, 3, dtype=torch.float64)
@@ -312,20 +370,22 @@ def assembly_energy(
     """
     P, N = points.shape[:2]
     valid_l = [True] * P if valid is None else valid.bool().tolist()
+    out_dtype = points.dtype
+    points = _compute_dtype(points)
     q = _place(points, poses.to(points.dtype))
     if normals is None:
         normals = estimate_normals(points)
     nrm = normals.to(points.dtype) @ poses[:, :3, :3].to(points.dtype).transpose(-1, -2)
     o = q[torch.tensor(valid_l, device=q.device)].reshape(-1, 3).mean(0)
-    plan = _Plan(_parse_matches(matches), valid_l, P, N, points.dtype, points.device)
+    plan = _Plan(_parse_matches(matches, P, N), valid_l, P, N, points.dtype, points.device)
     assoc = _associate(q, plan, icp_radius, w_surface > 0, w_pen > 0, pen_radius)
     terms = _build_terms(q, nrm, o, plan, assoc, w_match, w_surface, w_pen, margin)
     if robust_scale is None:
         tot = points.new_zeros(())
         for r, *_, w in terms.items:
             tot = tot + 0.5 * (w * (r * r).sum(-1)).sum()
-        return tot
-    return _energy(terms, float(robust_scale) ** 2).to(points.dtype)
+        return tot.to(out_dtype)
+    return _energy(terms, float(robust_scale) ** 2).to(out_dtype)
 
 
 def refine_poses(
@@ -376,7 +436,9 @@ def refine_poses(
         Refined poses, shape :math:`(P, 4, 4)` (dtype of ``poses``).
 
     Raises:
-        ValueError: bad shapes, an ``anchor`` out of range, bad ``steps``.
+        ValueError: bad shapes, an ``anchor`` out of range, bad ``steps``, a valid piece's
+            starting pose that is not a rigid motion, ``matches`` with pieces or point
+            indices out of range.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -414,7 +476,9 @@ def refine_poses(
         raise ValueError(f"steps: expected an int >= 0, got {steps!r}")
     if normals is not None and (not isinstance(normals, Tensor) or normals.shape != (P, N, 3)):
         raise ValueError(f"normals: expected shape ({P}, {N}, 3), got {_shape(normals)}")
-    match_d = _parse_matches(matches)
+    _check_rigid(poses, valid_l)
+    match_d = _parse_matches(matches, P, N)
+    points = _compute_dtype(points)
     out_dtype = poses.dtype
     dt, dev = points.dtype, points.device
     G = poses.to(dt).clone()

@@ -130,3 +130,118 @@ def test_assemble_refine_must_be_a_bool():
     with pytest.raises(ValueError, match="refine"):
         assemble(_overlapping_pieces(0), _IndexDescriptorModel(32), num_points=32,
                  refine="no")
+
+
+# ----------------------------------------------------------------------------- bad arguments
+def _scene(seed: int = 0, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.randn(1, 2, 32, 3, generator=g, dtype=F64)
+    pts[0, 1] = pts[0, 0] + 0.5
+    d = torch.randn(32, 8, generator=g, dtype=F64).expand(1, 2, 32, 8)
+    return pts.to(dtype), torch.ones(1, 2, dtype=torch.bool), {"desc": d.to(dtype)}
+
+
+class TestBadArguments:
+    def test_refine_matches_out_of_range(self):
+        from geo3d.apps.assembly._refine import assembly_energy, refine_poses
+
+        pts = torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+        T = torch.eye(4, dtype=F64).repeat(2, 1, 1)
+        one = torch.ones(3, dtype=F64)
+        ok = torch.tensor([0, 1, 2])
+        for m in ({(0, 2): (ok, ok, one)}, {(1, 1): (ok, ok, one)},
+                  {(0, 1): (ok, torch.tensor([0, 1, 8]), one)},
+                  {(0, 1): (torch.tensor([-1, 0, 1]), ok, one)},
+                  {(0, 1): (ok, ok, -one)}, {(0, 1): (ok, ok[:2], one)}):
+            with pytest.raises(ValueError, match="matches"):
+                refine_poses(pts, T, m, 0)
+            with pytest.raises(ValueError, match="matches"):
+                assembly_energy(pts, T, m)
+
+    def test_refine_non_rigid_start(self):
+        from geo3d.apps.assembly._refine import refine_poses
+
+        pts = torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+        for bad in (torch.diag(torch.tensor([1.1, 1.0, 1.0, 1.0], dtype=F64)),  # scaled
+                    torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0], dtype=F64)),  # reflection
+                    torch.full((4, 4), float("nan"), dtype=F64)):
+            T = torch.eye(4, dtype=F64).repeat(2, 1, 1)
+            T[1] = bad
+            with pytest.raises(ValueError, match="poses"):
+                refine_poses(pts, T, None, 0)
+        # an invalid (padded) piece's pose is not looked at; float32 rounding is accepted
+        T = torch.eye(4, dtype=F64).repeat(2, 1, 1)
+        T[1] = torch.diag(torch.tensor([2.0, 1.0, 1.0, 1.0], dtype=F64))
+        refine_poses(pts, T, None, 0, valid=torch.tensor([True, False]))
+        from geo3d.rotations import random_rotation_matrix
+
+        T[1, :3, :3] = random_rotation_matrix(1, generator=torch.Generator().manual_seed(0))[0]
+        refine_poses(pts, T, None, 0, steps=1)
+
+    def test_refine_steps_consistent(self):
+        from geo3d.apps.assembly._refine import refine_poses
+
+        pts, valid, out = _scene()
+        with pytest.raises(ValueError, match="refine_steps"):
+            assemble_from_outputs(pts, valid, out, refine_steps=-1)
+        with pytest.raises(ValueError, match="steps"):
+            refine_poses(pts[0], torch.eye(4, dtype=F64).repeat(2, 1, 1), None, 0, steps=-1)
+        with pytest.raises(ValueError, match="refine"):
+            assemble_from_outputs(pts, valid, out, refine="no")
+
+    def test_unknown_kwargs(self):
+        pts, valid, out = _scene()
+        with pytest.raises(ValueError, match="match_kwargs.*temprature"):
+            assemble_from_outputs(pts, valid, out, match_kwargs={"temprature": 0.1})
+        with pytest.raises(ValueError, match="refine_kwargs.*steps"):
+            assemble_from_outputs(pts, valid, out, refine_kwargs={"steps": 3})
+        with pytest.raises(ValueError, match="match_kwargs"):
+            pairwise_poses(pts[0], out["desc"][0], tempreature=0.1)
+        # known keys pass through
+        assemble_from_outputs(pts, valid, out, match_kwargs={"temperature": 0.05},
+                              refine_kwargs={"w_pen": 0.0}, min_points=3,
+                              generator=torch.Generator().manual_seed(0))
+
+    def test_global_assembly_non_finite_rel(self):
+        from geo3d.apps.assembly._matching import global_assembly
+
+        rel = torch.eye(4, dtype=F64).repeat(2, 2, 1, 1)
+        rel[0, 1, 0, 3] = float("nan")
+        score = torch.full((2, 2), 10.0, dtype=F64)
+        with pytest.raises(ValueError, match="pairwise.*rel"):
+            global_assembly((rel, score), 0)
+        score[0, 1] = float("nan")
+        with pytest.raises(ValueError, match="pairwise.*score"):
+            global_assembly((torch.eye(4, dtype=F64).repeat(2, 2, 1, 1), score), 0)
+
+    @pytest.mark.parametrize("bad", [1.5, -0.1, float("nan")])
+    def test_match_scores_must_be_probabilities(self, bad):
+        from geo3d.apps.assembly._matching import match_pieces
+
+        d = torch.eye(4, dtype=F64)
+        s = torch.full((4,), 0.5, dtype=F64)
+        s[2] = bad
+        with pytest.raises(ValueError, match="score_a"):
+            match_pieces(d, d, s, None)
+        with pytest.raises(ValueError, match="score_b"):
+            match_pieces(d, d, None, s)
+        pts = torch.randn(2, 4, 3, dtype=F64)
+        with pytest.raises(ValueError, match="score"):
+            pairwise_poses(pts, d.expand(2, 4, 4), s.expand(2, 4))
+
+    @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+    def test_half_precision_matches_float32(self, half):
+        # computed in float32 and cast back: equal to the float32 run on the same
+        # (half-rounded) inputs, cast to half
+        pts, valid, out = _scene(dtype=half)
+        kw = dict(min_points=3, refine_steps=3)
+        T = assemble_from_outputs(pts, valid, out, generator=torch.Generator().manual_seed(0),
+                                  **kw)
+        T32 = assemble_from_outputs(pts.float(), valid, {"desc": out["desc"].float()},
+                                    generator=torch.Generator().manual_seed(0), **kw)
+        assert T.dtype == half
+        torch.testing.assert_close(T, T32.to(half), atol=0, rtol=0)
+        from geo3d.apps.assembly._refine import refine_poses
+
+        G = refine_poses(pts[0], torch.eye(4, dtype=half).repeat(2, 1, 1), None, 0, steps=2)
+        assert G.dtype == half and bool(torch.isfinite(G).all())
