@@ -148,8 +148,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise CheckpointError(
             path, f"checkpoint {str(path)!r} ({size} bytes) could not be read: it is truncated, "
             f"corrupted or not a torch checkpoint ({type(err).__name__}: "
-            f"{' '.join(str(err).split())[:200]}). Delete it and resume from an earlier "
-            "checkpoint."
+            f"{' '.join(str(err).split())[:200]}); if it is a run's checkpoint, resume from "
+            "an earlier one"
         ) from err
     if not isinstance(ckpt, dict):
         raise CheckpointError(path, f"checkpoint {str(path)!r}: expected a dict, got "

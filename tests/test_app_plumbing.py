@@ -75,6 +75,14 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
     torch.save({"f": types.SimpleNamespace(a=1)}, evil)
     with pytest.raises(CheckpointError, match="could not be read"):
         load_checkpoint(evil)
+    # a user's mesh passed as the checkpoint: neutral advice (it need not be a run's file)
+    mesh = tmp_path / "piece.obj"
+    mesh.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    with pytest.raises(CheckpointError, match="not a torch checkpoint") as err:
+        load_checkpoint(mesh)
+    msg = str(err.value)
+    assert "\n" not in msg and "Delete" not in msg
+    assert msg.endswith("if it is a run's checkpoint, resume from an earlier one")
 
 
 def test_resolve_last_checkpoint_newest_anywhere(tmp_path: Path, capsys) -> None:
