@@ -102,23 +102,29 @@ def run_lightning_cli(args: list[str], run: bool = True) -> Any:
                        run=run, auto_configure_optimizers=False)
 
 
-def _predict_pieces(argv: list[str]) -> int:
-    import json
+_LIGHTNING_PREDICT_NOTE = (
+    "LightningCLI predict (the objects of a dataset split, written to predictions.json) is "
+    "`geo3d assembly predict --config CFG --ckpt_path CKPT`; its options: `geo3d assembly "
+    "predict --config CFG --help`.")
 
-    import torch
-    from geo3d.apps.assembly._api import assemble
 
+def _piece_parser() -> argparse.ArgumentParser:
     class _Parser(argparse.ArgumentParser):
         def error(self, message: str) -> Any:  # one line via the geo3d CLI, exit code 2
             raise UsageError(f"geo3d assembly predict: {message} (see `geo3d assembly "
                              f"predict --help`)")
 
-    p = _Parser(prog="geo3d assembly predict", description="Assemble pieces.")
+    p = _Parser(prog="geo3d assembly predict", add_help=False,
+                description="Assemble piece files with a checkpoint written by `fit`.",
+                epilog=_LIGHTNING_PREDICT_NOTE)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `fit`")
     p.add_argument("--pieces", nargs="+", default=None, help="mesh or point-cloud files")
-    p.add_argument("--num-points", type=int, default=512)
-    p.add_argument("--scale", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-points", type=int, default=512,
+                   help="points per piece fed to the network (default: 512)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="coordinates are multiplied by this before the network (default: 1)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the point sampling and RANSAC (default: 0)")
     p.add_argument("--device", default=None, help="where to run (default: cpu)")
     p.add_argument("--method", default="matching", choices=["matching", "network"],
                    help="matching: descriptor matching + RANSAC + refinement (default); "
@@ -126,6 +132,17 @@ def _predict_pieces(argv: list[str]) -> int:
     p.add_argument("--no-refine", action="store_true",
                    help="skip the matching pipeline's joint refinement")
     p.add_argument("--out", default=None, help="write poses as JSON here (default: stdout)")
+    return p
+
+
+def _predict_pieces(argv: list[str]) -> int:
+    import json
+    import warnings
+
+    import torch
+    from geo3d.apps.assembly._api import assemble
+
+    p = _piece_parser()
     a, extra = p.parse_known_args(argv)
     if extra:
         stray = [x for x in extra if not x.startswith("-")]
@@ -137,9 +154,17 @@ def _predict_pieces(argv: list[str]) -> int:
     if not a.pieces:
         raise UsageError("--pieces: expected the piece files to assemble, got none (geo3d "
                          "assembly predict --checkpoint CKPT --pieces A B ...)")
-    T = assemble(a.pieces, a.checkpoint, num_points=a.num_points, scale=a.scale,
-                 device=a.device, generator=torch.Generator().manual_seed(a.seed),
-                 method=a.method, refine=not a.no_refine)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        T = assemble(a.pieces, a.checkpoint, num_points=a.num_points, scale=a.scale,
+                     device=a.device, generator=torch.Generator().manual_seed(a.seed),
+                     method=a.method, refine=not a.no_refine)
+    seen = set()
+    for w in caught:  # one line each, once (not file:line plus a source line)
+        msg = " ".join(str(w.message).split())
+        if msg not in seen:
+            seen.add(msg)
+            print(f"geo3d assembly predict: warning: {msg}", file=sys.stderr)
     text = json.dumps({"pieces": a.pieces, "method": a.method, "poses": T.tolist()}, indent=2)
     if a.out:
         atomic_write_text(a.out, text)
@@ -155,6 +180,10 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0
     cmd, rest = argv[0], list(argv[1:])
+    if cmd == "predict" and any(a in ("-h", "--help") for a in rest) and not any(
+            a == "--config" or a.startswith("--config=") for a in rest):
+        _piece_parser().print_help()  # the piece mode; Lightning's help needs --config
+        return 0
     if cmd == "predict" and any(a in ("--pieces", "--checkpoint") or
                                 a.startswith(("--pieces=", "--checkpoint="))
                                 for a in rest):
