@@ -212,14 +212,24 @@ class AssemblyModule(L.LightningModule):
                   tim: dict[str, float]) -> tuple[Tensor, int]:
         """Poses of a batch from the pipeline; an object on which it raises a
         ``RuntimeError`` (e.g. a singular linear solve) is evaluated with the network's
-        poses instead and counted (``errors/pipeline`` in the results)."""
+        poses instead and counted (``errors/pipeline`` in the results).
+
+        ``tim`` receives the stage timings of the successful calls only (each attempt
+        times into a fresh dict): after a failed batch the per-object re-runs are counted
+        once, and ``total`` sums over every object of the batch."""
         from geo3d.apps.assembly._pipeline import assemble_from_outputs
 
-        kw = dict(method=method, refine=bool(self.hparams.refine), timings=tim)
+        def run(pts: Tensor, v: Tensor, o: dict[str, Tensor], **kw: Any) -> Tensor:
+            t: dict[str, float] = {}
+            res = assemble_from_outputs(pts, v, o, timings=t, **kw)
+            for k, sec in t.items():  # merged only when the call returned
+                tim[k] = tim.get(k, 0.0) + sec
+            return res
+
+        kw = dict(method=method, refine=bool(self.hparams.refine))
         with torch.no_grad():
             try:
-                return assemble_from_outputs(points, valid, pred, generator=self._eval_gen,
-                                             **kw), 0
+                return run(points, valid, pred, generator=self._eval_gen, **kw), 0
             except RuntimeError:
                 pass
             rows, errors = [], 0
@@ -227,12 +237,10 @@ class AssemblyModule(L.LightningModule):
                 sl = slice(b, b + 1)
                 o = {k: v[sl] for k, v in pred.items()}
                 try:
-                    rows.append(assemble_from_outputs(points[sl], valid[sl], o,
-                                                      generator=self._eval_gen, **kw))
+                    rows.append(run(points[sl], valid[sl], o, generator=self._eval_gen, **kw))
                 except RuntimeError:
                     errors += 1
-                    rows.append(assemble_from_outputs(points[sl], valid[sl], o,
-                                                      method="network"))
+                    rows.append(run(points[sl], valid[sl], o, method="network"))
             return torch.cat(rows), errors
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
