@@ -43,7 +43,11 @@ def register_pair(
     Returns:
         :math:`(4, 4)` float64 matrix ``T`` with ``target ≈ T[:3, :3] @ source + T[:3, 3]``.
         When neither ICP nor RANSAC finds any overlap (or diverges far from the target),
-        the fallback is the pure translation that puts the centroids together.
+        or the target has zero extent (default ``voxel``), the fallback is the pure
+        translation that puts the centroids together.
+
+    Raises:
+        ValueError: bad shapes, a ``voxel`` that is not a finite number > 0.
     """
     o3d = _o3d()
     source = np.asarray(source, dtype=np.float64)
@@ -51,8 +55,14 @@ def register_pair(
     for name, x in (("source", source), ("target", target)):
         if x.ndim != 2 or x.shape[1] != 3 or len(x) < 8:
             raise ValueError(f"{name}: expected shape (N >= 8, 3), got {x.shape}")
+    fallback = np.eye(4)  # no overlap found: put the centroids together, keep the rotation
+    fallback[:3, 3] = target.mean(0) - source.mean(0)
     if voxel is None:
         voxel = 0.03 * float(np.linalg.norm(target.max(0) - target.min(0)))
+        if not voxel > 0:  # target of zero extent (all points identical): nothing to register
+            return fallback
+    if not (isinstance(voxel, (int, float)) and np.isfinite(voxel) and voxel > 0):
+        raise ValueError(f"voxel: expected a finite number > 0, got {voxel!r}")
     o3d.utility.random.seed(int(seed))
     reg = o3d.pipelines.registration
 
@@ -76,8 +86,6 @@ def register_pair(
         src, tgt, voxel, ransac.transformation, reg.TransformationEstimationPointToPlane()
     )
     diag = float(np.linalg.norm(target.max(0) - target.min(0)))
-    fallback = np.eye(4)  # no overlap found: put the centroids together, keep the rotation
-    fallback[:3, 3] = target.mean(0) - source.mean(0)
     for cand, fit in ((icp.transformation, icp.fitness), (ransac.transformation, ransac.fitness)):
         T = np.asarray(cand, dtype=np.float64)
         moved = source.mean(0) @ T[:3, :3].T + T[:3, 3]

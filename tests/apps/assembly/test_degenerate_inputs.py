@@ -245,3 +245,16 @@ class TestBadArguments:
 
         G = refine_poses(pts[0], torch.eye(4, dtype=half).repeat(2, 1, 1), None, 0, steps=2)
         assert G.dtype == half and bool(torch.isfinite(G).all())
+
+
+def test_registration_baseline_zero_extent_target(open3d_module):
+    from geo3d.apps.assembly._registration import register_pair
+
+    src = torch.randn(16, 3, generator=torch.Generator().manual_seed(0), dtype=F64).numpy()
+    tgt = torch.full((16, 3), 2.0, dtype=F64).numpy()
+    T = register_pair(src, tgt)  # default voxel = 3% of a zero diagonal
+    expect = torch.eye(4, dtype=F64)
+    expect[:3, 3] = torch.from_numpy(tgt.mean(0) - src.mean(0))
+    torch.testing.assert_close(torch.from_numpy(T), expect, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="voxel"):
+        register_pair(src, src, voxel=0.0)
