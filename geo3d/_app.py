@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 __all__ = ["UsageError", "PackagedConfigs", "CheckpointError", "load_checkpoint",
-           "find_last_checkpoints", "resolve_last_checkpoint"]
+           "find_last_checkpoints", "resolve_last_checkpoint", "resolve_device"]
 
 
 class UsageError(ValueError):
@@ -79,14 +79,16 @@ class PackagedConfigs:
 
     def resolve_args(self, args: list[str],
                      aliases: Mapping[str, tuple[str, str]] | None = None) -> list[str]:
-        """Resolve every ``--config NAME`` / ``--config=NAME`` in ``args``, and rewrite
+        """Resolve every ``--config NAME`` / ``--config=NAME`` (or its short form ``-c``) in
+        ``args``, and rewrite
         short flags: ``aliases = {"--vit": ("--model.vit", "a .pth file or folder")}``
         turns ``--vit X`` into ``--model.vit X`` (the second item says what must follow).
 
         Raises:
             UsageError: a missing config, or a flag with nothing after it.
         """
-        table = {"--config": (None, "a YAML file"), **dict(aliases or {})}
+        table = {"--config": (None, "a YAML file"), "-c": (None, "a YAML file"),
+                 **dict(aliases or {})}
         out = list(args)
         i = 0
         while i < len(out):
@@ -148,13 +150,62 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise CheckpointError(
             path, f"checkpoint {str(path)!r} ({size} bytes) could not be read: it is truncated, "
             f"corrupted or not a torch checkpoint ({type(err).__name__}: "
-            f"{' '.join(str(err).split())[:200]}); if it is a run's checkpoint, resume from "
-            "an earlier one"
+            f"{_first_sentence(err)}); if it is a run's checkpoint, resume from an earlier one"
         ) from err
     if not isinstance(ckpt, dict):
         raise CheckpointError(path, f"checkpoint {str(path)!r}: expected a dict, got "
                                     f"{type(ckpt).__name__}")
     return ckpt
+
+
+def _first_sentence(err: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's text, on one line. torch's weights-only
+    unpickling error goes on to advise ``weights_only=False``, which would run arbitrary
+    code from a foreign file: that advice must not be passed on."""
+    text = " ".join(str(err).split())
+    first = text.split(". ")[0].rstrip(".")
+    return first[:limit] or type(err).__name__
+
+
+def resolve_device(device: str | torch.device | None, name: str = "device",
+                   default: torch.device | None = None) -> torch.device:
+    """The :class:`torch.device` a user asked for, checked to exist on this machine.
+
+    ``None`` means ``default`` (CPU when not given). torch itself answers an unknown name
+    with a ``RuntimeError`` and an absent accelerator (``"cuda"`` on a CPU-only build) only
+    at the first ``.to()``, with an ``AssertionError``; both become a ``ValueError`` naming
+    ``name`` here. Shared by the apps (``device=`` arguments and ``--device`` options).
+
+    Raises:
+        ValueError: not a device name, or a device this build/machine does not have.
+
+    Example:
+        >>> resolve_device(None), resolve_device("cpu")
+        (device(type='cpu'), device(type='cpu'))
+    """
+    if device is None:
+        return default if default is not None else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected a torch device such as 'cpu' or 'cuda', got "
+                         f"{device!r}") from err
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise ValueError(f"{name}: expected an available device, got {device!r} "
+                             f"({count} CUDA device(s) visible to this torch build)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{name}: expected an available device, got {device!r} "
+                             f"(MPS is not available)")
+    elif dev.type not in ("cpu", "meta"):
+        try:
+            torch.empty(0, device=dev)
+        except Exception as err:  # backends raise various types when absent
+            raise ValueError(f"{name}: expected an available device, got {device!r} "
+                             f"({type(err).__name__}: {_first_sentence(err)})") from err
+    return dev
 
 
 def find_last_checkpoints(roots: list[Path]) -> list[Path]:

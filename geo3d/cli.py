@@ -90,8 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     User errors (see :func:`is_user_error`) print one line ``geo3d: error: ...`` to
     stderr and return 2; with ``--debug`` (or ``GEO3D_DEBUG=1``) their full traceback is
-    printed instead, and the exit code is still 2. Other exceptions always propagate
-    (they are bugs: Python exits with 1).
+    printed instead, and the exit code is still 2. Ctrl-C (``KeyboardInterrupt``) prints
+    ``geo3d: interrupted`` and returns 130 (128 + SIGINT, the shell's convention; with
+    ``--debug`` the traceback is printed first). Other exceptions always propagate (they are
+    bugs: Python exits with 1).
     """
     import os
 
@@ -103,6 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.debug or os.environ.get("GEO3D_DEBUG", "") not in ("", "0")
     try:
         code = args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print("geo3d: interrupted", file=sys.stderr)
+        return 130
     except Exception as err:
         if not is_user_error(err):
             raise

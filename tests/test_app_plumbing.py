@@ -14,6 +14,7 @@ from geo3d._app import (
     PackagedConfigs,
     UsageError,
     load_checkpoint,
+    resolve_device,
     resolve_last_checkpoint,
 )
 
@@ -53,6 +54,11 @@ def test_resolve_args_configs_and_aliases(configs: PackagedConfigs) -> None:
         configs.resolve_args(["fit", "--vit", "--config", "demo"], aliases)
     with pytest.raises(UsageError, match="--config"):
         configs.resolve_args(["fit", "--config=missing"])
+    # the short form -c is resolved like --config (LightningCLI accepts both)
+    assert configs.resolve_args(["fit", "-c", "demo", "-c=long"]) == [
+        "fit", "-c", demo, f"-c={configs.directory / 'long.yaml'}"]
+    with pytest.raises(UsageError, match="-c: expected a YAML file after it"):
+        configs.resolve_args(["fit", "-c"])
 
 
 def test_load_checkpoint_errors(tmp_path: Path) -> None:
@@ -73,8 +79,10 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
     # an arbitrary pickled object is refused by weights_only=True, not executed
     evil = tmp_path / "evil.ckpt"
     torch.save({"f": types.SimpleNamespace(a=1)}, evil)
-    with pytest.raises(CheckpointError, match="could not be read"):
+    with pytest.raises(CheckpointError, match="could not be read") as err:
         load_checkpoint(evil)
+    # torch's own text advises weights_only=False (unsafe for a foreign file): not passed on
+    assert "weights_only" not in str(err.value) and "UnpicklingError" in str(err.value)
     # a user's mesh passed as the checkpoint: neutral advice (it need not be a run's file)
     mesh = tmp_path / "piece.obj"
     mesh.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
@@ -83,6 +91,30 @@ def test_load_checkpoint_errors(tmp_path: Path) -> None:
     msg = str(err.value)
     assert "\n" not in msg and "Delete" not in msg
     assert msg.endswith("if it is a run's checkpoint, resume from an earlier one")
+
+
+def test_resolve_device_names_the_argument(monkeypatch) -> None:
+    assert resolve_device(None) == torch.device("cpu")
+    assert resolve_device(None, default=torch.device("meta")) == torch.device("meta")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="gpu_dev: expected a torch device"):
+        resolve_device("nonsense", "gpu_dev")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device: expected an available device, got 'cuda'"):
+        resolve_device("cuda")
+
+
+def test_cli_ctrl_c_is_one_line_exit_130(monkeypatch, capsys) -> None:
+    import geo3d.apps.arteq.cli as arteq_cli
+    from geo3d.cli import main
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(arteq_cli, "_predict", interrupted)
+    assert main(["arteq", "predict", "--checkpoint", "x"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "geo3d: interrupted" and "Traceback" not in err
 
 
 def test_resolve_last_checkpoint_newest_anywhere(tmp_path: Path, capsys) -> None:

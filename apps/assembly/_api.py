@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from geo3d._app import resolve_device  # shared by the apps (re-exported here)
 from geo3d.apps.assembly._checkpoint import load_checkpoint
 from torch import Tensor
 
@@ -31,46 +32,6 @@ class PieceError(ValueError):
         if path is not None:
             where += f" ({str(path)!r})"
         super().__init__(f"{where}: {reason}")
-
-
-def resolve_device(device: str | torch.device | None, name: str = "device") -> torch.device:
-    """The :class:`torch.device` a user asked for, checked to exist on this machine.
-
-    ``None`` means CPU. torch itself answers an unknown name with a ``RuntimeError`` and
-    an absent accelerator (``"cuda"`` on a CPU-only build) only at the first ``.to()``,
-    with an ``AssertionError``; both become a ``ValueError`` naming ``name`` here.
-
-    Raises:
-        ValueError: not a device name, or a device this build/machine does not have.
-
-    Example:
-        >>> from geo3d.apps.assembly._api import resolve_device
-        >>> resolve_device(None), resolve_device("cpu")
-        (device(type='cpu'), device(type='cpu'))
-    """
-    if device is None:
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as err:
-        raise ValueError(f"{name}: expected a torch device such as 'cpu' or 'cuda', got "
-                         f"{device!r}") from err
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0 or (dev.index is not None and dev.index >= count):
-            raise ValueError(f"{name}: expected an available device, got {device!r} "
-                             f"({count} CUDA device(s) visible to this torch build)")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"{name}: expected an available device, got {device!r} "
-                             f"(MPS is not available)")
-    elif dev.type not in ("cpu", "meta"):
-        try:
-            torch.empty(0, device=dev)
-        except Exception as err:  # backends raise various types when absent
-            raise ValueError(f"{name}: expected an available device, got {device!r} "
-                             f"({type(err).__name__}: {err})") from err
-    return dev
 
 
 def load_model(checkpoint: str | os.PathLike, map_location: Any = "cpu") -> Any:
