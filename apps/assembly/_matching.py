@@ -605,6 +605,9 @@ def pairwise_poses(
         raise ValueError(f"score: expected probabilities in [0, 1], got values in "
                          f"[{float(score.min())}, {float(score.max())}]")
     _check_kwargs("match_kwargs", match_kwargs, match_pieces)
+    if not (isinstance(rel_thresh, (int, float)) and math.isfinite(rel_thresh) and
+            rel_thresh > 0):
+        raise ValueError(f"rel_thresh: expected a finite number > 0, got {rel_thresh!r}")
     score = score.to(points.dtype)
     valid_l = valid.bool().tolist()
     dt, dev = points.dtype, points.device

@@ -197,6 +197,10 @@ class TestBadArguments:
             assemble_from_outputs(pts, valid, out, refine_kwargs={"steps": 3})
         with pytest.raises(ValueError, match="match_kwargs"):
             pairwise_poses(pts[0], out["desc"][0], tempreature=0.1)
+        # a non-positive threshold is an error, not "every pair has zero extent"
+        for bad in (0.0, -0.1, float("nan")):
+            with pytest.raises(ValueError, match="rel_thresh"):
+                pairwise_poses(pts[0], out["desc"][0], rel_thresh=bad)
         # known keys pass through
         assemble_from_outputs(pts, valid, out, match_kwargs={"temperature": 0.05},
                               refine_kwargs={"w_pen": 0.0}, min_points=3,
