@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from geo3d._validation import check_finite
+
 __all__ = ["v2v_error", "mpjpe", "part_accuracy_points"]
 
 
@@ -46,6 +48,9 @@ def _check_pair(pname: str, gname: str, pred: Tensor, gt: Tensor, what: str) -> 
     if pred.dtype != gt.dtype or pred.device != gt.device:
         raise ValueError(f"{gname}: expected dtype {pred.dtype} on {pred.device} (as {pname}), "
                          f"got {gt.dtype} on {gt.device}")
+    # a NaN would silently poison the mean (value checks: geo3d.rotations.set_value_checks)
+    check_finite(pname, pred)
+    check_finite(gname, gt)
 
 
 def v2v_error(pred_vertices: Tensor, gt_vertices: Tensor) -> Tensor:
@@ -64,7 +69,8 @@ def v2v_error(pred_vertices: Tensor, gt_vertices: Tensor) -> Tensor:
 
     Raises:
         ValueError: a non-tensor or non-floating input, a last dimension other than 3,
-            mismatched shapes, dtypes or devices, ``V = 0``.
+            mismatched shapes, dtypes or devices, ``V = 0``, NaN/inf coordinates (while
+            value checks are on: :func:`geo3d.rotations.set_value_checks`).
 
     Example:
         >>> gt = torch.zeros(1, 4, 3)
@@ -98,7 +104,8 @@ def mpjpe(
     the tiny and Anny-derived models, see the module docs).
 
     Raises:
-        ValueError: as :func:`v2v_error` (naming ``pred_joints``/``gt_joints``), an unknown
+        ValueError: as :func:`v2v_error` (naming ``pred_joints``/``gt_joints``; NaN/inf
+            included), an unknown
             ``align``, or ``root_index`` outside ``[0, J)``.
 
     Example:
@@ -136,9 +143,14 @@ def part_accuracy_points(
         mask: optional bool :math:`(*, N)`; only ``True`` points count (padding, points
             without a label).
 
+    Points whose ground-truth **or** predicted label is negative never count (neither
+    correct nor wrong): ``-1`` is the padding of ragged batches (e.g. ``FitResult.part_labels``
+    of a list of scans) and of unlabelled points, so two paddings are not a match.
+
     Returns:
         Float32 (float64 never needed: a count ratio) tensor of shape :math:`(*)` in
-        ``[0, 1]``; NaN for a row without any valid point (``N = 0`` or an all-False mask).
+        ``[0, 1]``; NaN for a row without any valid point (``N = 0``, an all-False mask or
+        only negative labels).
 
     Raises:
         ValueError: non-tensor, floating or bool labels, fewer than 1 dimension, mismatched
@@ -147,6 +159,8 @@ def part_accuracy_points(
     Example:
         >>> part_accuracy_points(torch.tensor([[0, 1, 2, 2]]), torch.tensor([[0, 1, 1, 2]]))
         tensor([0.7500])
+        >>> part_accuracy_points(torch.tensor([[0, 1, -1]]), torch.tensor([[0, 2, -1]]))
+        tensor([0.5000])
 
     Reference: ArtEq (arXiv:2304.10528), Sec. 4 (part segmentation accuracy).
     """
@@ -172,4 +186,5 @@ def part_accuracy_points(
             raise ValueError(f"mask: expected shape {tuple(pred_labels.shape)} on "
                              f"{pred_labels.device}, got {tuple(mask.shape)} on {mask.device}")
         valid = mask.to(torch.float32)
+    valid = valid * ((gt_labels >= 0) & (pred_labels >= 0)).to(torch.float32)
     return (correct * valid).sum(-1) / valid.sum(-1)

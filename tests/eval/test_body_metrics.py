@@ -166,6 +166,35 @@ class TestPartAccuracyPoints:
         with pytest.raises(ValueError, match="mask"):
             part_accuracy_points(x, x, torch.ones(1, 3, dtype=torch.bool))
 
+    def test_negative_labels_are_padding_not_matches(self):
+        # ragged FitResult.part_labels pad with -1; a padded gt (-1) matched by a padded
+        # prediction (-1) must not count as correct, nor a real label against padding
+        pred = torch.tensor([[0, 1, -1, -1], [2, -1, 3, 3]])
+        gt = torch.tensor([[0, 2, -1, 1], [2, 2, -1, 3]])
+        # row 0: valid points 0, 1 -> 1/2; row 1: valid points 0, 3 -> 2/2
+        assert part_accuracy_points(pred, gt).tolist() == [0.5, 1.0]
+        assert math.isnan(part_accuracy_points(torch.full((1, 3), -1),
+                                               torch.full((1, 3), -1)).item())
+
+    @pytest.mark.parametrize("fn", [v2v_error, mpjpe])
+    def test_nan_coordinates_raise_naming_the_argument(self, fn):
+        from geo3d.rotations import set_value_checks
+
+        a = torch.zeros(2, 5, 3)
+        b = a.clone()
+        b[1, 3, 0] = float("nan")
+        first = "pred_vertices" if fn is v2v_error else "pred_joints"
+        second = "gt_vertices" if fn is v2v_error else "gt_joints"
+        with pytest.raises(ValueError, match=rf"{second}: expected finite"):
+            fn(a, b)
+        with pytest.raises(ValueError, match=rf"{first}: expected finite"):
+            fn(b, a)
+        old = set_value_checks(False)
+        try:
+            assert math.isnan(fn(a, b)[1].item())  # checks off: no host sync, NaN propagates
+        finally:
+            set_value_checks(old)
+
     def test_assembly_part_accuracy_not_shadowed(self):
         from geo3d.eval._assembly_metrics import part_accuracy
 
