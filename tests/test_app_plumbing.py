@@ -106,6 +106,7 @@ def test_resolve_device_names_the_argument(monkeypatch) -> None:
 
 def test_cli_ctrl_c_is_one_line_exit_130(monkeypatch, capsys) -> None:
     import geo3d.apps.arteq.cli as arteq_cli
+
     from geo3d.cli import main
 
     def interrupted(argv):

@@ -103,13 +103,73 @@ class FitResult:
 # input checks
 
 
-def _check_scale(scale: Any) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
-        math.isfinite(float(scale)) and float(scale) > 0
+def _check_scale(scale: Any, name: str = "scale") -> float:
+    """A positive finite scale: a Python/numpy real scalar or a one-element real tensor."""
+    val = scale
+    if isinstance(val, Tensor) and val.numel() == 1 and not val.is_complex() \
+            and val.dtype != torch.bool:
+        val = val.item()
+    elif isinstance(val, np.ndarray) and val.size == 1 and val.dtype.kind in "iuf":
+        val = val.item()
+    elif isinstance(val, np.generic) and val.dtype.kind in "iuf":
+        val = val.item()
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or not (
+        math.isfinite(float(val)) and float(val) > 0
     ):
-        raise ValueError(f"scale: expected a positive finite number (metres per input unit), "
+        raise ValueError(f"{name}: expected a positive finite number (metres per input unit), "
                          f"got {scale!r}")
-    return float(scale)
+    return float(val)
+
+
+def _check_int(name: str, v: Any, minimum: int) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def _check_lr(lr: Any, name: str = "lr") -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not (
+        math.isfinite(float(lr)) and float(lr) > 0
+    ):
+        raise ValueError(f"{name}: expected a positive finite number, got {lr!r}")
+    return float(lr)
+
+
+#: A scan whose extent (largest side of its bounding box, after ``scale``) lies outside this
+#: range in metres is not a human body in metres: :func:`warn_scale` suggests ``scale``.
+BODY_EXTENT_M = (0.1, 10.0)
+
+
+def scale_warning(points: list[Tensor] | Tensor, scale: float) -> str | None:
+    """One line suggesting ``scale`` when a scan's extent in metres (largest side of its
+    bounding box times ``scale``) lies outside :data:`BODY_EXTENT_M`, else ``None``."""
+    clouds = points if isinstance(points, list) else list(points.split(1))
+    ext = max(float((c.reshape(-1, 3).amax(0) - c.reshape(-1, 3).amin(0)).max()) for c in clouds)
+    ext *= scale
+    lo, hi = BODY_EXTENT_M
+    if lo <= ext <= hi or ext == 0.0:
+        return None
+    hint = (f"scale={scale * 0.001:g} if the points are in millimetres" if ext > hi else
+            "a larger scale (metres per input unit)")
+    return (f"scale: the points span {ext:.3g} m with scale={scale:g}, outside a body's "
+            f"{lo:g}..{hi:g} m; pass {hint}")
+
+
+def warn_scale(points: list[Tensor] | Tensor, scale: float) -> None:
+    """:func:`warnings.warn` :func:`scale_warning`'s line (at most once per call)."""
+    msg = scale_warning(points, scale)
+    if msg is not None:
+        import warnings
+
+        warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _check_min_points(points: list[Tensor] | Tensor, minimum: int) -> None:
+    clouds = points if isinstance(points, list) else [points]
+    n = min(int(c.shape[1]) for c in clouds)
+    if n < minimum:
+        raise ValueError(f"points: expected at least {minimum} points per scan (the network's "
+                         f"neighbourhood size k), got {n}")
 
 
 def _as_points(points: Any, name: str = "points") -> list[Tensor] | Tensor:
@@ -135,8 +195,10 @@ def _as_points(points: Any, name: str = "points") -> list[Tensor] | Tensor:
     if points.dim() != 3 or points.shape[-1] != 3 or points.shape[0] < 1 or points.shape[1] < 1:
         raise ValueError(f"{name}: expected shape (N, 3) or (B, N, 3) with B, N >= 1, got "
                          f"{tuple(points.shape)}")
-    if not points.is_floating_point():
-        raise ValueError(f"{name}: expected a floating tensor, got {points.dtype}")
+    if points.dtype == torch.bool or points.is_complex():
+        raise ValueError(f"{name}: expected real coordinates, got {points.dtype}")
+    if not points.is_floating_point():  # integer coordinates (e.g. millimetres): as floats
+        points = points.to(torch.get_default_dtype())
     if not bool(torch.isfinite(points).all()):
         raise ValueError(f"{name}: expected finite values, got NaN or inf")
     return points
@@ -637,7 +699,8 @@ def refine_fit(
         A new :class:`FitResult` (``part_labels`` kept, ``loss`` = final objective).
 
     Raises:
-        ValueError: bad ``points``, ``scale`` or ``steps``; ``fit`` with another batch size.
+        ValueError: bad ``points``, ``scale``, ``steps`` (< 0) or ``lr`` (<= 0); ``fit``
+            with another batch size.
 
     Reference: SMPLify (Bogo et al., ECCV 2016, arXiv:1607.08128) for the data + prior
     objective.
@@ -646,8 +709,8 @@ def refine_fit(
     pts = _as_points(points)
     if not isinstance(pts, Tensor):
         raise ValueError("points: expected a tensor of shape (B, N, 3), got a list")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"steps: expected a non-negative int, got {steps!r}")
+    steps = _check_int("steps", steps, 0)
+    lr = _check_lr(lr)
     if len(fit) != pts.shape[0]:
         raise ValueError(f"fit: expected {pts.shape[0]} bodies (one per scan), got {len(fit)}")
     dt, dev = body_model.v_template.dtype, body_model.v_template.device
@@ -675,23 +738,70 @@ def _default_body_model(dtype: torch.dtype, device: str) -> nn.Module:
     return load_body_model(anny_smpl_model_path(), dtype=dtype).to(device)
 
 
+#: Names a ``body_model`` string may take besides a file path (as in the CLI, the configs
+#: and the checkpoints' metadata: :func:`geo3d.apps.arteq._data.resolve_body_model`).
+BODY_MODEL_NAMES = ("anny", "tiny")
+
+
+def _looks_like_path(spec: str) -> bool:
+    return Path(spec).exists() or os.sep in spec or "/" in spec or bool(Path(spec).suffix)
+
+
 def resolve_body_model(
     body_model: nn.Module | str | os.PathLike | None, device: torch.device,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, num_betas: int | None = None,
 ) -> nn.Module:
-    """``None`` -> the Anny-derived SMPL-layout model (cached per process; built once per
-    machine, minutes), a path -> :func:`geo3d.body.load_body_model`, a module -> moved to
-    ``device``."""
+    """``None`` or ``"anny"`` -> the Anny-derived SMPL-layout model (cached per process;
+    built once per machine, minutes), ``"tiny"`` -> the procedural test body, a path ->
+    :func:`geo3d.body.load_body_model`, a module -> moved to ``device``.
+
+    Raises:
+        ValueError: a string that is neither a known name nor a path (lists the choices),
+            or another type.
+        FileNotFoundError: a path that does not exist.
+    """
     from geo3d.body import load_body_model
 
-    if body_model is None:
+    if body_model is None or (body_model == "anny" and num_betas is None):
         return _default_body_model(dtype, str(device))
     if isinstance(body_model, (str, os.PathLike)):
-        return load_body_model(body_model, dtype=dtype).to(device)
+        spec = os.fspath(body_model)
+        if spec in BODY_MODEL_NAMES:
+            from geo3d.apps.arteq._data import resolve_body_model as _model_file
+
+            return load_body_model(_model_file(spec), num_betas=num_betas,
+                                   dtype=dtype).to(device)
+        if not _looks_like_path(spec):
+            raise ValueError(f"body_model: expected one of {', '.join(map(repr, BODY_MODEL_NAMES))}, "
+                             f"a model file/folder or an smplx module, got {spec!r}")
+        return load_body_model(spec, num_betas=num_betas, dtype=dtype).to(device)
     if isinstance(body_model, nn.Module) and hasattr(body_model, "v_template"):
         return body_model.to(device)
-    raise ValueError(f"body_model: expected None, a model file path or an smplx module, got "
-                     f"{type(body_model).__name__}")
+    raise ValueError(f"body_model: expected None, {' or '.join(map(repr, BODY_MODEL_NAMES))}, "
+                     f"a model file path or an smplx module, got {type(body_model).__name__}")
+
+
+def same_body_spec(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two ``body_model`` settings (names or paths) name the same model."""
+    a, b = os.fspath(a), os.fspath(b)
+    if a == b:
+        return True
+    if a in BODY_MODEL_NAMES or b in BODY_MODEL_NAMES:
+        return False
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:  # pragma: no cover
+        return False
+
+
+def checkpoint_body(checkpoint: Any) -> str | None:
+    """The ``body_model`` a checkpoint file records (``None``: a module or no record)."""
+    if not isinstance(checkpoint, (str, os.PathLike)) or not Path(checkpoint).is_file():
+        return None
+    from geo3d.apps.arteq._checkpoint import checkpoint_info
+
+    spec = checkpoint_info(checkpoint).get("body_model")
+    return str(spec) if spec else None
 
 
 def load_net(checkpoint: Any, device: torch.device | str = "cpu") -> nn.Module:
@@ -731,13 +841,13 @@ def load_net(checkpoint: Any, device: torch.device | str = "cpu") -> nn.Module:
 
 
 def _resolve_device(device: Any, points: Any) -> torch.device:
-    if device is None:
-        first = points[0] if isinstance(points, (list, tuple)) and points else points
-        return first.device if isinstance(first, Tensor) else torch.device("cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device: expected a torch device, got {device!r}") from err
+    """``device`` checked to exist here (:func:`geo3d._app.resolve_device`); ``None``: the
+    device of ``points`` (CPU for arrays)."""
+    from geo3d._app import resolve_device
+
+    first = points[0] if isinstance(points, (list, tuple)) and points else points
+    default = first.device if isinstance(first, Tensor) else torch.device("cpu")
+    return resolve_device(device, "device", default=default)
 
 
 def _concat(results: Sequence[FitResult]) -> FitResult:
@@ -782,11 +892,13 @@ def fit_smpl(
             :math:`(N_i, 3)` (tensors or numpy arrays) in any frame and units.
         checkpoint: a checkpoint file or an ``ArtEqNet`` (moved to ``device``, put in eval
             mode).
-        body_model: ``None`` (the Anny-derived SMPL-layout model of :mod:`geo3d.body`, built
-            once per machine), a model file, or an smplx module (moved to ``device``). Must
-            match the body the network was trained on.
+        body_model: ``None`` (the body the checkpoint file records, else the Anny-derived
+            SMPL-layout model of :mod:`geo3d.body`, built once per machine), ``"anny"``,
+            ``"tiny"``, a model file, or an smplx module (moved to ``device``). Must match
+            the body the network was trained on (checked for names and paths).
         refine: run :func:`refine_fit` (``refine_steps`` Adam steps) from the network's estimate.
-        scale: metres per input unit (mm: 0.001).
+        scale: metres per input unit (mm: 0.001): a Python/numpy scalar or a one-element
+            tensor.
         device: ``"cpu"``/``"cuda"``; default: the device of ``points`` (CPU for arrays).
         batch_size: scans per network call (ragged lists run one scan at a time).
         icp_steps: translation ICP updates in :func:`decode`.
@@ -803,8 +915,16 @@ def fit_smpl(
 
     Raises:
         FileNotFoundError: ``checkpoint`` is a missing file.
-        ValueError: bad ``points`` (shape, NaN/inf, empty), ``scale <= 0``, bad
-            ``batch_size``, ``device``, ``checkpoint`` or ``body_model`` type.
+        ValueError: bad ``points`` (shape, NaN/inf, empty, fewer points than the network's
+            neighbourhood ``k``), ``scale`` (not a positive finite scalar), non-bool
+            ``refine``/``full_scan``, negative ``icp_steps``/``refine_steps``, bad
+            ``batch_size``, ``device`` (unknown or not available here), ``checkpoint``, or a
+            ``body_model`` that is not a known name/path/module or differs from the one the
+            checkpoint records.
+
+    Warns:
+        UserWarning: (once per call) the scans' extent times ``scale`` is outside
+            :data:`BODY_EXTENT_M` (e.g. millimetres passed with ``scale=1``).
 
     Example:
         >>> r = fit_smpl(scan_mm, "arteq.ckpt", scale=0.001)  # doctest: +SKIP
@@ -815,14 +935,32 @@ def fit_smpl(
     """
     t0 = time.perf_counter()
     scale = _check_scale(scale)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    batch_size = _check_int("batch_size", batch_size, 1)
+    icp_steps = _check_int("icp_steps", icp_steps, 0)
+    refine_steps = _check_int("refine_steps", refine_steps, 0)
+    for name, flag in (("refine", refine), ("full_scan", full_scan), ("progress", progress)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"{name}: expected True or False, got {flag!r}")
     pts = _as_points(points)
     dev = _resolve_device(device, pts)
+    trained_on = checkpoint_body(checkpoint)
+    if trained_on is not None:
+        if body_model is None:
+            body_model = trained_on
+        elif isinstance(body_model, (str, os.PathLike)) and not same_body_spec(body_model,
+                                                                               trained_on):
+            raise ValueError(f"body_model: expected the checkpoint's body model {trained_on!r} "
+                             f"(the network was trained on it), got {os.fspath(body_model)!r}")
     net = load_net(checkpoint, dev)
     net.eval()
+    k = getattr(net, "config", {}).get("k")
+    if isinstance(k, int):
+        _check_min_points(pts, k)
+    warn_scale(pts, scale)
     net_dtype = next((p.dtype for p in net.parameters()), torch.float32)
-    model = resolve_body_model(body_model, dev, net_dtype)
+    nb = getattr(net, "config", {}).get("num_betas")
+    model = resolve_body_model(body_model, dev, net_dtype,
+                               nb if isinstance(body_model, str) and isinstance(nb, int) else None)
     results = []
     for chunk in _chunks(pts, batch_size):
         with torch.no_grad():

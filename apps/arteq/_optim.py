@@ -28,6 +28,8 @@ from geo3d.apps.arteq._fit import (
     FitWeights,
     _area_centroid,
     _as_points,
+    _check_int,
+    _check_lr,
     _check_scale,
     _chunks,
     _concat,
@@ -37,6 +39,7 @@ from geo3d.apps.arteq._fit import (
     closest_surface_points,
     optimize_params,
     resolve_body_model,
+    warn_scale,
 )
 from torch import Tensor, nn
 
@@ -137,8 +140,8 @@ def optimize_smpl(
     Args:
         points: :math:`(N, 3)`, :math:`(B, N, 3)` or a list of :math:`(N_i, 3)` scans (tensors
             or arrays), any frame and units.
-        body_model: ``None`` (the Anny-derived SMPL-layout model), a model file, or an smplx
-            module (moved to ``device``; its dtype is used).
+        body_model: ``None`` or ``"anny"`` (the Anny-derived SMPL-layout model), ``"tiny"``,
+            a model file, or an smplx module (moved to ``device``; its dtype is used).
         num_starts: starts per scan (1..24, the first ``num_starts`` of
             :func:`cube_rotations`).
         steps: Adam steps per start; the first ``rigid_steps`` (default ``steps // 5``) move
@@ -160,8 +163,14 @@ def optimize_smpl(
         ``seconds_per_scan`` the wall-clock time per scan.
 
     Raises:
-        ValueError: bad ``points`` (shape, NaN/inf), ``scale <= 0``, ``num_starts`` outside
-            1..24, negative ``steps``, bad ``batch_size``/``rigid_steps``.
+        ValueError: bad ``points`` (shape, NaN/inf), ``scale`` (not a positive finite
+            scalar), ``num_starts`` outside 1..24, negative ``steps``/``icp_iters``,
+            ``lr <= 0``, ``max_points < 1``, bad ``batch_size``/``rigid_steps``/``device``,
+            non-bool ``full_scan``/``progress``.
+
+    Warns:
+        UserWarning: the scans' extent times ``scale`` is far from a body's (see
+            :func:`~._fit.scale_warning`).
 
     Example:
         >>> import os, tempfile, torch
@@ -180,6 +189,13 @@ def optimize_smpl(
                           ("batch_size", batch_size, 1)):
         if not isinstance(val, int) or isinstance(val, bool) or val < lo:
             raise ValueError(f"{name}: expected an int >= {lo}, got {val!r}")
+    lr = _check_lr(lr)
+    icp_iters = _check_int("icp_iters", icp_iters, 0)
+    if max_points is not None:
+        max_points = _check_int("max_points", max_points, 1)
+    for name, flag in (("full_scan", full_scan), ("progress", progress)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"{name}: expected True or False, got {flag!r}")
     if num_starts > 24:
         raise ValueError(f"num_starts: expected at most 24 (the cube's rotations), got "
                          f"{num_starts}")
@@ -192,6 +208,7 @@ def optimize_smpl(
                          f"{rigid_steps!r}")
     pts = _as_points(points)
     dev = _resolve_device(device, pts)
+    warn_scale(pts, scale)
     model = resolve_body_model(body_model, dev)
     dt = model.v_template.dtype
     faces = _faces(model)

@@ -10,14 +10,19 @@ Usage::
     geo3d arteq demo [--out runs/arteq_demo]
 
 ``--config NAME`` also accepts the name of a packaged config (``demo``, ``long``,
-``amass_smpl``). ``predict`` writes ``DIR/<scan>_smpl.npz`` (betas, global_orient (3, 3),
-body_pose (23, 3, 3), transl, vertices, joints, part_labels) and ``DIR/<scan>_smpl.ply``
-(the fitted mesh), in the scan's units.
+``amass_smpl``; ``-c NAME`` is the same). ``predict`` writes ``DIR/<scan>_smpl.npz``
+(betas, global_orient (3, 3), body_pose (23, 3, 3), transl (3,), vertices (V, 3), joints
+(J, 3) with J = the body's joint count: 29 on the Anny/tiny bodies = 24 SMPL joints + 5
+face points, part_labels (N,)) and ``DIR/<scan>_smpl.ply`` (the fitted mesh), in the scan's
+units; ``geo3d arteq predict --help`` lists its options.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -87,28 +92,30 @@ def read_points(path: str | Path) -> Any:
     if not p.is_file():
         raise FileNotFoundError(f"--points: no such file {str(p)!r}")
     try:
-        if p.suffix.lower() in (".npz", ".npy"):
+        if p.suffix.lower() == ".npy":
+            arr = np.load(p, allow_pickle=False)  # an array, not a context manager
+            keys = None
+        elif p.suffix.lower() == ".npz":
             with np.load(p, allow_pickle=False) as z:
-                if isinstance(z, np.ndarray):
-                    arr = z
-                elif "points" in z.files:
-                    arr = z["points"]
-                elif len(z.files) == 1:
-                    arr = z[z.files[0]]
-                else:
-                    raise ValueError(f"--points: expected a key 'points' in {str(p)!r}, got "
-                                     f"keys {z.files}")
+                keys = list(z.files)
+                name = "points" if "points" in keys else keys[0] if len(keys) == 1 else None
+                arr = z[name] if name is not None else None
         else:
             import trimesh
 
+            keys = None
             obj = trimesh.load(p, process=False)
             arr = np.asarray(getattr(obj, "vertices", None) if not hasattr(obj, "dump") else
                              obj.dump(concatenate=True).vertices)
-    except ValueError:
-        raise
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
         raise ValueError(f"--points: could not read {str(p)!r} ({type(err).__name__}: "
                          f"{' '.join(str(err).split())[:160]})") from err
+    if arr is None:
+        raise ValueError(f"--points: expected a key 'points' (or a single array) in {str(p)!r}, "
+                         f"got keys {keys}")
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"--points: expected real coordinates in {str(p)!r}, got dtype "
+                         f"{arr.dtype}")
     arr = np.asarray(arr, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != 3 or arr.shape[0] < 1:
         raise ValueError(f"--points: expected an (N, 3) point set in {str(p)!r}, got shape "
@@ -129,37 +136,79 @@ def _predict(argv: list[str]) -> int:
             raise UsageError(f"geo3d arteq predict: {message} (see `geo3d arteq predict "
                              f"--help`)")
 
-    p = _Parser(prog="geo3d arteq predict", description="Fit SMPL to point clouds.")
+    p = _Parser(
+        prog="geo3d arteq predict",
+        description="Fit SMPL-layout bodies to point clouds with a trained ArtEq checkpoint. "
+        "Writes OUT/<scan>_smpl.npz (betas (K,), global_orient (3, 3), body_pose (23, 3, 3), "
+        "transl (3,), vertices (V, 3), joints (J, 3) with J = the body model's joint count: "
+        "29 on the Anny and tiny bodies = 24 SMPL joints + 5 face points, 45 on official SMPL "
+        "files; part_labels (N,)) and OUT/<scan>_smpl.ply (the mesh), lengths in the scan's "
+        "units.")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `fit`")
-    p.add_argument("--points", nargs="+", required=True, help=".ply/.obj/.npz/.npy scans")
+    p.add_argument("--points", nargs="+", required=True,
+                   help=".ply/.obj/.off/.xyz/.npz/.npy scans (distinct file names: the outputs "
+                   "are named after them)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--scale", type=float, default=1.0, help="metres per input unit")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="metres per input unit (millimetres: 0.001)")
     p.add_argument("--refine", action="store_true", help="short optimisation after the net")
     p.add_argument("--partial", action="store_true",
                    help="single-view scans (refinement skips the surface-to-points term)")
     p.add_argument("--body-model", default=None,
-                   help="body model file or 'anny'/'tiny' (default: the checkpoint's)")
-    p.add_argument("--device", default=None)
+                   help="body model file or 'anny'/'tiny' (default and only accepted value: "
+                   "the checkpoint's)")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
     a = p.parse_args(argv)
-    if not (a.scale > 0):
-        raise UsageError(f"--scale: expected a positive number, got {a.scale}")
+    if not (math.isfinite(a.scale) and a.scale > 0):
+        raise UsageError(f"--scale: expected a positive finite number, got {a.scale}")
+    stems: dict[str, str] = {}
+    for f in a.points:
+        stem = Path(f).stem
+        if stem in stems:
+            raise UsageError(f"--points: expected distinct file names (outputs are named "
+                             f"<name>_smpl.npz), got {stems[stem]!r} and {f!r}")
+        stems[stem] = f
     out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: expected a folder, got the existing file {str(out)!r}")
+    for parent in (out, *out.parents):  # `--out afile/sub` cannot become a folder either
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out: expected a folder, got {str(out)!r} ({str(parent)!r} "
+                                 f"is an existing file)")
+            break
+    from geo3d._app import resolve_device
+
+    device = resolve_device(a.device, "--device")
     from geo3d.apps.arteq._checkpoint import checkpoint_info, load_model
     from geo3d.apps.arteq._data import load_body
-    from geo3d.apps.arteq._fit import fit_smpl
+    from geo3d.apps.arteq._fit import _check_min_points, fit_smpl, same_body_spec, scale_warning
 
     clouds = [read_points(f) for f in a.points]  # bad input files fail before any loading
     net = load_model(a.checkpoint)
     info = checkpoint_info(a.checkpoint)
-    spec = a.body_model or info.get("body_model", "anny")
+    trained_on = info.get("body_model")
+    if a.body_model is not None and trained_on and not same_body_spec(a.body_model,
+                                                                      str(trained_on)):
+        raise UsageError(f"--body-model: expected the checkpoint's body model {trained_on!r} "
+                         f"(the network was trained on it), got {a.body_model!r}")
+    k = net.config.get("k")
+    tensors = [torch.as_tensor(pts, dtype=torch.float32)[None] for pts in clouds]
+    if isinstance(k, int):
+        try:
+            _check_min_points(tensors, k)
+        except ValueError as err:
+            raise UsageError(f"--{err}") from err
+    note = scale_warning(tensors, a.scale)
+    if note is not None:
+        print(f"geo3d arteq predict: warning: --{note}", file=sys.stderr, flush=True)
+    spec = a.body_model or trained_on or "anny"
     body = load_body(spec, info.get("gender", "neutral"),
                      int(info.get("num_betas", net.config.get("num_betas", 10))))
     for f, pts in zip(a.points, clouds, strict=True):
-        res = fit_smpl(torch.as_tensor(pts, dtype=torch.float32), net, body_model=body,
-                       refine=a.refine, scale=a.scale, device=a.device,
-                       full_scan=not a.partial)
+        with warnings.catch_warnings():  # the scale notice was printed once above
+            warnings.filterwarnings("ignore", message="scale: the points span")
+            res = fit_smpl(torch.as_tensor(pts, dtype=torch.float32), net, body_model=body,
+                           refine=a.refine, scale=a.scale, device=device,
+                           full_scan=not a.partial)
         stem = Path(f).stem
         arrays = {k: getattr(res, k)[0].detach().cpu().numpy() for k in (
             "betas", "global_orient", "body_pose", "transl", "vertices", "joints")}

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from geo3d._app import resolve_device  # shared by the apps (re-exported here)
 from geo3d.apps.assembly._checkpoint import load_checkpoint
 from torch import Tensor
+
+from geo3d._app import resolve_device  # shared by the apps (re-exported here)
 
 __all__ = ["assemble", "load_model", "load_piece", "resolve_device", "PieceError",
            "PIECE_EXTENSIONS"]

@@ -72,7 +72,10 @@ def test_fit_then_test_writes_checkpoint_results_and_pictures(trained: Path):
     assert geo3d_main(["arteq", "test", "--config", str(trained / "tiny.yaml"),
                        "--ckpt_path", str(ckpt)]) == 0
     res = sorted((trained / "run").rglob("results_test.json"))[-1]
-    metrics = json.loads(res.read_text())["metrics"]
+    payload = json.loads(res.read_text())
+    # the tested weights' progress, not the fresh test trainer's 0/0
+    assert (payload["epoch"], payload["global_step"]) == (raw["epoch"], raw["global_step"])
+    metrics = payload["metrics"]
     assert set(metrics) == {"in_dist", "ood", "rotated", "partial"}
     assert metrics["ood"]["num_scans"] == 2 and metrics["in_dist"]["num_scans"] == 2
     for m in metrics.values():
@@ -199,6 +202,87 @@ def test_predict_rejects_bad_points_file(trained: Path, tmp_path, capsys):
     assert geo3d_main(["arteq", "predict", "--checkpoint", str(_last(trained)), "--points",
                        str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "(N, 3)" in capsys.readouterr().err
+
+
+def test_read_points_npy_npz_and_unreadable_files(tmp_path):
+    from geo3d.apps.arteq.cli import read_points
+
+    pts = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.save(tmp_path / "a.npy", pts)
+    np.savez(tmp_path / "b.npz", points=pts, other=np.zeros(2))
+    np.savez(tmp_path / "c.npz", pts.astype(np.int32))  # the only array, integer mm
+    for name in ("a.npy", "b.npz", "c.npz"):
+        got = read_points(tmp_path / name)
+        assert got.dtype == np.float64 and np.array_equal(got, pts), name
+    np.savez(tmp_path / "d.npz", x=pts, y=pts)
+    with pytest.raises(ValueError, match="--points: expected a key 'points'"):
+        read_points(tmp_path / "d.npz")
+    (tmp_path / "x.ply").write_bytes(b"\x00garbage" * 20)
+    (tmp_path / "y.npy").write_bytes(b"not numpy")
+    for name in ("x.ply", "y.npy"):
+        with pytest.raises(ValueError, match=rf"--points: could not read '.*{name}'"):
+            read_points(tmp_path / name)
+
+
+def _predict_err(argv, capsys) -> str:
+    assert geo3d_main(["arteq", "predict", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("geo3d: error:"), err
+    return err
+
+
+def test_predict_refuses_bad_arguments_naming_them(trained: Path, tmp_path, capsys,
+                                                   monkeypatch):
+    ckpt = str(_last(trained))
+    pts = np.random.default_rng(0).normal(size=(48, 3)) * 0.3
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    np.savez(tmp_path / "a" / "s.npz", points=pts)
+    np.savez(tmp_path / "b" / "s.npz", points=pts)
+    one = str(tmp_path / "a" / "s.npz")
+    base = ["--checkpoint", ckpt, "--out", str(tmp_path / "o")]
+    # two scans with the same name would write the same output file
+    err = _predict_err([*base, "--points", one, str(tmp_path / "b" / "s.npz")], capsys)
+    assert "--points: expected distinct file names" in err
+    assert not (tmp_path / "o").exists()
+    # --out below an existing file
+    (tmp_path / "afile").write_text("x")
+    err = _predict_err(["--checkpoint", ckpt, "--points", one, "--out",
+                        str(tmp_path / "afile" / "sub")], capsys)
+    assert "--out: expected a folder" in err
+    for scale in ("inf", "nan", "0", "-1"):
+        assert "--scale: expected a positive finite" in _predict_err(
+            [*base, "--points", one, "--scale", scale], capsys)
+    # a body model other than the checkpoint's (tiny) is refused before it is built
+    err = _predict_err([*base, "--points", one, "--body-model", "anny"], capsys)
+    assert "--body-model: expected the checkpoint's body model 'tiny'" in err
+    # fewer points than the network's neighbourhood (k = 4 in TINY_YAML)
+    np.savez(tmp_path / "few.npz", points=pts[:3])
+    err = _predict_err([*base, "--points", str(tmp_path / "few.npz")], capsys)
+    assert "--points: expected at least 4 points" in err
+    # CUDA asked for on a machine without it: one line naming --device, no AssertionError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = _predict_err([*base, "--points", one, "--device", "cuda"], capsys)
+    assert "--device: expected an available device, got 'cuda'" in err
+
+
+def test_predict_warns_once_about_millimetres(trained: Path, tmp_path, capsys):
+    from geo3d.apps.arteq.cli import run_lightning_cli
+
+    cli = run_lightning_cli(["--config", str(trained / "tiny.yaml"), "--trainer.logger",
+                             "false"], run=False)
+    pts = cli.datamodule.dataset("ood")[0]["points"].double().numpy()
+    np.save(tmp_path / "mm1.npy", pts * 1000.0)
+    np.save(tmp_path / "mm2.npy", pts * 1000.0)
+    np.save(tmp_path / "m.npy", pts)
+    base = ["arteq", "predict", "--checkpoint", str(_last(trained)), "--out",
+            str(tmp_path / "o")]
+    assert geo3d_main([*base, "--points", str(tmp_path / "m.npy")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert geo3d_main([*base, "--points", str(tmp_path / "mm1.npy"),
+                       str(tmp_path / "mm2.npy")]) == 0
+    warn = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(warn) == 1 and "--scale" in warn[0] and "scale=0.001" in warn[0], warn
 
 
 def test_packaged_configs_resolve():
