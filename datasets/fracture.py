@@ -32,7 +32,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from geo3d.datasets.shapes import (
     trimesh_to_manifold,
 )
 
-from geo3d._atomic import atomic_write_bytes
+from geo3d._atomic import atomic_write_bytes, staging_dir
 
 if TYPE_CHECKING:  # trimesh is imported lazily (slow import)
     import trimesh
@@ -587,7 +586,7 @@ def _build_object(job: _Job, params: _Params, root: str) -> tuple[int, bool, str
     folders = [f"fractured_{k}" for k in range(params.fractures_per_object)]
     folders += [f"mode_{k}" for k in range(params.num_modes)]
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{job.name}-"))
+    tmp = staging_dir(final.parent, f".tmp-{job.name}-")  # not mkdtemp's 0700
     try:
         for k, (folder, n) in enumerate(zip(folders, counts, strict=True)):
             rng = _object_rng(params.seed, job.index, 2 + k)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geo3d._atomic import atomic_path, atomic_write_bytes
+from geo3d._atomic import atomic_path, atomic_write_bytes, staging_dir
 
 __all__ = [
     "RenderSettings",
@@ -252,19 +251,6 @@ def _normalise(rm: Any) -> tuple[Any, np.ndarray, float]:
     return out, centre, scale
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where Linux reports it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def render_object(
     mesh: Any,
     out_dir: str | os.PathLike,
@@ -309,9 +295,8 @@ def render_object(
     Kt, Tt = torch.from_numpy(K), torch.from_numpy(poses)
     chunk = max(1, (1 << 21) // (S * S))  # views per render call: bounded memory (~100 MB)
     empty: list[int] = []
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
+    tmp = staging_dir(out_dir.parent, f".tmp-{out_dir.name}-")  # not mkdtemp's 0700
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the object folder is not private
         for s0 in range(0, len(poses), chunk):
             out = renderer.render(Kt, Tt[s0 : s0 + chunk], (S, S), dtype=torch.float64)
             for j in range(len(out["mask"])):

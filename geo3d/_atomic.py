@@ -16,13 +16,37 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "staging_dir"]
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask; read from /proc where Linux reports it (``os.umask`` can only be
+    read by setting it, which races with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def staging_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A fresh temporary folder inside ``parent`` for building a folder that is renamed into
+    place when complete. Unlike :func:`tempfile.mkdtemp` (mode 0700) it gets the mode a
+    plain ``mkdir`` would (``0777 & ~umask``), so the renamed folder is not private.
+
+    Example:
+        >>> import tempfile, stat
+        >>> d = staging_dir(tempfile.mkdtemp(), ".tmp-obj-")
+        >>> stat.S_IMODE(d.stat().st_mode) == 0o777 & ~_umask()
+        True
+    """
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
 
 
 @contextmanager
