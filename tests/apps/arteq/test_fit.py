@@ -427,3 +427,92 @@ class TestFitSMPL:
             fit_smpl(pts, tiny_net, body, scale=-0.001)
         with pytest.raises(ValueError, match="batch_size"):
             fit_smpl(pts, tiny_net, body, batch_size=0)
+
+
+# ------------------------------------------------------------- argument checks (fresh-user)
+
+
+def test_optimize_smpl_and_refine_check_their_arguments(body):
+    pts = torch.rand(1, 30, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
+    for kw, name in ((dict(max_points=0), "max_points"), (dict(max_points=-5), "max_points"),
+                     (dict(icp_iters=-1), "icp_iters"), (dict(lr=0.0), "lr"),
+                     (dict(lr=-0.1), "lr"), (dict(lr=float("nan")), "lr"),
+                     (dict(steps=-1), "steps"), (dict(num_starts=0), "num_starts"),
+                     (dict(full_scan="no"), "full_scan")):
+        with pytest.raises(ValueError, match=f"^{name}: expected"):
+            optimize_smpl(pts, body, **kw)
+    start = decode(_gt(body, seed=3, n=50)["net_out"], body, pts)
+    for kw, name in ((dict(steps=-1), "steps"), (dict(lr=0), "lr")):
+        with pytest.raises(ValueError, match=f"^{name}: expected"):
+            refine_fit(start, pts, body, **kw)
+
+
+def test_fit_smpl_checks_device_refine_points_and_body_names(body, tiny_net, monkeypatch):
+    pts = torch.rand(1, 50, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+    with pytest.raises(ValueError, match="^refine: expected True or False, got 'no'"):
+        fit_smpl(pts, tiny_net, body, refine="no")
+    with pytest.raises(ValueError, match="^refine_steps: expected"):
+        fit_smpl(pts, tiny_net, body, refine=True, refine_steps=-1)
+    with pytest.raises(ValueError, match="^icp_steps: expected"):
+        fit_smpl(pts, tiny_net, body, icp_steps=-1)
+    # fewer points than the net's neighbourhood (k = 8)
+    with pytest.raises(ValueError, match="^points: expected at least 8 points"):
+        fit_smpl(pts[:, :7], tiny_net, body)
+    with pytest.raises(ValueError, match=r"^body_model: expected one of 'anny', 'tiny'.*"
+                                         r"got 'smpl_neutral'"):
+        fit_smpl(pts, tiny_net, "smpl_neutral")
+    with pytest.raises(ValueError, match="^device: expected a torch device"):
+        fit_smpl(pts, tiny_net, body, device="gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for fn in (lambda: fit_smpl(pts, tiny_net, body, device="cuda"),
+               lambda: optimize_smpl(pts, body, device="cuda", steps=0)):
+        with pytest.raises(ValueError, match="^device: expected an available device"):
+            fn()
+
+
+def test_fit_smpl_body_names_and_checkpoint_body(body, tiny_net, tmp_path):
+    from geo3d.apps.arteq._checkpoint import save_model
+
+    pts = torch.rand(1, 50, 3, generator=torch.Generator().manual_seed(3), dtype=F64)
+    ref = fit_smpl(pts, tiny_net, body)  # the same tiny body as a module (float64)
+    by_name = fit_smpl(pts, tiny_net, "tiny")  # the name the CLI/configs/checkpoints use
+    torch.testing.assert_close(by_name.vertices, ref.vertices, rtol=0, atol=1e-9)
+    path = save_model(tiny_net, tmp_path / "net.pt", extra={"body_model": "tiny"})
+    # None -> the body the checkpoint records (not the Anny default); the file's net is float32
+    torch.testing.assert_close(fit_smpl(pts, path).vertices.double(), ref.vertices,
+                               rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="^body_model: expected the checkpoint's body model "
+                                         "'tiny'.*got 'anny'"):
+        fit_smpl(pts, path, "anny")  # refused before the (slow) Anny body is built
+
+
+def test_scale_scalars_int_points_and_extent_warning(body, tiny_net, recwarn):
+    import warnings
+
+    gt = _gt(body, seed=4, n=100)
+    pts_m = gt["points"]
+    ref = fit_smpl(pts_m, tiny_net, body)
+    assert not [w for w in recwarn if "scale" in str(w.message)]  # metres: no warning
+    torch.testing.assert_close(fit_smpl(pts_m * 1000, tiny_net, body, scale=0.001).vertices,
+                               1000 * ref.vertices, rtol=1e-7, atol=1e-6)
+    mm = (pts_m * 1000).round()
+    ref_mm = fit_smpl(mm, tiny_net, body, scale=0.001)
+    for s in (np.float64(0.001), torch.tensor(0.001, dtype=F64), np.array(0.001)):
+        r = fit_smpl(mm, tiny_net, body, scale=s)
+        torch.testing.assert_close(r.vertices, ref_mm.vertices, rtol=0, atol=1e-9)
+    for s in (np.float32(0.001), torch.tensor(0.001)):  # float32 0.001 != 0.001 exactly
+        r = fit_smpl(mm, tiny_net, body, scale=s)
+        torch.testing.assert_close(r.vertices, ref_mm.vertices, rtol=0, atol=1e-2)
+    # integer millimetres (as the CLI casts them): accepted as floats
+    r_int = fit_smpl(mm.long().numpy(), tiny_net, body, scale=0.001)
+    assert r_int.vertices.dtype == F64 and r_int.vertices.shape == (1, 768, 3)
+    for bad in (float("inf"), torch.tensor([1.0, 2.0]), np.array([0.001, 0.001]), True, "1"):
+        with pytest.raises(ValueError, match="^scale: expected a positive finite"):
+            fit_smpl(pts_m, tiny_net, body, scale=bad)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_smpl([mm[0], mm[0]], tiny_net, body)  # millimetres passed as metres
+        optimize_smpl(mm, body, num_starts=1, steps=0, icp_iters=0)
+    msgs = [str(w.message) for w in caught if "scale" in str(w.message)]
+    assert len(msgs) == 2 and all("scale=0.001" in m for m in msgs), msgs  # once per call
+    assert "\n" not in msgs[0]
