@@ -287,6 +287,9 @@ def pretrain_vit(
     ):
         _check_pos_int(name, v)
     _check_pos_int("warmup", warmup, 0)
+    from geo3d._app import resolve_device
+
+    device = resolve_device(device)  # an absent CUDA: one ValueError now, not after loading
     if max_views is not None:
         _check_pos_int("max_views", max_views)
     for name, v in (("img_size", img_size), ("train_size", train_size)):

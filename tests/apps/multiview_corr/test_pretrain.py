@@ -151,6 +151,8 @@ def test_bad_arguments(tmp_path):
         pretrain_vit(tmp_path / "x.pth", tmp_path, train_size=100)
     with pytest.raises(ValueError, match="arch"):
         pretrain_vit(tmp_path / "x.pth", tmp_path, arch="huge")
+    with pytest.raises(ValueError, match="^device: expected a torch device"):
+        pretrain_vit(tmp_path / "x.pth", tmp_path, device="gpu0")
     with pytest.raises(ValueError, match="data_root"):
         pretrain_vit(tmp_path / "x.pth", tmp_path / "missing", cache_dir=tmp_path / "c")
     with pytest.raises(ValueError, match="data_root"):
