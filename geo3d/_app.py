@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 __all__ = ["UsageError", "PackagedConfigs", "CheckpointError", "load_checkpoint",
-           "find_last_checkpoints", "resolve_last_checkpoint", "resolve_device"]
+           "find_last_checkpoints", "resolve_last_checkpoint", "resolve_device",
+           "evaluated_progress"]
 
 
 class UsageError(ValueError):
@@ -206,6 +207,29 @@ def resolve_device(device: str | torch.device | None, name: str = "device",
             raise ValueError(f"{name}: expected an available device, got {device!r} "
                              f"({type(err).__name__}: {_first_sentence(err)})") from err
     return dev
+
+
+def evaluated_progress(module: Any) -> tuple[int, int]:
+    """``(epoch, global_step)`` of the weights a LightningModule is evaluating, for results
+    files: while fitting, the trainer's; in ``validate``/``test --ckpt_path X`` (a fresh
+    trainer counting from 0) the values stored in checkpoint ``X``.
+
+    Example:
+        >>> import types
+        >>> m = types.SimpleNamespace(current_epoch=3, global_step=40, trainer=None)
+        >>> evaluated_progress(m)
+        (3, 40)
+    """
+    epoch, step = int(module.current_epoch), int(module.global_step)
+    trainer = getattr(module, "trainer", None)
+    ckpt_path = getattr(trainer, "ckpt_path", None)
+    if step or trainer is None or getattr(trainer, "training", False) or not ckpt_path:
+        return epoch, step
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - the run already loaded it; keep the trainer's values
+        return epoch, step
+    return int(ckpt.get("epoch", epoch)), int(ckpt.get("global_step", step))
 
 
 def find_last_checkpoints(roots: list[Path]) -> list[Path]:

@@ -13,6 +13,7 @@ from geo3d._app import (
     CheckpointError,
     PackagedConfigs,
     UsageError,
+    evaluated_progress,
     load_checkpoint,
     resolve_device,
     resolve_last_checkpoint,
@@ -102,6 +103,21 @@ def test_resolve_device_names_the_argument(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="device: expected an available device, got 'cuda'"):
         resolve_device("cuda")
+
+
+def test_evaluated_progress_reads_the_tested_checkpoint(tmp_path: Path) -> None:
+    ck = tmp_path / "last.ckpt"
+    torch.save({"epoch": 4, "global_step": 50, "state_dict": {}}, ck)
+    trainer = types.SimpleNamespace(training=False, ckpt_path=str(ck))
+    fresh = types.SimpleNamespace(current_epoch=0, global_step=0, trainer=trainer)
+    assert evaluated_progress(fresh) == (4, 50)  # test --ckpt_path X on a fresh trainer
+    trainer.training = True  # while fitting: the trainer's own counters
+    assert evaluated_progress(fresh) == (0, 0)
+    trainer.training, trainer.ckpt_path = False, None  # untrained weights, no checkpoint
+    assert evaluated_progress(fresh) == (0, 0)
+    trainer.ckpt_path = str(ck)
+    after_fit = types.SimpleNamespace(current_epoch=2, global_step=7, trainer=trainer)
+    assert evaluated_progress(after_fit) == (2, 7)  # test right after fit in one trainer
 
 
 def test_cli_ctrl_c_is_one_line_exit_130(monkeypatch, capsys) -> None:

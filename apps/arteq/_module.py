@@ -319,11 +319,9 @@ class ArtEqModule(L.LightningModule):
         out_dir = self._out_dir()
         if out_dir is None or not (stage == "test" or self._want_pictures("val")):
             return
-        # testing a trained checkpoint: its epoch/step (a fresh test trainer counts from 0)
-        epoch, step = int(self.current_epoch), int(self.global_step)
-        loaded = getattr(self, "_loaded_progress", None)
-        if loaded is not None and not (self.trainer.training or step):
-            epoch, step = loaded
+        from geo3d._app import evaluated_progress
+
+        epoch, step = evaluated_progress(self)  # test --ckpt_path X: X's, not 0/0
         payload = {"stage": stage, "epoch": epoch,
                    "global_step": step, "hparams": dict(self.hparams),
                    "params": self.net.num_parameters(), "units": "v2v_cm/mpjpe_cm: cm; "
@@ -356,11 +354,6 @@ class ArtEqModule(L.LightningModule):
         checkpoint["arteq"] = {"body_model": str(self.hparams.body_model),
                                "num_betas": int(self.hparams.num_betas),
                                "gender": str(self.hparams.gender)}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # remembered for the results JSON of `test --ckpt_path X` (epoch/step of the weights)
-        self._loaded_progress = (int(checkpoint.get("epoch", 0)),
-                                 int(checkpoint.get("global_step", 0)))
 
     def configure_optimizers(self) -> Any:
         h = self.hparams

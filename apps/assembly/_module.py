@@ -15,6 +15,7 @@ from geo3d.apps.assembly._losses import assembly_loss, correspondence_loss
 from geo3d.apps.assembly._model import EquivariantAssembler, GlobalAssembler
 from torch import Tensor
 
+from geo3d._app import evaluated_progress
 from geo3d.eval import anchor_parts, assembly_metrics
 
 __all__ = ["AssemblyModule", "PROTOCOLS", "METRICS", "EVAL_METHODS", "MAX_COUNTED_PARTS"]
@@ -374,8 +375,9 @@ class AssemblyModule(L.LightningModule):
             return
         out_dir = self._out_dir()
         if out_dir is not None and (stage == "test" or self._want_pictures("val")):
-            payload = {"stage": stage, "epoch": int(self.current_epoch),
-                       "global_step": int(self.global_step), "hparams": dict(self.hparams),
+            epoch, step = evaluated_progress(self)  # test --ckpt_path X: X's, not 0/0
+            payload = {"stage": stage, "epoch": epoch,
+                       "global_step": step, "hparams": dict(self.hparams),
                        "metrics": results}
             atomic_write_text(out_dir / f"results_{stage}.json", json.dumps(payload, indent=2))
             if self._pictures:

@@ -33,7 +33,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from geo3d._app import CheckpointError, load_checkpoint
+from geo3d._app import CheckpointError, evaluated_progress, load_checkpoint
 from geo3d._app_lightning import AtomicCheckpointIO
 from geo3d._atomic import atomic_write_text
 
@@ -303,7 +303,8 @@ class MultiviewCorrModule(L.LightningModule):
             return
         d = self.trainer.log_dir or self.trainer.default_root_dir
         if d:
-            payload = {"stage": stage, "global_step": int(self.global_step),
+            epoch, step = evaluated_progress(self)  # test --ckpt_path X: X's, not 0/0
+            payload = {"stage": stage, "epoch": epoch, "global_step": step,
                        "metrics": self.last_results}
             atomic_write_text(Path(d) / f"results_{stage}.json", json.dumps(payload, indent=2))
 

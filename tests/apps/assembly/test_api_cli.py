@@ -68,7 +68,12 @@ def test_cli_fit_test_predict(trained: Path):
     assert geo3d_main(["assembly", "test", "--config", cfg, "--ckpt_path", ckpt]) == 0
     res = sorted((root / "run").rglob("results_test.json"))
     assert res
-    metrics = json.loads(res[-1].read_text())["metrics"]
+    payload = json.loads(res[-1].read_text())
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    # the tested checkpoint's progress, not the fresh test trainer's 0/0
+    assert (payload["epoch"], payload["global_step"]) == (raw["epoch"], raw["global_step"])
+    assert raw["global_step"] > 0
+    metrics = payload["metrics"]
     assert {"absolute", "anchor", "num_objects"} <= set(metrics)
     assert geo3d_main(["assembly", "predict", "--config", cfg, "--ckpt_path", ckpt]) == 0
     preds = json.loads(sorted((root / "run").rglob("predictions.json"))[-1].read_text())
