@@ -154,10 +154,13 @@ def _predict_pieces(argv: list[str]) -> int:
     if not a.pieces:
         raise UsageError("--pieces: expected the piece files to assemble, got none (geo3d "
                          "assembly predict --checkpoint CKPT --pieces A B ...)")
+    from geo3d._app import resolve_device
+
+    device = resolve_device(a.device, "--device")  # name the option, before any loading
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         T = assemble(a.pieces, a.checkpoint, num_points=a.num_points, scale=a.scale,
-                     device=a.device, generator=torch.Generator().manual_seed(a.seed),
+                     device=device, generator=torch.Generator().manual_seed(a.seed),
                      method=a.method, refine=not a.no_refine)
     seen = set()
     for w in caught:  # one line each, once (not file:line plus a source line)

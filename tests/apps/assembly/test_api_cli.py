@@ -340,7 +340,7 @@ def test_cli_predict_device_error_is_one_line(capsys, monkeypatch, tmp_path):
             "a.ply", "b.ply", "--device", "tpu"]
     assert geo3d_main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("geo3d: error: device: expected a torch "
+    assert err.count("\n") == 1 and err.startswith("geo3d: error: --device: expected a torch "
                                                   "device such as 'cpu' or 'cuda', got 'tpu'")
 
 
