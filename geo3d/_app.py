@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from geo3d._validation import error_summary as _first_sentence
+
 __all__ = ["UsageError", "PackagedConfigs", "CheckpointError", "load_checkpoint",
            "find_last_checkpoints", "resolve_last_checkpoint", "resolve_device",
            "evaluated_progress"]
@@ -157,15 +159,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise CheckpointError(path, f"checkpoint {str(path)!r}: expected a dict, got "
                                     f"{type(ckpt).__name__}")
     return ckpt
-
-
-def _first_sentence(err: BaseException, limit: int = 160) -> str:
-    """The first sentence of an exception's text, on one line. torch's weights-only
-    unpickling error goes on to advise ``weights_only=False``, which would run arbitrary
-    code from a foreign file: that advice must not be passed on."""
-    text = " ".join(str(err).split())
-    first = text.split(". ")[0].rstrip(".")
-    return first[:limit] or type(err).__name__
 
 
 def resolve_device(device: str | torch.device | None, name: str = "device",

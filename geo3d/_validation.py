@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_finite", "set_value_checks", "switch_on", "value_error", "values_enabled"]
+__all__ = ["check_finite", "error_summary", "set_value_checks", "switch_on", "value_error",
+           "values_enabled"]
 
 _VALUE_CHECKS = True
 
@@ -49,6 +50,16 @@ def switch_on() -> bool:
 def value_error(name: str, what: str, actual: object) -> ValueError:
     """``ValueError(f"{name}: expected {what}, got {actual}")`` (to be raised by the caller)."""
     return ValueError(f"{name}: expected {what}, got {actual}")
+
+
+def error_summary(err: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's text, on one line (at most ``limit``
+    characters), for messages that wrap a library's error. torch's weights-only unpickling
+    error goes on to advise ``weights_only=False``, which would run arbitrary code from a
+    foreign file: that advice must never be passed on to a user."""
+    text = " ".join(str(err).split())
+    first = text.split(". ")[0].rstrip(".")
+    return first[:limit] or type(err).__name__
 
 
 def shape_of(x: object) -> object:

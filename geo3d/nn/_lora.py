@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from geo3d._atomic import atomic_path
+from geo3d._validation import error_summary
 
 from ._vit import VisionTransformer
 
@@ -384,7 +385,8 @@ class LoRAViT(nn.Module):
         except Exception as err:  # truncated zip, garbage bytes, disallowed pickle
             raise ValueError(
                 f"path: expected a torch checkpoint (torch.load, weights_only=True), got a "
-                f"file that cannot be read: {str(path)!r} ({type(err).__name__}: {err})"
+                f"file that cannot be read: {str(path)!r} ({type(err).__name__}: "
+                f"{error_summary(err)})"
             ) from err
         try:
             self._load_obj(obj)

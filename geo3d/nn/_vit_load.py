@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from geo3d._validation import error_summary
+
 from ._vit import VisionTransformer
 
 __all__ = ["load_vit", "vit_from_state_dict", "hf_to_official_state_dict"]
@@ -62,7 +64,7 @@ _LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
 def _unreadable(path: Path, what: str, err: BaseException) -> ValueError:
     return ValueError(
         f"path: expected {what}, got a file that cannot be read: {str(path)!r} "
-        f"({type(err).__name__}: {err})"
+        f"({type(err).__name__}: {error_summary(err)})"
     )
 
 

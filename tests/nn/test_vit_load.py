@@ -429,6 +429,12 @@ class TestUnreadableFiles:
         empty = tmp_path / "empty.pth"
         empty.write_bytes(b"")
         self._check(empty, "cannot be read")
+        # a pickled object (refused by weights_only=True): torch's advice to load it with
+        # weights_only=False (arbitrary code) must not be passed on
+        evil = tmp_path / "evil.pth"
+        torch.save({"x": ValueError("obj")}, evil)
+        err = self._check(evil, "cannot be read")
+        assert "weights_only=False" not in str(err) and "UnpicklingError" in str(err)
 
     def test_bad_config_json(self, tmp_path):
         (tmp_path / "config.json").write_text('{"model_type": "dinov2",')

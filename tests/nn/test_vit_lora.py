@@ -277,6 +277,10 @@ class TestSaveLoad:
             with pytest.raises(ValueError, match="cannot be read") as info:
                 _lora().load_adapters(tmp_path / name)
             assert name in str(info.value) and info.value.__cause__ is not None
+        torch.save({"x": ValueError("obj")}, tmp_path / "evil.pt")  # a pickled object
+        with pytest.raises(ValueError, match="cannot be read") as info:
+            _lora().load_adapters(tmp_path / "evil.pt")
+        assert "weights_only=False" not in str(info.value)  # torch's unsafe advice dropped
         torch.save({"format": "geo3d.lora", "state_dict": [1]}, tmp_path / "bad.pt")
         with pytest.raises(ValueError, match="state_dict") as info:
             _lora().load_adapters(tmp_path / "bad.pt")
