@@ -731,11 +731,12 @@ def refine_fit(
 
 
 @functools.lru_cache(maxsize=4)
-def _default_body_model(dtype: torch.dtype, device: str) -> nn.Module:
+def _default_body_model(dtype: torch.dtype, device: str, num_betas: int | None = None
+                        ) -> nn.Module:
     from geo3d.body import load_body_model
     from geo3d.body._anny import anny_smpl_model_path
 
-    return load_body_model(anny_smpl_model_path(), dtype=dtype).to(device)
+    return load_body_model(anny_smpl_model_path(), num_betas=num_betas, dtype=dtype).to(device)
 
 
 #: Names a ``body_model`` string may take besides a file path (as in the CLI, the configs
@@ -762,8 +763,8 @@ def resolve_body_model(
     """
     from geo3d.body import load_body_model
 
-    if body_model is None or (body_model == "anny" and num_betas is None):
-        return _default_body_model(dtype, str(device))
+    if body_model is None or body_model == "anny":  # cached: building it takes seconds
+        return _default_body_model(dtype, str(device), num_betas)
     if isinstance(body_model, (str, os.PathLike)):
         spec = os.fspath(body_model)
         if spec in BODY_MODEL_NAMES:
