@@ -9,9 +9,9 @@ import stat
 
 import pytest
 import trimesh
+from geo3d.datasets import fracture
 
 from geo3d._atomic import staging_dir
-from geo3d.datasets import fracture
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])

@@ -122,7 +122,7 @@ class TestPointCloudIO:
         nrm = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.6, 0.0, 0.8]], dtype=np.float32)
         cols = ["x", "y", "z"] + (["nx", "ny", "nz"] if with_normals else [])
         data = np.concatenate([pts, nrm], axis=1) if with_normals else pts
-        header = [f"ply", f"format {fmt} 1.0", "element vertex 3"]
+        header = ["ply", f"format {fmt} 1.0", "element vertex 3"]
         header += [f"property float {c}" for c in cols]
         if with_faces:
             header += ["element face 0", "property list uchar int vertex_indices"]
