@@ -12,6 +12,7 @@ Lightning parts (atomic checkpoint IO, the LightningCLI base class) are in
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Mapping
@@ -22,14 +23,33 @@ import torch
 
 from geo3d._validation import error_summary as _first_sentence
 
-__all__ = ["UsageError", "PackagedConfigs", "CheckpointError", "load_checkpoint",
-           "find_last_checkpoints", "resolve_last_checkpoint", "resolve_device",
+__all__ = ["UsageError", "OneLineParser", "add_forwarding_parser", "PackagedConfigs",
+           "CheckpointError", "load_checkpoint", "find_last_checkpoints", "resolve_last_checkpoint", "resolve_device",
            "evaluated_progress"]
 
 
 class UsageError(ValueError):
     """A command line that cannot run (missing config file, unknown or misplaced
     arguments). The ``geo3d`` CLI prints it as one line and exits with status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """``argparse`` parser whose errors raise :class:`UsageError` (printed by the ``geo3d``
+    CLI as one line, exit code 2) instead of printing the usage and exiting."""
+
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def add_forwarding_parser(subparsers: Any, name: str, help: str, main: Any) -> None:
+    """Register ``geo3d NAME``, whose arguments are all forwarded to ``main(argv)`` (the
+    app dispatches them itself); ``-h``/``--help`` becomes ``main(["--help"])``."""
+    p = subparsers.add_parser(name, add_help=False, help=help)
+    p.add_argument("-h", "--help", action="store_true", dest=f"{name}_help",
+                   help=f"show the {name} commands")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda ns: main(["--help"] if getattr(ns, f"{name}_help")
+                                        else list(ns.args)))
 
 
 class PackagedConfigs:

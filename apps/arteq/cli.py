@@ -19,14 +19,13 @@ units; ``geo3d arteq predict --help`` lists its options.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from geo3d._app import PackagedConfigs, UsageError
+from geo3d._app import OneLineParser, PackagedConfigs, UsageError, add_forwarding_parser
 from geo3d._app import resolve_last_checkpoint as _resolve_last
 
 __all__ = ["add_parser", "main", "config_path", "run_lightning_cli", "resolve_last_checkpoint",
@@ -131,12 +130,7 @@ def _predict(argv: list[str]) -> int:
 
     from geo3d._atomic import atomic_path
 
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> Any:
-            raise UsageError(f"geo3d arteq predict: {message} (see `geo3d arteq predict "
-                             f"--help`)")
-
-    p = _Parser(
+    p = OneLineParser(
         prog="geo3d arteq predict",
         description="Fit SMPL-layout bodies to point clouds with a trained ArtEq checkpoint. "
         "Writes OUT/<scan>_smpl.npz (betas (K,), global_orient (3, 3), body_pose (23, 3, 3), "
@@ -248,11 +242,6 @@ def main(argv: list[str]) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Register ``geo3d arteq`` (arguments are forwarded, see the module docstring)."""
-    p = subparsers.add_parser(
-        "arteq", add_help=False,
-        help="ArtEq SMPL fitting: fit/validate/test (LightningCLI), predict (scan -> SMPL), demo",
-    )
-    p.add_argument("-h", "--help", action="store_true", dest="arteq_help",
-                   help="show the arteq commands")
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda ns: main(["--help"] if ns.arteq_help else list(ns.args)))
+    add_forwarding_parser(
+        subparsers, "arteq",
+        "ArtEq SMPL fitting: fit/validate/test (LightningCLI), predict (scan -> SMPL), demo", main)

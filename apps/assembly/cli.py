@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from geo3d._app import PackagedConfigs, UsageError
+from geo3d._app import OneLineParser, PackagedConfigs, UsageError, add_forwarding_parser
 from geo3d._app import resolve_last_checkpoint as _resolve_last
 from geo3d._atomic import atomic_write_text
 
@@ -109,14 +109,9 @@ _LIGHTNING_PREDICT_NOTE = (
 
 
 def _piece_parser() -> argparse.ArgumentParser:
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> Any:  # one line via the geo3d CLI, exit code 2
-            raise UsageError(f"geo3d assembly predict: {message} (see `geo3d assembly "
-                             f"predict --help`)")
-
-    p = _Parser(prog="geo3d assembly predict", add_help=False,
-                description="Assemble piece files with a checkpoint written by `fit`.",
-                epilog=_LIGHTNING_PREDICT_NOTE)
+    p = OneLineParser(prog="geo3d assembly predict", add_help=False,
+                      description="Assemble piece files with a checkpoint written by `fit`.",
+                      epilog=_LIGHTNING_PREDICT_NOTE)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `fit`")
     p.add_argument("--pieces", nargs="+", default=None, help="mesh or point-cloud files")
     p.add_argument("--num-points", type=int, default=512,
@@ -207,11 +202,5 @@ def main(argv: list[str]) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Register ``geo3d assembly`` (arguments are forwarded, see module docstring)."""
-    p = subparsers.add_parser(
-        "assembly", add_help=False,
-        help="shape assembly: fit/validate/test/predict (LightningCLI), demo",
-    )
-    p.add_argument("-h", "--help", action="store_true", dest="assembly_help",
-                   help="show the assembly commands")
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda ns: main(["--help"] if ns.assembly_help else list(ns.args)))
+    add_forwarding_parser(subparsers, "assembly",
+                          "shape assembly: fit/validate/test/predict (LightningCLI), demo", main)

@@ -93,13 +93,9 @@ def run_demo(
 def demo_main(argv: list[str]) -> int:
     """``geo3d multiview demo [--out DIR] [--vit PATH] [--steps N] [--pairs N]
     [--pose-queries N] [--track-frames N]``."""
-    from geo3d.apps.multiview_corr.cli import UsageError
+    from geo3d._app import OneLineParser, UsageError
 
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> Any:
-            raise UsageError(f"geo3d multiview demo: {message} (see `geo3d multiview demo --help`)")
-
-    p = _Parser(prog="geo3d multiview demo", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="geo3d multiview demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/multiview_demo", help="output folder")
     p.add_argument("--config", default="demo", help="packaged config or YAML [demo]")
     p.add_argument(

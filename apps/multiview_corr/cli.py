@@ -19,11 +19,10 @@ and nodes are Trainer settings in the YAML (``trainer.devices``, ``trainer.strat
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from geo3d._app import PackagedConfigs, UsageError
+from geo3d._app import OneLineParser, PackagedConfigs, UsageError, add_forwarding_parser
 from geo3d._app import resolve_last_checkpoint as _resolve_last
 
 __all__ = ["add_parser", "main", "config_path", "run_lightning_cli", "resolve_last_checkpoint",
@@ -116,15 +115,10 @@ def run_lightning_cli(args: list[str], run: bool = True) -> Any:
         raise UsageError(f"{PROG} {cmd}: trainer: {' '.join(str(err).split())}") from err
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line via the geo3d CLI, exit code 2
-        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
-
-
 def _eval_main(argv: list[str]) -> int:
     from geo3d.apps.multiview_corr._evaluate import eval_adapter_main
 
-    p = _Parser(prog=f"{PROG} eval", description=(
+    p = OneLineParser(prog=f"{PROG} eval", description=(
         "Before/after table on held-out objects: the backbone's features vs the finetuned "
         "model's (APE, PCDP, PCK, pose accuracy, tracking AJ); writes JSON."))
     p.add_argument("--adapter", required=True, help="adapter checkpoint written by `fit`")
@@ -167,12 +161,7 @@ def main(argv: list[str]) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Register ``geo3d multiview`` (arguments are forwarded, see module docstring)."""
-    p = subparsers.add_parser(
-        "multiview", add_help=False,
-        help="multiview-equivariance finetuning of ViT features: fit/validate/test "
-        "(LightningCLI), eval (before/after table), demo",
-    )
-    p.add_argument("-h", "--help", action="store_true", dest="multiview_help",
-                   help="show the multiview commands")
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda ns: main(["--help"] if ns.multiview_help else list(ns.args)))
+    add_forwarding_parser(
+        subparsers, "multiview",
+        "multiview-equivariance finetuning of ViT features: fit/validate/test (LightningCLI), "
+        "eval (before/after table), demo", main)
