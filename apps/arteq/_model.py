@@ -76,13 +76,15 @@ from torch import Tensor, nn
 from geo3d._validation import check_finite, shape_of, value_error
 from geo3d.body import ARTEQ_NUM_PARTS, SMPL_PARENTS
 
-__all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES"]
+__all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES", "GEOMETRY_VECTORS", "part_geometry"]
 
 #: Parent of each ArtEq part in the 22-part tree (-1 for the pelvis): ``SMPL_PARENTS[:22]``.
 ARTEQ_PARENTS: tuple[int, ...] = tuple(int(p) for p in SMPL_PARENTS[:ARTEQ_NUM_PARTS])
 #: Accepted ``backbone`` names: the equivariant one first.
 BACKBONES = ("vn", "vn_dgcnn", "pointnet", "dgcnn")
 
+#: Per-part geometry vectors of ``part_geometry=True`` (per part; doubled with the parent's).
+GEOMETRY_VECTORS = 6
 _GRAM = 8  # VN projections whose Gram matrix enters the invariant part token
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -123,6 +125,64 @@ def _check_labels(part_labels: object, points: Tensor) -> Tensor:
             raise value_error("part_labels", f"labels in [0, {ARTEQ_NUM_PARTS})",
                               f"range [{lo}, {hi}]")
     return part_labels.to(device=points.device, dtype=torch.long)
+
+
+def _children() -> list[list[int]]:
+    kids: list[list[int]] = [[] for _ in range(ARTEQ_NUM_PARTS)]
+    for k, p in enumerate(ARTEQ_PARENTS):
+        if p >= 0:
+            kids[p].append(k)
+    return kids
+
+
+def part_geometry(x: Tensor, w: Tensor) -> Tensor:
+    """Equivariant geometry vectors of every part from pooling weights.
+
+    For part ``k`` with weights ``w[:, :, k]`` (summing to 1 over the points): centroid
+    ``c_k = sum_n w_nk x_n``, covariance ``C_k = sum_n w_nk (x_n - c_k)(x_n - c_k)^T``; the
+    vectors are ``a = c_k - c_parent`` (the pelvis: ``c_0``, relative to the origin, which
+    :class:`ArtEqNet` puts at the centroid of the scan), ``b`` = the mean of
+    ``c_child - c_k`` over the children of ``k`` in the 22-part tree (0 for a leaf),
+    ``C_k a``, ``C_k b``, ``C_k^2 a``, ``C_k^2 b``. Each is a polynomial in the points, so
+    rotating the input by ``g`` rotates every vector by ``g``; a translation cancels except
+    in the pelvis's ``a`` (hence the centring). The bone direction (``a``, ``b``) and the
+    principal axes of the part's points (``C_k``) are what the part's rotation moves.
+
+    Args:
+        x: :math:`(B, N, 3)` centred points (any unit; vectors are in that unit, ``C^j``
+            terms in its ``2j + 1``-th power).
+        w: :math:`(B, N, 22)` pooling weights, each column summing to 1 over the points.
+
+    Returns:
+        :math:`(B, 22, 6, 3)`: ``[a, b, C a, C b, C^2 a, C^2 b]`` per part.
+
+    Source: this project (an explicit-geometry input to the per-part readout of Feng et al.,
+    ICCV 2023, arXiv:2304.10528).
+
+    Example:
+        >>> x = torch.randn(1, 100, 3)
+        >>> w = torch.softmax(torch.randn(1, 100, 22), dim=1)
+        >>> part_geometry(x, w).shape
+        torch.Size([1, 22, 6, 3])
+    """
+    c = torch.einsum("bnk,bnx->bkx", w, x)  # (B, P, 3)
+    par = torch.tensor([max(p, 0) for p in ARTEQ_PARENTS], device=x.device)
+    a = c - c[:, par]
+    a[:, 0] = c[:, 0]
+    kids = _children()
+    M = torch.zeros(ARTEQ_NUM_PARTS, ARTEQ_NUM_PARTS, dtype=x.dtype, device=x.device)
+    for k, ch in enumerate(kids):
+        for j in ch:
+            M[k, j] = 1.0 / len(ch)
+    has = torch.tensor([bool(ch) for ch in kids], device=x.device)
+    b = torch.einsum("kj,bjx->bkx", M, c) - torch.where(has[:, None], c, torch.zeros_like(c))
+    # C_k v = sum_n w_nk (x_n - c_k) ((x_n - c_k) . v), without forming the (B, N, P, 3) array
+    xx = torch.einsum("bnk,bnx,bny->bkxy", w, x, x)  # second moment
+    C = xx - c.unsqueeze(-1) * c.unsqueeze(-2)  # (B, P, 3, 3)
+    v = torch.stack([a, b], dim=2)  # (B, P, 2, 3)
+    Cv = torch.einsum("bkxy,bkjy->bkjx", C, v)
+    CCv = torch.einsum("bkxy,bkjy->bkjx", C, Cv)
+    return torch.cat([v, Cv, CCv], dim=2)
 
 
 class ArtEqNet(nn.Module):
@@ -168,6 +228,16 @@ class ArtEqNet(nn.Module):
             each point's vector channels (``F`` frame-free invariants). The other per-point
             invariants are read in a frame computed from the global feature, which keeps
             moving early in training; the norms do not depend on it. ``False``: as before.
+        part_geometry: add explicit per-part geometry to the rotation and shape readouts:
+            from the pooling weights ``w`` and the centred points (in ``unit``), each part's
+            weighted centroid ``c_k`` and covariance ``C_k`` give the vectors
+            ``c_k - c_parent``, the mean of ``c_child - c_k`` over the children (0 for a
+            leaf), ``C_k`` and ``C_k^2`` applied to both (:data:`GEOMETRY_VECTORS` = 6
+            vectors), for the part and its parent (kinematic conditioning). They rotate with
+            the input (exact SE(3) equivariance is kept): VN backbones feed them to the VN
+            rotation readout as extra vector channels (their norms and Gram matrix to the
+            invariant token); the baselines get the same numbers flattened into the token.
+            ``False`` (default): as before.
 
     Attributes:
         config: the JSON-able keyword arguments: ``ArtEqNet(**net.config)`` rebuilds it.
@@ -206,6 +276,7 @@ class ArtEqNet(nn.Module):
         interp_sigma: float = 0.03,
         unit: float = 0.05,
         seg_norms: bool = False,
+        part_geometry: bool = False,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -237,8 +308,10 @@ class ArtEqNet(nn.Module):
             "rot_context": rot_context,
             "batch_norm": bool(batch_norm), "num_centers": num_centers,
             "interp_sigma": float(interp_sigma), "unit": float(unit),
-            "seg_norms": bool(seg_norms),
+            "seg_norms": bool(seg_norms), "part_geometry": bool(part_geometry),
         }
+        self.part_geometry = bool(part_geometry)
+        n_geo = 2 * GEOMETRY_VECTORS if self.part_geometry else 0  # vectors (part + parent)
         self.unit = float(unit)
         self.num_centers = num_centers
         self.interp_sigma = float(interp_sigma)
@@ -279,8 +352,10 @@ class ArtEqNet(nn.Module):
         # (+ for "vn": norms and a Gram matrix of the equivariant part features)
         n_tok = 2 * c_pt
         if self.equivariant:
-            self.gram = gnn.VNLinear(2 * feat_dim, _GRAM)
-            n_tok += 2 * feat_dim + _GRAM * _GRAM
+            self.gram = gnn.VNLinear(2 * feat_dim + n_geo, _GRAM)
+            n_tok += 2 * feat_dim + n_geo + _GRAM * _GRAM
+        else:
+            n_tok += 3 * n_geo  # the same geometry as plain numbers (not equivariant)
         self.token = _mlp([n_tok, d_model, d_model])
         self.part_embed = nn.Parameter(0.02 * torch.randn(P, d_model))
         if num_layers > 0:
@@ -300,10 +375,11 @@ class ArtEqNet(nn.Module):
             # invariants (norms, Gram matrix): the readout of part k sees only the features
             # pooled on part k and its parent, as in the reference (no cross-part mixing)
             self.rot_context = rot_context
-            c_rot = (3 if rot_context == "global" else 2) * feat_dim
+            c_rot = (3 if rot_context == "global" else 2) * feat_dim + n_geo
             self.rot_mlp = gnn.VNLinearLeakyReLU(c_rot, rot_hidden, batch_norm=False)
             self.rot_static = nn.Parameter(torch.randn(P, 3, rot_hidden) / rot_hidden ** 0.5)
-            n_steer = d_model if rot_context == "global" else 2 * feat_dim + _GRAM * _GRAM
+            n_steer = d_model if rot_context == "global" else \
+                2 * feat_dim + n_geo + _GRAM * _GRAM
             self.rot_steer = _mlp([n_steer, d_model, 3 * rot_hidden])
             with torch.no_grad():
                 self.rot_steer[-1].weight.mul_(0.1)
@@ -403,9 +479,16 @@ class ArtEqNet(nn.Module):
 
         pooled = torch.einsum("bnk,bnc->bkc", w, pt_inv)  # (B, P, c_pt)
         feats = [pooled, pooled[:, par]]
+        geo = None
+        if self.part_geometry:
+            geo = part_geometry(x / self.unit, w)  # (B, P, 6, 3)
+            geo = torch.cat([geo, geo[:, par]], dim=2)  # (B, P, 12, 3)
+            if not self.equivariant:
+                feats.append(geo.flatten(2))
         if self.equivariant:
             Pe = torch.einsum("bnk,bncx->bkcx", w, V)  # (B, P, F, 3)
-            Q = torch.cat([Pe, Pe[:, par]], dim=2)  # (B, P, 2F, 3) kinematic conditioning
+            Q = [Pe, Pe[:, par]] + ([] if geo is None else [geo])
+            Q = torch.cat(Q, dim=2)  # (B, P, 2F (+12), 3) kinematic conditioning
             Qv = Q.permute(0, 2, 3, 1)  # (B, 2F, 3, P) VN layout
             G = self.gram(Qv)  # (B, G, 3, P)
             gram = torch.einsum("bgxp,bhxp->bpgh", G, G).reshape(B, P, _GRAM * _GRAM)

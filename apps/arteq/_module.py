@@ -11,7 +11,9 @@ mesh; for any topology this module picks ``num_markers`` template vertices by fa
 point sampling instead (deterministic).
 
 During the first ``gt_seg_epochs`` epochs the per-part pooling uses the ground-truth
-segmentation (as the reference does for its first epoch).
+segmentation (as the reference does for its first epoch); ``gt_seg_epochs=-1`` pools with it
+throughout training (the pose and shape heads then always see true parts; the segmentation
+head keeps its own loss and provides the pooling at test time).
 
 Evaluation (val: one loader; test: one loader per condition of the data module, see
 :data:`geo3d.apps.arteq._data.CONDITIONS`): the network output is decoded to a posed body
@@ -77,7 +79,8 @@ class ArtEqModule(L.LightningModule):
         gender: for a folder ``body_model``.
         num_betas: shape coefficients (linked to ``data.num_betas``).
         lr, weight_decay: Adam settings (reference: 1e-4, 0).
-        gt_seg_epochs: epochs that pool parts with the ground-truth segmentation.
+        gt_seg_epochs: epochs that pool parts with the ground-truth segmentation (``-1``:
+            every training step).
         w_seg, w_rot, w_betas, w_joints, w_vertices, w_normals, w_markers, w_centroids:
             loss weights (defaults: :data:`LOSS_WEIGHTS`).
         num_markers: marker vertices of the marker loss.
@@ -115,8 +118,10 @@ class ArtEqModule(L.LightningModule):
 
         self.save_hyperparameters()
         self.net = ArtEqNet(backbone, num_betas, **dict(net or {}))
-        if not isinstance(gt_seg_epochs, int) or gt_seg_epochs < 0:
-            raise ValueError(f"gt_seg_epochs: expected a non-negative int, got {gt_seg_epochs!r}")
+        if isinstance(gt_seg_epochs, bool) or not isinstance(gt_seg_epochs, int) or \
+                gt_seg_epochs < -1:
+            raise ValueError(f"gt_seg_epochs: expected a non-negative int or -1 (always), "
+                             f"got {gt_seg_epochs!r}")
         self._body_cache: list[Any] = []  # not a submodule: kept out of the state dict
         self._sums: dict[str, Tensor] = {}
         self._pictures: list[dict[str, Any]] = []
@@ -198,7 +203,8 @@ class ArtEqModule(L.LightningModule):
         return terms
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        use_gt = self.current_epoch < int(self.hparams.gt_seg_epochs)
+        n_gt = int(self.hparams.gt_seg_epochs)
+        use_gt = n_gt == -1 or self.current_epoch < n_gt
         out = self(batch["points"], batch["labels"] if use_gt else None)
         terms = self.losses(out, batch)
         h = self.hparams

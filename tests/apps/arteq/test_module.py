@@ -79,6 +79,27 @@ def test_first_epochs_pool_with_ground_truth_labels(batch, monkeypatch):
     assert torch.equal(seen[0], batch["labels"]) and seen[1] is None
 
 
+def test_gt_seg_epochs_minus_one_pools_with_ground_truth_in_every_epoch(batch, monkeypatch):
+    m = ArtEqModule("pointnet", NET, body_model="tiny", gt_seg_epochs=-1)
+    seen = []
+    real = m.net.forward
+
+    def spy(points, part_labels=None, **kw):
+        seen.append(part_labels)
+        return real(points, part_labels, **kw)
+
+    monkeypatch.setattr(m.net, "forward", spy)
+    monkeypatch.setattr(type(m), "current_epoch", property(lambda self: self._epoch))
+    monkeypatch.setattr(m, "log", lambda *a, **k: None)
+    for epoch in (0, 1, 7):
+        m._epoch = epoch
+        m.training_step(batch, 0)
+    assert len(seen) == 3 and all(torch.equal(s, batch["labels"]) for s in seen)
+    # evaluation never sees labels (the segmentation head pools at test time)
+    m.evaluate_batch(batch)
+    assert seen[-1] is None
+
+
 def test_vertex_normals_of_a_cube_point_outward():
     import trimesh
 
@@ -100,4 +121,6 @@ def test_bad_hparams():
     with pytest.raises(ValueError, match="backbone"):
         ArtEqModule("transformer", NET, body_model="tiny")
     with pytest.raises(ValueError, match="gt_seg_epochs"):
-        ArtEqModule("pointnet", NET, body_model="tiny", gt_seg_epochs=-1)
+        ArtEqModule("pointnet", NET, body_model="tiny", gt_seg_epochs=-2)
+    with pytest.raises(ValueError, match="gt_seg_epochs"):
+        ArtEqModule("pointnet", NET, body_model="tiny", gt_seg_epochs=True)
