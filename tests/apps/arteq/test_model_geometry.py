@@ -130,3 +130,36 @@ def test_ground_truth_pooling_geometry_sees_the_labels():
     a, b = part_geometry(x, w), part_geometry(y, w)
     assert float((a[:, 18] - b[:, 18]).abs().max()) > 1e-3
     torch.testing.assert_close(a[:, 0], b[:, 0], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("backbone", ["vn", "vn_dgcnn"])
+def test_normalize_invariants_gives_unit_rms_and_keeps_equivariance(backbone):
+    net = _net(backbone, normalize_invariants=True, seg_norms=True, part_geometry=True)
+    assert ArtEqNet(**net.config).normalize_invariants
+    seen = []
+    hook = net.seg_head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    x = _cloud(2, 70, seed=8) * 0.3 + 7.0
+    with torch.no_grad():
+        net(x)
+    hook.remove()
+    c = 3 * SMALL["feat_dim"]  # per-point invariants first, then the global invariant
+    rms_pt = seen[0][..., :c].square().mean(dim=(1, 2)).sqrt()
+    rms_gl = seen[0][:, 0, c:2 * c].square().mean(dim=-1).sqrt()
+    torch.testing.assert_close(rms_pt, torch.ones(2, dtype=x.dtype), atol=1e-12, rtol=0)
+    torch.testing.assert_close(rms_gl, torch.ones(2, dtype=x.dtype), atol=1e-12, rtol=0)
+    # without the option the same invariants are orders of magnitude smaller
+    seen.clear()
+    plain = _net(backbone, seg_norms=True)
+    hook = plain.seg_head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    with torch.no_grad():
+        plain(x)
+    hook.remove()
+    assert float(seen[0][..., :c].square().mean().sqrt()) < 0.1
+    g = torch.Generator().manual_seed(9)
+    R = random_rotation_matrix(2, generator=g, dtype=x.dtype)
+    t = 30.0 * torch.randn(2, 3, generator=g, dtype=x.dtype)
+    with torch.no_grad():
+        a, b = net(x), net(x @ R.transpose(-1, -2) + t[:, None])
+    torch.testing.assert_close(b["part_rot"], R[:, None] @ a["part_rot"], atol=1e-9, rtol=0)
+    torch.testing.assert_close(b["part_logits"], a["part_logits"], atol=1e-9, rtol=0)
+    torch.testing.assert_close(b["betas"], a["betas"], atol=1e-9, rtol=0)
