@@ -245,6 +245,12 @@ class ArtEqNet(nn.Module):
             initialisation on demo body scans, their RMS was ~3e-7 (``"vn"``) and ~1e-3
             (``"vn_dgcnn"``), far below the linear layers' biases. ``False`` (default): as
             before.
+        pool_power: sharpness ``tau >= 1`` of the predicted pooling weights: the
+            per-point part probabilities are raised to ``tau`` and renormalised over the
+            parts (``softmax(tau * logits)``) before the L1 normalisation over the points;
+            large values approach hard argmax pooling. ``1`` (default): the reference's
+            soft pooling. An attribute that may be changed on a trained net (e.g. sharper
+            pooling at test time for a net trained with ground-truth pooling).
 
     Attributes:
         config: the JSON-able keyword arguments: ``ArtEqNet(**net.config)`` rebuilds it.
@@ -285,6 +291,7 @@ class ArtEqNet(nn.Module):
         seg_norms: bool = False,
         part_geometry: bool = False,
         normalize_invariants: bool = False,
+        pool_power: float = 1.0,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -305,6 +312,9 @@ class ArtEqNet(nn.Module):
             raise value_error("interp_sigma", "a positive number (metres)", repr(interp_sigma))
         if not (isinstance(unit, (int, float)) and 0 < unit < float("inf")):
             raise value_error("unit", "a positive number (metres)", repr(unit))
+        if isinstance(pool_power, bool) or not isinstance(pool_power, (int, float)) or \
+                not 1.0 <= pool_power < float("inf"):
+            raise value_error("pool_power", "a finite number >= 1", repr(pool_power))
         if rot_context not in ("local", "global"):
             raise value_error("rot_context", "'local' or 'global'", repr(rot_context))
         if d_model % num_heads:
@@ -317,8 +327,9 @@ class ArtEqNet(nn.Module):
             "batch_norm": bool(batch_norm), "num_centers": num_centers,
             "interp_sigma": float(interp_sigma), "unit": float(unit),
             "seg_norms": bool(seg_norms), "part_geometry": bool(part_geometry),
-            "normalize_invariants": bool(normalize_invariants),
+            "normalize_invariants": bool(normalize_invariants), "pool_power": float(pool_power),
         }
+        self.pool_power = float(pool_power)
         self.normalize_invariants = bool(normalize_invariants)
         self.part_geometry = bool(part_geometry)
         n_geo = 2 * GEOMETRY_VECTORS if self.part_geometry else 0  # vectors (part + parent)
@@ -483,7 +494,8 @@ class ArtEqNet(nn.Module):
         logits = self.seg_head(torch.cat(seg_in, dim=-1))
 
         # per-part weights, L1-normalised over the points
-        prob = torch.softmax(logits, dim=-1)  # (B, N, P)
+        prob = torch.softmax(logits if self.pool_power == 1.0 else self.pool_power * logits,
+                             dim=-1)  # (B, N, P), sharpened by pool_power
         prob = prob / prob.sum(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
         if labels is not None:
             onehot = torch.nn.functional.one_hot(labels, P).to(dtype)

@@ -163,3 +163,24 @@ def test_normalize_invariants_gives_unit_rms_and_keeps_equivariance(backbone):
     torch.testing.assert_close(b["part_rot"], R[:, None] @ a["part_rot"], atol=1e-9, rtol=0)
     torch.testing.assert_close(b["part_logits"], a["part_logits"], atol=1e-9, rtol=0)
     torch.testing.assert_close(b["betas"], a["betas"], atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("backbone", ["vn_dgcnn", "dgcnn"])
+def test_pool_power_sharpens_towards_argmax_pooling(backbone):
+    net = _net(backbone, part_geometry=True)
+    x = _cloud(2, 90, seed=12)
+    with torch.no_grad():
+        soft = net(x)
+        net.pool_power = 1e6  # effectively argmax pooling
+        sharp = net(x)
+        # one-hot pooling on the argmax labels (parts without points fall back to the
+        # sharpened weights in both calls)
+        hard = net(x, part_labels=soft["part_logits"].argmax(-1))
+    assert float((soft["part_rot"] - hard["part_rot"]).abs().max()) > 1e-4
+    torch.testing.assert_close(sharp["part_rot"], hard["part_rot"], atol=1e-9, rtol=0)
+    torch.testing.assert_close(sharp["betas"], hard["betas"], atol=1e-9, rtol=0)
+    torch.testing.assert_close(sharp["part_logits"], soft["part_logits"], atol=0, rtol=0)
+    assert ArtEqNet(**{**net.config, "pool_power": 3.0}).pool_power == 3.0
+    for bad in (0.5, float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="pool_power"):
+            ArtEqNet(backbone, pool_power=bad)
