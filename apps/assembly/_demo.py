@@ -6,12 +6,18 @@ augmentation, as the benchmark) with the packaged configs, evaluate both on held
 objects whose pieces are randomly rotated, under protocols (a) absolute and (b) anchor,
 add the open3d registration baseline on the two-piece objects, print a metrics table and
 write pictures, PLYs and ``results.json`` under ``--out``.
+
+``--eval-only`` re-evaluates the checkpoints an earlier run recorded in
+``OUT/results.json`` (``runs.<model>.checkpoint``) with the current test-time pipeline:
+no data generation and no training, only the test stage, the tables and the pictures
+(training records such as ``fit_seconds`` and the training ``command`` are kept).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -122,6 +128,55 @@ def _train_and_test(
         "checkpoint": str(getattr(cli.trainer.checkpoint_callback, "last_model_path", "")),
         "pictures": str(log_dir / "pictures_test"),
         "command": "geo3d assembly " + " ".join(args),
+        "cli_args": args,
+        **_progress(log_dir),
+    }
+
+
+def _progress(log_dir: Path) -> dict[str, int]:
+    """``{"epoch", "global_step"}`` of the tested weights (from ``results_test.json``)."""
+    try:
+        r = json.loads((log_dir / "results_test.json").read_text())
+        return {"epoch": int(r["epoch"]), "global_step": int(r["global_step"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _test_checkpoint(
+    name: str, configs: list[str], out: Path, data_root: Path, extra: list[str],
+    checkpoint: Path, old: dict[str, Any],
+) -> dict[str, Any]:
+    """Test stage of ``checkpoint`` with the current pipeline (no training); the run
+    record ``old`` keeps its training entries and gets new metrics/pictures/log dir.
+    The model/data arguments are the training run's (``old["cli_args"]``, so overrides
+    given at training apply again), followed by ``extra``."""
+    from geo3d.apps.assembly.cli import run_lightning_cli
+
+    recorded = old.get("cli_args")
+    if isinstance(recorded, list) and recorded[:1] == ["fit"]:
+        args = [str(x) for x in recorded[1:]] + list(extra)
+    else:  # a run recorded before cli_args existed: the packaged configs
+        args = []
+        for c in configs:
+            args += ["--config", c]
+        args += ["--data.root", str(data_root), "--trainer.default_root_dir",
+                 str(out / name), *extra]
+    cmd = f"geo3d assembly test {' '.join(args)} --ckpt_path {checkpoint}"
+    print(f"\n=== re-evaluating {name} (no training): {cmd}", flush=True)
+    t0 = time.perf_counter()
+    cli = run_lightning_cli(args, run=False)
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint),
+                     verbose=False)
+    log_dir = Path(cli.trainer.log_dir or out / name)
+    return {
+        **old,
+        "metrics": cli.model.last_results,
+        "log_dir": str(log_dir),
+        "pictures": str(log_dir / "pictures_test"),
+        "evaluated_checkpoint": str(checkpoint),
+        "eval_command": cmd,
+        "eval_seconds": time.perf_counter() - t0,
+        **_progress(log_dir),
     }
 
 
@@ -156,6 +211,15 @@ def _registration(datamodule: Any, seed: int) -> dict[str, Any] | None:
     return {"num_objects": count, "anchor": {k: v / count for k, v in sums.items()}}
 
 
+def _load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages (None where the OS has none): timings come from a
+    shared machine."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def _previous_results(path: Path, config_set: str) -> dict[str, Any]:
     """The ``results.json`` of an earlier run of the same config set, or ``{}``."""
     try:
@@ -180,14 +244,20 @@ def demo_main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: small models gain little from more "
                         "and lose a lot on a shared machine)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="no training: re-evaluate the checkpoints recorded in OUT/results.json "
+                        "(same --config-set) with the current test-time pipeline and rewrite "
+                        "the tables, pictures and results.json")
     a, extra = p.parse_known_args(argv)
     torch.set_num_threads(max(1, a.threads))
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data"
     if a.max_epochs is not None:
+        if a.eval_only:
+            p.error("--max-epochs: expected no value with --eval-only (nothing is trained)")
         extra += ["--trainer.max_epochs", str(a.max_epochs)]
     t_start = time.perf_counter()
+    load_start = _load_average()
 
     from geo3d.apps.assembly.cli import config_path
 
@@ -195,33 +265,59 @@ def demo_main(argv: list[str]) -> int:
     for m in models:
         if m not in ("equivariant", "global"):
             p.error(f"--models: expected equivariant and/or global, got {m!r}")
-    # generate the data once, before any training process needs it
-    from geo3d.apps.assembly.cli import run_lightning_cli
-
-    prep = run_lightning_cli(["--config", config_path(a.config_set),
-                              "--data.root", str(data_root), *extra,
-                              "--trainer.logger", "false"], run=False)
-    print(f"=== data: {data_root} (generated on first use)", flush=True)
-    prep.datamodule.prepare_data()
     configs = {
         "equivariant": [config_path(a.config_set)],
         "global": [config_path(a.config_set), config_path(f"{a.config_set}_global")],
     }
     runs: dict[str, Any] = {}
-    for m in models:
-        runs[m] = _train_and_test(m, configs[m], out, data_root, extra)
-    # read after training: another process (--models) may have finished meanwhile
-    old = _previous_results(out / "results.json", a.config_set)
-    runs.update({k: v for k, v in old.get("runs", {}).items() if k not in models})
+    if a.eval_only:
+        old = _previous_results(out / "results.json", a.config_set)
+        todo = {m: old["runs"][m] for m in models if m in old.get("runs", {})}
+        if not todo:
+            p.error(f"--eval-only: expected {out / 'results.json'} of an earlier "
+                    f"--config-set {a.config_set} run with a checkpoint of {', '.join(models)}, "
+                    f"got {'no such run' if old else 'no results of that config set'}")
+        for m, r in todo.items():
+            ckpt = Path(str(r.get("checkpoint") or ""))
+            if not str(r.get("checkpoint") or "") or not ckpt.is_file():
+                p.error(f"--eval-only: expected the {m} checkpoint recorded in "
+                        f"{out / 'results.json'} to exist, got {str(ckpt)!r}")
+        prep = None  # only the registration baseline needs it (built below if so)
+        for m, r in todo.items():
+            runs[m] = _test_checkpoint(m, configs[m], out, data_root, extra,
+                                       Path(r["checkpoint"]), r)
+        runs.update({k: v for k, v in old["runs"].items() if k not in runs})
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        # generate the data once, before any training process needs it
+        from geo3d.apps.assembly.cli import run_lightning_cli
+
+        prep = run_lightning_cli(["--config", config_path(a.config_set),
+                                  "--data.root", str(data_root), *extra,
+                                  "--trainer.logger", "false"], run=False)
+        print(f"=== data: {data_root} (generated on first use)", flush=True)
+        prep.datamodule.prepare_data()
+        for m in models:
+            runs[m] = _train_and_test(m, configs[m], out, data_root, extra)
+        # read after training: another process (--models) may have finished meanwhile
+        old = _previous_results(out / "results.json", a.config_set)
+        runs.update({k: v for k, v in old.get("runs", {}).items() if k not in models})
     runs = {k: runs[k] for k in ("equivariant", "global") if k in runs}
     rows = method_rows(runs)
     # --no-registration keeps a baseline computed by another run
-    reg = old.get("registration") if a.no_registration else None
+    # (and --eval-only keeps it: the open3d baseline does not use the checkpoints)
+    reg = old.get("registration") if a.no_registration or a.eval_only else None
     if reg is not None:
         rows.append((f"registration (n={reg['num_objects']})", "anchor", reg["anchor"]))
-    if not a.no_registration:
+    if not a.no_registration and reg is None:
         print("\n=== registration baseline (open3d FPFH+RANSAC+ICP, two-piece objects)",
               flush=True)
+        if prep is None:
+            from geo3d.apps.assembly.cli import run_lightning_cli
+
+            prep = run_lightning_cli(["--config", config_path(a.config_set),
+                                      "--data.root", str(data_root), *extra,
+                                      "--trainer.logger", "false"], run=False)
         reg = _registration(prep.datamodule, seed=0)
         if reg is not None:
             rows.append((f"registration (n={reg['num_objects']})", "anchor", reg["anchor"]))
@@ -246,9 +342,14 @@ def demo_main(argv: list[str]) -> int:
         "timing_table": timing_table,
         "total_seconds": time.perf_counter() - t_start,
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                    "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    "load_average_1_5_15min": {"start": load_start, "end": _load_average()}},
     }
+    if a.eval_only:  # this call's own record; the training run's totals stay
+        result["eval_only"] = {"command": "geo3d assembly demo " + " ".join(argv),
+                               "seconds": result["total_seconds"]}
+        result["total_seconds"] = old.get("total_seconds", result["total_seconds"])
     atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     print(f"\nwritten: {out / 'results.json'}")
     for name, r in runs.items():
