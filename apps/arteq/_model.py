@@ -245,6 +245,20 @@ class ArtEqNet(nn.Module):
             initialisation on demo body scans, their RMS was ~3e-7 (``"vn"``) and ~1e-3
             (``"vn_dgcnn"``), far below the linear layers' biases. ``False`` (default): as
             before.
+        chiral: VN backbones: make the invariant features tell left from right. VN layers
+            are O(3)-equivariant, so every invariant they give is also unchanged by a
+            reflection; on a nearly mirror-symmetric body every equivariant vector lies near
+            the symmetry plane and a left limb cannot be told from the right one (the
+            segmentation then confuses most of the 22 parts, which come in left/right
+            pairs). With ``chiral=True`` two learned combinations ``a, b`` of the global
+            equivariant feature give the axis ``c = (a x b) / (|a| |b|)`` (a pseudo-vector:
+            rotates with the input, flips under a reflection); the per-point components
+            ``V_n . c`` of the vector channels go to the segmentation head, their per-part
+            pooled values (part + parent) to the part token and the rotation steering; and
+            the per-part rotation readout also gets ``rot_hidden // 2`` cross products of
+            its own vector channels. The network stays exactly equivariant to rotations
+            and translations (SE(3)); it is no longer reflection-invariant. ``False``: as
+            before. Ignored by the baselines.
         pool_power: sharpness ``tau >= 1`` of the predicted pooling weights: the
             per-point part probabilities are raised to ``tau`` and renormalised over the
             parts (``softmax(tau * logits)``) before the L1 normalisation over the points;
@@ -292,6 +306,7 @@ class ArtEqNet(nn.Module):
         part_geometry: bool = False,
         normalize_invariants: bool = False,
         pool_power: float = 1.0,
+        chiral: bool = False,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -328,7 +343,11 @@ class ArtEqNet(nn.Module):
             "interp_sigma": float(interp_sigma), "unit": float(unit),
             "seg_norms": bool(seg_norms), "part_geometry": bool(part_geometry),
             "normalize_invariants": bool(normalize_invariants), "pool_power": float(pool_power),
+            "chiral": bool(chiral),
         }
+        self.chiral = bool(chiral) and backbone in ("vn", "vn_dgcnn")
+        n_chi = 2 * feat_dim if self.chiral else 0  # pooled chiral invariants (part + parent)
+        h_cross = max(rot_hidden // 2, 1) if self.chiral else 0
         self.pool_power = float(pool_power)
         self.normalize_invariants = bool(normalize_invariants)
         self.part_geometry = bool(part_geometry)
@@ -367,14 +386,17 @@ class ArtEqNet(nn.Module):
         c_glob = 3 * feat_dim
         # segmentation from per-point invariant features and the global invariant
         self.seg_norms = bool(seg_norms) and self.equivariant
-        c_seg = c_pt + c_glob + (feat_dim if self.seg_norms else 0)
+        c_seg = c_pt + c_glob + (feat_dim if self.seg_norms else 0) + (
+            feat_dim if self.chiral else 0)
+        if self.chiral:
+            self.chiral_axes = gnn.VNLinear(feat_dim, 2)
         self.seg_head = _mlp([c_seg, d_model, d_model, P])
         # invariant part token: pooled per-point features of the part and its parent
         # (+ for "vn": norms and a Gram matrix of the equivariant part features)
         n_tok = 2 * c_pt
         if self.equivariant:
             self.gram = gnn.VNLinear(2 * feat_dim + n_geo, _GRAM)
-            n_tok += 2 * feat_dim + n_geo + _GRAM * _GRAM
+            n_tok += 2 * feat_dim + n_geo + _GRAM * _GRAM + n_chi
         else:
             n_tok += 3 * n_geo  # the same geometry as plain numbers (not equivariant)
         self.token = _mlp([n_tok, d_model, d_model])
@@ -398,10 +420,13 @@ class ArtEqNet(nn.Module):
             self.rot_context = rot_context
             c_rot = (3 if rot_context == "global" else 2) * feat_dim + n_geo
             self.rot_mlp = gnn.VNLinearLeakyReLU(c_rot, rot_hidden, batch_norm=False)
-            self.rot_static = nn.Parameter(torch.randn(P, 3, rot_hidden) / rot_hidden ** 0.5)
+            if self.chiral:
+                self.rot_cross = gnn.VNLinear(rot_hidden, 2 * h_cross)
+            H_all = rot_hidden + h_cross
+            self.rot_static = nn.Parameter(torch.randn(P, 3, H_all) / H_all ** 0.5)
             n_steer = d_model if rot_context == "global" else \
-                2 * feat_dim + n_geo + _GRAM * _GRAM
-            self.rot_steer = _mlp([n_steer, d_model, 3 * rot_hidden])
+                2 * feat_dim + n_geo + _GRAM * _GRAM + n_chi
+            self.rot_steer = _mlp([n_steer, d_model, 3 * H_all])
             with torch.no_grad():
                 self.rot_steer[-1].weight.mul_(0.1)
                 self.rot_steer[-1].bias.zero_()
@@ -489,6 +514,17 @@ class ArtEqNet(nn.Module):
                 tiny ** 0.5)
             glob = glob / glob.square().mean(dim=1, keepdim=True).sqrt().clamp_min(tiny ** 0.5)
         seg_in = [pt_inv, glob[:, None].expand(B, N, -1)]
+        chi = None
+        if self.chiral:  # pseudo-scalar per-point invariants along a chiral axis
+            ab = self.chiral_axes(enc.equivariant)  # (B, 2, 3)
+            ax = torch.linalg.cross(ab[:, 0], ab[:, 1])
+            ax = ax / (ab[:, 0].norm(dim=-1) * ab[:, 1].norm(dim=-1)).clamp_min(
+                torch.finfo(dtype).tiny ** 0.5)[:, None]
+            chi = torch.einsum("bncx,bx->bnc", V, ax)  # (B, N, F)
+            if self.normalize_invariants:
+                chi = chi / chi.square().mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(
+                    torch.finfo(dtype).tiny ** 0.5)
+            seg_in.append(chi)
         if self.seg_norms:  # frame-free per-point invariants: norms of the vector channels
             seg_in.append(torch.linalg.vector_norm(V, dim=-1))
         logits = self.seg_head(torch.cat(seg_in, dim=-1))
@@ -520,7 +556,11 @@ class ArtEqNet(nn.Module):
             G = self.gram(Qv)  # (B, G, 3, P)
             gram = torch.einsum("bgxp,bhxp->bpgh", G, G).reshape(B, P, _GRAM * _GRAM)
             norms = torch.linalg.vector_norm(Q, dim=-1)  # (B, P, 2F)
-            local_inv = torch.cat([norms, gram], dim=-1)  # frame-free, part + parent only
+            local_inv = [norms, gram]  # frame-free, part + parent only
+            if chi is not None:  # pooled chiral invariants (global axis), part + parent
+                pc = torch.einsum("bnk,bnc->bkc", w, chi)
+                local_inv += [pc, pc[:, par]]
+            local_inv = torch.cat(local_inv, dim=-1)
             feats.append(local_inv)
         tok = self.token(torch.cat(feats, dim=-1)) + self.part_embed
         tok = self.out_norm(self.mixer(tok))  # (B, P, D) invariant for "vn"
@@ -536,6 +576,14 @@ class ArtEqNet(nn.Module):
                 Z = self.rot_mlp(torch.cat([Qv, g_eq], dim=1))  # (B, H, 3, P)
             else:
                 Z = self.rot_mlp(Qv)  # (B, H, 3, P)
+            if self.chiral:  # pseudo-vector channels: cross products of the part's vectors
+                ab = self.rot_cross(Z)  # (B, 2 Hc, 3, P)
+                hc = ab.shape[1] // 2
+                a_, b_ = ab[:, :hc], ab[:, hc:]
+                cr = torch.linalg.cross(a_, b_, dim=2)
+                scale = (a_.norm(dim=2, keepdim=True) * b_.norm(dim=2, keepdim=True)).add(
+                    torch.finfo(dtype).eps).sqrt()  # degree 1 in the features
+                Z = torch.cat([Z, cr / scale], dim=1)
             H = Z.shape[1]
             steer = self.rot_steer(tok if self.rot_context == "global" else local_inv)
             coef = self.rot_static + steer.view(B, P, 3, H)  # (B, P, 3, H)

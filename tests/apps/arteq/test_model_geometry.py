@@ -71,9 +71,14 @@ def test_part_geometry_rotates_with_the_points():
 
 
 @pytest.mark.parametrize("labels", [False, True])
-@pytest.mark.parametrize("rot_context", ["local", "global"])
-def test_net_with_part_geometry_is_exactly_se3_equivariant(labels, rot_context):
-    net = _net("vn_dgcnn", part_geometry=True, rot_context=rot_context)
+@pytest.mark.parametrize("backbone,rot_context,chiral", [("vn_dgcnn", "local", False),
+                                                        ("vn_dgcnn", "global", False),
+                                                        ("vn_dgcnn", "local", True),
+                                                        ("vn", "local", True)])
+def test_net_with_part_geometry_is_exactly_se3_equivariant(labels, backbone, rot_context,
+                                                           chiral):
+    net = _net(backbone, part_geometry=True, rot_context=rot_context, chiral=chiral,
+               normalize_invariants=chiral)
     # adversarial: far from the origin, duplicated points, one part without labels
     x = _cloud(2, 90, seed=5) + 50.0
     x[:, 45:60] = x[:, 30:45]
@@ -184,3 +189,34 @@ def test_pool_power_sharpens_towards_argmax_pooling(backbone):
     for bad in (0.5, float("inf"), True, "2"):
         with pytest.raises(ValueError, match="pool_power"):
             ArtEqNet(backbone, pool_power=bad)
+
+
+
+@pytest.mark.parametrize("backbone", ["vn", "vn_dgcnn"])
+def test_chiral_features_tell_a_cloud_from_its_mirror_image(backbone):
+    # O(3)-equivariant VN nets give the same invariants for a mirrored cloud (left/right
+    # cannot be told apart); chiral=True must not, and stays exact for rotations
+    x = _cloud(2, 80, seed=13)
+    M = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=x.dtype))
+    plain, chiral = _net(backbone, seg_norms=True), _net(backbone, seg_norms=True, chiral=True)
+    assert chiral.config["chiral"] is True and ArtEqNet(**chiral.config).chiral
+    assert not _net("dgcnn", chiral=True).chiral  # baselines: ignored
+    with torch.no_grad():
+        a, b = plain(x), plain(x @ M)
+        c, d = chiral(x), chiral(x @ M)
+    torch.testing.assert_close(b["part_logits"], a["part_logits"], atol=1e-9, rtol=0)
+    torch.testing.assert_close(b["betas"], a["betas"], atol=1e-9, rtol=0)
+    assert float((d["part_logits"] - c["part_logits"]).abs().max()) > 1e-3
+    assert float((d["betas"] - c["betas"]).abs().max()) > 1e-6
+    # the readout's cross-product channels change the rotations when present
+    lab = torch.randint(0, 22, (2, 80), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        e = chiral(x, lab)
+        hc = chiral.rot_cross.out_channels // 2
+        H = chiral.rot_static.shape[-1]
+        chiral.rot_static[..., H - hc:] = 0.0  # only the cross-product channels' weights
+        rows = torch.arange(3 * H).view(3, H)[:, H - hc:].reshape(-1)
+        chiral.rot_steer[-1].weight[rows] = 0.0
+        chiral.rot_steer[-1].bias[rows] = 0.0
+        f = chiral(x, lab)
+    assert float((e["part_rot"] - f["part_rot"]).abs().max()) > 1e-6
