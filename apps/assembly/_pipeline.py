@@ -28,8 +28,9 @@ from torch import Tensor
 
 __all__ = ["assemble_from_outputs", "network_poses", "PIPELINE_METHODS", "STAGES"]
 
-PIPELINE_METHODS = ("matching", "network")
-#: keys of ``timings`` (seconds, summed over the batch's objects); ``"objects"`` counts them
+PIPELINE_METHODS = ("matching", "network", "select")
+#: keys of ``timings`` of ``method="matching"`` (seconds, summed over the batch's objects;
+#: ``"objects"`` counts them); ``method="select"`` times ``"select"`` and ``"total"``
 STAGES = ("match", "ransac", "global", "refine", "total")
 
 
@@ -64,6 +65,21 @@ def network_poses(out: dict[str, Any], B: int, P: int, dtype: torch.dtype,
     return T
 
 
+def _refine_subset(points: Tensor, G: Tensor, matches: dict, anchor: int, keep: list[int],
+                   normals: Tensor | None, steps: int, kwargs: dict, refine_poses: Any
+                   ) -> Tensor:
+    """:func:`refine_poses` on the pieces ``keep`` only (the others keep ``G``)."""
+    pos = {j: k for k, j in enumerate(keep)}
+    sub = {(pos[i], pos[j]): m for (i, j), m in matches.items() if i in pos and j in pos}
+    idx = torch.tensor(keep, dtype=torch.long, device=points.device)
+    Gs = refine_poses(points[idx], G[idx], sub, pos[anchor],
+                      valid=torch.ones(len(keep), dtype=torch.bool, device=points.device),
+                      normals=None if normals is None else normals[idx], steps=steps, **kwargs)
+    G = G.clone()
+    G[idx] = Gs
+    return G
+
+
 def assemble_from_outputs(
     points: Tensor,
     valid: Tensor,
@@ -84,6 +100,7 @@ def assemble_from_outputs(
     refine_steps: int = 10,
     match_kwargs: dict[str, float] | None = None,
     refine_kwargs: dict[str, float] | None = None,
+    select_kwargs: dict[str, float] | None = None,
 ) -> Tensor:
     """Poses of the pieces of a batch of objects from the network's outputs.
 
@@ -96,7 +113,13 @@ def assemble_from_outputs(
             pose-invariant descriptors, ``"frac_score" (B, P, N)`` fracture-surface
             logits (optional: all points count as fracture points). Without ``"desc"``
             the network's poses are returned.
-        method: ``"matching"`` (default) or ``"network"``.
+        method: ``"matching"`` (default), ``"network"`` or ``"select"`` (each piece's
+            pose chosen among the network's hypotheses ``out["hyp_rot"]``,
+            ``out["hyp_trans"]``, ``out["hyp_logits"]`` by physical plausibility, kept only
+            when the assembly beats the network's by a margin:
+            :func:`~geo3d.apps.assembly._plausibility.select_hypotheses`). With
+            ``"matching"``, pieces that no reliable match edge reaches keep the network's
+            pose exactly (they are not refined either): no move on weak evidence.
         refine: run :func:`~geo3d.apps.assembly._refine.refine_poses` after the spanning
             tree.
         generator: optional :class:`torch.Generator` for RANSAC (used object by object,
@@ -111,8 +134,9 @@ def assemble_from_outputs(
         min_score: inlier score of a reliable edge
             (:func:`~geo3d.apps.assembly._matching.global_assembly`).
         refine_steps: LM steps of the refinement (int >= 0).
-        match_kwargs, refine_kwargs: extra keyword options for ``match_pieces`` /
-            ``refine_poses`` (keys checked against their keyword-only parameters).
+        match_kwargs, refine_kwargs, select_kwargs: extra keyword options for
+            ``match_pieces`` / ``refine_poses`` / ``select_hypotheses`` (keys checked
+            against their keyword-only parameters).
 
     Returns:
         Poses :math:`(B, P, 4, 4)` (dtype of ``points``; float16/bfloat16 input is
@@ -143,7 +167,8 @@ def assemble_from_outputs(
         match_pieces,
         pairwise_poses,
     )
-    from geo3d.apps.assembly._refine import refine_poses
+    from geo3d.apps.assembly._plausibility import select_hypotheses
+    from geo3d.apps.assembly._refine import estimate_normals, refine_poses
 
     from geo3d.eval import anchor_parts
 
@@ -166,6 +191,7 @@ def assemble_from_outputs(
     match_kwargs = _check_kwargs("match_kwargs", match_kwargs, match_pieces)
     refine_kwargs = _check_kwargs("refine_kwargs", refine_kwargs, refine_poses,
                                   exclude=("valid", "normals", "steps"))
+    select_kwargs = _check_kwargs("select_kwargs", select_kwargs, select_hypotheses)
     out_dt = points.dtype
     if out_dt in (torch.float16, torch.bfloat16):  # computed in float32, returned in out_dt
         points = points.float()
@@ -173,6 +199,44 @@ def assemble_from_outputs(
     t_start = _clock(dev)
     T_net = network_poses(out, B, P, dt, dev)
     desc = out.get("desc")
+    if normals is not None and (not isinstance(normals, Tensor) or
+                                normals.shape != (B, P, N, 3)):
+        raise ValueError(f"normals: expected shape ({B}, {P}, {N}, 3), got {_shape(normals)}")
+    if method == "select":
+        if T_net is None:
+            raise ValueError("out: expected 'rot' and 'trans' (the network's poses) for "
+                             "method='select'")
+        nrm = estimate_normals(points) if normals is None else normals.to(dev, dt)
+        H = out.get("hyp_rot")
+        Hp = lg = None
+        if H is not None:
+            K = H.shape[2] if isinstance(H, Tensor) and H.dim() == 5 else -1
+            ht, lg = out.get("hyp_trans"), out.get("hyp_logits")
+            if K < 1 or H.shape != (B, P, K, 3, 3) or not isinstance(ht, Tensor) or \
+                    ht.shape != (B, P, K, 3) or not isinstance(lg, Tensor) or \
+                    lg.shape != (B, P, K):
+                raise ValueError(f"out['hyp_rot'/'hyp_trans'/'hyp_logits']: expected shapes "
+                                 f"({B}, {P}, K, 3, 3) / ({B}, {P}, K, 3) / ({B}, {P}, K), "
+                                 f"got {_shape(H)} / {_shape(ht)} / {_shape(lg)}")
+            Hp = torch.eye(4, dtype=dt, device=dev).repeat(B, P, K, 1, 1)
+            Hp[..., :3, :3] = H.detach().to(dev, dt)
+            Hp[..., :3, 3] = ht.detach().to(dev, dt)
+            lg = lg.detach().to(dev, dt)
+        anchors = anchor_parts(points, valid).tolist()
+        eye = torch.eye(4, dtype=dt, device=dev)
+        result = eye.repeat(B, P, 1, 1)
+        t0 = _clock(dev)
+        for b in range(B):
+            Tb, _ = select_hypotheses(points[b], nrm[b], valid[b], int(anchors[b]), T_net[b],
+                                      None if Hp is None else Hp[b],
+                                      None if lg is None else lg[b], **select_kwargs)
+            result[b] = torch.where(valid[b][:, None, None], Tb, eye)
+        if timings is not None:
+            t1 = _clock(dev)
+            timings["select"] = timings.get("select", 0.0) + t1 - t0
+            timings["total"] = timings.get("total", 0.0) + t1 - t_start
+            timings["objects"] = timings.get("objects", 0) + B
+        return result.to(out_dt)
     if method == "network" or desc is None:
         if T_net is None:
             raise ValueError("out: expected 'rot' and 'trans' (the network's poses) for "
@@ -191,9 +255,6 @@ def assemble_from_outputs(
     if logits is not None and (not isinstance(logits, Tensor) or logits.shape != (B, P, N)):
         raise ValueError(f"out['frac_score']: expected shape ({B}, {P}, {N}), got "
                          f"{_shape(logits)}")
-    if normals is not None and (not isinstance(normals, Tensor) or
-                                normals.shape != (B, P, N, 3)):
-        raise ValueError(f"normals: expected shape ({B}, {P}, {N}, 3), got {_shape(normals)}")
     desc = desc.detach().to(dev, dt)
     prob = None if logits is None else torch.sigmoid(logits.detach().to(dev, dt))
     anchors = anchor_parts(points, valid).tolist()
@@ -212,15 +273,23 @@ def assemble_from_outputs(
                             min_points=min_points, rel_thresh=rel_thresh, iters=ransac_iters,
                             generator=generator, timings=tim, **match_kwargs)
         t0 = _clock(dev)
-        G = global_assembly(pw, a, fallback, valid=vb, min_score=min_score)
+        G, parent = global_assembly(pw, a, fallback, valid=vb, min_score=min_score,
+                                    return_parents=True)
         t1 = _clock(dev)
         tim["global"] = tim.get("global", 0.0) + (t1 - t0)
-        if refine and refine_steps > 0:
-            G = refine_poses(points[b], G, pw.matches, a, valid=vb,
-                             normals=None if normals is None else normals[b].to(dt),
-                             steps=refine_steps, **refine_kwargs)
+        # no move on weak evidence: only pieces reached by a reliable match edge are
+        # refined; pieces without one keep the network's pose exactly
+        moved = [j for j in range(P) if bool(vb[j]) and (j == a or int(parent[j]) >= 0)]
+        if refine and refine_steps > 0 and len(moved) > 1:
+            G = _refine_subset(points[b], G, pw.matches, a, moved,
+                               None if normals is None else normals[b].to(dt),
+                               refine_steps, refine_kwargs, refine_poses)
         tim["refine"] = tim.get("refine", 0.0) + (_clock(dev) - t1)
-        result[b] = torch.where(vb[:, None, None], Ta[None] @ G, eye)
+        Tb = Ta[None] @ G
+        if T_net is not None:  # fallback-placed pieces: the network's pose, bit for bit
+            fb = (parent == -2).to(dev)
+            Tb = torch.where(fb[:, None, None], T_net[b], Tb)
+        result[b] = torch.where(vb[:, None, None], Tb, eye)
     tim["total"] = tim.get("total", 0.0) + _clock(dev) - t_start
     tim["objects"] = tim.get("objects", 0) + B
     return result.to(out_dt)
