@@ -84,16 +84,23 @@ def spacing(points: Tensor) -> Tensor:
         >>> round(float(spacing(torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [3.0, 0, 0]]))), 4)
         1.3333
     """
-    d = torch.cdist(points, points)
+    d = _cdist(points, points)  # exact: a duplicate is at distance 0, itself too
     d = torch.where(d > 0, d, torch.full_like(d, float("inf")))
     m = d.amin(-1)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     return m.mean(-1)
 
 
+def _cdist(y: Tensor, x: Tensor) -> Tensor:
+    """Euclidean distances computed from differences (torch.cdist's default matrix-product
+    form loses the small distances of points far from the origin: translating a piece
+    would change them)."""
+    return torch.cdist(y, x, compute_mode="donot_use_mm_for_euclid_dist")
+
+
 def _nearest(y: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     """Nearest point of ``x (*, Na, 3)`` for every ``y (*, Nb, 3)``: (distance, index)."""
-    d = torch.cdist(y, x)
+    d = _cdist(y, x)
     dist, idx = d.min(-1)
     return dist, idx
 
