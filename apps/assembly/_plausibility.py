@@ -201,6 +201,15 @@ def icp_contact(x: Tensor, nx: Tensor, y: Tensor, ny: Tensor, G: Tensor, *, radi
     Returns:
         Refined placements, shape :math:`(C, 4, 4)`.
 
+    Example:
+        >>> x = torch.tensor([[i / 4, j / 4, 0.0] for i in range(5) for j in range(5)],
+        ...                  dtype=torch.float64)
+        >>> n = torch.tensor([0.0, 0, 1], dtype=torch.float64).expand(25, 3)
+        >>> G = torch.eye(4, dtype=torch.float64)[None].clone(); G[0, 2, 3] = 0.05
+        >>> out = icp_contact(x, n, x, -n, G, radius=0.2)  # B's face lies 0.05 above A's
+        >>> round(float(out[0, 2, 3]), 9)
+        0.0
+
     Reference: Y. Chen, G. Medioni, Image Vision Comput. 10(3), 1992,
     DOI 10.1016/0262-8856(92)90066-C.
     """
@@ -277,6 +286,22 @@ def pair_search(
     Returns:
         ``(G, score)``: relative poses (B's input frame -> A's input frame), shape
         :math:`(C, 4, 4)`, best first, and their scores, shape :math:`(C,)`.
+
+    The principal frames (:func:`geo3d.apps.assembly._model.pca_frame`) rotate with a
+    piece when its covariance eigenvalues are distinct and its third moments nonzero
+    (generic fragments); for a symmetric piece (a cube) the candidates need not move with
+    it. Measured on the demo checkpoint's held-out split
+    (``benchmarks/results/assembly_pipeline_demo_ckpt.json``): at 128 points per piece
+    wrong face-to-face placements of exterior surfaces out-score the true contact, so the
+    search is off by default in :func:`select_hypotheses`.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(40, 3, generator=g, dtype=torch.float64)
+        >>> n = torch.nn.functional.normalize(x, dim=-1)
+        >>> G, score = pair_search(x, n, x + 1.0, n, rotations=16, top=4, icp_steps=0)
+        >>> G.shape, score.shape
+        (torch.Size([4, 4, 4]), torch.Size([4]))
     """
     dt, dev = xa.dtype, xa.device
     h = 0.5 * float(spacing(xa) + spacing(xb))
@@ -417,8 +442,38 @@ def select_hypotheses(
         ``(poses (P, 4, 4), info)`` with ``info["moved"]`` (bool: the network's poses were
         replaced), ``info["score"]``, ``info["net_score"]``, ``info["choice"]`` (per piece:
         hypothesis index, ``-1`` network pose/anchor/invalid, ``-2`` a search pose).
+
+    Raises:
+        ValueError: shapes that do not match ``points (P, N, 3)``.
+
+    Example:
+        >>> pts = torch.tensor([[[0.0, 0, 0]], [[0.0, 0, 0.01]]], dtype=torch.float64)
+        >>> nrm = torch.tensor([[[0.0, 0, 1]], [[0.0, 0, -1]]], dtype=torch.float64)
+        >>> net = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1); net[1, 0, 3] = 5.0
+        >>> hyp = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1, 1)  # one hypothesis
+        >>> T, info = select_hypotheses(pts, nrm, torch.ones(2, dtype=torch.bool), 0, net,
+        ...                             hyp, torch.zeros(2, 1, dtype=torch.float64),
+        ...                             contact_radius=0.1, margin=1.0, icp_steps=0)
+        >>> info["moved"], float(T[1, 0, 3])
+        (True, 0.0)
     """
-    P = points.shape[0]
+    if not isinstance(points, Tensor) or points.dim() != 3 or points.shape[-1] != 3:
+        raise ValueError(f"points: expected shape (P, N, 3), got {_shape(points)}")
+    P, N = points.shape[:2]
+    for name, v, shp in (("normals", normals, (P, N, 3)), ("valid", valid, (P,)),
+                         ("net_poses", net_poses, (P, 4, 4))):
+        if not isinstance(v, Tensor) or tuple(v.shape) != shp:
+            raise ValueError(f"{name}: expected shape {shp}, got {_shape(v)}")
+    if hyp_poses is not None:
+        K = hyp_poses.shape[1] if isinstance(hyp_poses, Tensor) and hyp_poses.dim() == 4 else -1
+        if K < 1 or hyp_poses.shape != (P, K, 4, 4):
+            raise ValueError(f"hyp_poses: expected shape ({P}, K, 4, 4), got "
+                             f"{_shape(hyp_poses)}")
+        if not isinstance(hyp_logits, Tensor) or hyp_logits.shape != (P, K):
+            raise ValueError(f"hyp_logits: expected shape ({P}, {K}), got {_shape(hyp_logits)}")
+    if not isinstance(anchor, int) or not 0 <= anchor < P or not bool(valid[anchor]):
+        raise ValueError(f"anchor: expected the index of a valid piece in [0, {P}), got "
+                         f"{anchor!r}")
     dt, dev = points.dtype, points.device
     vl = valid.bool().tolist()
     idx_valid = [i for i in range(P) if vl[i]]

@@ -280,6 +280,13 @@ class TestSelect:
         bad = dict(out, hyp_logits=torch.zeros(1, 2, 5, dtype=F64))
         with pytest.raises(ValueError, match="hyp_logits"):
             assemble_from_outputs(p[None], valid, bad, method="select")
+        v2 = torch.ones(2, dtype=torch.bool)
+        with pytest.raises(ValueError, match="hyp_logits"):
+            select_hypotheses(p, pn, v2, 0, _net(out), _hyp(out), torch.zeros(2, 4, dtype=F64))
+        with pytest.raises(ValueError, match="anchor"):
+            select_hypotheses(p, pn, v2, 2, _net(out), _hyp(out), out["hyp_logits"][0])
+        with pytest.raises(ValueError, match="normals"):
+            select_hypotheses(p, pn[:, :5], v2, 0, _net(out))
         with pytest.raises(ValueError, match="'rot'"):
             assemble_from_outputs(p[None], valid, {"desc": torch.zeros(1, 2, p.shape[1], 4)},
                                   method="select")
