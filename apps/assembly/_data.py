@@ -75,11 +75,21 @@ class FractureLabelled(Dataset):
         if getattr(self.base, "normalize", False):
             x = x * item["scale"].double() + item["center"].double()
         n = int(valid.sum())
-        near = torch.cdist(x[valid].reshape(-1, 3), pts).argmin(-1)  # nearest canonical point
+        near = _nearest(x[valid].reshape(-1, 3), pts)  # nearest canonical point
         frac = torch.zeros(valid.shape[0], x.shape[1], dtype=torch.bool)
         frac[valid] = lab[near].reshape(n, -1)
         item["fracture"] = frac
         return item
+
+
+def _nearest(x: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest row of ``pts (M, 3)`` for every row of ``x (N, 3)``.
+
+    Distances are computed from differences: :func:`torch.cdist`'s default matrix-product
+    form (``|x|^2 + |p|^2 - 2 x.p``) cancels catastrophically for coordinates far from the
+    origin and then picks wrong neighbours.
+    """
+    return torch.cdist(x, pts, compute_mode="donot_use_mm_for_euclid_dist").argmin(-1)
 
 
 class AssemblyDataModule(L.LightningDataModule):

@@ -457,3 +457,19 @@ def test_two_step_fit_writes_per_method_per_part_count_metrics_and_timings(tmp_p
         t = res["methods"][method]["time_s_per_object"]
         assert set(t) == stages and all(v >= 0 for v in t.values())
     assert res["methods"]["matching"]["time_s_per_object"]["match"] > 0
+
+
+def test_label_lookup_picks_the_true_nearest_point_far_from_the_origin():
+    # The data module matches every item's points back to the labelled canonical samples by
+    # nearest neighbour. Far from the origin the matrix-product distance form of torch.cdist
+    # cancels (|x|^2 ~ 1e12 in float64 leaves ~1e-4 of resolution) and picks wrong points.
+    from geo3d.apps.assembly._data import _nearest
+
+    g = torch.Generator().manual_seed(0)
+    pts = torch.rand(200, 3, generator=g, dtype=torch.float64) * 0.1 + 1e6
+    perm = torch.randperm(200, generator=g)
+    x = pts[perm] + 1e-9 * torch.randn(200, 3, generator=g, dtype=torch.float64)
+    brute = torch.tensor([min(range(200), key=lambda j: float(((xi - pts[j]) ** 2).sum()))
+                          for xi in x])
+    assert torch.equal(brute, perm)
+    assert torch.equal(_nearest(x, pts), perm)
