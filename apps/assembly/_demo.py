@@ -355,5 +355,6 @@ def demo_main(argv: list[str]) -> int:
     for name, r in runs.items():
         print(f"  {name}: pictures {r['pictures']}/ (PNG + PLY), checkpoint {r['checkpoint']}, "
               f"TensorBoard logs {r['log_dir']}")
-    print(f"total {result['total_seconds']:.0f} s")
+    took = result["eval_only"]["seconds"] if a.eval_only else result["total_seconds"]
+    print(f"total {took:.0f} s")
     return 0
