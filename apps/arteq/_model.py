@@ -530,9 +530,13 @@ class ArtEqNet(nn.Module):
         logits = self.seg_head(torch.cat(seg_in, dim=-1))
 
         # per-part weights, L1-normalised over the points
-        prob = torch.softmax(logits if self.pool_power == 1.0 else self.pool_power * logits,
-                             dim=-1)  # (B, N, P), sharpened by pool_power
-        prob = prob / prob.sum(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+        # softmax over the parts (sharpened by pool_power), then normalised over the points:
+        # computed in log space as a softmax over the points of the log-probabilities, so a
+        # part whose probabilities underflow everywhere (sharp pooling, a never-predicted
+        # part) still gets finite weights and gradients (a sum clamped at `tiny` gave NaN)
+        logp = torch.log_softmax(logits if self.pool_power == 1.0 else self.pool_power * logits,
+                                 dim=-1)  # (B, N, P)
+        prob = torch.softmax(logp, dim=1)
         if labels is not None:
             onehot = torch.nn.functional.one_hot(labels, P).to(dtype)
             count = onehot.sum(dim=1, keepdim=True)  # (B, 1, P)

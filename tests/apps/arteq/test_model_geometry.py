@@ -245,3 +245,19 @@ def test_packaged_config_net_is_exactly_se3_equivariant(name):
         torch.testing.assert_close(b["body_pose"], a["body_pose"], atol=1e-9, rtol=0)
         torch.testing.assert_close(b["betas"], a["betas"], atol=1e-9, rtol=0)
         torch.testing.assert_close(b["part_logits"], a["part_logits"], atol=1e-9, rtol=0)
+
+
+def test_sharp_pooling_of_a_never_predicted_part_has_finite_gradients():
+    # pool_power 16: a part far below the others everywhere has probabilities that underflow
+    # at every point; its pooling weights and their gradients must stay finite (a clamped
+    # sum gave NaN gradients in training)
+    torch.manual_seed(0)
+    net = ArtEqNet("vn_dgcnn", **{**SMALL, "pool_power": 16.0})
+    with torch.no_grad():
+        net.seg_head[-1].bias[10] = -50.0  # part 10 (a foot) never predicted
+    x = _cloud(2, 60, seed=3).float()
+    out = net(x)
+    loss = out["part_rot"].square().sum() + out["betas"].square().sum()
+    loss.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is None or bool(torch.isfinite(p.grad).all()), name
