@@ -215,6 +215,18 @@ class ArtEqModule(L.LightningModule):
             self.log(f"train/{k}", v, batch_size=B)
         return loss
 
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # a step with a non-finite gradient would poison every weight (and the next forward
+        # fails): skip it (zero gradients) and count it in train/skipped_steps
+        bad = any(p.grad is not None and not bool(torch.isfinite(p.grad).all())
+                  for p in self.parameters())
+        if bad:
+            for p in self.parameters():
+                if p.grad is not None:
+                    p.grad.zero_()
+            self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
+            self.log("train/skipped_steps", float(self.skipped_steps))
+
     # ------------------------------------------------------------------ evaluation
     def _condition(self, stage: str, dataloader_idx: int) -> str:
         if stage != "test":

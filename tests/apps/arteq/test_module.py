@@ -100,6 +100,19 @@ def test_gt_seg_epochs_minus_one_pools_with_ground_truth_in_every_epoch(batch, m
     assert seen[-1] is None
 
 
+def test_non_finite_gradients_skip_the_step(monkeypatch):
+    m = ArtEqModule("pointnet", NET, body_model="tiny")
+    monkeypatch.setattr(m, "log", lambda *a, **k: None)
+    params = [p for p in m.parameters()]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    m.on_before_optimizer_step(None)  # finite: untouched
+    assert all(bool((p.grad == 1).all()) for p in params)
+    params[3].grad[0] = float("nan")
+    m.on_before_optimizer_step(None)
+    assert all(bool((p.grad == 0).all()) for p in params) and m.skipped_steps == 1
+
+
 def test_vertex_normals_of_a_cube_point_outward():
     import trimesh
 
