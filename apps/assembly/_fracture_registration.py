@@ -1,0 +1,411 @@
+"""Test-time assembly by fracture-surface segmentation + registration of the fracture points.
+
+Status: the issue-17 go/no-go experiment (helper H17c,
+``benchmarks/assembly_fracture_registration.py``, results in
+``benchmarks/results/assembly_fracture_registration.json``). Not wired into
+:func:`~geo3d.apps.assembly._pipeline.assemble_from_outputs` / ``assemble()``: with the
+predicted fracture labels it reached 56% anchor part accuracy on the demo's held-out split
+(the go threshold was 60%; 73% with the true labels).
+
+Stages (no network needed; with a network its pose of the anchor fixes the frame):
+
+1. Per-point features invariant to each piece's pose (:func:`fracture_features`): local
+   covariance eigenvalue ratios, normal variation and local convexity at several
+   neighbourhood sizes, distance to the piece's centroid, and open3d FPFH at two radii;
+   lengths in units of the object's scale (mean RMS radius of its pieces).
+2. A small MLP (:class:`FractureClassifier`, weights shipped as
+   ``fracture_classifier.npz``, trained by ``benchmarks/assembly_fracture_registration.py
+   --save-weights``) marks the fracture-surface points.
+3. Per pair of pieces: point-to-plane ICP of the fracture points of one piece (normals
+   flipped) onto the other's, started from ``2 * n_theta`` poses that put the two fracture
+   patches' PCA frames face to face (normal against normal, every in-plane angle); the
+   best start by fracture-surface overlap is scored by overlap minus penetration
+   (:func:`~geo3d.apps.assembly._plausibility.contact_penetration`) (:func:`pair_poses`).
+4. A maximum spanning tree from the anchor (largest piece) over the pair scores
+   (:func:`fracture_assembly`).
+
+Every stage uses only pose-invariant quantities or frames that move with the piece (its
+centroid and the PCA frames of its fracture points), so the assembled object does not
+depend on the input pieces' poses (up to floating-point ties).
+
+Reference: Y. Lu et al., "Jigsaw: Learning to Assemble Multiple Fractured Objects",
+NeurIPS 2023, arXiv:2305.17975 (fracture-surface segmentation, then registration of the
+fracture surfaces only); R. B. Rusu et al., "Fast Point Feature Histograms (FPFH) for 3D
+registration", ICRA 2009, doi:10.1109/ROBOT.2009.5152473.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["fracture_features", "FractureClassifier", "pair_poses", "fracture_assembly",
+           "object_scale", "CLASSIFIER_PATH", "FEATURE_VERSION"]
+
+#: the shipped classifier's weights (npz, no pickle)
+CLASSIFIER_PATH = Path(__file__).with_name("fracture_classifier.npz")
+#: version of :func:`fracture_features` the weights were trained for
+FEATURE_VERSION = 2
+_KS = (8, 16, 32, 64)
+_FPFH_RADII = (0.15, 0.3)
+
+
+def _o3d() -> Any:
+    try:
+        import open3d as o3d
+    except ImportError as err:  # pragma: no cover - depends on the machine
+        raise ImportError("fracture registration needs open3d: "
+                          "pip install 'geo3d[o3d]' (open3d>=0.17)") from err
+    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
+    return o3d
+
+
+def _shape(x: object) -> object:
+    return tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+
+
+def _as_np(name: str, x: Any, n: int | None = None) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().double().numpy()
+    a = np.asarray(x, dtype=np.float64) if isinstance(x, np.ndarray) else None
+    if a is None or a.ndim != 2 or a.shape[1] != 3 or (n is not None and len(a) != n):
+        want = f"({n}, 3)" if n is not None else "(N, 3)"
+        raise ValueError(f"{name}: expected an array of shape {want}, got {_shape(x)}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name}: expected finite values, got NaN/inf")
+    return a
+
+
+def object_scale(points: Sequence[np.ndarray]) -> float:
+    """Mean RMS distance of each piece's points to its centroid (pose-invariant)."""
+    return float(np.mean([np.sqrt(((p - p.mean(0)) ** 2).sum(1).mean()) for p in points]))
+
+
+def _fpfh(p: np.ndarray, n: np.ndarray, radius: float) -> np.ndarray:
+    o3d = _o3d()
+    pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
+    pc.normals = o3d.utility.Vector3dVector(n)
+    f = o3d.pipelines.registration.compute_fpfh_feature(
+        pc, o3d.geometry.KDTreeSearchParamHybrid(radius=radius, max_nn=100))
+    return np.asarray(f.data).T.copy()
+
+
+def fracture_features(points: Any, normals: Any, scale: float) -> np.ndarray:
+    """Rotation- and translation-invariant per-point features of one piece.
+
+    Args:
+        points: shape :math:`(N, 3)`, N >= 65 (the largest neighbourhood is 64 points).
+        normals: outward unit normals, shape :math:`(N, 3)`.
+        scale: the object's length scale (:func:`object_scale`), > 0.
+
+    Returns:
+        float32 array :math:`(N, 94)`: per neighbourhood size k in (8, 16, 32, 64) the
+        covariance eigenvalue ratios, |normal . PCA normal| and the normal variation (1 -
+        mean, std, min of the neighbours' normal dot products); FPFH (33 bins / 100) at
+        radii 0.15 and 0.3 ``scale``. (Lengths relative to the object's scale, e.g. the
+        neighbours' spread, are left out: they made the classifier depend on the sampling
+        density and the object's shape, AUC 0.60 -> 0.74 on an unseen box.)
+
+    Raises:
+        ValueError: bad shapes, non-finite values, too few points, ``scale`` <= 0.
+
+    Example:
+        >>> g = np.random.default_rng(0); p = g.normal(size=(100, 3))
+        >>> n = p / np.linalg.norm(p, axis=1, keepdims=True)
+        >>> fracture_features(p, n, 1.0).shape
+        (100, 94)
+    """
+    from scipy.spatial import cKDTree
+
+    p = _as_np("points", points)
+    n = _as_np("normals", normals, len(p))
+    if len(p) <= max(_KS):
+        raise ValueError(f"points: expected more than {max(_KS)} points, got {len(p)}")
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale: expected a finite number > 0, got {scale!r}")
+    s = float(scale)
+    _, idx = cKDTree(p).query(p, k=max(_KS) + 1)
+    out = []
+    for k in _KS:
+        nb, nn = p[idx[:, 1:k + 1]], n[idx[:, 1:k + 1]]
+        c = nb.mean(1)
+        d = nb - c[:, None]
+        w, v = np.linalg.eigh(np.einsum("nki,nkj->nij", d, d) / k)  # ascending
+        w = np.clip(w, 1e-18, None)
+        sw = w.sum(1)
+        dots = np.einsum("nkj,nj->nk", nn, n)
+        out += [w[:, 0] / sw, w[:, 1] / sw, (w[:, 2] - w[:, 1]) / w[:, 2],
+                np.abs((v[:, :, 0] * n).sum(1)), 1 - dots.mean(1), dots.std(1), dots.min(1)]
+    f = [np.stack(out, 1)] + [_fpfh(p, n, r * s) / 100.0 for r in _FPFH_RADII]
+    return np.concatenate(f, 1).astype(np.float32)
+
+
+class FractureClassifier:
+    """Per-point fracture-surface probability from :func:`fracture_features` (a 3-layer
+    ReLU MLP with input standardisation, evaluated in numpy float64).
+
+    Args:
+        weights: dict of arrays ``mu, sd, w0, b0, w1, b1, w2, b2`` (``w*`` of shape
+            (out, in)) and ``meta`` (a JSON string with ``feature_version``).
+
+    Raises:
+        ValueError: missing arrays, mismatching shapes, another feature version.
+
+    Example:
+        >>> clf = FractureClassifier.load()  # the shipped weights
+        >>> clf.num_features
+        94
+    """
+
+    _KEYS = ("mu", "sd", "w0", "b0", "w1", "b1", "w2", "b2")
+
+    def __init__(self, weights: dict[str, np.ndarray]):
+        miss = [k for k in self._KEYS + ("meta",) if k not in weights]
+        if miss:
+            raise ValueError(f"weights: expected arrays {self._KEYS + ('meta',)}, missing {miss}")
+        self.w = {k: np.asarray(weights[k], dtype=np.float64) for k in self._KEYS}
+        self.meta = json.loads(str(weights["meta"]))
+        if self.meta.get("feature_version") != FEATURE_VERSION:
+            raise ValueError(f"weights: expected feature_version {FEATURE_VERSION}, got "
+                             f"{self.meta.get('feature_version')!r}")
+        self.num_features = int(self.w["mu"].shape[0])
+        if self.w["w0"].shape[1] != self.num_features or self.w["w2"].shape[0] != 1:
+            raise ValueError(f"weights: expected w0 (H, {self.num_features}) and w2 (1, H), got "
+                             f"{self.w['w0'].shape} and {self.w['w2'].shape}")
+
+    @classmethod
+    def load(cls, path: str | Path = CLASSIFIER_PATH) -> FractureClassifier:
+        """Weights from an ``.npz`` file (read with ``allow_pickle=False``)."""
+        with np.load(path, allow_pickle=False) as z:
+            return cls({k: z[k] for k in z.files})
+
+    def save(self, path: str | Path) -> None:
+        """Atomic write of the weights as ``.npz`` (temp file + rename)."""
+        import os
+        import tempfile
+
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        os.close(fd)
+        np.savez(tmp, meta=np.array(json.dumps(self.meta)),
+                 **{k: v.astype(np.float32) for k, v in self.w.items()})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from others
+        os.replace(tmp, path)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Fracture probabilities, shape :math:`(N,)` float64, of features :math:`(N, F)`."""
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"features: expected shape (N, {self.num_features}), got "
+                             f"{_shape(features)}")
+        w = self.w
+        h = (x - w["mu"]) / w["sd"]
+        h = np.maximum(h @ w["w0"].T + w["b0"], 0)
+        h = np.maximum(h @ w["w1"].T + w["b1"], 0)
+        z = (h @ w["w2"].T + w["b2"])[:, 0]
+        return 1 / (1 + np.exp(-z))
+
+
+def _frame(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c = p.mean(0)
+    _, U = np.linalg.eigh(np.cov((p - c).T))
+    if np.linalg.det(U) < 0:
+        U[:, 2] *= -1
+    return c, U
+
+
+def _rot_x(t: float) -> np.ndarray:
+    c, s = math.cos(t), math.sin(t)
+    return np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def _overlap(T: np.ndarray, A: np.ndarray, An: np.ndarray, Bn: np.ndarray, treeB: Any,
+             eps: float) -> float:
+    q, qn = A @ T[:3, :3].T + T[:3, 3], An @ T[:3, :3].T
+    d, i = treeB.query(q)
+    return float(((d < eps) & ((qn * Bn[i]).sum(1) < -0.5)).mean())
+
+
+def _pair_score(T, pa, na, fa, pb, nb, fb, eps, pen_radius, pen_depth, pen_weight) -> float:
+    from geo3d.apps.assembly._plausibility import contact_penetration
+    from scipy.spatial import cKDTree
+
+    qa, qn = pa @ T[:3, :3].T + T[:3, 3], na @ T[:3, :3].T
+    A, An, B, Bn = qa[fa], qn[fa], pb[fb], nb[fb]
+    da, ia = cKDTree(B).query(A)
+    db, ib = cKDTree(A).query(B)
+    oa = ((da < eps) & ((An * Bn[ia]).sum(1) < -0.5)).mean()
+    ob = ((db < eps) & ((Bn * An[ib]).sum(1) < -0.5)).mean()
+    _, pen = contact_penetration(torch.from_numpy(qa), torch.from_numpy(qn),
+                                 torch.from_numpy(pb), torch.from_numpy(nb),
+                                 contact_radius=eps, pen_radius=pen_radius, pen_depth=pen_depth)
+    return float((oa + ob) / 2 - pen_weight * float(pen) / (len(pa) + len(pb)))
+
+
+def pair_poses(pa: np.ndarray, na: np.ndarray, fa: np.ndarray, pb: np.ndarray, nb: np.ndarray,
+               fb: np.ndarray, scale: float, *, n_theta: int = 12, eps: float = 0.03,
+               top: int = 4, pen_weight: float = 1.0) -> tuple[float, np.ndarray]:
+    """Best rigid transform placing piece a against piece b by their fracture points.
+
+    Args:
+        pa, na: points and outward normals of piece a, :math:`(N_a, 3)`; ``fa`` its
+            fracture mask :math:`(N_a,)` bool (at least 3 points); the same for b.
+        scale: the object's scale (:func:`object_scale`); ``eps`` (contact distance,
+            0.03) and the ICP distances (0.1, 0.03) are in its units.
+        n_theta: in-plane angles per face-to-face start (ICP runs: ``2 * n_theta``).
+        top: starts (best by fracture overlap) scored with the penetration term.
+        pen_weight: weight of the penetration fraction in the score.
+
+    Returns:
+        ``(score, T)``: overlap minus ``pen_weight`` times the penetration fraction, and
+        :math:`(4, 4)` float64 ``T`` with ``T @ [x_a, 1]`` in b's frame.
+    """
+    from scipy.spatial import cKDTree
+
+    o3d = _o3d()
+    reg = o3d.pipelines.registration
+    A, An, B, Bn = pa[fa], na[fa], pb[fb], nb[fb]
+    src = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(A))
+    src.normals = o3d.utility.Vector3dVector(-An)
+    tgt = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(B))
+    tgt.normals = o3d.utility.Vector3dVector(Bn)
+    cs, Us = _frame(A)
+    ct, Ut = _frame(B)
+    treeB = cKDTree(B)
+    cands = []
+    for S in (np.diag([-1.0, 1, -1]), np.eye(3)):
+        for k in range(n_theta):
+            T = np.eye(4)
+            T[:3, :3] = Ut @ S @ _rot_x(2 * math.pi * k / n_theta) @ Us.T
+            T[:3, 3] = ct - T[:3, :3] @ cs
+            for dist in (0.1, 0.03):
+                T = np.asarray(reg.registration_icp(
+                    src, tgt, dist * scale, T, reg.TransformationEstimationPointToPlane(),
+                    reg.ICPConvergenceCriteria(max_iteration=30)).transformation)
+            cands.append((_overlap(T, A, An, Bn, treeB, eps * scale), len(cands), T))
+    cands.sort(key=lambda c: (-c[0], c[1]))
+    best = None
+    for _, _, T in cands[:top]:
+        sc = _pair_score(T, pa, na, fa, pb, nb, fb, eps * scale, 0.2 * scale, 0.02 * scale,
+                         pen_weight)
+        if best is None or sc > best[0]:
+            best = (sc, T)
+    return best
+
+
+def fracture_assembly(
+    points: Sequence[Any],
+    normals: Sequence[Any],
+    anchor: int,
+    *,
+    classifier: FractureClassifier | None = None,
+    labels: Sequence[Any] | None = None,
+    threshold: float | None = None,
+    min_points: int = 10,
+    n_theta: int = 12,
+    eps: float = 0.03,
+    pen_weight: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Poses of the pieces in the anchor's frame from their fracture surfaces.
+
+    Args:
+        points: per piece its points :math:`(N_i, 3)` (arrays or tensors, any frames;
+            N_i > 64), at least 2 pieces.
+        normals: per piece outward unit normals :math:`(N_i, 3)`.
+        anchor: index of the piece that stays put.
+        classifier: fracture classifier (default: the shipped weights).
+        labels: optional per-piece fracture masks :math:`(N_i,)` used instead of the
+            classifier (the oracle).
+        threshold: probability above which a point is a fracture point (default: the
+            classifier's ``meta["threshold"]``, chosen at training time, else 0.5).
+        min_points: pairs where a side has fewer fracture points get no edge.
+        n_theta, eps, pen_weight: see :func:`pair_poses`.
+
+    Returns:
+        ``(G, frac)``: poses :math:`(P, 4, 4)` float64 with ``G[anchor] = I`` and
+        ``G[i] @ [x, 1]`` placing piece i's point ``x`` in the anchor's frame (pieces no
+        edge reaches: the translation that puts their centroid on the anchor's), and the
+        fracture probabilities as a list of :math:`(N_i,)` float64 tensors.
+
+    Raises:
+        ValueError: fewer than 2 pieces, bad shapes or values, an ``anchor`` out of range,
+            a ``threshold`` outside (0, 1).
+
+    Example:
+        >>> # see tests/apps/test_assembly_fracture_registration.py (a box cut in two)
+    """
+    if isinstance(points, (Tensor, np.ndarray)) or not isinstance(points, Sequence) or \
+            len(points) < 2:
+        raise ValueError(f"points: expected a list of at least 2 pieces, got {_shape(points)}")
+    P = len(points)
+    pts = [_as_np(f"points[{i}]", p) for i, p in enumerate(points)]
+    if not isinstance(normals, Sequence) or len(normals) != P:
+        raise ValueError(f"normals: expected a list of {P} arrays, got {_shape(normals)}")
+    nrm = [_as_np(f"normals[{i}]", n, len(p))
+           for i, (n, p) in enumerate(zip(normals, pts, strict=True))]
+    if not isinstance(anchor, int) or isinstance(anchor, bool) or not 0 <= anchor < P:
+        raise ValueError(f"anchor: expected an int in [0, {P}), got {anchor!r}")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and
+                                      0 < threshold < 1):
+        raise ValueError(f"threshold: expected a number in (0, 1), got {threshold!r}")
+    for i, p in enumerate(pts):
+        if len(p) <= max(_KS):
+            raise ValueError(f"points[{i}]: expected more than {max(_KS)} points, got {len(p)}")
+    nrm = [n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12) for n in nrm]
+    cent = [p.mean(0) for p in pts]
+    # centred: the results do not depend on the pieces' positions
+    pts = [p - c for p, c in zip(pts, cent, strict=True)]
+    s = object_scale(pts)
+    if not s > 0:
+        raise ValueError("points: expected pieces with nonzero extent, got all points equal")
+    if labels is not None:
+        if not isinstance(labels, Sequence) or len(labels) != P:
+            raise ValueError(f"labels: expected a list of {P} masks, got {_shape(labels)}")
+        prob = []
+        for i, (lab, p) in enumerate(zip(labels, pts, strict=True)):
+            lab = np.asarray(lab.cpu() if isinstance(lab, Tensor) else lab)
+            if lab.shape != (len(p),):
+                raise ValueError(f"labels[{i}]: expected shape ({len(p)},), got {lab.shape}")
+            prob.append(lab.astype(np.float64))
+    else:
+        clf = FractureClassifier.load() if classifier is None else classifier
+        prob = [clf.predict(fracture_features(p, n, s)) for p, n in zip(pts, nrm, strict=True)]
+        if threshold is None:
+            threshold = float(clf.meta.get("threshold", 0.5))
+    if threshold is None:
+        threshold = 0.5
+    frac = [q > threshold for q in prob]
+    edges: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
+    for a in range(P):
+        for b in range(a + 1, P):
+            if frac[a].sum() < max(min_points, 3) or frac[b].sum() < max(min_points, 3):
+                continue
+            edges[(a, b)] = pair_poses(pts[a], nrm[a], frac[a], pts[b], nrm[b], frac[b], s,
+                                       n_theta=n_theta, eps=eps, pen_weight=pen_weight)
+    G = {anchor: np.eye(4)}
+    while len(G) < P:  # Prim: best-scored edge from the placed pieces (ties: lowest pair)
+        cand = [(sc, -i, -j, i, j, T) for (i, j), (sc, T) in edges.items()
+                if (i in G) != (j in G)]
+        if not cand:
+            break
+        _, _, _, i, j, T = max(cand, key=lambda c: c[:3])
+        if i in G:  # T: i's frame -> j's frame
+            G[j] = G[i] @ np.linalg.inv(T)
+        else:
+            G[i] = G[j] @ T
+    out = np.tile(np.eye(4), (P, 1, 1))
+    for i in range(P):
+        C = np.eye(4)
+        C[:3, 3] = -cent[i]  # input frame -> centred frame
+        Ca = np.eye(4)
+        Ca[:3, 3] = cent[anchor]  # the anchor's centred frame -> its input frame
+        out[i] = Ca @ G.get(i, np.eye(4)) @ C
+    return torch.from_numpy(out), [torch.from_numpy(q) for q in prob]
