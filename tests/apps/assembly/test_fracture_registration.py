@@ -91,7 +91,9 @@ def test_features_invariant_to_rigid_motion(box):
 
 def test_wavy_box_halves_assemble(box):
     """Both halves randomly moved: the upper half is put back onto the lower one (catches
-    unflipped normals, a transform applied in the wrong direction, wrong tree composition)."""
+    unflipped normals, a transform applied in the wrong direction, wrong tree composition).
+    Not robust: over 3 fracture seeds x 3 samplings (H17c, 2026-11-30) 6 of 9 were within
+    0.02, one at 0.027 and two wrong (> 2); this sample is one that works."""
     pts, nrm, _ = box
     M, mp, mn = _move_pieces(pts, nrm, seed=2)
     G, prob = fracture_assembly(mp, mn, 0)
