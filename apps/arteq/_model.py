@@ -229,7 +229,8 @@ class ArtEqNet(nn.Module):
             invariants are read in a frame computed from the global feature, which keeps
             moving early in training; the norms do not depend on it. ``False``: as before.
         part_geometry: add explicit per-part geometry to the rotation and shape readouts:
-            from the pooling weights ``w`` and the centred points (in ``unit``), each part's
+            from the pooling weights ``w`` and the centred points divided by the cloud's RMS
+            radius (dimensionless, finite at any coordinate scale in float32), each part's
             weighted centroid ``c_k`` and covariance ``C_k`` give the vectors
             ``c_k - c_parent``, the mean of ``c_child - c_k`` over the children (0 for a
             leaf), ``C_k`` and ``C_k^2`` applied to both (:data:`GEOMETRY_VECTORS` = 6
@@ -548,7 +549,13 @@ class ArtEqNet(nn.Module):
         feats = [pooled, pooled[:, par]]
         geo = None
         if self.part_geometry:
-            geo = part_geometry(x / self.unit, w)  # (B, P, 6, 3)
+            # scale-free: the centred points over the cloud's RMS radius (rotation- and
+            # translation-invariant), so the C^2 terms (5th power of the length) stay of
+            # order one at any coordinate scale (in `unit` they overflowed float32 from
+            # ~10 m spreads: 2e6 units at 1e5 m, 1e31 in C^2 a)
+            rms = x.square().sum(dim=-1).mean(dim=1).sqrt().clamp_min(
+                torch.finfo(dtype).tiny ** 0.5)  # (B,)
+            geo = part_geometry(x / rms[:, None, None], w)  # (B, P, 6, 3)
             geo = torch.cat([geo, geo[:, par]], dim=2)  # (B, P, 12, 3)
             if not self.equivariant:
                 feats.append(geo.flatten(2))
