@@ -206,6 +206,15 @@ def assemble_from_outputs(
         if T_net is None:
             raise ValueError("out: expected 'rot' and 'trans' (the network's poses) for "
                              "method='select'")
+        if not bool(torch.isfinite(points[valid]).all()):
+            raise ValueError("points: expected finite values in the valid pieces, got NaN "
+                             "or inf")
+        if not bool(torch.isfinite(T_net[valid]).all()):
+            raise ValueError("out['rot'/'trans']: expected finite poses for the valid "
+                             "pieces, got NaN or inf")
+        if normals is not None and not bool(torch.isfinite(normals[valid]).all()):
+            raise ValueError("normals: expected finite values in the valid pieces, got NaN "
+                             "or inf")
         nrm = estimate_normals(points) if normals is None else normals.to(dev, dt)
         H = out.get("hyp_rot")
         Hp = lg = None

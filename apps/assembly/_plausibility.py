@@ -39,6 +39,52 @@ def _shape(x: object) -> object:
     return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
 
 
+def _real(name: str, v: object, *, lo: float | None = None, hi: float | None = None,
+          strict: bool = False) -> float:
+    """A finite real number (not a bool) within ``[lo, hi]`` (``(lo, ...`` if ``strict``)."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if ok and lo is not None:
+        ok = v > lo if strict else v >= lo
+    if ok and hi is not None:
+        ok = v <= hi
+    if not ok:
+        rng = ("" if lo is None else (f" > {lo}" if strict else f" >= {lo}")) + \
+            ("" if hi is None else f" <= {hi}")
+        raise ValueError(f"{name}: expected a finite number{rng}, got {v!r}")
+    return float(v)
+
+
+def _int(name: str, v: object, lo: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+    return v
+
+
+def _tensor(name: str, v: object, shape: tuple, dtype: torch.dtype | None = None,
+            finite: bool = True) -> Tensor:
+    """A floating-point tensor of ``shape`` (``None``: any size, ``...`` first: any leading
+    dims), of ``dtype`` if given, with finite values."""
+    ok = isinstance(v, Tensor) and v.is_floating_point()
+    if ok:
+        if shape and shape[0] is ...:
+            tail = shape[1:]
+            ok = v.dim() >= len(tail) and all(
+                w is None or w == d for w, d in zip(tail, v.shape[-len(tail):]))
+        else:
+            ok = v.dim() == len(shape) and all(w is None or w == d
+                                               for w, d in zip(shape, v.shape))
+    if not ok:
+        want = "(" + ", ".join("*" if w is ... else ("N" if w is None else str(w))
+                               for w in shape) + ")"
+        raise ValueError(f"{name}: expected a floating-point tensor of shape {want}, "
+                         f"got {_shape(v) if not isinstance(v, Tensor) else (tuple(v.shape), v.dtype)!r}")
+    if dtype is not None and v.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype} (that of the points), got {v.dtype}")
+    if finite and not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name}: expected finite values, got NaN or inf")
+    return v
+
+
 def rotation_grid(n: int, dtype: torch.dtype = torch.float64,
                   device: torch.device | str | None = None) -> Tensor:
     """``n`` well-spread rotations (super-Fibonacci spiral in the unit quaternions).
@@ -75,15 +121,23 @@ def spacing(points: Tensor) -> Tensor:
     Duplicated points are skipped as neighbours (distance 0 is not a spacing).
 
     Args:
-        points: shape :math:`(*, N, 3)`, ``N >= 2``.
+        points: shape :math:`(*, N, 3)`, ``N >= 1`` (a lone point has spacing 0).
 
     Returns:
         Shape :math:`(*)`.
+
+    Raises:
+        ValueError: ``points`` not a floating-point tensor :math:`(*, N, 3)` with
+            ``N >= 1``, or with NaN/inf.
 
     Example:
         >>> round(float(spacing(torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [3.0, 0, 0]]))), 4)
         1.3333
     """
+    _tensor("points", points, (..., None, 3))
+    if points.shape[-2] < 1:
+        raise ValueError(f"points: expected at least one point (N >= 1), got shape "
+                         f"{tuple(points.shape)}")
     d = _cdist(points, points)  # exact: a duplicate is at distance 0, itself too
     d = torch.where(d > 0, d, torch.full_like(d, float("inf")))
     m = d.amin(-1)
@@ -143,7 +197,8 @@ def contact_penetration(
         :math:`(*)` (float, dtype of the points).
 
     Raises:
-        ValueError: bad shapes or non-positive radii.
+        ValueError: bad shapes, mixed dtypes, no points, NaN/inf values, non-positive
+            radii, ``cos_opposite`` outside [-1, 1] or a negative ``pen_depth``.
 
     Example:
         >>> x = torch.tensor([[0.0, 0, 0]]); nx = torch.tensor([[0.0, 0, 1]])
@@ -152,20 +207,25 @@ def contact_penetration(
         ...                                        pen_radius=0.1)]
         [2.0, 0.0]
     """
-    for name, v in (("x", x), ("nx", nx), ("y", y), ("ny", ny)):
-        if not isinstance(v, Tensor) or v.dim() < 2 or v.shape[-1] != 3 or \
-                not v.is_floating_point():
-            raise ValueError(f"{name}: expected a floating-point tensor of shape (*, N, 3), "
-                             f"got {_shape(v)}")
+    _tensor("x", x, (..., None, 3))
+    for name, v in (("nx", nx), ("y", y), ("ny", ny)):
+        _tensor(name, v, (..., None, 3), x.dtype)
     if nx.shape != x.shape:
         raise ValueError(f"nx: expected shape {tuple(x.shape)}, got {tuple(nx.shape)}")
     if ny.shape != y.shape:
         raise ValueError(f"ny: expected shape {tuple(y.shape)}, got {tuple(ny.shape)}")
-    for name, v in (("contact_radius", contact_radius), ("pen_radius", pen_radius)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name}: expected a finite number > 0, got {v!r}")
-    kw = dict(contact_radius=float(contact_radius), pen_radius=float(pen_radius),
-              cos_opposite=float(cos_opposite), pen_depth=float(pen_depth))
+    for name, v in (("x", x), ("y", y)):
+        if v.shape[-2] < 1:
+            raise ValueError(f"{name}: expected at least one point, got shape {tuple(v.shape)}")
+    try:
+        torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"y: expected leading dims that broadcast with x's "
+                         f"{tuple(x.shape[:-2])}, got {tuple(y.shape[:-2])}") from None
+    kw = dict(contact_radius=_real("contact_radius", contact_radius, lo=0, strict=True),
+              pen_radius=_real("pen_radius", pen_radius, lo=0, strict=True),
+              cos_opposite=_real("cos_opposite", cos_opposite, lo=-1, hi=1),
+              pen_depth=_real("pen_depth", pen_depth, lo=0))
     cb, ib = _one_side(y, ny, x, nx, **kw)
     lead = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])
     ca, ia = _one_side(x.expand(*lead, *x.shape[-2:]), nx.expand(*lead, *nx.shape[-2:]),
@@ -201,6 +261,10 @@ def icp_contact(x: Tensor, nx: Tensor, y: Tensor, ny: Tensor, G: Tensor, *, radi
     Returns:
         Refined placements, shape :math:`(C, 4, 4)`.
 
+    Raises:
+        ValueError: bad shapes, mixed dtypes, NaN/inf values, a non-positive ``radius``
+            or ``damping``, ``steps`` not an int >= 0, ``cos_opposite`` outside [-1, 1].
+
     Example:
         >>> x = torch.tensor([[i / 4, j / 4, 0.0] for i in range(5) for j in range(5)],
         ...                  dtype=torch.float64)
@@ -215,6 +279,18 @@ def icp_contact(x: Tensor, nx: Tensor, y: Tensor, ny: Tensor, G: Tensor, *, radi
     """
     from geo3d.rotations import se3_exp
 
+    _tensor("x", x, (None, 3))
+    _tensor("nx", nx, tuple(x.shape), x.dtype)
+    _tensor("y", y, (None, 3), x.dtype)
+    _tensor("ny", ny, tuple(y.shape), x.dtype)
+    _tensor("G", G, (None, 4, 4), x.dtype)
+    if x.shape[0] < 1 or y.shape[0] < 1:
+        raise ValueError(f"x, y: expected at least one point each, got {tuple(x.shape)}, "
+                         f"{tuple(y.shape)}")
+    radius = _real("radius", radius, lo=0, strict=True)
+    steps = _int("steps", steps, 0)
+    cos_opposite = _real("cos_opposite", cos_opposite, lo=-1, hi=1)
+    damping = _real("damping", damping, lo=0, strict=True)
     G = G.clone()
     C = G.shape[0]
     eye6 = torch.eye(6, dtype=G.dtype, device=G.device)
@@ -287,6 +363,12 @@ def pair_search(
         ``(G, score)``: relative poses (B's input frame -> A's input frame), shape
         :math:`(C, 4, 4)`, best first, and their scores, shape :math:`(C,)`.
 
+    Raises:
+        ValueError: bad shapes, mixed dtypes, fewer than 2 points per piece, NaN/inf
+            values, non-positive sizes (``cell``, radii), counts (``rotations``, ``top``,
+            ``per_rotation``, ``chunk``) not ints >= 1, ``icp_steps`` not an int >= 0,
+            ``cos_vote`` outside [-1, 1], a negative ``pen_depth`` or ``w_pen``.
+
     The principal frames (:func:`geo3d.apps.assembly._model.pca_frame`) rotate with a
     piece when its covariance eigenvalues are distinct and its third moments nonzero
     (generic fragments); for a symmetric piece (a cube) the candidates need not move with
@@ -303,6 +385,34 @@ def pair_search(
         >>> G.shape, score.shape
         (torch.Size([4, 4, 4]), torch.Size([4]))
     """
+    _tensor("xa", xa, (None, 3))
+    _tensor("na", na, tuple(xa.shape), xa.dtype)
+    _tensor("xb", xb, (None, 3), xa.dtype)
+    _tensor("nb", nb, tuple(xb.shape), xa.dtype)
+    for name, v in (("xa", xa), ("xb", xb)):
+        if v.shape[0] < 2:
+            raise ValueError(f"{name}: expected at least 2 points, got shape {tuple(v.shape)}")
+    if isinstance(rotations, Tensor):
+        _tensor("rotations", rotations, (None, 3, 3))
+        if rotations.shape[0] < 1:
+            raise ValueError("rotations: expected at least one rotation, got shape "
+                             f"{tuple(rotations.shape)}")
+    else:
+        _int("rotations", rotations, 1)
+    if extra is not None:
+        _tensor("extra", extra, (None, 4, 4))
+    for name, v in (("cell", cell), ("contact_radius", contact_radius),
+                    ("pen_radius", pen_radius)):
+        if v is not None:
+            _real(name, v, lo=0, strict=True)
+    if pen_depth is not None:
+        _real("pen_depth", pen_depth, lo=0)
+    cos_vote = _real("cos_vote", cos_vote, lo=-1, hi=1)
+    per_rotation = _int("per_rotation", per_rotation, 1)
+    top = _int("top", top, 1)
+    icp_steps = _int("icp_steps", icp_steps, 0)
+    w_pen = _real("w_pen", w_pen, lo=0)
+    chunk = _int("chunk", chunk, 1)
     dt, dev = xa.dtype, xa.device
     h = 0.5 * float(spacing(xa) + spacing(xb))
     h = h if h > 0 else 1.0
@@ -364,6 +474,9 @@ def pair_search(
     con, pen = contact_penetration(xa, na, _transform(G, xb), _rotate(G, nb),
                                    contact_radius=rc, pen_radius=rp, pen_depth=pd)
     score = con - w_pen * pen
+    if not (bool(torch.isfinite(G).all()) and bool(torch.isfinite(score).all())):
+        raise RuntimeError("pair_search: non-finite poses or scores (overflow of the "
+                           "coordinates?)")
     order = torch.argsort(score, descending=True, stable=True)
     return G[order], score[order]
 
@@ -382,6 +495,10 @@ def assembly_score(points: Tensor, normals: Tensor, poses: Tensor, valid: Tensor
     Returns:
         Scores, shape :math:`(*)`.
 
+    Raises:
+        ValueError: bad shapes (``valid`` not a bool tensor :math:`(P,)`), mixed dtypes,
+            NaN/inf values, bad radii or weights (see :func:`contact_penetration`).
+
     Example:
         >>> pts = torch.tensor([[[0.0, 0, 0]], [[0.0, 0, 0.01]]])
         >>> nrm = torch.tensor([[[0.0, 0, 1]], [[0.0, 0, -1]]])
@@ -389,8 +506,24 @@ def assembly_score(points: Tensor, normals: Tensor, poses: Tensor, valid: Tensor
         >>> float(assembly_score(pts, nrm, T, contact_radius=0.1, pen_radius=0.1))
         2.0
     """
+    _tensor("points", points, (None, None, 3), finite=False)
     P = points.shape[0]
-    vl = [True] * P if valid is None else valid.bool().tolist()
+    _tensor("normals", normals, tuple(points.shape), points.dtype, finite=False)
+    _tensor("poses", poses, (..., P, 4, 4), points.dtype, finite=False)
+    if valid is not None and (not isinstance(valid, Tensor) or valid.dtype != torch.bool or
+                              tuple(valid.shape) != (P,)):
+        raise ValueError(f"valid: expected a bool tensor of shape ({P},), got "
+                         f"{(tuple(valid.shape), valid.dtype) if isinstance(valid, Tensor) else _shape(valid)!r}")
+    vm = torch.ones(P, dtype=torch.bool) if valid is None else valid.cpu()
+    for name, v in (("points", points), ("normals", normals)):  # invalid pieces: ignored
+        _tensor(name, v[vm.to(v.device)], (None,) + tuple(v.shape[1:]))
+    _tensor("poses", poses[..., vm.to(poses.device), :, :], (..., 4, 4))
+    w_pen = _real("w_pen", w_pen, lo=0)
+    _real("contact_radius", contact_radius, lo=0, strict=True)
+    _real("pen_radius", pen_radius, lo=0, strict=True)
+    _real("cos_opposite", cos_opposite, lo=-1, hi=1)
+    _real("pen_depth", pen_depth, lo=0)
+    vl = [True] * P if valid is None else valid.tolist()
     q = _transform(poses, points)  # (*, P, N, 3)
     nq = _rotate(poses, normals)
     tot = q.new_zeros(poses.shape[:-3])
@@ -444,7 +577,13 @@ def select_hypotheses(
         hypothesis index, ``-1`` network pose/anchor/invalid, ``-2`` a search pose).
 
     Raises:
-        ValueError: shapes that do not match ``points (P, N, 3)``.
+        ValueError: shapes that do not match ``points (P, N, 3)``, mixed dtypes, ``valid``
+            not bool, an ``anchor`` that is not the int index of a valid piece, NaN/inf in
+            the valid pieces' points, normals, network poses or hypotheses, counts
+            (``top_k`` >= 1; ``icp_steps``, ``search`` >= 0) that are not ints, weights
+            (``w_net``, ``w_pen``) or radii that are negative or not finite, a non-finite
+            ``margin``.
+        RuntimeError: a non-finite score (overflow).
 
     Example:
         >>> pts = torch.tensor([[[0.0, 0, 0]], [[0.0, 0, 0.01]]], dtype=torch.float64)
@@ -457,13 +596,36 @@ def select_hypotheses(
         >>> info["moved"], float(T[1, 0, 3])
         (True, 0.0)
     """
-    if not isinstance(points, Tensor) or points.dim() != 3 or points.shape[-1] != 3:
-        raise ValueError(f"points: expected shape (P, N, 3), got {_shape(points)}")
+    _tensor("points", points, (None, None, 3), finite=False)
     P, N = points.shape[:2]
     for name, v, shp in (("normals", normals, (P, N, 3)), ("valid", valid, (P,)),
                          ("net_poses", net_poses, (P, 4, 4))):
         if not isinstance(v, Tensor) or tuple(v.shape) != shp:
             raise ValueError(f"{name}: expected shape {shp}, got {_shape(v)}")
+    if valid.dtype != torch.bool:
+        raise ValueError(f"valid: expected a bool tensor, got dtype {valid.dtype}")
+    if not isinstance(anchor, int) or isinstance(anchor, bool) or not 0 <= anchor < P or \
+            not bool(valid[anchor]):
+        raise ValueError(f"anchor: expected the index of a valid piece in [0, {P}), got "
+                         f"{anchor!r}")
+    vmask = valid.to(points.device)
+    _tensor("points", points[vmask], (None, N, 3))
+    _tensor("normals", normals[vmask], (None, N, 3), points.dtype)
+    if N < 1:
+        raise ValueError(f"points: expected at least one point per piece, got shape "
+                         f"{tuple(points.shape)}")
+    _tensor("net_poses", net_poses[valid.to(net_poses.device)], (None, 4, 4))
+    top_k = _int("top_k", top_k, 1)
+    icp_steps = _int("icp_steps", icp_steps, 0)
+    search = _int("search", search, 0)
+    w_net = _real("w_net", w_net, lo=0)
+    w_pen = _real("w_pen", w_pen, lo=0)
+    margin = _real("margin", margin)
+    for name, v in (("contact_radius", contact_radius), ("pen_radius", pen_radius)):
+        if v is not None:
+            _real(name, v, lo=0, strict=True)
+    if pen_depth is not None:
+        _real("pen_depth", pen_depth, lo=0)
     if hyp_poses is not None:
         K = hyp_poses.shape[1] if isinstance(hyp_poses, Tensor) and hyp_poses.dim() == 4 else -1
         if K < 1 or hyp_poses.shape != (P, K, 4, 4):
@@ -471,9 +633,8 @@ def select_hypotheses(
                              f"{_shape(hyp_poses)}")
         if not isinstance(hyp_logits, Tensor) or hyp_logits.shape != (P, K):
             raise ValueError(f"hyp_logits: expected shape ({P}, {K}), got {_shape(hyp_logits)}")
-    if not isinstance(anchor, int) or not 0 <= anchor < P or not bool(valid[anchor]):
-        raise ValueError(f"anchor: expected the index of a valid piece in [0, {P}), got "
-                         f"{anchor!r}")
+        _tensor("hyp_poses", hyp_poses[valid.to(hyp_poses.device)], (None, K, 4, 4))
+        _tensor("hyp_logits", hyp_logits[valid.to(hyp_logits.device)], (None, K))
     dt, dev = points.dtype, points.device
     vl = valid.bool().tolist()
     idx_valid = [i for i in range(P) if vl[i]]
@@ -521,6 +682,9 @@ def select_hypotheses(
         placed.append(j)
     sel = assembly_score(points, normals, poses, valid, w_pen=w_pen, **kw)
     net = assembly_score(points, normals, net_poses, valid, w_pen=w_pen, **kw)
+    if not (math.isfinite(float(sel)) and math.isfinite(float(net))):
+        raise RuntimeError(f"select_hypotheses: non-finite score (selected {float(sel)}, "
+                           f"network {float(net)})")
     moved = bool(sel > net + margin)
     info = {"moved": moved, "score": float(sel), "net_score": float(net),
             "choice": choice if moved else [-1] * P}
