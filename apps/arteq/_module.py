@@ -215,17 +215,41 @@ class ArtEqModule(L.LightningModule):
             self.log(f"train/{k}", v, batch_size=B)
         return loss
 
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
+    def _nonfinite_grad(self) -> bool:
+        return any(p.grad is not None and not bool(torch.isfinite(p.grad).all())
+                   for p in self.parameters())
+
+    def _count_skipped(self) -> None:
+        self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
+        self.log("train/skipped_steps", float(self.skipped_steps))
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Any = None) -> None:
         # a step with a non-finite gradient would poison every weight (and the next forward
-        # fails): skip it (zero gradients) and count it in train/skipped_steps
-        bad = any(p.grad is not None and not bool(torch.isfinite(p.grad).all())
-                  for p in self.parameters())
-        if bad:
+        # fails). Zeroing its gradients is not enough: Adam still applies its momentum (and
+        # weight decay) to every weight. So the closure (training_step + backward) runs
+        # first, and on a non-finite gradient optimizer.step() is not called at all: weights
+        # and optimizer state stay as they were; counted in train/skipped_steps. With a
+        # GradScaler (16-bit AMP) Lightning's own path is kept: the scaler skips such steps
+        # itself and must see them to lower its scale.
+        plugin = getattr(self._trainer, "precision_plugin", None)
+        if optimizer_closure is None or getattr(plugin, "scaler", None) is not None:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
+        loss = optimizer_closure()
+        if self._nonfinite_grad():
+            optimizer.zero_grad()
+            self._count_skipped()
+            return
+        optimizer.step(closure=lambda: loss)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # second line of defence (e.g. the AMP path above): zero non-finite gradients
+        if self._nonfinite_grad():
             for p in self.parameters():
                 if p.grad is not None:
                     p.grad.zero_()
-            self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
-            self.log("train/skipped_steps", float(self.skipped_steps))
+            self._count_skipped()
 
     # ------------------------------------------------------------------ evaluation
     def _condition(self, stage: str, dataloader_idx: int) -> str:

@@ -73,3 +73,59 @@ def test_part_geometry_input_is_scale_free_and_equivariant_in_float64():
         torch.testing.assert_close(b["part_rot"], R[:, None] @ a["part_rot"], atol=1e-9, rtol=0)
         torch.testing.assert_close(b["betas"], a["betas"], atol=1e-9, rtol=0)
         torch.testing.assert_close(b["part_logits"], a["part_logits"], atol=1e-9, rtol=0)
+
+
+# ---------------------------------------------------------------- item 4: skipped steps
+def test_a_non_finite_gradient_step_moves_neither_weights_nor_optimizer_state(tmp_path):
+    # zeroing the gradients of a bad step still let Adam apply its momentum to every weight
+    # (up to 6.7e-5 after one good step): the optimizer step itself must be skipped
+    import copy
+
+    import lightning as L
+    from geo3d.apps.arteq._module import ArtEqModule
+
+    from geo3d.rotations import random_rotation_matrix as rot
+
+    g = torch.Generator().manual_seed(0)
+    items = [{"points": torch.randn(32, 3, generator=g),
+              "labels": torch.randint(0, 22, (32,), generator=g),
+              "global_orient": rot(1, generator=g)[0], "body_pose": rot(23, generator=g),
+              "betas": 0.1 * torch.randn(10, generator=g)} for _ in range(3)]
+    loader = torch.utils.data.DataLoader(items, batch_size=1, shuffle=False)
+    torch.manual_seed(0)
+    m = ArtEqModule("pointnet", {"k": 4, "feat_dim": 4, "hidden": [4], "d_model": 8,
+                                 "num_layers": 1, "num_heads": 2, "rot_hidden": 4},
+                    body_model="tiny", lr=1e-2, weight_decay=1e-3, num_pictures=0)
+    poisoned = next(p for p in m.net.parameters() if p.numel() > 1)
+    calls = []
+
+    def hook(g):
+        calls.append(1)
+        return torch.full_like(g, float("nan")) if len(calls) == 2 else g
+
+    poisoned.register_hook(hook)
+    snaps = []
+
+    class Snap(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            opt = trainer.optimizers[0]
+            # parameters (batch-norm running statistics move in every training forward)
+            snaps.append(({k: v.detach().clone() for k, v in module.named_parameters()},
+                          copy.deepcopy(opt.state_dict()["state"])))
+
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3,
+                        limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[Snap()], default_root_dir=str(tmp_path))
+    trainer.fit(m, train_dataloaders=loader)
+    assert len(calls) == 3 and len(snaps) == 3 and m.skipped_steps == 1
+    (w0, s0), (w1, s1), (w2, s2) = snaps
+    for k in w0:  # the bad step (batch 1) left every weight exactly as after batch 0
+        assert torch.equal(w1[k], w0[k]), k
+    assert s1.keys() == s0.keys() and len(s0) > 0
+    for i in s0:  # ... and Adam's moments and step counts
+        for k in s0[i]:
+            assert torch.equal(torch.as_tensor(s1[i][k]), torch.as_tensor(s0[i][k])), (i, k)
+    # the good steps around it did train
+    assert any(not torch.equal(w2[k], w1[k]) for k in w0)
+    assert all(bool(torch.isfinite(v).all()) for v in w2.values())
