@@ -98,6 +98,20 @@ def _mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _check_pool_power(pool_power: object) -> float:
+    if isinstance(pool_power, bool) or not isinstance(pool_power, (int, float)) or \
+            not 1.0 <= pool_power < float("inf"):
+        raise value_error("pool_power", "a finite number >= 1", repr(pool_power))
+    return float(pool_power)
+
+
+def _check_flag(name: str, value: object) -> bool:
+    # bool("no") is True: strings, ints and None are refused rather than guessed
+    if not isinstance(value, bool):
+        raise value_error(name, "True or False", repr(value))
+    return value
+
+
 def _check_points(points: object) -> Tensor:
     if not isinstance(points, Tensor) or points.dim() != 3 or points.shape[-1] != 3:
         raise value_error("points", "a tensor of shape (B, N, 3)", shape_of(points))
@@ -265,14 +279,18 @@ class ArtEqNet(nn.Module):
             parts (``softmax(tau * logits)``) before the L1 normalisation over the points;
             large values approach hard argmax pooling. ``1`` (default): the reference's
             soft pooling. An attribute that may be changed on a trained net (e.g. sharper
-            pooling at test time for a net trained with ground-truth pooling).
+            pooling at test time for a net trained with ground-truth pooling): assignments
+            are validated and recorded in ``config``.
 
     Attributes:
         config: the JSON-able keyword arguments: ``ArtEqNet(**net.config)`` rebuilds it.
 
     Raises:
         ValueError: an unknown ``backbone`` or a non-positive size/width, ``num_heads``
-            not dividing ``d_model``, non-positive ``interp_sigma``/``unit``.
+            not dividing ``d_model``, non-positive ``interp_sigma``/``unit``, ``pool_power``
+            below 1 or not finite, a boolean option (``dynamic_graph``, ``batch_norm``,
+            ``seg_norms``, ``part_geometry``, ``normalize_invariants``, ``chiral``) that is
+            not a ``bool``; the message names the argument.
 
     Source: Feng et al., "Generalizing Neural Human Fitting to Unseen Poses With
     Articulated SE(3) Equivariance", ICCV 2023, arXiv:2304.10528; reference code
@@ -318,19 +336,21 @@ class ArtEqNet(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name in (
                     "num_layers",) else 1):
                 raise value_error(name, "a positive int", repr(v))
+        for name, v in (("dynamic_graph", dynamic_graph), ("batch_norm", batch_norm),
+                        ("seg_norms", seg_norms), ("part_geometry", part_geometry),
+                        ("normalize_invariants", normalize_invariants), ("chiral", chiral)):
+            _check_flag(name, v)
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden \
+                or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+            raise value_error("hidden", "a non-empty list of positive int widths", repr(hidden))
         hidden = [int(h) for h in hidden]
-        if not hidden or min(hidden) < 1:
-            raise value_error("hidden", "a non-empty list of positive widths", hidden)
         if num_centers is not None and (isinstance(num_centers, bool) or not isinstance(
                 num_centers, int) or num_centers < 1):
             raise value_error("num_centers", "a positive int or None", repr(num_centers))
-        if not (isinstance(interp_sigma, (int, float)) and 0 < interp_sigma < float("inf")):
-            raise value_error("interp_sigma", "a positive number (metres)", repr(interp_sigma))
-        if not (isinstance(unit, (int, float)) and 0 < unit < float("inf")):
-            raise value_error("unit", "a positive number (metres)", repr(unit))
-        if isinstance(pool_power, bool) or not isinstance(pool_power, (int, float)) or \
-                not 1.0 <= pool_power < float("inf"):
-            raise value_error("pool_power", "a finite number >= 1", repr(pool_power))
+        for name, v in (("interp_sigma", interp_sigma), ("unit", unit)):
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise value_error(name, "a positive finite number (metres)", repr(v))
+        pool_power = _check_pool_power(pool_power)
         if rot_context not in ("local", "global"):
             raise value_error("rot_context", "'local' or 'global'", repr(rot_context))
         if d_model % num_heads:
@@ -349,7 +369,7 @@ class ArtEqNet(nn.Module):
         self.chiral = bool(chiral) and backbone in ("vn", "vn_dgcnn")
         n_chi = 2 * feat_dim if self.chiral else 0  # pooled chiral invariants (part + parent)
         h_cross = max(rot_hidden // 2, 1) if self.chiral else 0
-        self.pool_power = float(pool_power)
+        self.pool_power = pool_power  # validated property, kept in `config`
         self.normalize_invariants = bool(normalize_invariants)
         self.part_geometry = bool(part_geometry)
         n_geo = 2 * GEOMETRY_VECTORS if self.part_geometry else 0  # vectors (part + parent)
@@ -435,6 +455,19 @@ class ArtEqNet(nn.Module):
             # per part: its own linear head token -> 6D, started at the identity
             self.rot_weight = nn.Parameter(0.01 * torch.randn(P, d_model, 6))
             self.rot_bias = nn.Parameter(torch.tensor(_IDENTITY_6D).repeat(P, 1))
+
+    @property
+    def pool_power(self) -> float:
+        """Sharpness of the predicted pooling weights (see the class docs); assigning a new
+        value validates it (``ValueError`` naming ``pool_power`` unless a finite number
+        ``>= 1``) and updates :attr:`config`, so a saved net keeps it."""
+        return self._pool_power
+
+    @pool_power.setter
+    def pool_power(self, value: float) -> None:
+        value = _check_pool_power(value)
+        self._pool_power = value
+        self.config["pool_power"] = value
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameters (all, or only those with ``requires_grad``)."""

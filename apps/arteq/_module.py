@@ -88,6 +88,12 @@ class ArtEqModule(L.LightningModule):
         icp_steps: translation-only ICP updates of :func:`~geo3d.apps.arteq._fit.decode` when
             evaluating (0: centroid match only; each step costs a closest-point search).
         seed: unused by the module itself; kept for the record in results.
+
+    Raises:
+        ValueError: naming the argument: ``gt_seg_epochs`` below -1; ``lr`` not a positive
+            finite number; ``weight_decay`` or a loss weight negative, NaN or infinite;
+            ``num_markers`` < 1, ``num_pictures``/``icp_steps`` < 0, or any of these or
+            ``seed`` not an int (bools refused); bad ``net`` options (see ArtEqNet).
     """
 
     def __init__(
@@ -122,6 +128,20 @@ class ArtEqModule(L.LightningModule):
                 gt_seg_epochs < -1:
             raise ValueError(f"gt_seg_epochs: expected a non-negative int or -1 (always), "
                              f"got {gt_seg_epochs!r}")
+        for name, v in (("lr", lr), ("weight_decay", weight_decay), ("w_seg", w_seg),
+                        ("w_rot", w_rot), ("w_betas", w_betas), ("w_joints", w_joints),
+                        ("w_vertices", w_vertices), ("w_normals", w_normals),
+                        ("w_markers", w_markers), ("w_centroids", w_centroids)):
+            positive = name == "lr"
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                    not (0 < v if positive else 0 <= v) or not v < float("inf"):
+                what = "a positive finite number" if positive else "a finite number >= 0"
+                raise ValueError(f"{name}: expected {what}, got {v!r}")
+        for name, v, low in (("num_markers", num_markers, 1), ("num_pictures", num_pictures, 0),
+                             ("icp_steps", icp_steps, 0), ("seed", seed, None)):
+            if isinstance(v, bool) or not isinstance(v, int) or (low is not None and v < low):
+                what = "an int" if low is None else f"an int >= {low}"
+                raise ValueError(f"{name}: expected {what}, got {v!r}")
         self._body_cache: list[Any] = []  # not a submodule: kept out of the state dict
         self._sums: dict[str, Tensor] = {}
         self._pictures: list[dict[str, Any]] = []

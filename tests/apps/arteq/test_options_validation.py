@@ -129,3 +129,71 @@ def test_a_non_finite_gradient_step_moves_neither_weights_nor_optimizer_state(tm
     # the good steps around it did train
     assert any(not torch.equal(w2[k], w1[k]) for k in w0)
     assert all(bool(torch.isfinite(v).all()) for v in w2.values())
+
+
+# ---------------------------------------------------------------- item 5: pool_power attribute
+def test_pool_power_assignment_is_validated_and_saved(tmp_path):
+    from geo3d.apps.arteq._checkpoint import load_model, save_model
+
+    net = _net("pointnet")
+    for bad in (0, -3, 0.5, float("nan"), float("inf"), True, "2", None):
+        with pytest.raises(ValueError, match="pool_power"):
+            net.pool_power = bad
+    assert net.pool_power == 1.0 and net.config["pool_power"] == 1.0  # unchanged
+    net.pool_power = 4
+    assert net.pool_power == 4.0 and isinstance(net.pool_power, float)
+    assert net.config["pool_power"] == 4.0
+    loaded = load_model(save_model(net, tmp_path / "net.pt"))
+    assert loaded.pool_power == 4.0
+    x = torch.randn(1, 30, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["part_rot"], net(x)["part_rot"], atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------- item 9: typed options
+FLAGS = ("dynamic_graph", "batch_norm", "seg_norms", "part_geometry", "normalize_invariants",
+         "chiral")
+
+
+@pytest.mark.parametrize("name", FLAGS)
+def test_boolean_net_options_must_be_bools(name):
+    # bool("no") / bool("false") is True: such values turned the option on silently
+    for bad in ("no", "false", 0, 1, None, 1.0):
+        with pytest.raises(ValueError, match=name):
+            ArtEqNet("vn_dgcnn", **{**TINY, name: bad})
+    for ok in (False, True):
+        assert ArtEqNet("vn_dgcnn", **{**TINY, name: ok}).config[name] is ok
+
+
+def test_number_net_options_are_validated():
+    cases = {"interp_sigma": (True, 0.0, -1.0, float("nan"), float("inf"), "0.03"),
+             "unit": (True, 0.0, float("nan"), float("inf"), "0.05"),
+             "hidden": ((), (8, 0), (8, True), (8, 2.5), ("8",), "88", 8),
+             "k": (True, 0, 2.0), "num_centers": (True, 0, 1.5)}
+    for name, bads in cases.items():
+        for bad in bads:
+            with pytest.raises(ValueError, match=name):
+                ArtEqNet("pointnet", **{**TINY, name: bad})
+    assert ArtEqNet("pointnet", **{**TINY, "hidden": [8, 4]}).config["hidden"] == [8, 4]
+
+
+def test_module_number_options_are_validated():
+    from geo3d.apps.arteq._module import ArtEqModule
+
+    net = {"feat_dim": 4, "hidden": [4], "d_model": 8, "num_layers": 1, "num_heads": 2}
+    cases = {"lr": (0.0, -1e-4, float("nan"), float("inf"), True, "1e-4"),
+             "weight_decay": (-1.0, float("nan"), float("inf"), True, "0")}
+    for w in ("seg", "rot", "betas", "joints", "vertices", "normals", "markers", "centroids"):
+        cases[f"w_{w}"] = (-1.0, float("nan"), float("inf"), True, "5")
+    cases.update({"num_markers": (0, -1, True, 2.0, "67"), "num_pictures": (-1, True, 1.5),
+                  "icp_steps": (-1, True, 3.0, "3"), "seed": (True, 0.5, "0", None),
+                  "gt_seg_epochs": (-2, True, 1.0, "1")})
+    for name, bads in cases.items():
+        for bad in bads:
+            with pytest.raises(ValueError, match=name):
+                ArtEqModule("pointnet", net, body_model="tiny", **{name: bad})
+    with pytest.raises(ValueError, match="chiral"):
+        ArtEqModule("vn", {**net, "chiral": "no"}, body_model="tiny")
+    m = ArtEqModule("pointnet", net, body_model="tiny", lr=1, weight_decay=0, w_rot=0,
+                    num_pictures=0, icp_steps=0, gt_seg_epochs=-1)
+    assert m.hparams.lr == 1 and m.hparams.w_rot == 0
