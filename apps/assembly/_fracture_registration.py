@@ -70,6 +70,32 @@ def _shape(x: object) -> object:
     return tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
 
 
+def _real(name: str, v: object, *, lo: float, strict: bool) -> float:
+    """A finite real number (not a bool) ``> lo`` (``strict``) or ``>= lo``."""
+    ok = isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(
+        v, (bool, np.bool_)) and math.isfinite(v) and (v > lo if strict else v >= lo)
+    if not ok:
+        raise ValueError(f"{name}: expected a finite number {'>' if strict else '>='} {lo}, "
+                         f"got {v!r}")
+    return float(v)
+
+
+def _int(name: str, v: object, lo: int) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v < lo:
+        raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _mask(name: str, m: Any, n: int) -> np.ndarray:
+    a = np.asarray(m.cpu() if isinstance(m, Tensor) else m)
+    if a.shape != (n,) or a.dtype != np.bool_:
+        raise ValueError(f"{name}: expected a bool mask of shape ({n},), got "
+                         f"{a.shape} {a.dtype}")
+    if a.sum() < 3:
+        raise ValueError(f"{name}: expected at least 3 fracture points, got {int(a.sum())}")
+    return a
+
+
 def _as_np(name: str, x: Any, n: int | None = None) -> np.ndarray:
     if isinstance(x, Tensor):
         x = x.detach().cpu().double().numpy()
@@ -215,10 +241,18 @@ class FractureClassifier:
 
 
 def _frame(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centroid and principal axes (columns, ascending variance) of ``p``, a rotation.
+
+    The signs of the two major axes are fixed by the third moments along them and the
+    minor axis is their cross product, so the frame rotates with the points (``eigh``'s
+    own signs are arbitrary: they changed the order of the ICP starts, and with it which
+    of several equally scored starts won, when a piece was rotated). A third moment of
+    exactly 0 (a point-symmetric set) leaves that sign to ``eigh``."""
     c = p.mean(0)
     _, U = np.linalg.eigh(np.cov((p - c).T))
-    if np.linalg.det(U) < 0:
-        U[:, 2] *= -1
+    third = (((p - c) @ U[:, 1:]) ** 3).sum(0)
+    U[:, 1:] *= np.where(third < 0, -1.0, 1.0)
+    U[:, 0] = np.cross(U[:, 1], U[:, 2])
     return c, U
 
 
@@ -267,25 +301,52 @@ def pair_poses(pa: np.ndarray, na: np.ndarray, fa: np.ndarray, pb: np.ndarray, n
     Returns:
         ``(score, T)``: overlap minus ``pen_weight`` times the penetration fraction, and
         :math:`(4, 4)` float64 ``T`` with ``T @ [x_a, 1]`` in b's frame.
+
+    Raises:
+        ValueError: bad shapes or NaN/inf points/normals, masks that are not bool or have
+            fewer than 3 fracture points, ``scale``/``eps`` not finite and > 0,
+            ``n_theta``/``top`` not ints >= 1, ``pen_weight`` not finite and >= 0.
+        RuntimeError: a non-finite score or transform (ICP diverged).
+
+    Example:
+        >>> # see tests/apps/assembly/test_fracture_registration.py (a box cut in two)
     """
     from scipy.spatial import cKDTree
 
+    pa = _as_np("pa", pa)
+    na = _as_np("na", na, len(pa))
+    pb = _as_np("pb", pb)
+    nb = _as_np("nb", nb, len(pb))
+    fa, fb = _mask("fa", fa, len(pa)), _mask("fb", fb, len(pb))
+    scale = _real("scale", scale, lo=0, strict=True)
+    n_theta = _int("n_theta", n_theta, 1)
+    eps = _real("eps", eps, lo=0, strict=True)
+    top = _int("top", top, 1)
+    pen_weight = _real("pen_weight", pen_weight, lo=0, strict=False)
+
     o3d = _o3d()
     reg = o3d.pipelines.registration
+    # Everything below runs in the principal frames of the two fracture surfaces (they
+    # rotate with the pieces), so the ICP iterations see the same coordinates whatever
+    # the input poses: open3d's point-to-plane step (Euler-angle update about the origin)
+    # is not rotation-covariant, and poorly converged runs ended elsewhere when a piece
+    # was rotated.
+    cs, Us = _frame(pa[fa])
+    ct, Ut = _frame(pb[fb])
+    pa, na, pb, nb = (pa - cs) @ Us, na @ Us, (pb - ct) @ Ut, nb @ Ut
+    Fa, Fb = np.eye(4), np.eye(4)  # canonical -> input frame
+    Fa[:3, :3], Fa[:3, 3], Fb[:3, :3], Fb[:3, 3] = Us, cs, Ut, ct
     A, An, B, Bn = pa[fa], na[fa], pb[fb], nb[fb]
     src = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(A))
     src.normals = o3d.utility.Vector3dVector(-An)
     tgt = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(B))
     tgt.normals = o3d.utility.Vector3dVector(Bn)
-    cs, Us = _frame(A)
-    ct, Ut = _frame(B)
     treeB = cKDTree(B)
     cands = []
     for S in (np.diag([-1.0, 1, -1]), np.eye(3)):
         for k in range(n_theta):
             T = np.eye(4)
-            T[:3, :3] = Ut @ S @ _rot_x(2 * math.pi * k / n_theta) @ Us.T
-            T[:3, 3] = ct - T[:3, :3] @ cs
+            T[:3, :3] = S @ _rot_x(2 * math.pi * k / n_theta)
             for dist in (0.1, 0.03):
                 T = np.asarray(reg.registration_icp(
                     src, tgt, dist * scale, T, reg.TransformationEstimationPointToPlane(),
@@ -298,7 +359,10 @@ def pair_poses(pa: np.ndarray, na: np.ndarray, fa: np.ndarray, pb: np.ndarray, n
                          pen_weight)
         if best is None or sc > best[0]:
             best = (sc, T)
-    return best
+    sc, T = best[0], Fb @ best[1] @ np.linalg.inv(Fa)
+    if not (math.isfinite(sc) and np.isfinite(T).all()):
+        raise RuntimeError(f"pair_poses: non-finite result (score {sc})")
+    return sc, T
 
 
 def fracture_assembly(
@@ -326,21 +390,39 @@ def fracture_assembly(
             classifier (the oracle).
         threshold: probability above which a point is a fracture point (default: the
             classifier's ``meta["threshold"]``, chosen at training time, else 0.5).
-        min_points: pairs where a side has fewer fracture points get no edge.
+        min_points: pairs where a side has fewer fracture points get no edge (an int
+            >= 3: ICP needs 3 points).
         n_theta, eps, pen_weight: see :func:`pair_poses`.
 
     Returns:
         ``(G, frac)``: poses :math:`(P, 4, 4)` float64 with ``G[anchor] = I`` and
-        ``G[i] @ [x, 1]`` placing piece i's point ``x`` in the anchor's frame (pieces no
-        edge reaches: the translation that puts their centroid on the anchor's), and the
+        ``G[i] @ [x, 1]`` placing piece i's point ``x`` in the anchor's frame, and the
         fracture probabilities as a list of :math:`(N_i,)` float64 tensors.
 
+    Pieces that no edge reaches (fewer than ``min_points`` fracture points on a side of
+    every pair) get only the translation that puts their centroid on the anchor's: they
+    keep their input orientation, so for them the result is NOT invariant to a rotation
+    of the input (there is no evidence to orient them); a ``RuntimeWarning`` names them.
+    (This was the case of a planar-cut box, where the shipped classifier found 2 and 3
+    fracture points: its placement followed the input rotation.) Pieces reached by edges
+    are placed invariantly in exact arithmetic: features, fracture frames (signs fixed by
+    third moments) and the ICP runs, which work in the fracture surfaces' principal
+    frames, all move with the pieces; measured in float64 on the wavy-cut box to 5e-6
+    (``tests/apps/assembly/test_fracture_registration_args.py``). Poorly converged ICP
+    is, however, discontinuous in its input: on a 400-point wavy box with ``n_theta=4``
+    a 1e-14 perturbation of the coordinates moved the placement by 1.46 (box 2.5 across),
+    so rounding differences between two poses can give different results there; a
+    point-symmetric fracture set (third moment exactly 0) also leaves an axis sign open.
+
     Raises:
-        ValueError: fewer than 2 pieces, bad shapes or values, an ``anchor`` out of range,
-            a ``threshold`` outside (0, 1).
+        ValueError: fewer than 2 pieces, bad shapes or NaN/inf values, an ``anchor`` out
+            of range, a ``threshold`` outside (0, 1), ``min_points`` not an int >= 3,
+            ``n_theta`` not an int >= 1, ``eps`` not finite and > 0, ``pen_weight`` not
+            finite and >= 0.
+        RuntimeError: non-finite poses (ICP diverged).
 
     Example:
-        >>> # see tests/apps/test_assembly_fracture_registration.py (a box cut in two)
+        >>> # see tests/apps/assembly/test_fracture_registration.py (a box cut in two)
     """
     if isinstance(points, (Tensor, np.ndarray)) or not isinstance(points, Sequence) or \
             len(points) < 2:
@@ -356,6 +438,12 @@ def fracture_assembly(
     if threshold is not None and not (isinstance(threshold, (int, float)) and
                                       0 < threshold < 1):
         raise ValueError(f"threshold: expected a number in (0, 1), got {threshold!r}")
+    if threshold is not None and (isinstance(threshold, bool) or not math.isfinite(threshold)):
+        raise ValueError(f"threshold: expected a number in (0, 1), got {threshold!r}")
+    min_points = _int("min_points", min_points, 3)
+    n_theta = _int("n_theta", n_theta, 1)
+    eps = _real("eps", eps, lo=0, strict=True)
+    pen_weight = _real("pen_weight", pen_weight, lo=0, strict=False)
     for i, p in enumerate(pts):
         if len(p) <= max(_KS):
             raise ValueError(f"points[{i}]: expected more than {max(_KS)} points, got {len(p)}")
@@ -374,6 +462,11 @@ def fracture_assembly(
             lab = np.asarray(lab.cpu() if isinstance(lab, Tensor) else lab)
             if lab.shape != (len(p),):
                 raise ValueError(f"labels[{i}]: expected shape ({len(p)},), got {lab.shape}")
+            if lab.dtype != np.bool_ and not (np.issubdtype(lab.dtype, np.number) and
+                                              np.isfinite(lab).all()):
+                raise ValueError(f"labels[{i}]: expected a bool mask or finite "
+                                 f"probabilities, got dtype {lab.dtype} with NaN/inf or "
+                                 "non-numbers")
             prob.append(lab.astype(np.float64))
     else:
         clf = FractureClassifier.load() if classifier is None else classifier
@@ -386,7 +479,7 @@ def fracture_assembly(
     edges: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
     for a in range(P):
         for b in range(a + 1, P):
-            if frac[a].sum() < max(min_points, 3) or frac[b].sum() < max(min_points, 3):
+            if frac[a].sum() < min_points or frac[b].sum() < min_points:
                 continue
             edges[(a, b)] = pair_poses(pts[a], nrm[a], frac[a], pts[b], nrm[b], frac[b], s,
                                        n_theta=n_theta, eps=eps, pen_weight=pen_weight)
@@ -401,6 +494,14 @@ def fracture_assembly(
             G[j] = G[i] @ np.linalg.inv(T)
         else:
             G[i] = G[j] @ T
+    lost = [i for i in range(P) if i not in G]
+    if lost:
+        import warnings
+
+        warnings.warn(f"fracture_assembly: pieces {lost} are reached by no edge (fracture "
+                      f"points per piece {[int(f.sum()) for f in frac]}, min_points "
+                      f"{min_points}): they keep their input orientation, centred on the "
+                      "anchor", RuntimeWarning, stacklevel=2)
     out = np.tile(np.eye(4), (P, 1, 1))
     for i in range(P):
         C = np.eye(4)
@@ -408,4 +509,6 @@ def fracture_assembly(
         Ca = np.eye(4)
         Ca[:3, 3] = cent[anchor]  # the anchor's centred frame -> its input frame
         out[i] = Ca @ G.get(i, np.eye(4)) @ C
+    if not np.isfinite(out).all():
+        raise RuntimeError("fracture_assembly: non-finite poses (ICP diverged)")
     return torch.from_numpy(out), [torch.from_numpy(q) for q in prob]

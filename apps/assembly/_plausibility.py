@@ -69,10 +69,11 @@ def _tensor(name: str, v: object, shape: tuple, dtype: torch.dtype | None = None
         if shape and shape[0] is ...:
             tail = shape[1:]
             ok = v.dim() >= len(tail) and all(
-                w is None or w == d for w, d in zip(tail, v.shape[-len(tail):]))
+                w is None or w == d
+                for w, d in zip(tail, v.shape[v.dim() - len(tail):], strict=True))
         else:
             ok = v.dim() == len(shape) and all(w is None or w == d
-                                               for w, d in zip(shape, v.shape))
+                                               for w, d in zip(shape, v.shape, strict=True))
     if not ok:
         want = "(" + ", ".join("*" if w is ... else ("N" if w is None else str(w))
                                for w in shape) + ")"

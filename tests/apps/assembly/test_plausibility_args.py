@@ -7,9 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 from geo3d.apps.assembly._pipeline import assemble_from_outputs
-from geo3d.apps.assembly._plausibility import (assembly_score, contact_penetration,
-                                               icp_contact, pair_search, select_hypotheses,
-                                               spacing)
+from geo3d.apps.assembly._plausibility import (
+    assembly_score,
+    contact_penetration,
+    icp_contact,
+    pair_search,
+    select_hypotheses,
+    spacing,
+)
 
 F64 = torch.float64
 NAN, INF = float("nan"), float("inf")
