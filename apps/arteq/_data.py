@@ -391,8 +391,15 @@ class ArtEqDataModule(L.LightningDataModule):
                      "batch_size", "amass_frame_stride", "amass_test_subjects"):
             _check_pos_int(name, locals()[name])
         _check_pos_int("num_workers", num_workers, 0)
-        if not (isinstance(noise_std, (int, float)) and noise_std >= 0):
-            raise ValueError(f"noise_std: expected a non-negative number, got {noise_std!r}")
+        for name, v in (("noise_std", noise_std), ("betas_std", betas_std)):
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and
+                                           0 <= v < float("inf")):
+                raise ValueError(f"{name}: expected a non-negative finite number, got {v!r}")
+        for name, v in (("train_rotate", train_rotate), ("val_rotate", val_rotate)):
+            if not isinstance(v, bool):  # bool("no") is True: refuse rather than guess
+                raise ValueError(f"{name}: expected True or False, got {v!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed: expected an int, got {seed!r}")
         conds = list(CONDITIONS if test_conditions is None else test_conditions)
         bad = [c for c in conds if c not in CONDITIONS]
         if bad or not conds:

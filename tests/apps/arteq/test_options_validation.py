@@ -197,3 +197,18 @@ def test_module_number_options_are_validated():
     m = ArtEqModule("pointnet", net, body_model="tiny", lr=1, weight_decay=0, w_rot=0,
                     num_pictures=0, icp_steps=0, gt_seg_epochs=-1)
     assert m.hparams.lr == 1 and m.hparams.w_rot == 0
+
+
+def test_data_module_flags_and_numbers_are_validated(tmp_path):
+    from geo3d.apps.arteq._data import ArtEqDataModule
+
+    cases = {"train_rotate": ("no", "false", 0, None), "val_rotate": ("no", 1),
+             "noise_std": (True, -1e-3, float("nan"), float("inf"), "0.001"),
+             "betas_std": (True, -1.0, float("nan"), float("inf")), "seed": (True, 0.5, "0")}
+    for name, bads in cases.items():
+        for bad in bads:
+            with pytest.raises(ValueError, match=name):
+                ArtEqDataModule(root=str(tmp_path), body_model="tiny", **{name: bad})
+    dm = ArtEqDataModule(root=str(tmp_path), body_model="tiny", train_rotate=False,
+                         noise_std=0, betas_std=0.5, seed=3)
+    assert dm.hparams.train_rotate is False
