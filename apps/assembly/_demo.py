@@ -125,7 +125,8 @@ def _train_and_test(
         "train_parts_per_s": model.train_parts / max(model.train_seconds, 1e-9),
         "num_parameters": n_params,
         "log_dir": str(log_dir),
-        "checkpoint": str(getattr(cli.trainer.checkpoint_callback, "last_model_path", "")),
+        # absolute: --eval-only may run from another working directory
+        "checkpoint": _abs(getattr(cli.trainer.checkpoint_callback, "last_model_path", "")),
         "pictures": str(log_dir / "pictures_test"),
         "command": "geo3d assembly " + " ".join(args),
         "cli_args": args,
@@ -220,6 +221,24 @@ def _load_average() -> list[float] | None:
         return None
 
 
+def _abs(path: object) -> str:
+    """``path`` made absolute against the working directory ("" stays "")."""
+    return os.path.abspath(str(path)) if str(path or "") else ""
+
+
+def _find_checkpoint(recorded: str, out: Path) -> Path | None:
+    """The file a ``results.json`` checkpoint entry names: an absolute path as is; a
+    relative one (older runs stored it relative to the training run's working directory,
+    e.g. ``runs/demo/equivariant/...``) against the output folder, with leading parts
+    dropped one by one (the old output-folder prefix), then against the working
+    directory. ``None`` if none of these is a file."""
+    c = Path(recorded)
+    if c.is_absolute():
+        return c if c.is_file() else None
+    cands = [out / Path(*c.parts[k:]) for k in range(len(c.parts))] + [c]
+    return next((Path(_abs(f)) for f in cands if f.is_file()), None)
+
+
 def _previous_results(path: Path, config_set: str) -> dict[str, Any]:
     """The ``results.json`` of an earlier run of the same config set, or ``{}``."""
     try:
@@ -262,6 +281,8 @@ def demo_main(argv: list[str]) -> int:
     from geo3d.apps.assembly.cli import config_path
 
     models = [m.strip() for m in a.models.split(",") if m.strip()]
+    if not models:
+        p.error(f"--models: expected equivariant and/or global, got {a.models!r}")
     for m in models:
         if m not in ("equivariant", "global"):
             p.error(f"--models: expected equivariant and/or global, got {m!r}")
@@ -272,20 +293,41 @@ def demo_main(argv: list[str]) -> int:
     runs: dict[str, Any] = {}
     if a.eval_only:
         old = _previous_results(out / "results.json", a.config_set)
+        if old and not isinstance(old.get("runs"), dict):
+            p.error(f"--eval-only: expected 'runs' in {out / 'results.json'} to be an object "
+                    f"of run records, got {type(old.get('runs')).__name__}")
+        if old and not isinstance(old.get("registration"), (dict, type(None))):
+            p.error(f"--eval-only: expected 'registration' in {out / 'results.json'} to be an "
+                    f"object or null, got {type(old.get('registration')).__name__}")
         todo = {m: old["runs"][m] for m in models if m in old.get("runs", {})}
         if not todo:
             p.error(f"--eval-only: expected {out / 'results.json'} of an earlier "
                     f"--config-set {a.config_set} run with a checkpoint of {', '.join(models)}, "
                     f"got {'no such run' if old else 'no results of that config set'}")
+        found = {}
         for m, r in todo.items():
-            ckpt = Path(str(r.get("checkpoint") or ""))
-            if not str(r.get("checkpoint") or "") or not ckpt.is_file():
+            if not isinstance(r, dict):
+                p.error(f"--eval-only: expected the {m} run in {out / 'results.json'} to be "
+                        f"an object, got {type(r).__name__}")
+            rec = r.get("checkpoint")
+            found[m] = _find_checkpoint(rec, out) if isinstance(rec, str) and rec else None
+            if found[m] is None:
                 p.error(f"--eval-only: expected the {m} checkpoint recorded in "
-                        f"{out / 'results.json'} to exist, got {str(ckpt)!r}")
+                        f"{out / 'results.json'} to exist (absolute, or relative to the "
+                        f"output folder or the working directory), got {rec!r}")
+        for k, v in old["runs"].items():  # what the tables below read
+            need = ("fit_seconds", "train_parts_per_s", "num_parameters") + \
+                (() if k in todo else ("metrics",))
+            bad = [f for f in need if not isinstance(v, dict) or f not in v or
+                   not isinstance(v[f], dict if f == "metrics" else (int, float))]
+            if bad:
+                p.error(f"--eval-only: expected the {k} run in {out / 'results.json'} to be "
+                        f"an object with {', '.join(need)}, got "
+                        f"{sorted(v) if isinstance(v, dict) else type(v).__name__}")
         prep = None  # only the registration baseline needs it (built below if so)
         for m, r in todo.items():
-            runs[m] = _test_checkpoint(m, configs[m], out, data_root, extra,
-                                       Path(r["checkpoint"]), r)
+            runs[m] = _test_checkpoint(m, configs[m], out, data_root, extra, found[m],
+                                       {**r, "checkpoint": str(found[m])})
         runs.update({k: v for k, v in old["runs"].items() if k not in runs})
     else:
         out.mkdir(parents=True, exist_ok=True)
