@@ -82,6 +82,9 @@ def main() -> None:
     ap.add_argument("--config", default="demo")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--search", type=int, default=0,
+                    help="also evaluate method 'select' with a complementary-surface pair "
+                         "search over this many grid rotations (select_kwargs search=N)")
     ap.add_argument("--true-normals", action="store_true",
                     help="give the pipelines the data's mesh normals (default: estimated)")
     a = ap.parse_args()
@@ -96,8 +99,9 @@ def main() -> None:
     cli = run_lightning_cli(["--config", config_path(a.config), *extra,
                              "--trainer.logger", "false"], run=False)
     model = load_model(a.checkpoint).eval()
+    methods_run = list(METHODS) + (["select_search"] if a.search else [])
     sums: dict[str, dict] = {m: {"absolute": [], "anchor": [], "rmse_abs": [], "rmse_anc": [],
-                                 "time": {}} for m in METHODS}
+                                 "time": {}} for m in methods_run}
     ceil = {"oracle_rotation": [], "oracle_rotation_true_translation": []}
     ceil_rmse = {k: [] for k in ceil}
     acc = {"pieces": 0, "top1": 0, "top3": 0, "top5": 0, "any": 0}
@@ -115,10 +119,12 @@ def main() -> None:
         anchor = anchor_parts(pd, valid)
         nparts.append(valid.sum(1))
         nrm = batch["normals"].double() if a.true_normals and "normals" in batch else None
-        for m in METHODS:
+        for m in methods_run:
             tim: dict[str, float] = {}
-            T = assemble_from_outputs(pd, valid, out, method=m, normals=nrm, timings=tim,
-                                      generator=torch.Generator().manual_seed(0))
+            kw = {"select_kwargs": {"search": a.search}} if m == "select_search" else {}
+            T = assemble_from_outputs(pd, valid, out, method=m.split("_")[0], normals=nrm,
+                                      timings=tim, generator=torch.Generator().manual_seed(0),
+                                      **kw)
             for k, v in tim.items():
                 sums[m]["time"][k] = sums[m]["time"].get(k, 0.0) + v
             for proto, key, rk in (("absolute", "absolute", "rmse_abs"),
