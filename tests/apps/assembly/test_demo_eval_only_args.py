@@ -8,9 +8,9 @@ import json
 import os
 from pathlib import Path
 
+import geo3d.apps.assembly._demo as demo
 import pytest
 
-import geo3d.apps.assembly._demo as demo
 from geo3d.cli import main as geo3d_main
 
 
