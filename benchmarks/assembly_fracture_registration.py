@@ -49,14 +49,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 from _common import env_info, write_json_atomic  # noqa: E402
+from geo3d.apps.assembly._fracture_registration import _fpfh as fpfh  # noqa: E402
+from geo3d.apps.assembly._fracture_registration import _o3d, object_scale  # noqa: E402
 
 KS = (8, 16, 32, 64)
-
-
-def _o3d():
-    import open3d as o3d
-    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
-    return o3d
 
 
 def load_object(folder: Path, n: int, rng: np.random.Generator):
@@ -74,19 +70,6 @@ def load_object(folder: Path, n: int, rng: np.random.Generator):
         nrm.append(np.asarray(m.face_normals[fi], np.float64))
     labels = [lab.numpy() for lab in fracture_surface_labels(pts, meshes)]
     return meshes, pts, nrm, labels
-
-
-def object_scale(pts: list[np.ndarray]) -> float:
-    return float(np.mean([np.sqrt(((p - p.mean(0)) ** 2).sum(1).mean()) for p in pts]))
-
-
-def fpfh(p: np.ndarray, n: np.ndarray, radius: float) -> np.ndarray:
-    o3d = _o3d()
-    pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
-    pc.normals = o3d.utility.Vector3dVector(n)
-    f = o3d.pipelines.registration.compute_fpfh_feature(
-        pc, o3d.geometry.KDTreeSearchParamHybrid(radius=radius, max_nn=100))
-    return np.asarray(f.data).T.copy()
 
 
 def features(p: np.ndarray, n: np.ndarray, s: float) -> np.ndarray:

@@ -19,16 +19,6 @@ from geo3d.body import (
 )
 from geo3d.rotations import axis_angle_to_matrix, geodesic_distance, random_rotation_matrix
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: intra-op threads only contend on the shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 SMALL = {"k": 8, "feat_dim": 8, "hidden": (8, 8), "d_model": 32, "num_heads": 2,
          "rot_hidden": 8}
 LEFT_ELBOW = 18

@@ -8,15 +8,6 @@ from geo3d.apps.arteq._model import ARTEQ_PARENTS, GEOMETRY_VECTORS, ArtEqNet, p
 
 from geo3d.rotations import random_rotation_matrix
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 SMALL = {"k": 8, "feat_dim": 8, "hidden": (8, 8), "d_model": 32, "num_heads": 2,
          "rot_hidden": 8, "batch_norm": False}
 

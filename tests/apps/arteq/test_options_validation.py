@@ -9,15 +9,6 @@ from geo3d.apps.arteq._model import ArtEqNet
 
 from geo3d.rotations import random_rotation_matrix
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = {"k": 8, "feat_dim": 8, "hidden": (8, 8), "d_model": 16, "num_heads": 2,
         "rot_hidden": 8}
 

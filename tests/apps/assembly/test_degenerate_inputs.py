@@ -14,14 +14,6 @@ F64 = torch.float64
 EYE3 = torch.eye(3, dtype=F64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TestZeroExtent:
     @pytest.mark.parametrize("m", [0, 1, 2])
     def test_fewer_than_three_matches(self, m, generator):

@@ -14,16 +14,6 @@ from geo3d.rotations import geodesic_distance, random_rotation_matrix
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these are many small ops, which OpenMP on a shared,
-    oversubscribed machine slows down ~100x (measured: a 50x50 Sinkhorn 7 s vs 0.07 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def objects() -> dict[int, dict[str, torch.Tensor]]:
     return {P: fractured_object(P, 512, category="Sphere", seed=1) for P in (2, 4)}

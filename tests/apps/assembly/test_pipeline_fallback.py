@@ -12,14 +12,6 @@ from geo3d.apps.assembly._pipeline import assemble_from_outputs
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("P", [2, 3])
 def test_uninformative_descriptors_give_the_network_poses(P):
     g = torch.Generator().manual_seed(P)

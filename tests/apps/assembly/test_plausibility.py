@@ -23,14 +23,6 @@ from geo3d.rotations import random_rotation_matrix
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _box(lo, hi, d):
     """Points at the cell centres of a grid of spacing ``d`` on each face of the box
     ``[lo, hi]`` (no point on an edge), and their outward normals."""

@@ -15,16 +15,6 @@ from geo3d.rotations import axis_angle_to_matrix, geodesic_distance, random_rota
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these are many small ops, which OpenMP on a shared,
-    oversubscribed machine slows down ~100x (measured: a 50x50 Sinkhorn 7 s vs 0.07 s)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def scene():
     """A 3-piece sphere in random input poses with its true poses and oracle matches."""

@@ -16,14 +16,6 @@ from geo3d.rotations import random_rotation_matrix
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _one_point_scene(seed: int, dtype: torch.dtype):
     """Piece 1 matched to the anchor by 16 copies of one point pair (the 6x6 block of
     piece 1 has rank 3); piece 2 far away with no term at all (a zero block)."""
