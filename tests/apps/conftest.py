@@ -1,4 +1,4 @@
-"""Shared fixtures of these app tests."""
+"""Shared fixtures of the app tests (arteq, assembly, multiview_corr)."""
 
 from __future__ import annotations
 
