@@ -21,6 +21,11 @@ __all__ = ["assemble", "load_model", "load_piece", "resolve_device", "PieceError
 _MESH_EXT = (".obj", ".stl", ".off", ".glb", ".gltf")
 #: File extensions :func:`load_piece` (and ``assemble``/``geo3d assembly predict``) read.
 PIECE_EXTENSIONS: tuple[str, ...] = (*_MESH_EXT, ".ply", ".pcd", ".xyz", ".txt", ".npy")
+#: methods of :func:`assemble`
+ASSEMBLE_METHODS = ("matching", "network", "fracture_registration")
+#: surface points per mesh piece of ``method="fracture_registration"`` (its classifier was
+#: trained at this density)
+FRACTURE_POINTS = 1000
 
 
 class PieceError(ValueError):
@@ -123,6 +128,25 @@ def _read_piece_file(path: Path, num_points: int, generator: torch.Generator | N
                                             f"got shape {arr.shape}")
         return torch.as_tensor(arr[:, :3].copy(), dtype=torch.float64)
     return load_point_cloud(path, dtype=torch.float64)[0]  # .ply without faces, .pcd, .xyz
+
+
+def _dense_mesh_piece(piece: Any, generator: torch.Generator | None
+                      ) -> tuple[Tensor, Tensor] | None:
+    """``(points, face normals)`` float64, :data:`FRACTURE_POINTS` surface samples of a mesh
+    file (``None`` for clouds and arrays)."""
+    if not isinstance(piece, (str, os.PathLike)):
+        return None
+    path = Path(piece)
+    ext = path.suffix.lower()
+    if not (ext in _MESH_EXT or (ext == ".ply" and _ply_has_faces(path))):
+        return None
+    from geo3d.datasets import load_mesh, sample_surface
+
+    mesh = load_mesh(path)
+    v = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float64)
+    f = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
+    pts, nrm, _ = sample_surface(v, f, FRACTURE_POINTS, generator=generator)
+    return pts.double(), nrm.double()
 
 
 def load_piece(
@@ -250,7 +274,13 @@ def assemble(
         device: where to run (default: CPU).
         generator: optional :class:`torch.Generator` for the sampling/resampling and the
             pipeline's RANSAC samples.
-        method: ``"matching"`` (default) or ``"network"`` (see above).
+        method: ``"matching"`` (default), ``"network"`` (see above) or
+            ``"fracture_registration"``: fracture points from local geometric features
+            and a small classifier, ICP of the fracture surfaces, spanning tree from the
+            anchor, which keeps the network's pose
+            (:func:`geo3d.apps.assembly._fracture_registration.fracture_assembly`); mesh
+            pieces are sampled densely for it (:data:`FRACTURE_POINTS` points with face
+            normals), clouds are used as read (``num_points``, estimated normals).
         refine: run the matching pipeline's joint refinement (a bool).
 
     Returns:
@@ -284,8 +314,8 @@ def assemble(
         raise ValueError(f"num_points: expected an int >= 1, got {num_points!r}")
     if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
         raise ValueError(f"scale: expected a finite number > 0, got {scale!r}")
-    if method not in ("matching", "network"):
-        raise ValueError(f"method: expected 'matching' or 'network', got {method!r}")
+    if method not in ASSEMBLE_METHODS:
+        raise ValueError(f"method: expected one of {ASSEMBLE_METHODS}, got {method!r}")
     if not isinstance(refine, bool):
         raise ValueError(f"refine: expected True or False, got {refine!r}")
     dev = resolve_device(device)
@@ -338,8 +368,11 @@ def assemble(
         # the network runs in float32; matching, RANSAC and refinement run on the same
         # centred points in float64, so the result does not depend on the input pose
         # through float32 rounding
-        Tn = assemble_from_outputs(x64c.to(dev)[None], valid, out, method=method,
-                                   refine=refine, generator=generator)[0]
+        if method == "fracture_registration":
+            Tn = _fracture_poses(pieces, x64c, c, float(scale), out, generator).to(dev)
+        else:
+            Tn = assemble_from_outputs(x64c.to(dev)[None], valid, out, method=method,
+                                       refine=refine, generator=generator)[0]
     rot = Tn[:, :3, :3].detach().cpu().to(torch.float64)
     trans = Tn[:, :3, 3].detach().cpu().to(torch.float64) / float(scale)
     # y = R (x - c) + t  =>  T = [R, t - R c]
@@ -347,3 +380,31 @@ def assemble(
     T[:, :3, :3] = rot
     T[:, :3, 3] = trans - (rot @ c[..., None])[..., 0]
     return T
+
+
+def _fracture_poses(pieces: Sequence[Any], x64c: Tensor, c: Tensor, scale: float,
+                    out: dict[str, Any], generator: torch.Generator | None) -> Tensor:
+    """``(P, 4, 4)`` poses of method ``"fracture_registration"`` acting on the centred,
+    scaled input frame (like the network's): dense mesh samples where a piece is a mesh."""
+    from geo3d.apps.assembly._fracture_registration import fracture_assembly
+    from geo3d.apps.assembly._pipeline import network_poses
+    from geo3d.apps.assembly._refine import estimate_normals
+
+    from geo3d.eval import anchor_parts
+
+    P = x64c.shape[0]
+    pts, nrm = [], []
+    for i, p in enumerate(pieces):
+        dense = _dense_mesh_piece(p, generator)
+        if dense is None:
+            pts.append(x64c[i])
+            nrm.append(estimate_normals(x64c[i]))
+        else:
+            pts.append((dense[0] - c[i]) * scale)
+            nrm.append(dense[1])
+    valid = torch.ones(1, P, dtype=torch.bool)
+    a = int(anchor_parts(x64c[None].cpu(), valid)[0])
+    G, _ = fracture_assembly(pts, nrm, a)
+    Tnet = network_poses(out, 1, P, torch.float64, torch.device("cpu"))
+    Ta = torch.eye(4, dtype=torch.float64) if Tnet is None else Tnet[0, a]
+    return Ta[None] @ G

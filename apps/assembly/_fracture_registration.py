@@ -108,6 +108,11 @@ def _as_np(name: str, x: Any, n: int | None = None) -> np.ndarray:
     return a
 
 
+#: largest translation (object scales) an ICP run of :func:`pair_poses` may end at, in the
+#: fracture surfaces' centred frames; larger means it diverged
+_MAX_SHIFT = 3.0
+
+
 def object_scale(points: Sequence[np.ndarray]) -> float:
     """Mean RMS distance of each piece's points to its centroid (pose-invariant)."""
     return float(np.mean([np.sqrt(((p - p.mean(0)) ** 2).sum(1).mean()) for p in points]))
@@ -348,9 +353,17 @@ def pair_poses(pa: np.ndarray, na: np.ndarray, fa: np.ndarray, pb: np.ndarray, n
             T = np.eye(4)
             T[:3, :3] = S @ _rot_x(2 * math.pi * k / n_theta)
             for dist in (0.1, 0.03):
-                T = np.asarray(reg.registration_icp(
+                T2 = np.asarray(reg.registration_icp(
                     src, tgt, dist * scale, T, reg.TransformationEstimationPointToPlane(),
                     reg.ICPConvergenceCriteria(max_iteration=30)).transformation)
+                # Both fracture surfaces are centred at the origin here, so a true contact
+                # moves a by at most about the object's size. Point-to-plane ICP on a
+                # nearly flat patch is ill-conditioned along the plane and can diverge
+                # (seen: translations of 1e5 object sizes, which then scored 0 = "no
+                # contact, no penetration" and beat every real contact); such a run is
+                # discarded and the start kept.
+                if np.isfinite(T2).all() and np.linalg.norm(T2[:3, 3]) <= _MAX_SHIFT * scale:
+                    T = T2
             cands.append((_overlap(T, A, An, Bn, treeB, eps * scale), len(cands), T))
     cands.sort(key=lambda c: (-c[0], c[1]))
     best = None

@@ -20,7 +20,7 @@ from geo3d.eval import anchor_parts, assembly_metrics
 
 __all__ = ["AssemblyModule", "PROTOCOLS", "METRICS", "EVAL_METHODS", "MAX_COUNTED_PARTS"]
 
-EVAL_METHODS = ("matching", "network")
+EVAL_METHODS = ("matching", "network", "fracture_registration")
 #: part counts 1..MAX_COUNTED_PARTS get their own accuracy in the results (more: pooled
 #: into the last bin)
 MAX_COUNTED_PARTS = 20

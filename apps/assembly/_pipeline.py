@@ -28,9 +28,10 @@ from torch import Tensor
 
 __all__ = ["assemble_from_outputs", "network_poses", "PIPELINE_METHODS", "STAGES"]
 
-PIPELINE_METHODS = ("matching", "network", "select")
+PIPELINE_METHODS = ("matching", "network", "select", "fracture_registration")
 #: keys of ``timings`` of ``method="matching"`` (seconds, summed over the batch's objects;
-#: ``"objects"`` counts them); ``method="select"`` times ``"select"`` and ``"total"``
+#: ``"objects"`` counts them); ``method="select"`` times ``"select"`` and ``"total"``,
+#: ``method="fracture_registration"`` ``"fracture"`` and ``"total"``
 STAGES = ("match", "ransac", "global", "refine", "total")
 
 
@@ -101,6 +102,7 @@ def assemble_from_outputs(
     match_kwargs: dict[str, float] | None = None,
     refine_kwargs: dict[str, float] | None = None,
     select_kwargs: dict[str, float] | None = None,
+    fracture_kwargs: dict[str, Any] | None = None,
 ) -> Tensor:
     """Poses of the pieces of a batch of objects from the network's outputs.
 
@@ -120,6 +122,12 @@ def assemble_from_outputs(
             :func:`~geo3d.apps.assembly._plausibility.select_hypotheses`). With
             ``"matching"``, pieces that no reliable match edge reaches keep the network's
             pose exactly (they are not refined either): no move on weak evidence.
+            ``"fracture_registration"``: no descriptors needed; fracture points from local
+            geometric features + a small classifier, pairwise ICP of the fracture points,
+            spanning tree from the anchor
+            (:func:`~geo3d.apps.assembly._fracture_registration.fracture_assembly`; needs
+            open3d and more than 64 points per piece, best with ~1000 surface points and
+            true normals; the anchor keeps the network's pose, identity without one).
         refine: run :func:`~geo3d.apps.assembly._refine.refine_poses` after the spanning
             tree.
         generator: optional :class:`torch.Generator` for RANSAC (used object by object,
@@ -134,9 +142,9 @@ def assemble_from_outputs(
         min_score: inlier score of a reliable edge
             (:func:`~geo3d.apps.assembly._matching.global_assembly`).
         refine_steps: LM steps of the refinement (int >= 0).
-        match_kwargs, refine_kwargs, select_kwargs: extra keyword options for
-            ``match_pieces`` / ``refine_poses`` / ``select_hypotheses`` (keys checked
-            against their keyword-only parameters).
+        match_kwargs, refine_kwargs, select_kwargs, fracture_kwargs: extra keyword
+            options for ``match_pieces`` / ``refine_poses`` / ``select_hypotheses`` /
+            ``fracture_assembly`` (keys checked against their keyword-only parameters).
 
     Returns:
         Poses :math:`(B, P, 4, 4)` (dtype of ``points``; float16/bfloat16 input is
@@ -192,6 +200,9 @@ def assemble_from_outputs(
     refine_kwargs = _check_kwargs("refine_kwargs", refine_kwargs, refine_poses,
                                   exclude=("valid", "normals", "steps"))
     select_kwargs = _check_kwargs("select_kwargs", select_kwargs, select_hypotheses)
+    from geo3d.apps.assembly._fracture_registration import fracture_assembly
+    fracture_kwargs = _check_kwargs("fracture_kwargs", fracture_kwargs, fracture_assembly,
+                                    exclude=("labels",))
     out_dt = points.dtype
     if out_dt in (torch.float16, torch.bfloat16):  # computed in float32, returned in out_dt
         points = points.float()
@@ -202,6 +213,29 @@ def assemble_from_outputs(
     if normals is not None and (not isinstance(normals, Tensor) or
                                 normals.shape != (B, P, N, 3)):
         raise ValueError(f"normals: expected shape ({B}, {P}, {N}, 3), got {_shape(normals)}")
+    if method == "fracture_registration":
+        nrm = estimate_normals(points) if normals is None else normals.to(dev, dt)
+        anchors = anchor_parts(points, valid).tolist()
+        eye = torch.eye(4, dtype=dt, device=dev)
+        result = eye.repeat(B, P, 1, 1)
+        t0 = _clock(dev)
+        for b in range(B):
+            a = int(anchors[b])
+            Ta = T_net[b, a] if T_net is not None else eye
+            idx = [j for j in range(P) if bool(valid[b, j])]
+            if len(idx) < 2:
+                result[b, a] = Ta
+                continue
+            G, _ = fracture_assembly([points[b, j].double().cpu() for j in idx],
+                                     [nrm[b, j].double().cpu() for j in idx], idx.index(a),
+                                     **fracture_kwargs)
+            result[b, idx] = Ta[None] @ G.to(dev, dt)
+        if timings is not None:
+            t1 = _clock(dev)
+            timings["fracture"] = timings.get("fracture", 0.0) + t1 - t0
+            timings["total"] = timings.get("total", 0.0) + t1 - t_start
+            timings["objects"] = timings.get("objects", 0) + B
+        return result.to(out_dt)
     if method == "select":
         if T_net is None:
             raise ValueError("out: expected 'rot' and 'trans' (the network's poses) for "
