@@ -61,8 +61,13 @@ def test_rotation_loss_covers_every_batch_element(batch):
     assert float(m.losses(out, batch)["rot"]) == pytest.approx(want, rel=1e-5)
 
 
-def test_first_epochs_pool_with_ground_truth_labels(batch, monkeypatch):
-    m = ArtEqModule("pointnet", NET, body_model="tiny", gt_seg_epochs=1)
+@pytest.mark.parametrize("gt_seg_epochs, epochs, want_gt", [
+    (1, (0, 1), (True, False)),  # the reference: ground-truth pooling in the first epoch only
+    (-1, (0, 1, 7), (True, True, True)),  # every training step
+])
+def test_training_pools_with_ground_truth_labels_in_the_configured_epochs(
+        batch, monkeypatch, gt_seg_epochs, epochs, want_gt):
+    m = ArtEqModule("pointnet", NET, body_model="tiny", gt_seg_epochs=gt_seg_epochs)
     seen = []
     real = m.net.forward
 
@@ -73,28 +78,12 @@ def test_first_epochs_pool_with_ground_truth_labels(batch, monkeypatch):
     monkeypatch.setattr(m.net, "forward", spy)
     monkeypatch.setattr(type(m), "current_epoch", property(lambda self: self._epoch))
     monkeypatch.setattr(m, "log", lambda *a, **k: None)
-    for epoch in (0, 1):
+    for epoch in epochs:
         m._epoch = epoch
         m.training_step(batch, 0)
-    assert torch.equal(seen[0], batch["labels"]) and seen[1] is None
-
-
-def test_gt_seg_epochs_minus_one_pools_with_ground_truth_in_every_epoch(batch, monkeypatch):
-    m = ArtEqModule("pointnet", NET, body_model="tiny", gt_seg_epochs=-1)
-    seen = []
-    real = m.net.forward
-
-    def spy(points, part_labels=None, **kw):
-        seen.append(part_labels)
-        return real(points, part_labels, **kw)
-
-    monkeypatch.setattr(m.net, "forward", spy)
-    monkeypatch.setattr(type(m), "current_epoch", property(lambda self: self._epoch))
-    monkeypatch.setattr(m, "log", lambda *a, **k: None)
-    for epoch in (0, 1, 7):
-        m._epoch = epoch
-        m.training_step(batch, 0)
-    assert len(seen) == 3 and all(torch.equal(s, batch["labels"]) for s in seen)
+    assert len(seen) == len(epochs)
+    for s, gt in zip(seen, want_gt, strict=True):
+        assert torch.equal(s, batch["labels"]) if gt else s is None
     # evaluation never sees labels (the segmentation head pools at test time)
     m.evaluate_batch(batch)
     assert seen[-1] is None
