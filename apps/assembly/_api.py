@@ -130,16 +130,19 @@ def _read_piece_file(path: Path, num_points: int, generator: torch.Generator | N
     return load_point_cloud(path, dtype=torch.float64)[0]  # .ply without faces, .pcd, .xyz
 
 
-def _dense_mesh_piece(piece: Any, generator: torch.Generator | None
-                      ) -> tuple[Tensor, Tensor] | None:
+def _dense_mesh_piece(piece: Any, generator: torch.Generator | None, probe: bool = False
+                      ) -> tuple[Tensor, Tensor] | bool | None:
     """``(points, face normals)`` float64, :data:`FRACTURE_POINTS` surface samples of a mesh
-    file (``None`` for clouds and arrays)."""
+    file (``None`` for clouds and arrays; ``probe=True``: ``True`` for a mesh file, nothing
+    read)."""
     if not isinstance(piece, (str, os.PathLike)):
         return None
     path = Path(piece)
     ext = path.suffix.lower()
     if not (ext in _MESH_EXT or (ext == ".ply" and _ply_has_faces(path))):
         return None
+    if probe:
+        return True
     from geo3d.datasets import load_mesh, sample_surface
 
     mesh = load_mesh(path)
@@ -386,13 +389,24 @@ def _fracture_poses(pieces: Sequence[Any], x64c: Tensor, c: Tensor, scale: float
                     out: dict[str, Any], generator: torch.Generator | None) -> Tensor:
     """``(P, 4, 4)`` poses of method ``"fracture_registration"`` acting on the centred,
     scaled input frame (like the network's): dense mesh samples where a piece is a mesh."""
-    from geo3d.apps.assembly._fracture_registration import fracture_assembly
+    from geo3d.apps.assembly._fracture_registration import MIN_POINTS, _o3d, fracture_assembly
     from geo3d.apps.assembly._pipeline import network_poses
     from geo3d.apps.assembly._refine import estimate_normals
 
     from geo3d.eval import anchor_parts
 
+    _o3d()  # a missing open3d is reported before any work
     P = x64c.shape[0]
+    clouds = [i for i, p in enumerate(pieces) if _dense_mesh_piece(p, None, probe=True) is None]
+    if clouds and x64c.shape[1] < MIN_POINTS:
+        raise ValueError(f"num_points: expected at least {MIN_POINTS} for point-cloud pieces "
+                         f"with method='fracture_registration', got {x64c.shape[1]}")
+    if clouds:
+        warnings.warn(f"assemble: pieces {clouds} are point clouds; method "
+                      "'fracture_registration' was trained on dense mesh samples with face "
+                      "normals, and on clouds (estimated normals) its placements are unreliable "
+                      "and can change with a piece's pose; pass meshes", UserWarning,
+                      stacklevel=3)
     pts, nrm = [], []
     for i, p in enumerate(pieces):
         dense = _dense_mesh_piece(p, generator)

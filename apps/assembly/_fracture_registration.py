@@ -53,15 +53,22 @@ CLASSIFIER_PATH = Path(__file__).with_name("fracture_classifier.npz")
 #: version of :func:`fracture_features` the weights were trained for
 FEATURE_VERSION = 2
 _KS = (8, 16, 32, 64)
+#: fewest points per piece the features need (more than the largest neighbourhood)
+MIN_POINTS = max(_KS) + 1
 _FPFH_RADII = (0.15, 0.3)
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency of this method is not installed (the CLI reports it in one
+    line)."""
 
 
 def _o3d() -> Any:
     try:
         import open3d as o3d
-    except ImportError as err:  # pragma: no cover - depends on the machine
-        raise ImportError("fracture registration needs open3d: "
-                          "pip install 'geo3d[o3d]' (open3d>=0.17)") from err
+    except ImportError as err:
+        raise MissingDependencyError("fracture registration needs open3d: "
+                                     "pip install 'geo3d[o3d]' (open3d>=0.17)") from err
     o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
     return o3d
 

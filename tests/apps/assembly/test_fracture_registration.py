@@ -190,3 +190,41 @@ def test_assemble_api_and_cli_with_fracture_registration(tmp_path):
     got = json.loads(out.read_text())
     assert got["method"] == "fracture_registration"
     np.testing.assert_allclose(np.asarray(got["poses"]), Tp, atol=1e-9)
+
+
+def test_fracture_registration_on_clouds_warns_and_checks_num_points(tmp_path, box,
+                                                                     monkeypatch, capsys):
+    """Point-cloud pieces: too few points is an error naming ``num_points`` (not the
+    internal ``points[0]``), enough points warn that clouds are unreliable (tester 11:03:
+    placements off by > 1 and not invariant), and a missing open3d is one CLI line."""
+    import sys
+
+    import torch
+    from geo3d.apps.assembly import assemble
+
+    from geo3d.cli import main as geo3d_main
+    from tests.apps.assembly.test_correspondence import _ckpt
+
+    ck = _ckpt(tmp_path, 6)
+    files = []
+    for i, p in enumerate(box[0]):
+        f = tmp_path / f"cloud_{i}.npy"
+        np.save(f, p)
+        files.append(str(f))
+    with pytest.raises(ValueError, match="num_points: expected at least 65"):
+        assemble(files, str(ck), method="fracture_registration", num_points=64)
+    with pytest.warns(UserWarning, match=r"pieces \[0, 1\] are point clouds"):
+        T = assemble(files, str(ck), method="fracture_registration", num_points=200,
+                     generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(T).all()
+    monkeypatch.setitem(sys.modules, "open3d", None)
+    from geo3d.apps.assembly._fracture_registration import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError, match="needs open3d"):
+        assemble(files, str(ck), method="fracture_registration", num_points=200)
+    capsys.readouterr()
+    assert geo3d_main(["assembly", "predict", "--checkpoint", str(ck), "--pieces", *files,
+                       "--num-points", "200", "--method", "fracture_registration"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "geo3d: error: fracture registration needs open3d: pip install 'geo3d[o3d]'")
