@@ -423,3 +423,18 @@ def test_cli_fit_on_an_empty_split_names_root_and_split_file(trained: Path, tmp_
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("geo3d: error: ") and "no sample found" in err
     assert str(root) in err and "everyday.train.txt" in err
+
+
+def test_assemble_names_scale_when_the_scaled_object_is_absurdly_sized(trained: Path):
+    """Kind: a scale that leaves the float32 cast finite but puts the object far from the
+    training data's size (tester 11:03: scale=1e30 failed inside the network naming "x",
+    scale=1e-30 returned translations of 1e28). Absurd sizes are an error naming scale,
+    merely unusual ones a warning."""
+    model = load_model(_ckpt(trained))
+    good = torch.randn(20, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for scale in (1e30, 1e-30):
+        with pytest.raises(ValueError, match=r"^scale: the scaled pieces are .* units across"):
+            assemble([good, good * 0.5], model, num_points=16, scale=scale)
+    with pytest.warns(UserWarning, match="far from the training data's ~1; check scale"):
+        T = assemble([good, good * 0.5], model, num_points=16, scale=1e3)
+    assert torch.isfinite(T).all()
