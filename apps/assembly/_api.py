@@ -130,19 +130,16 @@ def _read_piece_file(path: Path, num_points: int, generator: torch.Generator | N
     return load_point_cloud(path, dtype=torch.float64)[0]  # .ply without faces, .pcd, .xyz
 
 
-def _dense_mesh_piece(piece: Any, generator: torch.Generator | None, probe: bool = False
-                      ) -> tuple[Tensor, Tensor] | bool | None:
+def _dense_mesh_piece(piece: Any, generator: torch.Generator | None
+                      ) -> tuple[Tensor, Tensor] | None:
     """``(points, face normals)`` float64, :data:`FRACTURE_POINTS` surface samples of a mesh
-    file (``None`` for clouds and arrays; ``probe=True``: ``True`` for a mesh file, nothing
-    read)."""
+    file (``None`` for clouds and arrays)."""
     if not isinstance(piece, (str, os.PathLike)):
         return None
     path = Path(piece)
     ext = path.suffix.lower()
     if not (ext in _MESH_EXT or (ext == ".ply" and _ply_has_faces(path))):
         return None
-    if probe:
-        return True
     from geo3d.datasets import load_mesh, sample_surface
 
     mesh = load_mesh(path)
@@ -409,7 +406,8 @@ def _fracture_poses(pieces: Sequence[Any], x64c: Tensor, c: Tensor, scale: float
 
     _o3d()  # a missing open3d is reported before any work
     P = x64c.shape[0]
-    clouds = [i for i, p in enumerate(pieces) if _dense_mesh_piece(p, None, probe=True) is None]
+    dense = [_dense_mesh_piece(p, generator) for p in pieces]
+    clouds = [i for i, d in enumerate(dense) if d is None]
     if clouds and x64c.shape[1] < MIN_POINTS:
         raise ValueError(f"num_points: expected at least {MIN_POINTS} for point-cloud pieces "
                          f"with method='fracture_registration', got {x64c.shape[1]}")
@@ -420,14 +418,13 @@ def _fracture_poses(pieces: Sequence[Any], x64c: Tensor, c: Tensor, scale: float
                       "and can change with a piece's pose; pass meshes", UserWarning,
                       stacklevel=3)
     pts, nrm = [], []
-    for i, p in enumerate(pieces):
-        dense = _dense_mesh_piece(p, generator)
-        if dense is None:
+    for i, d in enumerate(dense):
+        if d is None:
             pts.append(x64c[i])
             nrm.append(estimate_normals(x64c[i]))
         else:
-            pts.append((dense[0] - c[i]) * scale)
-            nrm.append(dense[1])
+            pts.append((d[0] - c[i]) * scale)
+            nrm.append(d[1])
     valid = torch.ones(1, P, dtype=torch.bool)
     a = int(anchor_parts(x64c[None].cpu(), valid)[0])
     G, _ = fracture_assembly(pts, nrm, a)

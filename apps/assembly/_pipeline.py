@@ -208,7 +208,19 @@ def assemble_from_outputs(
         points = points.float()
     dt, dev = points.dtype, points.device
     t_start = _clock(dev)
+    tim = timings if timings is not None else {}
+
+    def finish(result: Tensor, stage: str | None = None, t0: float = 0.0) -> Tensor:
+        # per-batch wall time of the method's own stage (if any), the total and the count
+        t1 = _clock(dev)
+        if stage is not None:
+            tim[stage] = tim.get(stage, 0.0) + t1 - t0
+        tim["total"] = tim.get("total", 0.0) + t1 - t_start
+        tim["objects"] = tim.get("objects", 0) + B
+        return result.to(out_dt)
+
     T_net = network_poses(out, B, P, dt, dev)
+    eye = torch.eye(4, dtype=dt, device=dev)
     desc = out.get("desc")
     if normals is not None and (not isinstance(normals, Tensor) or
                                 normals.shape != (B, P, N, 3)):
@@ -216,7 +228,6 @@ def assemble_from_outputs(
     if method == "fracture_registration":
         nrm = estimate_normals(points) if normals is None else normals.to(dev, dt)
         anchors = anchor_parts(points, valid).tolist()
-        eye = torch.eye(4, dtype=dt, device=dev)
         result = eye.repeat(B, P, 1, 1)
         t0 = _clock(dev)
         for b in range(B):
@@ -230,12 +241,7 @@ def assemble_from_outputs(
                                      [nrm[b, j].double().cpu() for j in idx], idx.index(a),
                                      **fracture_kwargs)
             result[b, idx] = Ta[None] @ G.to(dev, dt)
-        if timings is not None:
-            t1 = _clock(dev)
-            timings["fracture"] = timings.get("fracture", 0.0) + t1 - t0
-            timings["total"] = timings.get("total", 0.0) + t1 - t_start
-            timings["objects"] = timings.get("objects", 0) + B
-        return result.to(out_dt)
+        return finish(result, "fracture", t0)
     if method == "select":
         if T_net is None:
             raise ValueError("out: expected 'rot' and 'trans' (the network's poses) for "
@@ -266,7 +272,6 @@ def assemble_from_outputs(
             Hp[..., :3, 3] = ht.detach().to(dev, dt)
             lg = lg.detach().to(dev, dt)
         anchors = anchor_parts(points, valid).tolist()
-        eye = torch.eye(4, dtype=dt, device=dev)
         result = eye.repeat(B, P, 1, 1)
         t0 = _clock(dev)
         for b in range(B):
@@ -274,23 +279,13 @@ def assemble_from_outputs(
                                       None if Hp is None else Hp[b],
                                       None if lg is None else lg[b], **select_kwargs)
             result[b] = torch.where(valid[b][:, None, None], Tb, eye)
-        if timings is not None:
-            t1 = _clock(dev)
-            timings["select"] = timings.get("select", 0.0) + t1 - t0
-            timings["total"] = timings.get("total", 0.0) + t1 - t_start
-            timings["objects"] = timings.get("objects", 0) + B
-        return result.to(out_dt)
+        return finish(result, "select", t0)
     if method == "network" or desc is None:
         if T_net is None:
             raise ValueError("out: expected 'rot' and 'trans' (the network's poses) for "
                              f"method={method!r}" + ("" if desc is not None else
                                                      " and no 'desc' to match"))
-        eye = torch.eye(4, dtype=dt, device=dev)
-        res = torch.where(valid[..., None, None], T_net, eye)
-        if timings is not None:
-            timings["total"] = timings.get("total", 0.0) + _clock(dev) - t_start
-            timings["objects"] = timings.get("objects", 0) + B
-        return res.to(out_dt)
+        return finish(torch.where(valid[..., None, None], T_net, eye))
     if not isinstance(desc, Tensor) or desc.dim() != 4 or desc.shape[:3] != (B, P, N):
         raise ValueError(f"out['desc']: expected shape ({B}, {P}, {N}, C), got "
                          f"{_shape(desc)}")
@@ -301,9 +296,7 @@ def assemble_from_outputs(
     desc = desc.detach().to(dev, dt)
     prob = None if logits is None else torch.sigmoid(logits.detach().to(dev, dt))
     anchors = anchor_parts(points, valid).tolist()
-    eye = torch.eye(4, dtype=dt, device=dev)
     result = eye.repeat(B, P, 1, 1)
-    tim = timings if timings is not None else {}
     for b in range(B):
         a = int(anchors[b])
         vb = valid[b]
@@ -333,6 +326,4 @@ def assemble_from_outputs(
             fb = (parent == -2).to(dev)
             Tb = torch.where(fb[:, None, None], T_net[b], Tb)
         result[b] = torch.where(vb[:, None, None], Tb, eye)
-    tim["total"] = tim.get("total", 0.0) + _clock(dev) - t_start
-    tim["objects"] = tim.get("objects", 0) + B
-    return result.to(out_dt)
+    return finish(result)

@@ -109,6 +109,8 @@ _LIGHTNING_PREDICT_NOTE = (
 
 
 def _piece_parser() -> argparse.ArgumentParser:
+    from geo3d.apps.assembly._api import ASSEMBLE_METHODS
+
     p = OneLineParser(prog="geo3d assembly predict", add_help=False,
                       description="Assemble piece files with a checkpoint written by `fit`.",
                       epilog=_LIGHTNING_PREDICT_NOTE)
@@ -121,8 +123,7 @@ def _piece_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the point sampling and RANSAC (default: 0)")
     p.add_argument("--device", default=None, help="where to run (default: cpu)")
-    p.add_argument("--method", default="matching",
-                   choices=["matching", "network", "fracture_registration"],
+    p.add_argument("--method", default="matching", choices=list(ASSEMBLE_METHODS),
                    help="matching: descriptor matching + RANSAC + refinement (default); "
                         "network: the network's own poses; fracture_registration: "
                         "fracture points from local geometry, ICP of the fracture surfaces "
