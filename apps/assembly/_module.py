@@ -87,7 +87,9 @@ class AssemblyModule(L.LightningModule):
             (:func:`geo3d.apps.assembly._pipeline.assemble_from_outputs`), the first is
             the primary one (``val/anchor/part_acc``, pictures, the results' top level);
             default ``["matching", "network"]`` with a correspondence head, else
-            ``["network"]``.
+            ``["network"]``. ``"fracture_registration"`` works on the batch's dense mesh
+            samples with face normals when the data module provides them
+            (``AssemblyDataModule(dense_points=M)``), else on the network's input points.
         refine: run the pipeline's joint refinement after the spanning tree.
         eval_seed: seed of the pipeline's RANSAC generator (reset every evaluation).
     """
@@ -209,15 +211,31 @@ class AssemblyModule(L.LightningModule):
         v = value.detach().double().reshape(-1)
         self._eval_sums[key] = self._eval_sums[key] + v if key in self._eval_sums else v
 
+    @staticmethod
+    def _method_inputs(batch: dict[str, Any], method: str) -> tuple[Tensor, Tensor | None]:
+        """``(points, normals)`` the pipeline gets for ``method``: the batch's dense
+        mesh samples with face normals (``dense_points``/``dense_normals`` :math:`(B, P,
+        M, 3)`, see :class:`~geo3d.apps.assembly._data.DenseSurface`) for
+        ``"fracture_registration"`` when the batch has them, else the network's input
+        ``points`` :math:`(B, P, N, 3)` and no normals. Both are in the same per-part
+        input frames, so the poses apply to either."""
+        if method == "fracture_registration" and "dense_points" in batch \
+                and "dense_normals" in batch:
+            return batch["dense_points"], batch["dense_normals"]
+        return batch["points"], None
+
     def _pipeline(self, points: Tensor, valid: Tensor, pred: dict[str, Tensor], method: str,
-                  tim: dict[str, float]) -> tuple[Tensor, int]:
+                  tim: dict[str, float], normals: Tensor | None = None) -> tuple[Tensor, int]:
         """Poses of a batch from the pipeline; an object on which it raises a
         ``RuntimeError`` (e.g. a singular linear solve) is evaluated with the network's
         poses instead and counted (``errors/pipeline`` in the results).
 
-        ``tim`` receives the stage timings of the successful calls only (each attempt
-        times into a fresh dict): after a failed batch the per-object re-runs are counted
-        once, and ``total`` sums over every object of the batch."""
+        ``points`` :math:`(B, P, N', 3)` and the optional ``normals`` (same shape) are what
+        the method works on (the network's input points, or dense mesh samples in the same
+        frames, see :meth:`_method_inputs`); ``pred`` is the network's output on its own
+        input. ``tim`` receives the stage timings of the successful calls only (each
+        attempt times into a fresh dict): after a failed batch the per-object re-runs are
+        counted once, and ``total`` sums over every object of the batch."""
         from geo3d.apps.assembly._pipeline import assemble_from_outputs
 
         def run(pts: Tensor, v: Tensor, o: dict[str, Tensor], **kw: Any) -> Tensor:
@@ -230,15 +248,18 @@ class AssemblyModule(L.LightningModule):
         kw = dict(method=method, refine=bool(self.hparams.refine))
         with torch.no_grad():
             try:
-                return run(points, valid, pred, generator=self._eval_gen, **kw), 0
+                return run(points, valid, pred, generator=self._eval_gen, normals=normals,
+                           **kw), 0
             except RuntimeError:
                 pass
             rows, errors = [], 0
             for b in range(points.shape[0]):
                 sl = slice(b, b + 1)
                 o = {k: v[sl] for k, v in pred.items()}
+                nb = None if normals is None else normals[sl]
                 try:
-                    rows.append(run(points[sl], valid[sl], o, generator=self._eval_gen, **kw))
+                    rows.append(run(points[sl], valid[sl], o, generator=self._eval_gen,
+                                    normals=nb, **kw))
                 except RuntimeError:
                     errors += 1
                     rows.append(run(points[sl], valid[sl], o, method="network"))
@@ -260,7 +281,8 @@ class AssemblyModule(L.LightningModule):
         primary = None
         for method in self.eval_methods:
             tim: dict[str, float] = {}
-            T, errors = self._pipeline(points, valid, pred, method, tim)
+            pts_m, nrm_m = self._method_inputs(batch, method)
+            T, errors = self._pipeline(pts_m, valid, pred, method, tim, nrm_m)
             self._add(f"{method}/errors/pipeline",
                       torch.tensor([float(errors)], dtype=torch.float64, device=dev))
             rot, trans = T[..., :3, :3], T[..., :3, 3]
@@ -316,8 +338,10 @@ class AssemblyModule(L.LightningModule):
         pred = self(points, valid)
         if self._eval_gen is None:
             self._eval_gen = torch.Generator().manual_seed(int(self.hparams.eval_seed))
-        T = assemble_from_outputs(points, valid, pred, method=self.eval_methods[0],
-                                  refine=bool(self.hparams.refine), generator=self._eval_gen)
+        pts_m, nrm_m = self._method_inputs(batch, self.eval_methods[0])
+        T = assemble_from_outputs(pts_m, valid, pred, method=self.eval_methods[0],
+                                  refine=bool(self.hparams.refine), generator=self._eval_gen,
+                                  normals=nrm_m)
         return {
             "name": list(batch.get("name", [])),
             "valid": valid.cpu(),
