@@ -224,6 +224,45 @@ class AssemblyModule(L.LightningModule):
             return batch["dense_points"], batch["dense_normals"]
         return batch["points"], None
 
+    @staticmethod
+    def _keep_anchor(T: Tensor, method_points: Tensor, valid: Tensor, anchor: Tensor,
+                     pred: dict[str, Tensor]) -> Tensor:
+        """Re-anchor poses computed on other points than the network's.
+
+        The pipeline keeps the network's pose for the anchor it finds in the points it is
+        given (:func:`geo3d.eval.anchor_parts`, the largest piece); on dense samples that
+        can be another piece than the anchor of the network's input points (the one the
+        metrics, :meth:`_eval_step`, and :func:`~geo3d.apps.assembly._api.assemble` use)
+        when two pieces are about equally large. For those objects the whole assembly
+        is moved rigidly (``T' = T_net[a] T[a]⁻¹ T``, relative poses unchanged) so that
+        ``anchor`` keeps the network's pose; other objects are returned bit for bit.
+
+        Args:
+            T: poses :math:`(B, P, 4, 4)`; method_points :math:`(B, P, M, 3)`;
+            valid :math:`(B, P)` bool; anchor :math:`(B,)` long; pred: the network's
+            output (``rot``, ``trans``; without them the identity is the network's pose).
+        """
+        from geo3d.apps.assembly._pipeline import network_poses
+
+        found = anchor_parts(method_points, valid)
+        moved = (found != anchor).nonzero().flatten().tolist()
+        if not moved:
+            return T
+        B, P = valid.shape
+        T_net = network_poses(pred, B, P, torch.float64, T.device)
+        T = T.clone()
+        for b in moved:
+            a = int(anchor[b])
+            Ta = T[b, a].double()
+            inv = torch.eye(4, dtype=torch.float64, device=T.device)
+            inv[:3, :3] = Ta[:3, :3].T
+            inv[:3, 3] = -Ta[:3, :3].T @ Ta[:3, 3]
+            goal = T_net[b, a] if T_net is not None else torch.eye(4, dtype=torch.float64,
+                                                                   device=T.device)
+            moved_b = (goal @ inv)[None] @ T[b].double()
+            T[b] = torch.where(valid[b][:, None, None], moved_b.to(T.dtype), T[b])
+        return T
+
     def _pipeline(self, points: Tensor, valid: Tensor, pred: dict[str, Tensor], method: str,
                   tim: dict[str, float], normals: Tensor | None = None) -> tuple[Tensor, int]:
         """Poses of a batch from the pipeline; an object on which it raises a
@@ -283,6 +322,8 @@ class AssemblyModule(L.LightningModule):
             tim: dict[str, float] = {}
             pts_m, nrm_m = self._method_inputs(batch, method)
             T, errors = self._pipeline(pts_m, valid, pred, method, tim, nrm_m)
+            if pts_m is not points:
+                T = self._keep_anchor(T, pts_m, valid, anchor, pred)
             self._add(f"{method}/errors/pipeline",
                       torch.tensor([float(errors)], dtype=torch.float64, device=dev))
             rot, trans = T[..., :3, :3], T[..., :3, 3]
@@ -342,6 +383,8 @@ class AssemblyModule(L.LightningModule):
         T = assemble_from_outputs(pts_m, valid, pred, method=self.eval_methods[0],
                                   refine=bool(self.hparams.refine), generator=self._eval_gen,
                                   normals=nrm_m)
+        if pts_m is not points:
+            T = self._keep_anchor(T, pts_m, valid, anchor_parts(points, valid), pred)
         return {
             "name": list(batch.get("name", [])),
             "valid": valid.cpu(),

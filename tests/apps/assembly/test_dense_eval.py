@@ -290,3 +290,71 @@ def test_real_pipeline_accepts_the_dense_batch(root):
     assert float(mod._eval_sums["fracture_registration/errors/pipeline"][0]) == 0.0
     assert float(mod._eval_sums["count"][0]) == 1.0
 
+
+
+def _rigid(g: torch.Generator, n: int) -> torch.Tensor:
+    from geo3d.rotations import random_rotation_matrix
+
+    T = torch.eye(4, dtype=torch.float64).repeat(n, 1, 1)
+    T[:, :3, :3] = random_rotation_matrix(n, generator=g, dtype=torch.float64)
+    T[:, :3, 3] = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    return T
+
+
+def test_predict_keeps_the_network_anchor_when_dense_samples_pick_another(monkeypatch):
+    """On dense samples the largest piece (the pipeline's anchor) can differ from the
+    network points' one (the metrics' and assemble()'s anchor): the assembly is moved
+    rigidly so that the latter keeps the network's pose. Catches: the absolute protocol
+    anchored on another piece than the metrics' anchor, or relative poses changed."""
+    from geo3d.apps.assembly import _pipeline
+
+    g = torch.Generator().manual_seed(3)
+    points = torch.randn(1, 3, 48, 3, generator=g)
+    points[0, 0] *= 3.0  # network points: piece 0 is the largest
+    dense = torch.randn(1, 3, M, 3, generator=g)
+    dense[0, 1] *= 3.0  # dense samples: piece 1 is the largest
+    batch = {"points": points, "valid": torch.tensor([[True, True, False]]),
+             "dense_points": dense,
+             "dense_normals": torch.nn.functional.normalize(dense, dim=-1)}
+    mod = _module(["fracture_registration"])
+    with torch.no_grad():
+        pred = mod(points, batch["valid"])
+    T_net = _pipeline.network_poses(pred, 1, 3, torch.float64, torch.device("cpu"))
+    G = _rigid(g, 3)
+    G[1] = torch.eye(4, dtype=torch.float64)
+    T_pipe = (T_net[0, 1] @ G)[None].float()  # the pipeline's anchor 1 keeps its pose
+    T_pipe[0, 2] = torch.eye(4)
+
+    def fake(pts, valid, out, method="matching", **kw):
+        assert pts is dense
+        return T_pipe.clone()
+
+    monkeypatch.setattr(_pipeline, "assemble_from_outputs", fake)
+    res = mod.predict_step(batch, 0)
+    T = torch.eye(4, dtype=torch.float64).repeat(3, 1, 1)
+    T[:, :3, :3], T[:, :3, 3] = res["rot"][0].double(), res["trans"][0].double()
+    torch.testing.assert_close(T[0], T_net[0, 0], atol=1e-5, rtol=0)  # anchor 0: network pose
+    rel = torch.linalg.inv(T[0]) @ T[1]
+    rel_pipe = torch.linalg.inv(T_pipe[0, 0].double()) @ T_pipe[0, 1].double()
+    torch.testing.assert_close(rel, rel_pipe, atol=1e-5, rtol=0)
+    assert torch.equal(T[2], torch.eye(4, dtype=torch.float64))  # padding untouched
+    # same anchor on both point sets: the pipeline's poses bit for bit
+    dense[0, 1] /= 9.0
+    T_pipe[0, 0] = (T_net[0, 0] @ G[2]).float()
+    res = mod.predict_step(batch, 0)
+    assert torch.equal(res["rot"][0], T_pipe[0, :, :3, :3])
+    assert torch.equal(res["trans"][0], T_pipe[0, :, :3, 3])
+    # the evaluation re-anchors the same way, on the network points' anchor
+    from geo3d.apps.assembly._module import AssemblyModule
+
+    seen = []
+    keep = AssemblyModule._keep_anchor
+
+    def spy(T, method_points, valid, anchor, pred):
+        seen.append((method_points, anchor.tolist()))
+        return keep(T, method_points, valid, anchor, pred)
+
+    monkeypatch.setattr(AssemblyModule, "_keep_anchor", staticmethod(spy))
+    batch.update(rot=torch.eye(3).repeat(1, 3, 1, 1), trans=torch.zeros(1, 3, 3))
+    mod._eval_step(batch, "val")
+    assert len(seen) == 1 and seen[0][0] is dense and seen[0][1] == [0]
