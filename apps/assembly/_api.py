@@ -21,8 +21,8 @@ __all__ = ["assemble", "load_model", "load_piece", "resolve_device", "PieceError
 _MESH_EXT = (".obj", ".stl", ".off", ".glb", ".gltf")
 #: File extensions :func:`load_piece` (and ``assemble``/``geo3d assembly predict``) read.
 PIECE_EXTENSIONS: tuple[str, ...] = (*_MESH_EXT, ".ply", ".pcd", ".xyz", ".txt", ".npy")
-#: methods of :func:`assemble`
-ASSEMBLE_METHODS = ("matching", "network", "fracture_registration")
+#: methods of :func:`assemble` (``"auto"``, the default, picks one of the others)
+ASSEMBLE_METHODS = ("auto", "matching", "network", "fracture_registration")
 #: surface points per mesh piece of ``method="fracture_registration"`` (its classifier was
 #: trained at this density)
 FRACTURE_POINTS = 1000
@@ -134,12 +134,9 @@ def _dense_mesh_piece(piece: Any, generator: torch.Generator | None
                       ) -> tuple[Tensor, Tensor] | None:
     """``(points, face normals)`` float64, :data:`FRACTURE_POINTS` surface samples of a mesh
     file (``None`` for clouds and arrays)."""
-    if not isinstance(piece, (str, os.PathLike)):
+    if not _is_mesh_file(piece):
         return None
     path = Path(piece)
-    ext = path.suffix.lower()
-    if not (ext in _MESH_EXT or (ext == ".ply" and _ply_has_faces(path))):
-        return None
     from geo3d.datasets import load_mesh, sample_surface
 
     mesh = load_mesh(path)
@@ -239,12 +236,20 @@ def assemble(
     scale: float = 1.0,
     device: str | torch.device | None = None,
     generator: torch.Generator | None = None,
-    method: str = "matching",
+    method: str = "auto",
     refine: bool = True,
 ) -> Tensor:
     """Assemble fractured pieces.
 
-    By default (``method="matching"``) the network's per-point descriptors and
+    By default (``method="auto"``) pieces given as mesh files (and with open3d installed)
+    are assembled by ``"fracture_registration"``: fracture points from local geometric
+    features and a small classifier, then greedy merging of the pieces by multistart ICP
+    of their fracture patches, with the network's pose of the anchor (largest piece)
+    fixing the frame
+    (:func:`geo3d.apps.assembly._fracture_registration.fracture_assembly`); on the demo's
+    held-out objects it places far more pieces correctly than the network
+    (``benchmarks/results/assembly_fracture_registration.json``). Other inputs (point
+    clouds, arrays) use ``"matching"``: the network's per-point descriptors and
     fracture-surface scores are matched between every pair of pieces, relative poses come
     from RANSAC + weighted Kabsch, a spanning tree from the anchor (largest piece) joins
     them, with the network's own poses as the fallback for pieces without a reliable
@@ -274,13 +279,11 @@ def assemble(
         device: where to run (default: CPU).
         generator: optional :class:`torch.Generator` for the sampling/resampling and the
             pipeline's RANSAC samples.
-        method: ``"matching"`` (default), ``"network"`` (see above) or
-            ``"fracture_registration"``: fracture points from local geometric features
-            and a small classifier, ICP of the fracture surfaces, spanning tree from the
-            anchor, which keeps the network's pose
-            (:func:`geo3d.apps.assembly._fracture_registration.fracture_assembly`); mesh
-            pieces are sampled densely for it (:data:`FRACTURE_POINTS` points with face
-            normals), clouds are used as read (``num_points``, estimated normals).
+        method: ``"auto"`` (default, see above), ``"matching"``, ``"network"`` or
+            ``"fracture_registration"`` (see above); for it mesh pieces are sampled
+            densely (:data:`FRACTURE_POINTS` points with face normals), clouds are used
+            as read (``num_points``, estimated normals; a warning says that this is
+            unreliable).
         refine: run the matching pipeline's joint refinement (a bool).
 
     Returns:
@@ -328,6 +331,9 @@ def assemble(
         warnings.warn(f"assemble: {len(pieces)} pieces, but the checkpoint was trained on "
                       f"objects of at most {max_parts} parts; the result may be poor",
                       UserWarning, stacklevel=2)
+    if method == "auto":
+        method = "fracture_registration" if _all_meshes(pieces) and _has_open3d() \
+            else "matching"
     model = model.eval().to(dev)
     pts64 = []
     for i, p in enumerate(pieces):
@@ -392,6 +398,25 @@ def assemble(
     T[:, :3, :3] = rot
     T[:, :3, 3] = trans - (rot @ c[..., None])[..., 0]
     return T
+
+
+def _is_mesh_file(piece: Any) -> bool:
+    if not isinstance(piece, (str, os.PathLike)):
+        return False
+    path = Path(piece)
+    ext = path.suffix.lower()
+    return ext in _MESH_EXT or (ext == ".ply" and path.is_file() and _ply_has_faces(path))
+
+
+def _all_meshes(pieces: Sequence[Any]) -> bool:
+    """Every piece is a mesh file (what ``method="auto"`` needs for fracture registration)."""
+    return all(_is_mesh_file(p) for p in pieces)
+
+
+def _has_open3d() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("open3d") is not None
 
 
 def _fracture_poses(pieces: Sequence[Any], x64c: Tensor, c: Tensor, scale: float,

@@ -90,6 +90,11 @@ class AssemblyModule(L.LightningModule):
             ``["network"]``. ``"fracture_registration"`` works on the batch's dense mesh
             samples with face normals when the data module provides them
             (``AssemblyDataModule(dense_points=M)``), else on the network's input points.
+        val_methods: the pipelines run at validation (during training), same rules;
+            default: ``eval_methods``. Validation then logs ``val_methods[0]`` under the
+            plain names (``fracture_registration`` takes seconds per object and does not
+            change with training except for the anchor's pose, so the configs validate
+            the cheaper methods only).
         refine: run the pipeline's joint refinement after the spanning tree.
         eval_seed: seed of the pipeline's RANSAC generator (reset every evaluation).
     """
@@ -125,6 +130,7 @@ class AssemblyModule(L.LightningModule):
         corr_radius: float = 0.1,
         corr_temperature: float = 0.1,
         eval_methods: list[str] | None = None,
+        val_methods: list[str] | None = None,
         refine: bool = True,
         eval_seed: int = 0,
     ) -> None:
@@ -149,6 +155,12 @@ class AssemblyModule(L.LightningModule):
             raise ValueError(f"eval_methods: expected a non-empty list of {EVAL_METHODS}, "
                              f"got {eval_methods!r}")
         self.eval_methods = eval_methods
+        if val_methods is not None:
+            val_methods = list(val_methods)
+            if not val_methods or any(m not in EVAL_METHODS for m in val_methods):
+                raise ValueError(f"val_methods: expected a non-empty list of {EVAL_METHODS}, "
+                                 f"got {val_methods!r}")
+        self.val_methods = val_methods if val_methods is not None else list(eval_methods)
         self._eval_gen: torch.Generator | None = None
         self._gen: torch.Generator | None = None
         self._eval_sums: dict[str, Tensor] = {}
@@ -318,7 +330,7 @@ class AssemblyModule(L.LightningModule):
         if self._eval_gen is None:
             self._eval_gen = torch.Generator().manual_seed(int(self.hparams.eval_seed))
         primary = None
-        for method in self.eval_methods:
+        for method in self._methods(stage):
             tim: dict[str, float] = {}
             pts_m, nrm_m = self._method_inputs(batch, method)
             T, errors = self._pipeline(pts_m, valid, pred, method, tim, nrm_m)
@@ -365,6 +377,11 @@ class AssemblyModule(L.LightningModule):
         max_epochs = self.trainer.max_epochs
         return max_epochs is not None and self.current_epoch == max_epochs - 1
 
+    def _methods(self, stage: str) -> list[str]:
+        """The pipelines evaluated at ``stage`` ("val": ``val_methods``, else
+        ``eval_methods``); the first is the primary one."""
+        return self.val_methods if stage == "val" else self.eval_methods
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
@@ -409,8 +426,9 @@ class AssemblyModule(L.LightningModule):
         sums = dict(zip(keys, torch.split(vec, [len(p) for p in parts]), strict=True))
         count = float(sums.pop("count")[0])
         by_n = sums.pop("count_by_parts").tolist()
+        methods = self._methods(stage)
         results: dict[str, Any] = {"num_objects": int(count), "methods": {},
-                                   "primary_method": self.eval_methods[0]}
+                                   "primary_method": methods[0]}
         for key, total in sums.items():
             method, group, metric = key.split("/")
             res = results["methods"].setdefault(method, {})
@@ -428,14 +446,14 @@ class AssemblyModule(L.LightningModule):
         for method, res in results["methods"].items():
             for proto in PROTOCOLS:
                 for metric, v in res.get(proto, {}).items():
-                    primary = method == self.eval_methods[0]
+                    primary = method == methods[0]
                     self.log(f"{stage}/{method}/{proto}/{metric}", v, sync_dist=False,
                              rank_zero_only=True)
                     if primary:  # the primary method also under the plain names
                         self.log(f"{stage}/{proto}/{metric}", v,
                                  prog_bar=(proto == "anchor" and metric == "part_acc"),
                                  sync_dist=False, rank_zero_only=True)
-        prim = results["methods"][self.eval_methods[0]]
+        prim = results["methods"][methods[0]]
         results.update({p: prim[p] for p in PROTOCOLS if p in prim})
         self.last_results = results
         if self.trainer is None or self.trainer.sanity_checking or self.global_rank != 0:

@@ -6,7 +6,7 @@ Usage::
     geo3d assembly fit --config demo.yaml --ckpt_path last   # resume the newest last.ckpt
     geo3d assembly test --config demo.yaml --ckpt_path runs/x/checkpoints/last.ckpt
     geo3d assembly predict --checkpoint last.ckpt --pieces a.obj b.obj [--out poses.json]
-                           [--method matching|network|fracture_registration] [--no-refine]
+                           [--method auto|matching|network|fracture_registration] [--no-refine]
     geo3d assembly demo [--out runs/demo] [--config-set demo|long]
 
 ``--config NAME`` also accepts the name of a packaged config (``demo``, ``long``,
@@ -123,11 +123,13 @@ def _piece_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the point sampling and RANSAC (default: 0)")
     p.add_argument("--device", default=None, help="where to run (default: cpu)")
-    p.add_argument("--method", default="matching", choices=list(ASSEMBLE_METHODS),
-                   help="matching: descriptor matching + RANSAC + refinement (default); "
-                        "network: the network's own poses; fracture_registration: "
-                        "fracture points from local geometry, ICP of the fracture surfaces "
-                        "(meshes: ~1000 sampled points with normals; needs open3d)")
+    p.add_argument("--method", default="auto", choices=list(ASSEMBLE_METHODS),
+                   help="auto (default): fracture_registration when every piece is a mesh "
+                        "file and open3d is installed, else matching; fracture_registration: "
+                        "fracture points from local geometry, pieces merged by ICP of their "
+                        "fracture patches (meshes: ~1000 sampled points with normals); "
+                        "matching: descriptor matching + RANSAC + refinement; network: the "
+                        "network's own poses")
     p.add_argument("--no-refine", action="store_true",
                    help="skip the matching pipeline's joint refinement")
     p.add_argument("--out", default=None, help="write poses as JSON here (default: stdout)")

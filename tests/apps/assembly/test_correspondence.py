@@ -347,7 +347,9 @@ def _ckpt(tmp_path: Path, desc_dim: int) -> Path:
     return path
 
 
-def test_assemble_defaults_to_matching_and_network_still_works(tmp_path, monkeypatch):
+def test_assemble_auto_uses_matching_on_clouds_and_network_still_works(tmp_path, monkeypatch):
+    """method="auto" (the default) on point clouds is the matching pipeline (meshes: see
+    test_assemble_auto_uses_fracture_registration_on_meshes)."""
     import inspect
 
     import geo3d.apps.assembly._pipeline as pipeline
@@ -364,7 +366,7 @@ def test_assemble_defaults_to_matching_and_network_still_works(tmp_path, monkeyp
 
     monkeypatch.setattr(pipeline, "assemble_from_outputs", spy)
 
-    assert inspect.signature(assemble).parameters["method"].default == "matching"
+    assert inspect.signature(assemble).parameters["method"].default == "auto"
     ck = _ckpt(tmp_path, 6)
     g = torch.Generator().manual_seed(3)
     pieces = [torch.randn(40, 3, generator=g, dtype=torch.float64) * s for s in (1.0, 0.8)]
@@ -402,6 +404,49 @@ def test_assemble_defaults_to_matching_and_network_still_works(tmp_path, monkeyp
     T_cli = assemble(files, str(ck), method="network", num_points=40,
                      generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(np.asarray(got["poses"]), T_cli.numpy(), atol=1e-12)
+
+
+def test_assemble_auto_uses_fracture_registration_on_meshes(tmp_path, monkeypatch):
+    """Mesh files + open3d: method="auto" runs fracture registration (the spy sees the
+    dense mesh samples, not the network's num_points), and gives the same poses as asking
+    for it by name; one cloud among the pieces switches auto back to matching."""
+    pytest.importorskip("open3d")
+    import geo3d.apps.assembly._fracture_registration as fr
+    import geo3d.apps.assembly._pipeline as pipeline
+    import trimesh
+    from geo3d.apps.assembly import assemble
+    from geo3d.apps.assembly._api import FRACTURE_POINTS
+    from geo3d.datasets.fracture import fracture_mesh
+
+    seen, methods = [], []
+    real_fa, real_ao = fr.fracture_assembly, pipeline.assemble_from_outputs
+
+    def spy_fa(points, *a, **k):
+        seen.append([len(p) for p in points])
+        return real_fa(points, *a, **k)
+
+    def spy_ao(*a, **k):
+        methods.append(k["method"])
+        return real_ao(*a, **k)
+
+    monkeypatch.setattr(fr, "fracture_assembly", spy_fa)
+    monkeypatch.setattr(pipeline, "assemble_from_outputs", spy_ao)
+    ck = _ckpt(tmp_path, 6)
+    parts = fracture_mesh(trimesh.creation.box(extents=(2.0, 1.4, 1.0)), 2, seed=0, noise=0.02)
+    files = []
+    for i, m in enumerate(parts):
+        f = tmp_path / f"piece_{i}.obj"
+        m.export(f)
+        files.append(str(f))
+    T_auto = assemble(files, str(ck), num_points=40, generator=torch.Generator().manual_seed(0))
+    T_fr = assemble(files, str(ck), num_points=40, method="fracture_registration",
+                    generator=torch.Generator().manual_seed(0))
+    assert seen == [[FRACTURE_POINTS] * 2] * 2 and methods == []
+    assert torch.equal(T_auto, T_fr)
+    cloud = tmp_path / "cloud.npy"
+    np.save(cloud, np.asarray(parts[1].sample(200, seed=0)))
+    assemble([files[0], str(cloud)], str(ck), num_points=40)
+    assert methods == ["matching"] and len(seen) == 2
 
 
 def test_assemble_without_head_warns_and_uses_the_network(tmp_path):
