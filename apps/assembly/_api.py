@@ -452,7 +452,7 @@ def _fracture_poses(pieces: Sequence[Any], x64c: Tensor, c: Tensor, scale: float
             nrm.append(d[1])
     valid = torch.ones(1, P, dtype=torch.bool)
     a = int(anchor_parts(x64c[None].cpu(), valid)[0])
-    G, _ = fracture_assembly(pts, nrm, a)
     Tnet = network_poses(out, 1, P, torch.float64, torch.device("cpu"))
+    G, _ = fracture_assembly(pts, nrm, a, initial=None if Tnet is None else Tnet[0])
     Ta = torch.eye(4, dtype=torch.float64) if Tnet is None else Tnet[0, a]
     return Ta[None] @ G

@@ -518,7 +518,8 @@ def _contacts(T: np.ndarray, pa: np.ndarray, na: np.ndarray, fa: np.ndarray, pb:
 
 def _merge_assembly(pts: list[np.ndarray], nrm: list[np.ndarray], frac: list[np.ndarray],
                     s: float, *, min_points: int, n_theta: int, eps: float, pen_weight: float,
-                    top: int = 6, max_angle: float = 30.0) -> tuple[dict[int, np.ndarray], ...]:
+                    top: int = 6, max_angle: float = 30.0, min_score: float = 0.0
+                    ) -> tuple[dict[int, np.ndarray], ...]:
     """Greedy agglomerative assembly (see :func:`fracture_assembly`). Returns the final
     clusters as dicts ``piece -> (4, 4)`` pose in the cluster's frame."""
     from geo3d.apps.assembly._plausibility import contact_penetration
@@ -570,7 +571,7 @@ def _merge_assembly(pts: list[np.ndarray], nrm: list[np.ndarray], frac: list[np.
                     memo[key] = best_pose(clusters[a], clusters[b])
                 res.append((memo[key][0], -min(key[0]), -min(key[1]), a, b, memo[key][1]))
         sc, _, _, a, b, T = max(res, key=lambda r: r[:3])
-        if T is None or not sc > 0:
+        if T is None or not sc > min_score:
             break
         A, B = clusters[a], clusters[b]  # T: a's frame -> b's frame; a joins b's frame
         pa, na = A["p"] @ T[:3, :3].T + T[:3, 3], A["n"] @ T[:3, :3].T
@@ -598,6 +599,7 @@ def fracture_assembly(
     eps: float = 0.03,
     pen_weight: float = 1.0,
     strategy: str = "merge",
+    initial: Sequence[Any] | Any | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Poses of the pieces in the anchor's frame from their fracture surfaces.
 
@@ -615,6 +617,9 @@ def fracture_assembly(
             >= 3: ICP needs 3 points).
         n_theta, eps, pen_weight: see :func:`pair_poses`.
         strategy: ``"merge"`` (default) or ``"tree"`` (see below).
+        initial: optional fallback poses :math:`(P, 4, 4)` (e.g. the network's), each
+            mapping piece i's input coordinates into one common frame; pieces the
+            registration does not connect to the anchor are placed by them (below).
 
     Strategies. ``"tree"``: per pair of pieces the best pose of :func:`pair_poses` (all
     fracture points of one piece registered onto all of the other's), then a maximum
@@ -641,9 +646,13 @@ def fracture_assembly(
         fracture probabilities as a list of :math:`(N_i,)` float64 tensors.
 
     Pieces that no edge reaches (fewer than ``min_points`` fracture points on a side of
-    every pair; with ``"merge"``: pieces left outside the anchor's cluster) get only the translation that puts their centroid on the anchor's: they
-    keep their input orientation, so for them the result is NOT invariant to a rotation
-    of the input (there is no evidence to orient them); a ``RuntimeWarning`` names them.
+    every pair; with ``"merge"``: pieces left outside the anchor's cluster) are placed
+    relative to the anchor by ``initial`` (a cluster of several such pieces keeps its own
+    registration and is placed by ``initial`` of its lowest-numbered piece); without
+    ``initial`` they get only the translation that puts their centroid on the anchor's:
+    they keep their input orientation, so for them the result is NOT invariant to a
+    rotation of the input (there is no evidence to orient them); a ``RuntimeWarning``
+    names them.
     (This was the case of a planar-cut box, where the shipped classifier found 2 and 3
     fracture points: its placement followed the input rotation.) Pieces reached by edges
     are placed invariantly in exact arithmetic: features, fracture frames (signs fixed by
@@ -659,7 +668,8 @@ def fracture_assembly(
         ValueError: fewer than 2 pieces, bad shapes or NaN/inf values, an ``anchor`` out
             of range, a ``threshold`` outside (0, 1), ``min_points`` not an int >= 3,
             ``n_theta`` not an int >= 1, ``eps`` not finite and > 0, ``pen_weight`` not
-            finite and >= 0, ``strategy`` not ``"merge"``/``"tree"``.
+            finite and >= 0, ``strategy`` not ``"merge"``/``"tree"``, ``initial`` not
+            finite poses of shape (P, 4, 4).
         RuntimeError: non-finite poses (ICP diverged).
 
     Example:
@@ -687,6 +697,17 @@ def fracture_assembly(
     pen_weight = _real("pen_weight", pen_weight, lo=0, strict=False)
     if strategy not in ("merge", "tree"):
         raise ValueError(f"strategy: expected 'merge' or 'tree', got {strategy!r}")
+    init = None
+    if initial is not None:
+        init = np.asarray(initial.detach().cpu().double() if isinstance(initial, Tensor)
+                          else [np.asarray(t.detach().cpu().double() if isinstance(t, Tensor)
+                                           else t, dtype=np.float64) for t in initial]
+                          if not isinstance(initial, np.ndarray) else initial,
+                          dtype=np.float64)
+        if init.shape != (P, 4, 4) or not np.isfinite(init).all() or \
+                not np.allclose(init[:, 3], [0, 0, 0, 1]):
+            raise ValueError(f"initial: expected finite rigid poses of shape ({P}, 4, 4) "
+                             f"(last row 0 0 0 1), got {_shape(initial)}")
     for i, p in enumerate(pts):
         if len(p) <= max(_KS):
             raise ValueError(f"points[{i}]: expected more than {max(_KS)} points, got {len(p)}")
@@ -720,6 +741,7 @@ def fracture_assembly(
         threshold = 0.5
     frac = [q > threshold for q in prob]
     G: dict[int, np.ndarray] = {anchor: np.eye(4)}
+    groups: list[dict[int, np.ndarray]] = []  # clusters apart from the anchor's
     if strategy == "merge":
         for mem in _merge_assembly(pts, nrm, frac, s, min_points=min_points, n_theta=n_theta,
                                    eps=eps, pen_weight=pen_weight):
@@ -727,6 +749,8 @@ def fracture_assembly(
                 Ma = np.linalg.inv(mem[anchor])
                 G = {i: Ma @ M for i, M in mem.items()}
                 G[anchor] = np.eye(4)  # exactly (Ma @ mem[anchor] rounds)
+            else:
+                groups.append(mem)
     else:
         edges: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
         for a in range(P):
@@ -746,13 +770,30 @@ def fracture_assembly(
             else:
                 G[i] = G[j] @ T
     lost = [i for i in range(P) if i not in G]
+    if lost and init is not None:
+        # centred frame of piece i -> the common frame of `initial`
+        Nc = []
+        for i in range(P):
+            C = np.eye(4)
+            C[:3, 3] = cent[i]
+            Nc.append(init[i] @ C)
+        to_anchor = np.linalg.inv(Nc[anchor])
+        for mem in groups if strategy == "merge" else []:
+            m = min(mem)
+            inv_m = np.linalg.inv(mem[m])
+            for i, M in mem.items():
+                G[i] = to_anchor @ Nc[m] @ inv_m @ M
+        for i in lost:
+            if i not in G:  # the tree strategy's unreached pieces, one by one
+                G[i] = to_anchor @ Nc[i]
     if lost:
         import warnings
 
+        how = ("placed by `initial`" if init is not None else
+               "they keep their input orientation, centred on the anchor")
         warnings.warn(f"fracture_assembly: pieces {lost} are reached by no edge (fracture "
                       f"points per piece {[int(f.sum()) for f in frac]}, min_points "
-                      f"{min_points}): they keep their input orientation, centred on the "
-                      "anchor", RuntimeWarning, stacklevel=2)
+                      f"{min_points}): {how}", RuntimeWarning, stacklevel=2)
     out = np.tile(np.eye(4), (P, 1, 1))
     for i in range(P):
         C = np.eye(4)

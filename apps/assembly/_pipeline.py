@@ -123,11 +123,13 @@ def assemble_from_outputs(
             ``"matching"``, pieces that no reliable match edge reaches keep the network's
             pose exactly (they are not refined either): no move on weak evidence.
             ``"fracture_registration"``: no descriptors needed; fracture points from local
-            geometric features + a small classifier, pairwise ICP of the fracture points,
-            spanning tree from the anchor
+            geometric features + a small classifier, pieces merged greedily by
+            multistart ICP of their fracture patches
             (:func:`~geo3d.apps.assembly._fracture_registration.fracture_assembly`; needs
             open3d and more than 64 points per piece, best with ~1000 surface points and
-            true normals; the anchor keeps the network's pose, identity without one).
+            true normals; the anchor keeps the network's pose, identity without one, and
+            pieces the registration does not connect keep their pose relative to the
+            anchor from the network, its ``initial`` fallback).
         refine: run :func:`~geo3d.apps.assembly._refine.refine_poses` after the spanning
             tree.
         generator: optional :class:`torch.Generator` for RANSAC (used object by object,
@@ -237,9 +239,12 @@ def assemble_from_outputs(
             if len(idx) < 2:
                 result[b, a] = Ta
                 continue
+            kw = dict(fracture_kwargs)
+            if T_net is not None and "initial" not in kw:  # the network: the fallback
+                kw["initial"] = T_net[b, idx].double().cpu()
             G, _ = fracture_assembly([points[b, j].double().cpu() for j in idx],
                                      [nrm[b, j].double().cpu() for j in idx], idx.index(a),
-                                     **fracture_kwargs)
+                                     **kw)
             result[b, idx] = Ta[None] @ G.to(dev, dt)
         return finish(result, "fracture", t0)
     if method == "select":

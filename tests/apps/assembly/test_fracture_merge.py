@@ -164,3 +164,68 @@ def test_strategy_is_checked():
     pts, nrm, lab = wavy_box_pieces(2, seed=0, n=100)
     with pytest.raises(ValueError, match="strategy"):
         fracture_assembly(pts, nrm, 0, labels=lab, strategy="best")
+
+
+def test_unconnected_pieces_follow_initial():
+    """Labels with no fracture point on piece 2: it cannot be registered, so it keeps the
+    pose ``initial`` gives it relative to the anchor (the network's, in the pipeline):
+    G_2 = initial_0^-1 initial_2, and a RuntimeWarning names it; pieces 0, 1 are still
+    registered (catches the fallback composed in the wrong order or with the centring
+    missing)."""
+    from scipy.spatial.transform import Rotation
+
+    pts, nrm, lab = wavy_box_pieces(3, seed=0)
+    M, mp, mn = _moved(pts, nrm, seed=2)
+    lab = [lab[0], lab[1], np.zeros_like(lab[2])]
+    rng = np.random.default_rng(0)
+    init = np.tile(np.eye(4), (3, 1, 1))
+    for T in init:
+        T[:3, :3] = Rotation.random(random_state=rng).as_matrix()
+        T[:3, 3] = rng.normal(size=3)
+    with pytest.warns(RuntimeWarning, match=r"pieces \[2\].*initial"):
+        G = fracture_assembly(mp, mn, 0, labels=lab, initial=init)[0].numpy()
+    np.testing.assert_allclose(G[2], np.linalg.inv(init[0]) @ init[2], atol=1e-12)
+    with pytest.warns(RuntimeWarning, match="input orientation"):
+        G0 = fracture_assembly(mp, mn, 0, labels=lab)[0].numpy()
+    np.testing.assert_allclose(G0[2][:3, :3], np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(G0[2] @ np.append(mp[2].mean(0), 1),
+                               np.append(mp[0].mean(0), 1), atol=1e-9)
+
+
+@pytest.mark.parametrize("bad", [np.eye(4)[None].repeat(2, 0), np.full((3, 4, 4), np.nan),
+                                 np.zeros((3, 4, 4))])
+def test_initial_is_checked(bad):
+    pts, nrm, lab = wavy_box_pieces(3, seed=0, n=100)
+    with pytest.raises(ValueError, match="initial"):
+        fracture_assembly(pts, nrm, 0, labels=lab, initial=bad)
+
+
+def test_pipeline_gives_the_network_poses_as_fallback(monkeypatch):
+    """assemble_from_outputs(method="fracture_registration") passes the network's poses of
+    the valid pieces (in their order) as ``initial`` and puts the anchor at the network's
+    pose (catches the fallback left out, padded pieces included, or pieces reordered)."""
+    import geo3d.apps.assembly._fracture_registration as fr
+    import torch
+    from geo3d.apps.assembly._pipeline import assemble_from_outputs
+    from scipy.spatial.transform import Rotation
+
+    seen = {}
+
+    def fake(points, normals, anchor, **kw):
+        seen.update(n=len(points), anchor=anchor, initial=kw.get("initial"))
+        return torch.eye(4, dtype=torch.float64).repeat(len(points), 1, 1), []
+
+    monkeypatch.setattr(fr, "fracture_assembly", fake)
+    g = torch.Generator().manual_seed(0)
+    pts = torch.randn(1, 3, 80, 3, generator=g, dtype=torch.float64)
+    pts[0, 1] *= 2.0  # piece 1 is the largest: the anchor
+    valid = torch.tensor([[True, True, False]])
+    rot = torch.from_numpy(Rotation.random(3, random_state=1).as_matrix())[None]
+    trans = torch.randn(1, 3, 3, generator=g, dtype=torch.float64)
+    T = assemble_from_outputs(pts, valid, {"rot": rot, "trans": trans},
+                              method="fracture_registration", refine=False)
+    assert seen["n"] == 2 and seen["anchor"] == 1
+    want = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1)
+    want[:, :3, :3], want[:, :3, 3] = rot[0, :2], trans[0, :2]
+    torch.testing.assert_close(seen["initial"], want)
+    torch.testing.assert_close(T[0, 1], want[1])  # the anchor: the network's pose
