@@ -21,7 +21,7 @@ piece, geo3d.eval.anchor_parts), with predicted and with true labels (oracle cei
 the same registration). Each test object's pieces get the same random rigid motions for
 every variant; ``--invariance`` runs merge/predicted on a second draw of motions and
 compares the two assembled objects. The classifier's threshold is the best
-F1 on the last 20% of the train objects (model fitted on the rest); the shipped weights
+F1 on every 5th train object (model fitted on the others); the shipped weights
 are the model refitted on all train objects (``--save-weights``). CPU, 1 thread, machine
 shared with other jobs (ms per object are indicative).
 
@@ -309,20 +309,24 @@ def main() -> None:
     ytr = np.concatenate([lab for o in train for lab in o["lab"]])
     from geo3d.apps.assembly._fracture_registration import fracture_assembly
 
-    # threshold: best F1 on the last 20% of the train objects with a model fitted on the
-    # rest (the test split is not used to choose it); then the model is refitted on all
-    ncut = int(0.8 * len(train))
-    Xa = np.concatenate([x for o in train[:ncut] for x in o["X"]])
-    ya = np.concatenate([lab for o in train[:ncut] for lab in o["lab"]])
-    Xb = np.concatenate([x for o in train[ncut:] for x in o["X"]])
-    yb = np.concatenate([lab for o in train[ncut:] for lab in o["lab"]])
+    # threshold: best F1 on every 5th train object with a model fitted on the others (the
+    # test split is not used to choose it); then the model is refitted on all. (The last
+    # 20% of the category-sorted list, used before, was Stairs alone: it picked 0.85,
+    # which on 47 long-config val objects spread over the categories gave anchor PA 92.6%
+    # against 95.4% at 0.5; measured after the fact, not used to choose.)
+    fit_idx = [i for i in range(len(train)) if i % 5 != 4]
+    hold_idx = [i for i in range(len(train)) if i % 5 == 4]
+    Xa = np.concatenate([x for i in fit_idx for x in train[i]["X"]])
+    ya = np.concatenate([lab for i in fit_idx for lab in train[i]["lab"]])
+    Xb = np.concatenate([x for i in hold_idx for x in train[i]["X"]])
+    yb = np.concatenate([lab for i in hold_idx for lab in train[i]["lab"]])
     pb = predict(to_classifier(train_mlp(Xa, ya, seed=args.seed), args), Xb)
     grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
     f1 = [2 * ((pb > t) & yb).sum() / max((pb > t).sum() + yb.sum(), 1) for t in grid]
     thr = float(grid[int(np.argmax(f1))]) if args.threshold is None else args.threshold
     model = to_classifier(train_mlp(Xtr, ytr, seed=args.seed), args)
     model.meta["threshold"] = thr
-    model.meta["threshold_rule"] = "best F1 on the last 20% of the train objects"
+    model.meta["threshold_rule"] = "best F1 on every 5th train object (model fitted on the rest)"
     if args.save_weights:
         model.save(args.save_weights)
     Xte = np.concatenate([x for o in test for x in o["X"]])

@@ -137,9 +137,10 @@ def _dense_mesh_piece(piece: Any, generator: torch.Generator | None
     if not _is_mesh_file(piece):
         return None
     path = Path(piece)
+    from geo3d.apps.assembly._fracture_registration import outward_faces
     from geo3d.datasets import load_mesh, sample_surface
 
-    mesh = load_mesh(path)
+    mesh = outward_faces(load_mesh(path))  # inverted winding would flip every normal test
     v = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float64)
     f = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
     pts, nrm, _ = sample_surface(v, f, FRACTURE_POINTS, generator=generator)
@@ -331,9 +332,7 @@ def assemble(
         warnings.warn(f"assemble: {len(pieces)} pieces, but the checkpoint was trained on "
                       f"objects of at most {max_parts} parts; the result may be poor",
                       UserWarning, stacklevel=2)
-    if method == "auto":
-        method = "fracture_registration" if _all_meshes(pieces) and _has_open3d() \
-            else "matching"
+    method = resolve_method(pieces, method)
     model = model.eval().to(dev)
     pts64 = []
     for i, p in enumerate(pieces):
@@ -411,6 +410,15 @@ def _is_mesh_file(piece: Any) -> bool:
 def _all_meshes(pieces: Sequence[Any]) -> bool:
     """Every piece is a mesh file (what ``method="auto"`` needs for fracture registration)."""
     return all(_is_mesh_file(p) for p in pieces)
+
+
+def resolve_method(pieces: Sequence[Any], method: str = "auto") -> str:
+    """The method :func:`assemble` runs for ``pieces``: ``"auto"`` becomes
+    ``"fracture_registration"`` when every piece is a mesh file and open3d is installed,
+    else ``"matching"``; any other name is returned as given."""
+    if method != "auto":
+        return method
+    return "fracture_registration" if _all_meshes(pieces) and _has_open3d() else "matching"
 
 
 def _has_open3d() -> bool:

@@ -172,7 +172,9 @@ class DenseSurface(Dataset):
                     else path.as_posix()
                 key = f"dense:{self.sample_seed}:{self.num_points}:{rel}"
                 seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
-                mesh = load_mesh(path)
+                from geo3d.apps.assembly._fracture_registration import outward_faces
+
+                mesh = outward_faces(load_mesh(path))  # outward normals (see there)
                 pts, nrm, _ = sample_surface(
                     torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float64),
                     torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long),

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["fracture_features", "FractureClassifier", "pair_poses", "fracture_assembly",
-           "fracture_patches",
+           "fracture_patches", "outward_faces",
            "object_scale", "CLASSIFIER_PATH", "FEATURE_VERSION"]
 
 #: the shipped classifier's weights (npz, no pickle)
@@ -122,6 +122,29 @@ _MAX_SHIFT = 3.0
 def object_scale(points: Sequence[np.ndarray]) -> float:
     """Mean RMS distance of each piece's points to its centroid (pose-invariant)."""
     return float(np.mean([np.sqrt(((p - p.mean(0)) ** 2).sum(1).mean()) for p in points]))
+
+
+def outward_faces(mesh: Any) -> Any:
+    """A copy of a trimesh piece with consistent, outward face winding.
+
+    The fracture classifier and the contact tests read the sampled faces' normals: a piece
+    exported with inverted (or mixed) winding turned every normal test around and gave
+    wrong assemblies without any warning (fresh-user test, 2026-11-30: one inverted piece
+    misplaced pieces by 0.28-0.50 of the object's size). ``trimesh.repair.fix_normals``
+    makes the winding consistent over each connected surface and outward for closed ones
+    (by the sign of the volume); open surfaces keep a consistent but arbitrary side.
+
+    Args:
+        mesh: a ``trimesh.Trimesh``.
+
+    Returns:
+        The repaired copy (the input is left as it is).
+    """
+    import trimesh
+
+    out = mesh.copy()
+    trimesh.repair.fix_normals(out)
+    return out
 
 
 def _fpfh(p: np.ndarray, n: np.ndarray, radius: float) -> np.ndarray:
@@ -297,7 +320,8 @@ def _pair_score(T, pa, na, fa, pb, nb, fb, eps, pen_radius, pen_depth, pen_weigh
 
 def _icp_candidates(pa: np.ndarray, na: np.ndarray, ma: np.ndarray, pb: np.ndarray,
                     nb: np.ndarray, mb: np.ndarray, scale: float, n_theta: int,
-                    canonical: bool = False, tight_iterations: int | None = None) -> Any:
+                    canonical: bool = False, tight_iterations: int | None = None,
+                    quantize: bool = False) -> Any:
     """The ``2 * n_theta`` multistart ICP results of the points ``ma`` of a (normals
     flipped) onto the points ``mb`` of b (checked arguments).
 
@@ -314,6 +338,14 @@ def _icp_candidates(pa: np.ndarray, na: np.ndarray, ma: np.ndarray, pb: np.ndarr
     cs, Us = _frame(pa[ma])
     ct, Ut = _frame(pb[mb])
     pa, na, pb, nb = (pa - cs) @ Us, na @ Us, (pb - ct) @ Ut, nb @ Ut
+    if quantize:
+        # Canonical coordinates of a moved piece equal the unmoved ones up to rounding
+        # (~1e-16 relative), but multistart ICP amplifies such differences (some starts
+        # are chaotic) into other candidates. Snapped to a grid of 2^-30 of the object's
+        # scale they are bit-identical except at the rare grid boundaries.
+        q = float(scale) * 2.0 ** -30
+        pa, pb = np.round(pa / q) * q, np.round(pb / q) * q
+        na, nb = np.round(na * 2.0 ** 30) * 2.0 ** -30, np.round(nb * 2.0 ** 30) * 2.0 ** -30
     Fa, Fb = np.eye(4), np.eye(4)  # canonical -> input frame
     Fa[:3, :3], Fa[:3, 3], Fb[:3, :3], Fb[:3, 3] = Us, cs, Ut, ct
     src = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pa[ma]))
@@ -542,7 +574,7 @@ def _merge_assembly(pts: list[np.ndarray], nrm: list[np.ndarray], frac: list[np.
         for ma in pa_:
             for mb in pb_:
                 for T in _icp_candidates(A["p"], A["n"], ma, B["p"], B["n"], mb, s, n_theta,
-                                         tight_iterations=100):
+                                         tight_iterations=100, quantize=True):
                     ca, cb = _contacts(T, A["p"], A["n"], A["f"], B["p"], B["n"], B["f"],
                                        eps * s)
                     cands.append((int(ca.sum() + cb.sum()), len(cands), T))
@@ -789,11 +821,15 @@ def fracture_assembly(
     if lost:
         import warnings
 
-        how = ("placed by `initial`" if init is not None else
+        how = ("they keep their pose relative to the anchor from `initial` (in the "
+               "pipeline: the network's poses, usually wrong for such pieces)"
+               if init is not None else
                "they keep their input orientation, centred on the anchor")
-        warnings.warn(f"fracture_assembly: pieces {lost} are reached by no edge (fracture "
-                      f"points per piece {[int(f.sum()) for f in frac]}, min_points "
-                      f"{min_points}): {how}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"fracture_assembly: pieces {lost} could not be registered to the "
+                      f"anchor (piece {anchor}): no pair of fracture surfaces touched without "
+                      f"interpenetration (fracture points per piece "
+                      f"{[int(f.sum()) for f in frac]}, at least {min_points} needed); {how}",
+                      RuntimeWarning, stacklevel=2)
     out = np.tile(np.eye(4), (P, 1, 1))
     for i in range(P):
         C = np.eye(4)

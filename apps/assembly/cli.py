@@ -169,7 +169,11 @@ def _predict_pieces(argv: list[str]) -> int:
         if msg not in seen:
             seen.add(msg)
             print(f"geo3d assembly predict: warning: {msg}", file=sys.stderr)
-    text = json.dumps({"pieces": a.pieces, "method": a.method, "poses": T.tolist()}, indent=2)
+    from geo3d.apps.assembly._api import resolve_method
+
+    # the method that ran ("auto" resolved), and the one asked for
+    text = json.dumps({"pieces": a.pieces, "method": resolve_method(a.pieces, a.method),
+                       "requested_method": a.method, "poses": T.tolist()}, indent=2)
     if a.out:
         atomic_write_text(a.out, text)
         print(f"wrote {a.out}")

@@ -229,3 +229,26 @@ def test_pipeline_gives_the_network_poses_as_fallback(monkeypatch):
     want[:, :3, :3], want[:, :3, 3] = rot[0, :2], trans[0, :2]
     torch.testing.assert_close(seen["initial"], want)
     torch.testing.assert_close(T[0, 1], want[1])  # the anchor: the network's pose
+
+
+def test_outward_faces_repairs_inverted_and_mixed_winding():
+    """A closed piece with inverted winding, or with half its faces flipped at random,
+    gets back its outward face normals (checked against the generator's piece); the input
+    mesh is not modified."""
+    import trimesh
+    from geo3d.apps.assembly._fracture_registration import outward_faces
+    from geo3d.datasets.fracture import fracture_mesh
+
+    piece = fracture_mesh(trimesh.creation.box(extents=2 * HALF), 2, seed=0, noise=0.02)[0]
+    assert piece.volume > 0
+    inv = piece.copy()
+    inv.invert()
+    f = piece.faces.copy()
+    flip = np.random.default_rng(0).random(len(f)) < 0.5
+    f[flip] = f[flip][:, ::-1]
+    mixed = trimesh.Trimesh(piece.vertices, f, process=False)
+    for bad in (inv, mixed):
+        before = bad.faces.copy()
+        fixed = outward_faces(bad)
+        np.testing.assert_allclose(fixed.face_normals, piece.face_normals, atol=1e-9)
+        np.testing.assert_array_equal(bad.faces, before)

@@ -107,14 +107,14 @@ def test_wavy_box_halves_assemble(box):
     assert len(prob) == 2 and prob[0].shape == (len(mp[0]),)
 
 
-@pytest.mark.parametrize("seed", [4, 5])
+@pytest.mark.parametrize("seed", [3, 4, 5])
 def test_whole_method_invariant_to_each_piece_motion(box, seed):
     """Moving each input piece by its own rigid motion moves the assembled object with the
-    anchor's motion only: G'_i M_i = M_a G_i (float64; tolerance 1e-6 of the box size for
-    ICP's convergence test; catches frame-dependent starts, patches, thresholds or
-    features). Not for every motion: multistart ICP is discontinuous in its input, and with
-    the merge strategy's many patch pairs a rounding difference can change which converged
-    candidates exist (see test_rounding_can_change_the_pose_but_not_the_assembly)."""
+    anchor's motion only: G'_i M_i = M_a G_i (float64; tolerance 1e-6 of the box size;
+    catches frame-dependent starts, patches, thresholds or features). Motion seed 3 is the
+    case where, before the ICP inputs were snapped to a grid in the fracture frames,
+    rounding differences (~1e-16) were amplified by chaotic ICP starts into another
+    candidate set and a pose 0.4 degrees away (placement error 0.032 instead of 0.0013)."""
     pts, nrm, _ = box
     G0, _ = fracture_assembly(pts, nrm, 0)
     M, mp, mn = _move_pieces(pts, nrm, seed=seed)
@@ -123,22 +123,6 @@ def test_whole_method_invariant_to_each_piece_motion(box, seed):
         lhs = G1[i].numpy() @ M[i]
         rhs = M[0] @ G0[i].numpy()
         np.testing.assert_allclose(lhs, rhs, atol=1e-6)
-
-
-def test_rounding_can_change_the_pose_but_not_the_assembly(box):
-    """Motion seed 3 (measured 2026-11-30): the candidate contact counts differ between the
-    moved and the unmoved input (ICP is chaotic at some starts), and the chosen pose
-    differs by 0.4 degrees; both still put the piece within 1.3% of the box's diagonal
-    (2.5) of its true place (0.0013 unmoved, 0.032 moved). Catches a merge that would let
-    such a difference turn into a wrong assembly."""
-    pts, nrm, _ = box
-    G0 = fracture_assembly(pts, nrm, 0)[0].numpy()
-    M, mp, mn = _move_pieces(pts, nrm, seed=3)
-    G1 = fracture_assembly(mp, mn, 0)[0].numpy()
-    e0 = np.sqrt(((_apply(G0[1], pts[1]) - pts[1]) ** 2).sum(1).mean())
-    T = M[0] @ np.linalg.inv(M[1])
-    e1 = np.sqrt(((_apply(G1[1], mp[1]) - _apply(T, mp[1])) ** 2).sum(1).mean())
-    assert e0 < 0.01 and e1 < 0.05
 
 
 def test_bad_input_names_the_argument(box):
