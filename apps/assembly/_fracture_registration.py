@@ -764,6 +764,9 @@ def fracture_assembly(
         canon.append(K)
         pts[i] = np.round(pts[i] @ U / q) * q
         nrm[i] = np.round(nrm[i] @ U * 2.0 ** 30) * 2.0 ** -30
+    # the scale again, from the snapped coordinates: it sets the FPFH radii and the ICP /
+    # contact distances, where a rounding difference moves points across a boundary
+    s = object_scale(pts)
     if labels is not None:
         if not isinstance(labels, Sequence) or len(labels) != P:
             raise ValueError(f"labels: expected a list of {P} masks, got {_shape(labels)}")
