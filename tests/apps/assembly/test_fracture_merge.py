@@ -13,26 +13,7 @@ from geo3d.apps.assembly._fracture_registration import (  # noqa: E402
     fracture_patches,
 )
 
-HALF = np.array([1.0, 0.7, 0.5])  # half extents of the box
-
-
-def wavy_box_pieces(num_pieces: int, seed: int, n: int = 600):
-    """The box ``|x| <= 1, |y| <= 0.7, |z| <= 0.5`` cut into ``num_pieces`` by the dataset
-    generator (noisy cuts, RMS 2% of the diagonal): ``n`` surface samples per piece with
-    face normals and the true fracture labels (not on the box's boundary planes)."""
-    import trimesh
-    from geo3d.datasets.fracture import fracture_mesh
-
-    pieces = fracture_mesh(trimesh.creation.box(extents=2 * HALF), num_pieces, seed=seed,
-                           noise=0.02)
-    pts, nrm, lab = [], [], []
-    for i, m in enumerate(pieces):
-        p, fi = trimesh.sample.sample_surface(m, n, seed=seed + i)
-        p = np.asarray(p, dtype=np.float64)
-        pts.append(p)
-        nrm.append(np.asarray(m.face_normals[fi], dtype=np.float64))
-        lab.append(~(np.abs(np.abs(p) - HALF) < 1e-7).any(1))
-    return pts, nrm, lab
+from .test_fracture_registration import HALF, wavy_box_pieces  # noqa: E402
 
 
 def _moved(pts, nrm, seed):

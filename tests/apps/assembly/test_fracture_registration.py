@@ -18,15 +18,16 @@ from geo3d.apps.assembly._fracture_registration import (  # noqa: E402
 HALF = np.array([1.0, 0.7, 0.5])  # half extents of the box
 
 
-def wavy_box_halves(seed: int = 0, n: int = 1000):
-    """The two pieces of the box ``|x| <= 1, |y| <= 0.7, |z| <= 0.5`` cut by the dataset
-    generator (noisy, non-planar cut, RMS 2% of the diagonal): ``n`` surface samples per
-    piece with face normals, and fracture labels (a sample is on the cut iff it is not on
+def wavy_box_pieces(num_pieces: int, seed: int, n: int = 600):
+    """The box ``|x| <= 1, |y| <= 0.7, |z| <= 0.5`` cut into ``num_pieces`` by the dataset
+    generator (noisy, non-planar cuts, RMS 2% of the diagonal): ``n`` surface samples per
+    piece with face normals, and fracture labels (a sample is on a cut iff it is not on
     the box's boundary planes)."""
     import trimesh
     from geo3d.datasets.fracture import fracture_mesh
 
-    pieces = fracture_mesh(trimesh.creation.box(extents=2 * HALF), 2, seed=seed, noise=0.02)
+    pieces = fracture_mesh(trimesh.creation.box(extents=2 * HALF), num_pieces, seed=seed,
+                           noise=0.02)
     pts, nrm, lab = [], [], []
     for i, m in enumerate(pieces):
         p, fi = trimesh.sample.sample_surface(m, n, seed=seed + i)
@@ -35,6 +36,11 @@ def wavy_box_halves(seed: int = 0, n: int = 1000):
         nrm.append(np.asarray(m.face_normals[fi], dtype=np.float64))
         lab.append(~(np.abs(np.abs(p) - HALF) < 1e-7).any(1))
     return pts, nrm, lab
+
+
+def wavy_box_halves(seed: int = 0, n: int = 1000):
+    """:func:`wavy_box_pieces` with two pieces of ``n`` samples."""
+    return wavy_box_pieces(2, seed, n)
 
 
 def _rigid(rng: np.random.Generator, t_scale: float = 3.0) -> np.ndarray:
