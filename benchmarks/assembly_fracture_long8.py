@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, env_info, write_json_atomic  # noqa: E402
-from assembly_fracture_registration import load_object, random_rotation, read_split  # noqa: E402
+from assembly_fracture_registration import load_object, move_pieces, read_split  # noqa: E402
 
 
 def main() -> None:
@@ -48,15 +48,7 @@ def main() -> None:
     for n in [int(x) for x in a.counts.split(",")]:
         for k, f in enumerate(by_n.get(n, [])[:a.per_count]):
             _, pts, nrm, _ = load_object(f, 1000, rng)
-            r = np.random.default_rng([0, n, k])
-            inp, inn, gr, gt = [], [], [], []
-            for p, q in zip(pts, nrm, strict=True):
-                R = random_rotation(r)
-                c = p.mean(0)
-                inp.append((p - c) @ R.T)
-                inn.append(q @ R.T)
-                gr.append(R.T)
-                gt.append(c)
+            inp, inn, gr, gt = move_pieces(pts, nrm, np.random.default_rng([0, n, k]))
             x = torch.from_numpy(np.stack(inp))[None]
             valid = torch.ones(1, len(inp), dtype=torch.bool)
             anchor = int(anchor_parts(x, valid)[0])

@@ -162,6 +162,20 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
+def move_pieces(pts, nrm, rng: np.random.Generator):
+    """Random rotation of each centred piece (the input frame): ``(points, normals,
+    gt_rot, gt_trans)`` with ``assembled = gt_rot @ x + gt_trans``."""
+    inp, inn, gt_rot, gt_trans = [], [], [], []
+    for p, n in zip(pts, nrm, strict=True):
+        R = random_rotation(rng)
+        c = p.mean(0)
+        inp.append((p - c) @ R.T)
+        inn.append(n @ R.T)
+        gt_rot.append(R.T)
+        gt_trans.append(c)
+    return inp, inn, gt_rot, gt_trans
+
+
 def register(ps, ns, fs, pt, nt, ft, s, seed=0):
     """T (4x4) mapping source fracture points (normals already flipped) onto target."""
     o3d = _o3d()
@@ -362,15 +376,7 @@ def main() -> None:
             # same piece motions for every method (draw 1: a second set, --invariance)
             rng = np.random.default_rng([args.seed, oi] if draw == 0 else [args.seed, oi, draw])
             P = len(o["pts"])
-            # random rigid motion of each piece (input frame), centred
-            gt_rot, gt_trans, inp, inn = [], [], [], []
-            for p, n in zip(o["pts"], o["nrm"], strict=False):
-                R = random_rotation(rng)
-                c = p.mean(0)
-                inp.append((p - c) @ R.T)
-                inn.append(n @ R.T)
-                gt_rot.append(R.T)
-                gt_trans.append(c)
+            inp, inn, gt_rot, gt_trans = move_pieces(o["pts"], o["nrm"], rng)
             t1 = time.time()
             pts_t = torch.from_numpy(np.stack(inp))[None]
             valid = torch.ones(1, P, dtype=torch.bool)
