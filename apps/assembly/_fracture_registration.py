@@ -550,8 +550,7 @@ def _contacts(T: np.ndarray, pa: np.ndarray, na: np.ndarray, fa: np.ndarray, pb:
 
 def _merge_assembly(pts: list[np.ndarray], nrm: list[np.ndarray], frac: list[np.ndarray],
                     s: float, *, min_points: int, n_theta: int, eps: float, pen_weight: float,
-                    top: int = 6, max_angle: float = 30.0, min_score: float = 0.0
-                    ) -> tuple[dict[int, np.ndarray], ...]:
+                    top: int = 6, max_angle: float = 30.0) -> tuple[dict[int, np.ndarray], ...]:
     """Greedy agglomerative assembly (see :func:`fracture_assembly`). Returns the final
     clusters as dicts ``piece -> (4, 4)`` pose in the cluster's frame."""
     from geo3d.apps.assembly._plausibility import contact_penetration
@@ -561,15 +560,19 @@ def _merge_assembly(pts: list[np.ndarray], nrm: list[np.ndarray], frac: list[np.
         {"mem": {i: np.eye(4)}, "p": pts[i], "n": nrm[i], "f": frac[i].copy()}
         for i in range(len(pts))]
 
-    def best_pose(A: dict[str, Any], B: dict[str, Any]) -> tuple[float, np.ndarray | None]:
-        pa_ = fracture_patches(A["p"], A["n"], A["f"], max_angle=max_angle,
-                               min_points=min_points)
-        pb_ = fracture_patches(B["p"], B["n"], B["f"], max_angle=max_angle,
-                               min_points=min_points)
-        # the whole exposed fracture set too (a cut that faces a merged cluster)
-        for lst, C in ((pa_, A), (pb_, B)):
+    def patches(C: dict[str, Any]) -> list[np.ndarray]:
+        """The cluster's fracture patches plus its whole exposed fracture set (a cut that
+        faces a merged cluster), computed once per cluster."""
+        if "patches" not in C:
+            lst = fracture_patches(C["p"], C["n"], C["f"], max_angle=max_angle,
+                                   min_points=min_points)
             if C["f"].sum() >= min_points and not any((mk == C["f"]).all() for mk in lst):
                 lst.append(C["f"])
+            C["patches"] = lst
+        return C["patches"]
+
+    def best_pose(A: dict[str, Any], B: dict[str, Any]) -> tuple[float, np.ndarray | None]:
+        pa_, pb_ = patches(A), patches(B)
         cands = []
         for ma in pa_:
             for mb in pb_:
@@ -603,7 +606,7 @@ def _merge_assembly(pts: list[np.ndarray], nrm: list[np.ndarray], frac: list[np.
                     memo[key] = best_pose(clusters[a], clusters[b])
                 res.append((memo[key][0], -min(key[0]), -min(key[1]), a, b, memo[key][1]))
         sc, _, _, a, b, T = max(res, key=lambda r: r[:3])
-        if T is None or not sc > min_score:
+        if T is None or not sc > 0:
             break
         A, B = clusters[a], clusters[b]  # T: a's frame -> b's frame; a joins b's frame
         pa, na = A["p"] @ T[:3, :3].T + T[:3, 3], A["n"] @ T[:3, :3].T
@@ -731,11 +734,13 @@ def fracture_assembly(
         raise ValueError(f"strategy: expected 'merge' or 'tree', got {strategy!r}")
     init = None
     if initial is not None:
-        init = np.asarray(initial.detach().cpu().double() if isinstance(initial, Tensor)
-                          else [np.asarray(t.detach().cpu().double() if isinstance(t, Tensor)
-                                           else t, dtype=np.float64) for t in initial]
-                          if not isinstance(initial, np.ndarray) else initial,
-                          dtype=np.float64)
+        # a (P, 4, 4) tensor or array, or a sequence of (4, 4) tensors/arrays
+        try:
+            init = np.asarray([np.asarray(t.detach().cpu() if isinstance(t, Tensor) else t,
+                                          dtype=np.float64) for t in initial],
+                              dtype=np.float64)
+        except (TypeError, ValueError):  # not iterable, ragged, not numbers
+            init = np.zeros(0)
         if init.shape != (P, 4, 4) or not np.isfinite(init).all() or \
                 not np.allclose(init[:, 3], [0, 0, 0, 1]):
             raise ValueError(f"initial: expected finite rigid poses of shape ({P}, 4, 4) "
