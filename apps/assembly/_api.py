@@ -67,6 +67,7 @@ def load_model(checkpoint: str | os.PathLike, map_location: Any = "cpu") -> Any:
     hp = {k: v for k, v in hp.items() if not k.startswith("_")}
     model = AssemblyModule(**hp)
     model.load_state_dict(ckpt["state_dict"])
+    model.on_load_checkpoint(ckpt)  # the template bank, when the checkpoint has one
     dm = ckpt.get("datamodule_hyper_parameters") or {}
     mp = dm.get("max_parts") if isinstance(dm, dict) else None
     model.trained_max_parts = int(mp) if isinstance(mp, int) else None
@@ -245,9 +246,11 @@ def assemble(
     By default (``method="auto"``) pieces given as mesh files (and with open3d installed)
     are assembled by ``"fracture_registration"``: fracture points from local geometric
     features and a small classifier, then greedy merging of the pieces by multistart ICP
-    of their fracture patches, with the network's pose of the anchor (largest piece)
-    fixing the frame
-    (:func:`geo3d.apps.assembly._fracture_registration.fracture_assembly`); on the demo's
+    of their fracture patches
+    (:func:`geo3d.apps.assembly._fracture_registration.fracture_assembly`); the assembled
+    object is put in the training data's frame by registration to the checkpoint's bank of
+    training objects (:class:`geo3d.apps.assembly._canonical.TemplateBank`; checkpoints
+    without one: the network's pose of the anchor, the largest piece, fixes it); on the demo's
     held-out objects it places far more pieces correctly than the network
     (``benchmarks/results/assembly_fracture_registration.json``). Other inputs (point
     clouds, arrays) use ``"matching"``: the network's per-point descriptors and
@@ -386,7 +389,10 @@ def assemble(
         # centred points in float64, so the result does not depend on the input pose
         # through float32 rounding
         if method == "fracture_registration":
-            Tn = _fracture_poses(pieces, x64c, c, float(scale), out, generator).to(dev)
+            bank = getattr(model, "template_bank", None) \
+                if getattr(model, "hparams", {}).get("templates", False) else None
+            Tn = _fracture_poses(pieces, x64c, c, float(scale), out, generator,
+                                 bank).to(dev)
         else:
             Tn = assemble_from_outputs(x64c.to(dev)[None], valid, out, method=method,
                                        refine=refine, generator=generator)[0]
@@ -428,9 +434,12 @@ def _has_open3d() -> bool:
 
 
 def _fracture_poses(pieces: Sequence[Any], x64c: Tensor, c: Tensor, scale: float,
-                    out: dict[str, Any], generator: torch.Generator | None) -> Tensor:
+                    out: dict[str, Any], generator: torch.Generator | None,
+                    templates: Any = None) -> Tensor:
     """``(P, 4, 4)`` poses of method ``"fracture_registration"`` acting on the centred,
-    scaled input frame (like the network's): dense mesh samples where a piece is a mesh."""
+    scaled input frame (like the network's): dense mesh samples where a piece is a mesh.
+    The object's pose: ``templates``' registration (the checkpoint's bank of training
+    objects) when given, else the network's pose of the anchor."""
     from geo3d.apps.assembly._fracture_registration import MIN_POINTS, _o3d, fracture_assembly
     from geo3d.apps.assembly._pipeline import network_poses
     from geo3d.apps.assembly._refine import estimate_normals
@@ -462,5 +471,10 @@ def _fracture_poses(pieces: Sequence[Any], x64c: Tensor, c: Tensor, scale: float
     a = int(anchor_parts(x64c[None].cpu(), valid)[0])
     Tnet = network_poses(out, 1, P, torch.float64, torch.device("cpu"))
     G, _ = fracture_assembly(pts, nrm, a, initial=None if Tnet is None else Tnet[0])
+    if templates is not None:
+        from geo3d.apps.assembly._pipeline import object_pose
+
+        return object_pose(templates, [p.double() for p in pts], G,
+                           None if Tnet is None else Tnet[0])[None] @ G
     Ta = torch.eye(4, dtype=torch.float64) if Tnet is None else Tnet[0, a]
     return Ta[None] @ G

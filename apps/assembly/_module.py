@@ -97,6 +97,16 @@ class AssemblyModule(L.LightningModule):
             the cheaper methods only).
         refine: run the pipeline's joint refinement after the spanning tree.
         eval_seed: seed of the pipeline's RANSAC generator (reset every evaluation).
+        templates: put objects assembled by ``"fracture_registration"`` in the dataset's
+            frame (absolute protocol) by registration to the training objects
+            (:class:`~geo3d.apps.assembly._canonical.TemplateBank`, ``template_bank``)
+            instead of by the network's pose of the anchor. The bank is collected from
+            the training batches of the first epoch (the true poses; at its last batch,
+            so the epoch's checkpoint has it) and stored in the checkpoint
+            (``checkpoint["assembly_templates"]``); a checkpoint without one
+            gets it from the data module's training split at evaluation
+            (:meth:`ensure_templates`), and without either the anchor rule is used.
+        template_points: points per training object in the bank (int >= 8).
     """
 
     def __init__(
@@ -133,6 +143,8 @@ class AssemblyModule(L.LightningModule):
         val_methods: list[str] | None = None,
         refine: bool = True,
         eval_seed: int = 0,
+        templates: bool = True,
+        template_points: int = 512,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -161,6 +173,12 @@ class AssemblyModule(L.LightningModule):
                 raise ValueError(f"val_methods: expected a non-empty list of {EVAL_METHODS}, "
                                  f"got {val_methods!r}")
         self.val_methods = val_methods if val_methods is not None else list(eval_methods)
+        if not isinstance(template_points, int) or isinstance(template_points, bool) or \
+                template_points < 8:
+            raise ValueError(f"template_points: expected an int >= 8, got {template_points!r}")
+        #: :class:`~geo3d.apps.assembly._canonical.TemplateBank` of the training objects
+        self.template_bank: Any = None
+        self._template_clouds: dict[int, Tensor] = {}
         self._eval_gen: torch.Generator | None = None
         self._gen: torch.Generator | None = None
         self._eval_sums: dict[str, Tensor] = {}
@@ -193,6 +211,105 @@ class AssemblyModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.train_seconds += time.perf_counter() - self._t0
         self.train_parts += int(batch["valid"].sum())
+        if self.hparams.templates and self.template_bank is None:
+            self._collect_templates(batch)
+            if self._trainer_attached() and self.trainer.is_last_batch:
+                self._finish_templates()  # before the epoch-end checkpoint is written
+
+    # ------------------------------------------------------------------ template bank
+    def _collect_templates(self, batch: dict[str, Any]) -> None:
+        """Keep each training object of the batch assembled at its true poses (reduced
+        to ``template_points``), once per object (``batch["index"]``)."""
+        from geo3d.apps.assembly._canonical import _sample, assembled_clouds
+
+        clouds = assembled_clouds(batch["points"].detach().cpu(), batch["valid"].cpu(),
+                                  batch["rot"].detach().cpu(), batch["trans"].detach().cpu())
+        index = batch.get("index")
+        for i, x in enumerate(clouds):
+            key = int(index[i]) if index is not None else len(self._template_clouds)
+            if key not in self._template_clouds and x.shape[0] >= 4:
+                self._template_clouds[key] = _sample(x, int(self.hparams.template_points))
+
+    def _finish_templates(self) -> None:
+        """Turn the clouds collected over the first epoch into the bank (all ranks')."""
+        if self.template_bank is not None or not self._template_clouds:
+            return
+        from geo3d.apps.assembly._canonical import TemplateBank
+
+        clouds = self._template_clouds
+        if self._trainer_attached() and self.trainer.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                every: list[Any] = [None] * dist.get_world_size()
+                dist.all_gather_object(every, clouds)
+                clouds = {k: v for part in every for k, v in part.items()}
+        # float32 like the checkpoint's copy: the bank in memory is the one a reload gets
+        self.template_bank = TemplateBank(torch.stack([clouds[k] for k in sorted(clouds)])
+                                          .float())
+        self._template_clouds = {}
+
+    def ensure_templates(self, dataset: Any | None = None) -> bool:
+        """Build the template bank from ``dataset`` (default: the trainer's data module's
+        training split) if the module has none and ``templates`` is on; True when a
+        bank is then available. Items need ``points``, ``valid``, ``rot``, ``trans``
+        (the true poses)."""
+        if self.template_bank is not None or not self.hparams.templates:
+            return self.template_bank is not None
+        if dataset is None:
+            dm = getattr(self.trainer, "datamodule", None) if self._trainer_attached() \
+                else None
+            if dm is None or not hasattr(dm, "dataset"):
+                return False
+            dataset = dm.dataset(dm.hparams.train_split, dense=False)
+        from geo3d.apps.assembly._canonical import TemplateBank, _sample, assembled_clouds
+
+        m = int(self.hparams.template_points)
+        clouds = []
+        from lightning.pytorch.utilities import rank_zero_info
+
+        rank_zero_info(f"assembly: building the template bank from {len(dataset)} training "
+                       "objects (the checkpoint has none)")
+        for i in range(len(dataset)):
+            it = dataset[i]
+            x = assembled_clouds(it["points"][None], it["valid"][None], it["rot"][None],
+                                 it["trans"][None])[0]
+            if x.shape[0] >= 4:
+                clouds.append(_sample(x, m))
+        if clouds:
+            self.template_bank = TemplateBank(torch.stack(clouds).float())
+        return self.template_bank is not None
+
+    def _trainer_attached(self) -> bool:
+        try:
+            return self.trainer is not None
+        except RuntimeError:  # Lightning raises when no trainer is attached
+            return False
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.template_bank is not None:
+            checkpoint["assembly_templates"] = self.template_bank.state()
+        elif self._template_clouds:  # mid first epoch: what was collected so far
+            keys = sorted(self._template_clouds)
+            checkpoint["assembly_templates_partial"] = {
+                "index": torch.tensor(keys, dtype=torch.long),
+                "points": torch.stack([self._template_clouds[k] for k in keys]).float()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        t = checkpoint.get("assembly_templates")
+        part = checkpoint.get("assembly_templates_partial")
+        if isinstance(t, Tensor):
+            from geo3d.apps.assembly._canonical import TemplateBank
+
+            self.template_bank = TemplateBank(t)
+        elif isinstance(part, dict) and isinstance(part.get("points"), Tensor):
+            # resumed inside the first epoch: collection goes on from here
+            self._template_clouds = {int(k): x.double() for k, x in
+                                     zip(part["index"].tolist(), part["points"], strict=True)}
+
+    def _uses_templates(self, method: str) -> bool:
+        return method == "fracture_registration" and bool(self.hparams.templates) and \
+            self.template_bank is not None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         points, valid, rot = batch["points"], batch["valid"].bool(), batch["rot"]
@@ -296,7 +413,9 @@ class AssemblyModule(L.LightningModule):
                 tim[k] = tim.get(k, 0.0) + sec
             return res
 
-        kw = dict(method=method, refine=bool(self.hparams.refine))
+        kw: dict[str, Any] = dict(method=method, refine=bool(self.hparams.refine))
+        if self._uses_templates(method):
+            kw["templates"] = self.template_bank
         with torch.no_grad():
             try:
                 return run(points, valid, pred, generator=self._eval_gen, normals=normals,
@@ -334,7 +453,7 @@ class AssemblyModule(L.LightningModule):
             tim: dict[str, float] = {}
             pts_m, nrm_m = self._method_inputs(batch, method)
             T, errors = self._pipeline(pts_m, valid, pred, method, tim, nrm_m)
-            if pts_m is not points:
+            if pts_m is not points and not self._uses_templates(method):
                 T = self._keep_anchor(T, pts_m, valid, anchor, pred)
             self._add(f"{method}/errors/pipeline",
                       torch.tensor([float(errors)], dtype=torch.float64, device=dev))
@@ -396,11 +515,13 @@ class AssemblyModule(L.LightningModule):
         pred = self(points, valid)
         if self._eval_gen is None:
             self._eval_gen = torch.Generator().manual_seed(int(self.hparams.eval_seed))
-        pts_m, nrm_m = self._method_inputs(batch, self.eval_methods[0])
-        T = assemble_from_outputs(pts_m, valid, pred, method=self.eval_methods[0],
+        method = self.eval_methods[0]
+        pts_m, nrm_m = self._method_inputs(batch, method)
+        T = assemble_from_outputs(pts_m, valid, pred, method=method,
                                   refine=bool(self.hparams.refine), generator=self._eval_gen,
-                                  normals=nrm_m)
-        if pts_m is not points:
+                                  normals=nrm_m, templates=self.template_bank
+                                  if self._uses_templates(method) else None)
+        if pts_m is not points and not self._uses_templates(method):
             T = self._keep_anchor(T, pts_m, valid, anchor_parts(points, valid), pred)
         return {
             "name": list(batch.get("name", [])),
@@ -413,7 +534,14 @@ class AssemblyModule(L.LightningModule):
         self._eval_sums, self._pictures = {}, []
         self._eval_gen = None  # every evaluation draws the same RANSAC samples
 
-    on_test_epoch_start = on_validation_epoch_start
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+        if "fracture_registration" in self.eval_methods:
+            self.ensure_templates()
+
+    def on_predict_epoch_start(self) -> None:
+        if self.eval_methods[0] == "fracture_registration":
+            self.ensure_templates()
 
     def _finish_eval(self, stage: str) -> None:
         if not self._eval_sums:

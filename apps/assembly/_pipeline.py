@@ -81,6 +81,23 @@ def _refine_subset(points: Tensor, G: Tensor, matches: dict, anchor: int, keep: 
     return G
 
 
+def object_pose(templates: Any, points: list[Tensor], G: Tensor,
+                T_net: Tensor | None = None) -> Tensor:
+    """The pose :math:`(4, 4)` float64 that puts an object assembled by ``G`` in the
+    dataset's frame: ``templates`` (a :class:`~geo3d.apps.assembly._canonical.TemplateBank`)
+    registers the union of the pieces ``points`` (:math:`(N_i, 3)` each, input frames)
+    placed by ``G`` :math:`(P, 4, 4)` (relative poses, e.g. anchor frame); the network's
+    poses ``T_net`` :math:`(P, 4, 4)` (optional) each imply a pose of the whole object,
+    ``T_net[i] G[i]⁻¹``, whose rotations are extra candidates."""
+    X = torch.cat([p.double() @ g[:3, :3].T + g[:3, 3] for p, g in zip(points, G.double(),
+                                                                         strict=True)])
+    cand = None
+    if T_net is not None:
+        cand = T_net[:, :3, :3].double() @ G[:, :3, :3].double().transpose(-1, -2)
+    T, _ = templates.pose(X, cand)
+    return T
+
+
 def assemble_from_outputs(
     points: Tensor,
     valid: Tensor,
@@ -103,6 +120,7 @@ def assemble_from_outputs(
     refine_kwargs: dict[str, float] | None = None,
     select_kwargs: dict[str, float] | None = None,
     fracture_kwargs: dict[str, Any] | None = None,
+    templates: Any | None = None,
 ) -> Tensor:
     """Poses of the pieces of a batch of objects from the network's outputs.
 
@@ -129,7 +147,9 @@ def assemble_from_outputs(
             open3d and more than 64 points per piece, best with ~1000 surface points and
             true normals; the anchor keeps the network's pose, identity without one, and
             pieces the registration does not connect keep their pose relative to the
-            anchor from the network, its ``initial`` fallback).
+            anchor from the network, its ``initial`` fallback). With ``templates``, the
+            assembled object is then put in the dataset's frame by registration to the
+            training objects instead (see ``templates``).
         refine: run :func:`~geo3d.apps.assembly._refine.refine_poses` after the spanning
             tree.
         generator: optional :class:`torch.Generator` for RANSAC (used object by object,
@@ -147,6 +167,12 @@ def assemble_from_outputs(
         match_kwargs, refine_kwargs, select_kwargs, fracture_kwargs: extra keyword
             options for ``match_pieces`` / ``refine_poses`` / ``select_hypotheses`` /
             ``fracture_assembly`` (keys checked against their keyword-only parameters).
+        templates: optional :class:`~geo3d.apps.assembly._canonical.TemplateBank` of the
+            training objects (``method="fracture_registration"`` only): the object's
+            pose (Breaking Bad's absolute protocol) is then the bank's registration of the
+            assembled pieces, with the poses that the network's per-piece predictions
+            imply for the whole object as extra candidates, instead of the network's pose
+            of the anchor. Relative poses are unchanged.
 
     Returns:
         Poses :math:`(B, P, 4, 4)` (dtype of ``points``; float16/bfloat16 input is
@@ -242,10 +268,15 @@ def assemble_from_outputs(
             kw = dict(fracture_kwargs)
             if T_net is not None and "initial" not in kw:  # the network: the fallback
                 kw["initial"] = T_net[b, idx].double().cpu()
-            G, _ = fracture_assembly([points[b, j].double().cpu() for j in idx],
-                                     [nrm[b, j].double().cpu() for j in idx], idx.index(a),
-                                     **kw)
-            result[b, idx] = Ta[None] @ G.to(dev, dt)
+            pb = [points[b, j].double().cpu() for j in idx]
+            G, _ = fracture_assembly(pb, [nrm[b, j].double().cpu() for j in idx],
+                                     idx.index(a), **kw)
+            if templates is not None:
+                Tc = object_pose(templates, pb, G, None if T_net is None else
+                                 T_net[b, idx].double().cpu())
+                result[b, idx] = (Tc[None] @ G).to(dev, dt)
+            else:
+                result[b, idx] = Ta[None] @ G.to(dev, dt)
         return finish(result, "fracture", t0)
     if method == "select":
         if T_net is None:

@@ -35,7 +35,8 @@ def test_timings_count_successful_calls_once(monkeypatch):
     points = torch.arange(3.0)[:, None, None, None].expand(3, 2, 4, 3).clone()
     valid = torch.ones(3, 2, dtype=torch.bool)
     pred = {"desc": torch.zeros(3, 2, 4, 5)}
-    host = types.SimpleNamespace(hparams=types.SimpleNamespace(refine=True), _eval_gen=None)
+    host = types.SimpleNamespace(hparams=types.SimpleNamespace(refine=True), _eval_gen=None,
+                                 _uses_templates=lambda method: False)
     tim: dict[str, float] = {}
     T, errors = AssemblyModule._pipeline(host, points, valid, pred, "matching", tim)
     assert errors == 1
