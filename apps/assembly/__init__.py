@@ -9,6 +9,8 @@ Public API (imported lazily so that ``geo3d --help`` stays fast):
 * :func:`assemble_from_outputs` — network outputs -> poses: descriptor matching
   (:func:`match_pieces`), RANSAC + Kabsch (:func:`ransac_kabsch`, :func:`pairwise_poses`),
   spanning tree from the anchor (:func:`global_assembly`), refinement (:func:`refine_poses`).
+* :class:`TemplateBank` — the assembled object's pose in the dataset's frame (absolute
+  protocol) by registration to the training objects; a checkpoint stores its bank.
 * :class:`PieceError` (a bad piece given to :func:`assemble`, with its index and path),
   :class:`CheckpointError` (a truncated or foreign checkpoint file).
 
@@ -16,7 +18,8 @@ Evaluation protocols (:func:`geo3d.eval.assembly_metrics`):
 
 * ``absolute`` (a) — Breaking Bad's metrics in the ground-truth frame, for comparability.
   The global orientation of an object cannot be observed from independently rotated
-  pieces, so this only rewards models that learned the dataset's canonical frame.
+  pieces, so this only rewards models that learned the dataset's canonical frame (the
+  default pipeline registers the assembled object to the training objects for it).
 * ``anchor`` (b) — the prediction is first moved rigidly so that the anchor (largest part
   by squared radius of gyration of its points) sits at its true pose, then all parts are
   scored (as later methods do). This scores the relative arrangement only.
@@ -51,6 +54,7 @@ _WHERE = {
     "pairwise_poses": "_matching",
     "global_assembly": "_matching",
     "refine_poses": "_refine",
+    "TemplateBank": "_canonical",
     "run_lightning_cli": "cli",
 }
 

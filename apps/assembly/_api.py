@@ -391,6 +391,12 @@ def assemble(
         if method == "fracture_registration":
             bank = getattr(model, "template_bank", None) \
                 if getattr(model, "hparams", {}).get("templates", False) else None
+            if bank is None:
+                warnings.warn("assemble: the checkpoint has no template bank (trained before "
+                              "it existed, or templates=False): the assembled object's pose "
+                              "is the network's pose of the largest piece, often a flipped "
+                              "one; the pieces' relative poses are unaffected", UserWarning,
+                              stacklevel=2)
             Tn = _fracture_poses(pieces, x64c, c, float(scale), out, generator,
                                  bank).to(dev)
         else:

@@ -259,7 +259,13 @@ def test_api_uses_the_checkpoint_bank(tmp_path, bank):
         moves.append(g)
     model = AssemblyModule(**{**TINY, "desc_dim": 8}).eval()
     model.template_bank = bank
-    T = assemble(files, model).numpy()
+    T = assemble(files, model, generator=torch.Generator().manual_seed(0)).numpy()
     for i in range(2):  # T[i] g_i = identity: each piece back in the generator's frame
         back = pts[i] @ (T[i] @ moves[i])[:3, :3].T + (T[i] @ moves[i])[:3, 3]
         assert np.abs(back - pts[i]).max() < 0.02
+    # no bank: same relative poses, the frame from the network's anchor pose, and a warning
+    model.template_bank = None
+    with pytest.warns(UserWarning, match="no template bank"):
+        T0 = assemble(files, model, generator=torch.Generator().manual_seed(0)).numpy()
+    rel = np.linalg.inv(T[0]) @ T[1]
+    assert np.abs(np.linalg.inv(T0[0]) @ T0[1] - rel).max() < 1e-6
