@@ -306,7 +306,16 @@ def assemble(
 
     Warns:
         UserWarning: more pieces than the checkpoint's training data had (its
-            ``data.max_parts``): the model runs, but was never trained on such objects.
+            ``data.max_parts``): the model runs, but was never trained on such objects;
+            scaled pieces far from the training size (~1 unit across; see ``scale``);
+            ``"fracture_registration"`` on point-cloud pieces (unreliable) or with a
+            checkpoint without a template bank (the object's frame then comes from the
+            network's pose of the largest piece); ``"matching"`` without a
+            correspondence head. The absolute frame from the bank is a
+            nearest-neighbour guess among the training objects: it is not checked, and
+            objects unlike every training object get an arbitrary one.
+        RuntimeWarning: ``"fracture_registration"`` could not register some pieces to
+            the anchor (they keep the network's pose relative to it).
 
     Example:
         >>> from geo3d.apps.assembly import assemble  # doctest: +SKIP
@@ -395,7 +404,9 @@ def assemble(
                 warnings.warn("assemble: the checkpoint has no template bank (trained before "
                               "it existed, or templates=False): the assembled object's pose "
                               "is the network's pose of the largest piece, often a flipped "
-                              "one; the pieces' relative poses are unaffected", UserWarning,
+                              "one; the pieces' relative poses are unaffected. To add a "
+                              "bank: model = load_model(ckpt); model.ensure_templates("
+                              "training dataset); assemble(pieces, model)", UserWarning,
                               stacklevel=2)
             Tn = _fracture_poses(pieces, x64c, c, float(scale), out, generator,
                                  bank).to(dev)

@@ -32,6 +32,8 @@ Reassembly", NeurIPS 2022 Datasets and Benchmarks, arXiv:2210.11463.
 from __future__ import annotations
 
 import itertools
+import numbers
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -64,18 +66,45 @@ def _shape(x: object) -> object:
     return tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
 
 
-def _cloud(name: str, x: Any) -> Tensor:
+#: largest coordinate magnitude accepted (squared distances must not overflow float64)
+MAX_COORD = 1e100
+
+
+def _array(name: str, x: Any) -> Tensor:
     try:
-        t = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x,
-                                       dtype=np.float64))
+        return torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x,
+                                          dtype=np.float64))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: expected an (n, 3) array of numbers, got "
-                         f"{_shape(x)}") from err
+        raise ValueError(f"{name}: expected an array of numbers, got {_shape(x)}") from err
+
+
+def _cloud(name: str, x: Any) -> Tensor:
+    t = _array(name, x)
     if t.dim() != 2 or t.shape[1] != 3 or t.shape[0] < 4:
         raise ValueError(f"{name}: expected shape (n, 3) with n >= 4, got {tuple(t.shape)}")
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: expected finite values, got NaN or inf")
+    if float(t.abs().max()) > MAX_COORD:
+        raise ValueError(f"{name}: expected coordinates of magnitude at most {MAX_COORD:g}, "
+                         f"got {float(t.abs().max()):.3g}")
     return t
+
+
+def _rotations(name: str, x: Any) -> Tensor:
+    R = _array(name, x)
+    if R.dim() != 3 or R.shape[1:] != (3, 3) or not bool(torch.isfinite(R).all()):
+        raise ValueError(f"{name}: expected finite rotations of shape (C, 3, 3), got "
+                         f"{_shape(x)}")
+    if R.shape[0]:
+        err = (R @ R.transpose(1, 2) - torch.eye(3, dtype=R.dtype)).abs().amax((1, 2))
+        det = torch.linalg.det(R)
+        bad = ((err > 1e-4) | (det < 0)).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"{name}: expected rotations (orthonormal, det +1), got "
+                             f"{len(bad)} that are not (first: index {bad[0]}, "
+                             f"|R Rᵀ - I| = {float(err[bad[0]]):.3g}, det = "
+                             f"{float(det[bad[0]]):.3g})")
+    return R
 
 
 def _sample(x: Tensor, m: int) -> Tensor:
@@ -133,8 +162,8 @@ class TemplateBank:
         ...     [3.0, 1.0, 0.3], dtype=torch.float64)
         >>> obj[:40, 0] += 4.0  # a lump at one end: no symmetry
         >>> bank = TemplateBank.from_objects([obj], num_points=128)
-        >>> from geo3d.rotations import random_rotations
-        >>> R = random_rotations(1, generator=g, dtype=torch.float64)[0]
+        >>> from geo3d.rotations import random_rotation_matrix
+        >>> R = random_rotation_matrix(generator=g, dtype=torch.float64)
         >>> T, dist = bank.pose(obj @ R.T + 5.0)
         >>> bool(torch.allclose(T[:3, :3] @ R, torch.eye(3, dtype=torch.float64), atol=1e-6))
         True
@@ -146,24 +175,27 @@ class TemplateBank:
 
     def __init__(self, templates: Any, *, coarse_points: int | None = None, top: int = 8,
                  icp_iterations: int = 50) -> None:
-        t = torch.as_tensor(templates.detach().cpu() if isinstance(templates, Tensor)
-                            else np.asarray(templates), dtype=torch.float64)
+        t = _array("templates", templates)
         if t.dim() != 3 or t.shape[0] < 1 or t.shape[1] < 8 or t.shape[2] != 3:
             raise ValueError(f"templates: expected shape (K, M, 3) with K >= 1 and M >= 8, "
                              f"got {tuple(t.shape)}")
         if not bool(torch.isfinite(t).all()):
             raise ValueError("templates: expected finite values, got NaN or inf")
+        if float(t.abs().max()) > MAX_COORD:
+            raise ValueError(f"templates: expected coordinates of magnitude at most "
+                             f"{MAX_COORD:g}, got {float(t.abs().max()):.3g}")
         if coarse_points is None:
             coarse_points = min(64, int(t.shape[1]))
         for name, v, lo in (("coarse_points", coarse_points, 8), ("top", top, 1),
                             ("icp_iterations", icp_iterations, 0)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
         if coarse_points > t.shape[1]:
             raise ValueError(f"coarse_points: expected at most M = {t.shape[1]}, got "
                              f"{coarse_points}")
         self.templates = t
-        self.coarse_points, self.top, self.icp_iterations = coarse_points, top, icp_iterations
+        self.coarse_points, self.top = int(coarse_points), int(top)
+        self.icp_iterations = int(icp_iterations)
         frames = [_frame(x) for x in t]
         self._c = torch.stack([c for c, _ in frames])  # (K, 3)
         self._E = torch.stack([E for _, E in frames])  # (K, 3, 3)
@@ -189,9 +221,14 @@ class TemplateBank:
             ValueError: no objects, a bad object (shape, fewer than 4 points, NaN/inf),
                 ``num_points`` not an int >= 8, or bad ``kwargs`` (see the class).
         """
-        if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 8:
+        if not isinstance(num_points, numbers.Integral) or isinstance(num_points, bool) or \
+                num_points < 8:
             raise ValueError(f"num_points: expected an int >= 8, got {num_points!r}")
-        clouds = [_sample(_cloud(f"objects[{i}]", x), num_points)
+        if isinstance(objects, (np.ndarray, Tensor)) and objects.ndim == 2:
+            raise ValueError(f"objects: expected a sequence of (n_i, 3) arrays (one per "
+                             f"object), got one array of shape {tuple(objects.shape)}; wrap "
+                             f"it in a list")
+        clouds = [_sample(_cloud(f"objects[{i}]", x), int(num_points))
                   for i, x in enumerate(objects)]
         if not clouds:
             raise ValueError("objects: expected at least one object, got none")
@@ -213,11 +250,22 @@ class TemplateBank:
             nearest-neighbour distance both ways, in the templates' units) to the chosen
             template after registration.
 
+        Warns:
+            RuntimeWarning: ``points`` are (nearly) coincident or collinear: their pose
+                is not determined.
+
         Raises:
-            ValueError: bad ``points`` or ``candidates`` (shape, NaN/inf).
+            ValueError: bad ``points`` (shape, NaN/inf, magnitude above 1e100) or
+                ``candidates`` (shape, NaN/inf, not orthonormal with det +1 to 1e-4).
         """
         y = _sample(_cloud("points", points), self.num_points)
+        Rc = None if candidates is None else _rotations("candidates", candidates)
         c, E = _frame(y)
+        ev = torch.linalg.eigvalsh((y - c).T @ (y - c) / y.shape[0])
+        if not float(ev[1]) > 1e-12 * max(float(ev[2]), 1e-300):
+            warnings.warn("TemplateBank.pose: the points are coincident or collinear; their "
+                          "pose in the dataset's frame is not determined", RuntimeWarning,
+                          stacklevel=2)
         z = (y - c) @ E  # the query in its principal frame
         K, m = len(self), self.coarse_points
         # candidate rotations in principal coordinates: z @ O.T is compared with W_t
@@ -233,20 +281,14 @@ class TemplateBank:
         for i in torch.argsort(flat)[: self.top].tolist():
             o, k = divmod(i, K)
             cand.append((float(flat[i]), k, self._E[k] @ O[o] @ E.T))
-        if candidates is not None:
-            Rc = torch.as_tensor(np.asarray(candidates.detach().cpu()
-                                            if isinstance(candidates, Tensor) else candidates,
-                                            dtype=np.float64))
-            if Rc.dim() != 3 or Rc.shape[1:] != (3, 3) or not bool(torch.isfinite(Rc).all()):
-                raise ValueError(f"candidates: expected finite rotations of shape (C, 3, 3), "
-                                 f"got {_shape(candidates)}")
-            if Rc.shape[0]:
-                # (C, K, m, 3): the query rotated by each candidate, in each template's frame
-                q = torch.einsum("mi,cji,kjl->ckml", y[:m] - c, Rc, self._E)
-                sc = torch.stack([_chamfer(q[i], Wc) for i in range(Rc.shape[0])])  # (C, K)
-                best = sc.argmin(1)
-                for i in range(Rc.shape[0]):
-                    cand.append((float(sc[i, best[i]]), int(best[i]), Rc[i]))
+        if Rc is not None:
+            for i in range(Rc.shape[0]):
+                # the query rotated by candidate i, in each template's principal frame
+                qi = (y[:m] - c) @ Rc[i].T
+                sc = torch.cat([_chamfer(qi @ self._E[k0:k0 + 64], Wc[k0:k0 + 64])
+                                for k0 in range(0, K, 64)])  # (K,)
+                k = int(sc.argmin())
+                cand.append((float(sc[k]), k, Rc[i]))
         best_d, best_T = float("inf"), None
         for _, k, R in cand:
             T = torch.eye(4, dtype=torch.float64)

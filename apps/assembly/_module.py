@@ -253,7 +253,9 @@ class AssemblyModule(L.LightningModule):
         """Build the template bank from ``dataset`` (default: the trainer's data module's
         training split) if the module has none and ``templates`` is on; True when a
         bank is then available. Items need ``points``, ``valid``, ``rot``, ``trans``
-        (the true poses)."""
+        (the true poses). For a checkpoint trained before banks existed:
+        ``model = load_model(ckpt); model.ensure_templates(AssemblyDataModule(root=...,
+        ...).dataset("train", dense=False))``, then ``assemble(pieces, model)``."""
         if self.template_bank is not None or not self.hparams.templates:
             return self.template_bank is not None
         if dataset is None:

@@ -129,7 +129,10 @@ def _piece_parser() -> argparse.ArgumentParser:
                         "fracture points from local geometry, pieces merged by ICP of their "
                         "fracture patches (meshes: ~1000 sampled points with normals); "
                         "matching: descriptor matching + RANSAC + refinement; network: the "
-                        "network's own poses")
+                        "network's own poses. The JSON's frame says what fixed the "
+                        "object's pose: templates (fracture_registration, registration to the "
+                        "checkpoint's training objects), network_anchor (a checkpoint without "
+                        "them: the network's pose of the largest piece) or network")
     p.add_argument("--no-refine", action="store_true",
                    help="skip the matching pipeline's joint refinement")
     p.add_argument("--out", default=None, help="write poses as JSON here (default: stdout)")
@@ -171,9 +174,13 @@ def _predict_pieces(argv: list[str]) -> int:
             print(f"geo3d assembly predict: warning: {msg}", file=sys.stderr)
     from geo3d.apps.assembly._api import resolve_method
 
-    # the method that ran ("auto" resolved), and the one asked for
-    text = json.dumps({"pieces": a.pieces, "method": resolve_method(a.pieces, a.method),
-                       "requested_method": a.method, "poses": T.tolist()}, indent=2)
+    # the method that ran ("auto" resolved), the one asked for, and what fixed the frame
+    method = resolve_method(a.pieces, a.method)
+    frame = "network"
+    if method == "fracture_registration":
+        frame = "network_anchor" if any("no template bank" in m for m in seen) else "templates"
+    text = json.dumps({"pieces": a.pieces, "method": method, "requested_method": a.method,
+                       "frame": frame, "poses": T.tolist()}, indent=2)
     if a.out:
         atomic_write_text(a.out, text)
         print(f"wrote {a.out}")

@@ -132,8 +132,22 @@ def test_bad_objects_and_points_are_reported():
         bank.pose(np.full((20, 3), np.nan))
     with pytest.raises(ValueError, match=r"points: expected shape \(n, 3\) with n >= 4"):
         bank.pose(np.zeros((3, 3)))
+    y = np.random.default_rng(1).normal(size=(20, 3))
     with pytest.raises(ValueError, match="candidates"):
-        bank.pose(np.random.default_rng(1).normal(size=(20, 3)), np.zeros((2, 3)))
+        bank.pose(y, np.zeros((2, 3)))
+    # not rotations: a scaled identity, a reflection, zeros (they would give non-rigid T)
+    for bad in (0.9 * np.eye(3), np.diag([1.0, 1.0, -1.0]), np.zeros((3, 3))):
+        with pytest.raises(ValueError, match="candidates: expected rotations"):
+            bank.pose(y, bad[None])
+    with pytest.raises(ValueError, match="points: expected coordinates of magnitude"):
+        bank.pose(y * 1e200)
+    with pytest.raises(ValueError, match="templates: expected an array of numbers"):
+        TemplateBank("abc")
+    with pytest.raises(ValueError, match="wrap it in a list"):
+        TemplateBank.from_objects(y)
+    with pytest.warns(RuntimeWarning, match="collinear"):
+        bank.pose(np.outer(np.linspace(0, 1, 10), [1.0, 2.0, 3.0]))
+    assert TemplateBank(bank.templates, top=np.int64(2)).top == 2  # numpy ints are ints
     assert len(bank) == 1 and bank.num_points == 32
     assert TemplateBank(bank.state()).templates.shape == (1, 32, 3)
 
@@ -269,3 +283,34 @@ def test_api_uses_the_checkpoint_bank(tmp_path, bank):
         T0 = assemble(files, model, generator=torch.Generator().manual_seed(0)).numpy()
     rel = np.linalg.inv(T[0]) @ T[1]
     assert np.abs(np.linalg.inv(T0[0]) @ T0[1] - rel).max() < 1e-6
+
+
+def test_cli_predict_names_the_frame(tmp_path, bank):
+    import json
+
+    from geo3d.apps.assembly import AssemblyModule
+
+    from geo3d.cli import main as geo3d_main
+
+    pieces, pts, _ = _fractured_chair()
+    files = []
+    for i, m in enumerate(pieces):
+        files.append(str(tmp_path / f"p{i}.obj"))
+        m.export(files[-1])
+    model = AssemblyModule(**{**TINY, "desc_dim": 8})
+    for with_bank in (True, False):
+        ck = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+        if with_bank:
+            ck["assembly_templates"] = bank.state()
+        path = tmp_path / f"m{int(with_bank)}.ckpt"
+        torch.save(ck, path)
+        out = tmp_path / f"o{int(with_bank)}.json"
+        assert geo3d_main(["assembly", "predict", "--checkpoint", str(path), "--pieces", *files,
+                           "--out", str(out)]) == 0
+        got = json.loads(out.read_text())
+        assert got["method"] == "fracture_registration"
+        assert got["frame"] == ("templates" if with_bank else "network_anchor")
+        if with_bank:  # the pieces were given in the generator's frame: identity poses
+            for i in range(2):
+                T = np.asarray(got["poses"][i])
+                assert np.abs(pts[i] @ T[:3, :3].T + T[:3, 3] - pts[i]).max() < 0.02
