@@ -147,7 +147,7 @@ class TemplateBank:
         templates: the objects, shape :math:`(K, M, 3)` (each already reduced by
             :meth:`from_objects`; lengths in the dataset's units), K >= 1, M >= 8.
         coarse_points: points per cloud in the coarse search (the first ones of the
-            farthest-point samples), 8 <= coarse_points <= M; default ``min(64, M)``.
+            farthest-point samples), 8 <= coarse_points <= M; default ``min(128, M)``.
         top: (template, rotation) pairs refined by ICP (int >= 1).
         icp_iterations: most point-to-point ICP iterations per refined pair (int >= 0;
             it stops early once the nearest-neighbour correspondences repeat).
@@ -173,7 +173,7 @@ class TemplateBank:
     the module docstring.
     """
 
-    def __init__(self, templates: Any, *, coarse_points: int | None = None, top: int = 8,
+    def __init__(self, templates: Any, *, coarse_points: int | None = None, top: int = 16,
                  icp_iterations: int = 50) -> None:
         t = _array("templates", templates)
         if t.dim() != 3 or t.shape[0] < 1 or t.shape[1] < 8 or t.shape[2] != 3:
@@ -185,7 +185,7 @@ class TemplateBank:
             raise ValueError(f"templates: expected coordinates of magnitude at most "
                              f"{MAX_COORD:g}, got {float(t.abs().max()):.3g}")
         if coarse_points is None:
-            coarse_points = min(64, int(t.shape[1]))
+            coarse_points = min(128, int(t.shape[1]))
         for name, v, lo in (("coarse_points", coarse_points, 8), ("top", top, 1),
                             ("icp_iterations", icp_iterations, 0)):
             if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < lo:
