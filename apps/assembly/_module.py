@@ -178,7 +178,8 @@ class AssemblyModule(L.LightningModule):
             raise ValueError(f"template_points: expected an int >= 8, got {template_points!r}")
         #: :class:`~geo3d.apps.assembly._canonical.TemplateBank` of the training objects
         self.template_bank: Any = None
-        self._template_clouds: dict[int, Tensor] = {}
+        # (0, item index, 0), or (1, rank, running count) for items without an index
+        self._template_clouds: dict[tuple[int, int, int], Tensor] = {}
         self._eval_gen: torch.Generator | None = None
         self._gen: torch.Generator | None = None
         self._eval_sums: dict[str, Tensor] = {}
@@ -226,7 +227,8 @@ class AssemblyModule(L.LightningModule):
                                   batch["rot"].detach().cpu(), batch["trans"].detach().cpu())
         index = batch.get("index")
         for i, x in enumerate(clouds):
-            key = int(index[i]) if index is not None else len(self._template_clouds)
+            key = (0, int(index[i]), 0) if index is not None else \
+                (1, int(self.global_rank), len(self._template_clouds))
             if key not in self._template_clouds and x.shape[0] >= 4:
                 self._template_clouds[key] = _sample(x, int(self.hparams.template_points))
 
@@ -294,7 +296,7 @@ class AssemblyModule(L.LightningModule):
         elif self._template_clouds:  # mid first epoch: what was collected so far
             keys = sorted(self._template_clouds)
             checkpoint["assembly_templates_partial"] = {
-                "index": torch.tensor(keys, dtype=torch.long),
+                "index": torch.tensor(keys, dtype=torch.long),  # (n, 3) keys
                 "points": torch.stack([self._template_clouds[k] for k in keys]).float()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -306,7 +308,7 @@ class AssemblyModule(L.LightningModule):
             self.template_bank = TemplateBank(t)
         elif isinstance(part, dict) and isinstance(part.get("points"), Tensor):
             # resumed inside the first epoch: collection goes on from here
-            self._template_clouds = {int(k): x.double() for k, x in
+            self._template_clouds = {tuple(int(v) for v in k): x.double() for k, x in
                                      zip(part["index"].tolist(), part["points"], strict=True)}
 
     def _uses_templates(self, method: str) -> bool:

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from geo3d.apps.assembly import AssemblyModule
 from geo3d.datasets.breaking_bad import collate_parts
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -19,7 +19,7 @@ from _toy import ToyParts  # noqa: E402
 
 # no batch norm: with it, per-process batch statistics differ from the union batch's
 TINY = dict(feat_dim=8, k=5, hidden=[4, 4, 8], d_model=16, num_layers=1, num_heads=2,
-            batch_norm=False, num_pictures=0)
+            batch_norm=False, num_pictures=0, template_points=16)
 
 
 class _SaveGrads(Callback):
@@ -46,8 +46,10 @@ def test_ddp_two_processes_match_single_process_gradients(tmp_path):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1,
-        callbacks=[_SaveGrads(str(tmp_path))], default_root_dir=tmp_path, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[_SaveGrads(str(tmp_path)),
+                   ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+        default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+        enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0,
     )
     try:
@@ -56,6 +58,10 @@ def test_ddp_two_processes_match_single_process_gradients(tmp_path):
         if "spawn" in str(err).lower() or "gloo" in str(err).lower():
             pytest.skip(f"cannot spawn a 2-process gloo group here: {err}")
         raise
+    # the template bank holds the objects of both ranks (gathered at the epoch's end)
+    bank = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["assembly_templates"]
+    assert bank.shape == (8, 16, 3)
+    assert len({tuple(b.flatten().tolist()) for b in bank}) == 8  # 8 different objects
     g0 = torch.load(tmp_path / "grads_rank0.pt", weights_only=True)
     g1 = torch.load(tmp_path / "grads_rank1.pt", weights_only=True)
 
