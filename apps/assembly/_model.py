@@ -22,22 +22,14 @@ def _spread_sixd(k: int) -> Tensor:
     """6D codes (first two columns) of ``k`` well-spread rotations: the 24 rotations of
     the cube first (the axis swaps and flips a principal-axis frame is ambiguous up to),
     then seeded random ones."""
-    import itertools
+    from geo3d.apps.assembly._canonical import OCTAHEDRAL_ROTATIONS
 
-    mats = []
-    for perm in itertools.permutations(range(3)):
-        for signs in itertools.product((1.0, -1.0), repeat=3):
-            m = torch.zeros(3, 3, dtype=torch.float64)
-            for i, (j, sg) in enumerate(zip(perm, signs, strict=True)):
-                m[i, j] = sg
-            if torch.linalg.det(m) > 0:
-                mats.append(m)
-    rot = torch.stack(mats)
-    if k > len(mats):
+    rot = OCTAHEDRAL_ROTATIONS.clone()
+    if k > len(rot):
         from geo3d.rotations import random_rotation_matrix
 
         g = torch.Generator().manual_seed(0)
-        rot = torch.cat([rot, random_rotation_matrix(k - len(mats), generator=g,
+        rot = torch.cat([rot, random_rotation_matrix(k - len(rot), generator=g,
                                                      dtype=torch.float64)])
     rot = rot[:k]
     return torch.cat([rot[..., 0], rot[..., 1]], dim=-1).float()
