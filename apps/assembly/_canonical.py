@@ -311,7 +311,8 @@ class TemplateBank:
             mx, mq = x.mean(0), q.mean(0)
             U, _, Vh = torch.linalg.svd((x - mx).T @ (q - mq))
             D = torch.ones(3, dtype=torch.float64)
-            D[2] = torch.sign(torch.linalg.det(Vh.T @ U.T))
+            if torch.linalg.det(Vh.T @ U.T) < 0:  # a reflection; never sign() = 0 (singular)
+                D[2] = -1.0
             dR = Vh.T @ torch.diag(D) @ U.T
             step = torch.eye(4, dtype=torch.float64)
             step[:3, :3], step[:3, 3] = dR, mq - dR @ mx

@@ -147,6 +147,9 @@ def test_bad_objects_and_points_are_reported():
         TemplateBank.from_objects(y)
     with pytest.warns(RuntimeWarning, match="collinear"):
         bank.pose(np.outer(np.linspace(0, 1, 10), [1.0, 2.0, 3.0]))
+    with pytest.warns(RuntimeWarning, match="coincident"):  # ICP's SVD is singular here
+        R = bank.pose(np.ones((10, 3)))[0][:3, :3]
+    assert torch.allclose(R @ R.T, torch.eye(3, dtype=R.dtype)) and torch.linalg.det(R) > 0
     assert TemplateBank(bank.templates, top=np.int64(2)).top == 2  # numpy ints are ints
     assert len(bank) == 1 and bank.num_points == 32
     assert TemplateBank(bank.state()).templates.shape == (1, 32, 3)
