@@ -81,11 +81,15 @@ __all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES", "GEOMETRY_VECTORS", "part_g
 #: Parent of each ArtEq part in the 22-part tree (-1 for the pelvis): ``SMPL_PARENTS[:22]``.
 ARTEQ_PARENTS: tuple[int, ...] = tuple(int(p) for p in SMPL_PARENTS[:ARTEQ_NUM_PARTS])
 #: Accepted ``backbone`` names: the equivariant one first.
-BACKBONES = ("vn", "vn_dgcnn", "pointnet", "dgcnn")
+BACKBONES = ("vn", "vn_dgcnn", "tfn", "pointnet", "dgcnn")
+#: The exactly SE(3)-equivariant ones.
+EQUIVARIANT_BACKBONES = ("vn", "vn_dgcnn", "tfn")
 
 #: Per-part geometry vectors of ``part_geometry=True`` (per part; doubled with the parent's).
 GEOMETRY_VECTORS = 6
 _GRAM = 8  # VN projections whose Gram matrix enters the invariant part token
+TFN_RADIUS = 4.0  # "tfn": end of the radial basis, backbone units (4 x 5 cm by default)
+_LOCAL = 8  # seg_local: VN projections of a point's features (Gram matrix, triple products)
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
@@ -326,6 +330,7 @@ class ArtEqNet(nn.Module):
         normalize_invariants: bool = False,
         pool_power: float = 1.0,
         chiral: bool = False,
+        seg_local: bool = False,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -338,7 +343,8 @@ class ArtEqNet(nn.Module):
                 raise value_error(name, "a positive int", repr(v))
         for name, v in (("dynamic_graph", dynamic_graph), ("batch_norm", batch_norm),
                         ("seg_norms", seg_norms), ("part_geometry", part_geometry),
-                        ("normalize_invariants", normalize_invariants), ("chiral", chiral)):
+                        ("normalize_invariants", normalize_invariants), ("chiral", chiral),
+                        ("seg_local", seg_local)):
             _check_flag(name, v)
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden \
                 or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
@@ -364,10 +370,12 @@ class ArtEqNet(nn.Module):
             "interp_sigma": float(interp_sigma), "unit": float(unit),
             "seg_norms": bool(seg_norms), "part_geometry": bool(part_geometry),
             "normalize_invariants": bool(normalize_invariants), "pool_power": float(pool_power),
-            "chiral": bool(chiral),
+            "chiral": bool(chiral), "seg_local": bool(seg_local),
         }
-        self.chiral = bool(chiral) and backbone in ("vn", "vn_dgcnn")
-        n_chi = 2 * feat_dim if self.chiral else 0  # pooled chiral invariants (part + parent)
+        self.chiral = bool(chiral) and backbone in EQUIVARIANT_BACKBONES
+        self.seg_local = bool(seg_local) and backbone in EQUIVARIANT_BACKBONES
+        # pooled chiral invariants of the global axis (part + parent); none with seg_local
+        n_chi = 2 * feat_dim if self.chiral and not self.seg_local else 0
         h_cross = max(rot_hidden // 2, 1) if self.chiral else 0
         self.pool_power = pool_power  # validated property, kept in `config`
         self.normalize_invariants = bool(normalize_invariants)
@@ -377,7 +385,7 @@ class ArtEqNet(nn.Module):
         self.num_centers = num_centers
         self.interp_sigma = float(interp_sigma)
         self.backbone = backbone
-        self.equivariant = backbone in ("vn", "vn_dgcnn")
+        self.equivariant = backbone in EQUIVARIANT_BACKBONES
         self.num_betas = num_betas
         P = ARTEQ_NUM_PARTS
         self.register_buffer("parents", torch.tensor(
@@ -395,6 +403,13 @@ class ArtEqNet(nn.Module):
             self.encoder = gnn.VNDGCNN(k=k, feat_dim=feat_dim, hidden=tuple(hidden),
                                        dynamic=dynamic_graph, batch_norm=batch_norm)
             c_pt = 3 * feat_dim  # invariant per-point features
+        elif backbone == "tfn":  # e3nn tensor-field network: local, translation-invariant
+            h = hidden[0]
+            self.encoder = gnn.TFNEncoder(
+                irreps_hidden=f"{h}x0e + {h}x0o + {max(h // 2, 1)}x1o + {max(h // 2, 1)}x1e",
+                irreps_out=f"{3 * feat_dim}x0e + {feat_dim}x1o", num_layers=len(hidden),
+                lmax=2, k=k, max_radius=TFN_RADIUS)
+            c_pt = 3 * feat_dim  # local invariant (0e) per-point features
         elif backbone == "dgcnn":
             self.encoder = gnn.DGCNN(k=k, feat_dim=3 * feat_dim,
                                      hidden=tuple(3 * h for h in hidden), batch_norm=batch_norm)
@@ -407,9 +422,14 @@ class ArtEqNet(nn.Module):
         c_glob = 3 * feat_dim
         # segmentation from per-point invariant features and the global invariant
         self.seg_norms = bool(seg_norms) and self.equivariant
-        c_seg = c_pt + c_glob + (feat_dim if self.seg_norms else 0) + (
-            feat_dim if self.chiral else 0)
-        if self.chiral:
+        if self.seg_local:  # frame-free invariants of each point's own vector channels only
+            self.local_proj = gnn.VNLinear(feat_dim, _LOCAL)
+            c_pt = _LOCAL * (_LOCAL + 1) // 2 + (_LOCAL - 2 if self.chiral else 0) + feat_dim
+            c_seg = c_pt
+        else:
+            c_seg = c_pt + c_glob + (feat_dim if self.seg_norms else 0) + (
+                feat_dim if self.chiral else 0)
+        if self.chiral and not self.seg_local:
             self.chiral_axes = gnn.VNLinear(feat_dim, 2)
         self.seg_head = _mlp([c_seg, d_model, d_model, P])
         # invariant part token: pooled per-point features of the part and its parent
@@ -483,6 +503,30 @@ class ArtEqNet(nn.Module):
         idx = torch.randperm(N, generator=g, device=g.device)[:M]
         return idx.sort().values.to(device)
 
+    def _local_invariants(self, V: Tensor) -> Tensor:
+        """``seg_local``: frame-free, scale-free invariants of each point's own vector
+        channels ``V (B, N, F, 3)`` -> ``(B, N, c)``: the Gram matrix of ``_LOCAL`` learned
+        VN projections ``a`` (upper triangle, over the mean squared norm of the point's
+        projections), with ``chiral`` the triple products ``det[a_i, a_i+1, a_i+2] /
+        (|a_i| |a_i+1| |a_i+2|)`` (pseudo-scalars: they tell a left limb from the right
+        one), and the channel norms ``|V_c|`` over their per-cloud RMS. No global feature
+        or frame enters, so with a local backbone a point's invariants depend only on its
+        neighbourhood."""
+        tiny = torch.finfo(V.dtype).tiny ** 0.5
+        a = self.local_proj(V.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, N, G, 3)
+        gram = a @ a.transpose(-1, -2)  # (B, N, G, G)
+        iu = torch.triu_indices(_LOCAL, _LOCAL, device=V.device)
+        scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(tiny)
+        out = [gram[..., iu[0], iu[1]] / scale]
+        if self.chiral:
+            n = a.norm(dim=-1).clamp_min(tiny)  # (B, N, G)
+            t = (torch.linalg.cross(a[..., :-2, :], a[..., 1:-1, :], dim=-1)
+                 * a[..., 2:, :]).sum(-1)
+            out.append(t / (n[..., :-2] * n[..., 1:-1] * n[..., 2:]))
+        norms = torch.linalg.vector_norm(V, dim=-1)  # (B, N, F)
+        out.append(norms / norms.square().mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(tiny))
+        return torch.cat(out, dim=-1)
+
     def forward(self, points: Tensor, part_labels: Tensor | None = None, *,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Predict parts, per-part rotations, SMPL pose and shape.
@@ -542,14 +586,16 @@ class ArtEqNet(nn.Module):
                 pt_inv = torch.einsum("bncx,bjx->bncj", V, frame).reshape(B, N, -1)
             else:
                 pt_inv = wi @ pt_inv
-        if self.normalize_invariants:  # per-cloud RMS (invariant) -> order-one invariants
+        if self.seg_local:
+            pt_inv = self._local_invariants(V)
+        if self.normalize_invariants and not self.seg_local:  # per-cloud RMS -> order one
             tiny = torch.finfo(dtype).tiny
             pt_inv = pt_inv / pt_inv.square().mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(
                 tiny ** 0.5)
             glob = glob / glob.square().mean(dim=1, keepdim=True).sqrt().clamp_min(tiny ** 0.5)
-        seg_in = [pt_inv, glob[:, None].expand(B, N, -1)]
+        seg_in = [pt_inv] if self.seg_local else [pt_inv, glob[:, None].expand(B, N, -1)]
         chi = None
-        if self.chiral:  # pseudo-scalar per-point invariants along a chiral axis
+        if self.chiral and not self.seg_local:  # per-point pseudo-scalars, a global axis
             ab = self.chiral_axes(enc.equivariant)  # (B, 2, 3)
             ax = torch.linalg.cross(ab[:, 0], ab[:, 1])
             ax = ax / (ab[:, 0].norm(dim=-1) * ab[:, 1].norm(dim=-1)).clamp_min(
@@ -559,7 +605,7 @@ class ArtEqNet(nn.Module):
                 chi = chi / chi.square().mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(
                     torch.finfo(dtype).tiny ** 0.5)
             seg_in.append(chi)
-        if self.seg_norms:  # frame-free per-point invariants: norms of the vector channels
+        if self.seg_norms and not self.seg_local:  # norms of the vector channels
             seg_in.append(torch.linalg.vector_norm(V, dim=-1))
         logits = self.seg_head(torch.cat(seg_in, dim=-1))
 
