@@ -39,7 +39,8 @@ shape head attends across parts. The rotation readout is exactly
 equivariant too (an equivariant 3x3 matrix projected onto SO(3) by SVD with the det fix)
 instead of the reference's weighted chordal mean over the 60 anchors, so the whole network
 is exactly SE(3)-equivariant for all rotations. An accuracy comparison against a
-re-implemented icosahedral EPN backbone was NOT run.
+re-implemented icosahedral EPN backbone was NOT run; against the e3nn backbone ``"tfn"``
+(local, like EPN) it was, and ``"vn_dgcnn"`` won (README, ArtEq diagnosis).
 
 Subsampling. As in the reference (EPN on a subsample, features carried to every point by
 3-NN interpolation), the backbone runs on at most ``num_centers`` points of a large scan: a
@@ -76,7 +77,8 @@ from torch import Tensor, nn
 from geo3d._validation import check_finite, shape_of, value_error
 from geo3d.body import ARTEQ_NUM_PARTS, SMPL_PARENTS
 
-__all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES", "GEOMETRY_VECTORS", "part_geometry"]
+__all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES", "EQUIVARIANT_BACKBONES", "GEOMETRY_VECTORS",
+           "TFN_RADIUS", "part_geometry"]
 
 #: Parent of each ArtEq part in the 22-part tree (-1 for the pelvis): ``SMPL_PARENTS[:22]``.
 ARTEQ_PARENTS: tuple[int, ...] = tuple(int(p) for p in SMPL_PARENTS[:ARTEQ_NUM_PARTS])
@@ -89,7 +91,6 @@ EQUIVARIANT_BACKBONES = ("vn", "vn_dgcnn", "tfn")
 GEOMETRY_VECTORS = 6
 _GRAM = 8  # VN projections whose Gram matrix enters the invariant part token
 TFN_RADIUS = 4.0  # "tfn": end of the radial basis, backbone units (4 x 5 cm by default)
-_LOCAL = 8  # seg_local: VN projections of a point's features (Gram matrix, triple products)
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
@@ -208,7 +209,13 @@ class ArtEqNet(nn.Module):
 
     Args:
         backbone: ``"vn"`` (local VN EdgeConv, exactly SE(3)-equivariant; default),
-            ``"vn_dgcnn"`` (:class:`geo3d.nn.VNDGCNN`, also equivariant), or the
+            ``"vn_dgcnn"`` (:class:`geo3d.nn.VNDGCNN`, also equivariant), ``"tfn"`` (the
+            e3nn tensor-field network :class:`geo3d.nn.TFNEncoder`: local, relative
+            positions only, radial basis up to :data:`TFN_RADIUS` backbone units; hidden
+            irreps ``h x 0e + h x 0o + h/2 x 1o + h/2 x 1e`` with ``h = hidden[0]``,
+            ``len(hidden)`` gated layers, ``3F x 0e`` invariant and ``F x 1o`` vector
+            outputs per point; ``batch_norm`` and ``dynamic_graph`` do not apply;
+            equivariant to e3nn's float64 rounding, ~1e-8, not 1e-9), or the
             non-equivariant baselines ``"pointnet"`` / ``"dgcnn"``.
         num_betas: shape coefficients predicted.
         k: neighbours of the backbone's kNN graphs (including the point itself; for
@@ -330,7 +337,6 @@ class ArtEqNet(nn.Module):
         normalize_invariants: bool = False,
         pool_power: float = 1.0,
         chiral: bool = False,
-        seg_local: bool = False,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -343,8 +349,7 @@ class ArtEqNet(nn.Module):
                 raise value_error(name, "a positive int", repr(v))
         for name, v in (("dynamic_graph", dynamic_graph), ("batch_norm", batch_norm),
                         ("seg_norms", seg_norms), ("part_geometry", part_geometry),
-                        ("normalize_invariants", normalize_invariants), ("chiral", chiral),
-                        ("seg_local", seg_local)):
+                        ("normalize_invariants", normalize_invariants), ("chiral", chiral)):
             _check_flag(name, v)
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden \
                 or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
@@ -370,12 +375,10 @@ class ArtEqNet(nn.Module):
             "interp_sigma": float(interp_sigma), "unit": float(unit),
             "seg_norms": bool(seg_norms), "part_geometry": bool(part_geometry),
             "normalize_invariants": bool(normalize_invariants), "pool_power": float(pool_power),
-            "chiral": bool(chiral), "seg_local": bool(seg_local),
+            "chiral": bool(chiral),
         }
         self.chiral = bool(chiral) and backbone in EQUIVARIANT_BACKBONES
-        self.seg_local = bool(seg_local) and backbone in EQUIVARIANT_BACKBONES
-        # pooled chiral invariants of the global axis (part + parent); none with seg_local
-        n_chi = 2 * feat_dim if self.chiral and not self.seg_local else 0
+        n_chi = 2 * feat_dim if self.chiral else 0  # pooled chiral invariants (part + parent)
         h_cross = max(rot_hidden // 2, 1) if self.chiral else 0
         self.pool_power = pool_power  # validated property, kept in `config`
         self.normalize_invariants = bool(normalize_invariants)
@@ -422,14 +425,9 @@ class ArtEqNet(nn.Module):
         c_glob = 3 * feat_dim
         # segmentation from per-point invariant features and the global invariant
         self.seg_norms = bool(seg_norms) and self.equivariant
-        if self.seg_local:  # frame-free invariants of each point's own vector channels only
-            self.local_proj = gnn.VNLinear(feat_dim, _LOCAL)
-            c_pt = _LOCAL * (_LOCAL + 1) // 2 + (_LOCAL - 2 if self.chiral else 0) + feat_dim
-            c_seg = c_pt
-        else:
-            c_seg = c_pt + c_glob + (feat_dim if self.seg_norms else 0) + (
-                feat_dim if self.chiral else 0)
-        if self.chiral and not self.seg_local:
+        c_seg = c_pt + c_glob + (feat_dim if self.seg_norms else 0) + (
+            feat_dim if self.chiral else 0)
+        if self.chiral:
             self.chiral_axes = gnn.VNLinear(feat_dim, 2)
         self.seg_head = _mlp([c_seg, d_model, d_model, P])
         # invariant part token: pooled per-point features of the part and its parent
@@ -503,30 +501,6 @@ class ArtEqNet(nn.Module):
         idx = torch.randperm(N, generator=g, device=g.device)[:M]
         return idx.sort().values.to(device)
 
-    def _local_invariants(self, V: Tensor) -> Tensor:
-        """``seg_local``: frame-free, scale-free invariants of each point's own vector
-        channels ``V (B, N, F, 3)`` -> ``(B, N, c)``: the Gram matrix of ``_LOCAL`` learned
-        VN projections ``a`` (upper triangle, over the mean squared norm of the point's
-        projections), with ``chiral`` the triple products ``det[a_i, a_i+1, a_i+2] /
-        (|a_i| |a_i+1| |a_i+2|)`` (pseudo-scalars: they tell a left limb from the right
-        one), and the channel norms ``|V_c|`` over their per-cloud RMS. No global feature
-        or frame enters, so with a local backbone a point's invariants depend only on its
-        neighbourhood."""
-        tiny = torch.finfo(V.dtype).tiny ** 0.5
-        a = self.local_proj(V.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, N, G, 3)
-        gram = a @ a.transpose(-1, -2)  # (B, N, G, G)
-        iu = torch.triu_indices(_LOCAL, _LOCAL, device=V.device)
-        scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(tiny)
-        out = [gram[..., iu[0], iu[1]] / scale]
-        if self.chiral:
-            n = a.norm(dim=-1).clamp_min(tiny)  # (B, N, G)
-            t = (torch.linalg.cross(a[..., :-2, :], a[..., 1:-1, :], dim=-1)
-                 * a[..., 2:, :]).sum(-1)
-            out.append(t / (n[..., :-2] * n[..., 1:-1] * n[..., 2:]))
-        norms = torch.linalg.vector_norm(V, dim=-1)  # (B, N, F)
-        out.append(norms / norms.square().mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(tiny))
-        return torch.cat(out, dim=-1)
-
     def forward(self, points: Tensor, part_labels: Tensor | None = None, *,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Predict parts, per-part rotations, SMPL pose and shape.
@@ -586,16 +560,14 @@ class ArtEqNet(nn.Module):
                 pt_inv = torch.einsum("bncx,bjx->bncj", V, frame).reshape(B, N, -1)
             else:
                 pt_inv = wi @ pt_inv
-        if self.seg_local:
-            pt_inv = self._local_invariants(V)
-        if self.normalize_invariants and not self.seg_local:  # per-cloud RMS -> order one
+        if self.normalize_invariants:  # per-cloud RMS (invariant) -> order-one invariants
             tiny = torch.finfo(dtype).tiny
             pt_inv = pt_inv / pt_inv.square().mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(
                 tiny ** 0.5)
             glob = glob / glob.square().mean(dim=1, keepdim=True).sqrt().clamp_min(tiny ** 0.5)
-        seg_in = [pt_inv] if self.seg_local else [pt_inv, glob[:, None].expand(B, N, -1)]
+        seg_in = [pt_inv, glob[:, None].expand(B, N, -1)]
         chi = None
-        if self.chiral and not self.seg_local:  # per-point pseudo-scalars, a global axis
+        if self.chiral:  # pseudo-scalar per-point invariants along a chiral axis
             ab = self.chiral_axes(enc.equivariant)  # (B, 2, 3)
             ax = torch.linalg.cross(ab[:, 0], ab[:, 1])
             ax = ax / (ab[:, 0].norm(dim=-1) * ab[:, 1].norm(dim=-1)).clamp_min(
@@ -605,7 +577,7 @@ class ArtEqNet(nn.Module):
                 chi = chi / chi.square().mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(
                     torch.finfo(dtype).tiny ** 0.5)
             seg_in.append(chi)
-        if self.seg_norms and not self.seg_local:  # norms of the vector channels
+        if self.seg_norms:  # frame-free per-point invariants: norms of the vector channels
             seg_in.append(torch.linalg.vector_norm(V, dim=-1))
         logits = self.seg_head(torch.cat(seg_in, dim=-1))
 

@@ -70,7 +70,7 @@ class ArtEqModule(L.LightningModule):
     """Trains :class:`~geo3d.apps.arteq._model.ArtEqNet` on body scans.
 
     Args:
-        backbone: ``"vn"`` or ``"vn_dgcnn"`` (equivariant), ``"pointnet"`` or ``"dgcnn"``
+        backbone: ``"vn"``, ``"vn_dgcnn"`` or ``"tfn"`` (equivariant), ``"pointnet"`` or ``"dgcnn"``
             (baselines); see :class:`~geo3d.apps.arteq._model.ArtEqNet`.
         net: other :class:`ArtEqNet` keyword arguments (``k``, ``feat_dim``, ``hidden``,
             ``d_model``, ``num_layers``, ``num_heads``, ...).
