@@ -8,7 +8,18 @@ For a checkpoint of ``geo3d arteq fit`` and the ``demo`` config's data (the evid
   better, segmentation is the bottleneck; if it is worse, the pose branch does not read
   parts as parts);
 * ``zero_pose_v2v_cm``: the T-pose with the true betas and global orientation (the error of a
-  net that learned no articulation).
+  net that learned no articulation);
+* ``nearest_train_mpjpe_cm``: how far the condition's poses lie from the training poses: for
+  each test pose, the smallest MPJPE (24 joints, root-relative, mean shape, no global
+  rotation) to any training pose, averaged.
+
+Besides ``in_dist`` and ``ood`` (every joint angle at or near a limit: ``extreme_poses``) it
+scores ``ood_regions``, a milder out-of-distribution set made here, in the spirit of
+range-of-motion captures: the in-distribution rest stance (arms down) with each of five body
+regions (left arm, right arm, left leg, right leg, spine + neck + head) put at its joint
+limits with probability 1/2 (at least one region; angles drawn as ``extreme_poses`` draws
+them), a Haar-random root, the test subjects' shapes. It answers whether the ``ood`` gap is
+only the severity of that set.
 
 V2V / MPJPE (24 SMPL joints) in cm, no alignment; decode with the checkpoint's
 ``icp_steps``. Prints JSON (and writes it with ``--out``). The README's ArtEq diagnostic
@@ -29,6 +40,60 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json_atomic  # noqa: E402
 from arteq import _datamodule, _gt, _metrics  # noqa: E402
+
+#: SMPL joints of the five regions of ``ood_regions``: left arm, right arm, left leg,
+#: right leg, spine + neck + head.
+REGIONS = ((13, 16, 18, 20, 22), (14, 17, 19, 21, 23), (1, 4, 7, 10), (2, 5, 8, 11),
+           (3, 6, 9, 12, 15))
+
+
+def region_limit_poses(num: int, g: torch.Generator, p: float = 0.5, margin: float = 0.1,
+                       at_limit: float = 0.5) -> torch.Tensor:
+    """``(num, 72)`` axis-angle poses of the ``ood_regions`` set (module docs)."""
+    from geo3d.body import JOINT_LIMITS, euler_xyz_to_matrix
+    from geo3d.rotations import matrix_to_axis_angle, random_rotation_matrix
+
+    lo, hi = JOINT_LIMITS[..., 0], JOINT_LIMITS[..., 1]
+    f64 = torch.float64
+    upper = torch.rand(num, 24, 3, generator=g, dtype=f64) < 0.5
+    depth = margin * (hi - lo) * torch.rand(num, 24, 3, generator=g, dtype=f64)
+    depth = torch.where(torch.rand(num, 24, 3, generator=g, dtype=f64) < at_limit,
+                        torch.zeros_like(depth), depth)
+    limit = torch.where(upper, hi - depth, lo + depth)
+    pick = torch.rand(num, len(REGIONS), generator=g, dtype=f64) < p
+    none = ~pick.any(1)
+    pick[none, torch.randint(len(REGIONS), (int(none.sum()),), generator=g)] = True
+    ang = torch.zeros(num, 24, 3, dtype=f64)
+    ang[:, 16, 2], ang[:, 17, 2] = -1.3, 1.3  # the motions' rest stance: arms down
+    for r, joints in enumerate(REGIONS):
+        for j in joints:
+            ang[:, j] = torch.where(pick[:, r, None], limit[:, j], ang[:, j])
+    R = euler_xyz_to_matrix(ang)
+    R[:, 0] = random_rotation_matrix(num, generator=g, dtype=f64)
+    return matrix_to_axis_angle(R).reshape(num, 72)
+
+
+def _region_scans(dm, num: int) -> dict[str, torch.Tensor]:
+    from geo3d.apps.arteq._data import generate_scans, load_body
+
+    h = dm.hparams
+    g = torch.Generator().manual_seed(int(h.seed) * 1009 + 17)
+    subjects = torch.unique(dm.split_data("in_dist")["betas"].double(), dim=0)
+    frames = {"betas": subjects[torch.arange(num) % len(subjects)],
+              "pose": region_limit_poses(num, g),
+              "transl": torch.zeros(num, 3, dtype=torch.float64)}
+    body = load_body(h.body_model, h.gender, h.num_betas, torch.float64)
+    return generate_scans(body, frames, h.num_points, h.noise_std, g)
+
+
+def _rel_joints(body, data: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Root-relative joints ``(M, 24, 3)`` of the poses in ``data`` on the mean shape, root
+    rotation removed."""
+    M = len(data["body_pose"])
+    out = body(betas=torch.zeros(M, body.num_betas), global_orient=torch.eye(3).expand(M, 1, 3, 3),
+               body_pose=data["body_pose"].float(), transl=torch.zeros(M, 3), pose2rot=False)
+    j = out.joints[:, :24]
+    return j - j[:, :1]
 
 
 def main() -> None:
@@ -58,14 +123,19 @@ def main() -> None:
     icp = int(module.hparams.icp_steps)
     res: dict = {"checkpoint": a.checkpoint, "epoch": st.get("epoch"),
                  "global_step": st.get("global_step"), "icp_steps": icp}
-    for cond in ("in_dist", "ood"):
-        ds = dm.dataset(cond)
-        items = [ds[i] for i in range(min(len(ds), a.scans))]
-        batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
-        n = len(items)
+    with torch.no_grad():
+        train_joints = _rel_joints(body, dm.split_data("train"))
+    sets = {c: dm.split_data(c) for c in ("in_dist", "ood")}
+    sets["ood_regions"] = _region_scans(dm, a.scans)
+    for cond, data in sets.items():
+        n = min(len(data["points"]), a.scans)
+        batch = {k: v[:n] for k, v in data.items()}
         with torch.no_grad():
             gt = _gt(body, batch)
-            r = {"num_scans": n}
+            q = _rel_joints(body, batch)
+            near = torch.stack([(q[i:i + 1] - train_joints).norm(dim=-1).mean(-1).min()
+                                for i in range(n)])
+            r = {"num_scans": n, "nearest_train_mpjpe_cm": float(100 * near.mean())}
             for mode in ("pred", "gtseg"):
                 labels = batch["labels"] if mode == "gtseg" else None
                 out = net(batch["points"], part_labels=labels)
