@@ -40,7 +40,8 @@ equivariant too (an equivariant 3x3 matrix projected onto SO(3) by SVD with the 
 instead of the reference's weighted chordal mean over the 60 anchors, so the whole network
 is exactly SE(3)-equivariant for all rotations. An accuracy comparison against a
 re-implemented icosahedral EPN backbone was NOT run; against the e3nn backbone ``"tfn"``
-(local, like EPN) it was, and ``"vn_dgcnn"`` won (README, ArtEq diagnosis).
+(local, like EPN) it was, and ``"vn_dgcnn"`` won (README, ArtEq out-of-distribution
+experiments).
 
 Subsampling. As in the reference (EPN on a subsample, features carried to every point by
 3-NN interpolation), the backbone runs on at most ``num_centers`` points of a large scan: a
