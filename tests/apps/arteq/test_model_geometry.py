@@ -65,7 +65,8 @@ def test_part_geometry_rotates_with_the_points():
 @pytest.mark.parametrize("backbone,rot_context,chiral", [("vn_dgcnn", "local", False),
                                                         ("vn_dgcnn", "global", False),
                                                         ("vn_dgcnn", "local", True),
-                                                        ("vn", "local", True)])
+                                                        ("vn", "local", True),
+                                                        ("vn_dgcnn", "geometry", True)])
 def test_net_with_part_geometry_is_exactly_se3_equivariant(labels, backbone, rot_context,
                                                            chiral):
     net = _net(backbone, part_geometry=True, rot_context=rot_context, chiral=chiral,
@@ -252,3 +253,40 @@ def test_sharp_pooling_of_a_never_predicted_part_has_finite_gradients():
     loss.backward()
     for name, p in net.named_parameters():
         assert p.grad is None or bool(torch.isfinite(p.grad).all()), name
+
+
+def test_geometry_rot_context_reads_only_the_part_geometry():
+    # rot_context="geometry": with given part labels the pooling weights are one-hot, so the
+    # rotations depend on the points and labels only, not on the backbone: changing every
+    # backbone and segmentation weight leaves part_rot and body_pose unchanged (a readout
+    # still wired to the pooled backbone features would move)
+    net = _net("vn_dgcnn", part_geometry=True, rot_context="geometry", chiral=True,
+               normalize_invariants=True)
+    assert ArtEqNet(**net.config).rot_context == "geometry"
+    x = _cloud(2, 90, seed=8)
+    # every part labelled (an unlabelled part falls back to its predicted weights)
+    gl = torch.Generator().manual_seed(3)
+    lab = torch.stack([(torch.arange(90) % 22)[torch.randperm(90, generator=gl)] for _ in "ab"])
+    with torch.no_grad():
+        a = net(x, lab)
+        g = torch.Generator().manual_seed(4)
+        for mod in (net.encoder, net.seg_head, net.chiral_axes):
+            for p in mod.parameters():
+                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+        b = net(x, lab)
+    assert float((b["part_logits"] - a["part_logits"]).abs().max()) > 1e-3
+    torch.testing.assert_close(b["part_rot"], a["part_rot"], atol=1e-12, rtol=0)
+    torch.testing.assert_close(b["body_pose"], a["body_pose"], atol=1e-12, rtol=0)
+    # while "local" reads the backbone features too
+    loc = _net("vn_dgcnn", part_geometry=True, rot_context="local")
+    with torch.no_grad():
+        c = loc(x, lab)
+        for p in loc.encoder.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+        d = loc(x, lab)
+    assert float((d["part_rot"] - c["part_rot"]).abs().max()) > 1e-6
+
+
+def test_geometry_rot_context_needs_part_geometry():
+    with pytest.raises(ValueError, match="rot_context.*part_geometry"):
+        ArtEqNet("vn_dgcnn", rot_context="geometry")
