@@ -240,10 +240,14 @@ class ArtEqNet(nn.Module):
             ``"geometry"`` (needs ``part_geometry=True``) reads it from the part's and its
             parent's geometry vectors only (their norms and Gram matrix steer the readout),
             no backbone feature: with given part labels the rotations depend on the points
-            and the labels alone. Measured on the demo data with true-part pooling (README,
-            ArtEq out-of-distribution experiments): V2V 4.6 / 12.6 cm in_dist / ood vs
-            10.1 / 19.9 for ``"local"``; with the net's own segmentation the ood error is
-            unchanged (segmentation-bound), so the configs keep ``"local"``.
+            and the labels alone, except through parts without a labelled point, which fall
+            back to their predicted weights (ArtEq labels never contain the feet 10, 11, so
+            the ankles' child vectors come from the predicted foot weights). Measured on the
+            demo data with true-part pooling (README, ArtEq out-of-distribution
+            experiments): V2V 4.6 / 12.6 cm in_dist / ood vs 10.1 / 19.9 for ``"local"``;
+            with the net's own segmentation in_dist improves and ood does not
+            (segmentation-bound). The packaged configs use ``"geometry"`` since 9620a7b.
+            The baselines ignore ``rot_context`` (configs are shared with them).
         batch_norm: batch norm inside the backbone (in training mode it mixes the samples
             of a batch: equivariance then holds for one rotation of the whole batch; in
             eval mode per sample). Its running statistics lag behind fast-changing
@@ -288,7 +292,8 @@ class ArtEqNet(nn.Module):
             equivariant feature give the axis ``c = (a x b) / (|a| |b|)`` (a pseudo-vector:
             rotates with the input, flips under a reflection); the per-point components
             ``V_n . c`` of the vector channels go to the segmentation head, their per-part
-            pooled values (part + parent) to the part token and the rotation steering; and
+            pooled values (part + parent) to the part token and the rotation steering (not
+            with ``rot_context="geometry"``); and
             the per-part rotation readout also gets ``rot_hidden // 2`` cross products of
             its own vector channels. The network stays exactly equivariant to rotations
             and translations (SE(3)); it is no longer reflection-invariant. ``False``: as

@@ -225,12 +225,13 @@ class TestEquivariance:
         # duplicated points (kNN ties), far from the origin, and with the chiral features
         x = _cloud(2, 120, 9)
         x = torch.cat([x, x[:, :20]], dim=1)
-        for kw in ({}, {"chiral": True, "seg_norms": True, "normalize_invariants": True}):
+        for kw in ({}, {"chiral": True, "seg_norms": True, "normalize_invariants": True},
+                   {"num_centers": 60, "interp_sigma": 0.2}):  # subsample + interpolation
             net = _net("tfn", **kw).double().eval()
             assert net.equivariant and ArtEqNet(**net.config).backbone == "tfn"
             errs = _equivariance_errors(net, x, seed=3, offset=20.0)
             with capsys.disabled():
-                print(f"\nArtEqNet(tfn{', chiral' if kw else ''}) float64 errors: {errs}")
+                print(f"\nArtEqNet(tfn, {kw}) float64 errors: {errs}")
             bad = {k: v for k, v in errs.items() if not v < 1e-6}
             assert not bad, bad
 
