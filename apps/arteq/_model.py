@@ -672,8 +672,12 @@ class ArtEqNet(nn.Module):
                     torch.finfo(dtype).eps).sqrt()  # degree 1 in the features
                 Z = torch.cat([Z, cr / scale], dim=1)
             H = Z.shape[1]
-            steer = self.rot_steer({"global": tok, "local": local_inv}.get(
-                self.rot_context, geo_inv if self.rot_context == "geometry" else None))
+            if self.rot_context == "global":
+                steer = self.rot_steer(tok)
+            elif self.rot_context == "geometry":
+                steer = self.rot_steer(geo_inv)
+            else:
+                steer = self.rot_steer(local_inv)
             coef = self.rot_static + steer.view(B, P, 3, H)  # (B, P, 3, H)
             u = torch.einsum("bpjh,bhxp->bpxj", coef, Z)  # (B, P, 3, 3): columns = vectors
             R = project_to_so3(u)
