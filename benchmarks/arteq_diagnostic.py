@@ -49,7 +49,9 @@ REGIONS = ((13, 16, 18, 20, 22), (14, 17, 19, 21, 23), (1, 4, 7, 10), (2, 5, 8, 
 
 def region_limit_poses(num: int, g: torch.Generator, p: float = 0.5, margin: float = 0.1,
                        at_limit: float = 0.5) -> torch.Tensor:
-    """``(num, 72)`` axis-angle poses of the ``ood_regions`` set (module docs)."""
+    """``(num, 72)`` axis-angle poses of the ``ood_regions`` set (module docs). The limit
+    angles are drawn as in :func:`geo3d.body.extreme_poses` but inline: calling it would also
+    draw its root rotation and shift the random stream, changing the recorded set."""
     from geo3d.body import JOINT_LIMITS, euler_xyz_to_matrix
     from geo3d.rotations import matrix_to_axis_angle, random_rotation_matrix
 

@@ -205,6 +205,14 @@ def part_geometry(x: Tensor, w: Tensor) -> Tensor:
     return torch.cat([v, Cv, CCv], dim=2)
 
 
+def _norms_and_gram(Q: Tensor, proj: nn.Module) -> Tensor:
+    """Frame-free invariants of per-part vectors ``Q (B, P, C, 3)``: their norms and the
+    Gram matrix of ``_GRAM`` learned VN projections ``proj`` -> ``(B, P, C + _GRAM**2)``."""
+    G = proj(Q.permute(0, 2, 3, 1))  # (B, _GRAM, 3, P)
+    gram = torch.einsum("bgxp,bhxp->bpgh", G, G).flatten(2)
+    return torch.cat([torch.linalg.vector_norm(Q, dim=-1), gram], dim=-1)
+
+
 class ArtEqNet(nn.Module):
     """ArtEq: SMPL pose and shape of a point cloud, SE(3)-equivariant (see module docs).
 
@@ -634,10 +642,7 @@ class ArtEqNet(nn.Module):
             Q = [Pe, Pe[:, par]] + ([] if geo is None else [geo])
             Q = torch.cat(Q, dim=2)  # (B, P, 2F (+12), 3) kinematic conditioning
             Qv = Q.permute(0, 2, 3, 1)  # (B, 2F, 3, P) VN layout
-            G = self.gram(Qv)  # (B, G, 3, P)
-            gram = torch.einsum("bgxp,bhxp->bpgh", G, G).reshape(B, P, _GRAM * _GRAM)
-            norms = torch.linalg.vector_norm(Q, dim=-1)  # (B, P, 2F)
-            local_inv = [norms, gram]  # frame-free, part + parent only
+            local_inv = [_norms_and_gram(Q, self.gram)]  # frame-free, part + parent only
             if chi is not None:  # pooled chiral invariants (global axis), part + parent
                 pc = torch.einsum("bnk,bnc->bkc", w, chi)
                 local_inv += [pc, pc[:, par]]
@@ -656,11 +661,8 @@ class ArtEqNet(nn.Module):
                 g_eq = enc.equivariant.unsqueeze(-1).expand(-1, -1, -1, P)  # (B, F, 3, P)
                 Z = self.rot_mlp(torch.cat([Qv, g_eq], dim=1))  # (B, H, 3, P)
             elif self.rot_context == "geometry":  # the part's geometry vectors only
-                Qg = geo.permute(0, 2, 3, 1)  # (B, 12, 3, P)
-                Gg = self.gram_geo(Qg)
-                geo_inv = torch.cat([torch.linalg.vector_norm(geo, dim=-1), torch.einsum(
-                    "bgxp,bhxp->bpgh", Gg, Gg).reshape(B, P, _GRAM * _GRAM)], dim=-1)
-                Z = self.rot_mlp(Qg)
+                geo_inv = _norms_and_gram(geo, self.gram_geo)
+                Z = self.rot_mlp(geo.permute(0, 2, 3, 1))  # (B, 12, 3, P) VN layout
             else:
                 Z = self.rot_mlp(Qv)  # (B, H, 3, P)
             if self.chiral:  # pseudo-vector channels: cross products of the part's vectors
