@@ -7,6 +7,8 @@ For a checkpoint of ``geo3d arteq fit`` and the ``demo`` config's data (the evid
 * ``gtseg``: the same net, parts pooled with the ground-truth segmentation (if this is much
   better, segmentation is the bottleneck; if it is worse, the pose branch does not read
   parts as parts);
+* ``refine`` (with ``--refine STEPS``): ``pred`` refined by
+  :func:`geo3d.apps.arteq._fit.refine_fit` (the fitting API's ``refine=True``);
 * ``zero_pose_v2v_cm``: the T-pose with the true betas and global orientation (the error of a
   net that learned no articulation);
 * ``nearest_train_mpjpe_cm``: how far the condition's poses lie from the training poses: for
@@ -106,9 +108,12 @@ def main() -> None:
                     help="the data folder of the demo config (generated on first use)")
     ap.add_argument("--scans", type=int, default=48)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                    help="also score `refine`: the net's fit refined by refine_fit (STEPS "
+                         "Adam steps, the fitting API's refine=True; 60 there)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    from geo3d.apps.arteq._fit import decode
+    from geo3d.apps.arteq._fit import decode, refine_fit
     from geo3d.apps.arteq._module import ArtEqModule
     from geo3d.apps.arteq.cli import config_path
 
@@ -143,6 +148,10 @@ def main() -> None:
                 out = net(batch["points"], part_labels=labels)
                 fit = decode(out, body, batch["points"], icp_steps=icp)
                 r[mode] = _metrics(fit, gt, batch["labels"])
+                if mode == "pred" and a.refine > 0:
+                    with torch.enable_grad():
+                        ref = refine_fit(fit, batch["points"], body, steps=a.refine)
+                    r["refine"] = _metrics(ref, gt, batch["labels"])
             zero = body(betas=batch["betas"], global_orient=batch["global_orient"].unsqueeze(1),
                         body_pose=torch.eye(3).expand(n, 23, 3, 3), transl=batch["transl"],
                         pose2rot=False)
