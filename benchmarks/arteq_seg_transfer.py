@@ -1,0 +1,275 @@
+"""ArtEq segmentation transfer probe: which per-point features still segment unseen poses?
+
+The ArtEq evidence net segments in_dist scans well (part accuracy ~0.70) and ``ood`` scans
+(every joint angle at or near a limit) badly (~0.21), and its ``ood`` error is bound by that
+(``benchmarks/arteq_diagnostic.py``). This probe trains *segmentation alone* (cross-entropy,
+no pose) on the demo config's 210 training scans, with the same protocol for every feature
+set, and scores part accuracy on the first ``--scans`` in_dist scans and the ``ood`` scans:
+
+* ``net``: the demo config's ``ArtEqNet`` (``vn_dgcnn``, chiral, segmentation head on the
+  per-point invariants read in the cloud's global frame plus the global invariant), trained
+  with Haar-random rotations (the control: the evidence net's segmentation path);
+* ``vn_local``: :class:`geo3d.apps.arteq._backbones.VNLocalEncoder` (only relative
+  offsets, no global feature) + frame-free chiral invariants of each point's own vector
+  channels (Gram matrix and triple products of ``G`` learned projections) -> MLP;
+  Haar-random rotations;
+* ``descriptors``: hand-made local invariants, no learning in the features: per kNN scale
+  ``k``, the standard deviations along the local principal axes, the offset from the
+  local centroid, the ``k``-th neighbour distance, the third moment along the first axis
+  and a reflection-odd third moment along the third (axes signed by their skewness: an
+  SO(3)-invariant, chirality-aware number), their means over larger neighbourhoods
+  (``--agg``), and with ``--geodesic`` the quantiles of each point's graph-geodesic
+  distances to all points (kNN graph, ``k`` = 8; articulation-invariant up to contacts)
+  -> MLP (the features are rotation-invariant, so no augmentation is needed).
+
+``ood_tail`` is the last 12 ``ood`` scans, scored by every run so that ``--oracle`` (fit on
+the first 30 ``ood`` scans) has a like-for-like control. Each scored set also gets ``cross_part_knn_edges``: the fraction of 8-NN edges that join
+non-adjacent parts (self-contact). Besides the part accuracy it reports ``sym_acc`` (left/right parts merged: is the error a
+side swap or a wrong body region?) and the per-part recall on ``ood``. Writes/updates
+``--out`` (one key per run)::
+
+    OMP_NUM_THREADS=1 python benchmarks/arteq_seg_transfer.py --probe descriptors --geodesic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from itertools import combinations
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, write_json_atomic  # noqa: E402
+
+#: left/right part pairs of the 22-part ArtEq layout (SMPL joints 0..21)
+#: ``--oracle`` fits on the first ORACLE ood scans; every run also scores the rest (``ood_tail``)
+ORACLE = 30
+PAIRS = ((1, 2), (4, 5), (7, 8), (10, 11), (13, 14), (16, 17), (18, 19), (20, 21))
+
+
+def sym_map() -> torch.Tensor:
+    s = list(range(22))
+    for a, b in PAIRS:
+        s[b] = a
+    return torch.tensor(s)
+
+
+def descriptors(x: torch.Tensor, scales: list[int], agg: list[int], geodesic: bool) -> torch.Tensor:
+    """``x (N, 3)`` -> ``(N, D)`` float32 rotation- and translation-invariant descriptors."""
+    x = x.double()
+    N = len(x)
+    d = torch.cdist(x, x)
+    order = d.argsort(dim=1)
+    f = []
+    for k in scales:
+        k = min(k, N)
+        nb = x[order[:, :k]]  # (N, k, 3)
+        c = nb.mean(1)
+        y = nb - c[:, None]
+        ev, evec = torch.linalg.eigh(y.transpose(1, 2) @ y / k)  # ascending
+        e1, e2 = evec[..., 2], evec[..., 1]
+        m1 = ((y * e1[:, None]).sum(-1) ** 3).mean(1)
+        m2 = ((y * e2[:, None]).sum(-1) ** 3).mean(1)
+        s1 = torch.where(m1 < 0, -1.0, 1.0).to(x)
+        s2 = torch.where(m2 < 0, -1.0, 1.0).to(x)
+        e3 = torch.linalg.cross(s1[:, None] * e1, s2[:, None] * e2)
+        m3 = ((y * e3[:, None]).sum(-1) ** 3).mean(1)  # flips sign under a reflection
+        f += [ev.clamp_min(0).sqrt(), (x - c).norm(dim=-1, keepdim=True),
+              d.gather(1, order[:, k - 1:k]), m1.abs().pow(1 / 3)[:, None],
+              (m3.sign() * m3.abs().pow(1 / 3))[:, None]]
+    if geodesic:
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import shortest_path
+
+        kk = min(8, N - 1)
+        adj = torch.zeros(N, N, dtype=torch.bool)
+        adj[torch.arange(N)[:, None], order[:, 1:kk + 1]] = True
+        adj = adj | adj.T
+        G = torch.from_numpy(shortest_path(csr_matrix(torch.where(adj, d, 0).numpy()),
+                                           directed=False))
+        fin = torch.isfinite(G)
+        G = torch.where(fin, G, float(G[fin].max()) * 1.2)  # disconnected pieces
+        q = torch.quantile(G, torch.tensor([0.05, *[i / 10 for i in range(1, 11)]],
+                                           dtype=G.dtype), dim=1).T
+        f += [q, q / q[:, 5:6].clamp_min(1e-12)]
+    f = torch.cat(f, dim=-1)
+    return torch.cat([f] + [f[order[:, :min(k, N)]].mean(1) for k in agg], dim=-1).float()
+
+
+class VNLocalSeg(nn.Module):
+    """Local VN encoder + frame-free chiral invariants of each point's channels -> logits."""
+
+    def __init__(self, k: int = 16, feat_dim: int = 32, hidden: tuple[int, ...] = (16, 16, 32),
+                 G: int = 8) -> None:
+        super().__init__()
+        from geo3d.apps.arteq._backbones import VNLocalEncoder
+
+        from geo3d.nn import VNLinear
+
+        self.enc = VNLocalEncoder(k=k, feat_dim=feat_dim, hidden=hidden, batch_norm=False)
+        self.proj = VNLinear(feat_dim, G)
+        self.register_buffer("tri", torch.tensor(list(combinations(range(G), 3))),
+                             persistent=False)
+        self.register_buffer("iu", torch.triu_indices(G, G), persistent=False)
+        n = self.iu.shape[1] + self.tri.shape[0]
+        self.head = nn.Sequential(nn.LayerNorm(n), nn.Linear(n, 64), nn.ReLU(),
+                                  nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 22))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        V = self.enc(x).point_equivariant  # (B, N, F, 3)
+        U = self.proj(V.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, N, G, 3)
+        U = U / U.square().sum(-1).mean((1, 2), keepdim=True).sqrt()[..., None].clamp_min(1e-12)
+        gram = (U @ U.transpose(-1, -2))[..., self.iu[0], self.iu[1]]
+        t = self.tri
+        tri = torch.linalg.det(torch.stack([U[..., t[:, 0], :], U[..., t[:, 1], :],
+                                            U[..., t[:, 2], :]], dim=-2))
+        return self.head(torch.cat([gram, tri], dim=-1))
+
+
+class NetSeg(nn.Module):
+    """The demo config's ArtEqNet; its part logits."""
+
+    def __init__(self, net_kwargs: dict) -> None:
+        super().__init__()
+        from geo3d.apps.arteq._model import ArtEqNet
+
+        self.net = ArtEqNet(**net_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)["part_logits"]
+
+
+def cross_part_edges(points: torch.Tensor, labels: torch.Tensor, k: int = 8) -> float:
+    """Mean fraction of each point's ``k`` nearest neighbours on a part that is neither its
+    own, its parent nor its child (contacts between body regions)."""
+    from geo3d.apps.arteq._model import ARTEQ_PARENTS
+
+    adj = torch.eye(22, dtype=torch.bool)
+    for c, p in enumerate(ARTEQ_PARENTS):
+        if p >= 0:
+            adj[c, p] = adj[p, c] = True
+    fr = []
+    for x, y in zip(points, labels, strict=True):
+        nb = torch.cdist(x, x).argsort(1)[:, 1:k + 1]
+        fr.append((~adj[y[:, None], y[nb]]).float().mean())
+    return float(torch.stack(fr).mean())
+
+
+def scores(pred: torch.Tensor, y: torch.Tensor) -> dict:
+    s = sym_map()
+    pred, y = pred.flatten(), y.flatten()
+    rec = {str(k): round(float((pred[y == k] == k).float().mean()), 3)
+           for k in range(22) if bool((y == k).any())}
+    return {"part_acc": float((pred == y).float().mean()),
+            "sym_acc": float((s[pred] == s[y]).float().mean()), "recall": rec}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--probe", choices=("net", "vn_local", "descriptors"), required=True)
+    ap.add_argument("--data-root", default="runs/arteq_bench/data")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="Adam steps (default: 3000 for net / vn_local, 2000 descriptors)")
+    ap.add_argument("--scans", type=int, default=48, help="in_dist scans scored")
+    ap.add_argument("--scales", default="8,16,32,64", help="descriptors: kNN scales")
+    ap.add_argument("--agg", default="16,64", help="descriptors: averaging neighbourhoods")
+    ap.add_argument("--geodesic", action="store_true", help="descriptors: geodesic quantiles")
+    ap.add_argument("--oracle", action="store_true",
+                    help="descriptors: fit on the first 30 ood scans instead of the training "
+                         "scans (scored on `ood_tail`, the other 12): can these features "
+                         "segment ood scans at all?")
+    ap.add_argument("--out", default=str(RESULTS_DIR / "arteq_seg_transfer.json"))
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    from arteq import _datamodule
+    from geo3d.apps.arteq.cli import config_path
+
+    from geo3d.rotations import random_rotation_matrix
+
+    dm, model = _datamodule(config_path("demo"), Path(a.data_root).parent,
+                            ["--data.root", a.data_root])
+    tr = dm.split_data("train")
+    ood = dm.split_data("ood")
+    tests = {"in_dist": {k: v[:a.scans] for k, v in dm.split_data("in_dist").items()},
+             "ood": ood, "ood_tail": {k: v[ORACLE:] for k, v in ood.items()}}
+    if a.oracle:
+        if a.probe != "descriptors":
+            ap.error("--oracle: descriptors only")
+        tr = {k: v[:ORACLE] for k, v in ood.items()}
+    t0 = time.time()
+    key = a.probe
+    if a.probe == "descriptors":
+        sc = [int(s) for s in a.scales.split(",") if s]
+        ag = [int(s) for s in a.agg.split(",") if s]
+        key = f"descriptors_k{a.scales}_agg{a.agg}" + ("_geodesic" if a.geodesic else "") + (
+            "_oracle" if a.oracle else "")
+
+        def feats(pts: torch.Tensor) -> torch.Tensor:
+            return torch.stack([descriptors(p, sc, ag, a.geodesic) for p in pts])
+
+        Xtr = feats(tr["points"])
+        Xte = {c: feats(d["points"]) for c, d in tests.items()}
+        flat = Xtr.reshape(-1, Xtr.shape[-1])
+        mu, sd = flat.mean(0), flat.std(0).clamp_min(1e-9)
+        m: nn.Module = nn.Sequential(nn.Linear(flat.shape[1], 128), nn.ReLU(),
+                                     nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 22))
+        opt = torch.optim.Adam(m.parameters(), 1e-3, weight_decay=1e-4)
+        A, Y = (flat - mu) / sd, tr["labels"].reshape(-1)
+        for _ in range(a.steps or 2000):
+            i = torch.randint(len(A), (1024,))
+            loss = F.cross_entropy(m(A[i]), Y[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            preds = {c: m((X - mu) / sd).argmax(-1) for c, X in Xte.items()}
+    else:
+        if a.probe == "net":
+            m = NetSeg(_net_kwargs(model))
+        else:
+            m = VNLocalSeg()
+        opt = torch.optim.Adam(m.parameters(), 1e-3)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(a.steps or 3000):
+            i = torch.randint(len(tr["points"]), (4,), generator=g)
+            R = random_rotation_matrix(4, generator=g)
+            x = tr["points"][i]
+            x = (x - x.mean(1, keepdim=True)) @ R.transpose(1, 2)
+            loss = F.cross_entropy(m(x).reshape(-1, 22), tr["labels"][i].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        m.eval()
+        with torch.no_grad():
+            preds = {c: torch.cat([m(d["points"][j:j + 8]).argmax(-1)
+                                   for j in range(0, len(d["points"]), 8)])
+                     for c, d in tests.items()}
+    res = {"steps": a.steps or (2000 if a.probe == "descriptors" else 3000),
+           "train_scans": len(tr["points"]), "seconds": round(time.time() - t0, 1),
+           **{c: scores(p, tests[c]["labels"]) for c, p in preds.items()}}
+    for c, d in tests.items():
+        res[c]["cross_part_knn_edges"] = cross_part_edges(d["points"], d["labels"])
+    out = Path(a.out)
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    old[key] = res
+    write_json_atomic(out, old)
+    print(key, json.dumps({c: {k: round(v, 3) for k, v in res[c].items() if k != "recall"}
+                           for c in tests}))
+
+
+def _net_kwargs(module) -> dict:
+    """The ``ArtEqNet`` keyword arguments of the demo config's module."""
+    h = module.hparams
+    return {"backbone": h.backbone, "num_betas": h.num_betas, **dict(h.net or {})}
+
+
+if __name__ == "__main__":
+    main()
