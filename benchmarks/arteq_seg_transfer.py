@@ -23,7 +23,8 @@ set, and scores part accuracy on the first ``--scans`` in_dist scans and the ``o
   -> MLP (the features are rotation-invariant, so no augmentation is needed).
 
 ``ood_tail`` is the last 12 ``ood`` scans, scored by every run so that ``--oracle`` (fit on
-the first 30 ``ood`` scans) has a like-for-like control. Each scored set also gets ``cross_part_knn_edges``: the fraction of 8-NN edges that join
+the first 30 ``ood`` scans instead of the training scans: can these features segment such
+poses at all, given such poses?) has a like-for-like control. Each scored set also gets ``cross_part_knn_edges``: the fraction of 8-NN edges that join
 non-adjacent parts (self-contact). Besides the part accuracy it reports ``sym_acc`` (left/right parts merged: is the error a
 side swap or a wrong body region?) and the per-part recall on ``ood``. Writes/updates
 ``--out`` (one key per run)::
@@ -182,7 +183,7 @@ def main() -> None:
     ap.add_argument("--agg", default="16,64", help="descriptors: averaging neighbourhoods")
     ap.add_argument("--geodesic", action="store_true", help="descriptors: geodesic quantiles")
     ap.add_argument("--oracle", action="store_true",
-                    help="descriptors: fit on the first 30 ood scans instead of the training "
+                    help="fit on the first 30 ood scans instead of the training "
                          "scans (scored on `ood_tail`, the other 12): can these features "
                          "segment ood scans at all?")
     ap.add_argument("--out", default=str(RESULTS_DIR / "arteq_seg_transfer.json"))
@@ -201,11 +202,9 @@ def main() -> None:
     tests = {"in_dist": {k: v[:a.scans] for k, v in dm.split_data("in_dist").items()},
              "ood": ood, "ood_tail": {k: v[ORACLE:] for k, v in ood.items()}}
     if a.oracle:
-        if a.probe != "descriptors":
-            ap.error("--oracle: descriptors only")
         tr = {k: v[:ORACLE] for k, v in ood.items()}
     t0 = time.time()
-    key = a.probe
+    key = a.probe + ("_oracle" if a.oracle and a.probe != "descriptors" else "")
     if a.probe == "descriptors":
         sc = [int(s) for s in a.scales.split(",") if s]
         ag = [int(s) for s in a.agg.split(",") if s]
