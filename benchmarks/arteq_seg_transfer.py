@@ -20,7 +20,9 @@ set, and scores part accuracy on the first ``--scans`` in_dist scans and the ``o
   SO(3)-invariant, chirality-aware number), their means over larger neighbourhoods
   (``--agg``), and with ``--geodesic`` the quantiles of each point's graph-geodesic
   distances to all points (kNN graph, ``k`` = 8; articulation-invariant up to contacts)
-  -> MLP (the features are rotation-invariant, so no augmentation is needed).
+  -> MLP (the features are rotation-invariant, so no augmentation is needed);
+* ``net_desc``: ``net``'s part logits plus an MLP of the ``descriptors`` (trained jointly,
+  Haar-random rotations): do the two kinds of features add up?
 
 ``ood_tail`` is the last 12 ``ood`` scans, scored by every run so that ``--oracle`` (fit on
 the first 30 ``ood`` scans instead of the training scans: can these features segment such
@@ -133,6 +135,22 @@ class VNLocalSeg(nn.Module):
         return self.head(torch.cat([gram, tri], dim=-1))
 
 
+class NetDescSeg(nn.Module):
+    """The demo config's ArtEqNet part logits plus an MLP of the (normalised) descriptors:
+    the descriptors are rotation-invariant, so the sum keeps the net's equivariance."""
+
+    def __init__(self, net_kwargs: dict, d_in: int) -> None:
+        super().__init__()
+        from geo3d.apps.arteq._model import ArtEqNet
+
+        self.net = ArtEqNet(**net_kwargs)
+        self.head = nn.Sequential(nn.Linear(d_in, 128), nn.ReLU(), nn.Linear(128, 128),
+                                  nn.ReLU(), nn.Linear(128, 22))
+
+    def forward(self, x: torch.Tensor, desc: torch.Tensor) -> torch.Tensor:
+        return self.net(x)["part_logits"] + self.head(desc)
+
+
 class NetSeg(nn.Module):
     """The demo config's ArtEqNet; its part logits."""
 
@@ -174,7 +192,7 @@ def scores(pred: torch.Tensor, y: torch.Tensor) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--probe", choices=("net", "vn_local", "descriptors"), required=True)
+    ap.add_argument("--probe", choices=("net", "vn_local", "descriptors", "net_desc"), required=True)
     ap.add_argument("--data-root", default="runs/arteq_bench/data")
     ap.add_argument("--steps", type=int, default=None,
                     help="Adam steps (default: 3000 for net / vn_local, 2000 descriptors)")
@@ -231,10 +249,25 @@ def main() -> None:
         with torch.no_grad():
             preds = {c: m((X - mu) / sd).argmax(-1) for c, X in Xte.items()}
     else:
-        if a.probe == "net":
+        Dtr = Dte = None
+        if a.probe == "net_desc":  # descriptors are invariant: computed once per scan
+            sc = [int(s) for s in a.scales.split(",") if s]
+            ag = [int(s) for s in a.agg.split(",") if s]
+            key += f"_k{a.scales}_agg{a.agg}" + ("_geodesic" if a.geodesic else "")
+            Dtr = torch.stack([descriptors(p, sc, ag, a.geodesic) for p in tr["points"]])
+            flat = Dtr.reshape(-1, Dtr.shape[-1])
+            mu, sd = flat.mean(0), flat.std(0).clamp_min(1e-9)
+            Dtr = (Dtr - mu) / sd
+            Dte = {c: (torch.stack([descriptors(p, sc, ag, a.geodesic) for p in d["points"]])
+                       - mu) / sd for c, d in tests.items()}
+            m = NetDescSeg(_net_kwargs(model), Dtr.shape[-1])
+        elif a.probe == "net":
             m = NetSeg(_net_kwargs(model))
         else:
             m = VNLocalSeg()
+
+        def call(x: torch.Tensor, dsc: torch.Tensor | None) -> torch.Tensor:
+            return m(x) if dsc is None else m(x, dsc)
         opt = torch.optim.Adam(m.parameters(), 1e-3)
         g = torch.Generator().manual_seed(1)
         for _ in range(a.steps or 3000):
@@ -242,13 +275,15 @@ def main() -> None:
             R = random_rotation_matrix(4, generator=g)
             x = tr["points"][i]
             x = (x - x.mean(1, keepdim=True)) @ R.transpose(1, 2)
-            loss = F.cross_entropy(m(x).reshape(-1, 22), tr["labels"][i].reshape(-1))
+            logits = call(x, None if Dtr is None else Dtr[i])
+            loss = F.cross_entropy(logits.reshape(-1, 22), tr["labels"][i].reshape(-1))
             opt.zero_grad()
             loss.backward()
             opt.step()
         m.eval()
         with torch.no_grad():
-            preds = {c: torch.cat([m(d["points"][j:j + 8]).argmax(-1)
+            preds = {c: torch.cat([call(d["points"][j:j + 8],
+                                        None if Dte is None else Dte[c][j:j + 8]).argmax(-1)
                                    for j in range(0, len(d["points"]), 8)])
                      for c, d in tests.items()}
     res = {"steps": a.steps or (2000 if a.probe == "descriptors" else 3000),
