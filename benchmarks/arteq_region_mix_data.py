@@ -21,6 +21,7 @@ Session of 2026-11-30 (night): results in ``benchmarks/results/arteq_ood_experim
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ def main() -> None:
             sys.exit(f"--src: expected a generated arteq_* folder or a root with one, "
                      f"found {len(caches)}; pass the folder")
         src = caches[0]
-    cfg = __import__("json").loads((src / "config.json").read_text())
+    cfg = json.loads((src / "config.json").read_text())
     dst = Path(a.dst) / src.name
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():

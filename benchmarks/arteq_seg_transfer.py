@@ -222,24 +222,24 @@ def main() -> None:
     if a.oracle:
         tr = {k: v[:ORACLE] for k, v in ood.items()}
     t0 = time.time()
-    key = a.probe + ("_oracle" if a.oracle and a.probe != "descriptors" else "")
-    if a.probe == "descriptors":
+    key = a.probe
+    Dtr = Dte = None
+    if a.probe in ("descriptors", "net_desc"):  # invariant: computed once per scan
         sc = [int(s) for s in a.scales.split(",") if s]
         ag = [int(s) for s in a.agg.split(",") if s]
-        key = f"descriptors_k{a.scales}_agg{a.agg}" + ("_geodesic" if a.geodesic else "") + (
-            "_oracle" if a.oracle else "")
-
-        def feats(pts: torch.Tensor) -> torch.Tensor:
-            return torch.stack([descriptors(p, sc, ag, a.geodesic) for p in pts])
-
-        Xtr = feats(tr["points"])
-        Xte = {c: feats(d["points"]) for c, d in tests.items()}
-        flat = Xtr.reshape(-1, Xtr.shape[-1])
+        key += f"_k{a.scales}_agg{a.agg}" + ("_geodesic" if a.geodesic else "")
+        Dtr = torch.stack([descriptors(p, sc, ag, a.geodesic) for p in tr["points"]])
+        flat = Dtr.reshape(-1, Dtr.shape[-1])
         mu, sd = flat.mean(0), flat.std(0).clamp_min(1e-9)
-        m: nn.Module = nn.Sequential(nn.Linear(flat.shape[1], 128), nn.ReLU(),
+        Dtr = (Dtr - mu) / sd
+        Dte = {c: (torch.stack([descriptors(p, sc, ag, a.geodesic) for p in d["points"]])
+                   - mu) / sd for c, d in tests.items()}
+    key += "_oracle" if a.oracle else ""
+    if a.probe == "descriptors":
+        m: nn.Module = nn.Sequential(nn.Linear(Dtr.shape[-1], 128), nn.ReLU(),
                                      nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 22))
         opt = torch.optim.Adam(m.parameters(), 1e-3, weight_decay=1e-4)
-        A, Y = (flat - mu) / sd, tr["labels"].reshape(-1)
+        A, Y = Dtr.reshape(-1, Dtr.shape[-1]), tr["labels"].reshape(-1)
         for _ in range(a.steps or 2000):
             i = torch.randint(len(A), (1024,))
             loss = F.cross_entropy(m(A[i]), Y[i])
@@ -247,19 +247,9 @@ def main() -> None:
             loss.backward()
             opt.step()
         with torch.no_grad():
-            preds = {c: m((X - mu) / sd).argmax(-1) for c, X in Xte.items()}
+            preds = {c: m(X).argmax(-1) for c, X in Dte.items()}
     else:
-        Dtr = Dte = None
-        if a.probe == "net_desc":  # descriptors are invariant: computed once per scan
-            sc = [int(s) for s in a.scales.split(",") if s]
-            ag = [int(s) for s in a.agg.split(",") if s]
-            key += f"_k{a.scales}_agg{a.agg}" + ("_geodesic" if a.geodesic else "")
-            Dtr = torch.stack([descriptors(p, sc, ag, a.geodesic) for p in tr["points"]])
-            flat = Dtr.reshape(-1, Dtr.shape[-1])
-            mu, sd = flat.mean(0), flat.std(0).clamp_min(1e-9)
-            Dtr = (Dtr - mu) / sd
-            Dte = {c: (torch.stack([descriptors(p, sc, ag, a.geodesic) for p in d["points"]])
-                       - mu) / sd for c, d in tests.items()}
+        if a.probe == "net_desc":
             m = NetDescSeg(_net_kwargs(model), Dtr.shape[-1])
         elif a.probe == "net":
             m = NetSeg(_net_kwargs(model))
