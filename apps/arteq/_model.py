@@ -79,7 +79,8 @@ from geo3d._validation import check_finite, shape_of, value_error
 from geo3d.body import ARTEQ_NUM_PARTS, SMPL_PARENTS
 
 __all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES", "EQUIVARIANT_BACKBONES", "GEOMETRY_VECTORS",
-           "TFN_RADIUS", "part_geometry"]
+           "TFN_RADIUS", "DESCRIPTOR_SCALES", "DESCRIPTOR_AGG", "local_shape_descriptors",
+           "part_geometry"]
 
 #: Parent of each ArtEq part in the 22-part tree (-1 for the pelvis): ``SMPL_PARENTS[:22]``.
 ARTEQ_PARENTS: tuple[int, ...] = tuple(int(p) for p in SMPL_PARENTS[:ARTEQ_NUM_PARTS])
@@ -93,6 +94,11 @@ GEOMETRY_VECTORS = 6
 _GRAM = 8  # VN projections whose Gram matrix enters the invariant part token
 TFN_RADIUS = 4.0  # "tfn": end of the radial basis, backbone units (4 x 5 cm by default)
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+#: kNN sizes of :func:`local_shape_descriptors` (``seg_descriptors=True``).
+DESCRIPTOR_SCALES = (8, 16, 32, 64)
+#: Neighbourhood sizes over which :func:`local_shape_descriptors` are averaged.
+DESCRIPTOR_AGG = (16, 64)
+_DESC_GAIN = 10.0  # descriptors are fractions of the cloud's RMS radius (~0.01-0.3)
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -205,6 +211,98 @@ def part_geometry(x: Tensor, w: Tensor) -> Tensor:
     return torch.cat([v, Cv, CCv], dim=2)
 
 
+def local_shape_descriptors(x: Tensor, scales: Sequence[int] = DESCRIPTOR_SCALES,
+                            agg: Sequence[int] = DESCRIPTOR_AGG) -> Tensor:
+    """Hand-made local shape descriptors of every point: rotation-, translation- and
+    scale-invariant, one reflection-odd number per scale.
+
+    For each kNN size ``k`` in ``scales`` (the point itself included; points tied at the
+    ``k``-th distance share its weight, :func:`geo3d.nn.knn_neighborhood`): the standard
+    deviations along the three principal axes of the ``k`` neighbours, the distance from the
+    point to their centroid, the distance to the ``k``-th neighbour, the cube root of
+    ``|m1|``, the third moment along the first principal axis, and the signed cube root of
+    ``m3``, the third moment along ``e3 = s1 e1 x s2 e2`` (the first two axes signed by
+    their skewness ``s1, s2``), which changes sign under a reflection: these 7 numbers per
+    scale tell a left limb from a right one. Then the means of all of them over the ``a``
+    nearest points for each ``a`` in ``agg``. Lengths are divided by the cloud's RMS radius
+    about its centroid (scale-free). Computed in float64 without gradients.
+
+    Equivariance: kNN sets, centroids, eigen-decompositions of the covariance and moments
+    only use distances and inner products, and the neighbourhoods are symmetric under
+    distance ties (grids) and duplicates, so every number is invariant to any rotation and
+    translation of the cloud up to float64 rounding; except where an axis is not defined
+    (repeated covariance eigenvalues, e.g. a neighbourhood with a rotational symmetry; a
+    zero skewness): there the third moments depend on the rounding (they stay finite).
+
+    Args:
+        x: :math:`(B, N, 3)` points (any unit).
+        scales: kNN sizes (clamped to ``N``).
+        agg: averaging neighbourhood sizes (clamped to ``N``).
+
+    Returns:
+        :math:`(B, N, 7 |scales| (1 + |agg|))` in ``x``'s dtype.
+
+    Raises:
+        ValueError: ``x`` not ``(B, N, 3)`` with ``N >= 1``, or a size below 1.
+
+    Source: this project; the ArtEq segmentation-transfer probe
+    (``benchmarks/arteq_seg_transfer.py``, README "ArtEq out-of-distribution
+    experiments") measured ood part accuracy 0.30 for the net plus these descriptors vs
+    0.20 for the net alone.
+
+    Example:
+        >>> local_shape_descriptors(torch.randn(2, 100, 3)).shape
+        torch.Size([2, 100, 84])
+    """
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != 3 or x.shape[1] < 1:
+        raise value_error("x", "a (B, N, 3) tensor with N >= 1", shape_of(x))
+    for name, seq in (("scales", scales), ("agg", agg)):
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in seq):
+            raise value_error(name, "positive int sizes", repr(seq))
+    from geo3d.nn._graph import _knn_neighborhood
+
+    with torch.no_grad():
+        y = x.detach().to(torch.float64)
+        B, N, _ = y.shape
+        y = y - y.mean(dim=1, keepdim=True)
+        rms = y.square().sum(-1).mean(1).sqrt().clamp_min(torch.finfo(torch.float64).tiny)
+        y = y / rms[:, None, None]
+        bi = torch.arange(B, device=y.device)[:, None, None]
+
+        def hood(k: int) -> tuple[Tensor, Tensor]:  # tie-symmetric kNN: indices, weights
+            nb = _knn_neighborhood(y, k, None)
+            w = nb.weight / nb.weight.sum(-1, keepdim=True)
+            return nb.idx, w
+
+        def wmean(v: Tensor, w: Tensor) -> Tensor:  # v (B, N, K, ...) -> (B, N, ...)
+            return (v * w.view(*w.shape, *([1] * (v.dim() - 3)))).sum(2)
+
+        f = []
+        for k in scales:
+            idx, w = hood(k)
+            nb = y[bi, idx]  # (B, N, K, 3)
+            c = wmean(nb, w)
+            z = nb - c[..., None, :]
+            cov = torch.einsum("bnk,bnkx,bnky->bnxy", w, z, z)
+            ev, evec = torch.linalg.eigh(cov)  # ascending
+            e1, e2 = evec[..., 2], evec[..., 1]
+            m1 = wmean(torch.einsum("bnkx,bnx->bnk", z, e1) ** 3, w)
+            m2 = wmean(torch.einsum("bnkx,bnx->bnk", z, e2) ** 3, w)
+            s1 = torch.where(m1 < 0, -1.0, 1.0).to(y)
+            s2 = torch.where(m2 < 0, -1.0, 1.0).to(y)
+            e3 = torch.linalg.cross(s1[..., None] * e1, s2[..., None] * e2)
+            m3 = wmean(torch.einsum("bnkx,bnx->bnk", z, e3) ** 3, w)
+            far = torch.where(w > 0, (nb - y[:, :, None]).norm(dim=-1), 0.0).amax(-1)
+            f += [ev.clamp_min(0).sqrt(), (y - c).norm(dim=-1, keepdim=True), far[..., None],
+                  m1.abs().pow(1 / 3)[..., None], (m3.sign() * m3.abs().pow(1 / 3))[..., None]]
+        f = torch.cat(f, dim=-1)  # (B, N, 7 S)
+        out = [f]
+        for a in agg:
+            idx, w = hood(a)
+            out.append(wmean(f[bi, idx], w))
+        return torch.cat(out, dim=-1).to(x.dtype)
+
+
 def _norms_and_gram(Q: Tensor, proj: nn.Module) -> Tensor:
     """Frame-free invariants of per-part vectors ``Q (B, P, C, 3)``: their norms and the
     Gram matrix of ``_GRAM`` learned VN projections ``proj`` -> ``(B, P, C + _GRAM**2)``."""
@@ -306,6 +404,17 @@ class ArtEqNet(nn.Module):
             its own vector channels. The network stays exactly equivariant to rotations
             and translations (SE(3)); it is no longer reflection-invariant. ``False``: as
             before. Ignored by the baselines.
+        seg_descriptors: the segmentation head also sees
+            :func:`local_shape_descriptors` of every point (84 hand-made numbers per point
+            from its 8-64 nearest neighbours; rotation-, translation- and scale-invariant,
+            some reflection-odd), so equivariance is kept for every backbone. They cost an
+            ``N x N`` distance matrix per cloud (float64, no gradient). Motivation: in the
+            segmentation-transfer probe (README, ArtEq out-of-distribution experiments) they
+            raised part accuracy on the joint-limit poses from 0.20 to 0.30. Exactness: on
+            points whose neighbourhood has a rotational symmetry (exact grids) the
+            third-moment columns have no defined axis and follow the rounding, so the
+            segmentation of such clouds is invariant only approximately (scans: exact to
+            float64 rounding, tested). ``False`` (default): as before.
         pool_power: sharpness ``tau >= 1`` of the predicted pooling weights: the
             per-point part probabilities are raised to ``tau`` and renormalised over the
             parts (``softmax(tau * logits)``) before the L1 normalisation over the points;
@@ -321,8 +430,8 @@ class ArtEqNet(nn.Module):
         ValueError: an unknown ``backbone`` or a non-positive size/width, ``num_heads``
             not dividing ``d_model``, non-positive ``interp_sigma``/``unit``, ``pool_power``
             below 1 or not finite, a boolean option (``dynamic_graph``, ``batch_norm``,
-            ``seg_norms``, ``part_geometry``, ``normalize_invariants``, ``chiral``) that is
-            not a ``bool``; the message names the argument.
+            ``seg_norms``, ``part_geometry``, ``normalize_invariants``, ``chiral``,
+            ``seg_descriptors``) that is not a ``bool``; the message names the argument.
 
     Source: Feng et al., "Generalizing Neural Human Fitting to Unseen Poses With
     Articulated SE(3) Equivariance", ICCV 2023, arXiv:2304.10528; reference code
@@ -358,6 +467,7 @@ class ArtEqNet(nn.Module):
         normalize_invariants: bool = False,
         pool_power: float = 1.0,
         chiral: bool = False,
+        seg_descriptors: bool = False,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -370,7 +480,8 @@ class ArtEqNet(nn.Module):
                 raise value_error(name, "a positive int", repr(v))
         for name, v in (("dynamic_graph", dynamic_graph), ("batch_norm", batch_norm),
                         ("seg_norms", seg_norms), ("part_geometry", part_geometry),
-                        ("normalize_invariants", normalize_invariants), ("chiral", chiral)):
+                        ("normalize_invariants", normalize_invariants), ("chiral", chiral),
+                        ("seg_descriptors", seg_descriptors)):
             _check_flag(name, v)
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden \
                 or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
@@ -399,7 +510,7 @@ class ArtEqNet(nn.Module):
             "interp_sigma": float(interp_sigma), "unit": float(unit),
             "seg_norms": bool(seg_norms), "part_geometry": bool(part_geometry),
             "normalize_invariants": bool(normalize_invariants), "pool_power": float(pool_power),
-            "chiral": bool(chiral),
+            "chiral": bool(chiral), "seg_descriptors": bool(seg_descriptors),
         }
         self.chiral = bool(chiral) and backbone in EQUIVARIANT_BACKBONES
         n_chi = 2 * feat_dim if self.chiral else 0  # pooled chiral invariants (part + parent)
@@ -449,8 +560,10 @@ class ArtEqNet(nn.Module):
         c_glob = 3 * feat_dim
         # segmentation from per-point invariant features and the global invariant
         self.seg_norms = bool(seg_norms) and self.equivariant
+        self.seg_descriptors = bool(seg_descriptors)
+        n_desc = 7 * len(DESCRIPTOR_SCALES) * (1 + len(DESCRIPTOR_AGG))
         c_seg = c_pt + c_glob + (feat_dim if self.seg_norms else 0) + (
-            feat_dim if self.chiral else 0)
+            feat_dim if self.chiral else 0) + (n_desc if self.seg_descriptors else 0)
         if self.chiral:
             self.chiral_axes = gnn.VNLinear(feat_dim, 2)
         self.seg_head = _mlp([c_seg, d_model, d_model, P])
@@ -606,6 +719,9 @@ class ArtEqNet(nn.Module):
             seg_in.append(chi)
         if self.seg_norms:  # frame-free per-point invariants: norms of the vector channels
             seg_in.append(torch.linalg.vector_norm(V, dim=-1))
+        if self.seg_descriptors:  # invariant local shape, one cloud at a time (N^2 memory)
+            desc = torch.cat([local_shape_descriptors(x[b:b + 1]) for b in range(B)])
+            seg_in.append(_DESC_GAIN * desc)
         logits = self.seg_head(torch.cat(seg_in, dim=-1))
 
         # per-part weights, L1-normalised over the points
