@@ -17,7 +17,9 @@ set, and scores part accuracy on the first ``--scans`` in_dist scans and the ``o
   ``k``, the standard deviations along the local principal axes, the offset from the
   local centroid, the ``k``-th neighbour distance, the third moment along the first axis
   and a reflection-odd third moment along the third (axes signed by their skewness: an
-  SO(3)-invariant, chirality-aware number), their means over larger neighbourhoods
+  SO(3)-invariant, chirality-aware number; this part is
+  :func:`geo3d.apps.arteq._model.local_shape_descriptors`, the ``seg_descriptors`` input
+  of ``ArtEqNet``, here in metres), their means over larger neighbourhoods
   (``--agg``), and with ``--geodesic`` the quantiles of each point's graph-geodesic
   distances to all points (kNN graph, ``k`` = 8; articulation-invariant up to contacts)
   -> MLP (the features are rotation-invariant, so no augmentation is needed);
@@ -65,31 +67,21 @@ def sym_map() -> torch.Tensor:
 
 def descriptors(x: torch.Tensor, scales: list[int], agg: list[int], geodesic: bool) -> torch.Tensor:
     """``x (N, 3)`` -> ``(N, D)`` float32 rotation- and translation-invariant descriptors."""
+    from geo3d.apps.arteq._model import local_shape_descriptors
+
     x = x.double()
     N = len(x)
-    d = torch.cdist(x, x)
-    order = d.argsort(dim=1)
-    f = []
-    for k in scales:
-        k = min(k, N)
-        nb = x[order[:, :k]]  # (N, k, 3)
-        c = nb.mean(1)
-        y = nb - c[:, None]
-        ev, evec = torch.linalg.eigh(y.transpose(1, 2) @ y / k)  # ascending
-        e1, e2 = evec[..., 2], evec[..., 1]
-        m1 = ((y * e1[:, None]).sum(-1) ** 3).mean(1)
-        m2 = ((y * e2[:, None]).sum(-1) ** 3).mean(1)
-        s1 = torch.where(m1 < 0, -1.0, 1.0).to(x)
-        s2 = torch.where(m2 < 0, -1.0, 1.0).to(x)
-        e3 = torch.linalg.cross(s1[:, None] * e1, s2[:, None] * e2)
-        m3 = ((y * e3[:, None]).sum(-1) ** 3).mean(1)  # flips sign under a reflection
-        f += [ev.clamp_min(0).sqrt(), (x - c).norm(dim=-1, keepdim=True),
-              d.gather(1, order[:, k - 1:k]), m1.abs().pow(1 / 3)[:, None],
-              (m3.sign() * m3.abs().pow(1 / 3))[:, None]]
+    # the library's descriptors are in units of the cloud's RMS radius: this probe's runs
+    # (recorded before they were moved into the library) used metres
+    rms = (x - x.mean(0)).square().sum(-1).mean().sqrt()
+    loc = local_shape_descriptors(x[None], scales, [])[0] * rms
+    f = [loc]
     if geodesic:
         from scipy.sparse import csr_matrix
         from scipy.sparse.csgraph import shortest_path
 
+        d = torch.cdist(x, x)
+        order = d.argsort(dim=1)
         kk = min(8, N - 1)
         adj = torch.zeros(N, N, dtype=torch.bool)
         adj[torch.arange(N)[:, None], order[:, 1:kk + 1]] = True
@@ -102,6 +94,9 @@ def descriptors(x: torch.Tensor, scales: list[int], agg: list[int], geodesic: bo
                                            dtype=G.dtype), dim=1).T
         f += [q, q / q[:, 5:6].clamp_min(1e-12)]
     f = torch.cat(f, dim=-1)
+    if not agg:
+        return f.float()
+    order = torch.cdist(x, x).argsort(dim=1)
     return torch.cat([f] + [f[order[:, :min(k, N)]].mean(1) for k in agg], dim=-1).float()
 
 
