@@ -250,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["nets", "opt", "timing", "merge"], required=True)
     p.add_argument("--out", default="runs/arteq_bench")
-    p.add_argument("--config", default="demo")
+    p.add_argument("--config", action="append", default=None,
+                   help="packaged config name or YAML (default demo); repeat to layer "
+                        "further YAML files on the first, as LightningCLI does")
     p.add_argument("--models", nargs="+", default=["equivariant", "baseline"],
                    choices=["equivariant", "baseline"], help="nets: which to (re)train")
     p.add_argument("--timing-scans", type=int, default=8)
@@ -269,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(RESULTS_DIR / "arteq.json"),
                    help="merged table (default benchmarks/results/arteq.json)")
     a, extra = p.parse_known_args(argv)
+    # a repeated --config layers on the first (it used to replace it silently: a run given
+    # `--config demo --config more.yaml` then trained on more.yaml alone, with the module's
+    # and data's defaults for everything else)
+    configs = a.config or ["demo"]
+    a.config = configs[0]
+    extra = [x for c in configs[1:] for x in ("--config", c)] + extra
     torch.set_num_threads(1)
     os.makedirs(a.out, exist_ok=True)
     if a.part == "nets":
