@@ -74,7 +74,9 @@ def demo_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="geo3d arteq demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/arteq_demo", help="output folder")
-    p.add_argument("--config", default="demo", help="packaged config name or YAML (demo)")
+    p.add_argument("--config", action="append", default=None,
+                   help="packaged config name or YAML (demo); repeat to layer further YAML "
+                        "files on the first")
     p.add_argument("--max-epochs", type=int, default=None, help="override trainer.max_epochs")
     p.add_argument("--models", default="equivariant,baseline",
                    help="comma list: equivariant (VN-DGCNN) and/or baseline (DGCNN)")
@@ -89,8 +91,10 @@ def demo_main(argv: list[str]) -> int:
         raise UsageError(f"--models: expected equivariant and/or baseline, got {a.models!r}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = config_path(a.config)
-    extra = [*extra, "--data.root", str(out / "data")]
+    configs = a.config or ["demo"]  # a repeated --config layers on the first
+    cfg = config_path(configs[0])
+    extra = [*(x for c in configs[1:] for x in ("--config", c)), *extra,
+             "--data.root", str(out / "data")]
     if a.max_epochs is not None:
         extra += ["--trainer.max_epochs", str(a.max_epochs)]
     t_start = time.perf_counter()

@@ -38,3 +38,31 @@ def test_format_table_lists_every_model_and_condition():
     lines = t.splitlines()
     assert lines[2].split() == ["equivariant", "in_dist", "1.23", "2.00", "50.00"]
     assert lines[3].split() == ["baseline", "ood", "3.00", "-", "-"]
+
+
+def test_demo_layers_a_repeated_config_on_the_first(tmp_path, monkeypatch):
+    # argparse kept only the last --config, so `--config demo --config more.yaml` trained on
+    # more.yaml alone (module and data defaults for the rest); now the first is the base and
+    # the others reach LightningCLI in order, as further --config files
+    from geo3d.apps.arteq import _demo
+    from geo3d.apps.arteq.cli import config_path
+
+    seen = []
+
+    def fake(name, config, out, extra):
+        seen.append((name, config, list(extra)))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(_demo, "train_and_test", fake)
+    more = tmp_path / "more.yaml"
+    more.write_text("model:\n  w_seg: 3.0\n")
+    with pytest.raises(SystemExit):
+        _demo.demo_main(["--out", str(tmp_path / "o"), "--config", "demo", "--config",
+                         str(more), "--models", "equivariant", "--model.lr", "0.1"])
+    name, config, extra = seen[0]
+    assert config == config_path("demo")
+    assert extra[:4] == ["--config", str(more), "--model.lr", "0.1"]
+    seen.clear()
+    with pytest.raises(SystemExit):  # default: the demo config alone
+        _demo.demo_main(["--out", str(tmp_path / "o"), "--models", "equivariant"])
+    assert seen[0][1] == config_path("demo") and "--config" not in seen[0][2]
