@@ -407,8 +407,9 @@ class ArtEqNet(nn.Module):
         seg_descriptors: the segmentation head also sees
             :func:`local_shape_descriptors` of every point (84 hand-made numbers per point
             from its 8-64 nearest neighbours; rotation-, translation- and scale-invariant,
-            some reflection-odd), so equivariance is kept for every backbone. They cost an
-            ``N x N`` distance matrix per cloud (float64, no gradient). Motivation: in the
+            some reflection-odd), so equivariance is kept for every backbone. Cost (float64,
+            no gradient, one CPU thread, measured under load): ~0.06 s per 512-point cloud,
+            ~0.55 s per 5000-point cloud. Motivation: in the
             segmentation-transfer probe (README, ArtEq out-of-distribution experiments) they
             raised part accuracy on the joint-limit poses from 0.20 to 0.30. Exactness: on
             points whose neighbourhood has a rotational symmetry (exact grids) the
