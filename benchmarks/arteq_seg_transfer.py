@@ -19,7 +19,11 @@ set, and scores part accuracy on the first ``--scans`` in_dist scans and the ``o
   and a reflection-odd third moment along the third (axes signed by their skewness: an
   SO(3)-invariant, chirality-aware number; this part is
   :func:`geo3d.apps.arteq._model.local_shape_descriptors`, the ``seg_descriptors`` input
-  of ``ArtEqNet``, here in metres), their means over larger neighbourhoods
+  of ``ArtEqNet``, here in metres; the recorded ``descriptors``/``net_desc`` runs predate
+  its change to sign-free third-moment numbers: skewness ``|m1| / s1^3`` and a continuous
+  chirality instead of cube roots of moments along skewness-signed axes, which flipped
+  under rounding on mirror-symmetric neighbourhoods; 44b1b61 reproduces them), their
+  means over larger neighbourhoods
   (``--agg``), and with ``--geodesic`` the quantiles of each point's graph-geodesic
   distances to all points (kNN graph, ``k`` = 8; articulation-invariant up to contacts)
   -> MLP (the features are rotation-invariant, so no augmentation is needed);

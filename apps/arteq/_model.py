@@ -211,61 +211,88 @@ def part_geometry(x: Tensor, w: Tensor) -> Tensor:
     return torch.cat([v, Cv, CCv], dim=2)
 
 
+def _soft_cbrt(p: Tensor, delta: float = 1e-6) -> Tensor:
+    """``sign(p) ((|p| + delta)^(1/3) - delta^(1/3))`` as ``(..., 1)``: a cube root (spreads
+    small values) that stays Lipschitz at 0 (slope ``delta^(-2/3) / 3``), so rounding noise
+    in ``p`` stays at rounding level (a plain cube root turns 1e-18 into 1e-6)."""
+    return (p.sign() * ((p.abs() + delta) ** (1 / 3) - delta ** (1 / 3)))[..., None]
+
+
 def local_shape_descriptors(x: Tensor, scales: Sequence[int] = DESCRIPTOR_SCALES,
                             agg: Sequence[int] = DESCRIPTOR_AGG) -> Tensor:
     """Hand-made local shape descriptors of every point: rotation-, translation- and
     scale-invariant, one reflection-odd number per scale.
 
     For each kNN size ``k`` in ``scales`` (the point itself included; points tied at the
-    ``k``-th distance share its weight, :func:`geo3d.nn.knn_neighborhood`): the standard
-    deviations along the three principal axes of the ``k`` neighbours, the distance from the
-    point to their centroid, the distance to the ``k``-th neighbour, the cube root of
-    ``|m1|``, the third moment along the first principal axis, and the signed cube root of
-    ``m3``, the third moment along ``e3 = s1 e1 x s2 e2`` (the first two axes signed by
-    their skewness ``s1, s2``), which changes sign under a reflection: these 7 numbers per
-    scale tell a left limb from a right one. Then the means of all of them over the ``a``
-    nearest points for each ``a`` in ``agg``. Lengths are divided by the cloud's RMS radius
-    about its centroid (scale-free). Computed in float64 without gradients.
+    ``k``-th distance share its weight, :func:`geo3d.nn.knn_neighborhood`), with ``e1, e2,
+    e3`` the principal axes of the neighbours (decreasing spread ``s1 >= s2 >= s3``), their
+    centroid ``c`` and third moments ``m_i = mean(((p - c) . e_i)^3)``, 7 numbers:
+    ``s3, s2, s1`` (ascending), ``|x - c|``, the distance to the ``k``-th neighbour,
+    ``|m1| / s1^3`` (skewness along the main axis) and the chirality
+    ``soft_cbrt(m1 m2 m3' / s1^9)`` with ``m3'`` taken along ``e1 x e2`` and
+    ``soft_cbrt(p) = sign(p) ((|p| + 1e-6)^(1/3) - 1e-2)``: unchanged when an axis is
+    flipped, continuous, and of opposite sign for a mirror image (a left limb vs a right
+    one). Then the means of all of them over the ``a`` nearest points for each ``a`` in
+    ``agg``. Lengths are in units of the cloud's RMS radius about its centroid
+    (scale-free). Computed in float64 without gradients.
 
     Equivariance: kNN sets, centroids, eigen-decompositions of the covariance and moments
-    only use distances and inner products, and the neighbourhoods are symmetric under
-    distance ties (grids) and duplicates, so every number is invariant to any rotation and
-    translation of the cloud up to float64 rounding; except where an axis is not defined
-    (repeated covariance eigenvalues, e.g. a neighbourhood with a rotational symmetry; a
-    zero skewness): there the third moments depend on the rounding (they stay finite).
+    only use distances and inner products, the neighbourhoods are symmetric under distance
+    ties and duplicates, and no number depends on the sign of an axis, so every number is
+    invariant to any rotation and translation of the cloud up to float64 rounding, also on
+    mirror-symmetric neighbourhoods (the odd moments are then 0 up to rounding and so are
+    the numbers built from them). Exception: where two spreads are equal (a neighbourhood
+    with a rotational symmetry, as on exact grids) the axes are not defined and the two
+    third-moment numbers follow the rounding; the spreads and distances stay invariant.
 
     Args:
-        x: :math:`(B, N, 3)` points (any unit).
-        scales: kNN sizes (clamped to ``N``).
-        agg: averaging neighbourhood sizes (clamped to ``N``).
+        x: :math:`(B, N, 3)` floating points (any unit).
+        scales: non-empty sequence of kNN sizes (clamped to ``N``).
+        agg: sequence of averaging neighbourhood sizes (clamped to ``N``; may be empty).
 
     Returns:
-        :math:`(B, N, 7 |scales| (1 + |agg|))` in ``x``'s dtype.
+        :math:`(B, N, 7 |scales| (1 + |agg|))` in ``x``'s dtype, columns per scale in the
+        order above, then the same block averaged over each ``agg`` neighbourhood.
 
     Raises:
-        ValueError: ``x`` not ``(B, N, 3)`` with ``N >= 1``, or a size below 1.
+        ValueError: ``x`` not a floating ``(B, N, 3)`` tensor with ``N >= 1``, NaN/inf in
+            ``x`` (value checks on, :func:`geo3d.rotations.set_value_checks`), ``scales``
+            not a non-empty sequence of positive ints, ``agg`` not a sequence of positive
+            ints.
 
     Source: this project; the ArtEq segmentation-transfer probe
     (``benchmarks/arteq_seg_transfer.py``, README "ArtEq out-of-distribution
-    experiments") measured ood part accuracy 0.30 for the net plus these descriptors vs
-    0.20 for the net alone.
+    experiments") measured ood part accuracy 0.30 for the net plus descriptors of this kind
+    vs 0.20 for the net alone.
 
     Example:
         >>> local_shape_descriptors(torch.randn(2, 100, 3)).shape
         torch.Size([2, 100, 84])
     """
-    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != 3 or x.shape[1] < 1:
-        raise value_error("x", "a (B, N, 3) tensor with N >= 1", shape_of(x))
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != 3 or x.shape[1] < 1 \
+            or not x.is_floating_point():
+        raise value_error("x", "a floating (B, N, 3) tensor with N >= 1",
+                          shape_of(x) if not isinstance(x, Tensor) or x.is_floating_point()
+                          else f"dtype {x.dtype}")
+    check_finite("x", x)
+    sizes = {}
     for name, seq in (("scales", scales), ("agg", agg)):
-        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in seq):
-            raise value_error(name, "positive int sizes", repr(seq))
+        if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence) or (
+                name == "scales" and not seq) or any(
+                isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in seq):
+            raise value_error(name, "a " + ("non-empty " if name == "scales" else "")
+                              + "sequence of positive int sizes", repr(seq))
+        sizes[name] = [int(k) for k in seq]
     from geo3d.nn._graph import _knn_neighborhood
 
+    tiny = torch.finfo(torch.float64).tiny
     with torch.no_grad():
         y = x.detach().to(torch.float64)
         B, N, _ = y.shape
         y = y - y.mean(dim=1, keepdim=True)
-        rms = y.square().sum(-1).mean(1).sqrt().clamp_min(torch.finfo(torch.float64).tiny)
+        # max-abs first, so the squares neither overflow (1e155) nor underflow (1e-160)
+        y = y / y.abs().amax(dim=(1, 2), keepdim=True).clamp_min(tiny)
+        rms = y.square().sum(-1).mean(1).sqrt().clamp_min(tiny)
         y = y / rms[:, None, None]
         bi = torch.arange(B, device=y.device)[:, None, None]
 
@@ -278,7 +305,7 @@ def local_shape_descriptors(x: Tensor, scales: Sequence[int] = DESCRIPTOR_SCALES
             return (v * w.view(*w.shape, *([1] * (v.dim() - 3)))).sum(2)
 
         f = []
-        for k in scales:
+        for k in sizes["scales"]:
             idx, w = hood(k)
             nb = y[bi, idx]  # (B, N, K, 3)
             c = wmean(nb, w)
@@ -286,18 +313,16 @@ def local_shape_descriptors(x: Tensor, scales: Sequence[int] = DESCRIPTOR_SCALES
             cov = torch.einsum("bnk,bnkx,bnky->bnxy", w, z, z)
             ev, evec = torch.linalg.eigh(cov)  # ascending
             e1, e2 = evec[..., 2], evec[..., 1]
-            m1 = wmean(torch.einsum("bnkx,bnx->bnk", z, e1) ** 3, w)
-            m2 = wmean(torch.einsum("bnkx,bnx->bnk", z, e2) ** 3, w)
-            s1 = torch.where(m1 < 0, -1.0, 1.0).to(y)
-            s2 = torch.where(m2 < 0, -1.0, 1.0).to(y)
-            e3 = torch.linalg.cross(s1[..., None] * e1, s2[..., None] * e2)
-            m3 = wmean(torch.einsum("bnkx,bnx->bnk", z, e3) ** 3, w)
+            e3 = torch.linalg.cross(e1, e2)
+            m = [wmean(torch.einsum("bnkx,bnx->bnk", z, e) ** 3, w) for e in (e1, e2, e3)]
+            s = ev.clamp_min(0).sqrt()  # (B, N, 3) ascending
+            s1 = s[..., 2].clamp_min(1e-12)  # 0 only if all k neighbours coincide (m = 0)
             far = torch.where(w > 0, (nb - y[:, :, None]).norm(dim=-1), 0.0).amax(-1)
-            f += [ev.clamp_min(0).sqrt(), (y - c).norm(dim=-1, keepdim=True), far[..., None],
-                  m1.abs().pow(1 / 3)[..., None], (m3.sign() * m3.abs().pow(1 / 3))[..., None]]
+            f += [s, (y - c).norm(dim=-1, keepdim=True), far[..., None],
+                  (m[0].abs() / s1 ** 3)[..., None], _soft_cbrt(m[0] * m[1] * m[2] / s1 ** 9)]
         f = torch.cat(f, dim=-1)  # (B, N, 7 S)
         out = [f]
-        for a in agg:
+        for a in sizes["agg"]:
             idx, w = hood(a)
             out.append(wmean(f[bi, idx], w))
         return torch.cat(out, dim=-1).to(x.dtype)
@@ -412,10 +437,11 @@ class ArtEqNet(nn.Module):
             ~0.55 s per 5000-point cloud. Motivation: in the
             segmentation-transfer probe (README, ArtEq out-of-distribution experiments) they
             raised part accuracy on the joint-limit poses from 0.20 to 0.30. Exactness: on
-            points whose neighbourhood has a rotational symmetry (exact grids) the
-            third-moment columns have no defined axis and follow the rounding, so the
-            segmentation of such clouds is invariant only approximately (scans: exact to
-            float64 rounding, tested). ``False`` (default): as before.
+            points whose neighbourhood has a rotational symmetry (two equal spreads, as on
+            exact grids) the two third-moment numbers have no defined axis and follow the
+            rounding, so the segmentation of such clouds is not exactly invariant; on scans
+            and on mirror-symmetric clouds it is (float64, tested). ``False`` (default): as
+            before.
         pool_power: sharpness ``tau >= 1`` of the predicted pooling weights: the
             per-point part probabilities are raised to ``tau`` and renormalised over the
             parts (``softmax(tau * logits)``) before the L1 normalisation over the points;

@@ -26,6 +26,10 @@ def _cloud(B: int, N: int, seed: int = 0) -> torch.Tensor:
         [0.8, 0.4, 0.2], dtype=torch.float64)
 
 
+def _soft_cbrt(p: float) -> float:
+    return float(np.sign(p) * (np.cbrt(abs(p) + 1e-6) - 1e-2))
+
+
 def _numpy_reference(x: np.ndarray, scales, agg) -> np.ndarray:
     """Brute force for one cloud without ties: full sort, per-point numpy eigh, loops."""
     y = x - x.mean(0)
@@ -43,11 +47,15 @@ def _numpy_reference(x: np.ndarray, scales, agg) -> np.ndarray:
             z = nb - c
             ev, vec = np.linalg.eigh(z.T @ z / k)
             e1, e2 = vec[:, 2], vec[:, 1]
+            # fix each axis's sign by the skewness (a different convention from the
+            # function's, which never looks at signs): the numbers must not depend on it
             m1, m2 = ((z @ e1) ** 3).mean(), ((z @ e2) ** 3).mean()
-            e3 = np.cross(np.sign(m1) * e1, np.sign(m2) * e2)
-            m3 = ((z @ e3) ** 3).mean()
+            e1, e2 = np.sign(m1) * e1, np.sign(m2) * e2
+            m1, m2 = abs(m1), abs(m2)
+            m3 = ((z @ np.cross(e1, e2)) ** 3).mean()
+            s1 = np.sqrt(ev[2])
             r += [*np.sqrt(np.clip(ev, 0, None)), np.linalg.norm(y[n] - c), d[n, order[n, k - 1]],
-                  abs(m1) ** (1 / 3), np.sign(m3) * abs(m3) ** (1 / 3)]
+                  m1 / s1 ** 3, _soft_cbrt(m1 * m2 * m3 / s1 ** 9)]
         rows.append(r)
     f = np.array(rows)
     return np.concatenate([f] + [f[order[:, :min(a, N)]].mean(1) for a in agg], axis=1)
@@ -122,12 +130,47 @@ def test_descriptors_on_duplicates_and_grids_are_invariant_and_finite():
 
 
 def test_descriptors_reject_bad_input():
-    for bad in (torch.zeros(3, 3), torch.zeros(1, 5, 2), torch.zeros(1, 0, 3), "x"):
+    for bad in (torch.zeros(3, 3), torch.zeros(1, 5, 2), torch.zeros(1, 0, 3), "x",
+                torch.zeros(1, 5, 3, dtype=torch.long), torch.zeros(1, 5, 3, dtype=torch.bool)):
         with pytest.raises(ValueError, match="x"):
             local_shape_descriptors(bad)
-    for kw in ({"scales": (0,)}, {"agg": (True,)}, {"scales": (2.5,)}):
+    nan = torch.zeros(1, 5, 3)
+    nan[0, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match="x.*NaN"):
+        local_shape_descriptors(nan)
+    for kw in ({"scales": (0,)}, {"agg": (True,)}, {"scales": (2.5,)}, {"scales": ()},
+               {"scales": 8}, {"scales": (k for k in (8, 16))}, {"agg": "16"}):
         with pytest.raises(ValueError, match="scales|agg"):
             local_shape_descriptors(torch.zeros(1, 5, 3), **kw)
+    assert local_shape_descriptors(torch.randn(1, 5, 3), (2,), ()).shape == (1, 5, 7)
+
+
+def test_descriptors_on_mirror_symmetric_clouds_are_invariant():
+    # a neighbourhood symmetric under a mirror has zero skewness along its axes; signing an
+    # axis by that skewness follows the rounding and flipped the chirality column under a
+    # rotation (O(1) error in the net's outputs on a symmetric body template)
+    g = torch.Generator().manual_seed(0)
+    half = torch.randn(40, 3, generator=g, dtype=torch.float64) * torch.tensor(
+        [3.0, 1.0, 0.3], dtype=torch.float64)
+    x = torch.cat([half, half * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)])[None]
+    for seed in range(3):
+        R = random_rotation_matrix(1, generator=torch.Generator().manual_seed(seed),
+                                   dtype=x.dtype)
+        a = local_shape_descriptors(x, scales=(20, 80), agg=(10,))
+        b = local_shape_descriptors(x @ R.transpose(-1, -2) + 2.0, scales=(20, 80), agg=(10,))
+        torch.testing.assert_close(b, a, atol=1e-9, rtol=0)
+    # the whole cloud is its own mirror image: the odd columns of the 80-point scale vanish
+    assert float(a[0, :, 13].abs().max()) < 1e-9
+
+
+@pytest.mark.parametrize("scale", [1e150, 1e-150, 1e-200])
+def test_descriptors_at_extreme_coordinate_scales_are_finite_and_scale_free(scale):
+    # squares of 1e155 overflowed to inf and of 1e-200 underflowed to 0 (NaN descriptors)
+    x = _cloud(1, 60, seed=8)
+    a = local_shape_descriptors(x)
+    b = local_shape_descriptors(x * scale)
+    assert bool(torch.isfinite(b).all())
+    torch.testing.assert_close(b, a, atol=1e-9, rtol=0)
 
 
 @pytest.mark.parametrize("backbone", ["vn_dgcnn", "dgcnn"])
@@ -173,6 +216,23 @@ def test_net_with_seg_descriptors_is_exactly_se3_equivariant(labels):
         torch.testing.assert_close(b["part_rot"], R[:, None] @ a["part_rot"], atol=1e-9, rtol=0)
         torch.testing.assert_close(b["body_pose"], a["body_pose"], atol=1e-9, rtol=0)
         torch.testing.assert_close(b["betas"], a["betas"], atol=1e-9, rtol=0)
+
+
+def test_net_with_seg_descriptors_is_equivariant_on_a_mirror_symmetric_body():
+    # the tiny body template is exactly left/right symmetric (the adversarial case of the
+    # chirality column): rotations must still give the same invariants and rotated parts
+    from geo3d.body import tiny_body_dict
+
+    torch.manual_seed(0)
+    net = ArtEqNet("vn_dgcnn", **SMALL, chiral=True, part_geometry=True, rot_context="geometry",
+                   seg_descriptors=True).double().eval()
+    v = torch.as_tensor(tiny_body_dict()["v_template"], dtype=torch.float64)[None]
+    R = random_rotation_matrix(1, generator=torch.Generator().manual_seed(1), dtype=v.dtype)
+    with torch.no_grad():
+        a, b = net(v), net(v @ R.transpose(-1, -2))
+    torch.testing.assert_close(b["part_logits"], a["part_logits"], atol=1e-9, rtol=0)
+    torch.testing.assert_close(b["part_rot"], R[:, None] @ a["part_rot"], atol=1e-9, rtol=0)
+    torch.testing.assert_close(b["body_pose"], a["body_pose"], atol=1e-9, rtol=0)
 
 
 def test_seg_descriptors_tell_a_body_from_its_mirror_image_without_chiral_features():
