@@ -98,7 +98,7 @@ _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 DESCRIPTOR_SCALES = (8, 16, 32, 64)
 #: Neighbourhood sizes over which :func:`local_shape_descriptors` are averaged.
 DESCRIPTOR_AGG = (16, 64)
-_DESC_GAIN = 10.0  # descriptors are fractions of the cloud's RMS radius (~0.01-0.3)
+_DESC_GAIN = 10.0  # lengths in RMS radii (~0.01-0.5), skewness and chirality mostly < 1
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
