@@ -9,6 +9,10 @@ For a checkpoint of ``geo3d arteq fit`` and the ``demo`` config's data (the evid
   parts as parts);
 * ``refine`` (with ``--refine STEPS``): ``pred`` refined by
   :func:`geo3d.apps.arteq._fit.refine_fit` (the fitting API's ``refine=True``);
+* ``part_rot_err_deg`` (in ``pred`` and ``gtseg``): the mean geodesic angle between each
+  part's predicted global rotation and the true one (parts 0-21 but the never-labelled
+  feet; per part in ``part_rot_err_deg_per_part``): twist about a limb moves few vertices,
+  so this shows readout errors that V2V hides;
 * ``zero_pose_v2v_cm``: the T-pose with the true betas and global orientation (the error of a
   net that learned no articulation);
 * ``nearest_train_mpjpe_cm``: how far the condition's poses lie from the training poses: for
@@ -100,6 +104,21 @@ def _rel_joints(body, data: dict[str, torch.Tensor]) -> torch.Tensor:
     return j - j[:, :1]
 
 
+def _part_rot_errors(part_rot: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict:
+    """Geodesic angle (degrees) between each predicted part rotation ``(M, 22, 3, 3)`` and the
+    true global rotation of that SMPL joint: the mean over the scans per part, and the mean
+    over the parts that are ever labelled (not the feet 10, 11)."""
+    from geo3d.body import SMPL_PARENTS, local_to_global
+
+    loc = torch.cat([batch["global_orient"][:, None], batch["body_pose"]], 1).double()
+    G = local_to_global(loc, SMPL_PARENTS)[:, :22]
+    tr = (part_rot.double().transpose(-1, -2) @ G).diagonal(dim1=-2, dim2=-1).sum(-1)
+    ang = torch.arccos(((tr - 1) / 2).clamp(-1, 1)).rad2deg().mean(0)  # (22,)
+    keep = [k for k in range(22) if k not in (10, 11)]
+    return {"part_rot_err_deg": float(ang[keep].mean()),
+            "part_rot_err_deg_per_part": [round(float(v), 2) for v in ang]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,6 +167,7 @@ def main() -> None:
                 out = net(batch["points"], part_labels=labels)
                 fit = decode(out, body, batch["points"], icp_steps=icp)
                 r[mode] = _metrics(fit, gt, batch["labels"])
+                r[mode].update(_part_rot_errors(out["part_rot"], batch))
                 if mode == "pred" and a.refine > 0:
                     with torch.enable_grad():
                         ref = refine_fit(fit, batch["points"], body, steps=a.refine)
