@@ -109,11 +109,11 @@ def _part_rot_errors(part_rot: torch.Tensor, batch: dict[str, torch.Tensor]) -> 
     true global rotation of that SMPL joint: the mean over the scans per part, and the mean
     over the parts that are ever labelled (not the feet 10, 11)."""
     from geo3d.body import SMPL_PARENTS, local_to_global
+    from geo3d.rotations import geodesic_distance
 
     loc = torch.cat([batch["global_orient"][:, None], batch["body_pose"]], 1).double()
     G = local_to_global(loc, SMPL_PARENTS)[:, :22]
-    tr = (part_rot.double().transpose(-1, -2) @ G).diagonal(dim1=-2, dim2=-1).sum(-1)
-    ang = torch.arccos(((tr - 1) / 2).clamp(-1, 1)).rad2deg().mean(0)  # (22,)
+    ang = geodesic_distance(part_rot.double(), G).rad2deg().mean(0)  # (22,)
     keep = [k for k in range(22) if k not in (10, 11)]
     return {"part_rot_err_deg": float(ang[keep].mean()),
             "part_rot_err_deg_per_part": [round(float(v), 2) for v in ang]}

@@ -746,9 +746,8 @@ class ArtEqNet(nn.Module):
             seg_in.append(chi)
         if self.seg_norms:  # frame-free per-point invariants: norms of the vector channels
             seg_in.append(torch.linalg.vector_norm(V, dim=-1))
-        if self.seg_descriptors:  # invariant local shape, one cloud at a time (N^2 memory)
-            desc = torch.cat([local_shape_descriptors(x[b:b + 1]) for b in range(B)])
-            seg_in.append(_DESC_GAIN * desc)
+        if self.seg_descriptors:  # invariant local shape (kNN per cloud, no N x N matrix)
+            seg_in.append(_DESC_GAIN * local_shape_descriptors(x))
         logits = self.seg_head(torch.cat(seg_in, dim=-1))
 
         # per-part weights, L1-normalised over the points
