@@ -69,6 +69,7 @@ attended part token. They need rotation augmentation to generalise across orient
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,7 +79,7 @@ from torch import Tensor, nn
 from geo3d._validation import check_finite, shape_of, value_error
 from geo3d.body import ARTEQ_NUM_PARTS, SMPL_PARENTS
 
-__all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES", "EQUIVARIANT_BACKBONES", "GEOMETRY_VECTORS",
+__all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES", "EQUIVARIANT_BACKBONES", "GEOMETRY_VECTORS", "TWIST_VECTORS",
            "TFN_RADIUS", "DESCRIPTOR_SCALES", "DESCRIPTOR_AGG", "local_shape_descriptors",
            "part_geometry"]
 
@@ -91,6 +92,10 @@ EQUIVARIANT_BACKBONES = ("vn", "vn_dgcnn", "tfn")
 
 #: Per-part geometry vectors of ``part_geometry=True`` (per part; doubled with the parent's).
 GEOMETRY_VECTORS = 6
+#: extra vectors per part with ``twist_vectors=True`` (:func:`part_geometry`, ``twist=True``)
+TWIST_VECTORS = 5
+#: most children of a part in the 22-part tree (pelvis: hips + spine1; spine3: neck + collars)
+_MAX_CHILDREN = 3
 _GRAM = 8  # VN projections whose Gram matrix enters the invariant part token
 TFN_RADIUS = 4.0  # "tfn": end of the radial basis, backbone units (4 x 5 cm by default)
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -161,7 +166,19 @@ def _children() -> list[list[int]]:
     return kids
 
 
-def part_geometry(x: Tensor, w: Tensor) -> Tensor:
+@functools.cache
+def _child_slots() -> tuple[Tensor, Tensor]:
+    """``(22, 3)`` child indices of every part in index order, and a 0/1 mask of the used
+    slots (CPU tables, built once)."""
+    slots = torch.zeros(ARTEQ_NUM_PARTS, _MAX_CHILDREN, dtype=torch.long)
+    mask = torch.zeros(ARTEQ_NUM_PARTS, _MAX_CHILDREN, dtype=torch.float64)
+    for k, ch in enumerate(_children()):
+        for s, j in enumerate(sorted(ch)):
+            slots[k, s], mask[k, s] = j, 1.0
+    return slots, mask
+
+
+def part_geometry(x: Tensor, w: Tensor, twist: bool = False) -> Tensor:
     """Equivariant geometry vectors of every part from pooling weights.
 
     For part ``k`` with weights ``w[:, :, k]`` (summing to 1 over the points): centroid
@@ -174,13 +191,30 @@ def part_geometry(x: Tensor, w: Tensor) -> Tensor:
     in the pelvis's ``a`` (hence the centring). The bone direction (``a``, ``b``) and the
     principal axes of the part's points (``C_k``) are what the part's rotation moves.
 
+    With ``twist=True`` five more vectors carry information about the rotation about the
+    bone (the twist) that the six above miss: ``d_1, d_2, d_3`` = ``c_child - c_k`` of
+    each child in the order of the part indices (zero where a part has fewer children;
+    new information only for the pelvis (hips, spine1) and spine3 (neck, collars), whose
+    children's sideways offsets cancel in ``b``; for a one-child part ``d_1 = b``), the
+    third-moment vector ``m = sum_n w_nk |y_n|^2 y_n / tr C_k`` with ``y_n = x_n - c_k``
+    (points toward the part's heavier side; unlike an eigenvector it has a definite sign)
+    and ``C_k m / tr C_k``. ``m`` and ``C_k m`` are new only on parts whose points are not
+    symmetric about their centroid; the twist of a part that is exactly rotationally
+    symmetric about its bone cannot be read from its points by any equivariant function.
+    Dividing by the rotation-invariant ``tr C_k`` (computed from ``y``, clamped at the
+    dtype's ``tiny ** 0.5``) keeps both in the points' unit. Cost: a
+    :math:`(B, N, 22, 3)` temporary (forward + backward of :math:`B = 8, N = 6890` in
+    float32: ~0.2 s on one CPU thread, 8x the six vectors alone).
+
     Args:
         x: :math:`(B, N, 3)` centred points (any unit; vectors are in that unit, ``C^j``
             terms in its ``2j + 1``-th power).
         w: :math:`(B, N, 22)` pooling weights, each column summing to 1 over the points.
+        twist: append the :data:`TWIST_VECTORS` = 5 twist vectors.
 
     Returns:
-        :math:`(B, 22, 6, 3)`: ``[a, b, C a, C b, C^2 a, C^2 b]`` per part.
+        :math:`(B, 22, 6, 3)`: ``[a, b, C a, C b, C^2 a, C^2 b]`` per part; with ``twist``
+        :math:`(B, 22, 11, 3)`: ``[..., d_1, d_2, d_3, m, C m / tr C]``.
 
     Source: this project (an explicit-geometry input to the per-part readout of Feng et al.,
     ICCV 2023, arXiv:2304.10528).
@@ -208,7 +242,20 @@ def part_geometry(x: Tensor, w: Tensor) -> Tensor:
     v = torch.stack([a, b], dim=2)  # (B, P, 2, 3)
     Cv = torch.einsum("bkxy,bkjy->bkjx", C, v)
     CCv = torch.einsum("bkxy,bkjy->bkjx", C, Cv)
-    return torch.cat([v, Cv, CCv], dim=2)
+    out = [v, Cv, CCv]
+    if twist:
+        slots, mask = _child_slots()
+        slots, mask = slots.to(x.device), mask.to(device=x.device, dtype=x.dtype)
+        d = (c[:, slots] - c[:, :, None]) * mask[:, :, None]  # (B, P, 3, 3): child offsets
+        y = x[:, :, None] - c[:, None]  # (B, N, P, 3)
+        # tr C and C m from y itself (not from the second moment minus c c^T, which cancels):
+        # then |m| <= max |y_n| and |C m| / tr C <= |m| up to rounding, also as tr C -> 0
+        wy2 = w * y.square().sum(-1)  # (B, N, P)
+        tr = wy2.sum(1).clamp_min(torch.finfo(x.dtype).tiny ** 0.5)[..., None]  # (B, P, 1)
+        m = torch.einsum("bnk,bnkx->bkx", wy2, y) / tr
+        Cm = torch.einsum("bnk,bnkx,bnk->bkx", w, y, torch.einsum("bnkx,bkx->bnk", y, m)) / tr
+        out += [d, m[:, :, None], Cm[:, :, None]]
+    return torch.cat(out, dim=2)
 
 
 def _soft_cbrt(p: Tensor, delta: float = 1e-6) -> Tensor:
@@ -407,6 +454,14 @@ class ArtEqNet(nn.Module):
             rotation readout as extra vector channels (their norms and Gram matrix to the
             invariant token); the baselines get the same numbers flattened into the token.
             ``False`` (default): as before.
+        twist_vectors: with ``part_geometry``, five more vectors per part (each child's
+            centroid offset and the part's third-moment vector, see :func:`part_geometry`)
+            that carry the rotation about the bone where the six vectors miss it: on the
+            pelvis and spine3 (whose children's mean offset cancels sideways) and on parts
+            whose points are not symmetric about their centroid. Exactly equivariant. Motivation: with true-part pooling the
+            demo evidence net's per-part rotation error was 16 deg in_dist and 61 deg
+            ``ood`` (pelvis 100 deg), mostly twist (``benchmarks/arteq_diagnostic.py``).
+            ``False`` (default): as before. ``True`` without ``part_geometry``: ValueError.
         normalize_invariants: divide the per-point invariant features and the global
             invariant of each cloud by their root mean square over that cloud (an invariant
             scalar, so equivariance is kept). The VN backbones read these invariants in a
@@ -458,7 +513,8 @@ class ArtEqNet(nn.Module):
             not dividing ``d_model``, non-positive ``interp_sigma``/``unit``, ``pool_power``
             below 1 or not finite, a boolean option (``dynamic_graph``, ``batch_norm``,
             ``seg_norms``, ``part_geometry``, ``normalize_invariants``, ``chiral``,
-            ``seg_descriptors``) that is not a ``bool``; the message names the argument.
+            ``seg_descriptors``, ``twist_vectors``) that is not a ``bool``, or
+            ``twist_vectors`` without ``part_geometry``; the message names the argument.
 
     Source: Feng et al., "Generalizing Neural Human Fitting to Unseen Poses With
     Articulated SE(3) Equivariance", ICCV 2023, arXiv:2304.10528; reference code
@@ -495,6 +551,7 @@ class ArtEqNet(nn.Module):
         pool_power: float = 1.0,
         chiral: bool = False,
         seg_descriptors: bool = False,
+        twist_vectors: bool = False,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -508,7 +565,7 @@ class ArtEqNet(nn.Module):
         for name, v in (("dynamic_graph", dynamic_graph), ("batch_norm", batch_norm),
                         ("seg_norms", seg_norms), ("part_geometry", part_geometry),
                         ("normalize_invariants", normalize_invariants), ("chiral", chiral),
-                        ("seg_descriptors", seg_descriptors)):
+                        ("seg_descriptors", seg_descriptors), ("twist_vectors", twist_vectors)):
             _check_flag(name, v)
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden \
                 or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
@@ -526,6 +583,9 @@ class ArtEqNet(nn.Module):
         if rot_context == "geometry" and not part_geometry:
             raise value_error("rot_context", "'local' or 'global' without part_geometry=True "
                               "('geometry' reads the part geometry vectors)", repr(rot_context))
+        if twist_vectors and not part_geometry:
+            raise value_error("twist_vectors", "False without part_geometry=True (the twist "
+                              "vectors extend the part geometry)", repr(twist_vectors))
         if d_model % num_heads:
             raise value_error("num_heads", f"a divisor of d_model = {d_model}", num_heads)
         self.config: dict[str, Any] = {
@@ -538,6 +598,7 @@ class ArtEqNet(nn.Module):
             "seg_norms": bool(seg_norms), "part_geometry": bool(part_geometry),
             "normalize_invariants": bool(normalize_invariants), "pool_power": float(pool_power),
             "chiral": bool(chiral), "seg_descriptors": bool(seg_descriptors),
+            "twist_vectors": bool(twist_vectors),
         }
         self.chiral = bool(chiral) and backbone in EQUIVARIANT_BACKBONES
         n_chi = 2 * feat_dim if self.chiral else 0  # pooled chiral invariants (part + parent)
@@ -545,7 +606,9 @@ class ArtEqNet(nn.Module):
         self.pool_power = pool_power  # validated property, kept in `config`
         self.normalize_invariants = bool(normalize_invariants)
         self.part_geometry = bool(part_geometry)
-        n_geo = 2 * GEOMETRY_VECTORS if self.part_geometry else 0  # vectors (part + parent)
+        self.twist_vectors = bool(twist_vectors)
+        n_geo = 2 * (GEOMETRY_VECTORS + (TWIST_VECTORS if self.twist_vectors else 0)) \
+            if self.part_geometry else 0  # vectors (part + parent)
         self.unit = float(unit)
         self.num_centers = num_centers
         self.interp_sigma = float(interp_sigma)
@@ -775,8 +838,9 @@ class ArtEqNet(nn.Module):
             # ~10 m spreads: 2e6 units at 1e5 m, 1e31 in C^2 a)
             rms = x.square().sum(dim=-1).mean(dim=1).sqrt().clamp_min(
                 torch.finfo(dtype).tiny ** 0.5)  # (B,)
-            geo = part_geometry(x / rms[:, None, None], w)  # (B, P, 6, 3)
-            geo = torch.cat([geo, geo[:, par]], dim=2)  # (B, P, 12, 3)
+            geo = part_geometry(x / rms[:, None, None], w,
+                                twist=self.twist_vectors)  # (B, P, 6 or 11, 3)
+            geo = torch.cat([geo, geo[:, par]], dim=2)  # (B, P, 12 or 22, 3)
             if not self.equivariant:
                 feats.append(geo.flatten(2))
         if self.equivariant:
