@@ -25,8 +25,12 @@ set, and scores part accuracy on the first ``--scans`` in_dist scans and the ``o
   under rounding on mirror-symmetric neighbourhoods; 44b1b61 reproduces them), their
   means over larger neighbourhoods
   (``--agg``), and with ``--geodesic`` the quantiles of each point's graph-geodesic
-  distances to all points (kNN graph, ``k`` = 8; articulation-invariant up to contacts)
-  -> MLP (the features are rotation-invariant, so no augmentation is needed);
+  distances to all points (kNN graph, ``k`` = 8; articulation-invariant up to contacts),
+  with ``--anchors`` the graph-geodesic distances from ground-truth landmark parts (head;
+  or head, hands and feet: an oracle, so an upper bound for intrinsic coordinates measured
+  from detected landmarks; ``--anchor-source predicted``: the anchors are the 4 most
+  head-like points of a first descriptors probe, the realistic version) -> MLP (the
+  features are rotation-invariant, so no augmentation is needed);
 * ``net_desc``: ``net``'s part logits plus an MLP of the ``descriptors`` (trained jointly,
   Haar-random rotations): do the two kinds of features add up?
 
@@ -69,8 +73,46 @@ def sym_map() -> torch.Tensor:
     return torch.tensor(s)
 
 
-def descriptors(x: torch.Tensor, scales: list[int], agg: list[int], geodesic: bool) -> torch.Tensor:
-    """``x (N, 3)`` -> ``(N, D)`` float32 rotation- and translation-invariant descriptors."""
+#: ``--anchor-source predicted``: anchor points per scan (the most head-like ones)
+ANCHOR_POINTS = 4
+#: ``--anchors``: ground-truth part groups whose graph-geodesic distance feeds the probe
+ANCHORS = {"head": ((15,),), "head_hands_feet": ((15,), (20, 21), (7, 8))}
+
+
+def anchor_geodesics(x: torch.Tensor, labels: torch.Tensor, groups) -> torch.Tensor:
+    """Graph-geodesic distance (symmetrised 8-NN graph, Euclidean edge lengths, in units of
+    the cloud's RMS radius) from each point to the nearest point of each group of
+    ground-truth parts, encoded as ``d, d^2, sin/cos(3 d), sin/cos(6 d)``: ``(N, 6 G)``.
+    An oracle (the anchors come from the true labels): an upper bound for intrinsic
+    coordinates measured from detected landmarks."""
+    import numpy as np
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    x = x.double()
+    N = len(x)
+    d = torch.cdist(x, x)
+    nb = d.argsort(dim=1)[:, 1:9]
+    rows = torch.arange(N)[:, None].expand(-1, nb.shape[1]).flatten()
+    A = csr_matrix((d[rows, nb.flatten()].numpy(), (rows.numpy(), nb.flatten().numpy())),
+                   shape=(N, N))
+    A = A.maximum(A.T)
+    rms = (x - x.mean(0)).square().sum(-1).mean().sqrt()
+    out = []
+    for grp in groups:
+        src = torch.nonzero(torch.isin(labels, torch.tensor(grp))).flatten().numpy()
+        G = dijkstra(A, directed=False, indices=src, min_only=True) if len(src) else \
+            np.full(N, np.inf)
+        G = torch.nan_to_num(torch.from_numpy(np.where(np.isfinite(G), G, np.nan)) / rms,
+                             nan=6.0)  # unreachable (or no anchor): far
+        out += [G, G.square(), (3 * G).sin(), (3 * G).cos(), (6 * G).sin(), (6 * G).cos()]
+    return torch.stack(out, dim=-1)
+
+
+def descriptors(x: torch.Tensor, scales: list[int], agg: list[int], geodesic: bool,
+                labels: torch.Tensor | None = None, anchors: str | None = None) -> torch.Tensor:
+    """``x (N, 3)`` -> ``(N, D)`` float32 rotation- and translation-invariant descriptors
+    (with ``anchors``: plus :func:`anchor_geodesics` from the true ``labels (N,)``)."""
     from geo3d.apps.arteq._model import local_shape_descriptors
 
     x = x.double()
@@ -97,6 +139,8 @@ def descriptors(x: torch.Tensor, scales: list[int], agg: list[int], geodesic: bo
         q = torch.quantile(G, torch.tensor([0.05, *[i / 10 for i in range(1, 11)]],
                                            dtype=G.dtype), dim=1).T
         f += [q, q / q[:, 5:6].clamp_min(1e-12)]
+    if anchors:
+        f.append(anchor_geodesics(x, labels, ANCHORS[anchors]))
     f = torch.cat(f, dim=-1)
     if not agg:
         return f.float()
@@ -199,12 +243,21 @@ def main() -> None:
     ap.add_argument("--scales", default="8,16,32,64", help="descriptors: kNN scales")
     ap.add_argument("--agg", default="16,64", help="descriptors: averaging neighbourhoods")
     ap.add_argument("--geodesic", action="store_true", help="descriptors: geodesic quantiles")
+    ap.add_argument("--anchors", choices=sorted(ANCHORS), default=None,
+                    help="descriptors: add graph-geodesic distances from ground-truth "
+                         "landmark parts (an oracle upper bound for intrinsic coordinates)")
+    ap.add_argument("--anchor-source", choices=("true", "predicted"), default="true",
+                    help="--anchors head only: 'predicted' takes the anchors from a first "
+                         "descriptors probe (its most head-like points) instead of the "
+                         "true labels: the realistic version of the oracle")
     ap.add_argument("--oracle", action="store_true",
                     help="fit on the first 30 ood scans instead of the training "
                          "scans (scored on `ood_tail`, the other 12): can these features "
                          "segment ood scans at all?")
     ap.add_argument("--out", default=str(RESULTS_DIR / "arteq_seg_transfer.json"))
     a = ap.parse_args()
+    if a.anchor_source == "predicted" and a.anchors != "head":
+        ap.error("--anchor-source predicted: needs --anchors head")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     from arteq import _datamodule
@@ -226,25 +279,32 @@ def main() -> None:
     if a.probe in ("descriptors", "net_desc"):  # invariant: computed once per scan
         sc = [int(s) for s in a.scales.split(",") if s]
         ag = [int(s) for s in a.agg.split(",") if s]
-        key += f"_k{a.scales}_agg{a.agg}" + ("_geodesic" if a.geodesic else "")
-        Dtr = torch.stack([descriptors(p, sc, ag, a.geodesic) for p in tr["points"]])
-        flat = Dtr.reshape(-1, Dtr.shape[-1])
-        mu, sd = flat.mean(0), flat.std(0).clamp_min(1e-9)
-        Dtr = (Dtr - mu) / sd
-        Dte = {c: (torch.stack([descriptors(p, sc, ag, a.geodesic) for p in d["points"]])
-                   - mu) / sd for c, d in tests.items()}
+        key += f"_k{a.scales}_agg{a.agg}" + ("_geodesic" if a.geodesic else "") + (
+            f"_anchors_{a.anchors}" if a.anchors else "") + (
+            "_predicted" if a.anchors and a.anchor_source == "predicted" else "")
+        anchor_labels = {"train": tr["labels"], **{c: d["labels"] for c, d in tests.items()}}
+        if a.anchors and a.anchor_source == "predicted":
+            # stage 1: the plain descriptors probe; its ANCHOR_POINTS most head-like points
+            # per scan are the anchors (pseudo-labels: 15 there, -1 elsewhere)
+            P0, P0te = _normalised(
+                [descriptors(p, sc, ag, a.geodesic) for p in tr["points"]],
+                {c: [descriptors(p, sc, ag, a.geodesic) for p in d["points"]]
+                 for c, d in tests.items()})
+            m0 = _fit_descriptor_mlp(P0, tr["labels"], a.steps or 2000)
+            with torch.no_grad():
+                for c, X in {"train": P0, **P0te}.items():
+                    top = m0(X).log_softmax(-1)[..., 15].topk(ANCHOR_POINTS, dim=1).indices
+                    lab = torch.full(X.shape[:2], -1, dtype=torch.long)
+                    anchor_labels[c] = lab.scatter(1, top, 15)
+        Dtr, Dte = _normalised(
+            [descriptors(p, sc, ag, a.geodesic, y, a.anchors)
+             for p, y in zip(tr["points"], anchor_labels["train"], strict=True)],
+            {c: [descriptors(p, sc, ag, a.geodesic, y, a.anchors)
+                 for p, y in zip(d["points"], anchor_labels[c], strict=True)]
+             for c, d in tests.items()})
     key += "_oracle" if a.oracle else ""
     if a.probe == "descriptors":
-        m: nn.Module = nn.Sequential(nn.Linear(Dtr.shape[-1], 128), nn.ReLU(),
-                                     nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 22))
-        opt = torch.optim.Adam(m.parameters(), 1e-3, weight_decay=1e-4)
-        A, Y = Dtr.reshape(-1, Dtr.shape[-1]), tr["labels"].reshape(-1)
-        for _ in range(a.steps or 2000):
-            i = torch.randint(len(A), (1024,))
-            loss = F.cross_entropy(m(A[i]), Y[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        m = _fit_descriptor_mlp(Dtr, tr["labels"], a.steps or 2000)
         with torch.no_grad():
             preds = {c: m(X).argmax(-1) for c, X in Dte.items()}
     else:
@@ -286,6 +346,29 @@ def main() -> None:
     write_json_atomic(out, old)
     print(key, json.dumps({c: {k: round(v, 3) for k, v in res[c].items() if k != "recall"}
                            for c in tests}))
+
+
+def _normalised(train: list[torch.Tensor], tests: dict[str, list[torch.Tensor]]):
+    """Stack per-scan descriptors; standardise with the training scans' mean and std."""
+    Dtr = torch.stack(train)
+    flat = Dtr.reshape(-1, Dtr.shape[-1])
+    mu, sd = flat.mean(0), flat.std(0).clamp_min(1e-9)
+    return (Dtr - mu) / sd, {c: (torch.stack(v) - mu) / sd for c, v in tests.items()}
+
+
+def _fit_descriptor_mlp(D: torch.Tensor, labels: torch.Tensor, steps: int) -> nn.Module:
+    """The ``descriptors`` probe's MLP: Adam on batches of 1024 points for ``steps``."""
+    m = nn.Sequential(nn.Linear(D.shape[-1], 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                      nn.Linear(128, 22))
+    opt = torch.optim.Adam(m.parameters(), 1e-3, weight_decay=1e-4)
+    A, Y = D.reshape(-1, D.shape[-1]), labels.reshape(-1)
+    for _ in range(steps):
+        i = torch.randint(len(A), (1024,))
+        loss = F.cross_entropy(m(A[i]), Y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m
 
 
 def _net_kwargs(module) -> dict:

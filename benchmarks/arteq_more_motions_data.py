@@ -1,0 +1,71 @@
+"""ArtEq experiment data: the demo config with more training motions, the same test scans.
+
+Does more in-distribution data help the net on unseen poses (``ood``)? Writes the data
+folder of the demo config with ``--data.train_motions M`` (``M`` motions of the same seven
+kinds, drawn by the data module itself: the demo's 14 motions come first, then new draws;
+its training subjects), and copies every other split (``val``, ``in_dist``, ``ood``,
+``partial``) from the demo data folder ``--src``: with more training motions the module's
+generator would draw other test motions, and like-for-like comparisons need the same test
+scans. Train on it with the matching overrides::
+
+    python benchmarks/arteq_more_motions_data.py --train-motions 210 --dst runs/s8_data15x \
+        --src runs/arteq_bench/data/arteq_25f08b52f637f152
+    python benchmarks/arteq.py --part nets --models equivariant --out runs/s8_15x \\
+        --config demo --data.train_motions 210 --data.root runs/s8_data15x \\
+        --trainer.max_epochs 1000 --trainer.max_time 00:00:22:00
+
+Session of 2026-12-01: results in ``benchmarks/results/arteq_ood_experiments.json``
+(``more_motions_*``) and the README's ArtEq out-of-distribution experiments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--src", default="runs/arteq_bench/data",
+                    help="a generated arteq_* data folder of the demo config, or a data root "
+                         "holding exactly one")
+    ap.add_argument("--dst", required=True, help="data root of the new folder")
+    ap.add_argument("--train-motions", type=int, required=True,
+                    help="training motions (the demo config: 14)")
+    a = ap.parse_args()
+    if a.train_motions < 1:
+        sys.exit("--train-motions: expected a positive int")
+    torch.set_num_threads(1)
+    import yaml
+    from geo3d.apps.arteq._data import ArtEqDataModule
+    from geo3d.apps.arteq.cli import config_path
+
+    src = Path(a.src)
+    if not (src / "train.pt").is_file():  # a data root: its one generated folder
+        caches = [p for p in src.glob("arteq_*") if (p / "train.pt").is_file()]
+        if len(caches) != 1:
+            sys.exit(f"--src: expected a generated arteq_* folder or a root with one, "
+                     f"found {len(caches)}; pass the folder")
+        src = caches[0]
+    cfg = yaml.safe_load(Path(config_path("demo")).read_text())["data"]
+    cfg.update(root=a.dst, train_motions=a.train_motions)
+    dm = ArtEqDataModule(**cfg)
+    dst = dm.cache_dir()
+    dst.mkdir(parents=True, exist_ok=True)
+    if not (dst / "train.pt").is_file():
+        torch.save(dm._generate(["train"])["train"], dst / "train.pt")
+    for split in ("val", "in_dist", "ood", "partial"):
+        shutil.copyfile(src / f"{split}.pt", dst / f"{split}.pt")
+    (dst / "config.json").write_text(json.dumps(dict(dm.hparams), indent=2, default=str))
+    n = len(torch.load(dst / "train.pt", weights_only=True)["points"])
+    print(f"{dst}: {n} training scans; val and test splits copied from {src}")
+
+
+if __name__ == "__main__":
+    main()
