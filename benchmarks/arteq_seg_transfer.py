@@ -237,6 +237,9 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--probe", choices=("net", "vn_local", "descriptors", "net_desc"), required=True)
     ap.add_argument("--data-root", default="runs/arteq_bench/data")
+    ap.add_argument("--num-points", type=int, default=None,
+                    help="points per scan (default: the demo config's 512); other values "
+                         "generate scans of the same poses and subjects on first use")
     ap.add_argument("--steps", type=int, default=None,
                     help="Adam steps (default: 3000 for net / vn_local, 2000 descriptors)")
     ap.add_argument("--scans", type=int, default=48, help="in_dist scans scored")
@@ -266,7 +269,9 @@ def main() -> None:
     from geo3d.rotations import random_rotation_matrix
 
     dm, model = _datamodule(config_path("demo"), Path(a.data_root).parent,
-                            ["--data.root", a.data_root])
+                            ["--data.root", a.data_root] + (
+                                [] if a.num_points is None else
+                                ["--data.num_points", str(a.num_points)]))
     tr = dm.split_data("train")
     ood = dm.split_data("ood")
     tests = {"in_dist": {k: v[:a.scans] for k, v in dm.split_data("in_dist").items()},
@@ -303,6 +308,7 @@ def main() -> None:
                  for p, y in zip(d["points"], anchor_labels[c], strict=True)]
              for c, d in tests.items()})
     key += "_oracle" if a.oracle else ""
+    key += "" if a.num_points is None else f"_{a.num_points}pts"
     if a.probe == "descriptors":
         m = _fit_descriptor_mlp(Dtr, tr["labels"], a.steps or 2000)
         with torch.no_grad():
