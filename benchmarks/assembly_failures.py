@@ -39,7 +39,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
-    p.add_argument("--config", default="demo")
+    p.add_argument("--config", action="append", default=None,
+                    help="packaged config name or YAML (default demo); repeat to layer "
+                         "further YAML files on the first")
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--pictures", type=int, default=3)
@@ -55,7 +57,8 @@ def main() -> None:
     from geo3d.eval import align_to_anchor, anchor_parts, part_chamfer
 
     extra = ["--data.root", a.data_root] if a.data_root else []
-    cli = run_lightning_cli(["--config", config_path(a.config), *extra,
+    configs = [config_path(c) for c in (a.config or ["demo"])]  # layered, first = base
+    cli = run_lightning_cli([*(x for c in configs for x in ("--config", c)), *extra,
                              "--trainer.logger", "false"], run=False)
     dm = cli.datamodule
     model = load_model(a.checkpoint).eval()

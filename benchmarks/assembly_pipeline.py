@@ -79,7 +79,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
-    ap.add_argument("--config", default="demo")
+    ap.add_argument("--config", action="append", default=None,
+                    help="packaged config name or YAML (default demo); repeat to layer "
+                         "further YAML files on the first")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--out", required=True)
     ap.add_argument("--search", type=int, default=0,
@@ -96,7 +98,8 @@ def main() -> None:
     from geo3d.eval import anchor_parts, assembly_metrics
 
     extra = ["--data.root", a.data_root] if a.data_root else []
-    cli = run_lightning_cli(["--config", config_path(a.config), *extra,
+    configs = [config_path(c) for c in (a.config or ["demo"])]  # layered, first = base
+    cli = run_lightning_cli([*(x for c in configs for x in ("--config", c)), *extra,
                              "--trainer.logger", "false"], run=False)
     model = load_model(a.checkpoint).eval()
     methods_run = list(METHODS) + (["select_search"] if a.search else [])
@@ -172,7 +175,7 @@ def main() -> None:
     payload = {
         "command": "python benchmarks/assembly_pipeline.py " + " ".join(sys.argv[1:]),
         "checkpoint": str(ck), "checkpoint_sha256": hashlib.sha256(ck.read_bytes()).hexdigest(),
-        "config": a.config, "num_objects": n_obj, "normals": "data" if a.true_normals else
+        "config": " + ".join(a.config or ["demo"]), "num_objects": n_obj, "normals": "data" if a.true_normals else
         "estimated (local PCA, oriented away from the piece centroid)",
         "methods": methods, "ceilings": ceilings,
         "wall_s": time.perf_counter() - t_all,

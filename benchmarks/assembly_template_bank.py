@@ -31,7 +31,9 @@ from _common import env_info, write_json_atomic  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="long")
+    ap.add_argument("--config", action="append", default=None,
+                    help="packaged config name (default long); repeat to layer further "
+                         "packaged configs or YAML files on the first")
     ap.add_argument("--data-root", default=None, help="default: runs/<config>/data")
     ap.add_argument("--out", default="benchmarks/results/assembly_template_bank.json")
     ap.add_argument("--seed", type=int, default=0)
@@ -41,14 +43,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from geo3d.apps.assembly._canonical import TemplateBank, assembled_clouds
-    from geo3d.apps.assembly.cli import run_lightning_cli
+    from geo3d.apps.assembly.cli import config_path, run_lightning_cli
     from scipy.spatial.transform import Rotation
 
     from geo3d.eval import assembly_metrics
 
-    root = args.data_root or f"runs/{args.config}/data"
-    cfg = Path(__file__).resolve().parents[1] / "apps/assembly/configs" / f"{args.config}.yaml"
-    cli = run_lightning_cli(["--config", str(cfg), "--data.root", root,
+    configs = args.config or ["long"]
+    root = args.data_root or f"runs/{configs[0]}/data"
+    cfgs = [config_path(c) for c in configs]  # layered, the first is the base
+    cli = run_lightning_cli([*(x for c in cfgs for x in ("--config", c)), "--data.root", root,
                              "--data.dense_points", "0", "--trainer.logger", "false"], run=False)
     dm = cli.datamodule
     dm.prepare_data()
@@ -95,7 +98,7 @@ def main() -> None:
     out = {"what": "absolute part accuracy of the bank's pose applied to the true relative "
                    "poses (held-out objects, one random rigid motion each, the same for "
                    "every setting)",
-           "config": args.config, "bank_objects": len(base), "test_objects": len(items),
+           "config": " + ".join(configs), "bank_objects": len(base), "test_objects": len(items),
            "results": results, "bank_seconds": t_bank, "args": vars(args), "env": env_info()}
     write_json_atomic(args.out, out)
 

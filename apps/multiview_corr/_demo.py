@@ -97,7 +97,9 @@ def demo_main(argv: list[str]) -> int:
 
     p = OneLineParser(prog="geo3d multiview demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/multiview_demo", help="output folder")
-    p.add_argument("--config", default="demo", help="packaged config or YAML [demo]")
+    p.add_argument("--config", action="append", default=None,
+                   help="packaged config or YAML [demo]; repeat to layer further YAML files "
+                        "on the first, as LightningCLI does")
     p.add_argument(
         "--vit",
         default=None,
@@ -113,9 +115,13 @@ def demo_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.steps is not None and a.steps < 1:
         raise UsageError(f"--steps: expected an int >= 1, got {a.steps}")
+    # a repeated --config layers on the first (argparse used to keep only the last, so
+    # `--config demo --config more.yaml` trained on more.yaml with the defaults for the rest)
+    configs = a.config or ["demo"]
     res = run_demo(
-        a.out, config=a.config, vit=a.vit, steps=a.steps, pairs=a.pairs, max_points=a.max_points,
-        pose_queries=a.pose_queries, track_frames=a.track_frames,
+        a.out, config=configs[0], vit=a.vit, steps=a.steps, pairs=a.pairs,
+        max_points=a.max_points, pose_queries=a.pose_queries, track_frames=a.track_frames,
+        extra=[x for c in configs[1:] for x in ("--config", c)],
     )
     print(
         f"fit: {res['train_steps']} steps in {res['fit_seconds']:.0f} s "

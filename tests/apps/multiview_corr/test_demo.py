@@ -77,3 +77,29 @@ def test_without_opencv_one_line_naming_the_corr_extra(cmd, tmp_path, monkeypatc
     assert err.startswith("geo3d: error:") and "\n" not in err
     assert "geo3d[corr]" in err and "--pose-queries 0" in err
     assert not out.exists()
+
+
+def test_demo_layers_a_repeated_config_on_the_first(tmp_path, monkeypatch):
+    # argparse kept only the last --config, so `--config demo --config more.yaml` trained on
+    # more.yaml alone (with the module's and data's defaults for the rest); now the first is
+    # the base and the others reach LightningCLI in order, as further --config files
+    from geo3d.apps.multiview_corr import _demo
+
+    seen = []
+
+    def fake(out, **kw):
+        seen.append(kw)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(_demo, "run_demo", fake)
+    more = tmp_path / "more.yaml"
+    more.write_text("model:\n  lora_rank: 2\n")
+    with pytest.raises(SystemExit):
+        _demo.demo_main(["--out", str(tmp_path / "o"), "--config", "demo", "--config",
+                         str(more)])
+    assert seen[0]["config"] == "demo"
+    assert seen[0]["extra"] == ["--config", str(more)]
+    seen.clear()
+    with pytest.raises(SystemExit):  # default: the demo config alone
+        _demo.demo_main(["--out", str(tmp_path / "o")])
+    assert seen[0]["config"] == "demo" and seen[0]["extra"] == []
