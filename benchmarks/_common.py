@@ -129,3 +129,18 @@ def measure_interleaved(
                 if torch.device(device).type == "cuda":
                     torch.cuda.synchronize()
     return {k: {"time_s": min(v), "round_medians_s": v} for k, v in med.items()}
+
+
+def arteq_data_folder(src: str | os.PathLike) -> Path:
+    """A generated ``arteq_*`` data folder: ``src`` itself, or the one such folder under a
+    data root; exits with a message naming ``--src`` otherwise."""
+    import sys
+
+    src = Path(src)
+    if (src / "train.pt").is_file():
+        return src
+    caches = [p for p in src.glob("arteq_*") if (p / "train.pt").is_file()]
+    if len(caches) != 1:
+        sys.exit(f"--src: expected a generated arteq_* folder or a root with one, "
+                 f"found {len(caches)}; pass the folder")
+    return caches[0]

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import arteq_data_folder  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
@@ -46,13 +49,7 @@ def main() -> None:
     from geo3d.apps.arteq._data import ArtEqDataModule
     from geo3d.apps.arteq.cli import config_path
 
-    src = Path(a.src)
-    if not (src / "train.pt").is_file():  # a data root: its one generated folder
-        caches = [p for p in src.glob("arteq_*") if (p / "train.pt").is_file()]
-        if len(caches) != 1:
-            sys.exit(f"--src: expected a generated arteq_* folder or a root with one, "
-                     f"found {len(caches)}; pass the folder")
-        src = caches[0]
+    src = arteq_data_folder(a.src)
     cfg = yaml.safe_load(Path(config_path("demo")).read_text())["data"]
     cfg.update(root=a.dst, train_motions=a.train_motions)
     dm = ArtEqDataModule(**cfg)

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import arteq_data_folder  # noqa: E402
 from arteq_diagnostic import REGIONS  # noqa: E402
 
 
@@ -47,13 +48,7 @@ def main() -> None:
 
     from geo3d.rotations import matrix_to_axis_angle
 
-    src = Path(a.src)
-    if not (src / "train.pt").is_file():  # a data root: its one generated folder
-        caches = [p for p in src.glob("arteq_*") if (p / "train.pt").is_file()]
-        if len(caches) != 1:
-            sys.exit(f"--src: expected a generated arteq_* folder or a root with one, "
-                     f"found {len(caches)}; pass the folder")
-        src = caches[0]
+    src = arteq_data_folder(a.src)
     cfg = json.loads((src / "config.json").read_text())
     dst = Path(a.dst) / src.name
     dst.mkdir(parents=True, exist_ok=True)

@@ -62,18 +62,18 @@ def test_part_geometry_rotates_with_the_points():
 
 
 @pytest.mark.parametrize("labels", [False, True])
-@pytest.mark.parametrize("backbone,rot_context,chiral", [("vn_dgcnn", "local", False),
-                                                        ("vn_dgcnn", "global", False),
-                                                        ("vn_dgcnn", "local", True),
-                                                        ("vn", "local", True),
-                                                        ("vn_dgcnn", "geometry", True),
-                                                        ("vn_dgcnn", "geometry", False),
-                                                        ("vn", "geometry", True),
-                                                        ("tfn", "geometry", True)])
+@pytest.mark.parametrize("backbone,rot_context,chiral,twist", [
+    ("vn_dgcnn", "local", False, False), ("vn_dgcnn", "global", False, False),
+    ("vn_dgcnn", "local", True, False), ("vn", "local", True, False),
+    ("vn_dgcnn", "geometry", True, False), ("vn_dgcnn", "geometry", False, False),
+    ("vn", "geometry", True, False), ("tfn", "geometry", True, False),
+    # twist_vectors (child offsets, third moments) in every readout context
+    ("vn_dgcnn", "geometry", True, True), ("vn_dgcnn", "local", True, True),
+    ("vn", "global", True, True)])
 def test_net_with_part_geometry_is_exactly_se3_equivariant(labels, backbone, rot_context,
-                                                           chiral):
+                                                           chiral, twist):
     net = _net(backbone, part_geometry=True, rot_context=rot_context, chiral=chiral,
-               normalize_invariants=chiral)
+               normalize_invariants=chiral, twist_vectors=twist)
     # adversarial: far from the origin, duplicated points, one part without labels
     x = _cloud(2, 90, seed=5) + 50.0
     x[:, 45:60] = x[:, 30:45]

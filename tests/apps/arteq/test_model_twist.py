@@ -16,26 +16,13 @@ from geo3d.apps.arteq._model import (
 
 from geo3d.rotations import axis_angle_to_matrix, random_rotation_matrix
 
-SMALL = {"k": 8, "feat_dim": 8, "hidden": (8, 8), "d_model": 32, "num_heads": 2,
-         "rot_hidden": 8, "batch_norm": False}
+from .test_model_geometry import SMALL, _cloud, _weights  # noqa: E402
 
 
 def _net(backbone: str = "vn_dgcnn", **kw) -> ArtEqNet:
     torch.manual_seed(0)
     kw = {"part_geometry": True, "twist_vectors": True, **kw}
     return ArtEqNet(backbone, **{**SMALL, **kw}).double().eval()
-
-
-def _cloud(B: int, N: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, N, 3, generator=g, dtype=torch.float64) * torch.tensor(
-        [0.8, 0.4, 0.2], dtype=torch.float64)
-
-
-def _weights(B: int, N: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    w = torch.rand(B, N, 22, generator=g, dtype=torch.float64)
-    return w / w.sum(1, keepdim=True)
 
 
 def test_twist_vectors_match_a_loop_over_parts_and_points():
@@ -107,29 +94,6 @@ def test_twist_vectors_see_a_pelvis_twist_that_the_six_vectors_miss():
     d0, d1 = a[0, 0, GEOMETRY_VECTORS], b[0, 0, GEOMETRY_VECTORS]
     ang = math.atan2(float(d0[2] * d1[0] - d0[0] * d1[2]), float(d0[0] * d1[0] + d0[2] * d1[2]))
     assert ang == pytest.approx(0.7, abs=1e-12)
-
-
-@pytest.mark.parametrize("labels", [False, True])
-@pytest.mark.parametrize("backbone,rot_context", [("vn_dgcnn", "geometry"), ("vn_dgcnn", "local"),
-                                                  ("vn", "global")])
-def test_net_with_twist_vectors_is_exactly_se3_equivariant(labels, backbone, rot_context):
-    net = _net(backbone, rot_context=rot_context, chiral=True, normalize_invariants=True)
-    # adversarial: far from the origin, duplicated points, a part without labels
-    x = _cloud(2, 90, seed=5) + 50.0
-    x[:, 45:60] = x[:, 30:45]
-    lab = torch.randint(0, 22, (2, 90), generator=torch.Generator().manual_seed(2))
-    lab[lab == 7] = 8
-    part_labels = lab if labels else None
-    g = torch.Generator().manual_seed(13)
-    for _ in range(3):
-        R = random_rotation_matrix(2, generator=g, dtype=x.dtype)
-        t = 100.0 * torch.randn(2, 3, generator=g, dtype=x.dtype)
-        y = x @ R.transpose(-1, -2) + t[:, None]
-        with torch.no_grad():
-            a, b = net(x, part_labels), net(y, part_labels)
-        torch.testing.assert_close(b["part_rot"], R[:, None] @ a["part_rot"], atol=1e-9, rtol=0)
-        torch.testing.assert_close(b["body_pose"], a["body_pose"], atol=1e-9, rtol=0)
-        torch.testing.assert_close(b["betas"], a["betas"], atol=1e-9, rtol=0)
 
 
 def test_twist_vectors_are_wired_into_the_readouts():
