@@ -79,8 +79,8 @@ from torch import Tensor, nn
 from geo3d._validation import check_finite, shape_of, value_error
 from geo3d.body import ARTEQ_NUM_PARTS, SMPL_PARENTS
 
-__all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES", "EQUIVARIANT_BACKBONES", "GEOMETRY_VECTORS", "TWIST_VECTORS",
-           "TFN_RADIUS", "DESCRIPTOR_SCALES", "DESCRIPTOR_AGG", "local_shape_descriptors",
+__all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES", "EQUIVARIANT_BACKBONES", "GEOMETRY_VECTORS",
+           "TWIST_VECTORS", "TFN_RADIUS", "DESCRIPTOR_SCALES", "DESCRIPTOR_AGG", "local_shape_descriptors",
            "part_geometry"]
 
 #: Parent of each ArtEq part in the 22-part tree (-1 for the pelvis): ``SMPL_PARENTS[:22]``.
@@ -458,10 +458,13 @@ class ArtEqNet(nn.Module):
             centroid offset and the part's third-moment vector, see :func:`part_geometry`)
             that carry the rotation about the bone where the six vectors miss it: on the
             pelvis and spine3 (whose children's mean offset cancels sideways) and on parts
-            whose points are not symmetric about their centroid. Exactly equivariant. Motivation: with true-part pooling the
-            demo evidence net's per-part rotation error was 16 deg in_dist and 61 deg
-            ``ood`` (pelvis 100 deg), mostly twist (``benchmarks/arteq_diagnostic.py``).
-            ``False`` (default): as before. ``True`` without ``part_geometry``: ValueError.
+            whose points are not symmetric about their centroid. Exactly equivariant.
+            Measured on the demo data (README, "Twist vectors"; four 22-min runs): with
+            true-part pooling the pelvis's rotation error falls from 51-56 to 18 deg in_dist
+            (100 to 31 deg ``ood``) and V2V from 5.5-8.6 to 3.7-4.8 cm in_dist; with the
+            net's own segmentation ``ood`` V2V is 1-4 cm worse, so the configs leave it
+            off. ``False`` (default): as before. ``True`` without ``part_geometry``:
+            ValueError.
         normalize_invariants: divide the per-point invariant features and the global
             invariant of each cloud by their root mean square over that cloud (an invariant
             scalar, so equivariance is kept). The VN backbones read these invariants in a
