@@ -144,3 +144,14 @@ def arteq_data_folder(src: str | os.PathLike) -> Path:
         sys.exit(f"--src: expected a generated arteq_* folder or a root with one, "
                  f"found {len(caches)}; pass the folder")
     return caches[0]
+
+
+def torch_save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through a temporary file renamed into place: a crash leaves the old
+    file (or none), never a truncated one."""
+    from geo3d._atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return path

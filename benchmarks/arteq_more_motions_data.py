@@ -8,7 +8,7 @@ its training subjects), and copies every other split (``val``, ``in_dist``, ``oo
 generator would draw other test motions, and like-for-like comparisons need the same test
 scans. Train on it with the matching overrides::
 
-    python benchmarks/arteq_more_motions_data.py --train-motions 210 --dst runs/s8_data15x \
+    python benchmarks/arteq_more_motions_data.py --train-motions 210 --dst runs/s8_data15x \\
         --src runs/arteq_bench/data/arteq_25f08b52f637f152
     python benchmarks/arteq.py --part nets --models equivariant --out runs/s8_15x \\
         --config demo --data.train_motions 210 --data.root runs/s8_data15x \\
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import arteq_data_folder  # noqa: E402
+from _common import arteq_data_folder, torch_save_atomic  # noqa: E402
 
 
 def main() -> None:
@@ -49,6 +49,8 @@ def main() -> None:
     from geo3d.apps.arteq._data import ArtEqDataModule
     from geo3d.apps.arteq.cli import config_path
 
+    from geo3d._atomic import atomic_path, atomic_write_text
+
     src = arteq_data_folder(a.src)
     cfg = yaml.safe_load(Path(config_path("demo")).read_text())["data"]
     cfg.update(root=a.dst, train_motions=a.train_motions)
@@ -56,10 +58,11 @@ def main() -> None:
     dst = dm.cache_dir()
     dst.mkdir(parents=True, exist_ok=True)
     if not (dst / "train.pt").is_file():
-        torch.save(dm._generate(["train"])["train"], dst / "train.pt")
+        torch_save_atomic(dm._generate(["train"])["train"], dst / "train.pt")
     for split in ("val", "in_dist", "ood", "partial"):
-        shutil.copyfile(src / f"{split}.pt", dst / f"{split}.pt")
-    (dst / "config.json").write_text(json.dumps(dict(dm.hparams), indent=2, default=str))
+        with atomic_path(dst / f"{split}.pt") as tmp:
+            shutil.copyfile(src / f"{split}.pt", tmp)
+    atomic_write_text(dst / "config.json", json.dumps(dict(dm.hparams), indent=2, default=str))
     n = len(torch.load(dst / "train.pt", weights_only=True)["points"])
     print(f"{dst}: {n} training scans; val and test splits copied from {src}")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import arteq_data_folder  # noqa: E402
+from _common import arteq_data_folder, torch_save_atomic  # noqa: E402
 from arteq_diagnostic import REGIONS  # noqa: E402
 
 
@@ -46,6 +46,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from geo3d.apps.arteq._data import generate_scans, load_body
 
+    from geo3d._atomic import atomic_path
     from geo3d.rotations import matrix_to_axis_angle
 
     src = arteq_data_folder(a.src)
@@ -53,7 +54,8 @@ def main() -> None:
     dst = Path(a.dst) / src.name
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
-        shutil.copy(f, dst / f.name)
+        with atomic_path(dst / f.name) as tmp:
+            shutil.copyfile(f, tmp)
     tr = torch.load(src / "train.pt", weights_only=True)
     n0, M = len(tr["betas"]), a.extra
     g = torch.Generator().manual_seed(a.seed)
@@ -69,7 +71,7 @@ def main() -> None:
     body = load_body(cfg["body_model"], cfg["gender"], cfg["num_betas"], torch.float64)
     mix = generate_scans(body, frames, cfg["num_points"], cfg["noise_std"], g)
     out = {k: torch.cat([tr[k], mix[k].to(tr[k].dtype)]) for k in tr}
-    torch.save(out, dst / "train.pt")
+    torch_save_atomic(out, dst / "train.pt")
     print(f"{dst / 'train.pt'}: {n0} + {M} scans")
 
 

@@ -79,6 +79,18 @@ ANCHOR_POINTS = 4
 ANCHORS = {"head": ((15,),), "head_hands_feet": ((15,), (20, 21), (7, 8))}
 
 
+def knn_graph(x: torch.Tensor, k: int = 8):
+    """Symmetrised ``k``-NN graph of ``x (N, 3)`` as a scipy CSR matrix of Euclidean edge
+    lengths (zero-length edges, between duplicates, are dropped)."""
+    from scipy.sparse import csr_matrix
+
+    N = len(x)
+    d = torch.cdist(x, x)
+    adj = torch.zeros(N, N, dtype=torch.bool)
+    adj[torch.arange(N)[:, None], d.argsort(dim=1)[:, 1:min(k, N - 1) + 1]] = True
+    return csr_matrix(torch.where(adj | adj.T, d, 0).numpy())
+
+
 def anchor_geodesics(x: torch.Tensor, labels: torch.Tensor, groups) -> torch.Tensor:
     """Graph-geodesic distance (symmetrised 8-NN graph, Euclidean edge lengths, in units of
     the cloud's RMS radius) from each point to the nearest point of each group of
@@ -86,17 +98,11 @@ def anchor_geodesics(x: torch.Tensor, labels: torch.Tensor, groups) -> torch.Ten
     An oracle (the anchors come from the true labels): an upper bound for intrinsic
     coordinates measured from detected landmarks."""
     import numpy as np
-    from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import dijkstra
 
     x = x.double()
     N = len(x)
-    d = torch.cdist(x, x)
-    nb = d.argsort(dim=1)[:, 1:9]
-    rows = torch.arange(N)[:, None].expand(-1, nb.shape[1]).flatten()
-    A = csr_matrix((d[rows, nb.flatten()].numpy(), (rows.numpy(), nb.flatten().numpy())),
-                   shape=(N, N))
-    A = A.maximum(A.T)
+    A = knn_graph(x)
     rms = (x - x.mean(0)).square().sum(-1).mean().sqrt()
     out = []
     for grp in groups:
@@ -123,17 +129,9 @@ def descriptors(x: torch.Tensor, scales: list[int], agg: list[int], geodesic: bo
     loc = local_shape_descriptors(x[None], scales, [])[0] * rms
     f = [loc]
     if geodesic:
-        from scipy.sparse import csr_matrix
         from scipy.sparse.csgraph import shortest_path
 
-        d = torch.cdist(x, x)
-        order = d.argsort(dim=1)
-        kk = min(8, N - 1)
-        adj = torch.zeros(N, N, dtype=torch.bool)
-        adj[torch.arange(N)[:, None], order[:, 1:kk + 1]] = True
-        adj = adj | adj.T
-        G = torch.from_numpy(shortest_path(csr_matrix(torch.where(adj, d, 0).numpy()),
-                                           directed=False))
+        G = torch.from_numpy(shortest_path(knn_graph(x), directed=False))
         fin = torch.isfinite(G)
         G = torch.where(fin, G, float(G[fin].max()) * 1.2)  # disconnected pieces
         q = torch.quantile(G, torch.tensor([0.05, *[i / 10 for i in range(1, 11)]],
