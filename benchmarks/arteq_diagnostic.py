@@ -13,6 +13,8 @@ For a checkpoint of ``geo3d arteq fit`` and the ``demo`` config's data (the evid
   part's predicted global rotation and the true one (parts 0-21 but the never-labelled
   feet; per part in ``part_rot_err_deg_per_part``): twist about a limb moves few vertices,
   so this shows readout errors that V2V hides;
+* ``betas_only_v2v_cm`` (in ``pred`` and ``gtseg``): the true pose and translation with the
+  net's betas: the error of the shape branch alone;
 * ``zero_pose_v2v_cm``: the T-pose with the true betas and global orientation (the error of a
   net that learned no articulation);
 * ``nearest_train_mpjpe_cm``: how far the condition's poses lie from the training poses: for
@@ -168,6 +170,11 @@ def main() -> None:
                 fit = decode(out, body, batch["points"], icp_steps=icp)
                 r[mode] = _metrics(fit, gt, batch["labels"])
                 r[mode].update(_part_rot_errors(out["part_rot"], batch))
+                shape_only = body(betas=fit.betas, global_orient=batch["global_orient"][:, None],
+                                  body_pose=batch["body_pose"], transl=batch["transl"],
+                                  pose2rot=False)
+                r[mode]["betas_only_v2v_cm"] = float(100 * v2v_error(
+                    shape_only.vertices.float(), gt.vertices.float()).mean())
                 if mode == "pred" and a.refine > 0:
                     with torch.enable_grad():
                         ref = refine_fit(fit, batch["points"], body, steps=a.refine)
