@@ -75,6 +75,28 @@ def _datamodule(config: str, out: Path, extra: list[str]) -> Any:
     return cli.datamodule, cli.model
 
 
+def demo_datamodule(data_root: str) -> Any:
+    """The ``demo`` config's data module on ``data_root`` (generated on first use)."""
+    from geo3d.apps.arteq.cli import config_path
+
+    return _datamodule(config_path("demo"), Path(data_root).parent,
+                       ["--data.root", data_root])[0]
+
+
+def load_module(checkpoint: str) -> tuple[Any, dict]:
+    """The :class:`~geo3d.apps.arteq._module.ArtEqModule` of a ``geo3d arteq fit``
+    checkpoint (``weights_only`` load) and the loaded checkpoint dict."""
+    from geo3d.apps.arteq._module import ArtEqModule
+
+    from geo3d._app import load_checkpoint
+
+    st = load_checkpoint(checkpoint)
+    module = ArtEqModule(**{k: v for k, v in st["hyper_parameters"].items()
+                            if not k.startswith("_")})
+    module.load_state_dict(st["state_dict"])
+    return module.eval(), st
+
+
 def part_nets(a: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     from geo3d.apps.arteq._demo import train_and_test
     from geo3d.apps.arteq._fit import decode

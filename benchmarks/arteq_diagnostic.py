@@ -47,7 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json_atomic  # noqa: E402
-from arteq import _datamodule, _gt, _metrics  # noqa: E402
+from arteq import _gt, _metrics, demo_datamodule, load_module  # noqa: E402
 
 #: SMPL joints of the five regions of ``ood_regions``: left arm, right arm, left leg,
 #: right leg, spine + neck + head.
@@ -135,18 +135,11 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     from geo3d.apps.arteq._fit import decode, refine_fit
-    from geo3d.apps.arteq._module import ArtEqModule
-    from geo3d.apps.arteq.cli import config_path
 
-    from geo3d._app import load_checkpoint
     from geo3d.eval import v2v_error
 
-    dm, _ = _datamodule(config_path("demo"), Path(a.data_root).parent,
-                        ["--data.root", a.data_root])
-    st = load_checkpoint(a.checkpoint)
-    module = ArtEqModule(**{k: v for k, v in st["hyper_parameters"].items()
-                            if not k.startswith("_")})
-    module.load_state_dict(st["state_dict"])
+    dm = demo_datamodule(a.data_root)
+    module, st = load_module(a.checkpoint)
     net, body = module.net.eval(), module.body()
     icp = int(module.hparams.icp_steps)
     res: dict = {"checkpoint": a.checkpoint, "epoch": st.get("epoch"),

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json_atomic  # noqa: E402
-from arteq import _datamodule, _gt  # noqa: E402
+from arteq import _gt, demo_datamodule, load_module  # noqa: E402
 from arteq_seg_transfer import knn_graph  # noqa: E402  (symmetrised 8-NN graph, CSR)
 
 
@@ -122,25 +122,15 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     from geo3d.apps.arteq._data import load_body
-    from geo3d.apps.arteq.cli import config_path
 
     from geo3d.eval import v2v_error
 
-    dm, _ = _datamodule(config_path("demo"), Path(a.data_root).parent,
-                        ["--data.root", a.data_root])
+    dm = demo_datamodule(a.data_root)
     h = dm.hparams
     body = load_body(h.body_model, h.gender, h.num_betas)
     net = None
     if a.checkpoint:
-        from geo3d.apps.arteq._module import ArtEqModule
-
-        from geo3d._app import load_checkpoint
-
-        st = load_checkpoint(a.checkpoint)
-        module = ArtEqModule(**{k: v for k, v in st["hyper_parameters"].items()
-                                if not k.startswith("_")})
-        module.load_state_dict(st["state_dict"])
-        net = module.net.eval()
+        net = load_module(a.checkpoint)[0].net
     tr = dm.split_data("train")
     Y = tr["betas"].double().numpy()
     models = {"parts": Ridge(part_features(tr["points"], tr["labels"]), Y),
