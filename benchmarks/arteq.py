@@ -66,6 +66,17 @@ def _gt(body: Any, batch: dict[str, torch.Tensor]) -> Any:
                 body_pose=batch["body_pose"], transl=batch["transl"], pose2rot=False)
 
 
+def betas_only_v2v_cm(body: Any, betas: torch.Tensor, batch: dict[str, torch.Tensor],
+                      gt: Any) -> float:
+    """V2V (cm) of the true pose and translation of ``batch`` with ``betas``: the error of a
+    shape estimate alone (``gt``: :func:`_gt` of the batch)."""
+    from geo3d.eval import v2v_error
+
+    out = body(betas=betas, global_orient=batch["global_orient"][:, None],
+               body_pose=batch["body_pose"], transl=batch["transl"], pose2rot=False)
+    return float(100 * v2v_error(out.vertices.float(), gt.vertices.float()).mean())
+
+
 def _datamodule(config: str, out: Path, extra: list[str]) -> Any:
     from geo3d.apps.arteq.cli import run_lightning_cli
 

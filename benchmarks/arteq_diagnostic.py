@@ -47,7 +47,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json_atomic  # noqa: E402
-from arteq import _gt, _metrics, demo_datamodule, load_module  # noqa: E402
+from arteq import (  # noqa: E402
+    _gt,
+    _metrics,
+    betas_only_v2v_cm,
+    demo_datamodule,
+    load_module,
+)
 
 #: SMPL joints of the five regions of ``ood_regions``: left arm, right arm, left leg,
 #: right leg, spine + neck + head.
@@ -163,11 +169,7 @@ def main() -> None:
                 fit = decode(out, body, batch["points"], icp_steps=icp)
                 r[mode] = _metrics(fit, gt, batch["labels"])
                 r[mode].update(_part_rot_errors(out["part_rot"], batch))
-                shape_only = body(betas=fit.betas, global_orient=batch["global_orient"][:, None],
-                                  body_pose=batch["body_pose"], transl=batch["transl"],
-                                  pose2rot=False)
-                r[mode]["betas_only_v2v_cm"] = float(100 * v2v_error(
-                    shape_only.vertices.float(), gt.vertices.float()).mean())
+                r[mode]["betas_only_v2v_cm"] = betas_only_v2v_cm(body, fit.betas, batch, gt)
                 if mode == "pred" and a.refine > 0:
                     with torch.enable_grad():
                         ref = refine_fit(fit, batch["points"], body, steps=a.refine)

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json_atomic  # noqa: E402
-from arteq import _gt, demo_datamodule, load_module  # noqa: E402
+from arteq import _gt, betas_only_v2v_cm, demo_datamodule, load_module  # noqa: E402
 from arteq_seg_transfer import knn_graph  # noqa: E402  (symmetrised 8-NN graph, CSR)
 
 
@@ -123,7 +123,6 @@ def main() -> None:
     torch.set_num_threads(1)
     from geo3d.apps.arteq._data import load_body
 
-    from geo3d.eval import v2v_error
 
     dm = demo_datamodule(a.data_root)
     h = dm.hparams
@@ -156,11 +155,8 @@ def main() -> None:
             gt = _gt(body, b)
             for name, p in preds.items():
                 betas = torch.as_tensor(np.ascontiguousarray(p), dtype=b["betas"].dtype)
-                o = body(betas=betas, global_orient=b["global_orient"][:, None],
-                         body_pose=b["body_pose"], transl=b["transl"], pose2rot=False)
-                r[name] = {"betas_only_v2v_cm": float(100 * v2v_error(
-                    o.vertices.float(), gt.vertices.float()).mean()),
-                    "betas_err": float((betas - b["betas"]).norm(dim=-1).mean())}
+                r[name] = {"betas_only_v2v_cm": betas_only_v2v_cm(body, betas, b, gt),
+                           "betas_err": float((betas - b["betas"]).norm(dim=-1).mean())}
         res[cond] = r
     print(json.dumps(res, indent=1))
     if a.out:
