@@ -14,7 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
 ts = pytest.importorskip("arteq_tree_search")
 
 from geo3d.body import load_body_model, write_tiny_body  # noqa: E402
-from geo3d.rotations import geodesic_distance, random_rotation_matrix  # noqa: E402
+from geo3d.rotations import (  # noqa: E402
+    axis_angle_to_matrix,
+    geodesic_distance,
+    random_rotation_matrix,
+)
 
 F64 = torch.float64
 
@@ -126,3 +130,45 @@ def test_descendants():
     assert ts.descendants(1) == [1, 4, 7, 10]
     assert ts.descendants(9) == [9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]
     assert ts.descendants(0) == list(range(24))
+
+
+def test_weighted_kabsch_and_body_icp_recover_planted_motions(body):
+    """``_kabsch_weighted`` returns the motion src -> dst (zero-weight outliers ignored), and
+    ``rigid_icp_body`` moves a displaced body back onto a scan of itself."""
+    g = torch.Generator().manual_seed(5)
+    R = random_rotation_matrix(1, generator=g, dtype=F64)[0]
+    t = torch.tensor([0.3, -0.1, 0.2], dtype=F64)
+    src = torch.randn(50, 3, generator=g, dtype=F64)
+    dst = src @ R.T + t
+    w = torch.ones(50, dtype=F64)
+    dst[:5] += 10.0  # outliers with zero weight
+    w[:5] = 0
+    dR, dt = ts._kabsch_weighted(src, dst, w)
+    torch.testing.assert_close(dR, R, rtol=0, atol=1e-12)
+    torch.testing.assert_close(dt, t, rtol=0, atol=1e-12)
+
+    rig = ts.Rig(body, torch.zeros(10, dtype=F64), m=10_000)
+    L = torch.eye(3, dtype=F64).repeat(24, 1, 1)
+    R0 = random_rotation_matrix(1, generator=g, dtype=F64)[0]
+    t0 = torch.tensor([0.05, 0.1, -0.2], dtype=F64)
+    G, P = rig.fk(L[None], R0[None], t0[None])
+    scan = rig.verts(G, P)[0]
+    turn = axis_angle_to_matrix(torch.tensor([0.1, -0.15, 0.2], dtype=F64))  # 15 degrees
+    R1, t1 = ts.rigid_icp_body(rig, L, turn @ R0, t0 + 0.02, scan, iters=30)
+    torch.testing.assert_close(R1, R0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(t1, t0, rtol=0, atol=1e-6)
+
+
+def test_descend_keeps_the_current_value_when_no_candidate_is_better(body):
+    """Starting at the planted pose with a grid that does not contain it, the descent keeps
+    the current locals (they are a candidate; dropping them would move the arm)."""
+    rig = ts.Rig(body, torch.zeros(10, dtype=F64), m=10_000)
+    joints, cand = ts.chain_specs()[2]
+    L = torch.eye(3, dtype=F64).repeat(24, 1, 1)
+    L[16] = ts._euler_grid(16, (1, 1, 1))[0] @ axis_angle_to_matrix(
+        torch.tensor([0.05, 0.07, -0.04], dtype=F64))  # off the grid
+    R0, t = torch.eye(3, dtype=F64), torch.zeros(3, dtype=F64)
+    G, P = rig.fk(L[None], R0[None], t[None])
+    scan = rig.verts(G, P)[0]
+    got = ts.descend(rig, L, R0, t, scan, ts.ScanField(scan), joints, cand, 0.01)
+    torch.testing.assert_close(got, L, rtol=0, atol=0)
