@@ -15,7 +15,9 @@ from the net's estimate (its betas are kept), it fits the scan by
    knee) in turn take the best of a grid of local rotations spanning
    :data:`geo3d.body.JOINT_LIMITS` (7 x 7 x 7 Euler angles for shoulders and hips, 6 for
    elbows and knees, 5 x 5 x 5 for the coupled spine and neck), the current value included,
-   so the objective never rises; a rigid two-way ICP of the whole body follows each sweep;
+   so the descent's score (the objective below, with its grid and coverage shortcuts) never
+   rises; a rigid two-way ICP of the whole body follows each sweep (it need not lower the
+   exact objective);
 3. the hypothesis with the lowest objective wins.
 
 The objective is the truncated (10 cm) two-way Chamfer distance between the scan and 1500
