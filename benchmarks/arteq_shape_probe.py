@@ -89,7 +89,8 @@ def geodesic_features(points: torch.Tensor) -> np.ndarray:
 
 class Ridge:
     """Ridge regression on standardised features; the penalty minimises the squared error of
-    5-fold cross-validation with whole subjects held out."""
+    5-fold cross-validation with whole subjects held out (the standardisation and the mean
+    target come from all training rows, so the held-out folds inform only those)."""
 
     def __init__(self, X: np.ndarray, Y: np.ndarray) -> None:
         self.mu, self.sd, self.ym = X.mean(0), X.std(0) + 1e-12, Y.mean(0)
@@ -122,7 +123,6 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     from geo3d.apps.arteq._data import load_body
-
 
     dm = demo_datamodule(a.data_root)
     h = dm.hparams
