@@ -229,14 +229,16 @@ def descend(rig: Rig, L, R0, t, scan, field: ScanField, joints, cand, tau2: floa
 
 
 def _kabsch_weighted(src, dst, w):
-    ws = w.sum(-1).clamp(min=1)[..., None]
-    cs, cd = (w[..., None] * src).sum(-2) / ws, (w[..., None] * dst).sum(-2) / ws
-    H = ((src - cs[..., None, :]) * w[..., None]).transpose(-1, -2) @ (dst - cd[..., None, :])
-    U, _, Vt = torch.linalg.svd(H)
-    d = torch.sign(torch.det(Vt.transpose(-1, -2) @ U.transpose(-1, -2)))
-    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
-    dR = Vt.transpose(-1, -2) @ D @ U.transpose(-1, -2)
-    return dR, cd - (dR @ cs[..., None])[..., 0]
+    """:func:`geo3d.rotations.kabsch` (the motion src -> dst), the identity where the total
+    weight is zero (no pair within reach)."""
+    from geo3d.rotations import kabsch
+
+    some = w.sum(-1) > 0
+    w = torch.where(some[..., None], w, torch.ones_like(w))
+    dR, dt = kabsch(src, dst, w)
+    eye = torch.eye(3, dtype=dR.dtype, device=dR.device)
+    return (torch.where(some[..., None, None], dR, eye),
+            torch.where(some[..., None], dt, torch.zeros_like(dt)))
 
 
 def rigid_icp_body(rig: Rig, L, R0, t, scan, iters: int = 5, tau2: float = 0.01):
