@@ -30,8 +30,9 @@ them), a Haar-random root, the test subjects' shapes. It answers whether the ``o
 only the severity of that set.
 
 V2V / MPJPE (24 SMPL joints) in cm, no alignment; decode with the checkpoint's
-``icp_steps``. Prints JSON (and writes it with ``--out``). The README's ArtEq diagnostic
-tables come from this script (session of 2026-11-30)::
+``icp_steps``. Prints JSON (and writes it with ``--out``). The diagnostic tables of
+``docs/arteq_experiments.md`` and the README's ArtEq "Why the gap remains" numbers come
+from this script (sessions from 2026-11-30 on)::
 
     OMP_NUM_THREADS=1 python benchmarks/arteq_diagnostic.py CKPT --data-root runs/arteq_bench/data
 """

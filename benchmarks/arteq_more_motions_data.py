@@ -15,7 +15,8 @@ scans. Train on it with the matching overrides::
         --trainer.max_epochs 1000 --trainer.max_time 00:00:22:00
 
 Session of 2026-12-01: results in ``benchmarks/results/arteq_ood_experiments.json``
-(``more_motions_*``) and the README's ArtEq out-of-distribution experiments.
+(``more_motions_*``) and ``docs/arteq_experiments.md`` ("Twist vectors, more training
+motions, landmark geodesics").
 """
 
 from __future__ import annotations

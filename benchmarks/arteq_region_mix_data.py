@@ -15,7 +15,7 @@ appends ``--extra`` scans to ``train.pt``::
         --trainer.max_epochs 200 --trainer.max_time 00:00:22:00 --data.root runs/x14_mix/data
 
 Session of 2026-11-30 (night): results in ``benchmarks/results/arteq_ood_experiments.json``
-(``region_mix_*``) and the README's ArtEq out-of-distribution experiments.
+(``region_mix_*``) and ``docs/arteq_experiments.md`` ("Region mixing and run-to-run spread").
 """
 
 from __future__ import annotations

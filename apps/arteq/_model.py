@@ -40,8 +40,8 @@ equivariant too (an equivariant 3x3 matrix projected onto SO(3) by SVD with the 
 instead of the reference's weighted chordal mean over the 60 anchors, so the whole network
 is exactly SE(3)-equivariant for all rotations. An accuracy comparison against a
 re-implemented icosahedral EPN backbone was NOT run; against the e3nn backbone ``"tfn"``
-(local, like EPN) it was, and ``"vn_dgcnn"`` won (README, ArtEq out-of-distribution
-experiments).
+(local, like EPN) it was, and ``"vn_dgcnn"`` won (``docs/arteq_experiments.md``,
+out-of-distribution experiments).
 
 Subsampling. As in the reference (EPN on a subsample, features carried to every point by
 3-NN interpolation), the backbone runs on at most ``num_centers`` points of a large scan: a
@@ -308,8 +308,8 @@ def local_shape_descriptors(x: Tensor, scales: Sequence[int] = DESCRIPTOR_SCALES
             ints.
 
     Source: this project; the ArtEq segmentation-transfer probe
-    (``benchmarks/arteq_seg_transfer.py``, README "ArtEq out-of-distribution
-    experiments") measured ood part accuracy 0.30 for the net plus descriptors of this kind
+    (``benchmarks/arteq_seg_transfer.py``, ``docs/arteq_experiments.md``, "Segmentation
+    transfer probe") measured ood part accuracy 0.30 for the net plus descriptors of this kind
     vs 0.20 for the net alone.
 
     Example:
@@ -421,11 +421,11 @@ class ArtEqNet(nn.Module):
             and the labels alone, except through parts without a labelled point, which fall
             back to their predicted weights (ArtEq labels never contain the feet 10, 11, so
             the ankles' child vectors come from the predicted foot weights). Measured on the
-            demo data with true-part pooling (README, ArtEq out-of-distribution
-            experiments): V2V 4.6 / 12.6 cm in_dist / ood vs 10.1 / 19.9 for ``"local"``;
-            with the net's own segmentation in_dist improves and ood does not
-            (segmentation-bound). The packaged configs use ``"geometry"`` since 9620a7b.
-            The baselines ignore ``rot_context`` (configs are shared with them).
+            demo data with true-part pooling (``docs/arteq_experiments.md``,
+            out-of-distribution experiments): V2V 4.6 / 12.6 cm in_dist / ood vs
+            10.1 / 19.9 for ``"local"``; with the net's own segmentation in_dist improves
+            and ood does not (segmentation-bound). The packaged configs use ``"geometry"``
+            since 9620a7b. The baselines ignore ``rot_context`` (configs are shared with them).
         batch_norm: batch norm inside the backbone (in training mode it mixes the samples
             of a batch: equivariance then holds for one rotation of the whole batch; in
             eval mode per sample). Its running statistics lag behind fast-changing
@@ -459,12 +459,12 @@ class ArtEqNet(nn.Module):
             that carry the rotation about the bone where the six vectors miss it: on the
             pelvis and spine3 (whose children's mean offset cancels sideways) and on parts
             whose points are not symmetric about their centroid. Exactly equivariant.
-            Measured on the demo data (README, "Twist vectors"; four 22-min runs): with
-            true-part pooling the pelvis's rotation error falls from 51-56 to 18 deg in_dist
-            (100 to 31 deg ``ood``) and V2V from 5.5-8.6 to 3.7-4.8 cm in_dist; with the
-            net's own segmentation ``ood`` V2V is 1-4 cm worse, so the configs leave it
-            off. ``False`` (default): as before. ``True`` without ``part_geometry``:
-            ValueError.
+            Measured on the demo data (``docs/arteq_experiments.md``, "Twist vectors";
+            four 22-min runs): with true-part pooling the pelvis's rotation error falls
+            from 51-56 to 18 deg in_dist (100 to 31 deg ``ood``) and V2V from 5.5-8.6 to
+            3.7-4.8 cm in_dist; with the net's own segmentation ``ood`` V2V is 1-4 cm
+            worse, so the configs leave it off. ``False`` (default): as before. ``True``
+            without ``part_geometry``: ValueError.
         normalize_invariants: divide the per-point invariant features and the global
             invariant of each cloud by their root mean square over that cloud (an invariant
             scalar, so equivariance is kept). The VN backbones read these invariants in a
@@ -493,7 +493,7 @@ class ArtEqNet(nn.Module):
             some reflection-odd), so equivariance is kept for every backbone. Cost (float64,
             no gradient, one CPU thread, measured under load): ~0.06 s per 512-point cloud,
             ~0.55 s per 5000-point cloud. Motivation: in the
-            segmentation-transfer probe (README, ArtEq out-of-distribution experiments) they
+            segmentation-transfer probe (``docs/arteq_experiments.md``) they
             raised part accuracy on the joint-limit poses from 0.20 to 0.30. Exactness: on
             points whose neighbourhood has a rotational symmetry (two equal spreads, as on
             exact grids) the two third-moment numbers have no defined axis and follow the
