@@ -89,6 +89,9 @@ def main() -> None:
     from geo3d._atomic import atomic_path, atomic_write_text
 
     src = arteq_data_folder(a.src)
+    if (Path(a.dst) / src.name).resolve() == src.resolve():
+        # the folder key is the demo's: writing there would grow the source's train.pt
+        sys.exit(f"--dst: {a.dst} holds the source folder {src}; pass another data root")
     dm = demo_datamodule(a.dst)  # built as the CLI builds it: the same cache key
     h = dm.hparams
     dst = dm.cache_dir()

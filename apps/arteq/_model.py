@@ -277,7 +277,8 @@ def own_part_vectors(x: Tensor, w: Tensor) -> Tensor:
     rotation cannot be read from its own points by an equivariant function).
 
     Args:
-        x: :math:`(B, N, 3)` points (any unit and origin).
+        x: :math:`(B, N, 3)` points (any unit; centre them first in float32, as
+            :class:`ArtEqNet` does, or far-off origins cost precision).
         w: :math:`(B, N, 22)` pooling weights, each column summing to 1 over the points.
 
     Returns:
@@ -478,7 +479,9 @@ class ArtEqNet(nn.Module):
             since 9620a7b. ``"own"`` reads it from :func:`own_part_vectors`, the part's
             own points alone (no parent, child or backbone feature, any scale): with given
             part labels, moving any other part leaves the part's rotation unchanged, the
-            articulation locality ArtEq's local features aim at (measured in
+            articulation locality ArtEq's local features aim at (except for a part without
+            a labelled point, e.g. the feet, which falls back to its predicted weights over
+            the whole cloud, as for ``"geometry"``; measured in
             ``docs/arteq_experiments.md``, "Articulation-local readout"). The baselines
             ignore ``rot_context`` (configs are shared with them).
         batch_norm: batch norm inside the backbone (in training mode it mixes the samples

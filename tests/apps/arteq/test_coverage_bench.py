@@ -54,14 +54,15 @@ def test_box_poses_fill_the_joint_limits():
         width = lim[j, :, 1] - lim[j, :, 0]
         np.testing.assert_array_less(ang.min(0) - lim[j, :, 0], 0.01 * width)
         np.testing.assert_array_less(lim[j, :, 1] - ang.max(0), 0.01 * width)
-    # the mean of Haar-random rotation matrices is 0; each entry's sd is 1/sqrt(3)
+    # Haar-random rotation matrices: each entry has mean 0 and mean square 1/3 (a root with
+    # uniform Euler angles has R[0, 2] = sin b, mean square 1/2; a fixed root fails both)
     assert np.abs(R[:, 0].mean(0)).max() < 4 / math.sqrt(3 * n)
+    np.testing.assert_allclose((R[:, 0] ** 2).mean(0), np.full((3, 3), 1 / 3), atol=0.03)
 
 
 def test_extreme_extra_frames_are_new_draws():
     """The extra ``extreme`` frames come from the ood generator's rule (every non-root angle
-    within 10% of a limit) under the script's own seed: they differ from the first draws of
-    any generator seeded like the data module (seed 0) and cycle over the subjects."""
+    within 10% of a limit) under the script's own seed, and cycle over the subjects."""
     from geo3d.body import JOINT_LIMITS, extreme_poses
 
     subjects = torch.arange(6, dtype=torch.float64)[:, None].expand(6, 10)
@@ -74,5 +75,42 @@ def test_extreme_extra_frames_are_new_draws():
     lo, hi = JOINT_LIMITS[1:, :, 0], JOINT_LIMITS[1:, :, 1]
     near = torch.minimum(ang - lo, hi - ang) <= 0.1 * (hi - lo) + 1e-12
     assert bool(near.all())
-    other = extreme_poses(12, generator=torch.Generator().manual_seed(0)).poses
-    assert float((other - fr["pose"]).abs().max()) > 0.5
+
+
+def test_extreme_extra_poses_are_not_the_test_poses(monkeypatch):
+    """No leakage: none of 840 extra ``extreme`` poses repeats one of the demo data module's
+    own ``ood`` test poses (captured from its generation, scans not rendered)."""
+    import yaml
+    from geo3d.apps.arteq import _data
+    from geo3d.apps.arteq.cli import config_path
+
+    seen: dict[int, torch.Tensor] = {}
+
+    def capture(body, frames, *args, **kw):
+        seen[len(seen)] = frames["pose"]
+        n = len(frames["pose"])
+        return {"points": torch.zeros(n, 1, 3)}
+
+    monkeypatch.setattr(_data, "generate_scans", capture)
+    monkeypatch.setattr(_data, "load_body", lambda *a, **kw: None)  # frames need no body
+    cfg = yaml.safe_load(Path(config_path("demo")).read_text())["data"]
+    dm = _data.ArtEqDataModule(**{**cfg, "root": "unused"})
+    dm._generate(["ood"])
+    (ood,) = seen.values()
+    assert ood.shape == (cfg["ood_poses"], 72)
+    extra = cov.extra_frames("extreme", 840, torch.zeros(20, 10, dtype=torch.float64))["pose"]
+    gap = (extra[:, None] - ood[None]).abs().amax(-1)  # (840, 42) largest angle difference
+    assert float(gap.min()) > 0.1
+
+
+def test_refuses_to_write_into_its_source(tmp_path, monkeypatch):
+    """--dst naming the data root that holds --src would grow the source's train.pt (the
+    folder key is the demo's): the script exits before writing anything."""
+    src = tmp_path / "arteq_0123456789abcdef"
+    src.mkdir()
+    (src / "train.pt").write_bytes(b"not touched")
+    monkeypatch.setattr(sys, "argv", ["arteq_coverage_data.py", "--src", str(tmp_path),
+                                      "--dst", str(tmp_path), "--poses", "box", "--count", "2"])
+    with pytest.raises(SystemExit, match="holds the source folder"):
+        cov.main()
+    assert (src / "train.pt").read_bytes() == b"not touched"

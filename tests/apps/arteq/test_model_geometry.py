@@ -329,16 +329,25 @@ def test_own_rot_context_is_articulation_local_and_se3_equivariant():
     assert ArtEqNet(**net.config).rot_context == "own"
     x = _cloud(1, 88, seed=9) + 3.0
     lab = (torch.arange(88) % 22)[None]
+    # every other part gets its own rigid motion (an articulation; one common motion would
+    # leave the other parts' invariants unchanged and hide cross-part steering)
     moved = x.clone()
-    other = lab[0] != 5
-    R = random_rotation_matrix(1, generator=torch.Generator().manual_seed(1), dtype=x.dtype)[0]
-    moved[0, other] = moved[0, other] @ R.T + torch.tensor([0.3, -0.2, 0.5],
-                                                             dtype=x.dtype)
+    gm = torch.Generator().manual_seed(1)
+    Rs = random_rotation_matrix(22, generator=gm, dtype=x.dtype)
+    ts = 0.3 * torch.randn(22, 3, generator=gm, dtype=x.dtype)
+    for j in range(22):
+        if j != 5:
+            sel = lab[0] == j
+            moved[0, sel] = moved[0, sel] @ Rs[j].T + ts[j]
+    # and a non-rigid change of part 4 (a rigid motion keeps its invariants, so it would
+    # not show part 5's readout steered by other parts' invariants)
+    moved[0, lab[0] == 4] *= torch.tensor([1.5, 0.7, 1.2], dtype=x.dtype)
     with torch.no_grad():
         a, b = net(x, lab), net(moved, lab)
-        c = net(7.5 * x, lab)
+        scaled = [net(s * x, lab) for s in (7.5, 0.02)]  # 0.02: parts of ~1 cm RMS radius
     torch.testing.assert_close(b["part_rot"][:, 5], a["part_rot"][:, 5], atol=1e-12, rtol=0)
-    torch.testing.assert_close(c["part_rot"], a["part_rot"], atol=1e-12, rtol=0)
+    for c in scaled:
+        torch.testing.assert_close(c["part_rot"], a["part_rot"], atol=1e-10, rtol=0)
     assert float((b["part_rot"][:, 4] - a["part_rot"][:, 4]).abs().max()) > 1e-3
     geo = _net("vn_dgcnn", part_geometry=True, rot_context="geometry", chiral=True,
                normalize_invariants=True)
