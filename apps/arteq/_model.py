@@ -81,7 +81,7 @@ from geo3d.body import ARTEQ_NUM_PARTS, SMPL_PARENTS
 
 __all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES", "EQUIVARIANT_BACKBONES", "GEOMETRY_VECTORS",
            "TWIST_VECTORS", "TFN_RADIUS", "DESCRIPTOR_SCALES", "DESCRIPTOR_AGG", "local_shape_descriptors",
-           "part_geometry", "OWN_VECTORS", "own_part_vectors"]
+           "part_geometry"]
 
 #: Parent of each ArtEq part in the 22-part tree (-1 for the pelvis): ``SMPL_PARENTS[:22]``.
 ARTEQ_PARENTS: tuple[int, ...] = tuple(int(p) for p in SMPL_PARENTS[:ARTEQ_NUM_PARTS])
@@ -258,57 +258,6 @@ def part_geometry(x: Tensor, w: Tensor, twist: bool = False) -> Tensor:
     return torch.cat(out, dim=2)
 
 
-#: Vectors per part of ``rot_context="own"`` (:func:`own_part_vectors`).
-OWN_VECTORS = 3
-
-
-def own_part_vectors(x: Tensor, w: Tensor) -> Tensor:
-    """Scale-free equivariant vectors of every part from its own points only.
-
-    For part ``k`` with weights ``w[:, :, k]`` (summing to 1 over the points), centroid
-    ``c_k``, offsets ``y_n = x_n - c_k``, ``t_k = sum_n w_nk |y_n|^2`` (= tr C_k) and the
-    third-moment vector ``m_k = sum_n w_nk |y_n|^2 y_n / t_k``: the vectors ``m_k``,
-    ``C_k m_k / t_k``, ``C_k^2 m_k / t_k^2``, each divided by ``sqrt(t_k)``. They depend on
-    part ``k``'s points alone (no parent, child or cloud centroid), rotate with them, do not
-    move under a translation and do not change under a scaling of the whole cloud, so a
-    readout of these alone is articulation-local: moving any other part, or the rest of the
-    body, leaves part ``k``'s vectors unchanged. ``m`` points to the part's heavier side;
-    on a part whose points are symmetric about their centroid all three vanish (its
-    rotation cannot be read from its own points by an equivariant function).
-
-    Args:
-        x: :math:`(B, N, 3)` points (any unit; centre them first in float32, as
-            :class:`ArtEqNet` does, or far-off origins cost precision).
-        w: :math:`(B, N, 22)` pooling weights, each column summing to 1 over the points.
-
-    Returns:
-        :math:`(B, 22, 3, 3)` dimensionless vectors ``[m, C m / t, C^2 m / t^2] / sqrt(t)``
-        (``t`` clamped at the dtype's ``tiny ** 0.5``).
-
-    Source: this project (an articulation-local input to the per-part readout of Feng et
-    al., ICCV 2023, arXiv:2304.10528; ArtEq reads each part from locally pooled EPN
-    features, which local, rigid parts make pose-independent).
-
-    Example:
-        >>> x = torch.randn(1, 100, 3)
-        >>> w = torch.softmax(torch.randn(1, 100, 22), dim=1)
-        >>> own_part_vectors(x, w).shape
-        torch.Size([1, 22, 3, 3])
-    """
-    c = torch.einsum("bnk,bnx->bkx", w, x)  # (B, P, 3)
-    y = x[:, :, None] - c[:, None]  # (B, N, P, 3)
-    wy2 = w * y.square().sum(-1)  # (B, N, P)
-    t = wy2.sum(1).clamp_min(torch.finfo(x.dtype).tiny ** 0.5)[..., None]  # (B, P, 1)
-    m = torch.einsum("bnk,bnkx->bkx", wy2, y) / t
-
-    def c_apply(v: Tensor) -> Tensor:  # C_k v / t_k, from y (no cancellation)
-        return torch.einsum("bnk,bnkx,bnk->bkx", w, y, torch.einsum("bnkx,bkx->bnk", y, v)) / t
-
-    Cm = c_apply(m)
-    CCm = c_apply(Cm)
-    return torch.stack([m, Cm, CCm], dim=2) / t.sqrt()[..., None]
-
-
 def _soft_cbrt(p: Tensor, delta: float = 1e-6) -> Tensor:
     """``sign(p) ((|p| + delta)^(1/3) - delta^(1/3))`` as ``(..., 1)``: a cube root (spreads
     small values) that stays Lipschitz at 0 (slope ``delta^(-2/3) / 3``), so rounding noise
@@ -476,14 +425,7 @@ class ArtEqNet(nn.Module):
             out-of-distribution experiments): V2V 4.6 / 12.6 cm in_dist / ood vs
             10.1 / 19.9 for ``"local"``; with the net's own segmentation in_dist improves
             and ood does not (segmentation-bound). The packaged configs use ``"geometry"``
-            since 9620a7b. ``"own"`` reads it from :func:`own_part_vectors`, the part's
-            own points alone (no parent, child or backbone feature, any scale): with given
-            part labels, moving any other part leaves the part's rotation unchanged, the
-            articulation locality ArtEq's local features aim at (except for a part without
-            a labelled point, e.g. the feet, which falls back to its predicted weights over
-            the whole cloud, as for ``"geometry"``; measured in
-            ``docs/arteq_experiments.md``, "Articulation-local readout"). The baselines
-            ignore ``rot_context`` (configs are shared with them).
+            since 9620a7b. The baselines ignore ``rot_context`` (configs are shared with them).
         batch_norm: batch norm inside the backbone (in training mode it mixes the samples
             of a batch: equivariance then holds for one rotation of the whole batch; in
             eval mode per sample). Its running statistics lag behind fast-changing
@@ -639,9 +581,8 @@ class ArtEqNet(nn.Module):
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 < v < float("inf")):
                 raise value_error(name, "a positive finite number (metres)", repr(v))
         pool_power = _check_pool_power(pool_power)
-        if rot_context not in ("local", "global", "geometry", "own"):
-            raise value_error("rot_context", "'local', 'global', 'geometry' or 'own'",
-                              repr(rot_context))
+        if rot_context not in ("local", "global", "geometry"):
+            raise value_error("rot_context", "'local', 'global' or 'geometry'", repr(rot_context))
         if rot_context == "geometry" and not part_geometry:
             raise value_error("rot_context", "'local' or 'global' without part_geometry=True "
                               "('geometry' reads the part geometry vectors)", repr(rot_context))
@@ -747,17 +688,16 @@ class ArtEqNet(nn.Module):
             # pooled on part k and its parent, as in the reference (no cross-part mixing)
             self.rot_context = rot_context
             c_rot = {"global": 3 * feat_dim + n_geo, "local": 2 * feat_dim + n_geo,
-                     "geometry": n_geo, "own": OWN_VECTORS}[rot_context]
-            if rot_context in ("geometry", "own"):
-                self.gram_geo = gnn.VNLinear(c_rot, _GRAM)
+                     "geometry": n_geo}[rot_context]
+            if rot_context == "geometry":
+                self.gram_geo = gnn.VNLinear(n_geo, _GRAM)
             self.rot_mlp = gnn.VNLinearLeakyReLU(c_rot, rot_hidden, batch_norm=False)
             if self.chiral:
                 self.rot_cross = gnn.VNLinear(rot_hidden, 2 * h_cross)
             H_all = rot_hidden + h_cross
             self.rot_static = nn.Parameter(torch.randn(P, 3, H_all) / H_all ** 0.5)
             n_steer = {"global": d_model, "local": 2 * feat_dim + n_geo + _GRAM * _GRAM + n_chi,
-                       "geometry": n_geo + _GRAM * _GRAM,
-                       "own": OWN_VECTORS + _GRAM * _GRAM}[rot_context]
+                       "geometry": n_geo + _GRAM * _GRAM}[rot_context]
             self.rot_steer = _mlp([n_steer, d_model, 3 * H_all])
             with torch.no_grad():
                 self.rot_steer[-1].weight.mul_(0.1)
@@ -932,10 +872,6 @@ class ArtEqNet(nn.Module):
             elif self.rot_context == "geometry":  # the part's geometry vectors only
                 geo_inv = _norms_and_gram(geo, self.gram_geo)
                 Z = self.rot_mlp(geo.permute(0, 2, 3, 1))  # (B, 12, 3, P) VN layout
-            elif self.rot_context == "own":  # the part's own points only
-                own = own_part_vectors(x, w)  # (B, P, 3, 3)
-                geo_inv = _norms_and_gram(own, self.gram_geo)
-                Z = self.rot_mlp(own.permute(0, 2, 3, 1))
             else:
                 Z = self.rot_mlp(Qv)  # (B, H, 3, P)
             if self.chiral:  # pseudo-vector channels: cross products of the part's vectors
@@ -949,7 +885,7 @@ class ArtEqNet(nn.Module):
             H = Z.shape[1]
             if self.rot_context == "global":
                 steer = self.rot_steer(tok)
-            elif self.rot_context in ("geometry", "own"):
+            elif self.rot_context == "geometry":
                 steer = self.rot_steer(geo_inv)
             else:
                 steer = self.rot_steer(local_inv)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from geo3d.apps.arteq._model import ARTEQ_PARENTS, GEOMETRY_VECTORS, ArtEqNet, part_geometry
@@ -296,72 +295,3 @@ def test_geometry_rot_context_reads_only_the_part_geometry():
 def test_geometry_rot_context_needs_part_geometry():
     with pytest.raises(ValueError, match="rot_context.*part_geometry"):
         ArtEqNet("vn_dgcnn", rot_context="geometry")
-
-
-# ------------------------------------------------------------- rot_context="own"
-def test_own_part_vectors_against_a_brute_force():
-    """float64 loop over parts against the closed form: m = sum w |y|^2 y / t,
-    C m / t, C^2 m / t^2, all over sqrt(t), with C = sum w y y^T built explicitly."""
-    from geo3d.apps.arteq._model import own_part_vectors
-
-    x, w = _cloud(2, 40, seed=6), _weights(2, 40)
-    got = own_part_vectors(x, w)
-    for b in range(2):
-        for k in range(22):
-            wk = w[b, :, k].numpy()
-            c = (wk[:, None] * x[b].numpy()).sum(0)
-            y = x[b].numpy() - c
-            C = (wk[:, None, None] * y[:, :, None] * y[:, None, :]).sum(0)
-            t = np.trace(C)
-            m = (wk * (y ** 2).sum(1))[:, None] * y
-            m = m.sum(0) / t
-            want = np.stack([m, C @ m / t, C @ C @ m / t ** 2]) / np.sqrt(t)
-            np.testing.assert_allclose(got[b, k].numpy(), want, rtol=1e-10, atol=1e-13)
-
-
-def test_own_rot_context_is_articulation_local_and_se3_equivariant():
-    """With given labels, part k's rotation depends on part k's points alone: a rigid
-    motion of every other part's points (an articulation) and a scaling of the cloud leave
-    it unchanged, while "geometry" (parent and child vectors) moves; and the whole net is
-    exactly SE(3)-equivariant (float64)."""
-    net = _net("vn_dgcnn", part_geometry=True, rot_context="own", chiral=True,
-               normalize_invariants=True)
-    assert ArtEqNet(**net.config).rot_context == "own"
-    x = _cloud(1, 88, seed=9) + 3.0
-    lab = (torch.arange(88) % 22)[None]
-    # every other part gets its own rigid motion (an articulation; one common motion would
-    # leave the other parts' invariants unchanged and hide cross-part steering)
-    moved = x.clone()
-    gm = torch.Generator().manual_seed(1)
-    Rs = random_rotation_matrix(22, generator=gm, dtype=x.dtype)
-    ts = 0.3 * torch.randn(22, 3, generator=gm, dtype=x.dtype)
-    for j in range(22):
-        if j != 5:
-            sel = lab[0] == j
-            moved[0, sel] = moved[0, sel] @ Rs[j].T + ts[j]
-    # and a non-rigid change of part 4 (a rigid motion keeps its invariants, so it would
-    # not show part 5's readout steered by other parts' invariants)
-    moved[0, lab[0] == 4] *= torch.tensor([1.5, 0.7, 1.2], dtype=x.dtype)
-    with torch.no_grad():
-        a, b = net(x, lab), net(moved, lab)
-        scaled = [net(s * x, lab) for s in (7.5, 0.02)]  # 0.02: parts of ~1 cm RMS radius
-    torch.testing.assert_close(b["part_rot"][:, 5], a["part_rot"][:, 5], atol=1e-12, rtol=0)
-    for c in scaled:
-        torch.testing.assert_close(c["part_rot"], a["part_rot"], atol=1e-10, rtol=0)
-    assert float((b["part_rot"][:, 4] - a["part_rot"][:, 4]).abs().max()) > 1e-3
-    geo = _net("vn_dgcnn", part_geometry=True, rot_context="geometry", chiral=True,
-               normalize_invariants=True)
-    with torch.no_grad():
-        d, e = geo(x, lab), geo(moved, lab)
-    assert float((e["part_rot"][:, 5] - d["part_rot"][:, 5]).abs().max()) > 1e-3
-    g = torch.Generator().manual_seed(12)
-    for _ in range(3):
-        Rg = random_rotation_matrix(1, generator=g, dtype=x.dtype)
-        y = x @ Rg.transpose(-1, -2) + 50.0 * torch.randn(1, 1, 3, generator=g,
-                                                           dtype=x.dtype)
-        for labels in (lab, None):
-            with torch.no_grad():
-                p, q = net(x, labels), net(y, labels)
-            torch.testing.assert_close(q["part_rot"], Rg[:, None] @ p["part_rot"],
-                                       atol=1e-9, rtol=0)
-            torch.testing.assert_close(q["body_pose"], p["body_pose"], atol=1e-9, rtol=0)
