@@ -8,6 +8,7 @@ Usage from another benchmark::
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -129,6 +130,18 @@ def measure_interleaved(
                 if torch.device(device).type == "cuda":
                     torch.cuda.synchronize()
     return {k: {"time_s": min(v), "round_medians_s": v} for k, v in med.items()}
+
+
+def arteq_data_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The argument parser of the ArtEq experiment-data scripts: ``--src`` (a generated
+    demo data folder, or a root holding one) and ``--dst`` (the new data root)."""
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--src", default="runs/arteq_bench/data",
+                    help="a generated arteq_* data folder of the demo config, or a data root "
+                         "holding exactly one")
+    ap.add_argument("--dst", required=True, help="data root of the new folder")
+    return ap
 
 
 def arteq_data_folder(src: str | os.PathLike) -> Path:

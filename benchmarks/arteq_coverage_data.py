@@ -28,7 +28,6 @@ Results: ``coverage_*`` in ``benchmarks/results/arteq_ood_experiments.json`` and
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import arteq_data_folder, torch_save_atomic  # noqa: E402
+from _common import arteq_data_folder, arteq_data_parser, torch_save_atomic  # noqa: E402
 
 SEED = {"extreme": 20261201, "box": 20261202}  # unlike every seed of the data module
 
@@ -71,12 +70,7 @@ def extra_frames(kind: str, count: int, subjects: torch.Tensor) -> dict[str, tor
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--src", default="runs/arteq_bench/data",
-                    help="a generated arteq_* data folder of the demo config, or a data root "
-                         "holding exactly one")
-    ap.add_argument("--dst", required=True, help="data root of the new folder")
+    ap = arteq_data_parser(__doc__)
     ap.add_argument("--poses", choices=sorted(SEED), required=True)
     ap.add_argument("--count", type=int, required=True, help="extra training scans")
     a = ap.parse_args()

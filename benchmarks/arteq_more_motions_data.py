@@ -21,7 +21,6 @@ motions, landmark geodesics").
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -30,16 +29,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import arteq_data_folder, torch_save_atomic  # noqa: E402
+from _common import arteq_data_folder, arteq_data_parser, torch_save_atomic  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--src", default="runs/arteq_bench/data",
-                    help="a generated arteq_* data folder of the demo config, or a data root "
-                         "holding exactly one")
-    ap.add_argument("--dst", required=True, help="data root of the new folder")
+    ap = arteq_data_parser(__doc__)
     ap.add_argument("--train-motions", type=int, required=True,
                     help="training motions (the demo config: 14)")
     a = ap.parse_args()

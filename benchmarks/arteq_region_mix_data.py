@@ -20,7 +20,6 @@ Session of 2026-11-30 (night): results in ``benchmarks/results/arteq_ood_experim
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -29,17 +28,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import arteq_data_folder, torch_save_atomic  # noqa: E402
+from _common import arteq_data_folder, arteq_data_parser, torch_save_atomic  # noqa: E402
 from arteq_diagnostic import REGIONS  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--src", default="runs/arteq_bench/data",
-                    help="a generated arteq_* data folder of the demo config, or a data root "
-                         "holding exactly one")
-    ap.add_argument("--dst", required=True)
+    ap = arteq_data_parser(__doc__)
     ap.add_argument("--extra", type=int, default=630, help="region-mixed scans to add")
     ap.add_argument("--seed", type=int, default=123)
     a = ap.parse_args()
