@@ -45,8 +45,7 @@ def box_poses(n: int, g: torch.Generator) -> torch.Tensor:
     """``(n, 72)`` axis-angle poses: non-root Euler angles uniform within
     :data:`~geo3d.body.JOINT_LIMITS`, the root Haar-uniform (normalised Gaussian
     quaternion)."""
-    from geo3d.body import JOINT_LIMITS
-    from geo3d.body._motions import euler_xyz_to_matrix
+    from geo3d.body import JOINT_LIMITS, euler_xyz_to_matrix
     from geo3d.rotations import matrix_to_axis_angle, quat_to_matrix
 
     lo, hi = JOINT_LIMITS[..., 0], JOINT_LIMITS[..., 1]
