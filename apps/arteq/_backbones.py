@@ -41,7 +41,7 @@ from geo3d.nn import (
     VNMeanPool,
 )
 
-__all__ = ["VNLocalEncoder"]
+__all__ = ["EPNLocalEncoder", "VNLocalEncoder"]
 
 
 def _gather_nbrs(y: Tensor, idx: Tensor) -> Tensor:
@@ -157,3 +157,187 @@ class VNLocalEncoder(nn.Module):
         point_inv = torch.einsum("bcxn,bjx->bncj", h, frame).reshape(B, N, 3 * self.feat_dim)
         return EncoderOutput(invariant=inv.reshape(B, -1), equivariant=g,
                              point_features=point_inv, point_equivariant=h.permute(0, 3, 1, 2))
+
+
+def _icosahedral_tables() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Float64 tables of the 60-element icosahedral group for :class:`EPNLocalEncoder`.
+
+    Returns ``R (60, 3, 3)`` the elements, ``kernel (13, 3)`` the kernel directions (the
+    origin and the 12 vertices), ``perm (60, 13)`` with ``R[a] @ kernel[m] =
+    kernel[perm[a, m]]``, and ``nbr (60, 13)`` the index of ``R[a] @ R[s]`` for the
+    identity and the 12 elements that rotate by 72 degrees (``s`` in a fixed order).
+    """
+    from geo3d.groups import IcosahedralGroup
+
+    G = IcosahedralGroup()
+    R = G.elements(dtype=torch.float64)
+    kernel = torch.cat([torch.zeros(1, 3, dtype=torch.float64), G.vertices(torch.float64)])
+    moved = torch.einsum("aij,mj->ami", R, kernel)  # (60, 13, 3)
+    perm = (moved[:, :, None] - kernel[None, None]).norm(dim=-1).argmin(dim=-1)
+    angle = torch.arccos(((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1))
+    near = torch.nonzero((angle - 2 * torch.pi / 5).abs() < 1e-6).flatten()
+    steps = torch.cat([torch.zeros(1, dtype=torch.long), near])  # identity + 12 at 72 deg
+    nbr = G.cayley_table()[:, steps]  # (60, 13)
+    return R, kernel, perm, nbr
+
+
+class EPNLocalEncoder(nn.Module):
+    """Icosahedral group convolution (EPN-style) in pure torch: per point, one feature per
+    element of the 60-element rotation group of the icosahedron.
+
+    The reference backbone of ArtEq, without its compiled CUDA kernels. Every point ``i``
+    carries features ``F(i, a)`` for the 60 rotations ``R_a``. A block is
+
+    1. a spatial convolution per element: ``sum_j w_ij kappa(R_a^T (x_j - x_i) / r_i - k_m)
+       F(j, a)`` for 13 kernel points ``k_m`` (the origin and the icosahedron's 12
+       vertices at ``kernel_radius``), a Gaussian correlation ``kappa`` of width
+       ``kernel_sigma``, then a linear map over the (kernel point, channel) pairs. The
+       kernel set is symmetric under the group, so the rotated correlations are a
+       permutation of one set of correlations (computed once per block);
+    2. an intra-group convolution: ``F(a) <- sum_s W_s F(a r_s)`` over the identity and the
+       12 rotations by 72 degrees (a depthwise weight per step ``s``, then a per-element
+       linear map), LayerNorm over the channels and a leaky ReLU.
+
+    The first block starts from constant features. Neighbourhoods are the ``k + 1``
+    nearest points with the soft weights of :class:`VNLocalEncoder` (continuous, zero at
+    the radius ``r_i``: ties never matter); offsets are divided by ``r_i`` (so the kernel is
+    scale-free). Outputs: per-point invariants = the mean over the 60 elements of ``3F``
+    channels (after a nonlinearity); per-point vectors ``V_c = mean_a f_c(a) R_a e_{c mod 3}``.
+
+    Equivariance: for ``g = R_h`` in the group and any translation ``t``, input ``g x + t``
+    permutes the features over the elements (``F'(i, a) = F(i, h^{-1} a)``), so the
+    invariants are unchanged and the vectors rotate by ``g``, exactly up to rounding
+    (float64, tested at 1e-9). For rotations between the group elements it holds only
+    approximately; the error is measured in the tests. Local and translation-invariant
+    like :class:`VNLocalEncoder`: only offsets within ``len(hidden)`` kNN hops enter.
+
+    Args:
+        k: neighbours per point with a positive weight (the ``k+1``-th sets ``r_i``).
+        feat_dim: vector channels ``F`` out (invariants: ``3F`` channels).
+        hidden: channels of the blocks (``len(hidden)`` blocks).
+        kernel_radius: distance of the 12 outer kernel points, in units of ``r_i``.
+        kernel_sigma: width of the Gaussian kernel correlation, in units of ``r_i``.
+        negative_slope: leaky-ReLU slope.
+
+    Shape:
+        - points: :math:`(B, N, 3)`.
+        - output (:class:`geo3d.nn.EncoderOutput`): ``invariant (B, 3F)`` (mean over the
+          points), ``equivariant (B, F, 3)`` (mean over the points), ``point_features
+          (B, N, 3F)``, ``point_equivariant (B, N, F, 3)``.
+
+    Cost: memory and time grow as ``B N (k+1) 60 13 C`` per block; run it on a subsample
+    (``ArtEqNet(num_centers=...)``), as the reference does.
+
+    Raises:
+        ValueError: a non-positive ``k``, width or kernel size; ``points`` not ``(B, N, 3)``.
+
+    Source: Chen et al., "Equivariant Point Network for 3D Point Cloud Analysis", CVPR
+    2021, arXiv:2103.14147 (separable point/group convolution over the icosahedral group);
+    used by Feng et al., ICCV 2023, arXiv:2304.10528 (``HavenFeng/ArtEq``, ``src/so3net.py``,
+    2 blocks of widths 32 and 64).
+
+    Example:
+        >>> enc = EPNLocalEncoder(k=4, feat_dim=4, hidden=(4, 4)).eval()
+        >>> enc(torch.randn(2, 30, 3)).point_equivariant.shape
+        torch.Size([2, 30, 4, 3])
+    """
+
+    def __init__(self, k: int = 16, feat_dim: int = 64, hidden: Sequence[int] = (32, 64),
+                 kernel_radius: float = 0.5, kernel_sigma: float = 0.35,
+                 negative_slope: float = 0.2) -> None:
+        super().__init__()
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k: expected a positive int, got {k!r}")
+        if isinstance(feat_dim, bool) or not isinstance(feat_dim, int) or feat_dim < 1:
+            raise ValueError(f"feat_dim: expected a positive int, got {feat_dim!r}")
+        hidden = tuple(hidden)
+        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
+                             for h in hidden):
+            raise ValueError(f"hidden: expected positive int block widths, got {hidden}")
+        for name, v in (("kernel_radius", kernel_radius), ("kernel_sigma", kernel_sigma)):
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise ValueError(f"{name}: expected a positive finite number, got {v!r}")
+        self.k = k
+        self.feat_dim = feat_dim
+        self.kernel_radius = float(kernel_radius)
+        self.kernel_sigma = float(kernel_sigma)
+        self.negative_slope = float(negative_slope)
+        R, kernel, perm, nbr = _icosahedral_tables()
+        self.register_buffer("rot", R.float(), persistent=False)
+        self.register_buffer("kernel", kernel.float(), persistent=False)
+        self.register_buffer("perm", perm, persistent=False)
+        self.register_buffer("nbr", nbr, persistent=False)
+        self._rot64, self._kernel64 = R, kernel
+        M, S = kernel.shape[0], nbr.shape[1]
+        self.spatial = nn.ModuleList()
+        self.group_w = nn.ParameterList()
+        self.mix = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        c_in = 1
+        for h in hidden:
+            self.spatial.append(nn.Linear(M * c_in, h))
+            self.group_w.append(nn.Parameter(torch.full((S, h), 1.0 / S)
+                                             + 0.1 * torch.randn(S, h) / S ** 0.5))
+            self.mix.append(nn.Linear(h, h))
+            self.norms.append(nn.LayerNorm(h))
+            c_in = h
+        self.out_inv = nn.Linear(c_in, 3 * feat_dim)
+        self.out_vec = nn.Linear(c_in, feat_dim, bias=False)
+
+    def _tables(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        if dtype == torch.float64:  # exact group elements for float64 checks
+            return self._rot64.to(device), self._kernel64.to(device)
+        return self.rot.to(dtype), self.kernel.to(dtype)
+
+    def forward(self, points: Tensor) -> EncoderOutput:
+        """Encode ``points (B, N, 3)`` (finite; the caller checks values)."""
+        from geo3d.ops import knn
+
+        if not isinstance(points, Tensor) or points.dim() != 3 or points.shape[-1] != 3:
+            shape = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
+            raise ValueError(f"points: expected shape (B, N, 3), got {shape}")
+        B, N, _ = points.shape
+        dtype, dev = points.dtype, points.device
+        R, kernel = self._tables(dtype, dev)
+        A, M = R.shape[0], kernel.shape[0]
+        K = min(self.k + 1, N)
+        idx = knn(points.detach(), points.detach(), K).idx  # (B, N, K), self first
+        flat = idx.reshape(B, N * K, 1).expand(B, N * K, 3)
+        rel = torch.gather(points, 1, flat).view(B, N, K, 3) - points[:, :, None]
+        with torch.no_grad():  # soft kNN weights and radii, as in VNLocalEncoder
+            d2 = rel.detach().square().sum(-1)  # (B, N, K)
+            r2 = d2.amax(-1, keepdim=True)
+            pos = r2 > 0
+            w = torch.where(pos, (1 - d2 / torch.where(pos, r2, 1)).clamp(min=0) ** 2,
+                            torch.ones_like(d2))
+            w = w / w.sum(-1, keepdim=True)
+        scale = torch.where(pos, r2, 1).sqrt()[..., None]  # (B, N, 1, 1)
+        u = rel / scale  # (B, N, K, 3), scale-free offsets
+        # correlation with the unrotated kernel; anchor a sees the permuted set
+        dist2 = (u[:, :, :, None] - self.kernel_radius * kernel).square().sum(-1)  # (B,N,K,M)
+        kap = torch.exp(-dist2 / (2 * self.kernel_sigma ** 2)) * w[..., None]
+        # anchor a sees the permuted set: kappa(R_a^T u - k_m) = kap[..., perm[a, m]]
+        perm = self.perm  # (A, M)
+        # flat index of (perm[a, m], a) in an (M, A) layout, in (a, m) order
+        flat_am = (perm * A + torch.arange(A, device=dev)[:, None]).flatten()
+        F = None
+        for spatial, gw, mix, norm in zip(self.spatial, self.group_w, self.mix, self.norms, strict=True):
+            if F is None:  # constant input features: the sums of the correlations
+                G = kap.sum(2)[:, :, perm, None]  # (B, N, A, M, 1)
+            else:
+                C = F.shape[-1]
+                Fj = torch.gather(F.reshape(B, N, A * C), 1,
+                                  idx.reshape(B, N * K, 1).expand(B, N * K, A * C))
+                # one matmul per point over the unrotated kernel: (M, K) @ (K, A C)
+                Pm = (kap.transpose(-1, -2) @ Fj.view(B, N, K, A * C)).view(B, N, M * A, C)
+                G = Pm.index_select(2, flat_am)  # (B, N, A M, C): [a, m] = Pm[perm[a, m], a]
+            H = spatial(G.reshape(B, N, A, -1))  # (B, N, A, h)
+            # intra-group conv (depthwise over the steps s): sum_s w_s * H(a r_s)
+            H = sum(H.index_select(2, self.nbr[:, s]) * gw[s] for s in range(self.nbr.shape[1]))
+            F = nn.functional.leaky_relu(norm(mix(H)), self.negative_slope)
+        inv = nn.functional.leaky_relu(self.out_inv(F), self.negative_slope).mean(dim=2)
+        f = self.out_vec(F)  # (B, N, A, F)
+        cols = R[:, :, torch.arange(self.feat_dim, device=dev) % 3]  # (A, 3, F)
+        V = torch.einsum("bnac,axc->bncx", f, cols) / A  # (B, N, F, 3)
+        return EncoderOutput(invariant=inv.mean(dim=1), equivariant=V.mean(dim=1),
+                             point_features=inv, point_equivariant=V)

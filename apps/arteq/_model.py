@@ -86,9 +86,10 @@ __all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES", "EQUIVARIANT_BACKBONES", "G
 #: Parent of each ArtEq part in the 22-part tree (-1 for the pelvis): ``SMPL_PARENTS[:22]``.
 ARTEQ_PARENTS: tuple[int, ...] = tuple(int(p) for p in SMPL_PARENTS[:ARTEQ_NUM_PARTS])
 #: Accepted ``backbone`` names: the equivariant one first.
-BACKBONES = ("vn", "vn_dgcnn", "tfn", "pointnet", "dgcnn")
-#: The exactly SE(3)-equivariant ones.
-EQUIVARIANT_BACKBONES = ("vn", "vn_dgcnn", "tfn")
+BACKBONES = ("vn", "vn_dgcnn", "tfn", "epn", "pointnet", "dgcnn")
+#: The equivariant ones: exactly SE(3)-equivariant for every rotation, except ``"epn"``,
+#: exactly equivariant for the 60 rotations of the icosahedral group (and translations).
+EQUIVARIANT_BACKBONES = ("vn", "vn_dgcnn", "tfn", "epn")
 
 #: Per-part geometry vectors of ``part_geometry=True`` (per part; doubled with the parent's).
 GEOMETRY_VECTORS = 6
@@ -394,8 +395,14 @@ class ArtEqNet(nn.Module):
             irreps ``h x 0e + h x 0o + h/2 x 1o + h/2 x 1e`` with ``h = hidden[0]``,
             ``len(hidden)`` gated layers, ``3F x 0e`` invariant and ``F x 1o`` vector
             outputs per point; ``batch_norm`` and ``dynamic_graph`` do not apply;
-            equivariant to e3nn's float64 rounding, ~1e-8, not 1e-9), or the
-            non-equivariant baselines ``"pointnet"`` / ``"dgcnn"``.
+            equivariant to e3nn's float64 rounding, ~1e-8, not 1e-9), ``"epn"`` (the
+            reference's icosahedral group convolution in pure torch,
+            :class:`~geo3d.apps.arteq._backbones.EPNLocalEncoder`: blocks of widths
+            ``hidden``, ``k`` neighbours; exactly equivariant for the 60 rotations of the
+            icosahedral group only, approximately between them; ``batch_norm`` and
+            ``dynamic_graph`` do not apply; run it on ``num_centers`` of a few hundred
+            points: it keeps 60 features per point), or the non-equivariant baselines
+            ``"pointnet"`` / ``"dgcnn"``.
         num_betas: shape coefficients predicted.
         k: neighbours of the backbone's kNN graphs (including the point itself; for
             ``"vn"`` the ``k`` with positive soft weight, the ``k+1``-th sets the radius).
@@ -641,6 +648,11 @@ class ArtEqNet(nn.Module):
                 irreps_out=f"{3 * feat_dim}x0e + {feat_dim}x1o", num_layers=len(hidden),
                 lmax=2, k=k, max_radius=TFN_RADIUS)
             c_pt = 3 * feat_dim  # local invariant (0e) per-point features
+        elif backbone == "epn":  # icosahedral group convolution, as the reference
+            from geo3d.apps.arteq._backbones import EPNLocalEncoder
+
+            self.encoder = EPNLocalEncoder(k=k, feat_dim=feat_dim, hidden=tuple(hidden))
+            c_pt = 3 * feat_dim  # per-point means over the 60 group elements
         elif backbone == "dgcnn":
             self.encoder = gnn.DGCNN(k=k, feat_dim=3 * feat_dim,
                                      hidden=tuple(3 * h for h in hidden), batch_norm=batch_norm)

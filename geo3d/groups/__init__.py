@@ -3,7 +3,7 @@
 ``order``.
 
 Elements are matrices: ``SO2``/``O2``/``CyclicGroup``/``DihedralGroup``/``OcticGroup``
-``(2, 2)``, ``SO3``/``O3`` ``(3, 3)``, ``SE3`` ``(4, 4)`` homogeneous, ``Lorentz``
+``(2, 2)``, ``SO3``/``O3``/``IcosahedralGroup`` ``(3, 3)``, ``SE3`` ``(4, 4)`` homogeneous, ``Lorentz``
 ``(4, 4)``.
 
 Every operation that takes elements checks that they are elements (``Group.validate``:
@@ -17,7 +17,7 @@ other ``torch.func`` transforms), and returns new tensors, never views of its in
 from geo3d.groups._base import ELEMENT_TOL_FLOOR, FiniteGroup, Group, value_checks_active
 from geo3d.groups._lorentz import Lorentz, boost, minkowski_dot, minkowski_metric
 from geo3d.groups._planar import O2, SO2, CyclicGroup, DihedralGroup, OcticGroup, rotation_2d
-from geo3d.groups._spatial import O3, SE3, SO3
+from geo3d.groups._spatial import O3, SE3, SO3, IcosahedralGroup
 
 __all__ = [
     "ELEMENT_TOL_FLOOR",
@@ -30,6 +30,7 @@ __all__ = [
     "DihedralGroup",
     "FiniteGroup",
     "Group",
+    "IcosahedralGroup",
     "Lorentz",
     "OcticGroup",
     "boost",

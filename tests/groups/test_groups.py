@@ -15,6 +15,7 @@ from geo3d.groups import (
     SO3,
     CyclicGroup,
     DihedralGroup,
+    IcosahedralGroup,
     Lorentz,
     OcticGroup,
     rotation_2d,
@@ -29,6 +30,7 @@ GROUPS = [
     SO3(),
     O3(),
     SE3(),
+    IcosahedralGroup(),
     Lorentz(),
     Lorentz(proper=True),
 ]
@@ -230,3 +232,64 @@ def test_group_equality():
     assert OcticGroup() == DihedralGroup(4) and OcticGroup() != CyclicGroup(4)
     assert Lorentz(max_rapidity=3.0) == Lorentz() and Lorentz(proper=True) != Lorentz()
     assert SO3() != "SO3()"
+
+
+def _golden_vertices() -> torch.Tensor:
+    # independent construction: all sign choices of (0, ±1, ±φ) in the three cyclic orders,
+    # as a set (the class's order is not assumed)
+    phi = (1 + 5 ** 0.5) / 2
+    pts = set()
+    for a in (1.0, -1.0):
+        for b in (phi, -phi):
+            pts |= {(0.0, a, b), (a, b, 0.0), (b, 0.0, a)}
+    v = torch.tensor(sorted(pts), dtype=torch.float64)
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+def test_icosahedral_group_is_the_rotation_group_of_the_icosahedron():
+    G = IcosahedralGroup()
+    els = G.elements(dtype=torch.float64)
+    assert G.order == 60 and els.shape == (60, 3, 3)
+    assert torch.equal(els[0], torch.eye(3, dtype=torch.float64))
+    torch.testing.assert_close(els @ els.transpose(-1, -2),
+                               torch.eye(3, dtype=torch.float64).expand(60, 3, 3),
+                               rtol=0, atol=1e-14)
+    torch.testing.assert_close(torch.linalg.det(els), torch.ones(60, dtype=torch.float64),
+                               rtol=0, atol=1e-14)
+    # distinct, and every element maps the 12 vertices onto themselves (a permutation)
+    d = (els[:, None] - els[None]).abs().amax(dim=(-2, -1))
+    assert bool((d + torch.eye(60, dtype=torch.float64) > 0.1).all())
+    v = _golden_vertices()
+    moved = torch.einsum("aij,vj->avi", els, v)
+    dist = (moved[:, :, None] - v[None, None]).norm(dim=-1)  # (60, 12, 12)
+    assert float(dist.min(-1).values.max()) < 1e-14
+    assert all(len(set(dist[a].argmin(-1).tolist())) == 12 for a in range(60))
+    # the class equation of the icosahedral group: rotation angles 0, 72, 120, 144, 180 deg
+    # occur 1, 12, 20, 12, 15 times (6 five-fold, 10 three-fold, 15 two-fold axes)
+    cos = (els.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
+    deg = torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).round().long()
+    vals, counts = torch.unique(deg, return_counts=True)
+    assert vals.tolist() == [0, 72, 120, 144, 180] and counts.tolist() == [1, 12, 20, 12, 15]
+    # vertices(): the same set as the golden-ratio construction
+    w = G.vertices(torch.float64)
+    assert float((w[:, None] - v[None]).norm(dim=-1).min(-1).values.max()) < 1e-15
+
+
+def test_icosahedral_group_table_and_membership():
+    G = IcosahedralGroup()
+    t = G.cayley_table()
+    ar = torch.arange(60)
+    assert torch.equal(t.sort(dim=0).values, ar[:, None].expand_as(t))
+    assert torch.equal(t.sort(dim=1).values, ar[None, :].expand_as(t))
+    els = G.elements(dtype=torch.float64)
+    torch.testing.assert_close(els[t], els[:, None] @ els[None, :], rtol=0, atol=1e-13)
+    # a rotation by 36 deg about a five-fold axis is in SO(3) but not in the group
+    from geo3d.rotations import axis_angle_to_matrix
+
+    axis = G.vertices(torch.float64)[0]
+    half = axis_angle_to_matrix(axis * torch.pi / 5)
+    assert bool(SO3().is_element(half)) and not bool(G.is_element(half))
+    assert bool(G.is_element(half @ half))  # 72 deg: an element
+    with pytest.raises(ValueError, match="not an element"):
+        G.index_of(half)
+    assert G == IcosahedralGroup() and G != SO3() and repr(G) == "IcosahedralGroup()"
