@@ -9,8 +9,9 @@ Public API (imported lazily so that ``geo3d --help`` stays fast):
   :class:`FitResult` (``betas``, ``global_orient``, ``body_pose``, ``transl``, ``vertices``,
   ``joints``, ``part_labels``); :func:`optimize_smpl`, the optimisation baseline.
 * :class:`ArtEqNet` — the network (equivariant backbones ``"vn_dgcnn"``, used by the
-  packaged configs, ``"vn"``, a local VN encoder, and ``"tfn"``, the e3nn tensor-field
-  network; ``"pointnet"``/``"dgcnn"`` baselines).
+  packaged configs, ``"vn"``, a local VN encoder, ``"tfn"``, the e3nn tensor-field
+  network, and ``"epn"``, the reference's icosahedral group convolution in pure torch;
+  ``"pointnet"``/``"dgcnn"`` baselines).
 * :class:`ArtEqModule`, :class:`ArtEqDataModule` — Lightning training code on synthetic
   scans of :mod:`geo3d.body` bodies (or AMASS + an SMPL file).
 * :func:`load_model`, :func:`save_model`, :class:`AtomicCheckpointIO`,

@@ -94,6 +94,9 @@ class VNLocalEncoder(nn.Module):
     outputs rotated by ``g`` and the same invariant ones (exact up to rounding, also with
     duplicates and grid ties, thanks to the soft kNN weights).
 
+    Gradients with respect to ``points`` treat the soft kNN weights as constants: right
+    for training the weights, not the exact derivative of the outputs by the coordinates.
+
     Source: Deng et al., "Vector Neurons", ICCV 2021, arXiv:2104.12229 (layers); the
     locality follows Feng et al., ICCV 2023, arXiv:2304.10528 (``HavenFeng/ArtEq``).
 
@@ -214,7 +217,8 @@ class EPNLocalEncoder(nn.Module):
     Args:
         k: neighbours per point with a positive weight (the ``k+1``-th sets ``r_i``).
         feat_dim: vector channels ``F`` out (invariants: ``3F`` channels).
-        hidden: channels of the blocks (``len(hidden)`` blocks).
+        hidden: channels of the blocks (``len(hidden)`` blocks; at least 2 each: a LayerNorm
+            over one channel would output a constant).
         kernel_radius: distance of the 12 outer kernel points, in units of ``r_i``.
         kernel_sigma: width of the Gaussian kernel correlation, in units of ``r_i``.
         negative_slope: leaky-ReLU slope.
@@ -228,8 +232,13 @@ class EPNLocalEncoder(nn.Module):
     Cost: memory and time grow as ``B N (k+1) 60 13 C`` per block; run it on a subsample
     (``ArtEqNet(num_centers=...)``), as the reference does.
 
+    Gradients with respect to ``points`` treat the kNN radii ``r_i`` and the soft weights as
+    constants (as in :class:`VNLocalEncoder`): right for training the weights, not the
+    exact derivative of the outputs by the coordinates.
+
     Raises:
-        ValueError: a non-positive ``k``, width or kernel size; ``points`` not ``(B, N, 3)``.
+        ValueError: a non-positive ``k``, a width below 2, a non-positive kernel size, a
+            ``negative_slope`` outside ``[0, 1)``; ``points`` not ``(B, N, 3)``.
 
     Source: Chen et al., "Equivariant Point Network for 3D Point Cloud Analysis", CVPR
     2021, arXiv:2103.14147 (separable point/group convolution over the icosahedral group);
@@ -251,9 +260,12 @@ class EPNLocalEncoder(nn.Module):
         if isinstance(feat_dim, bool) or not isinstance(feat_dim, int) or feat_dim < 1:
             raise ValueError(f"feat_dim: expected a positive int, got {feat_dim!r}")
         hidden = tuple(hidden)
-        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
-                             for h in hidden):
-            raise ValueError(f"hidden: expected positive int block widths, got {hidden}")
+        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 2
+                             for h in hidden):  # LayerNorm over one channel is a constant
+            raise ValueError(f"hidden: expected int block widths >= 2, got {hidden}")
+        if isinstance(negative_slope, bool) or not (isinstance(negative_slope, (int, float))
+                                                    and 0 <= negative_slope < 1):
+            raise ValueError(f"negative_slope: expected a number in [0, 1), got {negative_slope!r}")
         for name, v in (("kernel_radius", kernel_radius), ("kernel_sigma", kernel_sigma)):
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 < v < float("inf")):
                 raise ValueError(f"{name}: expected a positive finite number, got {v!r}")
@@ -331,7 +343,7 @@ class EPNLocalEncoder(nn.Module):
                 # one matmul per point over the unrotated kernel: (M, K) @ (K, A C)
                 Pm = (kap.transpose(-1, -2) @ Fj.view(B, N, K, A * C)).view(B, N, M * A, C)
                 G = Pm.index_select(2, flat_am)  # (B, N, A M, C): [a, m] = Pm[perm[a, m], a]
-            H = spatial(G.reshape(B, N, A, -1))  # (B, N, A, h)
+            H = spatial(G.reshape(B, N, A, M * G.shape[-1]))  # (B, N, A, h)
             # intra-group conv (depthwise over the steps s): sum_s w_s * H(a r_s)
             H = sum(H.index_select(2, self.nbr[:, s]) * gw[s] for s in range(self.nbr.shape[1]))
             F = nn.functional.leaky_relu(norm(mix(H)), self.negative_slope)

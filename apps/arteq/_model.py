@@ -405,7 +405,8 @@ class ArtEqNet(nn.Module):
             ``"pointnet"`` / ``"dgcnn"``.
         num_betas: shape coefficients predicted.
         k: neighbours of the backbone's kNN graphs (including the point itself; for
-            ``"vn"`` the ``k`` with positive soft weight, the ``k+1``-th sets the radius).
+            ``"vn"`` and ``"epn"`` the ``k`` with positive soft weight, the ``k+1``-th sets the
+            radius).
         feat_dim: per-point feature width ``F`` of the backbone: vector channels for
             ``"vn"`` (``3F`` numbers), ``3F`` scalar channels for the baselines (same size).
         hidden: backbone block widths (vector channels; the baselines use 3x each).

@@ -70,7 +70,8 @@ class ArtEqModule(L.LightningModule):
     """Trains :class:`~geo3d.apps.arteq._model.ArtEqNet` on body scans.
 
     Args:
-        backbone: ``"vn"``, ``"vn_dgcnn"`` or ``"tfn"`` (equivariant), ``"pointnet"`` or ``"dgcnn"``
+        backbone: ``"vn"``, ``"vn_dgcnn"``, ``"tfn"`` or ``"epn"`` (equivariant; ``"epn"``
+            for the 60 icosahedral rotations), ``"pointnet"`` or ``"dgcnn"``
             (baselines); see :class:`~geo3d.apps.arteq._model.ArtEqNet`.
         net: other :class:`ArtEqNet` keyword arguments (``k``, ``feat_dim``, ``hidden``,
             ``d_model``, ``num_layers``, ``num_heads``, ...).

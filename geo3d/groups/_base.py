@@ -336,7 +336,8 @@ def _orthogonality_error(g: torch.Tensor) -> torch.Tensor:
 
 
 class FiniteGroup(Group):
-    """A finite group of ``(2, 2)`` matrices with a fixed element order.
+    """A finite group of ``(d, d)`` matrices with a fixed element order (``(2, 2)`` unless a
+    subclass sets :attr:`element_shape` and :attr:`dim`, as ``IcosahedralGroup`` does).
 
     Subclasses implement :meth:`_elements64` (the elements in float64 on CPU).
     """
@@ -360,7 +361,7 @@ class FiniteGroup(Group):
     def elements(
         self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
     ) -> torch.Tensor:
-        """All elements, shape ``(order, 2, 2)``; element 0 is the identity.
+        """All elements, shape ``(order, *element_shape)``; element 0 is the identity.
 
         A new tensor on every call: editing it never changes the group.
         """
@@ -374,7 +375,7 @@ class FiniteGroup(Group):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """``n`` uniformly random elements, shape ``(n, 2, 2)``."""
+        """``n`` uniformly random elements, shape ``(n, *element_shape)``."""
         _check_n(n)
         dtype, device = _resolve(generator, dtype, device)
         idx = torch.randint(self.order, (n,), generator=generator, device=device)

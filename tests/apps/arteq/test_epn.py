@@ -150,13 +150,37 @@ def test_features_are_local():
     assert float((two.point_features[:, 30:] - one.point_features[:, 30:]).abs().max()) > 1e-6
 
 
-def test_float32_gradients_and_degenerate_input():
+def test_float32_matches_float64_and_is_equivariant_for_the_group():
+    # training runs in float32, on float32 copies of the group tables: a wrong float32 table
+    # (transposed elements, a negated kernel) breaks both checks
+    enc64 = _enc(seed=4)
+    enc32 = _enc(seed=4).float()
+    x = _cloud(1, 60, seed=6)
+    with torch.no_grad():
+        a64, a32 = enc64(x), enc32(x.float())
+        torch.testing.assert_close(a32.point_features.double(), a64.point_features,
+                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(a32.point_equivariant.double(), a64.point_equivariant,
+                                   atol=1e-5, rtol=0)
+        for R in ELS[1::11]:
+            b = enc32((x @ R.T).float())
+            torch.testing.assert_close(b.point_equivariant, a32.point_equivariant @ R.float().T,
+                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(b.point_features, a32.point_features, atol=1e-5, rtol=0)
+
+
+def test_gradients_and_degenerate_input():
     torch.manual_seed(0)
     enc = EPNLocalEncoder(k=4, feat_dim=4, hidden=(4,))
-    x = torch.randn(2, 20, 3, requires_grad=True)
-    out = enc(x)
+    # the parameters get gradients through every block (what training needs)
+    out = enc(torch.randn(2, 20, 3))
     (out.point_features.sum() + out.point_equivariant.square().sum()).backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for name, p in enc.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert float(p.grad.abs().sum()) > 0, name
+    # an empty batch gives empty outputs
+    o = enc(torch.zeros(0, 10, 3))
+    assert o.point_features.shape == (0, 10, 12) and o.point_equivariant.shape == (0, 10, 4, 3)
     # all points equal (r_i = 0) and a single point: finite, and no vector direction
     for pts in (torch.zeros(1, 8, 3), torch.ones(1, 1, 3)):
         o = enc(pts)
@@ -166,6 +190,8 @@ def test_float32_gradients_and_degenerate_input():
 @pytest.mark.parametrize("kw,match", [({"k": 0}, "k:"), ({"k": True}, "k:"),
                                       ({"feat_dim": 0}, "feat_dim:"), ({"hidden": ()}, "hidden:"),
                                       ({"hidden": (4, 0)}, "hidden:"),
+                                      ({"hidden": (4, 1)}, "hidden:"),
+                                      ({"negative_slope": float("nan")}, "negative_slope:"),
                                       ({"kernel_radius": 0.0}, "kernel_radius:"),
                                       ({"kernel_sigma": float("inf")}, "kernel_sigma:")])
 def test_bad_arguments(kw, match):

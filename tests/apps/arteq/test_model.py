@@ -190,7 +190,7 @@ class TestBadInput:
 
     def test_backbone_name(self):
         with pytest.raises(ValueError, match="backbone"):
-            ArtEqNet("epn")
+            ArtEqNet("nope")
 
 
 class TestEquivariance:
