@@ -33,6 +33,11 @@ set, and scores part accuracy on the first ``--scans`` in_dist scans and the ``o
   features are rotation-invariant, so no augmentation is needed);
 * ``net_desc``: ``net``'s part logits plus an MLP of the ``descriptors`` (trained jointly,
   Haar-random rotations): do the two kinds of features add up?
+* ``epn``: ``net`` with the reference's backbone instead, ``ArtEqNet(backbone="epn")``
+  (icosahedral group convolution, :class:`geo3d.apps.arteq._backbones.EPNLocalEncoder`;
+  ``k`` 16, widths 16 and 32, on 256 of the points; :data:`EPN_NET`), Haar-random
+  rotations. ``net`` and ``epn`` runs of a demo config with ``seg_descriptors`` (on
+  since 81fc1ba) get the key suffix ``_seg_descriptors``; the recorded ``net`` run predates it.
 
 ``ood_tail`` is the last 12 ``ood`` scans, scored by every run so that ``--oracle`` (fit on
 the first 30 ``ood`` scans instead of the training scans: can these features segment such
@@ -63,6 +68,8 @@ from _common import RESULTS_DIR, write_json_atomic  # noqa: E402
 #: left/right part pairs of the 22-part ArtEq layout (SMPL joints 0..21)
 #: ``--oracle`` fits on the first ORACLE ood scans; every run also scores the rest (``ood_tail``)
 ORACLE = 30
+#: ``--probe epn``: the ArtEqNet arguments that replace the demo config's
+EPN_NET = {"backbone": "epn", "k": 16, "hidden": [16, 32], "num_centers": 256}
 PAIRS = ((1, 2), (4, 5), (7, 8), (10, 11), (13, 14), (16, 17), (18, 19), (20, 21))
 
 
@@ -233,13 +240,13 @@ def scores(pred: torch.Tensor, y: torch.Tensor) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--probe", choices=("net", "vn_local", "descriptors", "net_desc"), required=True)
+    ap.add_argument("--probe", choices=("net", "vn_local", "descriptors", "net_desc", "epn"), required=True)
     ap.add_argument("--data-root", default="runs/arteq_bench/data")
     ap.add_argument("--num-points", type=int, default=None,
                     help="points per scan (default: the demo config's 512); other values "
                          "generate scans of the same poses and subjects on first use")
     ap.add_argument("--steps", type=int, default=None,
-                    help="Adam steps (default: 3000 for net / vn_local, 2000 descriptors)")
+                    help="Adam steps (default: 3000 for net / vn_local / epn, 2000 descriptors)")
     ap.add_argument("--scans", type=int, default=48, help="in_dist scans scored")
     ap.add_argument("--scales", default="8,16,32,64", help="descriptors: kNN scales")
     ap.add_argument("--agg", default="16,64", help="descriptors: averaging neighbourhoods")
@@ -305,6 +312,8 @@ def main() -> None:
             {c: [descriptors(p, sc, ag, a.geodesic, y, a.anchors)
                  for p, y in zip(d["points"], anchor_labels[c], strict=True)]
              for c, d in tests.items()})
+    if a.probe in ("net", "epn") and _net_kwargs(model).get("seg_descriptors"):
+        key += "_seg_descriptors"
     key += "_oracle" if a.oracle else ""
     key += "" if a.num_points is None else f"_{a.num_points}pts"
     if a.probe == "descriptors":
@@ -316,6 +325,8 @@ def main() -> None:
             m = NetDescSeg(_net_kwargs(model), Dtr.shape[-1])
         elif a.probe == "net":
             m = NetSeg(_net_kwargs(model))
+        elif a.probe == "epn":
+            m = NetSeg({**_net_kwargs(model), **EPN_NET})
         else:
             m = VNLocalSeg()
 

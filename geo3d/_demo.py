@@ -65,6 +65,7 @@ def _groups():
         G.OcticGroup(),
         G.SO3(),
         G.O3(),
+        G.IcosahedralGroup(),
         G.SE3(),
         G.Lorentz(max_rapidity=3.0),
         G.Lorentz(proper=True, max_rapidity=3.0),
@@ -86,7 +87,7 @@ def _reps(group) -> list:
     out = [R.Vector(group)]
     if group.is_finite:
         out.append(R.Regular(group))
-        if 4 % group.n == 0:
+        if group.element_shape == (2, 2) and 4 % group.n == 0:  # acts on square images
             out.append(R.Image(group, size=5))
     return out
 

@@ -27,6 +27,7 @@ def test_report_passes_and_is_readable(capsys):
         "OcticGroup()",
         "SO3()",
         "O3()",
+        "IcosahedralGroup()",
         "SE3()",
         "O(1,3)",
         "SO+(1,3)",
