@@ -36,7 +36,8 @@ set, and scores part accuracy on the first ``--scans`` in_dist scans and the ``o
 * ``epn``: ``net`` with the reference's backbone instead, ``ArtEqNet(backbone="epn")``
   (icosahedral group convolution, :class:`geo3d.apps.arteq._backbones.EPNLocalEncoder`;
   ``k`` 16, widths 16 and 32, on 256 of the points; :data:`EPN_NET`), Haar-random
-  rotations. ``net`` and ``epn`` runs of a demo config with ``seg_descriptors`` (on
+  rotations (the recorded ``epn_seg_descriptors`` run used scale-free kernels, before
+  ``ArtEqNet`` fixed the kernel scale at ``EPN_KERNEL_SCALE``). ``net`` and ``epn`` runs of a demo config with ``seg_descriptors`` (on
   since 81fc1ba) get the key suffix ``_seg_descriptors``; the recorded ``net`` run predates it.
 
 ``ood_tail`` is the last 12 ``ood`` scans, scored by every run so that ``--oracle`` (fit on

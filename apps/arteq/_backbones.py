@@ -203,8 +203,9 @@ class EPNLocalEncoder(nn.Module):
 
     The first block starts from constant features. Neighbourhoods are the ``k + 1``
     nearest points with the soft weights of :class:`VNLocalEncoder` (continuous, zero at
-    the radius ``r_i``: ties never matter); offsets are divided by ``r_i`` (so the kernel is
-    scale-free). Outputs: per-point invariants = the mean over the 60 elements of ``3F``
+    the radius ``r_i``: ties never matter); offsets are divided by ``kernel_scale`` (input
+    units: the features see absolute lengths) or, with ``kernel_scale=None``, by ``r_i``
+    (scale-free features, which then carry no absolute size). Outputs: per-point invariants = the mean over the 60 elements of ``3F``
     channels (after a nonlinearity); per-point vectors ``V_c = mean_a f_c(a) R_a e_{c mod 3}``.
 
     Equivariance: for ``g = R_h`` in the group and any translation ``t``, input ``g x + t``
@@ -219,8 +220,10 @@ class EPNLocalEncoder(nn.Module):
         feat_dim: vector channels ``F`` out (invariants: ``3F`` channels).
         hidden: channels of the blocks (``len(hidden)`` blocks; at least 2 each: a LayerNorm
             over one channel would output a constant).
-        kernel_radius: distance of the 12 outer kernel points, in units of ``r_i``.
-        kernel_sigma: width of the Gaussian kernel correlation, in units of ``r_i``.
+        kernel_radius: distance of the 12 outer kernel points, in units of the kernel scale.
+        kernel_sigma: width of the Gaussian kernel correlation, in units of the kernel scale.
+        kernel_scale: the kernel scale in input units; ``None`` (default): each point's
+            kNN radius ``r_i`` (scale-free).
         negative_slope: leaky-ReLU slope.
 
     Shape:
@@ -253,7 +256,7 @@ class EPNLocalEncoder(nn.Module):
 
     def __init__(self, k: int = 16, feat_dim: int = 64, hidden: Sequence[int] = (32, 64),
                  kernel_radius: float = 0.5, kernel_sigma: float = 0.35,
-                 negative_slope: float = 0.2) -> None:
+                 negative_slope: float = 0.2, kernel_scale: float | None = None) -> None:
         super().__init__()
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k: expected a positive int, got {k!r}")
@@ -266,13 +269,16 @@ class EPNLocalEncoder(nn.Module):
         if isinstance(negative_slope, bool) or not (isinstance(negative_slope, (int, float))
                                                     and 0 <= negative_slope < 1):
             raise ValueError(f"negative_slope: expected a number in [0, 1), got {negative_slope!r}")
-        for name, v in (("kernel_radius", kernel_radius), ("kernel_sigma", kernel_sigma)):
+        scales = (("kernel_radius", kernel_radius), ("kernel_sigma", kernel_sigma)) + (
+            () if kernel_scale is None else (("kernel_scale", kernel_scale),))
+        for name, v in scales:
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 < v < float("inf")):
                 raise ValueError(f"{name}: expected a positive finite number, got {v!r}")
         self.k = k
         self.feat_dim = feat_dim
         self.kernel_radius = float(kernel_radius)
         self.kernel_sigma = float(kernel_sigma)
+        self.kernel_scale = None if kernel_scale is None else float(kernel_scale)
         self.negative_slope = float(negative_slope)
         R, kernel, perm, nbr = _icosahedral_tables()
         self.register_buffer("rot", R.float(), persistent=False)
@@ -323,8 +329,10 @@ class EPNLocalEncoder(nn.Module):
             w = torch.where(pos, (1 - d2 / torch.where(pos, r2, 1)).clamp(min=0) ** 2,
                             torch.ones_like(d2))
             w = w / w.sum(-1, keepdim=True)
-        scale = torch.where(pos, r2, 1).sqrt()[..., None]  # (B, N, 1, 1)
-        u = rel / scale  # (B, N, K, 3), scale-free offsets
+        if self.kernel_scale is None:  # scale-free offsets
+            u = rel / torch.where(pos, r2, 1).sqrt()[..., None]  # (B, N, K, 3)
+        else:
+            u = rel / self.kernel_scale
         # correlation with the unrotated kernel; anchor a sees the permuted set
         dist2 = (u[:, :, :, None] - self.kernel_radius * kernel).square().sum(-1)  # (B,N,K,M)
         kap = torch.exp(-dist2 / (2 * self.kernel_sigma ** 2)) * w[..., None]

@@ -85,7 +85,7 @@ from geo3d._validation import check_finite, shape_of, value_error
 from geo3d.body import ARTEQ_NUM_PARTS, SMPL_PARENTS
 
 __all__ = ["ArtEqNet", "ARTEQ_PARENTS", "BACKBONES", "EQUIVARIANT_BACKBONES", "GEOMETRY_VECTORS",
-           "TWIST_VECTORS", "TFN_RADIUS", "DESCRIPTOR_SCALES", "DESCRIPTOR_AGG", "local_shape_descriptors",
+           "TWIST_VECTORS", "TFN_RADIUS", "EPN_KERNEL_SCALE", "DESCRIPTOR_SCALES", "DESCRIPTOR_AGG", "local_shape_descriptors",
            "part_geometry"]
 
 #: Parent of each ArtEq part in the 22-part tree (-1 for the pelvis): ``SMPL_PARENTS[:22]``.
@@ -104,6 +104,9 @@ TWIST_VECTORS = 5
 _MAX_CHILDREN = 3
 _GRAM = 8  # VN projections whose Gram matrix enters the invariant part token
 TFN_RADIUS = 4.0  # "tfn": end of the radial basis, backbone units (4 x 5 cm by default)
+#: "epn": kernel scale in backbone units (3 x 5 cm by default): absolute lengths, so that the
+#: features carry the body's size (scale-free kernels left the shape head blind to it)
+EPN_KERNEL_SCALE = 3.0
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 #: kNN sizes of :func:`local_shape_descriptors` (``seg_descriptors=True``).
 DESCRIPTOR_SCALES = (8, 16, 32, 64)
@@ -404,7 +407,8 @@ class ArtEqNet(nn.Module):
             reference's icosahedral group convolution in pure torch,
             :class:`~geo3d.apps.arteq._backbones.EPNLocalEncoder`: blocks of widths
             ``hidden``, ``k`` neighbours; exactly equivariant for the 60 rotations of the
-            icosahedral group only, approximately between them; ``batch_norm`` and
+            icosahedral group only, approximately between them; kernel scale
+            :data:`EPN_KERNEL_SCALE` backbone units; ``batch_norm`` and
             ``dynamic_graph`` do not apply; run it on ``num_centers`` of a few hundred
             points: it keeps 60 features per point), or the non-equivariant baselines
             ``"pointnet"`` / ``"dgcnn"``.
@@ -657,7 +661,8 @@ class ArtEqNet(nn.Module):
         elif backbone == "epn":  # icosahedral group convolution, as the reference
             from geo3d.apps.arteq._backbones import EPNLocalEncoder
 
-            self.encoder = EPNLocalEncoder(k=k, feat_dim=feat_dim, hidden=tuple(hidden))
+            self.encoder = EPNLocalEncoder(k=k, feat_dim=feat_dim, hidden=tuple(hidden),
+                                           kernel_scale=EPN_KERNEL_SCALE)
             c_pt = 3 * feat_dim  # per-point means over the 60 group elements
         elif backbone == "dgcnn":
             self.encoder = gnn.DGCNN(k=k, feat_dim=3 * feat_dim,

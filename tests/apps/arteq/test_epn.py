@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from geo3d.apps.arteq._backbones import EPNLocalEncoder
-from geo3d.apps.arteq._model import ArtEqNet
+from geo3d.apps.arteq._model import EPN_KERNEL_SCALE, ArtEqNet
 
 from geo3d.groups import IcosahedralGroup
 from geo3d.rotations import random_rotation_matrix
@@ -55,7 +55,8 @@ def _brute_force(enc: EPNLocalEncoder, x: torch.Tensor) -> tuple[torch.Tensor, t
     for spatial, gw, mix, norm in zip(enc.spatial, enc.group_w, enc.mix, enc.norms, strict=True):
         G = torch.zeros(N, 60, kernel.shape[0], F.shape[-1], dtype=torch.float64)
         for i in range(N):
-            u = (x[nbrs[i]] - x[i]) / radii[i]  # (K, 3)
+            s = radii[i] if enc.kernel_scale is None else enc.kernel_scale
+            u = (x[nbrs[i]] - x[i]) / s  # (K, 3)
             for a in range(60):
                 ua = u @ ELS[a]  # rows R_a^T u_j
                 kap = torch.exp(-((ua[:, None] - kernel[None]) ** 2).sum(-1)
@@ -74,10 +75,11 @@ def _brute_force(enc: EPNLocalEncoder, x: torch.Tensor) -> tuple[torch.Tensor, t
     return inv, V
 
 
-def test_encoder_matches_the_brute_force_definition():
+@pytest.mark.parametrize("kernel_scale", [None, 0.7])
+def test_encoder_matches_the_brute_force_definition(kernel_scale):
     # catches a permutation taken the wrong way round (R_a instead of R_a^T on the offsets),
     # a wrong group product order in the intra-group conv, or a wrong anchor/kernel layout
-    enc = _enc()
+    enc = _enc(kernel_scale=kernel_scale)
     x = _cloud(1, 24, seed=3)
     with torch.no_grad():
         out = enc(x)
@@ -150,6 +152,18 @@ def test_features_are_local():
     assert float((two.point_features[:, 30:] - one.point_features[:, 30:]).abs().max()) > 1e-6
 
 
+def test_kernel_scale_makes_the_features_see_absolute_size():
+    # scale-free kernels (None) give the same invariants for a cloud and a scaled copy, so
+    # they carry no size (the shape head of ArtEqNet needs it); a fixed kernel scale does not
+    x = _cloud(1, 40, seed=9)
+    free, fixed = _enc(seed=5), _enc(seed=5, kernel_scale=0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(free(1.3 * x).point_features, free(x).point_features,
+                                   atol=1e-12, rtol=0)
+        diff = (fixed(1.3 * x).point_features - fixed(x).point_features).abs().max()
+    assert float(diff) > 1e-3
+
+
 def test_float32_matches_float64_and_is_equivariant_for_the_group():
     # training runs in float32, on float32 copies of the group tables: a wrong float32 table
     # (transposed elements, a negated kernel) breaks both checks
@@ -193,7 +207,8 @@ def test_gradients_and_degenerate_input():
                                       ({"hidden": (4, 1)}, "hidden:"),
                                       ({"negative_slope": float("nan")}, "negative_slope:"),
                                       ({"kernel_radius": 0.0}, "kernel_radius:"),
-                                      ({"kernel_sigma": float("inf")}, "kernel_sigma:")])
+                                      ({"kernel_sigma": float("inf")}, "kernel_sigma:"),
+                                      ({"kernel_scale": 0.0}, "kernel_scale:")])
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         EPNLocalEncoder(**kw)
@@ -208,6 +223,7 @@ def test_arteq_net_with_epn_is_equivariant_for_the_group(labels):
                    part_geometry=True, rot_context="geometry", chiral=True, seg_norms=True,
                    normalize_invariants=True, num_centers=40).double().eval()
     assert net.equivariant and ArtEqNet(**net.config).backbone == "epn"
+    assert net.encoder.kernel_scale == EPN_KERNEL_SCALE  # absolute lengths in ArtEqNet
     x = _cloud(2, 70, seed=5) + 30.0  # 70 points, 40 centres: the interpolation path too
     x[:, 50:60] = x[:, 40:50]
     lab = torch.randint(0, 22, (2, 70), generator=torch.Generator().manual_seed(2))
