@@ -43,7 +43,7 @@ is exactly SE(3)-equivariant for all rotations. The reference's backbone is here
 group convolution in pure torch; exactly equivariant for the 60 group elements only).
 Measured on the demo data (``docs/arteq_experiments.md``, "The reference's backbone"):
 with 22-44 min of CPU training it segments in_dist scans far worse than ``"vn_dgcnn"``
-(part accuracy 0.44-0.48 vs 0.78; V2V 28-30 vs 12 cm) and ood scans no better (0.31-0.32
+(part accuracy 0.43-0.48 vs 0.78; V2V 28-31 vs 12 cm) and ood scans no better (0.30-0.32
 vs 0.26), and the segmentation probe agrees (0.59 / 0.32 vs 0.82 / 0.31 in_dist / ood).
 The e3nn backbone ``"tfn"`` (local, like EPN) did not learn within such budgets either
 (out-of-distribution experiments). So the configs use ``"vn_dgcnn"``.
