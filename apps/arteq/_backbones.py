@@ -52,6 +52,17 @@ def _gather_nbrs(y: Tensor, idx: Tensor) -> Tensor:
     return torch.gather(y, 3, flat).view(B, C, 3, N, K)
 
 
+def _soft_knn_weights(d2: Tensor) -> tuple[Tensor, Tensor]:
+    """Soft kNN weights (module docs) from squared neighbour distances ``d2 (B, N, K)``:
+    ``w = (1 - d2 / r2)^2`` with ``r2`` the largest ``d2`` of each row (weight 1 on rows
+    with ``r2 = 0``, duplicates only). Returns ``w (B, N, K)`` and ``r2 (B, N, 1)``."""
+    r2 = d2.amax(-1, keepdim=True)
+    pos = r2 > 0
+    w = torch.where(pos, (1 - d2 / torch.where(pos, r2, 1)).clamp(min=0) ** 2,
+                    torch.ones_like(d2))
+    return w, r2
+
+
 def _edge_conv(conv: VNLinearLeakyReLU, f: Tensor, idx: Tensor, nmask: Tensor) -> Tensor:
     """``conv(vn_edge_features(f, idx), nmask)`` without building the ``2C``-channel edge
     tensor: by linearity ``W [f_j - f_i; f_i] = W_1 f_j + (W_2 - W_1) f_i``, so the channel
@@ -143,10 +154,7 @@ class VNLocalEncoder(nn.Module):
         x = points.transpose(1, 2).unsqueeze(1)  # (B, 1, 3, N)
         rel = _gather_nbrs(x, idx) - x.unsqueeze(-1)  # x_j - x_i, (B, 1, 3, N, K)
         with torch.no_grad():  # soft kNN weights: 1 at the point, 0 at the (k+1)-th
-            d2 = rel.detach().square().sum(2)[:, 0]  # (B, N, K)
-            r2 = d2.amax(-1, keepdim=True)
-            w = torch.where(r2 > 0, (1 - d2 / torch.where(r2 > 0, r2, 1)).clamp(min=0) ** 2,
-                            torch.ones_like(d2))
+            w = _soft_knn_weights(rel.detach().square().sum(2)[:, 0])[0]  # (B, N, K)
             nmask = w > 0
         outs = []
         f = None
@@ -285,6 +293,9 @@ class EPNLocalEncoder(nn.Module):
         self.register_buffer("kernel", kernel.float(), persistent=False)
         self.register_buffer("perm", perm, persistent=False)
         self.register_buffer("nbr", nbr, persistent=False)
+        # flat index of (perm[a, m], a) in an (M, A) layout, in (a, m) order
+        self.register_buffer("flat_am", (perm * R.shape[0] + torch.arange(R.shape[0])[:, None])
+                             .flatten(), persistent=False)
         self._rot64, self._kernel64 = R, kernel
         M, S = kernel.shape[0], nbr.shape[1]
         self.spatial = nn.ModuleList()
@@ -323,23 +334,17 @@ class EPNLocalEncoder(nn.Module):
         flat = idx.reshape(B, N * K, 1).expand(B, N * K, 3)
         rel = torch.gather(points, 1, flat).view(B, N, K, 3) - points[:, :, None]
         with torch.no_grad():  # soft kNN weights and radii, as in VNLocalEncoder
-            d2 = rel.detach().square().sum(-1)  # (B, N, K)
-            r2 = d2.amax(-1, keepdim=True)
-            pos = r2 > 0
-            w = torch.where(pos, (1 - d2 / torch.where(pos, r2, 1)).clamp(min=0) ** 2,
-                            torch.ones_like(d2))
+            w, r2 = _soft_knn_weights(rel.detach().square().sum(-1))  # (B, N, K), (B, N, 1)
             w = w / w.sum(-1, keepdim=True)
         if self.kernel_scale is None:  # scale-free offsets
-            u = rel / torch.where(pos, r2, 1).sqrt()[..., None]  # (B, N, K, 3)
+            u = rel / torch.where(r2 > 0, r2, 1).sqrt()[..., None]  # (B, N, K, 3)
         else:
             u = rel / self.kernel_scale
-        # correlation with the unrotated kernel; anchor a sees the permuted set
-        dist2 = (u[:, :, :, None] - self.kernel_radius * kernel).square().sum(-1)  # (B,N,K,M)
+        # correlation with the unrotated kernel (B, N, K, M); element a sees the permuted
+        # set: kappa(R_a^T u - k_m) = kap[..., perm[a, m]]
+        dist2 = (u[:, :, :, None] - self.kernel_radius * kernel).square().sum(-1)
         kap = torch.exp(-dist2 / (2 * self.kernel_sigma ** 2)) * w[..., None]
-        # anchor a sees the permuted set: kappa(R_a^T u - k_m) = kap[..., perm[a, m]]
         perm = self.perm  # (A, M)
-        # flat index of (perm[a, m], a) in an (M, A) layout, in (a, m) order
-        flat_am = (perm * A + torch.arange(A, device=dev)[:, None]).flatten()
         F = None
         for spatial, gw, mix, norm in zip(self.spatial, self.group_w, self.mix, self.norms, strict=True):
             if F is None:  # constant input features: the sums of the correlations
@@ -350,7 +355,7 @@ class EPNLocalEncoder(nn.Module):
                                   idx.reshape(B, N * K, 1).expand(B, N * K, A * C))
                 # one matmul per point over the unrotated kernel: (M, K) @ (K, A C)
                 Pm = (kap.transpose(-1, -2) @ Fj.view(B, N, K, A * C)).view(B, N, M * A, C)
-                G = Pm.index_select(2, flat_am)  # (B, N, A M, C): [a, m] = Pm[perm[a, m], a]
+                G = Pm.index_select(2, self.flat_am)  # (B, N, A M, C): Pm[perm[a, m], a]
             H = spatial(G.reshape(B, N, A, M * G.shape[-1]))  # (B, N, A, h)
             # intra-group conv (depthwise over the steps s): sum_s w_s * H(a r_s)
             H = sum(H.index_select(2, self.nbr[:, s]) * gw[s] for s in range(self.nbr.shape[1]))
