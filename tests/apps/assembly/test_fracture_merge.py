@@ -116,7 +116,10 @@ def test_patches_reject_bad_arrays():
 def test_merge_assembles_a_box_cut_twice(seed):
     """Three pieces of a box (one piece cut twice), each randomly moved, true fracture
     labels: "merge" puts every piece back within 1% of the box's diagonal (2.5), while
-    "tree" (whole fracture sets per pair) misplaces a piece by > 0.5 on these seeds.
+    "tree" (whole fracture sets per pair) misplaces a piece by > 0.25 (ten times the
+    merge's tolerance) on these seeds. The tree's exact error depends on the thread count
+    (seed 0: 1.02 / 1.06 / 1.08 with 1 / 2 / 4 OpenMP threads, 0.49 in one fresh-clone CI
+    run), so the bound is not the 0.5 it was.
     Measured 2026-11-30 on generator seeds 0, 1, 2: merge right on 0 and 2, wrong on 1
     (a first merge of the wrong pair, after which the third piece gets no positive
     score); tree wrong on all three. Catches a merge that forgets to compose the member
@@ -126,7 +129,7 @@ def test_merge_assembles_a_box_cut_twice(seed):
     G = fracture_assembly(mp, mn, 0, labels=lab)[0].numpy()
     assert max(_placement_errors(G, M, mp)) < 0.025
     Gt = fracture_assembly(mp, mn, 0, labels=lab, strategy="tree")[0].numpy()
-    assert max(_placement_errors(Gt, M, mp)) > 0.5
+    assert max(_placement_errors(Gt, M, mp)) > 0.25
 
 
 def test_merge_invariant_to_each_piece_motion():
