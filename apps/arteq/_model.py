@@ -107,6 +107,7 @@ TFN_RADIUS = 4.0  # "tfn": end of the radial basis, backbone units (4 x 5 cm by 
 #: "epn": kernel scale in backbone units (3 x 5 cm by default): absolute lengths, so that the
 #: features carry the body's size (scale-free kernels left the shape head blind to it)
 EPN_KERNEL_SCALE = 3.0
+CHORDAL_LAYERS = 2  # rot_readout="chordal": attention layers over the 60 elements (as ArtEq)
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 #: kNN sizes of :func:`local_shape_descriptors` (``seg_descriptors=True``).
 DESCRIPTOR_SCALES = (8, 16, 32, 64)
@@ -384,6 +385,15 @@ def local_shape_descriptors(x: Tensor, scales: Sequence[int] = DESCRIPTOR_SCALES
         return torch.cat(out, dim=-1).to(x.dtype)
 
 
+@functools.lru_cache(maxsize=1)
+def _anchors64() -> Tensor:
+    """The 60 icosahedral rotations in float64 (``rot_readout="chordal"``'s anchors; cast
+    per call, not kept as a buffer, so a float32 round trip cannot round them)."""
+    from geo3d.groups import IcosahedralGroup
+
+    return IcosahedralGroup().elements(dtype=torch.float64)
+
+
 def _norms_and_gram(Q: Tensor, proj: nn.Module) -> Tensor:
     """Frame-free invariants of per-part vectors ``Q (B, P, C, 3)``: their norms and the
     Gram matrix of ``_GRAM`` learned VN projections ``proj`` -> ``(B, P, C + _GRAM**2)``."""
@@ -443,6 +453,16 @@ class ArtEqNet(nn.Module):
             10.1 / 19.9 for ``"local"``; with the net's own segmentation in_dist improves
             and ood does not (segmentation-bound). The packaged configs use ``"geometry"``
             since 9620a7b. The baselines ignore ``rot_context`` (configs are shared with them).
+        rot_readout: equivariant backbones: how a part's rotation is read from its vector
+            channels ``z_h``. ``"svd"`` (default): three vectors, linear in ``z_h`` with
+            weights steered by the part's invariants, projected onto SO(3) by SVD with the
+            det fix: exactly equivariant for every rotation. ``"chordal"``: the reference's
+            readout, one token per icosahedral element ``a`` (``R_a^T z_h`` for all ``h``,
+            plus the part's invariants and a part embedding), :data:`CHORDAL_LAYERS`
+            self-attention layers over the 60 tokens, one unnormalised weight ``w_a`` per
+            element, and the weighted chordal L2 mean ``proj_SO3(sum_a w_a R_a)`` of the
+            anchors: exactly equivariant for the 60 elements only (tested in float64),
+            approximately between them. The baselines ignore it.
         batch_norm: batch norm inside the backbone (in training mode it mixes the samples
             of a batch: equivariance then holds for one rotation of the whole batch; in
             eval mode per sample). Its running statistics lag behind fast-changing
@@ -533,7 +553,8 @@ class ArtEqNet(nn.Module):
             not dividing ``d_model``, non-positive ``interp_sigma``/``unit``, ``pool_power``
             below 1 or not finite, a boolean option (``dynamic_graph``, ``batch_norm``,
             ``seg_norms``, ``part_geometry``, ``normalize_invariants``, ``chiral``,
-            ``seg_descriptors``, ``twist_vectors``) that is not a ``bool``, or
+            ``seg_descriptors``, ``twist_vectors``) that is not a ``bool``, an unknown
+            ``rot_context`` or ``rot_readout``, or
             ``twist_vectors`` without ``part_geometry``; the message names the argument.
 
     Source: Feng et al., "Generalizing Neural Human Fitting to Unseen Poses With
@@ -561,6 +582,7 @@ class ArtEqNet(nn.Module):
         num_heads: int = 4,
         rot_hidden: int = 64,
         rot_context: str = "local",
+        rot_readout: str = "svd",
         batch_norm: bool = True,
         num_centers: int | None = 1024,
         interp_sigma: float = 0.03,
@@ -603,6 +625,8 @@ class ArtEqNet(nn.Module):
         if rot_context == "geometry" and not part_geometry:
             raise value_error("rot_context", "'local' or 'global' without part_geometry=True "
                               "('geometry' reads the part geometry vectors)", repr(rot_context))
+        if rot_readout not in ("svd", "chordal"):
+            raise value_error("rot_readout", "'svd' or 'chordal'", repr(rot_readout))
         if twist_vectors and not part_geometry:
             raise value_error("twist_vectors", "False without part_geometry=True (the twist "
                               "vectors extend the part geometry)", repr(twist_vectors))
@@ -612,7 +636,7 @@ class ArtEqNet(nn.Module):
             "backbone": backbone, "num_betas": num_betas, "k": k, "feat_dim": feat_dim,
             "hidden": hidden, "dynamic_graph": bool(dynamic_graph), "d_model": d_model,
             "num_layers": num_layers, "num_heads": num_heads, "rot_hidden": rot_hidden,
-            "rot_context": rot_context,
+            "rot_context": rot_context, "rot_readout": rot_readout,
             "batch_norm": bool(batch_norm), "num_centers": num_centers,
             "interp_sigma": float(interp_sigma), "unit": float(unit),
             "seg_norms": bool(seg_norms), "part_geometry": bool(part_geometry),
@@ -718,13 +742,29 @@ class ArtEqNet(nn.Module):
             if self.chiral:
                 self.rot_cross = gnn.VNLinear(rot_hidden, 2 * h_cross)
             H_all = rot_hidden + h_cross
-            self.rot_static = nn.Parameter(torch.randn(P, 3, H_all) / H_all ** 0.5)
             n_steer = {"global": d_model, "local": 2 * feat_dim + n_geo + _GRAM * _GRAM + n_chi,
                        "geometry": n_geo + _GRAM * _GRAM}[rot_context]
-            self.rot_steer = _mlp([n_steer, d_model, 3 * H_all])
-            with torch.no_grad():
-                self.rot_steer[-1].weight.mul_(0.1)
-                self.rot_steer[-1].bias.zero_()
+            self.rot_readout = rot_readout
+            if rot_readout == "chordal":
+                # the reference's readout: per part, one token per icosahedral element a
+                # (the part's vectors expressed in the anchor frame, R_a^T z_h, plus the
+                # part's invariants), self-attention over the 60 tokens, one unnormalised
+                # weight per element, weighted chordal mean of the anchors R_a
+                self.chord_embed = nn.Linear(3 * H_all, d_model)
+                self.chord_cond = nn.Linear(n_steer, d_model)
+                self.chord_part = nn.Parameter(0.02 * torch.randn(P, d_model))
+                layer = nn.TransformerEncoderLayer(
+                    d_model, num_heads, dim_feedforward=2 * d_model, dropout=0.0,
+                    batch_first=True, norm_first=True)
+                self.chord_attn = nn.TransformerEncoder(layer, CHORDAL_LAYERS,
+                                                        enable_nested_tensor=False)
+                self.chord_out = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 1))
+            else:
+                self.rot_static = nn.Parameter(torch.randn(P, 3, H_all) / H_all ** 0.5)
+                self.rot_steer = _mlp([n_steer, d_model, 3 * H_all])
+                with torch.no_grad():
+                    self.rot_steer[-1].weight.mul_(0.1)
+                    self.rot_steer[-1].bias.zero_()
         else:
             # per part: its own linear head token -> 6D, started at the identity
             self.rot_weight = nn.Parameter(0.01 * torch.randn(P, d_model, 6))
@@ -906,15 +946,21 @@ class ArtEqNet(nn.Module):
                     torch.finfo(dtype).eps).sqrt()  # degree 1 in the features
                 Z = torch.cat([Z, cr / scale], dim=1)
             H = Z.shape[1]
-            if self.rot_context == "global":
-                steer = self.rot_steer(tok)
-            elif self.rot_context == "geometry":
-                steer = self.rot_steer(geo_inv)
+            steer_in = {"global": tok, "geometry": geo_inv}.get(self.rot_context, local_inv)
+            if self.rot_readout == "chordal":
+                A = _anchors64().to(device=x.device, dtype=dtype)  # (60, 3, 3)
+                # token of element a: (R_a^T z_h)_y = sum_x R_a[x, y] z_h[x]; rotating the
+                # input by a group element g permutes the tokens (a -> g^-1 a), so the
+                # weights permute with them and sum_a w_a R_a becomes g sum_a w_a R_a
+                t = torch.einsum("axy,bhxp->bpahy", A, Z).flatten(3)  # (B, P, 60, 3H)
+                e = self.chord_embed(t) + (self.chord_cond(steer_in) + self.chord_part)[:, :, None]
+                e = self.chord_attn(e.flatten(0, 1))  # (B P, 60, D): no position encoding
+                wts = self.chord_out(e).view(B, P, -1)  # (B, P, 60), not softmaxed
+                R = project_to_so3(torch.einsum("bpa,axy->bpxy", wts, A))
             else:
-                steer = self.rot_steer(local_inv)
-            coef = self.rot_static + steer.view(B, P, 3, H)  # (B, P, 3, H)
-            u = torch.einsum("bpjh,bhxp->bpxj", coef, Z)  # (B, P, 3, 3): columns = vectors
-            R = project_to_so3(u)
+                coef = self.rot_static + self.rot_steer(steer_in).view(B, P, 3, H)
+                u = torch.einsum("bpjh,bhxp->bpxj", coef, Z)  # (B, P, 3, 3): columns = vectors
+                R = project_to_so3(u)
         else:
             six = torch.einsum("bpd,pds->bps", tok, self.rot_weight) + self.rot_bias
             R = sixd_to_matrix(six)
