@@ -946,7 +946,12 @@ class ArtEqNet(nn.Module):
                     torch.finfo(dtype).eps).sqrt()  # degree 1 in the features
                 Z = torch.cat([Z, cr / scale], dim=1)
             H = Z.shape[1]
-            steer_in = {"global": tok, "geometry": geo_inv}.get(self.rot_context, local_inv)
+            if self.rot_context == "global":
+                steer_in = tok
+            elif self.rot_context == "geometry":
+                steer_in = geo_inv
+            else:
+                steer_in = local_inv
             if self.rot_readout == "chordal":
                 A = _anchors64().to(device=x.device, dtype=dtype)  # (60, 3, 3)
                 # token of element a: (R_a^T z_h)_y = sum_x R_a[x, y] z_h[x]; rotating the

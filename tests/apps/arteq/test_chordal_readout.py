@@ -168,3 +168,25 @@ def test_gradients_reach_the_readout_and_config_rebuilds():
 def test_bad_readout_name(bad):
     with pytest.raises(ValueError, match="rot_readout"):
         ArtEqNet("vn_dgcnn", rot_readout=bad)
+
+
+@pytest.mark.parametrize("readout", ["svd", "chordal"])
+@pytest.mark.parametrize("context", ["local", "global", "geometry"])
+def test_every_context_and_readout_pair_runs_and_is_equivariant(context, readout):
+    # each steering input (the part's local invariants, the mixer token, the geometry
+    # invariants) with each readout: a branch that reads a variable set only for another
+    # context (seen: geo_inv read for "local", UnboundLocalError) fails here
+    net = _net(rot_context=context, rot_readout=readout)
+    x = _cloud(2, 60, seed=4)
+    R = ELS[17]  # a group element: exact for both readouts
+    with torch.no_grad():
+        a, b = net(x), net(x @ R.T)
+    assert net.config["rot_context"] == context and net.config["rot_readout"] == readout
+    torch.testing.assert_close(b["part_rot"], R @ a["part_rot"], atol=1e-9, rtol=0)
+    torch.testing.assert_close(b["betas"], a["betas"], atol=1e-9, rtol=0)
+    if readout == "svd":  # exact for every rotation
+        Q = random_rotation_matrix(generator=torch.Generator().manual_seed(5),
+                                   dtype=torch.float64)
+        with torch.no_grad():
+            c = net(x @ Q.T)
+        torch.testing.assert_close(c["part_rot"], Q @ a["part_rot"], atol=1e-9, rtol=0)
