@@ -64,7 +64,10 @@ def _compare(
         (ref[:, r:] - out["patch_tokens"].flatten(2).transpose(1, 2)).abs().max(),
     ]
     assert out["patch_tokens"].shape[-2:] == (hw[0] // PATCH, hw[1] // PATCH)
-    return float(max(errs))
+    # relative to the output's magnitude (at least 1): float32 rounding scales with it, and
+    # transformers' attention kernel (sdpa or eager, chosen by its version) differs from ours
+    # by a few ulp of values up to ~5 (seen: 1.3e-5 absolute, 2.5e-6 relative, at 42x70)
+    return float(max(errs)) / max(1.0, float(ref.abs().max()))
 
 
 SIZES = [(56, 56), (28, 70), (84, 42)]
