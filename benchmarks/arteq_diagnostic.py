@@ -139,8 +139,20 @@ def equivariance_error(net: torch.nn.Module, points: torch.Tensor, rotations: in
                        seed: int = 0) -> dict:
     """Measured SE(3) equivariance error of ``net`` (eval mode, run in float64 on a copy)
     on ``points (S, N, 3)``: ``rotations`` Haar-random ``g`` and standard-normal ``t`` (m)
-    per scan; see the module docs (``equivariance``)."""
+    per scan; see the module docs (``equivariance``).
+
+    Raises:
+        ValueError: ``points`` not a tensor of shape (S, N, 3) with S >= 1, or
+            ``rotations`` not an int >= 1.
+    """
     import copy
+
+    if not (torch.is_tensor(points) and points.dim() == 3 and points.shape[0] >= 1
+            and points.shape[-1] == 3):
+        got = tuple(points.shape) if torch.is_tensor(points) else type(points).__name__
+        raise ValueError(f"points: expected a tensor of shape (S, N, 3) with S >= 1, got {got}")
+    if isinstance(rotations, bool) or not isinstance(rotations, int) or rotations < 1:
+        raise ValueError(f"rotations: expected an int >= 1, got {rotations!r}")
 
     from geo3d.rotations import geodesic_distance, random_rotation_matrix
 
@@ -182,6 +194,8 @@ def main() -> None:
                     help="also measure the equivariance error on SCANS in_dist scans "
                          "(4 Haar rotations each, float64; see `equivariance` above)")
     a = ap.parse_args()
+    if a.equivariance < 0:
+        ap.error(f"--equivariance: expected a number of scans >= 0, got {a.equivariance}")
     torch.set_num_threads(1)
     from geo3d.apps.arteq._fit import decode, refine_fit
 

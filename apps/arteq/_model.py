@@ -467,7 +467,9 @@ class ArtEqNet(nn.Module):
             self-attention layers over the 60 tokens, one unnormalised weight ``w_a`` per
             element, and the weighted chordal L2 mean ``proj_SO3(sum_a w_a R_a)`` of the
             anchors: exactly equivariant for the 60 elements only (tested in float64),
-            approximately between them. The baselines ignore it.
+            approximately between them, as closely as training made it: the 22-min demo net
+            was off by 0.19 deg on average (3.3 deg at most), untrained small nets by up
+            to tens of degrees. The baselines ignore it.
         batch_norm: batch norm inside the backbone (in training mode it mixes the samples
             of a batch: equivariance then holds for one rotation of the whole batch; in
             eval mode per sample). Its running statistics lag behind fast-changing

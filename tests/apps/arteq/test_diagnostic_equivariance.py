@@ -85,3 +85,16 @@ def test_chordal_readout_reads_a_nonzero_error():
     r = diag.equivariance_error(net, _cloud(1, 80, seed=6), rotations=2)
     assert r["part_rot_err_deg_mean"] > 1e-4
     assert r["betas_max_abs_diff"] < 1e-10  # betas do not go through the readout
+
+
+@pytest.mark.parametrize("points, rotations, match", [
+    (torch.zeros(0, 10, 3), 2, "points"),          # no scans: torch.cat on an empty list
+    (torch.zeros(10, 3), 2, "points"),             # one cloud without the scan axis
+    (torch.zeros(1, 10, 2), 2, "points"),
+    ([torch.zeros(10, 3)], 2, "points"),
+    (torch.zeros(1, 10, 3), 0, "rotations"),
+    (torch.zeros(1, 10, 3), 2.5, "rotations"),
+])
+def test_bad_arguments_name_the_argument(points, rotations, match):
+    with pytest.raises(ValueError, match=match):
+        diag.equivariance_error(_Frozen(), points, rotations=rotations)
