@@ -17,6 +17,12 @@ For a checkpoint of ``geo3d arteq fit`` and the ``demo`` config's data (the evid
   net's betas: the error of the shape branch alone;
 * ``zero_pose_v2v_cm``: the T-pose with the true betas and global orientation (the error of a
   net that learned no articulation);
+* ``seg_errors`` (in ``pred``): where the mislabelled points go, as fractions of all
+  points: ``mirror`` (the same part of the other side, e.g. left knee as right knee),
+  ``neighbour`` (the true part's parent or a child in the 22-part tree), ``mirror_neighbour``
+  (a neighbour's mirror image), ``distant`` (anything else); with the part accuracy they
+  sum to 1. Neighbour errors are boundary errors that smoothing could fix; mirror and
+  distant ones are not;
 * ``equivariance`` (with ``--equivariance SCANS``): the net in float64 on the first SCANS
   in_dist scans, each under 4 Haar-random rotations ``g`` and Gaussian translations: the
   geodesic angle between the part rotations predicted for ``g x + t`` and ``g`` times those
@@ -135,6 +141,39 @@ def _part_rot_errors(part_rot: torch.Tensor, batch: dict[str, torch.Tensor]) -> 
             "part_rot_err_deg_per_part": [round(float(v), 2) for v in ang]}
 
 
+def _part_tables() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 22 labels' mirror map (left <-> right by joint name) and the (22, 22) adjacency of
+    the kinematic tree (parent or child; hands merged into the wrists)."""
+    from geo3d.body import SMPL_PARENTS
+    from geo3d.body._kinematics import SMPL_JOINT_NAMES
+
+    names = list(SMPL_JOINT_NAMES[:22])
+    swap = {"left": "right", "right": "left"}
+    mirror = torch.tensor([names.index("_".join([swap.get(w, w) for w in n.split("_")]))
+                           for n in names])
+    adj = torch.zeros(22, 22, dtype=torch.bool)
+    for j, p in enumerate(SMPL_PARENTS[:22]):
+        if p >= 0:
+            adj[j, p] = adj[p, j] = True
+    return mirror, adj
+
+
+def seg_error_kinds(pred: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Fractions of all points (``pred``, ``labels``: (B, N) part ids 0-21) that are
+    correct or mislabelled as ``mirror`` / ``neighbour`` / ``mirror_neighbour`` /
+    ``distant`` parts (see the module docs, ``seg_errors``)."""
+    mirror, adj = _part_tables()
+    p, t = pred.long().flatten(), labels.long().flatten()
+    wrong = p != t
+    is_mirror = wrong & (p == mirror[t])
+    is_nb = wrong & ~is_mirror & adj[t, p]
+    is_mnb = wrong & ~is_mirror & ~is_nb & adj[t, mirror[p]]
+    n = max(len(p), 1)
+    return {"correct": float((~wrong).sum()) / n, "mirror": float(is_mirror.sum()) / n,
+            "neighbour": float(is_nb.sum()) / n, "mirror_neighbour": float(is_mnb.sum()) / n,
+            "distant": float((wrong & ~is_mirror & ~is_nb & ~is_mnb).sum()) / n}
+
+
 def equivariance_error(net: torch.nn.Module, points: torch.Tensor, rotations: int = 4,
                        seed: int = 0) -> dict:
     """Measured SE(3) equivariance error of ``net`` (eval mode, run in float64 on a copy)
@@ -227,6 +266,8 @@ def main() -> None:
                 r[mode] = _metrics(fit, gt, batch["labels"])
                 r[mode].update(_part_rot_errors(out["part_rot"], batch))
                 r[mode]["betas_only_v2v_cm"] = betas_only_v2v_cm(body, fit.betas, batch, gt)
+                if mode == "pred":
+                    r[mode]["seg_errors"] = seg_error_kinds(fit.part_labels, batch["labels"])
                 if mode == "pred" and a.refine > 0:
                     with torch.enable_grad():
                         ref = refine_fit(fit, batch["points"], body, steps=a.refine)

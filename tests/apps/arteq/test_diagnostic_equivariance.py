@@ -98,3 +98,26 @@ def test_chordal_readout_reads_a_nonzero_error():
 def test_bad_arguments_name_the_argument(points, rotations, match):
     with pytest.raises(ValueError, match=match):
         diag.equivariance_error(_Frozen(), points, rotations=rotations)
+
+
+def test_seg_error_kinds_by_anatomy():
+    # true left knee (4) predicted as: itself, the right knee (mirror), the left hip (parent),
+    # the left ankle (child), the right hip (the parent's mirror image), the head (distant);
+    # spine3 (9) as the left collar (a child) and the right knee (distant); a mirror map that
+    # swaps the wrong pair or an adjacency with the parents' direction only fails here
+    t = torch.tensor([[4, 4, 4, 4, 4, 4, 9, 9]])
+    p = torch.tensor([[4, 5, 1, 7, 2, 15, 13, 5]])
+    r = diag.seg_error_kinds(p, t)
+    assert r == {"correct": 1 / 8, "mirror": 1 / 8, "neighbour": 3 / 8,
+                 "mirror_neighbour": 1 / 8, "distant": 2 / 8}
+
+
+def test_seg_error_kinds_sum_to_one():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 22, (3, 500), generator=g)
+    p = torch.where(torch.rand(3, 500, generator=g) < 0.4, t,
+                    torch.randint(0, 22, (3, 500), generator=g))
+    r = diag.seg_error_kinds(p, t)
+    np.testing.assert_allclose(sum(r.values()), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(r["correct"], float((p == t).double().mean()), rtol=0,
+                               atol=1e-12)
