@@ -21,15 +21,15 @@ For a checkpoint of ``geo3d arteq fit`` and the ``demo`` config's data (the evid
   points: ``mirror`` (the same part of the other side, e.g. left knee as right knee),
   ``neighbour`` (the true part's parent or a child in the 22-part tree), ``mirror_neighbour``
   (a neighbour's mirror image), ``distant`` (anything else); with the part accuracy they
-  sum to 1. Neighbour errors are boundary errors that smoothing could fix; mirror and
-  distant ones are not;
+  sum to 1. Neighbour errors are boundary errors, the most that label smoothing could
+  fix; mirror and distant ones are not;
 * ``equivariance`` (with ``--equivariance SCANS``): the net in float64 on the first SCANS
   in_dist scans, each under 4 Haar-random rotations ``g`` and Gaussian translations: the
   geodesic angle between the part rotations predicted for ``g x + t`` and ``g`` times those
   for ``x`` (deg: mean, median, max over every part), the largest change of the betas, and
   the fraction of points whose predicted part changes. Exact nets give float64 rounding;
-  ``rot_readout="chordal"`` is exact for the
-  60 icosahedral elements only, and this measures it in between;
+  ``rot_readout="chordal"`` is exact for the 60 icosahedral elements only, and this
+  measures it in between;
 * ``nearest_train_mpjpe_cm``: how far the condition's poses lie from the training poses: for
   each test pose, the smallest MPJPE (24 joints, root-relative, mean shape, no global
   rotation) to any training pose, averaged.
