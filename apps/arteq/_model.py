@@ -44,8 +44,9 @@ so the whole network is exactly SE(3)-equivariant for all rotations. The referen
 ``"svd"`` (V2V 9.9 / 38.2 / 24.8 cm in_dist / ood / partial vs 10.3 / 36.8 / 27.8), with
 true parts a little better on ood (12.0 vs 13.8 cm), and off by 0.19 deg on average (3.3 deg
 at most) for rotations between the elements; so the configs keep ``"svd"``.
-The reference's backbone is here too: ``backbone="epn"`` (:class:`~geo3d.apps.arteq._backbones.EPNLocalEncoder`, the icosahedral
-group convolution in pure torch; exactly equivariant for the 60 group elements only).
+The reference's backbone is here too: ``backbone="epn"``
+(:class:`~geo3d.apps.arteq._backbones.EPNLocalEncoder`, the icosahedral group convolution in
+pure torch; exactly equivariant for the 60 group elements only).
 Measured on the demo data (``docs/arteq_experiments.md``, "The reference's backbone"):
 with 22-44 min of CPU training it segments in_dist scans far worse than ``"vn_dgcnn"``
 (part accuracy 0.43-0.48 vs 0.78; V2V 28-31 vs 12 cm) and ood scans no better (0.30-0.32
