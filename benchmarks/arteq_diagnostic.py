@@ -22,7 +22,11 @@ For a checkpoint of ``geo3d arteq fit`` and the ``demo`` config's data (the evid
   ``neighbour`` (the true part's parent or a child in the 22-part tree), ``mirror_neighbour``
   (a neighbour's mirror image), ``distant`` (anything else); with the part accuracy they
   sum to 1. Neighbour errors are boundary errors, the most that label smoothing could
-  fix; mirror and distant ones are not;
+  fix; mirror and distant ones are not. ``distant_top``: the five most frequent
+  (true part, predicted part) pairs among the distant errors, by joint name, with their
+  fractions of all points. ``wrong_near`` / ``wrong_far``: the mislabelled points split
+  by geometry instead, within / beyond 10 cm of the nearest point that truly belongs to
+  the predicted part (a boundary error, or a region placed wrong as a whole);
 * ``equivariance`` (with ``--equivariance SCANS``): the net in float64 on the first SCANS
   in_dist scans, each under 4 Haar-random rotations ``g`` and Gaussian translations: the
   geodesic angle between the part rotations predicted for ``g x + t`` and ``g`` times those
@@ -158,20 +162,45 @@ def _part_tables() -> tuple[torch.Tensor, torch.Tensor]:
     return mirror, adj
 
 
-def seg_error_kinds(pred: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def seg_error_kinds(pred: torch.Tensor, labels: torch.Tensor,
+                    points: torch.Tensor | None = None, near_m: float = 0.1) -> dict:
     """Fractions of all points (``pred``, ``labels``: (B, N) part ids 0-21) that are
     correct or mislabelled as ``mirror`` / ``neighbour`` / ``mirror_neighbour`` /
-    ``distant`` parts (see the module docs, ``seg_errors``)."""
+    ``distant`` parts (see the module docs, ``seg_errors``). With ``points`` (B, N, 3) in
+    metres, also ``wrong_near`` / ``wrong_far``: mislabelled points within / beyond
+    ``near_m`` of the nearest point of the same scan that truly belongs to the predicted
+    part (beyond if the scan has none)."""
+    res = _seg_error_kinds(pred, labels)
+    if points is not None:
+        d = torch.cdist(points.double(), points.double())  # (B, N, N)
+        same = labels.long()[:, None, :] == pred.long()[:, :, None]  # j truly has i's pred
+        dmin = d.masked_fill(~same, float("inf")).amin(-1)
+        wrong = pred.long() != labels.long()
+        n = max(wrong.numel(), 1)
+        res["wrong_near"] = float((wrong & (dmin <= near_m)).sum()) / n
+        res["wrong_far"] = float((wrong & (dmin > near_m)).sum()) / n
+        res["near_m"] = near_m
+    return res
+
+
+def _seg_error_kinds(pred: torch.Tensor, labels: torch.Tensor) -> dict:
     mirror, adj = _part_tables()
     p, t = pred.long().flatten(), labels.long().flatten()
     wrong = p != t
     is_mirror = wrong & (p == mirror[t])
     is_nb = wrong & ~is_mirror & adj[t, p]
     is_mnb = wrong & ~is_mirror & ~is_nb & adj[t, mirror[p]]
+    distant = wrong & ~is_mirror & ~is_nb & ~is_mnb
     n = max(len(p), 1)
+    from geo3d.body._kinematics import SMPL_JOINT_NAMES
+
+    pairs = torch.bincount(t[distant] * 22 + p[distant], minlength=22 * 22)
+    top = [(f"{SMPL_JOINT_NAMES[int(k) // 22]} -> {SMPL_JOINT_NAMES[int(k) % 22]}",
+            float(pairs[k]) / n) for k in pairs.argsort(descending=True, stable=True)[:5]
+           if pairs[k] > 0]
     return {"correct": float((~wrong).sum()) / n, "mirror": float(is_mirror.sum()) / n,
             "neighbour": float(is_nb.sum()) / n, "mirror_neighbour": float(is_mnb.sum()) / n,
-            "distant": float((wrong & ~is_mirror & ~is_nb & ~is_mnb).sum()) / n}
+            "distant": float(distant.sum()) / n, "distant_top": top}
 
 
 def equivariance_error(net: torch.nn.Module, points: torch.Tensor, rotations: int = 4,
@@ -267,7 +296,8 @@ def main() -> None:
                 r[mode].update(_part_rot_errors(out["part_rot"], batch))
                 r[mode]["betas_only_v2v_cm"] = betas_only_v2v_cm(body, fit.betas, batch, gt)
                 if mode == "pred":
-                    r[mode]["seg_errors"] = seg_error_kinds(fit.part_labels, batch["labels"])
+                    r[mode]["seg_errors"] = seg_error_kinds(fit.part_labels, batch["labels"],
+                                                           batch["points"])
                 if mode == "pred" and a.refine > 0:
                     with torch.enable_grad():
                         ref = refine_fit(fit, batch["points"], body, steps=a.refine)

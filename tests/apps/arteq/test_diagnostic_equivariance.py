@@ -109,7 +109,8 @@ def test_seg_error_kinds_by_anatomy():
     p = torch.tensor([[4, 5, 1, 7, 2, 15, 13, 5]])
     r = diag.seg_error_kinds(p, t)
     assert r == {"correct": 1 / 8, "mirror": 1 / 8, "neighbour": 3 / 8,
-                 "mirror_neighbour": 1 / 8, "distant": 2 / 8}
+                 "mirror_neighbour": 1 / 8, "distant": 2 / 8,
+                 "distant_top": [("left_knee -> head", 1 / 8), ("spine3 -> right_knee", 1 / 8)]}
 
 
 def test_seg_error_kinds_sum_to_one():
@@ -118,6 +119,43 @@ def test_seg_error_kinds_sum_to_one():
     p = torch.where(torch.rand(3, 500, generator=g) < 0.4, t,
                     torch.randint(0, 22, (3, 500), generator=g))
     r = diag.seg_error_kinds(p, t)
+    top = r.pop("distant_top")
     np.testing.assert_allclose(sum(r.values()), 1.0, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(r["correct"], float((p == t).double().mean()), rtol=0,
-                               atol=1e-12)
+    # the top pairs against a brute force over (true, predicted) pairs by name: neither the
+    # part, its mirror, a tree neighbour nor a neighbour's mirror; the five largest counts
+    from geo3d.body import SMPL_PARENTS
+    from geo3d.body._kinematics import SMPL_JOINT_NAMES as names
+
+    def mirror(n):
+        return n.replace("left", "@").replace("right", "left").replace("@", "right")
+
+    def near(a, b):
+        return SMPL_PARENTS[a] == b or SMPL_PARENTS[b] == a
+
+    counts = {}
+    for a, b in zip(t.flatten().tolist(), p.flatten().tolist(), strict=True):
+        if a == b or names[b] == mirror(names[a]) or near(a, b) \
+                or near(a, names.index(mirror(names[b]))):
+            continue
+        counts[(a, b)] = counts.get((a, b), 0) + 1
+    want = sorted(counts.values(), reverse=True)[:5]
+    assert [f for _, f in top] == [c / t.numel() for c in want]
+    for pair, f in top:
+        a, b = (names.index(x) for x in pair.split(" -> "))
+        assert counts[(a, b)] / t.numel() == f
+
+
+def test_seg_error_near_far_by_geometry():
+    # points on a line 4 cm apart; true parts: 0 0 0 | 3 3 3 | 6 6 6 (pelvis, spine1, spine2)
+    # point 3 predicted as 0 (4 cm from point 2: near), point 8 predicted as 0
+    # (20 cm from point 2: far), point 5 predicted as 15 (head: no head point, far)
+    x = torch.zeros(1, 9, 3, dtype=torch.float64)
+    x[0, :, 0] = 0.04 * torch.arange(9, dtype=torch.float64)
+    t = torch.tensor([[0, 0, 0, 3, 3, 3, 6, 6, 6]])
+    p = torch.tensor([[0, 0, 0, 0, 3, 15, 6, 6, 0]])
+    r = diag.seg_error_kinds(p, t, x, near_m=0.1)
+    assert r["wrong_near"] == 1 / 9 and r["wrong_far"] == 2 / 9
+    # a threshold below the spacing makes the boundary error far
+    r = diag.seg_error_kinds(p, t, x, near_m=0.03)
+    assert r["wrong_near"] == 0.0 and r["wrong_far"] == 3 / 9
+    assert "wrong_near" not in diag.seg_error_kinds(p, t)
