@@ -148,7 +148,7 @@ def test_seg_error_kinds_sum_to_one():
 def test_seg_error_near_far_by_geometry():
     # points on a line 4 cm apart; true parts: 0 0 0 | 3 3 3 | 6 6 6 (pelvis, spine1, spine2)
     # point 3 predicted as 0 (4 cm from point 2: near), point 8 predicted as 0
-    # (20 cm from point 2: far), point 5 predicted as 15 (head: no head point, far)
+    # (24 cm from point 2: far), point 5 predicted as 15 (head: no head point, far)
     x = torch.zeros(1, 9, 3, dtype=torch.float64)
     x[0, :, 0] = 0.04 * torch.arange(9, dtype=torch.float64)
     t = torch.tensor([[0, 0, 0, 3, 3, 3, 6, 6, 6]])
