@@ -40,10 +40,12 @@ equivariant too (an equivariant 3x3 matrix projected onto SO(3) by SVD with the 
 so the whole network is exactly SE(3)-equivariant for all rotations. The reference's readout
 (attention over the 60 icosahedral elements, weighted chordal mean of the anchors) is
 ``rot_readout="chordal"``: exact for those 60 rotations only. Measured on the demo data
-(``docs/arteq_experiments.md``, "The reference's readout", 22-min runs) it is as accurate as
-``"svd"`` (V2V 9.9 / 38.2 / 24.8 cm in_dist / ood / partial vs 10.3 / 36.8 / 27.8), with
-true parts a little better on ood (12.0 vs 13.8 cm), and off by 0.19 deg on average (3.3 deg
-at most) for rotations between the elements; so the configs keep ``"svd"``.
+(``docs/arteq_experiments.md``, "The reference's readout", 22-min runs, seeds 0 and 1) it
+is as accurate as ``"svd"`` in and out of distribution (V2V 9.9, 8.9 / 38.2, 37.2 cm in_dist
+/ ood vs 10.3, 8.1 / 36.8, 38.2), lower on partial scans (24.8, 25.2 vs 27.8, 29.7; about
+the spread between runs), with true parts a little better on ood (12.0, 12.4 vs
+13.8, 13.0 cm), and off by 0.19-0.29 deg on average (3.3-10.4 deg at most) for rotations
+between the elements; so the configs keep ``"svd"``.
 The reference's backbone is here too: ``backbone="epn"``
 (:class:`~geo3d.apps.arteq._backbones.EPNLocalEncoder`, the icosahedral group convolution in
 pure torch; exactly equivariant for the 60 group elements only).
@@ -468,9 +470,9 @@ class ArtEqNet(nn.Module):
             self-attention layers over the 60 tokens, one unnormalised weight ``w_a`` per
             element, and the weighted chordal L2 mean ``proj_SO3(sum_a w_a R_a)`` of the
             anchors: exactly equivariant for the 60 elements only (tested in float64),
-            approximately between them, as closely as training made it: the 22-min demo net
-            was off by 0.19 deg on average (3.3 deg at most), untrained small nets by up
-            to tens of degrees. The baselines ignore it.
+            approximately between them, as closely as training made it: the 22-min demo nets
+            were off by 0.19-0.29 deg on average (3.3-10.4 deg at most), untrained small
+            nets by up to tens of degrees. The baselines ignore it.
         batch_norm: batch norm inside the backbone (in training mode it mixes the samples
             of a batch: equivariance then holds for one rotation of the whole batch; in
             eval mode per sample). Its running statistics lag behind fast-changing
