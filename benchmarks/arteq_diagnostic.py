@@ -146,17 +146,18 @@ def _part_rot_errors(part_rot: torch.Tensor, batch: dict[str, torch.Tensor]) -> 
 
 
 def _part_tables() -> tuple[torch.Tensor, torch.Tensor]:
-    """The 22 labels' mirror map (left <-> right by joint name) and the (22, 22) adjacency of
-    the kinematic tree (parent or child; hands merged into the wrists)."""
-    from geo3d.body import SMPL_PARENTS
-    from geo3d.body._kinematics import SMPL_JOINT_NAMES
+    """The 22 labels' mirror map (the left/right ``PAIRS`` of ``arteq_seg_transfer``) and
+    the (22, 22) adjacency of the kinematic tree (parent or child; hands merged into the
+    wrists)."""
+    from arteq_seg_transfer import PAIRS
+    from geo3d.apps.arteq._model import ARTEQ_PARENTS
 
-    names = list(SMPL_JOINT_NAMES[:22])
-    swap = {"left": "right", "right": "left"}
-    mirror = torch.tensor([names.index("_".join([swap.get(w, w) for w in n.split("_")]))
-                           for n in names])
-    adj = torch.zeros(22, 22, dtype=torch.bool)
-    for j, p in enumerate(SMPL_PARENTS[:22]):
+    P = len(ARTEQ_PARENTS)
+    mirror = torch.arange(P)
+    for a, b in PAIRS:
+        mirror[a], mirror[b] = b, a
+    adj = torch.zeros(P, P, dtype=torch.bool)
+    for j, p in enumerate(ARTEQ_PARENTS):
         if p >= 0:
             adj[j, p] = adj[p, j] = True
     return mirror, adj
@@ -166,41 +167,36 @@ def seg_error_kinds(pred: torch.Tensor, labels: torch.Tensor,
                     points: torch.Tensor | None = None, near_m: float = 0.1) -> dict:
     """Fractions of all points (``pred``, ``labels``: (B, N) part ids 0-21) that are
     correct or mislabelled as ``mirror`` / ``neighbour`` / ``mirror_neighbour`` /
-    ``distant`` parts (see the module docs, ``seg_errors``). With ``points`` (B, N, 3) in
-    metres, also ``wrong_near`` / ``wrong_far``: mislabelled points within / beyond
-    ``near_m`` of the nearest point of the same scan that truly belongs to the predicted
-    part (beyond if the scan has none)."""
-    res = _seg_error_kinds(pred, labels)
-    if points is not None:
-        d = torch.cdist(points.double(), points.double())  # (B, N, N)
-        same = labels.long()[:, None, :] == pred.long()[:, :, None]  # j truly has i's pred
-        dmin = d.masked_fill(~same, float("inf")).amin(-1)
-        wrong = pred.long() != labels.long()
-        n = max(wrong.numel(), 1)
-        res["wrong_near"] = float((wrong & (dmin <= near_m)).sum()) / n
-        res["wrong_far"] = float((wrong & (dmin > near_m)).sum()) / n
-        res["near_m"] = near_m
-    return res
+    ``distant`` parts, and the five most frequent distant pairs (see the module docs,
+    ``seg_errors``). With ``points`` (B, N, 3) in metres, also ``wrong_near`` /
+    ``wrong_far``: mislabelled points within / beyond ``near_m`` of the nearest point of
+    the same scan that truly belongs to the predicted part (beyond if the scan has none)."""
+    from geo3d.body._kinematics import SMPL_JOINT_NAMES
 
-
-def _seg_error_kinds(pred: torch.Tensor, labels: torch.Tensor) -> dict:
     mirror, adj = _part_tables()
-    p, t = pred.long().flatten(), labels.long().flatten()
+    P = len(mirror)
+    p, t = pred.long(), labels.long()
     wrong = p != t
     is_mirror = wrong & (p == mirror[t])
     is_nb = wrong & ~is_mirror & adj[t, p]
     is_mnb = wrong & ~is_mirror & ~is_nb & adj[t, mirror[p]]
     distant = wrong & ~is_mirror & ~is_nb & ~is_mnb
-    n = max(len(p), 1)
-    from geo3d.body._kinematics import SMPL_JOINT_NAMES
-
-    pairs = torch.bincount(t[distant] * 22 + p[distant], minlength=22 * 22)
-    top = [(f"{SMPL_JOINT_NAMES[int(k) // 22]} -> {SMPL_JOINT_NAMES[int(k) % 22]}",
+    n = max(wrong.numel(), 1)
+    pairs = torch.bincount(t[distant] * P + p[distant], minlength=P * P)
+    top = [(f"{SMPL_JOINT_NAMES[int(k) // P]} -> {SMPL_JOINT_NAMES[int(k) % P]}",
             float(pairs[k]) / n) for k in pairs.argsort(descending=True, stable=True)[:5]
            if pairs[k] > 0]
-    return {"correct": float((~wrong).sum()) / n, "mirror": float(is_mirror.sum()) / n,
-            "neighbour": float(is_nb.sum()) / n, "mirror_neighbour": float(is_mnb.sum()) / n,
-            "distant": float(distant.sum()) / n, "distant_top": top}
+    res = {"correct": float((~wrong).sum()) / n, "mirror": float(is_mirror.sum()) / n,
+           "neighbour": float(is_nb.sum()) / n, "mirror_neighbour": float(is_mnb.sum()) / n,
+           "distant": float(distant.sum()) / n, "distant_top": top}
+    if points is not None:
+        d = torch.cdist(points.double(), points.double())  # (B, N, N)
+        truly = t[:, None, :] == p[:, :, None]  # [b, i, j]: point j truly has i's prediction
+        dmin = d.masked_fill(~truly, float("inf")).amin(-1)
+        res["wrong_near"] = float((wrong & (dmin <= near_m)).sum()) / n
+        res["wrong_far"] = float((wrong & (dmin > near_m)).sum()) / n
+        res["near_m"] = near_m
+    return res
 
 
 def equivariance_error(net: torch.nn.Module, points: torch.Tensor, rotations: int = 4,

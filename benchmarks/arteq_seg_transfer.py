@@ -66,11 +66,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, write_json_atomic  # noqa: E402
 
-#: left/right part pairs of the 22-part ArtEq layout (SMPL joints 0..21)
 #: ``--oracle`` fits on the first ORACLE ood scans; every run also scores the rest (``ood_tail``)
 ORACLE = 30
 #: ``--probe epn``: the ArtEqNet arguments that replace the demo config's
 EPN_NET = {"backbone": "epn", "k": 16, "hidden": [16, 32], "num_centers": 256}
+#: left/right part pairs of the 22-part ArtEq layout (SMPL joints 0..21)
 PAIRS = ((1, 2), (4, 5), (7, 8), (10, 11), (13, 14), (16, 17), (18, 19), (20, 21))
 
 

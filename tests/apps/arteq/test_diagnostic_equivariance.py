@@ -1,7 +1,8 @@
-"""``benchmarks/arteq_diagnostic.py --equivariance``: the measured equivariance error behind the
-recorded chordal-readout figures (docs/arteq_experiments.md). An exact net reads ~0, a net
-that ignores the rotation reads the rotation angles of the drawn ``g`` (checked with scipy),
-and the chordal readout reads a nonzero error."""
+"""``benchmarks/arteq_diagnostic.py``: ``--equivariance``, the measured equivariance error
+behind the recorded chordal-readout figures (docs/arteq_experiments.md): an exact net reads
+~0, a net that ignores the rotation reads the rotation angles of the drawn ``g`` (checked
+with scipy), and the chordal readout reads a nonzero error; and ``seg_errors``, the kinds of
+segmentation error, by anatomy, against a brute force by joint name, and by geometry."""
 
 from __future__ import annotations
 
