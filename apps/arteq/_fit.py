@@ -69,6 +69,11 @@ __all__ = ["FitResult", "FitWeights", "decode", "fit_smpl", "refine_fit"]
 class FitResult:
     """A fitted SMPL-layout body per scan (every tensor batched over ``B`` scans).
 
+    Positions (``transl``, ``vertices``, ``joints``) are computed relative to each scan's
+    centroid, taken in float64, and returned in the wider of the input points' dtype and the
+    body model's: float64 scans far from the origin (map coordinates) keep their resolution
+    with a float32 network and body.
+
     Attributes:
         betas: :math:`(B, K)` shape coefficients.
         global_orient: :math:`(B, 3, 3)` root rotation.
@@ -170,6 +175,23 @@ def _check_min_points(points: list[Tensor] | Tensor, minimum: int) -> None:
     if n < minimum:
         raise ValueError(f"points: expected at least {minimum} points per scan (the network's "
                          f"neighbourhood size k), got {n}")
+
+
+def _centred_metres(pts: Tensor, dev: torch.device, dt: torch.dtype,
+                    scale: float) -> tuple[Tensor, Tensor, torch.dtype]:
+    """``pts (B, N, 3)`` in input units -> ``(pts - c) * scale`` in metres as ``dt`` on
+    ``dev``, the centre ``c (B, 3)`` (input units, float64) and the dtype of the returned
+    positions (``pts``' if wider than ``dt``). The centre is taken in float64 before any
+    cast, so scans far from the origin (e.g. map coordinates) keep their resolution."""
+    p64 = pts.to(dev, torch.float64)
+    c = p64.mean(1)
+    return ((p64 - c[:, None]) * scale).to(dt), c, torch.promote_types(pts.dtype, dt)
+
+
+def _uncentred(x_m: Tensor, c: Tensor, scale: float, out: torch.dtype) -> Tensor:
+    """Positions ``x_m (B, ..., 3)`` in centred metres -> input units, as ``out``."""
+    c = c.reshape(c.shape[0], *([1] * (x_m.dim() - 2)), 3)
+    return (x_m.to(out) / scale + c.to(out))
 
 
 def _as_points(points: Any, name: str = "points") -> list[Tensor] | Tensor:
@@ -487,7 +509,7 @@ def decode(
             raise ValueError(f"net_out['part_logits']: expected shape ({B}, {N}, P), got "
                              f"{tuple(lg.shape) if isinstance(lg, Tensor) else type(lg)}")
         labels = lg.argmax(-1).to(dev)
-    pts_m = pts.to(dev, dt) * scale
+    pts_m, c, pos_dt = _centred_metres(pts, dev, dt, scale)
     out0 = _pose(body_model, go, bp, betas)
     faces = _faces(body_model)
     t = pts_m.mean(1) - _area_centroid(out0.vertices, faces)
@@ -499,9 +521,9 @@ def decode(
         betas=betas,
         global_orient=go,
         body_pose=bp,
-        transl=t / scale,
-        vertices=(out0.vertices + t[:, None]) / scale,
-        joints=(out0.joints + t[:, None]) / scale,
+        transl=_uncentred(t, c, scale, pos_dt),
+        vertices=_uncentred(out0.vertices + t[:, None], c, scale, pos_dt),
+        joints=_uncentred(out0.joints + t[:, None], c, scale, pos_dt),
         part_labels=labels,
     )
 
@@ -714,16 +736,18 @@ def refine_fit(
     if len(fit) != pts.shape[0]:
         raise ValueError(f"fit: expected {pts.shape[0]} bodies (one per scan), got {len(fit)}")
     dt, dev = body_model.v_template.dtype, body_model.v_template.device
-    pts_m = pts.to(dev, dt) * scale
+    pts_m, c, pos_dt = _centred_metres(pts, dev, dt, scale)
+    t0 = ((fit.transl.to(dev, torch.float64) - c) * scale).to(dt)
     go, bp, b, t, loss = optimize_params(
         pts_m, body_model, fit.global_orient.to(dev, dt), fit.body_pose.to(dev, dt),
-        fit.betas.to(dev, dt), fit.transl.to(dev, dt) * scale, steps=steps, lr=lr,
+        fit.betas.to(dev, dt), t0, steps=steps, lr=lr,
         weights=weights, full_scan=full_scan, progress=progress,
     )
     with torch.no_grad():
         out = _pose(body_model, go, bp, b, t)
-    return FitResult(b, go, bp, t / scale, out.vertices / scale, out.joints / scale,
-                     fit.part_labels, loss)
+    return FitResult(b, go, bp, _uncentred(t, c, scale, pos_dt),
+                     _uncentred(out.vertices, c, scale, pos_dt),
+                     _uncentred(out.joints, c, scale, pos_dt), fit.part_labels, loss)
 
 
 # --------------------------------------------------------------------------------------------
@@ -965,7 +989,7 @@ def fit_smpl(
     results = []
     for chunk in _chunks(pts, batch_size):
         with torch.no_grad():
-            x = chunk.to(dev, net_dtype) * scale
+            x = _centred_metres(chunk, dev, net_dtype, scale)[0]  # translation-invariant net
             out = net(x)
             fit = decode(out, model, chunk.to(dev), scale, icp_steps=icp_steps)
         if refine:

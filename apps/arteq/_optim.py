@@ -28,6 +28,7 @@ from geo3d.apps.arteq._fit import (
     FitWeights,
     _area_centroid,
     _as_points,
+    _centred_metres,
     _check_int,
     _check_lr,
     _check_scale,
@@ -36,6 +37,7 @@ from geo3d.apps.arteq._fit import (
     _faces,
     _pose,
     _resolve_device,
+    _uncentred,
     closest_surface_points,
     optimize_params,
     resolve_body_model,
@@ -218,7 +220,7 @@ def optimize_smpl(
     eye = torch.eye(3, dtype=dt, device=dev)
     results = []
     for chunk in _chunks(pts, batch_size):
-        pm = chunk.to(dev, dt) * scale
+        pm, c, pos_dt = _centred_metres(chunk, dev, dt, scale)
         B = pm.shape[0]
         go = starts.repeat(B, 1, 1)  # (B*S, 3, 3), scan-major
         bp = eye.expand(B * S, 23, 3, 3)
@@ -244,8 +246,9 @@ def optimize_smpl(
         with torch.no_grad():
             out = _pose(model, go, bp, betas, transl)
             labels = _labels_from_surface(pm, out.vertices, faces, model.lbs_weights)
-        results.append(FitResult(betas, go, bp, transl / scale, out.vertices / scale,
-                                 out.joints / scale, labels, loss))
+        results.append(FitResult(betas, go, bp, _uncentred(transl, c, scale, pos_dt),
+                                 _uncentred(out.vertices, c, scale, pos_dt),
+                                 _uncentred(out.joints, c, scale, pos_dt), labels, loss))
     res = _concat(results)
     res.seconds_per_scan = (time.perf_counter() - t0) / len(res)
     return res

@@ -14,7 +14,8 @@ Usage::
 (betas, global_orient (3, 3), body_pose (23, 3, 3), transl (3,), vertices (V, 3), joints
 (J, 3) with J = the body's joint count: 29 on the Anny/tiny bodies = 24 SMPL joints + 5
 face points, part_labels (N,)) and ``DIR/<scan>_smpl.ply`` (the fitted mesh), in the scan's
-units; ``geo3d arteq predict --help`` lists its options.
+units (positions float64, so map coordinates keep their resolution); ``geo3d arteq predict
+--help`` lists its options.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def _predict(argv: list[str]) -> int:
         "transl (3,), vertices (V, 3), joints (J, 3) with J = the body model's joint count: "
         "29 on the Anny and tiny bodies = 24 SMPL joints + 5 face points, 45 on official SMPL "
         "files; part_labels (N,)) and OUT/<scan>_smpl.ply (the mesh), lengths in the scan's "
-        "units.")
+        "units (positions float64).")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `fit`")
     p.add_argument("--points", nargs="+", required=True,
                    help=".ply/.obj/.off/.xyz/.npz/.npy scans (distinct file names: the outputs "
@@ -185,7 +186,9 @@ def _predict(argv: list[str]) -> int:
         raise UsageError(f"--body-model: expected the checkpoint's body model {trained_on!r} "
                          f"(the network was trained on it), got {a.body_model!r}")
     k = net.config.get("k")
-    tensors = [torch.as_tensor(pts, dtype=torch.float32)[None] for pts in clouds]
+    # float64 (read_points' dtype): fit_smpl centres in float64, so scans far from the
+    # origin (map coordinates) keep their resolution, and positions come back in float64
+    tensors = [torch.as_tensor(pts, dtype=torch.float64)[None] for pts in clouds]
     if isinstance(k, int):
         try:
             _check_min_points(tensors, k)
@@ -197,10 +200,10 @@ def _predict(argv: list[str]) -> int:
     spec = a.body_model or trained_on or "anny"
     body = load_body(spec, info.get("gender", "neutral"),
                      int(info.get("num_betas", net.config.get("num_betas", 10))))
-    for f, pts in zip(a.points, clouds, strict=True):
+    for f, pts in zip(a.points, tensors, strict=True):
         with warnings.catch_warnings():  # the scale notice was printed once above
             warnings.filterwarnings("ignore", message="scale: the points span")
-            res = fit_smpl(torch.as_tensor(pts, dtype=torch.float32), net, body_model=body,
+            res = fit_smpl(pts[0], net, body_model=body,
                            refine=a.refine, scale=a.scale, device=device,
                            full_scan=not a.partial)
         stem = Path(f).stem

@@ -516,3 +516,39 @@ def test_scale_scalars_int_points_and_extent_warning(body, tiny_net, recwarn):
     msgs = [str(w.message) for w in caught if "scale" in str(w.message)]
     assert len(msgs) == 2 and all("scale=0.001" in m for m in msgs), msgs  # once per call
     assert "\n" not in msgs[0]
+
+
+def test_float64_scans_far_from_the_origin_keep_their_resolution(body, body_path, tiny_net):
+    """Map coordinates (a 1e6 m offset) in float64 with a float32 net and body: every entry
+    point centres in float64 before its cast, so the fit is the near-origin fit moved by the
+    offset, and positions come back in float64. Casting first (the bug this catches) put
+    the float32 points on a 6 cm grid: vertices were off by up to 0.5 m."""
+    from geo3d.apps.arteq._optim import optimize_smpl
+
+    b32 = load_body_model(body_path)
+    net32 = copy.deepcopy(tiny_net).float()
+    gt = _gt(body, seed=21, n=200, noise=1e-3)
+    pts = gt["points"] - gt["points"].mean(1, keepdim=True)
+    off = torch.tensor([5e5, 4e6, 1e2], dtype=F64)
+    near_fit = fit_smpl(pts, net32, b32)
+    far_fit = fit_smpl(pts + off, net32, b32)
+    near_ref = fit_smpl(pts, net32, b32, refine=True, refine_steps=3)
+    far_ref = fit_smpl(pts + off, net32, b32, refine=True, refine_steps=3)
+    near_dec = decode(gt["net_out"], b32, pts)
+    far_dec = decode(gt["net_out"], b32, pts + off)
+    near_opt = optimize_smpl(pts, b32, num_starts=1, steps=2, icp_iters=1)
+    far_opt = optimize_smpl(pts + off, b32, num_starts=1, steps=2, icp_iters=1)
+    # tolerances: float32 rounding of the ~1e-9 m float64 residue of the offset; Adam
+    # (refinement, optimisation) normalises near-zero gradients, so those few-ULP input
+    # differences grow to ~0.4 mm in 2-3 steps (measured), still 1000x below the bug
+    for near, far, atol in ((near_fit, far_fit, 1e-5), (near_dec, far_dec, 1e-5),
+                            (near_ref, far_ref, 2e-3), (near_opt, far_opt, 2e-3)):
+        for name in ("vertices", "joints", "transl"):
+            assert getattr(far, name).dtype == F64, name
+            torch.testing.assert_close(getattr(far, name) - off, getattr(near, name).double(),
+                                       rtol=0, atol=atol)
+        torch.testing.assert_close(far.body_pose, near.body_pose, rtol=0, atol=10 * atol)
+        torch.testing.assert_close(far.betas, near.betas, rtol=0, atol=10 * atol)
+    assert torch.equal(far_fit.part_labels, near_fit.part_labels)
+    # float32 input: positions stay float32 (the body's dtype)
+    assert fit_smpl(pts.float(), net32, b32).vertices.dtype == torch.float32
