@@ -21,6 +21,7 @@ import argparse
 import io
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +29,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 
-from geo3d._app import PackagedConfigs, UsageError, load_checkpoint, resolve_last_checkpoint
+from geo3d._app import (
+    CheckpointError,
+    PackagedConfigs,
+    UsageError,
+    load_checkpoint,
+    resolve_last_checkpoint,
+)
 from geo3d._atomic import atomic_write_bytes
 
 __all__ = ["AtomicCheckpointIO", "AppLightningCLI", "run_app_cli", "step_progress_bar"]
@@ -108,6 +115,42 @@ class AppLightningCLI(LightningCLI):
         """Hook: the trainer's callbacks, to which an app may add its own."""
         return callbacks
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        self._given_args = list(args) if isinstance(args, (list, tuple)) else None
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path FILE``: read the file with :func:`geo3d._app.load_checkpoint` (a
+        truncated or foreign file is a one-line :class:`~geo3d._app.UsageError`), apply its
+        saved model settings over the config files (Lightning's behaviour: the weights need
+        the architecture they were trained with), then the command-line flags over those:
+        ``--model.icp_steps 8`` is honoured, where Lightning let the checkpoint win."""
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        ckpt_path = self.config[sub].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return  # "last" and missing files: resolve_last_checkpoint / the trainer
+        try:
+            ckpt = load_checkpoint(ckpt_path)
+        except (CheckpointError, OSError) as err:
+            raise UsageError(f"{self.prog} {sub}: --ckpt_path: {err}") from err
+        if not isinstance(ckpt, dict) or not {"state_dict", "pytorch-lightning_version"} <= set(ckpt):
+            got = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise UsageError(f"{self.prog} {sub}: --ckpt_path: expected a checkpoint written by "
+                             f"`{self.prog} fit` (Lightning keys 'state_dict', "
+                             f"'pytorch-lightning_version'), got {got} in {str(ckpt_path)!r}")
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+        flags = _without_config_files(self._given_args or [])
+        if len(flags) > 1:  # more than the subcommand: the command line wins
+            self.config = self.parser.parse_args(flags, namespace=self.config)
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") == "last":
@@ -125,6 +168,19 @@ class AppLightningCLI(LightningCLI):
                 isinstance(c, ProgressBar) for c in [*callbacks, *given]):
             callbacks = [*callbacks, step_progress_bar()]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _without_config_files(args: list[str]) -> list[str]:
+    """``args`` without ``--config FILE`` / ``-c FILE`` / ``--config=FILE``."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in ("--config", "-c"):
+            skip = True
+        elif not a.startswith("--config="):
+            out.append(a)
+    return out
 
 
 def run_app_cli(cli_class: type[AppLightningCLI], model_class: Any, datamodule_class: Any,

@@ -179,3 +179,12 @@ def test_atomic_checkpoint_io_round_trip_and_no_partial_file(tmp_path: Path, mon
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_without_config_files_keeps_every_other_argument():
+    from geo3d._app_lightning import _without_config_files
+
+    args = ["test", "--config", "a.yaml", "-c", "b.yaml", "--config=c.yaml", "--model.lr",
+            "0.1", "--ckpt_path", "x.ckpt", "--trainer.config_like", "1"]
+    assert _without_config_files(args) == ["test", "--model.lr", "0.1", "--ckpt_path",
+                                           "x.ckpt", "--trainer.config_like", "1"]

@@ -290,3 +290,62 @@ def test_packaged_configs_resolve():
 
     for name in ("demo", "long", "amass_smpl"):
         assert Path(config_path(name)).is_file(), name
+
+
+def test_predict_keeps_map_coordinates(trained: Path, tmp_path):
+    """A float64 scan 4e6 m from the origin (UTM-like): the written fit is the fit of the
+    centred scan moved by the offset, in float64 (the CLI cast to float32 first: vertices on
+    a 0.5 m grid)."""
+    from geo3d.apps.arteq.cli import run_lightning_cli
+
+    cli = run_lightning_cli(["--config", str(trained / "tiny.yaml"), "--trainer.logger",
+                             "false"], run=False)
+    p = cli.datamodule.dataset("in_dist")[0]["points"].double().numpy()
+    p = p - p.mean(0)
+    off = np.array([5e5, 4e6, 100.0])
+    np.save(tmp_path / "near.npy", p)
+    np.save(tmp_path / "far.npy", p + off)
+    out = tmp_path / "out"
+    assert geo3d_main(["arteq", "predict", "--checkpoint", str(_last(trained)), "--points",
+                       str(tmp_path / "near.npy"), str(tmp_path / "far.npy"),
+                       "--out", str(out)]) == 0
+    near, far = np.load(out / "near_smpl.npz"), np.load(out / "far_smpl.npz")
+    for k in ("vertices", "joints", "transl"):
+        assert far[k].dtype == np.float64
+        np.testing.assert_allclose(far[k] - off, near[k], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(far["body_pose"], near["body_pose"], rtol=0, atol=1e-5)
+
+
+def test_ckpt_path_file_architecture_from_checkpoint_flags_from_command_line(trained: Path,
+                                                                            tmp_path):
+    """``test --ckpt_path FILE``: the checkpoint's model settings beat the config file's (a
+    config with another net width still loads the weights), and command-line flags beat the
+    checkpoint's (Lightning let the checkpoint win: --model.icp_steps was ignored)."""
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY_YAML.format(root=trained).replace("feat_dim: 4", "feat_dim: 6")
+                     .replace(f"{trained}/run", f"{tmp_path}/run"))
+    assert geo3d_main(["arteq", "test", "--config", str(other), "--ckpt_path",
+                       str(_last(trained)), "--model.icp_steps", "3",
+                       "--model.num_pictures", "0"]) == 0
+    res = json.loads(sorted((tmp_path / "run").rglob("results_test.json"))[-1].read_text())
+    assert res["hparams"]["net"]["feat_dim"] == 4  # the checkpoint's
+    assert res["hparams"]["icp_steps"] == 3 and res["hparams"]["num_pictures"] == 0
+    assert not list((tmp_path / "run").rglob("pictures_test/*.png"))
+
+
+def test_ckpt_path_bad_files_exit_2_with_one_line(trained: Path, tmp_path, capsys):
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(_last(trained).read_bytes()[:1000])
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"a": torch.zeros(2)}, foreign)
+    plain = save_model(load_model(_last(trained)), tmp_path / "plain.pt")
+    for path, needle in ((cut, "truncated"), (empty, "truncated"), (foreign, "['a']"),
+                         (plain, "'config', 'state_dict'")):
+        for cmd in ("test", "fit"):
+            assert geo3d_main(["arteq", cmd, "--config", str(trained / "tiny.yaml"),
+                               "--ckpt_path", str(path)]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and err.startswith("geo3d: error:"), err
+            assert "--ckpt_path" in err and needle in err and str(path) in err, err
