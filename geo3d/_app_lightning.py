@@ -10,7 +10,9 @@
   it (``prog``, :meth:`~AppLightningCLI.add_app_arguments`,
   :meth:`~AppLightningCLI.app_callbacks`).
 * :func:`run_app_cli`: runs such a CLI on an argument list and turns parse errors into one
-  :class:`~geo3d._app.UsageError` line.
+  :class:`~geo3d._app.UsageError` line, Lightning's Ctrl-C shutdown (``sys.exit(1)``) into
+  ``KeyboardInterrupt`` (``geo3d`` exits 130) and SIGTERM (exit status 0) into exit
+  status 143.
 
 Imported only when a Lightning command runs (importing Lightning takes seconds).
 """
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import signal
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -102,7 +106,9 @@ class AppLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        defaults = {"checkpoint.save_last": True}
+        # Ctrl-C, SIGTERM or a crash writes last.ckpt at the step reached: `--ckpt_path last`
+        # resumes there instead of at the last finished epoch or validation
+        defaults = {"checkpoint.save_last": True, "checkpoint.save_on_exception": True}
         if self.save_on_train_epoch_end:
             defaults["checkpoint.save_on_train_epoch_end"] = True
         parser.set_defaults(defaults)
@@ -202,10 +208,25 @@ def run_app_cli(cli_class: type[AppLightningCLI], model_class: Any, datamodule_c
     args = configs.resolve_args(args, aliases)
     kwargs.setdefault("save_config_kwargs", {"overwrite": True})
     argv, sys.argv = sys.argv, [prog]  # the arguments come from `args`
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         return cli_class(model_class, datamodule_class, args=args, run=run, **kwargs)
     except argparse.ArgumentError as err:  # jsonargparse, exit_on_error=False
         msg = " ".join(str(err).split())
         raise UsageError(f"{prog} {cmd}: {msg} (see `{prog} {cmd} --help`)") from err
+    except SystemExit as err:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(err.__context__, KeyboardInterrupt):
+            # Lightning's graceful shutdown ends in sys.exit(1): `geo3d` reports an
+            # interruption (130) instead, as for every other command; Lightning also left
+            # Ctrl-C ignored for the rest of the process (a notebook's too)
+            if threading.current_thread() is threading.main_thread() and sigint is not None:
+                signal.signal(signal.SIGINT, sigint)
+            raise KeyboardInterrupt from err
+        if isinstance(err, SIGTERMException):  # a SystemExit with no code: exit status 0
+            print("geo3d: terminated (SIGTERM)", file=sys.stderr, flush=True)
+            raise SystemExit(143) from err  # 128 + SIGTERM: a killed job is not a success
+        raise
     finally:
         sys.argv = argv

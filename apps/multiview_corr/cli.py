@@ -63,12 +63,6 @@ def _make_cli_class() -> Any:
         prog = PROG
         save_on_train_epoch_end = False
 
-        def add_arguments_to_parser(self, parser: Any) -> None:
-            super().add_arguments_to_parser(parser)
-            # Ctrl-C (or a crash) writes last.ckpt at the step reached: `--ckpt_path last`
-            # resumes there instead of at the last validation (100s of steps earlier)
-            parser.set_defaults({"checkpoint.save_on_exception": True})
-
         def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
             if self.subcommand == "fit":
                 check_fit_limits(config.get("max_steps", -1), config.get("max_epochs"),

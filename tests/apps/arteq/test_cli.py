@@ -349,3 +349,43 @@ def test_ckpt_path_bad_files_exit_2_with_one_line(trained: Path, tmp_path, capsy
             err = capsys.readouterr().err.strip()
             assert len(err.splitlines()) == 1 and err.startswith("geo3d: error:"), err
             assert "--ckpt_path" in err and needle in err and str(path) in err, err
+
+
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
+def test_interrupted_fit_saves_the_step_and_exits_non_zero(trained: Path, tmp_path,
+                                                           monkeypatch, capsys, how):
+    """Ctrl-C or SIGTERM in the middle of the first epoch: last.ckpt holds the step reached
+    (1; without `save_on_exception` nothing was written), Ctrl-C returns 130 and SIGTERM
+    exits 143 (Lightning exited 1 and 0: a killed job looked like a success)."""
+    import os
+    import signal
+
+    from geo3d.apps.arteq._module import ArtEqModule
+
+    orig = ArtEqModule.training_step
+
+    def stop(self, batch, batch_idx):
+        if self.global_step == 1:
+            if how == "ctrl_c":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler: stop after this step
+        return orig(self, batch, batch_idx)
+
+    monkeypatch.setattr(ArtEqModule, "training_step", stop)
+    root = tmp_path / "r"
+    args = ["arteq", "fit", "--config", str(trained / "tiny.yaml"),
+            "--trainer.default_root_dir", str(root), "--data.train_motions", "4"]
+    if how == "ctrl_c":
+        before = signal.getsignal(signal.SIGINT)
+        assert geo3d_main(args) == 130
+        assert capsys.readouterr().err.strip().endswith("geo3d: interrupted")
+        assert signal.getsignal(signal.SIGINT) is before  # Lightning left SIG_IGN
+        step = 1
+    else:
+        with pytest.raises(SystemExit) as exc:
+            geo3d_main(args)
+        assert exc.value.code == 143
+        assert "geo3d: terminated (SIGTERM)" in capsys.readouterr().err
+        step = 2  # the step in which the signal came finishes
+    last = next(root.rglob("last.ckpt"))
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step
