@@ -325,6 +325,24 @@ class ScanSet(Dataset):
         return item
 
 
+def _read_split(path: Path) -> dict[str, Tensor]:
+    """A cached split (``torch.load(weights_only=True)``).
+
+    Raises:
+        ValueError: the file cannot be read or is not a split (a dict with ``points``).
+    """
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure: a bad cache file
+        raise ValueError(f"data cache {str(path)!r} cannot be read ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:120]})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("points"), Tensor):
+        got = sorted(map(str, data))[:6] if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"data cache {str(path)!r} is not a generated split (expected a "
+                         f"dict with 'points', got {got})")
+    return data
+
+
 class ArtEqDataModule(L.LightningDataModule):
     """Scans of posed bodies with part labels and ground-truth SMPL parameters.
 
@@ -494,14 +512,26 @@ class ArtEqDataModule(L.LightningDataModule):
         return {k: _amass_frames(v, h.amass_frame_stride, h.num_betas) for k, v in pick.items()}
 
     def split_data(self, split: str) -> dict[str, Tensor]:
-        """The generated tensors of ``split`` (``train``, ``val`` or a condition)."""
+        """The generated tensors of ``split`` (``train``, ``val`` or a condition). A cache
+        file that cannot be read (truncated, corrupted, not this module's) is regenerated,
+        with a warning: it is derived data, and the scans are the same (one generator per
+        split, from the seed)."""
         if split == "rotated":
             split = "in_dist"
         if split not in self._data:
             path = self.cache_dir() / f"{split}.pt"
             if not path.is_file():
                 self.prepare_data()
-            self._data[split] = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                data = _read_split(path)
+            except ValueError as err:
+                import warnings
+
+                warnings.warn(f"{err}; regenerating it", UserWarning, stacklevel=2)
+                path.unlink(missing_ok=True)
+                self.prepare_data()
+                data = _read_split(path)
+            self._data[split] = data
         return self._data[split]
 
     def dataset(self, split: str) -> ScanSet:

@@ -150,6 +150,26 @@ def test_cache_is_reused_and_keyed_by_the_configuration(dm, monkeypatch):
     assert other.cache_dir() != dm.cache_dir()
 
 
+def test_unreadable_cache_file_is_regenerated_with_a_warning(dm, tmp_path):
+    """A truncated split file, and a foreign torch file under a split's name: the split is
+    generated again (the same scans: one generator per split) with a warning naming the
+    file, instead of a raw PytorchStreamReader traceback."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dm.hparams.root, copy)
+    fresh = ArtEqDataModule(root=str(copy), noise_std=0.0, **SMALL)
+    ood = fresh.cache_dir() / "ood.pt"
+    ood.write_bytes(ood.read_bytes()[:500])
+    torch.save({"a": torch.zeros(1)}, fresh.cache_dir() / "val.pt")
+    for split, file in (("ood", ood), ("val", fresh.cache_dir() / "val.pt")):
+        with pytest.warns(UserWarning, match=f"data cache '{file}'.*regenerating"):
+            got = fresh.split_data(split)
+        torch.testing.assert_close(got["points"], dm.split_data(split)["points"], rtol=0, atol=0)
+        assert ArtEqDataModule(root=str(copy), noise_std=0.0, **SMALL).split_data(split)[
+            "points"].shape == got["points"].shape  # the rewritten file reads
+
+
 def test_partial_scans_see_one_side(dm):
     # a single view sees surface facing the camera: the mean outward normal at the scan's
     # points is far from zero; a full scan's is close to zero
