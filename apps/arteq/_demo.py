@@ -93,8 +93,9 @@ def demo_main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     configs = a.config or ["demo"]  # a repeated --config layers on the first
     cfg = config_path(configs[0])
+    user_root = any(x == "--data.root" or x.startswith("--data.root=") for x in extra)
     extra = [*(x for c in configs[1:] for x in ("--config", c)), *extra,
-             "--data.root", str(out / "data")]
+             *(() if user_root else ("--data.root", str(out / "data")))]
     if a.max_epochs is not None:
         extra += ["--trainer.max_epochs", str(a.max_epochs)]
     t_start = time.perf_counter()

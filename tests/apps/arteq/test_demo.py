@@ -66,3 +66,23 @@ def test_demo_layers_a_repeated_config_on_the_first(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):  # default: the demo config alone
         _demo.demo_main(["--out", str(tmp_path / "o"), "--models", "equivariant"])
     assert seen[0][1] == config_path("demo") and "--config" not in seen[0][2]
+
+
+def test_demo_honours_a_given_data_root(tmp_path, monkeypatch):
+    # the demo appended its own --data.root after the user's, so the user's was ignored
+    from geo3d.apps.arteq import _demo
+
+    seen = []
+
+    def fake(name, config, out, extra):
+        seen.append(list(extra))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(_demo, "train_and_test", fake)
+    for given in (["--data.root", str(tmp_path / "d")], [f"--data.root={tmp_path / 'd'}"]):
+        with pytest.raises(SystemExit):
+            _demo.demo_main(["--out", str(tmp_path / "o"), "--models", "equivariant", *given])
+        assert seen[-1] == given
+    with pytest.raises(SystemExit):
+        _demo.demo_main(["--out", str(tmp_path / "o"), "--models", "equivariant"])
+    assert seen[-1] == ["--data.root", str(tmp_path / "o" / "data")]
