@@ -154,6 +154,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
     Raises:
         FileNotFoundError: the file does not exist.
+        IsADirectoryError: ``path`` is a folder.
         CheckpointError: (a ``RuntimeError``) the file is truncated, not a torch file, holds
             objects other than tensors and plain containers, or is not a dict.
 
@@ -164,6 +165,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         {'a': 1}
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint: expected a file, got the folder {str(path)!r} (a "
+                                f"run's checkpoints are in its lightning_logs/version_*/"
+                                f"checkpoints/)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
     try:

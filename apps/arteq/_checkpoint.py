@@ -53,6 +53,7 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.M
 
     Raises:
         FileNotFoundError: no such file.
+        IsADirectoryError: ``path`` is a folder.
         CheckpointError: truncated/corrupt file, a foreign checkpoint (not ArtEq's keys), or
             weights that do not fit the stored configuration.
 
@@ -100,7 +101,16 @@ def save_model(net: torch.nn.Module, path: str | os.PathLike,
 
     Returns:
         ``path``.
+
+    Raises:
+        ValueError: ``net`` is not an ``ArtEqNet`` (it has no ``config`` dict).
+        IsADirectoryError: ``path`` is a folder.
     """
+    if not isinstance(getattr(net, "config", None), dict) or not isinstance(net, torch.nn.Module):
+        raise ValueError(f"net: expected an ArtEqNet (a module with a `config` dict), got "
+                         f"{type(net).__name__}")
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"path: expected a file name, got the folder {str(path)!r}")
     buf = io.BytesIO()
     payload: dict[str, Any] = {"config": dict(net.config), "state_dict": net.state_dict()}
     if extra:

@@ -50,7 +50,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,20 @@ def warn_scale(points: list[Tensor] | Tensor, scale: float) -> None:
         warnings.warn(msg, UserWarning, stacklevel=3)
 
 
+def _check_extent(points: list[Tensor] | Tensor) -> None:
+    """A scan whose points all coincide has no shape to fit.
+
+    Raises:
+        ValueError: naming the first such scan.
+    """
+    clouds = points if isinstance(points, list) else list(points.split(1))
+    for i, c in enumerate(clouds):
+        c = c.reshape(-1, 3)
+        if bool((c == c[:1]).all()):
+            raise ValueError(f"points: scan {i} has all its {len(c)} points at one location "
+                             f"(extent 0): there is no body to fit")
+
+
 def _check_min_points(points: list[Tensor] | Tensor, minimum: int) -> None:
     clouds = points if isinstance(points, list) else [points]
     n = min(int(c.shape[1]) for c in clouds)
@@ -195,7 +209,15 @@ def _uncentred(x_m: Tensor, c: Tensor, scale: float, out: torch.dtype) -> Tensor
 
 
 def _as_points(points: Any, name: str = "points") -> list[Tensor] | Tensor:
-    """(N,3) -> (1,N,3); (B,N,3) stays; list/tuple of (N_i,3) -> list of (1,N_i,3)."""
+    """(N,3) -> (1,N,3); (B,N,3) stays; list/tuple of (N_i,3) -> list of (1,N_i,3); nested
+    Python lists of numbers (``scan.tolist()``) are read as one array."""
+    if isinstance(points, (list, tuple)) and points and isinstance(points[0], (list, tuple)):
+        try:  # numbers all the way down: one (N, 3) or (B, N, 3) array, not a list of scans
+            points = np.asarray(points, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name}: expected numbers in an (N, 3) or (B, N, 3) layout, or a "
+                             f"list of (N_i, 3) arrays; got nested lists that are not one "
+                             f"({' '.join(str(err).split())[:80]})") from err
     if isinstance(points, (list, tuple)):
         if len(points) == 0:
             raise ValueError(f"{name}: expected at least one point cloud, got an empty list")
@@ -208,6 +230,9 @@ def _as_points(points: Any, name: str = "points") -> list[Tensor] | Tensor:
             out.append(t)  # type: ignore[arg-type]
         return out
     if isinstance(points, np.ndarray):
+        if points.dtype.kind not in "biufc":
+            raise ValueError(f"{name}: expected real coordinates, got a numpy array of dtype "
+                             f"{points.dtype}")
         points = torch.from_numpy(points)
     if not isinstance(points, Tensor):
         raise ValueError(f"{name}: expected a tensor or array of shape (N, 3) or (B, N, 3), got "
@@ -544,6 +569,34 @@ class FitWeights:
     limits: float = 10.0
     shape: float = 1e-2
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self, name: str = "weights") -> FitWeights:
+        """``self`` if every weight is a finite number >= 0 and ``sigma`` > 0.
+
+        Raises:
+            ValueError: naming the field (``weights.sigma``).
+        """
+        for f in fields(self):
+            v = getattr(self, f.name)
+            ok = not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) \
+                and math.isfinite(float(v)) and (float(v) > 0 if f.name == "sigma" else float(v) >= 0)
+            if not ok:
+                need = "> 0 (metres)" if f.name == "sigma" else ">= 0"
+                raise ValueError(f"{name}.{f.name}: expected a finite number {need}, got {v!r}")
+        return self
+
+
+def _check_weights(weights: Any) -> FitWeights | None:
+    """``None`` or a valid :class:`FitWeights` (checked again: fields may have changed)."""
+    if weights is None:
+        return None
+    if not isinstance(weights, FitWeights):
+        raise ValueError(f"weights: expected a FitWeights (e.g. FitWeights(sigma=0.02)) or "
+                         f"None, got {type(weights).__name__}")
+    return weights.check()
+
 
 def _euler_xyz(R: Tensor) -> Tensor:
     """Angles ``(a, b, c)`` with ``R = Rx(a) Ry(b) Rz(c)`` (finite gradients; ``b`` clamped
@@ -721,8 +774,8 @@ def refine_fit(
         A new :class:`FitResult` (``part_labels`` kept, ``loss`` = final objective).
 
     Raises:
-        ValueError: bad ``points``, ``scale``, ``steps`` (< 0) or ``lr`` (<= 0); ``fit``
-            with another batch size.
+        ValueError: bad ``points``, ``scale``, ``steps`` (< 0), ``lr`` (<= 0) or
+            ``weights``; ``fit`` with another batch size.
 
     Reference: SMPLify (Bogo et al., ECCV 2016, arXiv:1607.08128) for the data + prior
     objective.
@@ -733,6 +786,7 @@ def refine_fit(
         raise ValueError("points: expected a tensor of shape (B, N, 3), got a list")
     steps = _check_int("steps", steps, 0)
     lr = _check_lr(lr)
+    weights = _check_weights(weights)
     if len(fit) != pts.shape[0]:
         raise ValueError(f"fit: expected {pts.shape[0]} bodies (one per scan), got {len(fit)}")
     dt, dev = body_model.v_template.dtype, body_model.v_template.device
@@ -807,14 +861,26 @@ def resolve_body_model(
 
 
 def same_body_spec(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two ``body_model`` settings (names or paths) name the same model."""
+    """Whether two ``body_model`` settings (names or paths) name the same model: a name
+    and the path of the file it stands for are the same model (``"anny"`` and its cache
+    file; nothing is built to find out)."""
     a, b = os.fspath(a), os.fspath(b)
     if a == b:
         return True
-    if a in BODY_MODEL_NAMES or b in BODY_MODEL_NAMES:
-        return False
+
+    def file_of(spec: str) -> Path:
+        if spec == "anny":
+            from geo3d.body._anny import anny_smpl_cache_file
+
+            return anny_smpl_cache_file()
+        if spec in BODY_MODEL_NAMES:
+            from geo3d.apps.arteq._data import resolve_body_model as _model_file
+
+            return _model_file(spec)
+        return Path(spec)
+
     try:
-        return Path(a).resolve() == Path(b).resolve()
+        return file_of(a).resolve() == file_of(b).resolve()
     except OSError:  # pragma: no cover
         return False
 
@@ -836,7 +902,10 @@ def load_net(checkpoint: Any, device: torch.device | str = "cpu") -> nn.Module:
 
     Raises:
         FileNotFoundError: ``checkpoint`` is a path that does not exist.
-        ValueError: ``checkpoint`` is neither a path nor a module, or the file lacks keys.
+        IsADirectoryError: ``checkpoint`` is a folder.
+        ValueError: ``checkpoint`` is neither a path nor a module.
+        CheckpointError: (:class:`geo3d._app.CheckpointError`, a ``RuntimeError``) the file is
+            truncated, corrupt, foreign, or its weights do not fit its configuration.
     """
     if isinstance(checkpoint, nn.Module):
         return checkpoint.to(device)
@@ -844,7 +913,7 @@ def load_net(checkpoint: Any, device: torch.device | str = "cpu") -> nn.Module:
         raise ValueError(f"checkpoint: expected a file path or an ArtEqNet, got "
                          f"{type(checkpoint).__name__}")
     path = Path(checkpoint)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():  # a folder: load_checkpoint says so
         raise FileNotFoundError(f"checkpoint: expected an existing checkpoint file, got {path}")
     try:
         from geo3d.apps.arteq._checkpoint import load_model  # type: ignore[import-not-found]
@@ -872,7 +941,11 @@ def _resolve_device(device: Any, points: Any) -> torch.device:
 
     first = points[0] if isinstance(points, (list, tuple)) and points else points
     default = first.device if isinstance(first, Tensor) else torch.device("cpu")
-    return resolve_device(device, "device", default=default)
+    dev = resolve_device(device, "device", default=default)
+    if dev.type == "meta":  # shapes only: nothing can be fitted there
+        raise ValueError(f"device: expected a device that computes (cpu, cuda, ...), got "
+                         f"{str(device if device is not None else dev)!r}")
+    return dev
 
 
 def _concat(results: Sequence[FitResult]) -> FitResult:
@@ -940,12 +1013,18 @@ def fit_smpl(
 
     Raises:
         FileNotFoundError: ``checkpoint`` is a missing file.
-        ValueError: bad ``points`` (shape, NaN/inf, empty, fewer points than the network's
-            neighbourhood ``k``), ``scale`` (not a positive finite scalar), non-bool
-            ``refine``/``full_scan``, negative ``icp_steps``/``refine_steps``, bad
-            ``batch_size``, ``device`` (unknown or not available here), ``checkpoint``, or a
-            ``body_model`` that is not a known name/path/module or differs from the one the
-            checkpoint records.
+        IsADirectoryError: ``checkpoint`` is a folder.
+        CheckpointError: (:class:`geo3d._app.CheckpointError`, a ``RuntimeError``, not a
+            ``ValueError``) the checkpoint file is truncated, corrupt, foreign, or its
+            weights do not fit its configuration.
+        ValueError: bad ``points`` (shape, NaN/inf, empty, non-numeric, all points at one
+            location, fewer points than the network's neighbourhood ``k``), ``scale`` (not
+            a positive finite scalar), non-bool ``refine``/``full_scan``, negative
+            ``icp_steps``/``refine_steps``, bad ``batch_size``, ``weights`` (not a
+            :class:`FitWeights`, a negative or non-finite weight, ``sigma <= 0``),
+            ``device`` (unknown, not available here, or ``"meta"``), ``checkpoint`` (not a
+            path or module), or a ``body_model`` that is not a known name/path/module or
+            differs from the one the checkpoint records.
 
     Warns:
         UserWarning: (once per call) the scans' extent times ``scale`` is outside
@@ -963,10 +1042,12 @@ def fit_smpl(
     batch_size = _check_int("batch_size", batch_size, 1)
     icp_steps = _check_int("icp_steps", icp_steps, 0)
     refine_steps = _check_int("refine_steps", refine_steps, 0)
+    weights = _check_weights(weights)
     for name, flag in (("refine", refine), ("full_scan", full_scan), ("progress", progress)):
         if not isinstance(flag, (bool, np.bool_)):
             raise ValueError(f"{name}: expected True or False, got {flag!r}")
     pts = _as_points(points)
+    _check_extent(pts)
     dev = _resolve_device(device, pts)
     trained_on = checkpoint_body(checkpoint)
     if trained_on is not None:

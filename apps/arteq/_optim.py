@@ -29,9 +29,11 @@ from geo3d.apps.arteq._fit import (
     _area_centroid,
     _as_points,
     _centred_metres,
+    _check_extent,
     _check_int,
     _check_lr,
     _check_scale,
+    _check_weights,
     _chunks,
     _concat,
     _faces,
@@ -165,10 +167,11 @@ def optimize_smpl(
         ``seconds_per_scan`` the wall-clock time per scan.
 
     Raises:
-        ValueError: bad ``points`` (shape, NaN/inf), ``scale`` (not a positive finite
-            scalar), ``num_starts`` outside 1..24, negative ``steps``/``icp_iters``,
-            ``lr <= 0``, ``max_points < 1``, bad ``batch_size``/``rigid_steps``/``device``,
-            non-bool ``full_scan``/``progress``.
+        ValueError: bad ``points`` (shape, NaN/inf, all points at one location),
+            ``scale`` (not a positive finite scalar), ``num_starts`` outside 1..24, negative
+            ``steps``/``icp_iters``, ``lr <= 0``, ``max_points < 1``, bad
+            ``batch_size``/``rigid_steps``/``device``/``weights``, non-bool
+            ``full_scan``/``progress``.
 
     Warns:
         UserWarning: the scans' extent times ``scale`` is far from a body's (see
@@ -192,6 +195,7 @@ def optimize_smpl(
         if not isinstance(val, int) or isinstance(val, bool) or val < lo:
             raise ValueError(f"{name}: expected an int >= {lo}, got {val!r}")
     lr = _check_lr(lr)
+    weights = _check_weights(weights)
     icp_iters = _check_int("icp_iters", icp_iters, 0)
     if max_points is not None:
         max_points = _check_int("max_points", max_points, 1)
@@ -209,6 +213,7 @@ def optimize_smpl(
         raise ValueError(f"rigid_steps: expected an int in [0, steps={steps}], got "
                          f"{rigid_steps!r}")
     pts = _as_points(points)
+    _check_extent(pts)
     dev = _resolve_device(device, pts)
     warn_scale(pts, scale)
     model = resolve_body_model(body_model, dev)

@@ -402,6 +402,13 @@ def _content_key(params: dict[str, Any]) -> str:
     return h.hexdigest()[:20]
 
 
+def anny_smpl_cache_file(*, num_betas: int = 10, num_samples: int = 96, seed: int = 0) -> Path:
+    """Where :func:`anny_smpl_model_path` caches the model of these settings (it may not
+    exist yet: nothing is built)."""
+    params = {"num_betas": num_betas, "num_samples": num_samples, "seed": seed}
+    return _cache_root() / f"anny_smpl_{_content_key(params)}.npz"
+
+
 def anny_smpl_model_path(
     out: str | os.PathLike | None = None,
     *,
@@ -432,8 +439,7 @@ def anny_smpl_model_path(
     """
     if out is not None and Path(out).is_dir():
         raise IsADirectoryError(f"out: expected a file name, got the existing folder {out}")
-    params = {"num_betas": num_betas, "num_samples": num_samples, "seed": seed}
-    cache = _cache_root() / f"anny_smpl_{_content_key(params)}.npz"
+    cache = anny_smpl_cache_file(num_betas=num_betas, num_samples=num_samples, seed=seed)
     if rebuild or not cache.is_file():
         arrays, report = build_anny_smpl_model(num_betas, num_samples, seed, verbose=verbose)
         atomic_save_npz(cache, arrays)

@@ -552,3 +552,73 @@ def test_float64_scans_far_from_the_origin_keep_their_resolution(body, body_path
     assert torch.equal(far_fit.part_labels, near_fit.part_labels)
     # float32 input: positions stay float32 (the body's dtype)
     assert fit_smpl(pts.float(), net32, b32).vertices.dtype == torch.float32
+
+
+def test_same_body_spec_names_and_their_files(tiny_net, tmp_path, body_path):
+    """A name and the file it stands for are one body (fit_smpl refused the checkpoint's
+    own body passed by path); different bodies stay different; 'anny' is not built to
+    find out."""
+    from geo3d.apps.arteq._checkpoint import save_model
+    from geo3d.apps.arteq._data import resolve_body_model as model_file
+    from geo3d.apps.arteq._fit import same_body_spec
+
+    from geo3d.body._anny import anny_smpl_cache_file
+
+    tiny = model_file("tiny")
+    assert same_body_spec("tiny", tiny) and same_body_spec(str(tiny), "tiny")
+    assert same_body_spec("anny", anny_smpl_cache_file())
+    assert not same_body_spec("anny", "tiny") and not same_body_spec("tiny", body_path)
+    assert not same_body_spec("anny", tiny)
+    path = save_model(copy.deepcopy(tiny_net).float(), tmp_path / "net.pt",
+                      extra={"body_model": "tiny"})
+    pts = torch.rand(1, 50, 3, generator=torch.Generator().manual_seed(5), dtype=F64)
+    torch.testing.assert_close(fit_smpl(pts, path, tiny).vertices, fit_smpl(pts, path).vertices,
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match="^body_model: expected the checkpoint's body model"):
+        fit_smpl(pts, path, body_path)  # another file with the same content is refused
+
+
+def test_fit_api_refuses_bad_weights_degenerate_scans_and_odd_inputs(body, tiny_net, tmp_path):
+    """Each of these reached the user as another library's error, or as a silent result:
+    FitWeights(sigma=0) as a 6D-vector error, a dict as an AttributeError, an object array
+    as torch's TypeError, 'meta' as a .item() RuntimeError, all-identical points as a body,
+    a folder as 'no such file', scan.tolist() as 512 one-point scans."""
+    from geo3d.apps.arteq._checkpoint import save_model
+    from geo3d.apps.arteq._fit import FitWeights
+    from geo3d.apps.arteq._optim import optimize_smpl
+
+    gt = _gt(body, seed=22, n=60)
+    pts = gt["points"]
+    for kw, field in ((dict(sigma=0.0), "sigma"), (dict(sigma=-1.0), "sigma"),
+                      (dict(pose=float("nan")), "pose"), (dict(shape=-100.0), "shape"),
+                      (dict(limits="1"), "limits")):
+        with pytest.raises(ValueError, match=rf"^weights\.{field}: expected a finite number"):
+            FitWeights(**kw)
+    w = FitWeights()
+    w.sigma = 0.0  # changed after construction: checked again where used
+    start = decode(gt["net_out"], body, pts)
+    for fn in (lambda ww: fit_smpl(pts, tiny_net, body, refine=True, weights=ww),
+               lambda ww: refine_fit(start, pts, body, weights=ww),
+               lambda ww: optimize_smpl(pts, body, steps=0, weights=ww)):
+        with pytest.raises(ValueError, match=r"^weights\.sigma"):
+            fn(w)
+        with pytest.raises(ValueError, match="^weights: expected a FitWeights"):
+            fn({"sigma": 0.01})
+    with pytest.raises(ValueError, match="^points: expected real coordinates.*object"):
+        fit_smpl(np.array([[1, 2, 3]] * 10, dtype=object), tiny_net, body)
+    with pytest.raises(ValueError, match="^device: expected a device that computes"):
+        fit_smpl(pts, tiny_net, body, device="meta")
+    for fn in (lambda p: fit_smpl(p, tiny_net, body), lambda p: optimize_smpl(p, body, steps=0)):
+        with pytest.raises(ValueError, match="^points: scan 1 has all its 60 points at one"):
+            fn([pts[0], torch.ones(60, 3, dtype=F64)])
+    with pytest.raises(IsADirectoryError, match="folder"):
+        fit_smpl(pts, tmp_path, body)  # a folder as the checkpoint
+    # a scan as nested Python lists is one scan, the same as the tensor
+    torch.testing.assert_close(fit_smpl(pts[0].tolist(), tiny_net, body).vertices,
+                               fit_smpl(pts[0], tiny_net, body).vertices, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="^points: expected numbers in an"):
+        fit_smpl([[0.0, 1.0, 2.0], [1.0, 2.0]], tiny_net, body)
+    with pytest.raises(ValueError, match="^net: expected an ArtEqNet"):
+        save_model(torch.nn.Linear(3, 3), tmp_path / "x.pt")
+    with pytest.raises(IsADirectoryError, match="folder"):
+        save_model(tiny_net, tmp_path)
