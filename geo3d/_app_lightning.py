@@ -164,6 +164,11 @@ class AppLightningCLI(LightningCLI):
         return kwargs
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        if self.subcommand == "fit":
+            for key in ("max_steps", "max_epochs"):  # Lightning trains nothing and exits 0
+                if config.get(key) == 0:
+                    raise UsageError(f"{self.prog} fit: trainer.{key}: expected >= 1 (or -1), "
+                                     f"got 0: the run would train nothing")
         plugins = _as_list(config.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())

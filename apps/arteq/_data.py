@@ -452,6 +452,11 @@ class ArtEqDataModule(L.LightningDataModule):
         missing = [s for s in self._splits() if s != "rotated" and not (d / f"{s}.pt").is_file()]
         if not missing:
             return
+        try:  # before minutes of generation, not at the first write
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"data.root: cannot create the data cache {str(d)!r} "
+                             f"({type(err).__name__}: {err.strerror or err})") from err
         for split, data in self._generate(missing).items():
             buf = io.BytesIO()
             torch.save(data, buf)

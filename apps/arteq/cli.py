@@ -178,6 +178,11 @@ def _predict(argv: list[str]) -> int:
     from geo3d.apps.arteq._fit import _check_min_points, fit_smpl, same_body_spec, scale_warning
 
     clouds = [read_points(f) for f in a.points]  # bad input files fail before any loading
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out: cannot create the folder {str(out)!r} ({type(err).__name__}: "
+                         f"{err.strerror or err})") from err
     net = load_model(a.checkpoint)
     info = checkpoint_info(a.checkpoint)
     trained_on = info.get("body_model")

@@ -187,6 +187,9 @@ def test_predict_writes_params_and_mesh(trained: Path, tmp_path):
      "p.ply"),
     (["arteq", "fit", "--config", "demo", "--model.backbone", "transformer"], "backbone"),
     (["arteq", "fit", "--config", "demo", "--trainer.max_epochs", "many"], "max_epochs"),
+    # Lightning trained nothing and exited 0
+    (["arteq", "fit", "--config", "demo", "--trainer.max_steps", "0"], "trainer.max_steps"),
+    (["arteq", "fit", "--config", "demo", "--trainer.max_epochs", "0"], "trainer.max_epochs"),
 ])
 def test_bad_command_lines_exit_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -389,3 +392,19 @@ def test_interrupted_fit_saves_the_step_and_exits_non_zero(trained: Path, tmp_pa
         step = 2  # the step in which the signal came finishes
     last = next(root.rglob("last.ckpt"))
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step
+
+
+def test_unwritable_data_root_and_out_named(trained: Path, tmp_path, capsys):
+    """A data root or --out that cannot be created: one line naming the option (was a bare
+    `[Errno 20] Not a directory`, after minutes of scan generation for the data root)."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert geo3d_main(["arteq", "fit", "--config", str(trained / "tiny.yaml"), "--data.root",
+                       str(blocker / "data"), "--data.num_points", "40"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geo3d: error: data.root: cannot create") and str(blocker) in err
+    np.save(tmp_path / "p.npy", np.random.default_rng(0).normal(size=(48, 3)))
+    assert geo3d_main(["arteq", "predict", "--checkpoint", str(_last(trained)), "--points",
+                       str(tmp_path / "p.npy"), "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--out" in err and len(err.splitlines()) == 1, err
