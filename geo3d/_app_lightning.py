@@ -37,12 +37,14 @@ from geo3d._app import (
     CheckpointError,
     PackagedConfigs,
     UsageError,
+    find_last_checkpoints,
     load_checkpoint,
     resolve_last_checkpoint,
 )
 from geo3d._atomic import atomic_write_bytes
 
-__all__ = ["AtomicCheckpointIO", "AppLightningCLI", "run_app_cli", "step_progress_bar"]
+__all__ = ["AtomicCheckpointIO", "AppLightningCLI", "check_training_limits", "run_app_cli",
+           "step_progress_bar"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -126,36 +128,79 @@ class AppLightningCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
-        """``--ckpt_path FILE``: read the file with :func:`geo3d._app.load_checkpoint` (a
-        truncated or foreign file is a one-line :class:`~geo3d._app.UsageError`), apply its
-        saved model settings over the config files (Lightning's behaviour: the weights need
-        the architecture they were trained with), then the command-line flags over those:
-        ``--model.icp_steps 8`` is honoured, where Lightning let the checkpoint win."""
+        """``--ckpt_path FILE`` (or ``last``, the file :func:`~geo3d._app.resolve_last_checkpoint`
+        will pick): read it with :func:`geo3d._app.load_checkpoint` (a truncated or foreign
+        file is a one-line :class:`~geo3d._app.UsageError`), and build the settings in this
+        order: defaults, config files, the checkpoint's saved model settings (Lightning's
+        behaviour: the weights need the architecture they were trained with), command-line
+        flags (``--model.icp_steps 8`` is honoured, where Lightning let the checkpoint win;
+        each flag is applied once)."""
         sub = self.config.get("subcommand")
         if not sub:
             return
         ckpt_path = self.config[sub].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return  # "last" and missing files: resolve_last_checkpoint / the trainer
+        if not ckpt_path:
+            return
+        if ckpt_path == "last":
+            path = self._last_checkpoint(sub)
+            if path is None:
+                return  # resolve_last_checkpoint reports it (fit: fresh run; others: error)
+        elif Path(ckpt_path).exists():
+            path = Path(ckpt_path)
+        else:
+            return  # the trainer's "not found" error
+        where = f"{self.prog} {sub}: --ckpt_path"
         try:
-            ckpt = load_checkpoint(ckpt_path)
+            ckpt = load_checkpoint(path)
         except (CheckpointError, OSError) as err:
-            raise UsageError(f"{self.prog} {sub}: --ckpt_path: {err}") from err
+            raise UsageError(f"{where}: {err}") from err
         if not isinstance(ckpt, dict) or not {"state_dict", "pytorch-lightning_version"} <= set(ckpt):
             got = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-            raise UsageError(f"{self.prog} {sub}: --ckpt_path: expected a checkpoint written by "
-                             f"`{self.prog} fit` (Lightning keys 'state_dict', "
-                             f"'pytorch-lightning_version'), got {got} in {str(ckpt_path)!r}")
+            raise UsageError(f"{where}: expected a checkpoint written by `{self.prog} fit` "
+                             f"(Lightning keys 'state_dict', 'pytorch-lightning_version'), got "
+                             f"{got} in {str(path)!r}")
         hparams = dict(ckpt.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         if not hparams:
             return
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
-        flags = _without_config_files(self._given_args or [])
-        if len(flags) > 1:  # more than the subcommand: the command line wins
-            self.config = self.parser.parse_args(flags, namespace=self.config)
+        args = self._given_args
+        configs, flags = _split_config_files(args[1:]) if args and args[0] == sub else (None, [])
+        try:
+            base = self.config if configs is None else self.parser.parse_args([sub, *configs])
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, base)
+        except (argparse.ArgumentError, TypeError, ValueError, KeyError) as err:
+            msg = " ".join(str(err).split())[:200]
+            raise UsageError(f"{where}: the model settings saved in {str(path)!r} are not "
+                             f"`{self.prog}`'s (a checkpoint of another geo3d app?): {msg}") from err
+        if flags:  # the command line wins, each flag applied once
+            self.config = self.parser.parse_args([sub, *flags], namespace=self.config)
+
+    def _last_checkpoint(self, sub: str) -> Path | None:
+        """The file ``--ckpt_path last`` will resolve to (the same search as
+        :func:`~geo3d._app.resolve_last_checkpoint`, before the trainer exists), or None."""
+        import os
+
+        cfg = self.config[sub]
+        roots = [Path(cfg.get("trainer", {}).get("default_root_dir") or os.getcwd())]
+        dirpath = (cfg.get("checkpoint") or {}).get("dirpath")
+        if dirpath:
+            roots.append(Path(dirpath))
+        found = find_last_checkpoints(roots)
+        return max(found, key=lambda p: (p.stat().st_mtime_ns, str(p))) if found else None
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except RuntimeError as err:
+            if "Error(s) in loading state_dict" not in str(err):
+                raise
+            first = " ".join(str(err).split())[:240]
+            raise UsageError(
+                f"{self.prog} {subcommand}: --ckpt_path: the checkpoint's weights do not fit "
+                f"the model these settings build; a --model flag that changes the network "
+                f"overrides the checkpoint's own settings ({first})") from err
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -165,10 +210,7 @@ class AppLightningCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         if self.subcommand == "fit":
-            for key in ("max_steps", "max_epochs"):  # Lightning trains nothing and exits 0
-                if config.get(key) == 0:
-                    raise UsageError(f"{self.prog} fit: trainer.{key}: expected >= 1 (or -1), "
-                                     f"got 0: the run would train nothing")
+            check_training_limits(config, f"{self.prog} fit")
         plugins = _as_list(config.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
@@ -181,17 +223,60 @@ class AppLightningCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
-def _without_config_files(args: list[str]) -> list[str]:
-    """``args`` without ``--config FILE`` / ``-c FILE`` / ``--config=FILE``."""
-    out, skip = [], False
+def _zero_duration(value: Any) -> bool:
+    """Whether a ``trainer.max_time`` value (``"DD:HH:MM:SS"``, a dict of timedelta fields or
+    a timedelta) is a zero duration."""
+    import datetime
+
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds() <= 0
+    if isinstance(value, Mapping):
+        return sum(float(v) for v in value.values()) <= 0
+    if isinstance(value, str):
+        try:
+            return all(float(x) == 0 for x in value.split(":"))
+        except ValueError:
+            return False  # Lightning reports a malformed value
+    return False
+
+
+def check_training_limits(config: Mapping[str, Any], where: str) -> None:
+    """Refuse trainer limits with which Lightning trains nothing and exits 0 (``max_steps``
+    or ``max_epochs`` 0, a zero ``max_time``) or fails with a traceback (below -1).
+
+    Raises:
+        UsageError: naming the setting.
+    """
+    for key in ("max_steps", "max_epochs"):
+        v = config.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v == 0 or v < -1:
+            raise UsageError(f"{where}: trainer.{key}: expected an int >= 1 (or -1: no limit), "
+                             f"got {v!r}" + (": the run would train nothing" if v == 0 else ""))
+    if config.get("max_time") is not None and _zero_duration(config["max_time"]):
+        raise UsageError(f"{where}: trainer.max_time: expected a positive duration, got "
+                         f"{config['max_time']!r}: the run would train nothing")
+
+
+def _split_config_files(args: list[str]) -> tuple[list[str], list[str]]:
+    """``args`` split into the config-file arguments (``--config FILE`` / ``-c FILE`` /
+    ``--config=FILE``, in order) and everything else (in order)."""
+    configs: list[str] = []
+    rest: list[str] = []
+    take = False
     for a in args:
-        if skip:
-            skip = False
+        if take:
+            configs.append(a)
+            take = False
         elif a in ("--config", "-c"):
-            skip = True
-        elif not a.startswith("--config="):
-            out.append(a)
-    return out
+            configs.append(a)
+            take = True
+        elif a.startswith("--config="):
+            configs.append(a)
+        else:
+            rest.append(a)
+    return configs, rest
 
 
 def run_app_cli(cli_class: type[AppLightningCLI], model_class: Any, datamodule_class: Any,

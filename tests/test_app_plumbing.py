@@ -181,10 +181,31 @@ def test_atomic_checkpoint_io_round_trip_and_no_partial_file(tmp_path: Path, mon
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
 
 
-def test_without_config_files_keeps_every_other_argument():
-    from geo3d._app_lightning import _without_config_files
+def test_split_config_files_keeps_both_orders():
+    from geo3d._app_lightning import _split_config_files
 
-    args = ["test", "--config", "a.yaml", "-c", "b.yaml", "--config=c.yaml", "--model.lr",
-            "0.1", "--ckpt_path", "x.ckpt", "--trainer.config_like", "1"]
-    assert _without_config_files(args) == ["test", "--model.lr", "0.1", "--ckpt_path",
-                                           "x.ckpt", "--trainer.config_like", "1"]
+    args = ["--config", "a.yaml", "--model.lr", "0.1", "-c", "b.yaml", "--config=c.yaml",
+            "--ckpt_path", "x.ckpt", "--trainer.config_like", "1"]
+    assert _split_config_files(args) == (
+        ["--config", "a.yaml", "-c", "b.yaml", "--config=c.yaml"],
+        ["--model.lr", "0.1", "--ckpt_path", "x.ckpt", "--trainer.config_like", "1"])
+
+
+def test_check_training_limits_refuses_empty_and_invalid_runs():
+    import datetime
+
+    from geo3d._app import UsageError
+    from geo3d._app_lightning import check_training_limits
+
+    for ok in ({}, {"max_steps": -1, "max_epochs": None}, {"max_steps": 5},
+               {"max_epochs": -1, "max_time": "00:00:22:00"}, {"max_time": {"minutes": 1}},
+               {"max_time": datetime.timedelta(seconds=1)}):
+        check_training_limits(ok, "x fit")
+    for bad, key in (({"max_steps": 0}, "max_steps"), ({"max_epochs": 0}, "max_epochs"),
+                     ({"max_steps": -5}, "max_steps"), ({"max_epochs": -2}, "max_epochs"),
+                     ({"max_steps": True}, "max_steps"),
+                     ({"max_time": "00:00:00:00"}, "max_time"),
+                     ({"max_time": {"minutes": 0}}, "max_time"),
+                     ({"max_time": datetime.timedelta(0)}, "max_time")):
+        with pytest.raises(UsageError, match=rf"^x fit: trainer\.{key}: expected"):
+            check_training_limits(bad, "x fit")

@@ -408,3 +408,34 @@ def test_unwritable_data_root_and_out_named(trained: Path, tmp_path, capsys):
                        str(tmp_path / "p.npy"), "--out", str(blocker / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--out" in err and len(err.splitlines()) == 1, err
+
+
+def test_ckpt_path_last_uses_the_checkpoints_settings_and_errors_are_one_line(
+        trained: Path, tmp_path, capsys):
+    """`--ckpt_path last` gets the same treatment as a file: a run trained with another net
+    width tests under the plain config (was a state_dict size-mismatch traceback, exit 1);
+    a command-line flag that changes the network is one line (exit 2); another app's
+    checkpoint is named as such; an append flag is applied once."""
+    root = tmp_path / "wide"
+    cfg = str(trained / "tiny.yaml")
+    assert geo3d_main(["arteq", "fit", "--config", cfg, "--model.net.feat_dim", "6",
+                       "--trainer.default_root_dir", str(root)]) == 0
+    assert geo3d_main(["arteq", "test", "--config", cfg, "--ckpt_path", "last",
+                       "--trainer.default_root_dir", str(root), "--model.num_pictures", "0",
+                       "--trainer.callbacks+=lightning.pytorch.callbacks.ModelSummary"]) == 0
+    capsys.readouterr()
+    res = sorted(root.rglob("results_test.json"), key=lambda p: p.stat().st_mtime_ns)[-1]
+    assert json.loads(res.read_text())["hparams"]["net"]["feat_dim"] == 6
+    saved = (res.parent / "config.yaml").read_text()
+    assert saved.count("ModelSummary") == 1, saved
+    ckpt = str(_last(trained))
+    assert geo3d_main(["arteq", "test", "--config", cfg, "--ckpt_path", ckpt,
+                       "--model.net.feat_dim", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "do not fit" in err and "--ckpt_path" in err, err
+    other = tmp_path / "other_app.ckpt"
+    torch.save({"state_dict": {}, "pytorch-lightning_version": "2.6.0",
+                "hyper_parameters": {"arch": "fracture_net"}}, other)
+    assert geo3d_main(["arteq", "test", "--config", cfg, "--ckpt_path", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "another geo3d app" in err and str(other) in err, err
