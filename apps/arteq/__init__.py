@@ -35,6 +35,8 @@ _WHERE = {
     "FitResult": "_fit",
     "decode": "_fit",
     "fit_smpl": "_fit",
+    "FitWeights": "_fit",
+    "refine_fit": "_fit",
     "optimize_smpl": "_optim",
     "AtomicCheckpointIO": "_checkpoint",
     "CheckpointError": "_checkpoint",

@@ -325,21 +325,39 @@ class ScanSet(Dataset):
         return item
 
 
-def _read_split(path: Path) -> dict[str, Tensor]:
-    """A cached split (``torch.load(weights_only=True)``).
+#: the tensors of a generated split and their shapes after the scan axis (``N``: points per
+#: scan, ``K``: betas)
+SPLIT_KEYS = {"points": ("N", 3), "labels": ("N",), "betas": ("K",), "global_orient": (3, 3),
+              "body_pose": (23, 3, 3), "transl": (3,), "joints": (24, 3), "root": (3,)}
+
+
+def _read_split(path: Path, num_points: int, num_betas: int) -> dict[str, Tensor]:
+    """A cached split (``torch.load(weights_only=True)``), checked against
+    :data:`SPLIT_KEYS` for ``num_points`` points and ``num_betas`` betas per scan.
 
     Raises:
-        ValueError: the file cannot be read or is not a split (a dict with ``points``).
+        ValueError: the file cannot be read or is not a split of this configuration
+            (a key missing, a shape that differs, scan counts that disagree).
     """
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any reader failure: a bad cache file
         raise ValueError(f"data cache {str(path)!r} cannot be read ({type(err).__name__}: "
                          f"{' '.join(str(err).split())[:120]})") from err
-    if not isinstance(data, dict) or not isinstance(data.get("points"), Tensor):
-        got = sorted(map(str, data))[:6] if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"data cache {str(path)!r} is not a generated split (expected a "
-                         f"dict with 'points', got {got})")
+    if not isinstance(data, dict) or not set(SPLIT_KEYS) <= set(data):
+        got = sorted(map(str, data))[:10] if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"data cache {str(path)!r} is not a generated split (expected keys "
+                         f"{sorted(SPLIT_KEYS)}, got {got})")
+    sizes = {"N": num_points, "K": num_betas}
+    scans = {len(v) for v in data.values() if isinstance(v, Tensor) and v.dim()}
+    for k, tail in SPLIT_KEYS.items():
+        want = tuple(sizes.get(t, t) for t in tail)  # type: ignore[arg-type]
+        v = data[k]
+        if not isinstance(v, Tensor) or tuple(v.shape[1:]) != want or len(scans) != 1:
+            got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+            raise ValueError(f"data cache {str(path)!r} is not a split of this configuration "
+                             f"('{k}': expected (S, {', '.join(map(str, want))}) with one S "
+                             f"for every key, got {got})")
     return data
 
 
@@ -527,15 +545,16 @@ class ArtEqDataModule(L.LightningDataModule):
             path = self.cache_dir() / f"{split}.pt"
             if not path.is_file():
                 self.prepare_data()
+            n, nb = int(self.hparams.num_points), int(self.hparams.num_betas)
             try:
-                data = _read_split(path)
+                data = _read_split(path, n, nb)
             except ValueError as err:
                 import warnings
 
                 warnings.warn(f"{err}; regenerating it", UserWarning, stacklevel=2)
                 path.unlink(missing_ok=True)
                 self.prepare_data()
-                data = _read_split(path)
+                data = _read_split(path, n, nb)
             self._data[split] = data
         return self._data[split]
 

@@ -78,8 +78,10 @@ class FitResult:
         betas: :math:`(B, K)` shape coefficients.
         global_orient: :math:`(B, 3, 3)` root rotation.
         body_pose: :math:`(B, 23, 3, 3)` local rotations of SMPL joints 1..23.
-        transl: :math:`(B, 3)` translation (input units): ``pose_body(model, [global_orient,
-            body_pose], betas, transl * scale).vertices == vertices * scale``.
+        transl: :math:`(B, 3)` translation (input units): ``pose_body(model,
+            torch.cat([global_orient[:, None], body_pose], 1), betas, transl * scale)
+            .vertices == vertices * scale`` (to the body model's precision at that
+            translation: float32 far from the origin is coarse).
         vertices: :math:`(B, V, 3)` posed mesh (input units).
         joints: :math:`(B, J, 3)` smplx's joints (input units; ``J`` = 24 + the model's vertex
             keypoints, see :mod:`geo3d.eval._body_metrics`).

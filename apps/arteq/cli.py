@@ -14,8 +14,8 @@ Usage::
 (betas, global_orient (3, 3), body_pose (23, 3, 3), transl (3,), vertices (V, 3), joints
 (J, 3) with J = the body's joint count: 29 on the Anny/tiny bodies = 24 SMPL joints + 5
 face points, part_labels (N,)) and ``DIR/<scan>_smpl.ply`` (the fitted mesh), in the scan's
-units (positions float64, so map coordinates keep their resolution); ``geo3d arteq predict
---help`` lists its options.
+units (the ``.npz`` positions in float64, so map coordinates keep their resolution; the
+``.ply``, for viewers, in float32); ``geo3d arteq predict --help`` lists its options.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def _predict(argv: list[str]) -> int:
         "transl (3,), vertices (V, 3), joints (J, 3) with J = the body model's joint count: "
         "29 on the Anny and tiny bodies = 24 SMPL joints + 5 face points, 45 on official SMPL "
         "files; part_labels (N,)) and OUT/<scan>_smpl.ply (the mesh), lengths in the scan's "
-        "units (positions float64).")
+        "units (.npz positions float64; the .ply float32, for viewers).")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `fit`")
     p.add_argument("--points", nargs="+", required=True,
                    help=".ply/.obj/.off/.xyz/.npz/.npy scans (distinct file names: the outputs "

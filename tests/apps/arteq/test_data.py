@@ -151,9 +151,10 @@ def test_cache_is_reused_and_keyed_by_the_configuration(dm, monkeypatch):
 
 
 def test_unreadable_cache_file_is_regenerated_with_a_warning(dm, tmp_path):
-    """A truncated split file, and a foreign torch file under a split's name: the split is
+    """A truncated split file, a foreign torch file, a split without 'joints' and one of
+    another configuration (50 points per scan, not 96) under a split's name: the split is
     generated again (the same scans: one generator per split) with a warning naming the
-    file, instead of a raw PytorchStreamReader traceback."""
+    file, instead of a raw traceback (or, for the last, silently other scans)."""
     import shutil
 
     copy = tmp_path / "copy"
@@ -162,7 +163,15 @@ def test_unreadable_cache_file_is_regenerated_with_a_warning(dm, tmp_path):
     ood = fresh.cache_dir() / "ood.pt"
     ood.write_bytes(ood.read_bytes()[:500])
     torch.save({"a": torch.zeros(1)}, fresh.cache_dir() / "val.pt")
-    for split, file in (("ood", ood), ("val", fresh.cache_dir() / "val.pt")):
+    good = dm.split_data("train")
+    torch.save({k: v for k, v in good.items() if k != "joints"}, fresh.cache_dir() / "train.pt")
+    # a split of another configuration (fewer points per scan) under this one's name
+    torch.save({**dm.split_data("in_dist"), "points": dm.split_data("in_dist")["points"][:, :50],
+                "labels": dm.split_data("in_dist")["labels"][:, :50]},
+               fresh.cache_dir() / "in_dist.pt")
+    for split, file in (("ood", ood), ("val", fresh.cache_dir() / "val.pt"),
+                        ("train", fresh.cache_dir() / "train.pt"),
+                        ("in_dist", fresh.cache_dir() / "in_dist.pt")):
         with pytest.warns(UserWarning, match=f"data cache '{file}'.*regenerating"):
             got = fresh.split_data(split)
         torch.testing.assert_close(got["points"], dm.split_data(split)["points"], rtol=0, atol=0)

@@ -622,3 +622,15 @@ def test_fit_api_refuses_bad_weights_degenerate_scans_and_odd_inputs(body, tiny_
         save_model(torch.nn.Linear(3, 3), tmp_path / "x.pt")
     with pytest.raises(IsADirectoryError, match="folder"):
         save_model(tiny_net, tmp_path)
+
+
+def test_fitting_api_names_are_exported_from_the_package():
+    """refine_fit was in _fit.__all__ but not importable from geo3d.apps.arteq."""
+    import geo3d.apps.arteq as pkg
+    from geo3d.apps.arteq import _optim
+
+    for name in (*_fit.__all__, *_optim.__all__):
+        if name in ("cube_rotations", "rigid_icp"):  # optimisation internals, documented there
+            continue
+        assert name in pkg.__all__ and getattr(pkg, name) is getattr(
+            _fit if name in _fit.__all__ else _optim, name), name
