@@ -84,10 +84,16 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> torch.nn.M
 
 
 def checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``arteq`` entry of a checkpoint (``body_model``, ``num_betas``), or ``{}``."""
+    """The ``arteq`` entry of a checkpoint (``body_model``, ``num_betas``, ``gender``,
+    ``num_points``: the points per training scan), or ``{}``. ``num_points`` is taken from
+    the data module's saved settings for checkpoints written before it was recorded."""
     ckpt = load_checkpoint(path)
     info = ckpt.get("arteq")
-    return dict(info) if isinstance(info, dict) else {}
+    info = dict(info) if isinstance(info, dict) else {}
+    dm = ckpt.get("datamodule_hyper_parameters")
+    if "num_points" not in info and isinstance(dm, dict) and isinstance(dm.get("num_points"), int):
+        info["num_points"] = dm["num_points"]
+    return info
 
 
 def save_model(net: torch.nn.Module, path: str | os.PathLike,

@@ -897,6 +897,29 @@ def checkpoint_body(checkpoint: Any) -> str | None:
     return str(spec) if spec else None
 
 
+def checkpoint_num_points(checkpoint: Any) -> int | None:
+    """The points per training scan a checkpoint file records (``None``: a module, a plain
+    file without the record)."""
+    if not isinstance(checkpoint, (str, os.PathLike)) or not Path(checkpoint).is_file():
+        return None
+    from geo3d.apps.arteq._checkpoint import checkpoint_info
+
+    n = checkpoint_info(checkpoint).get("num_points")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+#: seed of the subsample :func:`fit_smpl` draws from scans denser than the training scans
+RESAMPLE_SEED = 0
+
+
+def _subsample_index(n: int, m: int, device: torch.device) -> Tensor:
+    """``m`` of ``n`` point indices, uniformly without replacement, the same on every call
+    (a fixed seed: an area-uniform dense scan becomes an area-uniform scan of ``m`` points,
+    as in training, and the choice does not depend on the frame)."""
+    g = torch.Generator().manual_seed(RESAMPLE_SEED)
+    return torch.randperm(n, generator=g)[:m].sort().values.to(device)
+
+
 def load_net(checkpoint: Any, device: torch.device | str = "cpu") -> nn.Module:
     """An ArtEqNet from a path (``geo3d.apps.arteq._checkpoint.load_model`` when available,
     else a ``{"config", "state_dict"}`` file read with ``torch.load(weights_only=True)``) or an
@@ -984,6 +1007,7 @@ def fit_smpl(
     full_scan: bool = True,
     weights: FitWeights | None = None,
     progress: bool = False,
+    num_points: int | str | None = "auto",
 ) -> FitResult:
     """Fit SMPL-layout bodies to point clouds with a trained ArtEq network.
 
@@ -1007,6 +1031,14 @@ def fit_smpl(
             the refinement, for partial scans).
         weights: objective weights of the refinement.
         progress: tqdm bar during refinement.
+        num_points: points per scan the network sees. The network's neighbourhoods (kNN)
+            were learned at one scan density, so a denser scan is subsampled to it (uniformly
+            at random with a fixed seed, the same on every call); every input point still
+            gets the part of its nearest subsampled point, and the translation, ICP and
+            refinement use all points. ``"auto"``: the points per training scan the
+            checkpoint file records (none recorded, or a module: as ``None``); an int:
+            that many; ``None``: all points, whatever the density. Sparser scans are used
+            as they are.
 
     Returns:
         :class:`FitResult` over all scans in input order; lengths in input units;
@@ -1025,7 +1057,8 @@ def fit_smpl(
             ``icp_steps``/``refine_steps``, bad ``batch_size``, ``weights`` (not a
             :class:`FitWeights`, a negative or non-finite weight, ``sigma <= 0``),
             ``device`` (unknown, not available here, or ``"meta"``), ``checkpoint`` (not a
-            path or module), or a ``body_model`` that is not a known name/path/module or
+            path or module), ``num_points`` (not ``"auto"``, ``None`` or an int >= the
+            network's ``k``), or a ``body_model`` that is not a known name/path/module or
             differs from the one the checkpoint records.
 
     Warns:
@@ -1059,11 +1092,18 @@ def fit_smpl(
                                                                                trained_on):
             raise ValueError(f"body_model: expected the checkpoint's body model {trained_on!r} "
                              f"(the network was trained on it), got {os.fspath(body_model)!r}")
+    if num_points == "auto":
+        num_points = checkpoint_num_points(checkpoint)
+    elif num_points is not None:
+        num_points = _check_int("num_points", num_points, 1)
     net = load_net(checkpoint, dev)
     net.eval()
     k = getattr(net, "config", {}).get("k")
     if isinstance(k, int):
         _check_min_points(pts, k)
+        if num_points is not None and num_points < k:
+            raise ValueError(f"num_points: expected at least the network's neighbourhood size "
+                             f"k = {k}, got {num_points}")
     warn_scale(pts, scale)
     net_dtype = next((p.dtype for p in net.parameters()), torch.float32)
     nb = getattr(net, "config", {}).get("num_betas")
@@ -1073,7 +1113,21 @@ def fit_smpl(
     for chunk in _chunks(pts, batch_size):
         with torch.no_grad():
             x = _centred_metres(chunk, dev, net_dtype, scale)[0]  # translation-invariant net
+            n = x.shape[1]
+            sub = None
+            if num_points is not None and n > num_points:
+                sub = _subsample_index(n, num_points, dev)
+                # centred on the subsample's own centroid, as a training scan is
+                x = x[:, sub] - x[:, sub].mean(1, keepdim=True)
             out = net(x)
+            if sub is not None:
+                from geo3d.ops import knn
+
+                logits = out["part_logits"]
+                full = chunk.to(dev, torch.float64)
+                nearest = knn(full, full[:, sub], 1).idx[..., 0]  # (b, n) into the subsample
+                out = {**out, "part_logits": torch.gather(
+                    logits, 1, nearest[..., None].expand(-1, -1, logits.shape[-1]))}
             fit = decode(out, model, chunk.to(dev), scale, icp_steps=icp_steps)
         if refine:
             fit = refine_fit(fit, chunk.to(dev), model, scale, steps=refine_steps,

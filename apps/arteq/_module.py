@@ -417,6 +417,10 @@ class ArtEqModule(L.LightningModule):
         checkpoint["arteq"] = {"body_model": str(self.hparams.body_model),
                                "num_betas": int(self.hparams.num_betas),
                                "gender": str(self.hparams.gender)}
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        n = getattr(getattr(dm, "hparams", None), "num_points", None)
+        if isinstance(n, int):  # the scan density the net learned (fit_smpl resamples to it)
+            checkpoint["arteq"]["num_points"] = n
 
     def configure_optimizers(self) -> Any:
         h = self.hparams

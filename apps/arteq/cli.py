@@ -6,7 +6,7 @@ Usage::
     geo3d arteq fit --config demo --ckpt_path last          # resume the newest last.ckpt
     geo3d arteq test --config demo --ckpt_path last         # in_dist / ood / rotated / partial
     geo3d arteq predict --checkpoint last.ckpt --points scan.ply [scan2.npz ...]
-                        [--scale 0.001] [--refine] [--partial] --out DIR
+                        [--scale 0.001] [--refine] [--partial] [--num-points N|all] --out DIR
     geo3d arteq demo [--out runs/arteq_demo]
 
 ``--config NAME`` also accepts the name of a packaged config (``demo``, ``long``,
@@ -153,9 +153,19 @@ def _predict(argv: list[str]) -> int:
                    help="body model file or 'anny'/'tiny' (default and only accepted value: "
                    "the checkpoint's)")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--num-points", default="auto",
+                   help="points per scan the network sees: 'auto' (default: the training "
+                   "scans' count recorded in the checkpoint; denser scans are subsampled), "
+                   "a number, or 'all'")
     a = p.parse_args(argv)
     if not (math.isfinite(a.scale) and a.scale > 0):
         raise UsageError(f"--scale: expected a positive finite number, got {a.scale}")
+    num_points: int | str | None = {"auto": "auto", "all": None}.get(a.num_points, a.num_points)
+    if isinstance(num_points, str) and num_points != "auto":
+        if not num_points.isdigit() or int(num_points) < 1:
+            raise UsageError(f"--num-points: expected 'auto', 'all' or a positive integer, got "
+                             f"{a.num_points!r}")
+        num_points = int(num_points)
     stems: dict[str, str] = {}
     for f in a.points:
         stem = Path(f).stem
@@ -191,6 +201,11 @@ def _predict(argv: list[str]) -> int:
         raise UsageError(f"--body-model: expected the checkpoint's body model {trained_on!r} "
                          f"(the network was trained on it), got {a.body_model!r}")
     k = net.config.get("k")
+    if num_points == "auto":  # the training scans' count, when the checkpoint records it
+        num_points = info.get("num_points")
+    if isinstance(num_points, int) and isinstance(k, int) and num_points < k:
+        raise UsageError(f"--num-points: expected at least the network's neighbourhood size "
+                         f"k = {k}, got {num_points}")
     # float64 (read_points' dtype): fit_smpl centres in float64, so scans far from the
     # origin (map coordinates) keep their resolution, and positions come back in float64
     tensors = [torch.as_tensor(pts, dtype=torch.float64)[None] for pts in clouds]
@@ -208,7 +223,7 @@ def _predict(argv: list[str]) -> int:
     for f, pts in zip(a.points, tensors, strict=True):
         with warnings.catch_warnings():  # the scale notice was printed once above
             warnings.filterwarnings("ignore", message="scale: the points span")
-            res = fit_smpl(pts[0], net, body_model=body,
+            res = fit_smpl(pts[0], net, body_model=body, num_points=num_points,
                            refine=a.refine, scale=a.scale, device=device,
                            full_scan=not a.partial)
         stem = Path(f).stem

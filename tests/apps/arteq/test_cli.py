@@ -66,6 +66,7 @@ def test_fit_then_test_writes_checkpoint_results_and_pictures(trained: Path):
     ckpt = _last(trained)
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert raw["global_step"] == 2 and raw["arteq"]["body_model"] == "tiny"
+    assert raw["arteq"]["num_points"] == 48  # the training density, for fit_smpl
     assert "config" in raw and all(k.startswith("net.") for k in raw["state_dict"])
     # the body model's buffers are not saved with the net
     assert not any("v_template" in k for k in raw["state_dict"])
@@ -439,3 +440,27 @@ def test_ckpt_path_last_uses_the_checkpoints_settings_and_errors_are_one_line(
     assert geo3d_main(["arteq", "test", "--config", cfg, "--ckpt_path", str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "another geo3d app" in err and str(other) in err, err
+
+
+def test_predict_num_points(trained: Path, tmp_path, capsys):
+    """A 200-point scan with a checkpoint trained on 48-point scans: 'auto' subsamples to
+    48 for the network (labels still for all 200 points), equal to --num-points 48;
+    'all' feeds all 200; bad values are one line."""
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "s.npy", rng.normal(size=(200, 3)) * [0.2, 0.8, 0.15])
+    outs = {}
+    for opt in ("auto", "48", "all"):
+        out = tmp_path / opt
+        assert geo3d_main(["arteq", "predict", "--checkpoint", str(_last(trained)), "--points",
+                           str(tmp_path / "s.npy"), "--out", str(out), "--num-points", opt]) == 0
+        outs[opt] = np.load(out / "s_smpl.npz")
+        assert outs[opt]["part_labels"].shape == (200,)
+    np.testing.assert_array_equal(outs["auto"]["body_pose"], outs["48"]["body_pose"])
+    assert not np.allclose(outs["auto"]["betas"], outs["all"]["betas"], atol=1e-7)
+    capsys.readouterr()
+    for bad in ("0", "-3", "many", "2"):
+        assert geo3d_main(["arteq", "predict", "--checkpoint", str(_last(trained)), "--points",
+                           str(tmp_path / "s.npy"), "--out", str(tmp_path / "x"),
+                           "--num-points", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--num-points" in err, err

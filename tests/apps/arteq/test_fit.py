@@ -634,3 +634,46 @@ def test_fitting_api_names_are_exported_from_the_package():
             continue
         assert name in pkg.__all__ and getattr(pkg, name) is getattr(
             _fit if name in _fit.__all__ else _optim, name), name
+
+
+def test_dense_scans_are_subsampled_to_the_training_density(body, tiny_net, tmp_path):
+    """A scan denser than the training scans is subsampled (fixed seed) for the network:
+    the pose and shape are those of the subsample alone, every point gets its nearest
+    subsampled point's part, the choice does not depend on the frame, and "auto" reads the
+    density from the checkpoint (recorded, or the data module's settings of older files)."""
+    from geo3d.apps.arteq._checkpoint import checkpoint_info, save_model
+
+    gt = _gt(body, seed=23, n=300, noise=1e-3)
+    pts = gt["points"]
+    r = fit_smpl(pts, tiny_net, body, num_points=120)
+    sub = _fit._subsample_index(300, 120, torch.device("cpu"))
+    alone = fit_smpl(pts[:, sub], tiny_net, body, num_points=None)
+    torch.testing.assert_close(r.body_pose, alone.body_pose, rtol=0, atol=1e-9)
+    torch.testing.assert_close(r.betas, alone.betas, rtol=0, atol=1e-9)
+    assert torch.equal(r.part_labels[:, sub], alone.part_labels)
+    d = torch.cdist(pts[0], pts[0, sub])
+    assert torch.equal(r.part_labels[0], alone.part_labels[0, d.argmin(1)])
+    assert r.part_labels.shape == (1, 300)
+    # all points: the network sees the dense scan (a different result)
+    dense = fit_smpl(pts, tiny_net, body, num_points=None)
+    assert not torch.allclose(dense.body_pose, r.body_pose, atol=1e-6)
+    # rotated and moved: labels identical, orientation rotated
+    g = torch.Generator().manual_seed(24)
+    Rg = random_rotation_matrix(generator=g, dtype=F64)
+    moved = fit_smpl(pts @ Rg.T + torch.tensor([3.0, -1.0, 2.0], dtype=F64), tiny_net, body,
+                     num_points=120)
+    assert torch.equal(moved.part_labels, r.part_labels)
+    torch.testing.assert_close(moved.global_orient, Rg @ r.global_orient, rtol=0, atol=1e-9)
+    # "auto": from the checkpoint file
+    path = save_model(tiny_net, tmp_path / "net.pt", extra={"body_model": "tiny",
+                                                          "num_points": 120})
+    auto = fit_smpl(pts, path)
+    torch.testing.assert_close(auto.body_pose.double(), r.body_pose, rtol=0, atol=1e-4)
+    old = tmp_path / "old.ckpt"
+    torch.save({"config": tiny_net.config, "state_dict": tiny_net.state_dict(),
+                "datamodule_hyper_parameters": {"num_points": 64}}, old)
+    assert checkpoint_info(old) == {"num_points": 64}
+    with pytest.raises(ValueError, match="^num_points: expected at least the network's"):
+        fit_smpl(pts, tiny_net, body, num_points=4)
+    with pytest.raises(ValueError, match="^num_points: expected an int"):
+        fit_smpl(pts, tiny_net, body, num_points="all")
