@@ -167,9 +167,15 @@ class AppLightningCLI(LightningCLI):
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         args = self._given_args
         configs, flags = _split_config_files(args[1:]) if args and args[0] == sub else (None, [])
+        # the config files alone (validated with the flags below: a required setting such
+        # as data.root may come from a flag)
+        base = self.config if configs is None else self.parser.parse_args(
+            [sub, *configs], _skip_validation=True)
         try:
-            base = self.config if configs is None else self.parser.parse_args([sub, *configs])
-            self.config = self.parser.parse_object({sub: {"model": hparams}}, base)
+            # the settings must be this app's: checked on the full, valid command line
+            self.parser.parse_object({sub: {"model": hparams}}, self.config)
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, base,
+                                                   _skip_validation=bool(flags))
         except (argparse.ArgumentError, TypeError, ValueError, KeyError) as err:
             msg = " ".join(str(err).split())[:200]
             raise UsageError(f"{where}: the model settings saved in {str(path)!r} are not "

@@ -209,3 +209,32 @@ def test_check_training_limits_refuses_empty_and_invalid_runs():
                      ({"max_time": datetime.timedelta(0)}, "max_time")):
         with pytest.raises(UsageError, match=rf"^x fit: trainer\.{key}: expected"):
             check_training_limits(bad, "x fit")
+
+
+def test_ckpt_path_with_a_required_setting_given_as_a_flag(tmp_path, monkeypatch):
+    """`validate --config X --data.root R --ckpt_path FILE`, X without data.root (required
+    by the assembly data module): the config files are parsed alone before the checkpoint's
+    settings, and that parse must not demand data.root (it was reported as 'a checkpoint of
+    another geo3d app'); the flag and the checkpoint's model setting both arrive."""
+    import torch
+    import yaml
+    from geo3d.apps.assembly.cli import config_path, run_lightning_cli
+
+    import geo3d._app_lightning as al
+
+    cfg = yaml.safe_load(Path(config_path("demo")).read_text())
+    cfg["data"].pop("root", None)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    ckpt = tmp_path / "a.ckpt"
+    torch.save({"state_dict": {}, "pytorch-lightning_version": "2.6.0",
+                "hyper_parameters": {"feat_dim": 24}}, ckpt)
+    seen = {}
+    monkeypatch.setattr(al.AppLightningCLI, "_run_subcommand",
+                        lambda self, sub: seen.update(
+                            root=self.config[sub].data.root,
+                            feat_dim=self.config[sub].model.feat_dim))
+    monkeypatch.setattr(al.AppLightningCLI, "instantiate_classes", lambda self: None)
+    run_lightning_cli(["validate", "--config", str(tmp_path / "c.yaml"), "--data.root",
+                       str(tmp_path / "d"), "--ckpt_path", str(ckpt),
+                       "--trainer.logger", "false"])
+    assert seen == {"root": str(tmp_path / "d"), "feat_dim": 24}
