@@ -24,8 +24,8 @@ import torch
 from geo3d._validation import error_summary as _first_sentence
 
 __all__ = ["UsageError", "OneLineParser", "add_forwarding_parser", "PackagedConfigs",
-           "CheckpointError", "load_checkpoint", "find_last_checkpoints", "resolve_last_checkpoint", "resolve_device",
-           "evaluated_progress"]
+           "CheckpointError", "load_checkpoint", "find_last_checkpoints", "newest_last_checkpoint",
+           "resolve_last_checkpoint", "resolve_device", "evaluated_progress"]
 
 
 class UsageError(ValueError):
@@ -255,6 +255,13 @@ def find_last_checkpoints(roots: list[Path]) -> list[Path]:
     return [p for r in roots if r.is_dir() for p in r.rglob("last*.ckpt") if p.is_file()]
 
 
+def newest_last_checkpoint(roots: list[Path]) -> Path | None:
+    """The newest (by modification time, then path) ``last*.ckpt`` under ``roots``, or
+    ``None``: what ``--ckpt_path last`` means."""
+    found = find_last_checkpoints(roots)
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, str(p))) if found else None
+
+
 def resolve_last_checkpoint(trainer: Any, subcommand: str, prog: str) -> str | None:
     """What ``--ckpt_path last`` means for the geo3d apps: the newest ``last*.ckpt`` (by
     modification time, then path) anywhere under the run directory
@@ -277,14 +284,13 @@ def resolve_last_checkpoint(trainer: Any, subcommand: str, prog: str) -> str | N
     cb = getattr(trainer, "checkpoint_callback", None)
     if cb is not None and getattr(cb, "dirpath", None):
         roots.append(Path(cb.dirpath))
-    found = find_last_checkpoints(roots)
+    best = newest_last_checkpoint(roots)
     where = " or ".join(repr(str(r)) for r in roots)
-    if not found:
+    if best is None:
         if subcommand == "fit":
             print(f"{prog} fit: --ckpt_path last: no last.ckpt under {where}; starting a fresh "
                   "run", file=sys.stderr, flush=True)
             return None
         raise FileNotFoundError(f"ckpt_path: 'last' but no last*.ckpt exists under {where}")
-    best = max(found, key=lambda p: (p.stat().st_mtime_ns, str(p)))
     print(f"{prog} {subcommand}: --ckpt_path last -> {best}", file=sys.stderr, flush=True)
     return str(best)

@@ -37,8 +37,8 @@ from geo3d._app import (
     CheckpointError,
     PackagedConfigs,
     UsageError,
-    find_last_checkpoints,
     load_checkpoint,
+    newest_last_checkpoint,
     resolve_last_checkpoint,
 )
 from geo3d._atomic import atomic_write_bytes
@@ -193,8 +193,7 @@ class AppLightningCLI(LightningCLI):
         dirpath = (cfg.get("checkpoint") or {}).get("dirpath")
         if dirpath:
             roots.append(Path(dirpath))
-        found = find_last_checkpoints(roots)
-        return max(found, key=lambda p: (p.stat().st_mtime_ns, str(p))) if found else None
+        return newest_last_checkpoint(roots)
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:

@@ -349,11 +349,11 @@ def _read_split(path: Path, num_points: int, num_betas: int) -> dict[str, Tensor
         raise ValueError(f"data cache {str(path)!r} is not a generated split (expected keys "
                          f"{sorted(SPLIT_KEYS)}, got {got})")
     sizes = {"N": num_points, "K": num_betas}
-    scans = {len(v) for v in data.values() if isinstance(v, Tensor) and v.dim()}
+    one_scan_count = len({len(v) for v in data.values() if isinstance(v, Tensor) and v.dim()}) == 1
     for k, tail in SPLIT_KEYS.items():
         want = tuple(sizes.get(t, t) for t in tail)  # type: ignore[arg-type]
         v = data[k]
-        if not isinstance(v, Tensor) or tuple(v.shape[1:]) != want or len(scans) != 1:
+        if not isinstance(v, Tensor) or tuple(v.shape[1:]) != want or not one_scan_count:
             got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
             raise ValueError(f"data cache {str(path)!r} is not a split of this configuration "
                              f"('{k}': expected (S, {', '.join(map(str, want))}) with one S "

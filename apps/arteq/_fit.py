@@ -887,25 +887,14 @@ def same_body_spec(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-def checkpoint_body(checkpoint: Any) -> str | None:
-    """The ``body_model`` a checkpoint file records (``None``: a module or no record)."""
+def checkpoint_record(checkpoint: Any) -> dict[str, Any]:
+    """What a checkpoint file records about its training (``body_model``, ``num_points``,
+    ...: :func:`~geo3d.apps.arteq._checkpoint.checkpoint_info`); ``{}`` for a module."""
     if not isinstance(checkpoint, (str, os.PathLike)) or not Path(checkpoint).is_file():
-        return None
+        return {}
     from geo3d.apps.arteq._checkpoint import checkpoint_info
 
-    spec = checkpoint_info(checkpoint).get("body_model")
-    return str(spec) if spec else None
-
-
-def checkpoint_num_points(checkpoint: Any) -> int | None:
-    """The points per training scan a checkpoint file records (``None``: a module, a plain
-    file without the record)."""
-    if not isinstance(checkpoint, (str, os.PathLike)) or not Path(checkpoint).is_file():
-        return None
-    from geo3d.apps.arteq._checkpoint import checkpoint_info
-
-    n = checkpoint_info(checkpoint).get("num_points")
-    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+    return checkpoint_info(checkpoint)
 
 
 #: seed of the subsample :func:`fit_smpl` draws from scans denser than the training scans
@@ -1084,7 +1073,8 @@ def fit_smpl(
     pts = _as_points(points)
     _check_extent(pts)
     dev = _resolve_device(device, pts)
-    trained_on = checkpoint_body(checkpoint)
+    record = checkpoint_record(checkpoint)  # read once: the body and the scan density
+    trained_on = str(record["body_model"]) if record.get("body_model") else None
     if trained_on is not None:
         if body_model is None:
             body_model = trained_on
@@ -1093,7 +1083,8 @@ def fit_smpl(
             raise ValueError(f"body_model: expected the checkpoint's body model {trained_on!r} "
                              f"(the network was trained on it), got {os.fspath(body_model)!r}")
     if num_points == "auto":
-        num_points = checkpoint_num_points(checkpoint)
+        n = record.get("num_points")
+        num_points = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
     elif num_points is not None:
         num_points = _check_int("num_points", num_points, 1)
     net = load_net(checkpoint, dev)
