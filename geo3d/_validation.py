@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_finite", "error_summary", "set_value_checks", "switch_on", "value_error",
-           "values_enabled"]
+__all__ = ["check_finite", "error_summary", "promote_floats", "set_value_checks", "switch_on",
+           "value_error", "values_enabled"]
 
 _VALUE_CHECKS = True
 
@@ -60,6 +60,29 @@ def error_summary(err: BaseException, limit: int = 160) -> str:
     text = " ".join(str(err).split())
     first = text.split(". ")[0].rstrip(".")
     return first[:limit] or type(err).__name__
+
+
+def promote_floats(**named: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors ``named`` (keyword order), each cast to their common floating dtype
+    (:func:`torch.promote_types`: a float32 prediction scored against float64 ground
+    truth is computed in float64, never silently rounded to float32).
+
+    Raises:
+        ValueError: a value that is not a floating tensor (named), or tensors on
+            different devices.
+    """
+    dtype = None
+    device = None
+    for name, x in named.items():
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise value_error(name, "a floating tensor",
+                              getattr(x, "dtype", type(x).__name__))
+        dtype = x.dtype if dtype is None else torch.promote_types(dtype, x.dtype)
+        if device is None:
+            device, first = x.device, name
+        elif x.device != device:
+            raise value_error(name, f"a tensor on {device} (as {first})", x.device)
+    return [x.to(dtype) for x in named.values()]
 
 
 def shape_of(x: object) -> object:

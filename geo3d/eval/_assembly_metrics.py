@@ -31,6 +31,10 @@ and have no gimbal artefacts. ``mae_r_geo`` is the reference's ``rot_geodesic_di
 ``rmse_r_geo`` (not a reference metric) is the root of the mean squared angle over the
 valid parts of an object (a per-part RMSE of one angle would be the angle itself).
 
+Mixed float dtypes (a float32 prediction against float64 ground truth) are computed in the
+widest one, never rounded to the narrower; every pose and point input must be floating and
+on one device (``ValueError`` otherwise).
+
 Empty input: every object needs at least one valid part and every part at least one
 point (``ValueError`` otherwise); a batch of ``B = 0`` objects gives empty ``(0,)``
 results with ``reduction="none"`` and raises ``ValueError`` with ``reduction="mean"``
@@ -41,6 +45,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from geo3d._validation import promote_floats
 
 __all__ = [
     "transform_parts",
@@ -116,6 +122,14 @@ def _zero_padded(points: Tensor, valid: Tensor) -> Tensor:
                        torch.zeros((), dtype=points.dtype, device=points.device))
 
 
+def _promote(points: Tensor, pred_rot: Tensor, pred_trans: Tensor, gt_rot: Tensor,
+             gt_trans: Tensor) -> list[Tensor]:
+    """Mixed float dtypes (a float32 prediction against float64 ground truth) are scored in
+    the widest one (ValueError for a non-floating input or mixed devices)."""
+    return promote_floats(points=points, pred_rot=pred_rot, pred_trans=pred_trans,
+                          gt_rot=gt_rot, gt_trans=gt_trans)
+
+
 def _check_reduction(reduction: str) -> None:
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
@@ -130,10 +144,12 @@ def transform_parts(points: Tensor, rot: Tensor, trans: Tensor) -> Tensor:
         trans: translations, shape :math:`(*, P, 3)`.
 
     Returns:
-        Transformed points, shape :math:`(*, P, N, 3)` (a new tensor).
+        Transformed points, shape :math:`(*, P, N, 3)` (a new tensor), in the widest of
+        the three float dtypes.
 
     Raises:
-        ValueError: shapes that do not match exactly (no broadcasting).
+        ValueError: shapes that do not match exactly (no broadcasting), a non-floating
+            input, inputs on different devices.
     """
     if points.shape[-1] != 3 or points.dim() < 3:
         raise ValueError(f"points: expected shape (*, P, N, 3), got {tuple(points.shape)}")
@@ -145,6 +161,7 @@ def transform_parts(points: Tensor, rot: Tensor, trans: Tensor) -> Tensor:
         raise ValueError(
             f"trans: expected shape {tuple(points.shape[:-2]) + (3,)}, got {tuple(trans.shape)}"
         )
+    points, rot, trans = promote_floats(points=points, rot=rot, trans=trans)
     return points @ rot.transpose(-1, -2) + trans[..., None, :]
 
 
@@ -211,7 +228,7 @@ def align_to_anchor(
 
     Returns:
         ``(rot (B, P, 3, 3), trans (B, P, 3))``, the aligned predicted poses (new
-        tensors).
+        tensors, in the widest float dtype of the inputs).
 
     Raises:
         ValueError: bad shapes, or an ``anchor`` index outside ``[0, P)``.
@@ -234,7 +251,9 @@ def align_to_anchor(
     tA = ga - (RA @ ta[..., None])[..., 0]
     rot = RA[:, None] @ pred_rot.to(f64)
     trans = (RA[:, None] @ pred_trans.to(f64)[..., None])[..., 0] + tA[:, None]
-    return rot.to(pred_rot.dtype), trans.to(pred_trans.dtype)
+    dtype = torch.promote_types(torch.promote_types(pred_rot.dtype, pred_trans.dtype),
+                                torch.promote_types(gt_rot.dtype, gt_trans.dtype))
+    return rot.to(dtype), trans.to(dtype)
 
 
 def part_chamfer(
@@ -265,6 +284,8 @@ def part_chamfer(
 
     _check_points(points)
     B, P, N, _ = points.shape
+    points, pred_rot, pred_trans, gt_rot, gt_trans = _promote(points, pred_rot, pred_trans,
+                                                              gt_rot, gt_trans)
     pred_trans, gt_trans = _recentre(pred_trans, gt_trans)
     x = transform_parts(points, pred_rot, pred_trans).reshape(B * P, N, 3)
     y = transform_parts(points, gt_rot, gt_trans).reshape(B * P, N, 3)
@@ -304,7 +325,7 @@ def part_accuracy(
     _check_reduction(reduction)
     points = _zero_padded(points, valid)
     cd = part_chamfer(points, pred_rot, pred_trans, gt_rot, gt_trans)
-    ok = (cd < threshold).to(points.dtype)
+    ok = (cd < threshold).to(cd.dtype)
     return _reduce(_valid_mean(ok, valid), reduction)
 
 
@@ -340,6 +361,8 @@ def shape_chamfer(
     B, P, N, _ = points.shape
     valid = _check_valid(valid, B, P)
     _check_reduction(reduction)
+    points, pred_rot, pred_trans, gt_rot, gt_trans = _promote(points, pred_rot, pred_trans,
+                                                              gt_rot, gt_trans)
     pred_trans, gt_trans = _recentre(pred_trans, gt_trans, valid)
     points = _zero_padded(points, valid)
     x = transform_parts(points, pred_rot, pred_trans)
@@ -406,10 +429,11 @@ def rotation_errors(
     _check("gt_rot", gt_rot, (B, P, 3, 3), f"(B, P, 3, 3) = {(B, P, 3, 3)}")
     valid = _check_valid(valid, B, P)
     _check_reduction(reduction)
+    pred_rot, gt_rot = promote_floats(pred_rot=pred_rot, gt_rot=gt_rot)
     # padded parts may hold anything (zeros, NaN): score them as identity vs identity
     eye = torch.eye(3, dtype=pred_rot.dtype, device=pred_rot.device)
     pred_rot = torch.where(valid[..., None, None], pred_rot, eye)
-    gt_rot = torch.where(valid[..., None, None], gt_rot.to(pred_rot.dtype), eye)
+    gt_rot = torch.where(valid[..., None, None], gt_rot, eye)
     e1 = torch.rad2deg(matrix_to_euler(pred_rot, convention))
     e2 = torch.rad2deg(matrix_to_euler(gt_rot, convention))
     d = torch.remainder(e1 - e2 + 180.0, 360.0) - 180.0  # wrapped to [-180, 180)
@@ -459,6 +483,7 @@ def translation_errors(
     _check("gt_trans", gt_trans, (B, P, 3), f"(B, P, 3) = {(B, P, 3)}")
     valid = _check_valid(valid, B, P)
     _check_reduction(reduction)
+    pred_trans, gt_trans = promote_floats(pred_trans=pred_trans, gt_trans=gt_trans)
     d = pred_trans - gt_trans
     sq = (d**2).mean(-1)
     out = {
@@ -527,6 +552,8 @@ def assembly_metrics(
     _check_reduction(reduction)
     _check("pred_trans", pred_trans, (B, P, 3), f"(B, P, 3) = {(B, P, 3)}")
     _check("gt_trans", gt_trans, (B, P, 3), f"(B, P, 3) = {(B, P, 3)}")
+    points, pred_rot, pred_trans, gt_rot, gt_trans = _promote(points, pred_rot, pred_trans,
+                                                              gt_rot, gt_trans)
     # one object-centred origin for everything below (float64 offsets, see _recentre)
     pred_trans, gt_trans = _recentre(pred_trans, gt_trans, valid)
     if protocol == "anchor":

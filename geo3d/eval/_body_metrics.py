@@ -26,12 +26,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from geo3d._validation import check_finite
+from geo3d._validation import check_finite, promote_floats
 
 __all__ = ["v2v_error", "mpjpe", "part_accuracy_points"]
 
 
-def _check_pair(pname: str, gname: str, pred: Tensor, gt: Tensor, what: str) -> None:
+def _check_pair(pname: str, gname: str, pred: Tensor, gt: Tensor, what: str
+                ) -> tuple[Tensor, Tensor]:
     for name, x in ((pname, pred), (gname, gt)):
         if not isinstance(x, Tensor):
             raise ValueError(f"{name}: expected a tensor of shape {what}, got {type(x).__name__}")
@@ -45,12 +46,12 @@ def _check_pair(pname: str, gname: str, pred: Tensor, gt: Tensor, what: str) -> 
     if pred.shape[-2] == 0:
         raise ValueError(f"{pname}: expected at least one point (shape {what}), got "
                          f"{tuple(pred.shape)}")
-    if pred.dtype != gt.dtype or pred.device != gt.device:
-        raise ValueError(f"{gname}: expected dtype {pred.dtype} on {pred.device} (as {pname}), "
-                         f"got {gt.dtype} on {gt.device}")
+    # mixed float dtypes: computed in the wider one (float64 fits against float32 truth)
+    pred, gt = promote_floats(**{pname: pred, gname: gt})
     # a NaN would silently poison the mean (value checks: geo3d.rotations.set_value_checks)
     check_finite(pname, pred)
     check_finite(gname, gt)
+    return pred, gt
 
 
 def v2v_error(pred_vertices: Tensor, gt_vertices: Tensor) -> Tensor:
@@ -60,16 +61,16 @@ def v2v_error(pred_vertices: Tensor, gt_vertices: Tensor) -> Tensor:
 
     Args:
         pred_vertices: predicted mesh vertices, shape :math:`(*, V, 3)`.
-        gt_vertices: ground-truth vertices in the same order, shape :math:`(*, V, 3)`
-            (same dtype and device).
+        gt_vertices: ground-truth vertices in the same order, shape :math:`(*, V, 3)`, on
+            the same device (float dtypes may differ: the wider one is used).
 
     Returns:
         Shape :math:`(*)`: mean distance per mesh, in the input units (ArtEq reports cm:
-        multiply metres by 100).
+        multiply metres by 100), in the wider of the two dtypes.
 
     Raises:
         ValueError: a non-tensor or non-floating input, a last dimension other than 3,
-            mismatched shapes, dtypes or devices, ``V = 0``, NaN/inf coordinates (while
+            mismatched shapes or devices, ``V = 0``, NaN/inf coordinates (while
             value checks are on: :func:`geo3d.rotations.set_value_checks`).
 
     Example:
@@ -79,7 +80,8 @@ def v2v_error(pred_vertices: Tensor, gt_vertices: Tensor) -> Tensor:
 
     Reference: ArtEq (arXiv:2304.10528), Sec. 4 ("V2V"); reference code HavenFeng/ArtEq.
     """
-    _check_pair("pred_vertices", "gt_vertices", pred_vertices, gt_vertices, "(B, V, 3)")
+    pred_vertices, gt_vertices = _check_pair("pred_vertices", "gt_vertices", pred_vertices,
+                                             gt_vertices, "(B, V, 3)")
     return (pred_vertices - gt_vertices).norm(dim=-1).mean(-1)
 
 
@@ -90,7 +92,8 @@ def mpjpe(
 
     Args:
         pred_joints: predicted joints, shape :math:`(*, J, 3)`.
-        gt_joints: ground-truth joints, same shape, dtype and device.
+        gt_joints: ground-truth joints, same shape and device (float dtypes may differ: the
+            wider one is used).
         align: ``"none"`` (default; ArtEq's protocol: absolute positions, so translation
             errors count) or ``"root"``: subtract joint ``root_index`` of each skeleton from
             its joints first (root-relative MPJPE, common in monocular pose estimation).
@@ -116,7 +119,8 @@ def mpjpe(
     Reference: ArtEq (arXiv:2304.10528), Sec. 4 ("MPJPE"); Ionescu et al., "Human3.6M",
     TPAMI 2014 (DOI 10.1109/TPAMI.2013.248) for the metric.
     """
-    _check_pair("pred_joints", "gt_joints", pred_joints, gt_joints, "(B, J, 3)")
+    pred_joints, gt_joints = _check_pair("pred_joints", "gt_joints", pred_joints, gt_joints,
+                                         "(B, J, 3)")
     if align not in ("none", "root"):
         raise ValueError(f"align: expected 'none' or 'root', got {align!r}")
     J = pred_joints.shape[-2]

@@ -249,6 +249,53 @@ def test_metrics_float32_and_reduction(generator):
     assert all(torch.isfinite(v).all() for v in m.values())
 
 
+def test_mixed_float_dtypes_are_scored_in_the_wider_dtype(generator):
+    """float32 predictions against float64 ground truth (and float32 points against
+    float64 poses): every metric equals the all-float64 result to float64 precision. Before,
+    part_chamfer/shape_chamfer/assembly_metrics raised a raw RuntimeError and
+    rotation_errors/align_to_anchor rounded the float64 truth to float32."""
+    pts, valid, rot, trans = _batch(generator)
+    prot = random_rotation_matrix(3, 4, generator=generator, dtype=torch.float64)
+    ptrans = trans + 0.3 * torch.randn(trans.shape, generator=generator, dtype=torch.float64)
+    p32, t32 = prot.float(), ptrans.float()
+    for proto in ("absolute", "anchor"):
+        for args in ((pts, valid, p32, t32, rot, trans),
+                     (pts.float(), valid, p32.double(), t32.double(), rot, trans)):
+            ref = assembly_metrics(*(a.double() if a.is_floating_point() else a for a in args),
+                                   protocol=proto, reduction="none")
+            got = assembly_metrics(*args, protocol=proto, reduction="none")
+            for k, v in ref.items():
+                assert got[k].dtype == torch.float64, k
+                torch.testing.assert_close(got[k], v, rtol=1e-12, atol=1e-12, msg=k)
+    # the pieces: the float64 path (tested against scipy elsewhere), and a float32 rounding
+    # of the truth is visibly different, so the comparison can fail
+    e = rotation_errors(p32, rot, valid, reduction="none")
+    e64 = rotation_errors(p32.double(), rot, valid, reduction="none")
+    e32 = rotation_errors(p32, rot.float(), valid, reduction="none")
+    for k in e:
+        assert e[k].dtype == torch.float64
+        torch.testing.assert_close(e[k], e64[k], rtol=1e-12, atol=1e-12)
+    assert (e32["mae_r_geo"].double() - e64["mae_r_geo"]).abs().max() > 1e-7
+    d = (t32.double() - trans).numpy()
+    te = translation_errors(t32, trans, valid, reduction="none")["mae_t"]
+    np.testing.assert_allclose(te.numpy(), [np.abs(d[b][valid[b].numpy()]).mean()
+                                            for b in range(3)], rtol=1e-12)
+    r, t = align_to_anchor(p32, t32, rot, trans, torch.zeros(3, dtype=torch.long))
+    assert r.dtype == t.dtype == torch.float64
+    r64, t64 = align_to_anchor(p32.double(), t32.double(), rot, trans,
+                               torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(r, r64, rtol=0, atol=1e-14)
+    torch.testing.assert_close(t, t64, rtol=0, atol=1e-14)
+    x = transform_parts(pts.float(), rot, trans)
+    assert x.dtype == torch.float64
+    torch.testing.assert_close(x, torch.einsum("bpij,bpnj->bpni", rot, pts.float().double())
+                               + trans[:, :, None], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="points: expected a floating tensor"):
+        part_accuracy(pts.long(), rot, trans, rot, trans, valid)
+    with pytest.raises(ValueError, match="gt_trans"):
+        shape_chamfer(pts, rot, trans, rot, trans.to("meta"), valid)
+
+
 def test_bad_input(generator):
     pts, valid, rot, trans = _batch(generator)
     with pytest.raises(ValueError, match="valid"):

@@ -67,12 +67,28 @@ class TestV2V:
             v2v_error(torch.zeros(1, 4, 2), torch.zeros(1, 4, 2))
         with pytest.raises(ValueError, match="pred_vertices"):
             v2v_error(torch.zeros(1, 4, 3, dtype=torch.long), x)
-        with pytest.raises(ValueError, match="gt_vertices"):
-            v2v_error(x, x.double())
+        with pytest.raises(ValueError, match="gt_vertices.*meta"):
+            v2v_error(x, x.to("meta"))
         with pytest.raises(ValueError, match="pred_vertices"):
             v2v_error(torch.zeros(1, 0, 3), torch.zeros(1, 0, 3))
         with pytest.raises(ValueError, match="gt_vertices"):
             v2v_error(x, x.numpy())
+
+
+    @pytest.mark.parametrize("fn", [v2v_error, mpjpe])
+    def test_mixed_float_dtypes_are_scored_in_float64(self, fn):
+        """A float32 fit against float64 ground truth (or the reverse) is scored in float64:
+        the float32 rounding of a copy is a real error of ~1e-8, which a cast of the truth
+        to float32 would hide (it scored 0; before, the pair was refused)."""
+        g = torch.Generator().manual_seed(9)
+        gt = 1.7 + torch.randn(3, 25, 3, generator=g, dtype=torch.float64)
+        pred = gt.to(torch.float32)
+        ref = _brute_mean_dist(pred.double().numpy(), gt.numpy())
+        assert ref.min() > 1e-9
+        for a, b in ((pred, gt), (gt, pred)):
+            got = fn(a, b)
+            assert got.dtype == torch.float64
+            np.testing.assert_allclose(got.numpy(), ref, rtol=1e-12, atol=0)
 
 
 class TestMPJPE:
