@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -409,6 +410,18 @@ def anny_smpl_cache_file(*, num_betas: int = 10, num_samples: int = 96, seed: in
     return _cache_root() / f"anny_smpl_{_content_key(params)}.npz"
 
 
+def _readable_npz(path: Path) -> bool:
+    """Whether every array of the ``.npz`` at ``path`` reads back (zip CRCs included) and
+    the SMPL arrays a body model needs are there."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for k in z.files:
+                z[k]
+            return {"v_template", "shapedirs", "J_regressor", "weights", "f"} <= set(z.files)
+    except Exception:  # noqa: BLE001 - any failure to read is a damaged file
+        return False
+
+
 def anny_smpl_model_path(
     out: str | os.PathLike | None = None,
     *,
@@ -440,6 +453,10 @@ def anny_smpl_model_path(
     if out is not None and Path(out).is_dir():
         raise IsADirectoryError(f"out: expected a file name, got the existing folder {out}")
     cache = anny_smpl_cache_file(num_betas=num_betas, num_samples=num_samples, seed=seed)
+    if not rebuild and cache.is_file() and not _readable_npz(cache):
+        warnings.warn(f"the cached body model {str(cache)!r} is unreadable (damaged or "
+                      f"truncated); rebuilding it", stacklevel=2)
+        rebuild = True
     if rebuild or not cache.is_file():
         arrays, report = build_anny_smpl_model(num_betas, num_samples, seed, verbose=verbose)
         atomic_save_npz(cache, arrays)

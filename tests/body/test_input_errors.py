@@ -283,3 +283,35 @@ def test_extreme_poses_names_num_poses():
 def test_cli_make_model_out_folder(tmp_path, capsys):
     line = _cli_error(capsys, ["body", "make-model", str(tmp_path)])
     assert "OUT" in line and str(tmp_path) in line
+
+
+def test_damaged_anny_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch):
+    """Bug caught: a truncated cached body model (a disk filled up, a copy cut short) was
+    returned as is, and every later load failed inside numpy's zip reader."""
+    pytest.importorskip("anny")
+    import numpy as np
+
+    from geo3d.body import _anny
+
+    monkeypatch.setenv("GEO3D_CACHE_DIR", str(tmp_path))
+    calls = []
+    good = {k: np.ones((2, 3)) for k in ("v_template", "shapedirs", "J_regressor", "weights",
+                                         "f")}
+
+    def fake_build(num_betas, num_samples, seed, verbose=False):
+        calls.append((num_betas, num_samples, seed))
+        return good, {"fake": True}
+
+    monkeypatch.setattr(_anny, "build_anny_smpl_model", fake_build)
+    cache = _anny.anny_smpl_cache_file()
+    cache.parent.mkdir(parents=True)
+    _anny.atomic_save_npz(cache, good)
+    assert _anny.anny_smpl_model_path() == cache and calls == []  # intact: not rebuilt
+    data = cache.read_bytes()
+    for damaged in (data[: len(data) // 2], b"", data.replace(b"v_template", b"x_template")):
+        cache.write_bytes(damaged)
+        with pytest.warns(UserWarning, match="unreadable.*rebuilding"):
+            assert _anny.anny_smpl_model_path() == cache
+        with np.load(cache) as z:
+            assert sorted(z.files) == sorted(good)
+    assert len(calls) == 3
