@@ -887,6 +887,36 @@ def same_body_spec(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
+def same_body_template(module: nn.Module, spec: str | os.PathLike) -> bool | None:
+    """Whether a body ``module``'s template mesh is that of the model ``spec`` names (same
+    vertex count, vertices within 1e-5 m); ``None`` when that model cannot be read on this
+    machine (a file that is not here; ``"anny"`` not built yet: nothing is built to find
+    out). A module of another gender, or another body, has another template."""
+    spec = os.fspath(spec)
+    try:
+        if spec == "anny":
+            from geo3d.body._anny import anny_smpl_cache_file
+
+            path = anny_smpl_cache_file()
+        elif spec in BODY_MODEL_NAMES:
+            from geo3d.apps.arteq._data import resolve_body_model as _model_file
+
+            path = _model_file(spec)
+        else:
+            path = Path(spec)
+        if not path.exists():
+            return None
+        from geo3d.body import load_body_model
+
+        ref = load_body_model(path, dtype=torch.float64).v_template
+    except Exception:  # noqa: BLE001 - unreadable here: not a reason to refuse the module
+        return None
+    mine = getattr(module, "v_template", None)
+    if not isinstance(mine, Tensor) or mine.shape != ref.shape:
+        return False
+    return bool(torch.allclose(mine.detach().to("cpu", torch.float64), ref, rtol=0, atol=1e-5))
+
+
 def checkpoint_record(checkpoint: Any) -> dict[str, Any]:
     """What a checkpoint file records about its training (``body_model``, ``num_points``,
     ...: :func:`~geo3d.apps.arteq._checkpoint.checkpoint_info`); ``{}`` for a module."""
@@ -1008,7 +1038,9 @@ def fit_smpl(
         body_model: ``None`` (the body the checkpoint file records, else the Anny-derived
             SMPL-layout model of :mod:`geo3d.body`, built once per machine), ``"anny"``,
             ``"tiny"``, a model file, or an smplx module (moved to ``device``). Must match
-            the body the network was trained on (checked for names and paths).
+            the body the network was trained on (names and paths are compared; a module's
+            template mesh is compared with the recorded model's when that is on this
+            machine).
         refine: run :func:`refine_fit` (``refine_steps`` Adam steps) from the network's estimate.
         scale: metres per input unit (mm: 0.001): a Python/numpy scalar or a one-element
             tensor.
@@ -1082,6 +1114,11 @@ def fit_smpl(
                                                                                trained_on):
             raise ValueError(f"body_model: expected the checkpoint's body model {trained_on!r} "
                              f"(the network was trained on it), got {os.fspath(body_model)!r}")
+        elif isinstance(body_model, nn.Module) and same_body_template(body_model,
+                                                                      trained_on) is False:
+            raise ValueError(f"body_model: expected the checkpoint's body model {trained_on!r} "
+                             f"(the network was trained on it), got a module with another "
+                             f"template mesh")
     if num_points == "auto":
         n = record.get("num_points")
         num_points = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None

@@ -677,3 +677,33 @@ def test_dense_scans_are_subsampled_to_the_training_density(body, tiny_net, tmp_
         fit_smpl(pts, tiny_net, body, num_points=4)
     with pytest.raises(ValueError, match="^num_points: expected an int"):
         fit_smpl(pts, tiny_net, body, num_points="all")
+
+
+def test_fit_smpl_compares_a_body_module_with_the_checkpoints_body(body, tiny_net, tmp_path):
+    """Bug caught: a body passed as a module was never compared with the body the network
+    was trained on (names and paths were): a module of another body (another gender, another
+    file) fitted silently. Its template mesh is now compared with the recorded model's."""
+    import copy
+
+    from geo3d.apps.arteq._checkpoint import save_model
+    from geo3d.apps.arteq._fit import same_body_template
+
+    path = save_model(copy.deepcopy(tiny_net).float(), tmp_path / "net.pt",
+                      extra={"body_model": "tiny"})
+    pts = torch.rand(1, 50, 3, generator=torch.Generator().manual_seed(6), dtype=F64)
+    assert same_body_template(body, "tiny") is True
+    ref = fit_smpl(pts, path, "tiny")
+    torch.testing.assert_close(fit_smpl(pts, path, body).vertices, ref.vertices.double(),
+                               rtol=0, atol=1e-4)  # the same body as a float64 module
+    other = copy.deepcopy(body)
+    with torch.no_grad():
+        other.v_template[:10] += 0.01  # 1 cm: another body
+    assert same_body_template(other, "tiny") is False
+    with pytest.raises(ValueError, match="^body_model: expected the checkpoint's body model "
+                                         "'tiny'.*another template mesh"):
+        fit_smpl(pts, path, other)
+    # a recorded body that is not on this machine cannot be compared: the module is used
+    gone = save_model(copy.deepcopy(tiny_net).float(), tmp_path / "net2.pt",
+                      extra={"body_model": str(tmp_path / "missing" / "SMPL_MALE.pkl")})
+    assert same_body_template(other, tmp_path / "missing" / "SMPL_MALE.pkl") is None
+    assert fit_smpl(pts, gone, other).vertices.shape == ref.vertices.shape
