@@ -7,7 +7,11 @@ only an allow-list of globals:
 
 - numpy arrays, dtypes and scalars (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``,
   ``numpy.dtype``, ``scalar``, ``_frombuffer``; also under numpy 2's ``numpy._core``);
-- scipy sparse matrices/arrays (any ``scipy.sparse`` module path, class name checked);
+- scipy sparse matrices/arrays (any ``scipy.sparse`` module path, class name checked;
+  csr, csc and coo are kept, after their index arrays are checked against their shape and
+  data: scipy's compiled ``toarray`` trusts them, so a crafted ``indptr`` reads outside
+  memory; a declared shape above :data:`MAX_SPARSE_DENSE` entries is refused, since the
+  model is made dense);
 - chumpy arrays: ``chumpy.ch.Ch`` (its pickled ``__dict__`` holds the value in ``x``; see
   ``chumpy/ch.py``, ``Ch.__getstate__`` drops only the caches) and ``chumpy.reshape.Reshape``
   (``a`` reshaped to ``newshape``). They come back as plain ``numpy.ndarray``;
@@ -269,10 +273,72 @@ def _np_numeric() -> Any:
     return numeric
 
 
+MAX_SPARSE_DENSE = 1 << 28
+"""Most entries (rows x columns) a sparse matrix in a model file may declare: it is made
+dense when the model is built (SMPL-X's ``J_regressor`` has 55 x 10475 = 576k)."""
+
+
+def _index_array(name: str, x: Any) -> np.ndarray:
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "iu" or x.ndim != 1:
+        got = f"{x.dtype} of shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise UnsafePickleError(f"pickle: sparse matrix {name}: expected a 1-d integer array, "
+                                f"got {got}")
+    return x
+
+
+def _check_sparse(m: Any) -> Any:
+    """A sparse matrix from a pickle, checked before anything reads it: scipy's compiled
+    routines (``toarray``) trust the index arrays, so a crafted ``indptr`` or ``indices``
+    reads outside memory (a crash) or silently changes the values, and a declared shape of
+    200000 x 200000 would be made dense as 298 GiB."""
+    shape = m.__dict__.get("_shape")
+    if not (isinstance(shape, tuple) and len(shape) == 2
+            and all(isinstance(n, (int, np.integer)) and n >= 0 for n in shape)):
+        raise UnsafePickleError(f"pickle: sparse matrix shape {_short(shape)} is not a 2-d shape")
+    if math.prod(int(n) for n in shape) > MAX_SPARSE_DENSE:
+        raise UnsafePickleError(f"pickle: sparse matrix of shape {tuple(map(int, shape))}: more "
+                                f"than {MAX_SPARSE_DENSE} entries would be made dense")
+    fmt = type(m).__name__[:3]
+    if fmt not in ("csr", "csc", "coo"):
+        raise UnsafePickleError(f"pickle: refusing a {fmt} sparse matrix (csr, csc and coo "
+                                f"are read)")
+    data = m.__dict__.get("data")
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "biuf" or data.ndim != 1:
+        raise UnsafePickleError(f"pickle: sparse matrix data: expected a 1-d numeric array, got "
+                                f"{getattr(data, 'dtype', type(data).__name__)}")
+    try:
+        if fmt in ("csr", "csc"):
+            indptr = _index_array("indptr", m.__dict__.get("indptr"))
+            indices = _index_array("indices", m.__dict__.get("indices"))
+            major, minor = (shape[0], shape[1]) if fmt == "csr" else (shape[1], shape[0])
+            ok = (len(indptr) == major + 1 and indptr[0] == 0 and indptr[-1] == len(indices)
+                  == len(data) and bool(np.all(np.diff(indptr) >= 0))
+                  and bool(np.all((indices >= 0) & (indices < minor))))
+        else:  # coo
+            coords = m.__dict__.get("coords")
+            if not isinstance(coords, tuple) or len(coords) != 2:
+                raise UnsafePickleError("pickle: coo sparse matrix without its (row, col) coords")
+            row, col = (_index_array(n, c) for n, c in zip(("row", "col"), coords, strict=True))
+            ok = (len(row) == len(col) == len(data) and bool(np.all((row >= 0) & (row < shape[0])))
+                  and bool(np.all((col >= 0) & (col < shape[1]))))
+    except UnsafePickleError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure is a malformed matrix
+        raise UnsafePickleError(f"pickle: malformed {fmt} sparse matrix ({err})") from err
+    if not ok:
+        raise UnsafePickleError(f"pickle: malformed {fmt} sparse matrix: its index arrays do not "
+                                f"fit its shape {tuple(map(int, shape))} and data")
+    return m
+
+
 def _to_plain(obj: Any, depth: int = 0) -> Any:
-    """Replace chumpy stand-ins by ndarrays, recursively through dicts/lists/tuples."""
+    """Replace chumpy stand-ins by ndarrays, recursively through dicts/lists/tuples; check
+    sparse matrices (:func:`_check_sparse`)."""
     if depth > 100:
         raise UnsafePickleError("pickle: nesting deeper than 100 levels")
+    if type(obj) in _allowed_classes() and type(obj).__name__[:3] in {
+            n[:3] for n in _SPARSE_NAMES}:
+        return _check_sparse(obj)
     if isinstance(obj, _ChumpyReshape):
         st = obj.state if isinstance(getattr(obj, "state", None), dict) else {}
         if "a" not in st or "newshape" not in st:
@@ -350,7 +416,12 @@ def safe_load_pickle(file: str | os.PathLike | io.IOBase | bytes) -> Any:
     finally:
         if f is not file:
             f.close()
-    return _to_plain(obj)
+    try:
+        return _to_plain(obj)
+    except UnsafePickleError as err:
+        if name == "pickle":
+            raise
+        raise UnsafePickleError(f"{name}: {err}") from err
 
 
 def safe_load_npz(path: str | os.PathLike) -> dict[str, Any]:

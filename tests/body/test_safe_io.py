@@ -357,3 +357,46 @@ def test_atomic_save_npz_refuses_a_folder(tmp_path):
         atomic_save_npz(d, {"a": np.zeros(2)})
     assert ".tmp" not in str(info.value)
     assert list(d.iterdir()) == []
+
+
+def _with_regressor(tmp_path, J, protocol=2):
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps({**tiny_body_dict(), "J_regressor": J}, protocol=protocol))
+    return path
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+def test_crafted_sparse_index_arrays_are_refused_before_use(tmp_path, protocol):
+    """Bug caught: a J_regressor whose indptr claims 1e8 entries crashed the process
+    (segfault in scipy's compiled toarray, `geo3d body convert` exit 139); an out-of-range
+    index read other memory; a declared 200000 x 200000 shape was made dense (298 GiB).
+    Each is refused by name, before anything reads the matrix; valid csr/csc/coo load."""
+    d = tiny_body_dict()
+    ref = d["J_regressor"]
+    for kind in (sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, sp.csr_array, sp.csc_array,
+                 sp.coo_array):
+        out = read_model_file(_with_regressor(tmp_path, kind(ref), protocol))["J_regressor"]
+        np.testing.assert_array_equal(out.toarray(), ref)
+    bad = []
+    J = sp.csr_matrix(ref)
+    J.indptr = J.indptr.copy()
+    J.indptr[-1] = 10**8
+    bad.append(J)
+    for k, v in ((0, 24), (3, -1)):  # csc rows: 24 is one past the last
+        J = sp.csc_matrix(ref)
+        J.indices = J.indices.copy()
+        J.indices[k] = v
+        bad.append(J)
+    J = sp.csr_matrix(ref)
+    J.indptr = J.indptr[::-1].copy()  # decreasing
+    bad.append(J)
+    J = sp.coo_matrix(ref)
+    J.coords = (J.coords[0], J.coords[1] + ref.shape[1])
+    bad.append(J)
+    for J in bad:
+        with pytest.raises(UnsafePickleError, match="model.pkl: pickle: malformed .* sparse"):
+            read_model_file(_with_regressor(tmp_path, J, protocol))
+    with pytest.raises(UnsafePickleError, match=r"shape \(200000, 200000\): more than"):
+        read_model_file(_with_regressor(tmp_path, sp.csr_matrix((200000, 200000)), protocol))
+    with pytest.raises(UnsafePickleError, match="refusing a dia sparse matrix"):
+        read_model_file(_with_regressor(tmp_path, sp.dia_matrix(ref), protocol))
