@@ -88,6 +88,11 @@ def _convert(args: argparse.Namespace) -> int:
     from geo3d.body import convert_model
 
     _check_out_file(args.output)
+    if args.output.suffix.lower() != ".npz":
+        raise ValueError(f"OUTPUT: expected a file name ending in .npz, got {str(args.output)!r}")
+    if args.output.exists() and args.input.exists() and args.output.resolve() == args.input.resolve():
+        raise ValueError(f"OUTPUT: expected a file other than INPUT, got {str(args.output)!r} "
+                         f"(it would overwrite the model being converted)")
     out = convert_model(args.input, args.output)
     print(f"wrote {out}")
     return 0
@@ -175,6 +180,7 @@ def _scan(args: argparse.Namespace) -> int:
         if s.arteq_labels is not None:
             arrays[f"arteq_labels_{i}"] = s.arteq_labels.cpu().numpy()
     arrays["poses"] = poses.numpy()
+    arrays["trans"] = trans.numpy()  # with --motion, the motion's root translation
     atomic_save_npz(args.out, arrays)
     print(f"wrote {len(poses)} scans to {args.out}")
     return 0
@@ -184,9 +190,10 @@ def _show(args: argparse.Namespace) -> int:
     import torch
 
     from geo3d.body import SMPL_PARENTS, part_labels, pose_body
-    from geo3d.body._show import render_bodies_png
+    from geo3d.body._show import image_format, render_bodies_png
 
     _check_out_file(args.out)
+    image_format(args.out, "OUT")  # before the model is built (anny: minutes the first time)
     _check_int("--num", args.num, 1)
     model = _resolve_model(args.model)
     poses, trans = _pose_source(args, args.num)
@@ -254,7 +261,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="full or partial (depth camera) scans of posed bodies",
         description="Full or partial scans of posed bodies, written to one .npz. A partial "
         "scan in which the camera sees no point of a body is an error (exit 2, nothing "
-        "written): check --eye and --fov.",
+        "written): check --eye and --fov. The .npz holds, for body i: points_i (N, 3) "
+        "metres, labels_i (N,) SMPL parts, weights_i (N, 24) skinning weights, "
+        "arteq_labels_i (N,) ArtEq parts, and with --partial depth_i (H, W) metres (inf: no "
+        "hit); and poses (B, 72) axis-angle with trans (B, 3) metres, the mean shape "
+        "(betas 0): geo3d.body.pose_body(model, poses, trans=trans) gives the scanned bodies.",
     )
     pose_args(sc, "walking,sitting,reaching,extreme", 4)
     sc.add_argument("--points", type=int, default=5000)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geo3d._validation import values_enabled
 from geo3d.body._kinematics import check_parents, check_rotation_values
 from geo3d.body._safe_io import atomic_save_npz, read_model_file
 
@@ -83,8 +84,10 @@ def validate_model_dict(data: dict[str, Any], source: str = "model") -> dict[str
         The seven required arrays (``J_regressor`` dense, ``f`` int64, floats as stored).
 
     Raises:
-        ValueError: a key is missing, a shape does not fit the layout, values are not finite,
-            indices are out of range or the kinematic tree is invalid. The message names the
+        ValueError: a key is missing, a shape does not fit the layout, values are not finite
+            or not real numbers, indices are out of range, there is no triangle, the
+            weights are not skinning weights (rows >= 0 summing to 1, to 1e-3) or the
+            kinematic tree is invalid. The message names the
             key and the expected and actual shapes.
 
     Example:
@@ -106,9 +109,9 @@ def validate_model_dict(data: dict[str, Any], source: str = "model") -> dict[str
             raise ValueError(
                 f"{source}: key '{k}': expected an array, got {type(v).__name__}"
             ) from err
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)):
+        if arr.dtype.kind not in "iuf":  # complex lost its imaginary part, bools are not data
             raise ValueError(
-                f"{source}: key '{k}': expected a numeric array, got dtype {arr.dtype}"
+                f"{source}: key '{k}': expected a real numeric array, got dtype {arr.dtype}"
             )
         out[k] = arr
     V = out["v_template"].shape[0] if out["v_template"].ndim == 2 else -1
@@ -145,7 +148,15 @@ def validate_model_dict(data: dict[str, Any], source: str = "model") -> dict[str
         if not np.isfinite(out[k]).all():
             raise ValueError(f"{source}: key '{k}': expected finite values, got NaN or inf")
     out["f"] = f.astype(np.int64)
-    if out["f"].size and (out["f"].min() < 0 or out["f"].max() >= V):
+    if out["f"].shape[0] == 0:
+        raise ValueError(f"{source}: key 'f': expected at least one triangle, got shape "
+                         f"{out['f'].shape}")
+    w = out["weights"]
+    row_err, low = float(np.abs(w.sum(1) - 1).max()), float(w.min())
+    if row_err > 1e-3 or low < -1e-6:  # what every scan and the skinning assume
+        raise ValueError(f"{source}: key 'weights': expected skinning weights (rows >= 0 summing "
+                         f"to 1), got max |row sum - 1| = {row_err:.3g}, min = {low:.3g}")
+    if out["f"].min() < 0 or out["f"].max() >= V:
         raise ValueError(
             f"{source}: key 'f': expected vertex indices in [0, {V}), got range "
             f"[{out['f'].min()}, {out['f'].max()}]"
@@ -177,8 +188,14 @@ def convert_model(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
     Raises:
         FileNotFoundError, UnsafePickleError, ValueError: see :func:`read_model_file` and
-        :func:`validate_model_dict`.
+        :func:`validate_model_dict`; also ``ValueError`` for a ``dst`` that does not end in
+        ``.npz`` or that is ``src`` itself (it would overwrite the source, checked first).
     """
+    if Path(dst).suffix.lower() != ".npz":
+        raise ValueError(f"dst: expected an output file name ending in .npz, got {str(dst)!r}")
+    if Path(dst).exists() and Path(src).exists() and Path(dst).resolve() == Path(src).resolve():
+        raise ValueError(f"dst: expected a file other than the source, got {str(dst)!r} (it "
+                         f"would overwrite the model being converted)")
     data = read_model_file(src)
     req = validate_model_dict(data, str(src))
     out: dict[str, np.ndarray] = {}
@@ -320,7 +337,7 @@ def load_body_model(
             folder layout).
         UnsafePickleError: the file holds a global outside the allow-list.
         ValueError: keys or shapes do not fit the layout, or a bad argument (``num_betas``
-            above the file's shape components included).
+            above the file's shape components, a non-floating ``dtype`` included).
 
     Example:
         >>> import tempfile, os
@@ -337,6 +354,9 @@ def load_body_model(
         not isinstance(num_betas, int) or isinstance(num_betas, bool) or num_betas < 1
     ):
         raise ValueError(f"num_betas: expected a positive int or None, got {num_betas!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype: expected a floating torch dtype (torch.float32, torch.float64), "
+                         f"got {dtype!r}")
     file = find_model_file(path, model_type, gender)
     data = read_model_file(file)
     req = validate_model_dict(data, str(file))
@@ -394,14 +414,15 @@ class BodyPose:
 
 
 def _check(
-    name: str, x: Any, shape: tuple[int | None, ...], dtype: torch.dtype, device: torch.device
+    name: str, x: Any, shape: tuple[int | None, ...], dtype: torch.dtype, device: torch.device,
+    want: str | None = None,
 ) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name}: expected a tensor, got {type(x).__name__}")
     if x.dim() != len(shape) or any(
         s is not None and s != d for s, d in zip(shape, x.shape, strict=True)
     ):
-        want = "(" + ", ".join("B" if s is None else str(s) for s in shape) + ")"
+        want = want or "(" + ", ".join("B" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{name}: expected shape {want}, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected a floating tensor, got {x.dtype}")
@@ -423,15 +444,17 @@ def pose_body(
         pose: axis-angle, shape :math:`(B, 3 J)` (root first, as AMASS ``poses``), or rotation
             matrices :math:`(B, J, 3, 3)`; ``J`` = the model's joints (24 SMPL, 52 SMPL+H,
             55 SMPL-X: body, jaw, eyes, hands in smplx's order; expression zero).
-        betas: :math:`(B, K)` with ``K <=`` the model's betas (zero-padded), or ``None``.
+        betas: :math:`(B, K)` with ``K <=`` the model's betas (zero-padded), :math:`(1, K)`
+            (one shape for every pose), or ``None``.
         trans: :math:`(B, 3)` translation in metres, or ``None``.
 
     Returns:
         smplx's output (``vertices (B, V, 3)``, ``joints``, ...).
 
     Raises:
-        ValueError: a wrong shape or non-finite value, naming ``pose``/``betas``/``trans``;
-            an empty batch (``B = 0``); rotation matrices that are not rotations
+        ValueError: a ``model`` that is not an smplx SMPL-family model; a wrong shape or
+            non-finite value, naming ``pose``/``betas``/``trans``; an empty batch (``B = 0``);
+            axis-angles so large that the posed mesh is not finite; rotation matrices that are not rotations
             (``|RᵀR - I| > tol`` or ``det <= 0``; skipped while tracing or with the value
             checks of :mod:`geo3d.rotations` off).
 
@@ -442,6 +465,10 @@ def pose_body(
         >>> pose_body(m, torch.zeros(2, 72)).vertices.shape[0]
         2
     """
+    if not all(isinstance(getattr(model, k, None), torch.Tensor)
+               for k in ("J_regressor", "v_template")) or not hasattr(model, "num_betas"):
+        raise ValueError(f"model: expected an smplx SMPL-family model (load_body_model), got "
+                         f"{type(model).__name__}")
     J = model.J_regressor.shape[0]
     dt, dev = model.v_template.dtype, model.v_template.device
     if not isinstance(pose, torch.Tensor):
@@ -462,14 +489,17 @@ def pose_body(
     if betas is None:
         betas = torch.zeros(B, nb, dtype=dt, device=dev)
     else:
-        betas = _check("betas", betas, (B, None), dt, dev)
+        if isinstance(betas, torch.Tensor) and betas.dim() == 2 and betas.shape[0] == 1:
+            betas = betas.expand(B, -1)  # one shape for every pose
+        betas = _check("betas", betas, (B, None), dt, dev,
+                       want=f"(B, K) with B = {B} poses (or 1) and K <= {nb}")
         if betas.shape[1] > nb:
             raise ValueError(f"betas: expected at most {nb} components, got {betas.shape[1]}")
         betas = torch.nn.functional.pad(betas, (0, nb - betas.shape[1]))
     trans = (
         torch.zeros(B, 3, dtype=dt, device=dev)
         if trans is None
-        else _check("trans", trans, (B, 3), dt, dev)
+        else _check("trans", trans, (B, 3), dt, dev, want=f"(B, 3) with B = {B} poses")
     )
     if rotmat and hasattr(model, "pose_mean"):
         # smplx's SMPL+H adds its mean pose to an axis-angle vector: hand it axis-angles
@@ -491,6 +521,12 @@ def pose_body(
             hands = hands[:, 9:]
         half = hands.shape[1] // 2
         kw.update(left_hand_pose=hands[:, :half], right_hand_pose=hands[:, half:])
-    return model(
+    out = model(
         betas=betas, global_orient=go, body_pose=bp, transl=trans, pose2rot=not rotmat, **kw
     )
+    if values_enabled() and not torch.isfinite(out.vertices).all():
+        # finite inputs, non-finite mesh: axis-angles so large (1e30 rad) that smplx's
+        # Rodrigues formula overflows
+        raise ValueError(f"pose: expected axis-angles of a usable size, got values up to "
+                         f"{float(pose.abs().max()):.3g} (the posed mesh is not finite)")
+    return out

@@ -23,6 +23,23 @@ def part_colors(num_parts: int = 24) -> np.ndarray:
     return np.asarray(cmap[:num_parts])
 
 
+def image_format(path: str | os.PathLike, name: str = "path") -> str:
+    """The image format of ``path``'s extension (``"png"``, ``"jpg"``, ...), one that
+    matplotlib writes.
+
+    Raises:
+        ValueError: another extension, or none (naming ``name``).
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in kinds:  # was written as PNG data under any name (out.jpg held a PNG)
+        raise ValueError(f"{name}: expected an image file name ending in one of "
+                         f"{', '.join('.' + k for k in sorted(kinds))}, got {str(path)!r}")
+    return ext
+
+
 def render_bodies_png(
     path: str | os.PathLike,
     vertices: torch.Tensor,
@@ -36,7 +53,8 @@ def render_bodies_png(
     """Render ``B`` posed bodies side by side (front view, SMPL axes: y up, facing +z).
 
     Args:
-        path: output PNG (written atomically).
+        path: output image (written atomically), its format from its extension: ``.png``,
+            or any other that matplotlib writes (``.jpg``, ``.pdf``, ``.svg``, ...).
         vertices: :math:`(B, V, 3)` metres.
         faces: :math:`(F, 3)`.
         labels: :math:`(V,)` part label per vertex (a face takes its first vertex's label).
@@ -46,10 +64,11 @@ def render_bodies_png(
         dpi: resolution.
 
     Returns:
-        The PNG path.
+        The image path.
 
     Raises:
-        ValueError: mismatched shapes or no body (``B = 0``).
+        ValueError: mismatched shapes, no body (``B = 0``), or an extension matplotlib
+            cannot write (checked before rendering).
         IsADirectoryError: ``path`` is an existing folder.
     """
     import matplotlib
@@ -60,6 +79,7 @@ def render_bodies_png(
 
     if Path(path).is_dir():
         raise IsADirectoryError(f"path: expected a file name, got the existing folder {path}")
+    ext = image_format(path)
     if vertices.dim() != 3 or vertices.shape[-1] != 3 or vertices.shape[0] < 1:
         raise ValueError(
             f"vertices: expected shape (B, V, 3) with B >= 1, got {tuple(vertices.shape)}"
@@ -112,7 +132,7 @@ def render_bodies_png(
     out = Path(path)
     try:
         with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
+            fig.savefig(tmp, dpi=dpi, format=ext)
     finally:
         plt.close(fig)
     return out

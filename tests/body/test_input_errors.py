@@ -315,3 +315,54 @@ def test_damaged_anny_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch):
         with np.load(cache) as z:
             assert sorted(z.files) == sorted(good)
     assert len(calls) == 3
+
+
+def test_pose_body_betas_shapes_models_and_overflow(tiny, tiny_path):
+    """Bugs caught: the betas error said 'expected shape (2, B)' (the pose count where K
+    belongs); one shape for every pose (1, K) was refused; a module that is not a body gave
+    AttributeError; float32 axis-angles of 1e30 gave a NaN mesh silently; load_body_model
+    with an integer dtype gave torch's RuntimeError."""
+    pose = 0.2 * torch.randn(3, 72, generator=torch.Generator().manual_seed(0),
+                             dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"betas: expected shape \(B, K\) with B = 3 poses "
+                                         r"\(or 1\) and K <= 10, got \(2, 10\)"):
+        pose_body(tiny, pose, betas=torch.zeros(2, 10, dtype=torch.float64))
+    b = torch.linspace(-1, 1, 10, dtype=torch.float64)
+    one = pose_body(tiny, pose, betas=b[None]).vertices
+    each = pose_body(tiny, pose, betas=b.expand(3, 10)).vertices
+    torch.testing.assert_close(one, each, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"trans: expected shape \(B, 3\) with B = 3"):
+        pose_body(tiny, pose, trans=torch.zeros(1, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="model: expected an smplx SMPL-family model"):
+        pose_body(torch.nn.Linear(2, 2), pose)
+    m32 = load_body_model(tiny_path)
+    with pytest.raises(ValueError, match="pose: expected axis-angles of a usable size"):
+        pose_body(m32, torch.full((1, 72), 1e30))
+    with pytest.raises(ValueError, match="dtype: expected a floating torch dtype"):
+        load_body_model(tiny_path, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda d: d.update(weights=2 * d["weights"]), "weights': expected skinning weights"),
+    (lambda d: d.update(weights=d["weights"] - 0.01), "weights': expected skinning weights"),
+    (lambda d: d.update(v_template=d["v_template"] + 1j), "v_template': expected a real numeric"),
+    (lambda d: d.update(f=d["f"][:0]), "'f': expected at least one triangle"),
+])
+def test_model_files_with_non_weights_complex_values_or_no_faces_are_refused(
+        tmp_path, change, match):
+    """Bug caught: weights summing to 2 (or negative) loaded and converted, and failed only
+    later in a scan; complex vertices lost their imaginary part with numpy's warning; a
+    model without triangles loaded."""
+    import numpy as np
+
+    from geo3d.body import convert_model
+
+    d = {k: np.asarray(v) for k, v in tiny_body_dict().items()}
+    change(d)
+    path = tmp_path / "m.npz"
+    np.savez(path, **d)
+    with pytest.raises(ValueError, match=match):
+        load_body_model(path)
+    with pytest.raises(ValueError, match=match):
+        convert_model(path, tmp_path / "o.npz")
+    assert not (tmp_path / "o.npz").exists()
