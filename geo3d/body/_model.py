@@ -506,6 +506,12 @@ def pose_body(
         from geo3d.rotations import matrix_to_axis_angle
 
         pose, rotmat = matrix_to_axis_angle(pose).reshape(B, 3 * J), False
+    elif not rotmat and not hasattr(model, "pose_mean"):
+        # SMPL: rotation matrices from geo3d's Rodrigues, exact to float64 rounding
+        # (smplx's adds 1e-8 to every angle: a root rotation was 1e-9 to 4e-8 m off)
+        from geo3d.rotations import axis_angle_to_matrix
+
+        pose, rotmat = axis_angle_to_matrix(pose.reshape(B, J, 3)), True
     if rotmat:
         go, bp = pose[:, :1], pose[:, 1:]
     else:
