@@ -38,6 +38,14 @@ def _check_int(flag: str, value: int, low: int) -> None:
         raise ValueError(f"{flag}: expected an int >= {low}, got {value}")
 
 
+def _kinds(value: str) -> list[str]:
+    """``--kinds a, b``: the comma-separated names, spaces around them ignored."""
+    kinds = [k.strip() for k in value.split(",")]
+    if not all(kinds):
+        raise ValueError(f"--kinds: expected comma-separated names, got {value!r} (an empty name)")
+    return kinds
+
+
 def _pose_source(args: argparse.Namespace, num: int):  # noqa: ANN202
     import torch
 
@@ -49,7 +57,7 @@ def _pose_source(args: argparse.Namespace, num: int):  # noqa: ANN202
         return m.smpl_poses()[:: max(1, m.num_frames // num)][:num], m.trans[
             :: max(1, m.num_frames // num)
         ][:num]
-    kinds = args.kinds.split(",")
+    kinds = _kinds(args.kinds)
     poses, trans = [], []
     for k in kinds[:num] if len(kinds) >= num else (kinds * num)[:num]:
         if k == "rest":
@@ -110,7 +118,7 @@ def _motions(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"OUT: expected a folder, got the existing file {args.out}")
     g = torch.Generator().manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    kinds = tuple(args.kinds.split(",")) if args.kinds else None
+    kinds = tuple(_kinds(args.kinds)) if args.kinds.strip() else None
     ms = synthetic_motions(
         args.num_sequences, args.frames, generator=g, **({"kinds": kinds} if kinds else {})
     )
@@ -201,7 +209,7 @@ def _show(args: argparse.Namespace) -> int:
     with torch.no_grad():
         out = pose_body(model, poses.to(dt), trans=torch.zeros_like(trans).to(dt))
     labels = part_labels(model.lbs_weights)
-    titles = args.kinds.split(",") if not args.motion else [f"frame {i}" for i in range(len(poses))]
+    titles = _kinds(args.kinds) if not args.motion else [f"frame {i}" for i in range(len(poses))]
     png = render_bodies_png(
         args.out, out.vertices, model.faces_tensor, labels, out.joints[:, :24], SMPL_PARENTS,
         titles=(titles * len(poses))[: len(poses)],
@@ -241,7 +249,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     mo.add_argument("out", type=Path, help="output folder")
     mo.add_argument("--num-sequences", type=int, default=14)
     mo.add_argument("--frames", type=int, default=120)
-    mo.add_argument("--kinds", default="", help="comma-separated subset of the motion kinds")
+    mo.add_argument("--kinds", default="",
+                    help="comma-separated subset of the motion kinds [all of them]")
     mo.add_argument("--extreme", type=int, default=0, help="also write N extreme poses")
     mo.add_argument("--seed", type=int, default=0)
     mo.set_defaults(func=_motions)

@@ -164,3 +164,14 @@ def test_scan_records_the_translation_of_a_motion(tmp_path):
         d = torch.cdist(torch.from_numpy(z[f"points_{i}"]).double(), posed.vertices[i])
         assert d.min(1).values.max() < 0.1  # on the 768-vertex mesh: near a vertex
         assert d.min(1).values.mean() < 0.03
+
+
+def test_kinds_allow_spaces_and_refuse_empty_names(tmp_path, capsys):
+    """Bug caught: `--kinds "walking, running"` was refused ('unknown kind " running"')
+    and `--kinds "walking,,running"` failed inside the motion generator."""
+    assert main(["body", "motions", str(tmp_path), "--num-sequences", "2", "--frames", "3",
+                 "--kinds", "walking, running"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["0000_walking_poses.npz",
+                                                              "0001_running_poses.npz"]
+    assert main(["body", "motions", str(tmp_path), "--kinds", "walking,,running"]) == 2
+    assert "--kinds: expected comma-separated names" in capsys.readouterr().err
