@@ -502,9 +502,10 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"model file not found: {p}")
-    if p.suffix == ".npz":
+    ext = p.suffix.lower()  # SMPL_MALE.PKL from a case-insensitive file system
+    if ext == ".npz":
         return safe_load_npz(p)
-    if p.suffix == ".pkl":
+    if ext == ".pkl":
         obj = safe_load_pickle(p)
         if not isinstance(obj, dict):
             raise ValueError(

@@ -400,3 +400,18 @@ def test_crafted_sparse_index_arrays_are_refused_before_use(tmp_path, protocol):
         read_model_file(_with_regressor(tmp_path, sp.csr_matrix((200000, 200000)), protocol))
     with pytest.raises(UnsafePickleError, match="refusing a dia sparse matrix"):
         read_model_file(_with_regressor(tmp_path, sp.dia_matrix(ref), protocol))
+
+
+def test_upper_case_extensions_are_read(tmp_path):
+    """Bug caught: SMPL_MALE.PKL / model.NPZ (copied from a case-insensitive file system)
+    were refused as 'expected a .pkl or .npz model file'."""
+    d = tiny_body_dict()
+    (tmp_path / "M.PKL").write_bytes(pickle.dumps(d, protocol=2))
+    np.savez(tmp_path / "m.npz", **d)
+    (tmp_path / "m.npz").rename(tmp_path / "M.NPZ")
+    for name in ("M.PKL", "M.NPZ"):
+        np.testing.assert_array_equal(read_model_file(tmp_path / name)["v_template"],
+                                      d["v_template"])
+    (tmp_path / "m.txt").write_text("x")
+    with pytest.raises(ValueError, match="expected a .pkl or .npz model file"):
+        read_model_file(tmp_path / "m.txt")
