@@ -239,6 +239,7 @@ def _as_points(points: Any, name: str = "points") -> list[Tensor] | Tensor:
     if not isinstance(points, Tensor):
         raise ValueError(f"{name}: expected a tensor or array of shape (N, 3) or (B, N, 3), got "
                          f"{type(points).__name__}")
+    points = points.detach()  # a scan that requires grad: fitted as data, no graph kept
     if points.dim() == 2:
         points = points[None]
     if points.dim() != 3 or points.shape[-1] != 3 or points.shape[0] < 1 or points.shape[1] < 1:
@@ -402,7 +403,17 @@ def closest_surface_points(
         q = tri[..., 0, :] + (tri[..., 1, :] - tri[..., 0, :]) * v[..., None] + (
             tri[..., 2, :] - tri[..., 0, :]
         ) * w[..., None]
-        best = ((q - p) ** 2).sum(-1).argmin(-1, keepdim=True)  # (B, N, 1)
+        d2 = ((q - p) ** 2).sum(-1)  # (B, N, k)
+        # a closest point on an edge or vertex is the same for every face sharing it: pick
+        # the lowest face index among those within rounding of the minimum, not whichever
+        # rounding favours (it differed for a rotated copy of the scan; the chosen face is
+        # then kept for several optimisation steps, so the fits drifted mm apart)
+        dmin = d2.min(-1, keepdim=True).values
+        # rounding of q - p is ~eps * |coordinates|, so of d2 ~2 |q - p| eps |coordinates|
+        err = 16 * torch.finfo(d2.dtype).eps * torch.maximum(
+            p[..., :1, :].abs().amax(-1), tri.abs().amax((-1, -2, -3))[..., None])
+        tied = d2 <= dmin + err * (2 * dmin.sqrt() + err)
+        best = torch.where(tied, cand, torch.iinfo(cand.dtype).max).argmin(-1, keepdim=True)
         face = torch.gather(cand, 2, best)[..., 0]
         v = torch.gather(v, 2, best)[..., 0]
         w = torch.gather(w, 2, best)[..., 0]
@@ -479,8 +490,9 @@ def decode(
             saw, before scaling).
         scale: metres per input unit (> 0).
         icp_steps: translation-only ICP updates after the centroid match (0: centroid only).
-        icp_points: the ICP uses at most about this many points (a fixed stride over the
-            input order, so the estimate stays rotation/translation-equivariant).
+        icp_points: the ICP uses at most this many points (:func:`canonical_subsample`:
+            chosen by the point set alone, so the estimate stays rotation/translation-
+            equivariant and does not depend on the row order).
 
     Returns:
         :class:`FitResult` (``part_labels = part_logits.argmax(-1)`` when given, ``loss``
@@ -541,7 +553,7 @@ def decode(
     faces = _faces(body_model)
     t = pts_m.mean(1) - _area_centroid(out0.vertices, faces)
     if icp_steps:
-        sub = pts_m[:, :: max(1, math.ceil(N / icp_points))]
+        sub = canonical_rows(pts_m, icp_points)
         for _ in range(icp_steps):
             t = t + _icp_translation_step(sub, out0.vertices + t[:, None], faces)
     return FitResult(
@@ -689,8 +701,8 @@ def optimize_params(
     """Adam on (6D global orient, 6D body pose, betas, transl) from the given start; the first
     ``rigid_steps`` move only the global orientation and translation. Metres throughout.
 
-    The data terms use at most ``max_points`` points (a fixed stride over the input: no
-    randomness). Every ``refresh_every`` steps (and for the final loss) each point's closest
+    The data terms use at most ``max_points`` points (:func:`canonical_subsample`: a
+    fixed-seed subset chosen by the point set alone, not by its frame or row order). Every ``refresh_every`` steps (and for the final loss) each point's closest
     face is searched (:func:`closest_surface_points`) and the face centroids' 4 nearest input
     points are found; in between, a point's closest point moves on that fixed face and a
     centroid's nearest point is the nearest of its 4 (ICP-style fixed correspondences). Returns the optimised
@@ -715,8 +727,8 @@ def optimize_params(
         except ImportError:
             pass
     if max_points is not None and points_m.shape[1] > max_points:
-        stride = math.ceil(points_m.shape[1] / max_points)
-        points_m = points_m[:, ::stride]
+        # the same points whatever the frame or row order (a stride depended on the order)
+        points_m = canonical_rows(points_m, max_points)
     loss = None
     cand = cand_s2p = None
     for step in it:
@@ -775,9 +787,15 @@ def refine_fit(
     Returns:
         A new :class:`FitResult` (``part_labels`` kept, ``loss`` = final objective).
 
+    The optimisation runs in the start's own frame (rotated by its global orientation), so
+    it is rotation-equivariant: the refined fit of a rotated and moved scan is the refined
+    fit rotated and moved (to float rounding; Adam's per-coordinate steps in a fixed frame
+    were not).
+
     Raises:
         ValueError: bad ``points``, ``scale``, ``steps`` (< 0), ``lr`` (<= 0) or
-            ``weights``; ``fit`` with another batch size.
+            ``weights``; ``fit`` not a :class:`FitResult` or with another batch size; a
+            ``body_model`` that is not an smplx module (``None`` included).
 
     Reference: SMPLify (Bogo et al., ECCV 2016, arXiv:1607.08128) for the data + prior
     objective.
@@ -786,6 +804,12 @@ def refine_fit(
     pts = _as_points(points)
     if not isinstance(pts, Tensor):
         raise ValueError("points: expected a tensor of shape (B, N, 3), got a list")
+    if not isinstance(fit, FitResult):
+        raise ValueError(f"fit: expected a FitResult (fit_smpl, decode), got "
+                         f"{type(fit).__name__}")
+    if not (isinstance(body_model, nn.Module) and hasattr(body_model, "v_template")):
+        raise ValueError(f"body_model: expected the smplx module the fit was made with, got "
+                         f"{type(body_model).__name__}")
     steps = _check_int("steps", steps, 0)
     lr = _check_lr(lr)
     weights = _check_weights(weights)
@@ -793,17 +817,37 @@ def refine_fit(
         raise ValueError(f"fit: expected {pts.shape[0]} bodies (one per scan), got {len(fit)}")
     dt, dev = body_model.v_template.dtype, body_model.v_template.device
     pts_m, c, pos_dt = _centred_metres(pts, dev, dt, scale)
+    # optimise in the start's own frame (its global orientation): Adam's per-coordinate
+    # steps are not rotation-equivariant, the start is, so the refined fit of a rotated scan
+    # is the rotated refined fit
+    Q = fit.global_orient.to(dev, dt)
+    Qt = Q.transpose(-1, -2)
+    betas0 = fit.betas.to(dev, dt)
     t0 = ((fit.transl.to(dev, torch.float64) - c) * scale).to(dt)
+    j0 = _rest_root(body_model, betas0)
     go, bp, b, t, loss = optimize_params(
-        pts_m, body_model, fit.global_orient.to(dev, dt), fit.body_pose.to(dev, dt),
-        fit.betas.to(dev, dt), t0, steps=steps, lr=lr,
+        pts_m @ Q, body_model, Qt @ Q, fit.body_pose.to(dev, dt), betas0,
+        ((j0 + t0)[:, None] @ Q)[:, 0] - j0, steps=steps, lr=lr,
         weights=weights, full_scan=full_scan, progress=progress,
     )
     with torch.no_grad():
         out = _pose(body_model, go, bp, b, t)
-    return FitResult(b, go, bp, _uncentred(t, c, scale, pos_dt),
-                     _uncentred(out.vertices, c, scale, pos_dt),
-                     _uncentred(out.joints, c, scale, pos_dt), fit.part_labels, loss)
+        j1 = _rest_root(body_model, b)
+        t = ((j1 + t)[:, None] @ Qt)[:, 0] - j1  # back to the scan's frame
+        verts, joints = out.vertices @ Qt, out.joints @ Qt
+    return FitResult(b, Q @ go, bp, _uncentred(t, c, scale, pos_dt),
+                     _uncentred(verts, c, scale, pos_dt),
+                     _uncentred(joints, c, scale, pos_dt), fit.part_labels, loss)
+
+
+def _rest_root(body_model: nn.Module, betas: Tensor) -> Tensor:
+    """The root joint of each body of ``betas`` at rest, without translation ``(B, 3)`` (it
+    does not move with the pose: SMPL rotates a body about its root joint)."""
+    B = betas.shape[0]
+    eye = torch.eye(3, dtype=betas.dtype, device=betas.device)
+    out = _pose(body_model, eye.expand(B, 3, 3), eye.expand(B, _model_num_joints(body_model) - 1,
+                                                          3, 3), betas)
+    return out.joints[:, 0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -931,12 +975,60 @@ def checkpoint_record(checkpoint: Any) -> dict[str, Any]:
 RESAMPLE_SEED = 0
 
 
-def _subsample_index(n: int, m: int, device: torch.device) -> Tensor:
-    """``m`` of ``n`` point indices, uniformly without replacement, the same on every call
-    (a fixed seed: an area-uniform dense scan becomes an area-uniform scan of ``m`` points,
-    as in training, and the choice does not depend on the frame)."""
+def canonical_subsample(points: Tensor, m: int) -> Tensor:
+    """Indices of ``m`` of the ``N`` points ``(N, 3)``, uniformly at random without
+    replacement, chosen by the point set alone: the points are ranked by their distance to
+    the centroid (float64; a ranking that neither a rigid motion nor a reordering of the
+    rows changes) and ranks are drawn with a fixed seed. An area-uniform dense scan becomes
+    an area-uniform scan of ``m`` points, as in training; the same scan in another frame or
+    another row order gives the same points (up to exact distance ties). Sorted indices;
+    all ``N`` when ``m >= N``."""
+    n = points.shape[0]
+    if m >= n:
+        return torch.arange(n, device=points.device)
+    x = points.detach().to(torch.float64)
+    d = ((x - x.mean(0)) ** 2).sum(1)
+    order = torch.argsort(d, stable=True)
     g = torch.Generator().manual_seed(RESAMPLE_SEED)
-    return torch.randperm(n, generator=g)[:m].sort().values.to(device)
+    ranks = torch.randperm(n, generator=g)[:m].to(points.device)
+    return order[ranks].sort().values
+
+
+def canonical_rows(points: Tensor, m: int) -> Tensor:
+    """``(B, min(N, m), 3)``: :func:`canonical_subsample` of each scan of ``points (B, N, 3)``
+    (the scans as they are when ``N <= m``)."""
+    if points.shape[1] <= m:
+        return points
+    idx = torch.stack([canonical_subsample(p, m) for p in points])
+    return torch.gather(points, 1, idx[..., None].expand(-1, -1, points.shape[-1]))
+
+
+def _unique_points(points: Tensor) -> Tensor:
+    """The distinct rows of ``points (N, 3)`` (exact duplicates removed; sorted)."""
+    return torch.unique(points, dim=0)
+
+
+def _net_on_subsamples(net: nn.Module, chunk: Tensor, num_points: int, dtype: torch.dtype,
+                       scale: float) -> dict[str, Tensor]:
+    """The net's output for dense scans ``chunk (b, N, 3)``: each scan's distinct points
+    (exact duplicates, e.g. of merged views, would fill the kNN neighbourhoods), subsampled
+    to ``num_points`` by :func:`canonical_subsample`, centred on their own centroid as a
+    training scan is; every input point gets the part of its nearest subsampled point. The
+    result depends on the point set only (not on the frame or the row order)."""
+    from geo3d.ops import knn
+
+    outs = []
+    for scan in chunk:
+        full = scan.to(torch.float64)
+        pts = _unique_points(full)
+        pts = pts[canonical_subsample(pts, num_points)]
+        x = _centred_metres(pts[None], pts.device, dtype, scale)[0]
+        out = net(x)
+        nearest = knn(full[None], pts[None], 1).idx[..., 0]  # (1, N) into the subsample
+        logits = out["part_logits"]
+        outs.append({**out, "part_logits": torch.gather(
+            logits, 1, nearest[..., None].expand(-1, -1, logits.shape[-1]))})
+    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
 
 def load_net(checkpoint: Any, device: torch.device | str = "cpu") -> nn.Module:
@@ -1053,13 +1145,15 @@ def fit_smpl(
         weights: objective weights of the refinement.
         progress: tqdm bar during refinement.
         num_points: points per scan the network sees. The network's neighbourhoods (kNN)
-            were learned at one scan density, so a denser scan is subsampled to it (uniformly
-            at random with a fixed seed, the same on every call); every input point still
-            gets the part of its nearest subsampled point, and the translation, ICP and
-            refinement use all points. ``"auto"``: the points per training scan the
-            checkpoint file records (none recorded, or a module: as ``None``); an int:
-            that many; ``None``: all points, whatever the density. Sparser scans are used
-            as they are.
+            were learned at one scan density, so a denser scan is subsampled to it: its
+            distinct points (exact duplicates dropped), uniformly at random, chosen by the
+            point set alone (:func:`canonical_subsample`: the same points whatever the
+            frame or the row order of the scan); every input point still gets the part of
+            its nearest subsampled point, and the translation, ICP and refinement use all
+            points. ``"auto"``: the points per training scan the checkpoint file records
+            (none recorded, or a module: as ``None``); an int: that many; ``"all"`` or
+            ``None``: all points, whatever the density. Sparser scans are used as they
+            are.
 
     Returns:
         :class:`FitResult` over all scans in input order; lengths in input units;
@@ -1078,8 +1172,8 @@ def fit_smpl(
             ``icp_steps``/``refine_steps``, bad ``batch_size``, ``weights`` (not a
             :class:`FitWeights`, a negative or non-finite weight, ``sigma <= 0``),
             ``device`` (unknown, not available here, or ``"meta"``), ``checkpoint`` (not a
-            path or module), ``num_points`` (not ``"auto"``, ``None`` or an int >= the
-            network's ``k``), or a ``body_model`` that is not a known name/path/module or
+            path or module), ``num_points`` (not ``"auto"``, ``"all"``, ``None`` or an int
+            >= the network's ``k``), or a ``body_model`` that is not a known name/path/module or
             differs from the one the checkpoint records.
 
     Warns:
@@ -1119,11 +1213,15 @@ def fit_smpl(
             raise ValueError(f"body_model: expected the checkpoint's body model {trained_on!r} "
                              f"(the network was trained on it), got a module with another "
                              f"template mesh")
-    if num_points == "auto":
+    if isinstance(num_points, str) and num_points == "auto":
         n = record.get("num_points")
         num_points = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+    elif isinstance(num_points, str) and num_points == "all":  # as the CLI's --num-points all
+        num_points = None
     elif num_points is not None:
-        num_points = _check_int("num_points", num_points, 1)
+        if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
+            raise ValueError(f"num_points: expected 'auto', 'all' (or None) or an int >= the "
+                             f"network's neighbourhood size k, got {num_points!r}")
     net = load_net(checkpoint, dev)
     net.eval()
     k = getattr(net, "config", {}).get("k")
@@ -1140,22 +1238,10 @@ def fit_smpl(
     results = []
     for chunk in _chunks(pts, batch_size):
         with torch.no_grad():
-            x = _centred_metres(chunk, dev, net_dtype, scale)[0]  # translation-invariant net
-            n = x.shape[1]
-            sub = None
-            if num_points is not None and n > num_points:
-                sub = _subsample_index(n, num_points, dev)
-                # centred on the subsample's own centroid, as a training scan is
-                x = x[:, sub] - x[:, sub].mean(1, keepdim=True)
-            out = net(x)
-            if sub is not None:
-                from geo3d.ops import knn
-
-                logits = out["part_logits"]
-                full = chunk.to(dev, torch.float64)
-                nearest = knn(full, full[:, sub], 1).idx[..., 0]  # (b, n) into the subsample
-                out = {**out, "part_logits": torch.gather(
-                    logits, 1, nearest[..., None].expand(-1, -1, logits.shape[-1]))}
+            if num_points is not None and chunk.shape[1] > num_points:
+                out = _net_on_subsamples(net, chunk.to(dev), num_points, net_dtype, scale)
+            else:
+                out = net(_centred_metres(chunk, dev, net_dtype, scale)[0])  # translation-invariant
             fit = decode(out, model, chunk.to(dev), scale, icp_steps=icp_steps)
         if refine:
             fit = refine_fit(fit, chunk.to(dev), model, scale, steps=refine_steps,

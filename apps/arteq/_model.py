@@ -58,8 +58,10 @@ The e3nn backbone ``"tfn"`` (local, like EPN) did not learn within such budgets 
 
 Subsampling. As in the reference (EPN on a subsample, features carried to every point by
 3-NN interpolation), the backbone runs on at most ``num_centers`` points of a large scan: a
-fixed pseudo-random subset of the indices (the same indices for a rotated copy, so exact
-equivariance is kept; not invariant to a permutation of the input points). Features reach
+pseudo-random subset chosen by the point set alone (points ranked by their distance to
+the centroid, ranks drawn with a fixed seed: the same points for a rotated, moved or
+reordered copy, so exact equivariance is kept and the output does not depend on the row
+order; training draws random subsets instead). Features reach
 every input point by a Gaussian-weighted average over *all* centres,
 ``w_nm = softmax_m(-|x_n - c_m|^2 / (2 sigma^2))``: a smooth function of distances with no
 neighbour cutoff, so there are no ties to break and the interpolation is exactly
@@ -797,15 +799,23 @@ class ArtEqNet(nn.Module):
         """Number of parameters (all, or only those with ``requires_grad``)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def _centers(self, N: int, device: torch.device,
-                 generator: torch.Generator | None) -> Tensor | None:
-        """Indices of the backbone's subsample of ``N`` points (None: all of them)."""
+    def _centers(self, x: Tensor, generator: torch.Generator | None) -> Tensor | None:
+        """Indices ``(B, M)`` of the backbone's subsample of the centred scans ``x (B, N, 3)``
+        (None: all of them). With a ``generator`` (training-time variety) a random subset;
+        without, one chosen by each point set alone: the points ranked by their distance to
+        the centroid (a rigid motion or a reordering of the rows changes no rank) and ranks
+        drawn with a fixed seed, so the output does not depend on the row order."""
+        B, N = x.shape[:2]
         M = self.num_centers
         if M is None or N <= M:
             return None
-        g = generator if generator is not None else torch.Generator().manual_seed(0)
-        idx = torch.randperm(N, generator=g, device=g.device)[:M]
-        return idx.sort().values.to(device)
+        if generator is not None:
+            idx = torch.randperm(N, generator=generator, device=generator.device)[:M]
+            return idx.sort().values.to(x.device).expand(B, M)
+        order = torch.argsort(x.detach().to(torch.float64).square().sum(-1), dim=1,
+                              stable=True)
+        ranks = torch.randperm(N, generator=torch.Generator().manual_seed(0))[:M]
+        return order[:, ranks.to(x.device)].sort(dim=1).values
 
     def forward(self, points: Tensor, part_labels: Tensor | None = None, *,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -846,15 +856,16 @@ class ArtEqNet(nn.Module):
         P = ARTEQ_NUM_PARTS
         par = self.parents
 
-        idx = self._centers(N, x.device, generator)
-        xs = (x if idx is None else x[:, idx]) / self.unit
+        idx = self._centers(x, generator)
+        gidx = None if idx is None else idx[..., None].expand(-1, -1, 3)
+        xs = (x if idx is None else torch.gather(x, 1, gidx)) / self.unit
         enc = self.encoder(xs)
         pt_inv = enc.point_features  # (B, M, c_pt): invariant ("vn") / plain features
         V = enc.point_equivariant  # (B, M, F, 3) ("vn") or None
         glob = enc.invariant  # (B, c_glob)
         if idx is not None:  # Gaussian interpolation from the M centres to the N points
             with torch.no_grad():  # -|x - c|^2 / (2 s^2) up to a per-row constant
-                c = x[:, idx].detach()
+                c = torch.gather(x, 1, gidx).detach()
                 logit = x.detach() @ c.transpose(1, 2) - 0.5 * c.square().sum(-1)[:, None]
                 wi = torch.softmax(logit / self.interp_sigma ** 2, dim=-1)  # (B, N, M)
             if V is not None:

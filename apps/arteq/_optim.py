@@ -40,6 +40,7 @@ from geo3d.apps.arteq._fit import (
     _pose,
     _resolve_device,
     _uncentred,
+    canonical_rows,
     closest_surface_points,
     optimize_params,
     resolve_body_model,
@@ -235,7 +236,7 @@ def optimize_smpl(
             pm_rep = pm.repeat_interleave(S, 0)
             transl = pm_rep.mean(1) - _area_centroid(o0.vertices, faces)
             if icp_iters:
-                sub = pm_rep[:, :: max(1, pm_rep.shape[1] // 1000)]
+                sub = canonical_rows(pm_rep, 1000)  # the same points in any row order
                 Ri, ti = rigid_icp(sub, o0.vertices + transl[:, None], faces, icp_iters,
                                    full_scan)
                 # the mesh rotates about its pelvis: move the pelvis P0 = J0 + transl rigidly

@@ -646,7 +646,7 @@ def test_dense_scans_are_subsampled_to_the_training_density(body, tiny_net, tmp_
     gt = _gt(body, seed=23, n=300, noise=1e-3)
     pts = gt["points"]
     r = fit_smpl(pts, tiny_net, body, num_points=120)
-    sub = _fit._subsample_index(300, 120, torch.device("cpu"))
+    sub = _fit.canonical_subsample(pts[0], 120)
     alone = fit_smpl(pts[:, sub], tiny_net, body, num_points=None)
     torch.testing.assert_close(r.body_pose, alone.body_pose, rtol=0, atol=1e-9)
     torch.testing.assert_close(r.betas, alone.betas, rtol=0, atol=1e-9)
@@ -675,8 +675,11 @@ def test_dense_scans_are_subsampled_to_the_training_density(body, tiny_net, tmp_
     assert checkpoint_info(old) == {"num_points": 64}
     with pytest.raises(ValueError, match="^num_points: expected at least the network's"):
         fit_smpl(pts, tiny_net, body, num_points=4)
-    with pytest.raises(ValueError, match="^num_points: expected an int"):
-        fit_smpl(pts, tiny_net, body, num_points="all")
+    torch.testing.assert_close(fit_smpl(pts, tiny_net, body, num_points="all").vertices,
+                               dense.vertices, rtol=0, atol=0)  # the CLI's word for None
+    for bad in ("every", 0, True, 2.5):
+        with pytest.raises(ValueError, match="^num_points: expected 'auto', 'all'"):
+            fit_smpl(pts, tiny_net, body, num_points=bad)
 
 
 def test_fit_smpl_compares_a_body_module_with_the_checkpoints_body(body, tiny_net, tmp_path):
@@ -707,3 +710,74 @@ def test_fit_smpl_compares_a_body_module_with_the_checkpoints_body(body, tiny_ne
                       extra={"body_model": str(tmp_path / "missing" / "SMPL_MALE.pkl")})
     assert same_body_template(other, tmp_path / "missing" / "SMPL_MALE.pkl") is None
     assert fit_smpl(pts, gone, other).vertices.shape == ref.vertices.shape
+
+
+def test_dense_scan_fits_depend_on_the_point_set_not_its_order_or_duplicates(body, tiny_net):
+    """Bug caught (fresh-user run): the subsample of a dense scan was drawn by row index, so
+    the same 5000-point scan with its rows shuffled fitted 19-34 cm apart, and a scan with
+    every point repeated 3 times fitted 13 cm away (duplicates filled the kNN
+    neighbourhoods). The subsample is now chosen by the point set alone
+    (canonical_subsample), from the distinct points."""
+    gt = _gt(body, seed=31, n=400, noise=1e-3)
+    pts = gt["points"]
+    ref = fit_smpl(pts, tiny_net, body, num_points=150)
+    g = torch.Generator().manual_seed(32)
+    for _ in range(3):
+        perm = torch.randperm(400, generator=g)
+        r = fit_smpl(pts[:, perm], tiny_net, body, num_points=150)
+        torch.testing.assert_close(r.vertices, ref.vertices, rtol=0, atol=1e-9)
+        assert torch.equal(r.part_labels[:, torch.argsort(perm)], ref.part_labels)
+    # the same subsample in any frame and any order (ranks by distance to the centroid)
+    Rg = random_rotation_matrix(generator=g, dtype=F64)
+    moved = pts[0] @ Rg.T + torch.tensor([40.0, -3.0, 7.0], dtype=F64)
+    perm = torch.randperm(400, generator=g)
+    a = set(_fit.canonical_subsample(pts[0], 150).tolist())
+    b = {int(perm[i]) for i in _fit.canonical_subsample(moved[perm], 150).tolist()}
+    assert a == b and len(a) == 150
+    # every point three times (a merged scan): the fit of the distinct points, 400 > 150
+    rep = pts.repeat(1, 3, 1)[:, torch.randperm(1200, generator=g)]
+    torch.testing.assert_close(fit_smpl(rep, tiny_net, body, num_points=150).body_pose,
+                               ref.body_pose, rtol=0, atol=1e-9)
+    # and with 3 x 100 points > 120 but only 100 distinct: the 100, as a sparser scan
+    few = pts[:, :100]
+    torch.testing.assert_close(
+        fit_smpl(few.repeat(1, 3, 1), tiny_net, body, num_points=120).body_pose,
+        fit_smpl(few, tiny_net, body, num_points=120).body_pose, rtol=0, atol=1e-9)
+
+
+def test_refinement_is_rotation_equivariant_and_takes_scans_that_require_grad(body, tiny_net):
+    """Bugs caught (fresh-user run): refine=True on a scan with requires_grad=True raised
+    'Trying to backward through the graph a second time'; the refined fit of a rotated scan
+    was 0.7-1.7 cm from the rotated refined fit (Adam's per-coordinate steps in the scan's
+    frame); refine_fit(fit, pts, None) raised AttributeError."""
+    gt = _gt(body, seed=33, n=300, noise=1e-3)
+    pts = gt["points"]
+    r = fit_smpl(pts, tiny_net, body, refine=True, refine_steps=15)
+    x = pts.clone().requires_grad_(True)
+    torch.testing.assert_close(fit_smpl(x, tiny_net, body, refine=True,
+                                        refine_steps=15).vertices, r.vertices, rtol=0, atol=0)
+    g = torch.Generator().manual_seed(34)
+    for _ in range(2):
+        Rg = random_rotation_matrix(generator=g, dtype=F64)
+        tg = torch.randn(3, generator=g, dtype=F64) * 5
+        m = fit_smpl(pts @ Rg.T + tg, tiny_net, body, refine=True, refine_steps=15)
+        torch.testing.assert_close(m.vertices, r.vertices @ Rg.T + tg, rtol=0, atol=1e-7)
+        torch.testing.assert_close(m.global_orient, Rg @ r.global_orient, rtol=0, atol=1e-7)
+        torch.testing.assert_close(m.body_pose, r.body_pose, rtol=0, atol=1e-7)
+        torch.testing.assert_close(m.betas, r.betas, rtol=0, atol=1e-7)
+        torch.testing.assert_close(m.transl, pose_transl(body, m), rtol=0, atol=1e-9)
+    start = fit_smpl(pts, tiny_net, body)
+    with pytest.raises(ValueError, match="^body_model: expected the smplx module"):
+        refine_fit(start, pts, None)
+    with pytest.raises(ValueError, match="^fit: expected a FitResult"):
+        refine_fit({"betas": 1}, pts, body)
+
+
+def pose_transl(body, fit):
+    """The translation that puts ``fit``'s parameters on ``fit.vertices`` (independent of
+    refine_fit's frame change): vertices of (betas, orient, pose) with zero translation,
+    offset to the fit's vertices."""
+    from geo3d.apps.arteq._fit import _pose
+
+    out = _pose(body, fit.global_orient, fit.body_pose, fit.betas)
+    return (fit.vertices - out.vertices).mean(1)

@@ -345,6 +345,21 @@ class TestLocalEncoder:
         torch.testing.assert_close(out.point_equivariant[0, 0], out.point_equivariant[0, 4])
 
 
+def test_centres_do_not_depend_on_the_row_order():
+    """Bug caught (fresh-user run): the backbone's centres of a scan larger than num_centers
+    were a fixed set of row indices, so the same scan with its rows shuffled gave another
+    segmentation and pose. They are now chosen by the point set (distance ranks)."""
+    torch.manual_seed(0)
+    net = ArtEqNet("vn", **SMALL, num_centers=40).double().eval()
+    x = _cloud(2, 120)
+    perm = torch.randperm(120, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a, b = net(x), net(x[:, perm])
+    torch.testing.assert_close(b["part_logits"], a["part_logits"][:, perm], rtol=0, atol=1e-10)
+    for k in ("part_rot", "betas"):
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-10)
+
+
 def test_interpolated_invariants_match_encoder_invariants():
     # "vn" interpolates only the equivariant features and reads them in the encoder's
     # frame; by linearity that equals interpolating the encoder's invariant point features
@@ -357,9 +372,14 @@ def test_interpolated_invariants_match_encoder_invariants():
     with torch.no_grad():
         out = net(x)
         enc = cap[0]
-        idx = torch.randperm(150, generator=torch.Generator().manual_seed(0))[:50].sort().values
+        # the documented centres: points ranked by distance to the centroid, ranks drawn
+        # with seed 0
+        ranks = torch.randperm(150, generator=torch.Generator().manual_seed(0))[:50]
         xc = x - x.mean(1, keepdim=True)
-        d2 = torch.cdist(xc, xc[:, idx]) ** 2
+        idx = torch.stack([torch.argsort(xc[b].norm(dim=-1))[ranks].sort().values
+                           for b in range(2)])
+        c = torch.stack([xc[b, idx[b]] for b in range(2)])
+        d2 = torch.cdist(xc, c) ** 2
         wi = torch.softmax(-d2 / (2 * 0.1 ** 2), dim=-1)
         pt = wi @ enc.point_features
         logits = net.seg_head(torch.cat([pt, enc.invariant[:, None].expand(2, 150, -1)], -1))
