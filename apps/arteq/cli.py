@@ -30,7 +30,7 @@ from geo3d._app import OneLineParser, PackagedConfigs, UsageError, add_forwardin
 from geo3d._app import resolve_last_checkpoint as _resolve_last
 
 __all__ = ["add_parser", "main", "config_path", "run_lightning_cli", "resolve_last_checkpoint",
-           "UsageError", "read_points"]
+           "UsageError", "read_points", "read_scans"]
 
 _LIGHTNING = ("fit", "validate", "test")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -125,6 +125,42 @@ def read_points(path: str | Path) -> Any:
     return arr
 
 
+def read_scans(path: str | Path) -> list[tuple[str, Any]]:
+    """The scans of one ``--points`` file as ``[(name, (N, 3) float64 array)]``: one scan
+    named after the file, or, for a ``geo3d body scan`` output (keys ``points_0``,
+    ``points_1``, ...), each of its scans, named ``<file>_0``, ``<file>_1``, ...
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_points`.
+    """
+    import re
+
+    import numpy as np
+
+    p = Path(path)
+    if p.suffix.lower() == ".npz" and p.is_file():
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                keys = list(z.files)
+        except Exception:  # noqa: BLE001 - read_points names the problem
+            keys = []
+        numbered = sorted((int(m.group(1)), k) for k in keys
+                          if (m := re.fullmatch(r"points_(\d+)", k)))
+        if numbered and "points" not in keys:
+            out = []
+            with np.load(p, allow_pickle=False) as z:
+                for i, k in numbered:
+                    arr = z[k]
+                    if arr.dtype.kind not in "iuf" or arr.ndim != 2 or arr.shape[1] != 3 \
+                            or arr.shape[0] < 1 or not np.isfinite(arr).all():
+                        raise ValueError(f"--points: expected an (N, 3) finite point set under "
+                                         f"{k!r} in {str(p)!r}, got dtype {arr.dtype} shape "
+                                         f"{arr.shape}")
+                    out.append((f"{p.stem}_{i}", np.asarray(arr, dtype=np.float64)))
+            return out
+    return [(p.stem, read_points(p))]
+
+
 def _predict(argv: list[str]) -> int:
     import numpy as np
     import torch
@@ -137,8 +173,10 @@ def _predict(argv: list[str]) -> int:
         "Writes OUT/<scan>_smpl.npz (betas (K,), global_orient (3, 3), body_pose (23, 3, 3), "
         "transl (3,), vertices (V, 3), joints (J, 3) with J = the body model's joint count: "
         "29 on the Anny and tiny bodies = 24 SMPL joints + 5 face points, 45 on official SMPL "
-        "files; part_labels (N,)) and OUT/<scan>_smpl.ply (the mesh), lengths in the scan's "
-        "units (.npz positions float64; the .ply float32, for viewers).")
+        "files; part_labels (N,); scale, the --scale used) and OUT/<scan>_smpl.ply (the "
+        "mesh), lengths in the scan's units (.npz positions float64; the .ply float32, for "
+        "viewers). A mesh file (.ply with faces, .obj, .off) is read as its vertices; a `geo3d "
+        "body scan` .npz gives one output per scan (<scan>_0, <scan>_1, ...).")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `fit`")
     p.add_argument("--points", nargs="+", required=True,
                    help=".ply/.obj/.off/.xyz/.npz/.npy scans (distinct file names: the outputs "
@@ -148,7 +186,8 @@ def _predict(argv: list[str]) -> int:
                    help="metres per input unit (millimetres: 0.001)")
     p.add_argument("--refine", action="store_true", help="short optimisation after the net")
     p.add_argument("--partial", action="store_true",
-                   help="single-view scans (refinement skips the surface-to-points term)")
+                   help="single-view scans: the refinement skips the surface-to-points term "
+                   "(with --refine; the network's fit is the same either way)")
     p.add_argument("--body-model", default=None,
                    help="body model file or 'anny'/'tiny' (default and only accepted value: "
                    "the checkpoint's)")
@@ -166,13 +205,9 @@ def _predict(argv: list[str]) -> int:
             raise UsageError(f"--num-points: expected 'auto', 'all' or a positive integer, got "
                              f"{a.num_points!r}")
         num_points = int(num_points)
-    stems: dict[str, str] = {}
-    for f in a.points:
-        stem = Path(f).stem
-        if stem in stems:
-            raise UsageError(f"--points: expected distinct file names (outputs are named "
-                             f"<name>_smpl.npz), got {stems[stem]!r} and {f!r}")
-        stems[stem] = f
+    if a.partial and not a.refine:
+        print("geo3d arteq predict: warning: --partial changes only the refinement; without "
+              "--refine it has no effect", file=sys.stderr, flush=True)
     out = Path(a.out)
     for parent in (out, *out.parents):  # `--out afile/sub` cannot become a folder either
         if parent.exists():
@@ -187,7 +222,13 @@ def _predict(argv: list[str]) -> int:
     from geo3d.apps.arteq._data import load_body
     from geo3d.apps.arteq._fit import _check_min_points, fit_smpl, same_body_spec, scale_warning
 
-    clouds = [read_points(f) for f in a.points]  # bad input files fail before any loading
+    scans = [(f, name, pts) for f in a.points for name, pts in read_scans(f)]  # bad files
+    stems: dict[str, str] = {}  # fail before any loading
+    for f, name, _ in scans:
+        if name in stems:
+            raise UsageError(f"--points: expected distinct file names (outputs are named "
+                             f"<name>_smpl.npz), got {stems[name]!r} and {f!r}")
+        stems[name] = f
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -208,7 +249,7 @@ def _predict(argv: list[str]) -> int:
                          f"k = {k}, got {num_points}")
     # float64 (read_points' dtype): fit_smpl centres in float64, so scans far from the
     # origin (map coordinates) keep their resolution, and positions come back in float64
-    tensors = [torch.as_tensor(pts, dtype=torch.float64)[None] for pts in clouds]
+    tensors = [torch.as_tensor(pts, dtype=torch.float64)[None] for _, _, pts in scans]
     if isinstance(k, int):
         try:
             _check_min_points(tensors, k)
@@ -220,13 +261,12 @@ def _predict(argv: list[str]) -> int:
     spec = a.body_model or trained_on or "anny"
     body = load_body(spec, info.get("gender", "neutral"),
                      int(info.get("num_betas", net.config.get("num_betas", 10))))
-    for f, pts in zip(a.points, tensors, strict=True):
+    for (f, stem, _), pts in zip(scans, tensors, strict=True):
         with warnings.catch_warnings():  # the scale notice was printed once above
             warnings.filterwarnings("ignore", message="scale: the points span")
             res = fit_smpl(pts[0], net, body_model=body, num_points=num_points,
                            refine=a.refine, scale=a.scale, device=device,
                            full_scan=not a.partial)
-        stem = Path(f).stem
         arrays = {k: getattr(res, k)[0].detach().cpu().numpy() for k in (
             "betas", "global_orient", "body_pose", "transl", "vertices", "joints")}
         if res.part_labels is not None:
@@ -240,7 +280,8 @@ def _predict(argv: list[str]) -> int:
                                process=False)
         with atomic_path(out / f"{stem}_smpl.ply") as tmp:
             mesh.export(tmp, file_type="ply")
-        print(f"{f}: wrote {out / (stem + '_smpl.npz')} and {out / (stem + '_smpl.ply')}")
+        what = f if stem == Path(f).stem else f"{f} ({stem})"
+        print(f"{what}: wrote {out / (stem + '_smpl.npz')} and {out / (stem + '_smpl.ply')}")
     return 0
 
 

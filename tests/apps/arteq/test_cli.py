@@ -464,3 +464,28 @@ def test_predict_num_points(trained: Path, tmp_path, capsys):
                            "--num-points", bad]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--num-points" in err, err
+
+
+def test_predict_reads_body_scan_outputs_and_notes_partial_without_refine(trained: Path,
+                                                                           tmp_path, capsys):
+    """Fresh-user run: predict refused the body layer's own `geo3d body scan` files (keys
+    points_0, points_1, ...), and --partial without --refine silently did nothing. Each scan
+    of such a file is now fitted (outputs <file>_0, <file>_1, ...), equal to fitting it
+    alone, and --partial alone prints a warning."""
+    scans = tmp_path / "scans.npz"
+    assert geo3d_main(["body", "scan", "tiny", str(scans), "--num", "2", "--points",
+                       "200"]) == 0
+    z = np.load(scans)
+    np.savez(tmp_path / "one.npz", points=z["points_1"])
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert geo3d_main(["arteq", "predict", "--checkpoint", str(_last(trained)), "--points",
+                       str(scans), str(tmp_path / "one.npz"), "--out", str(out),
+                       "--partial"]) == 0
+    err = capsys.readouterr().err
+    assert "--partial changes only the refinement" in err
+    a, b = np.load(out / "scans_1_smpl.npz"), np.load(out / "one_smpl.npz")
+    for k in ("vertices", "betas", "part_labels", "scale"):
+        np.testing.assert_array_equal(a[k], b[k])
+    assert np.load(out / "scans_0_smpl.npz")["part_labels"].shape == (200,)
+    assert not np.array_equal(np.load(out / "scans_0_smpl.npz")["vertices"], a["vertices"])
