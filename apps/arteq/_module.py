@@ -328,7 +328,7 @@ class ArtEqModule(L.LightningModule):
     def _want_pictures(self, stage: str) -> bool:
         if self.trainer is None or self.trainer.sanity_checking or self.global_rank != 0:
             return False
-        if stage == "test":
+        if stage == "test" or self.trainer.state.fn == "validate":  # `geo3d arteq validate`
             return True
         max_epochs = self.trainer.max_epochs
         return max_epochs is not None and self.current_epoch == max_epochs - 1
@@ -372,8 +372,9 @@ class ArtEqModule(L.LightningModule):
             n = max(sums[f"{cond}/count"], 1.0)
             results.setdefault(cond, {"num_scans": int(sums[f"{cond}/count"])})[metric] = \
                 total / n
-            self.log(f"{stage}/{key}", total / n, prog_bar=(metric == "v2v_cm"),
-                     add_dataloader_idx=False, rank_zero_only=True)
+            name = f"{stage}/{metric}" if cond == stage else f"{stage}/{cond}/{metric}"
+            self.log(name, total / n, prog_bar=(metric == "v2v_cm"),  # val/v2v_cm, not
+                     add_dataloader_idx=False, rank_zero_only=True)  # val/val/v2v_cm
         for cond, r in results.items():
             r["sec_per_scan"] = self.eval_seconds.get(cond, 0.0) / max(r["num_scans"], 1)
         self.last_results = results

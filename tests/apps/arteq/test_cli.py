@@ -489,3 +489,21 @@ def test_predict_reads_body_scan_outputs_and_notes_partial_without_refine(traine
         np.testing.assert_array_equal(a[k], b[k])
     assert np.load(out / "scans_0_smpl.npz")["part_labels"].shape == (200,)
     assert not np.array_equal(np.load(out / "scans_0_smpl.npz")["vertices"], a["vertices"])
+
+
+def test_validate_writes_results_and_logs_plain_metric_names(trained: Path):
+    """Fresh-user run: `geo3d arteq validate --ckpt_path ...` wrote no results_val.json nor
+    pictures (only the last epoch of `fit` did), and validation metrics were logged as
+    val/val/v2v_cm."""
+    from geo3d.apps.arteq.cli import run_lightning_cli
+
+    for old in (trained / "run").rglob("results_val.json"):
+        old.unlink()
+    cli = run_lightning_cli(["validate", "--config", str(trained / "tiny.yaml"),
+                             "--ckpt_path", str(_last(trained))])
+    keys = set(cli.trainer.callback_metrics)
+    assert {"val/v2v_cm", "val/mpjpe_cm", "val/part_acc"} <= keys
+    assert not any(k.startswith("val/val/") for k in keys)
+    res = sorted((trained / "run").rglob("results_val.json"))
+    assert res and json.loads(res[-1].read_text())["metrics"]["val"]["num_scans"] > 0
+    assert list((res[-1].parent / "pictures_val").glob("val_*.png"))
