@@ -61,7 +61,8 @@ Subsampling. As in the reference (EPN on a subsample, features carried to every 
 pseudo-random subset chosen by the point set alone (points ranked by their distance to
 the centroid, ranks drawn with a fixed seed: the same points for a rotated, moved or
 reordered copy, so exact equivariance is kept and the output does not depend on the row
-order; training draws random subsets instead). Features reach
+order, up to points at exactly equal distances (see "Symmetric inputs"); training draws
+random subsets instead). Features reach
 every input point by a Gaussian-weighted average over *all* centres,
 ``w_nm = softmax_m(-|x_n - c_m|^2 / (2 sigma^2))``: a smooth function of distances with no
 neighbour cutoff, so there are no ties to break and the interpolation is exactly
@@ -73,8 +74,18 @@ takes ~5-8 s, ``"pointnet"`` ~1 s, ``"dgcnn"`` ~5 s; one ``"vn"`` eval forward ~
 
 Symmetric inputs. VN features are O(3)-equivariant: on an input symmetric under ``x -> -x``
 (a full centred grid, a centred box) every vector feature is 0 and no rotation can be read
-out; on a collinear input the rotation about the line is undetermined. Invariant outputs
-(``part_logits``, ``betas``) stay exactly invariant there. Bodies are never such inputs.
+out; on any input with a rotational symmetry (a 2- or 3-fold axis: a grid missing a corner,
+points on a sphere, a collinear input, one repeated point plus another) no equivariant
+function can pick one rotation either, so ``part_rot``, ``global_orient`` and
+``body_pose`` are O(1) wrong there and depend on rounding, the row order and the batch
+(measured by an audit, all four backbones). Invariant outputs (``part_logits``,
+``betas``) stay invariant on such inputs to rounding while batch norm has its initial
+statistics; a trained net's VN batch norm (``x BN(|x|) / (|x| + 1e-6)``) scales the
+rounding-size vectors of an ``x -> -x`` symmetric input by up to ``|BN(0)| / 1e-6``, so
+there they move by up to ~1e-5. Bodies are never such inputs. The backbone's centres
+(``num_centers``) are chosen by distance ranks; points at exactly equal distances from the
+centroid (again only symmetric inputs) are ordered by row, so which of them are centres
+can change with the row order or the frame.
 
 ``backbone="pointnet"`` / ``"dgcnn"`` are the non-equivariant baselines: the same
 segmentation, pooling, kinematic conditioning and shape heads on plain features, with the

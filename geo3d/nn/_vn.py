@@ -303,7 +303,12 @@ class VNInvariant(nn.Module):
     predicted from ``x`` by VN layers; the output expresses every channel in that frame,
     ``inv[b, c, j] = <x[b, c], z[b, j]>``, which is O(3)-invariant. With
     ``normalize_frame=True`` the frame is orthonormalised (Gram–Schmidt on two predicted
-    vectors, the third their cross product): SO(3)-invariant only.
+    vectors, the third their cross product): SO(3)-invariant only, and only where the two
+    predicted vectors are not parallel: on a cloud with a rotation axis (collinear points,
+    two distinct points, a cloud symmetric about an axis, points on a sphere) every
+    equivariant vector lies on the axis, Gram–Schmidt normalises rounding noise, and the
+    output changes with the rotation, the row order and the batch (an audit measured up to
+    8e-4 relative). The unnormalised frame (the default) has no such inputs.
 
     Args:
         in_channels: ``C``.

@@ -123,7 +123,8 @@ class VNDGCNN(nn.Module):
     Equivariance claims (tested): with ``cross=False`` and ``normalize_frame=False`` the
     ``equivariant`` output and per-point equivariant features are O(3)-equivariant, the
     ``invariant`` and ``point_features`` outputs O(3)-invariant (SO(3) only with ``cross`` or
-    ``normalize_frame``); everything is permutation-equivariant/invariant in the points; with
+    ``normalize_frame``; ``normalize_frame`` not on clouds with a rotation axis, see
+    :class:`~geo3d.nn.VNInvariant`); everything is permutation-equivariant/invariant in the points; with
     ``center=True`` (masked centroid subtracted) every output is translation-invariant.
     Padded points (``mask`` False) are excluded from neighbourhoods, pooling and batch-norm
     statistics.
