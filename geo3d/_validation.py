@@ -68,8 +68,8 @@ def promote_floats(**named: torch.Tensor) -> list[torch.Tensor]:
     truth is computed in float64, never silently rounded to float32).
 
     Raises:
-        ValueError: a value that is not a floating tensor (named), or tensors on
-            different devices.
+        ValueError: a value that is not a floating tensor (named), a ``meta`` tensor, or
+            tensors on different devices.
     """
     dtype = None
     device = None
@@ -78,6 +78,8 @@ def promote_floats(**named: torch.Tensor) -> list[torch.Tensor]:
             raise value_error(name, "a floating tensor",
                               getattr(x, "dtype", type(x).__name__))
         dtype = x.dtype if dtype is None else torch.promote_types(dtype, x.dtype)
+        if x.device.type == "meta":  # shapes only: there are no values to score
+            raise value_error(name, "a tensor on a device that computes", "one on 'meta'")
         if device is None:
             device, first = x.device, name
         elif x.device != device:

@@ -50,7 +50,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,8 @@ class FitResult:
     Positions (``transl``, ``vertices``, ``joints``) are computed relative to each scan's
     centroid, taken in float64, and returned in the wider of the input points' dtype and the
     body model's: float64 scans far from the origin (map coordinates) keep their resolution
-    with a float32 network and body.
+    with a float32 network and body. ``betas``, ``global_orient`` and ``body_pose`` come in
+    the network's dtype (the body model's after refinement), float32 for the shipped nets.
 
     Attributes:
         betas: :math:`(B, K)` shape coefficients.
@@ -240,6 +241,8 @@ def _as_points(points: Any, name: str = "points") -> list[Tensor] | Tensor:
         raise ValueError(f"{name}: expected a tensor or array of shape (N, 3) or (B, N, 3), got "
                          f"{type(points).__name__}")
     points = points.detach()  # a scan that requires grad: fitted as data, no graph kept
+    if points.device.type == "meta":  # shapes only: no value to fit (or to check)
+        raise ValueError(f"{name}: expected a tensor on a device that computes, got 'meta'")
     if points.dim() == 2:
         points = points[None]
     if points.dim() != 3 or points.shape[-1] != 3 or points.shape[0] < 1 or points.shape[1] < 1:
@@ -788,13 +791,17 @@ def refine_fit(
         A new :class:`FitResult` (``part_labels`` kept, ``loss`` = final objective).
 
     The optimisation runs in the start's own frame (rotated by its global orientation), so
-    it is rotation-equivariant: the refined fit of a rotated and moved scan is the refined
-    fit rotated and moved (to float rounding; Adam's per-coordinate steps in a fixed frame
-    were not).
+    it is rotation-equivariant: from a start that is rotated and moved with the scan, the
+    refined fit is the refined fit rotated and moved (1e-8 m in float64; Adam's
+    per-coordinate steps in a fixed frame were 0.7-1.7 cm off). The optimisation amplifies
+    differences in its start, though: a float32 network's start carries rounding of ~1e-7
+    relative, which the fixed-correspondence steps grew to ~0.5 mm on the demo net.
 
     Raises:
-        ValueError: bad ``points``, ``scale``, ``steps`` (< 0), ``lr`` (<= 0) or
-            ``weights``; ``fit`` not a :class:`FitResult` or with another batch size; a
+        ValueError: bad ``points`` (a ``meta`` tensor included), ``scale``, ``steps``
+            (< 0), ``lr`` (<= 0), ``weights`` or non-bool ``full_scan``/``progress``;
+            ``fit`` not a :class:`FitResult`, with another batch size, wrongly shaped
+            fields, rotations that are not rotations, or vertices of another body model; a
             ``body_model`` that is not an smplx module (``None`` included).
 
     Reference: SMPLify (Bogo et al., ECCV 2016, arXiv:1607.08128) for the data + prior
@@ -804,17 +811,16 @@ def refine_fit(
     pts = _as_points(points)
     if not isinstance(pts, Tensor):
         raise ValueError("points: expected a tensor of shape (B, N, 3), got a list")
-    if not isinstance(fit, FitResult):
-        raise ValueError(f"fit: expected a FitResult (fit_smpl, decode), got "
-                         f"{type(fit).__name__}")
     if not (isinstance(body_model, nn.Module) and hasattr(body_model, "v_template")):
         raise ValueError(f"body_model: expected the smplx module the fit was made with, got "
                          f"{type(body_model).__name__}")
+    _check_fit(fit, pts.shape[0], body_model)
     steps = _check_int("steps", steps, 0)
     lr = _check_lr(lr)
     weights = _check_weights(weights)
-    if len(fit) != pts.shape[0]:
-        raise ValueError(f"fit: expected {pts.shape[0]} bodies (one per scan), got {len(fit)}")
+    for name, flag in (("full_scan", full_scan), ("progress", progress)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"{name}: expected True or False, got {flag!r}")
     dt, dev = body_model.v_template.dtype, body_model.v_template.device
     pts_m, c, pos_dt = _centred_metres(pts, dev, dt, scale)
     # optimise in the start's own frame (its global orientation): Adam's per-coordinate
@@ -838,6 +844,35 @@ def refine_fit(
     return FitResult(b, Q @ go, bp, _uncentred(t, c, scale, pos_dt),
                      _uncentred(verts, c, scale, pos_dt),
                      _uncentred(joints, c, scale, pos_dt), fit.part_labels, loss)
+
+
+def _check_fit(fit: Any, B: int, body_model: nn.Module) -> None:
+    """``fit`` must be a :class:`FitResult` of ``B`` bodies made with ``body_model``:
+    tensors of the documented shapes, rotations that are rotations."""
+    from geo3d.body._kinematics import check_rotation_values
+
+    if not isinstance(fit, FitResult):
+        raise ValueError(f"fit: expected a FitResult (fit_smpl, decode), got "
+                         f"{type(fit).__name__}")
+    V = int(body_model.v_template.shape[0])
+    nb = int(body_model.num_betas)
+    shapes = {"betas": (B, None), "global_orient": (B, 3, 3), "body_pose": (B, 23, 3, 3),
+              "transl": (B, 3), "vertices": (B, V, 3)}
+    for name, shape in shapes.items():
+        x = getattr(fit, name)
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != len(shape) or \
+                any(w is not None and w != g for w, g in zip(shape, x.shape, strict=True)):
+            want = "(" + ", ".join("K" if w is None else str(w) for w in shape) + ")"
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            why = (" (a fit made with another body model?)" if name == "vertices"
+                   and isinstance(x, Tensor) and x.dim() == 3 and x.shape[1] != V else "")
+            raise ValueError(f"fit.{name}: expected a floating tensor of shape {want} for "
+                             f"{B} scan(s), got {got}{why}")
+    if fit.betas.shape[1] > nb:
+        raise ValueError(f"fit.betas: expected at most the body model's {nb} components, got "
+                         f"{fit.betas.shape[1]}")
+    check_rotation_values("fit.global_orient", fit.global_orient)
+    check_rotation_values("fit.body_pose", fit.body_pose)
 
 
 def _rest_root(body_model: nn.Module, betas: Tensor) -> Tensor:
@@ -1008,27 +1043,34 @@ def _unique_points(points: Tensor) -> Tensor:
     return torch.unique(points, dim=0)
 
 
-def _net_on_subsamples(net: nn.Module, chunk: Tensor, num_points: int, dtype: torch.dtype,
-                       scale: float) -> dict[str, Tensor]:
-    """The net's output for dense scans ``chunk (b, N, 3)``: each scan's distinct points
-    (exact duplicates, e.g. of merged views, would fill the kNN neighbourhoods), subsampled
-    to ``num_points`` by :func:`canonical_subsample`, centred on their own centroid as a
-    training scan is; every input point gets the part of its nearest subsampled point. The
-    result depends on the point set only (not on the frame or the row order)."""
+def _fit_distinct(net: nn.Module, model: nn.Module, scan: Tensor, num_points: int | None,
+                  dtype: torch.dtype, scale: float, icp_steps: int,
+                  refine: dict[str, Any] | None) -> FitResult:
+    """The fit of one scan ``(N, 3)`` from its distinct points: exact duplicates (merged
+    views, repeated rows) are dropped, so they weigh nothing in the network's kNN
+    neighbourhoods, the translation, the ICP or the refinement; the distinct points are
+    subsampled to ``num_points`` (:func:`canonical_subsample`) for the network, centred on
+    their own centroid as a training scan is. Every input point gets the part of its
+    nearest network point. The result depends on the point set only (not on the frame, the
+    row order or repetitions)."""
     from geo3d.ops import knn
 
-    outs = []
-    for scan in chunk:
-        full = scan.to(torch.float64)
-        pts = _unique_points(full)
-        pts = pts[canonical_subsample(pts, num_points)]
-        x = _centred_metres(pts[None], pts.device, dtype, scale)[0]
-        out = net(x)
-        nearest = knn(full[None], pts[None], 1).idx[..., 0]  # (1, N) into the subsample
+    uniq, inverse = torch.unique(scan, dim=0, return_inverse=True)
+    x = uniq[None]
+    if num_points is not None and uniq.shape[0] > num_points:
+        sub = uniq[canonical_subsample(uniq, num_points)]
+        out = net(_centred_metres(sub[None], sub.device, dtype, scale)[0])
+        nearest = knn(uniq[None].to(torch.float64), sub[None].to(torch.float64), 1).idx[..., 0]
         logits = out["part_logits"]
-        outs.append({**out, "part_logits": torch.gather(
-            logits, 1, nearest[..., None].expand(-1, -1, logits.shape[-1]))})
-    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        out = {**out, "part_logits": torch.gather(
+            logits, 1, nearest[..., None].expand(-1, -1, logits.shape[-1]))}
+    else:
+        out = net(_centred_metres(x, x.device, dtype, scale)[0])
+    fit = decode(out, model, x, scale, icp_steps=icp_steps)
+    if refine is not None:
+        fit = refine_fit(fit, x, model, scale, **refine)
+    labels = None if fit.part_labels is None else fit.part_labels[:, inverse]
+    return replace(fit, part_labels=labels)
 
 
 def load_net(checkpoint: Any, device: torch.device | str = "cpu") -> nn.Module:
@@ -1236,16 +1278,24 @@ def fit_smpl(
     model = resolve_body_model(body_model, dev, net_dtype,
                                nb if isinstance(body_model, str) and isinstance(nb, int) else None)
     results = []
+    opts = dict(steps=refine_steps, full_scan=full_scan, weights=weights, progress=progress)
     for chunk in _chunks(pts, batch_size):
+        chunk = chunk.to(dev)
+        n = chunk.shape[1]
+        if (num_points is not None and n > num_points) or any(
+                torch.unique(s, dim=0).shape[0] < n for s in chunk):
+            # a scan to subsample or with repeated points: one scan at a time, its
+            # distinct points only
+            with torch.no_grad():
+                results.extend(_fit_distinct(net, model, s, num_points, net_dtype, scale,
+                                             icp_steps, opts if refine else None)
+                               for s in chunk)
+            continue
         with torch.no_grad():
-            if num_points is not None and chunk.shape[1] > num_points:
-                out = _net_on_subsamples(net, chunk.to(dev), num_points, net_dtype, scale)
-            else:
-                out = net(_centred_metres(chunk, dev, net_dtype, scale)[0])  # translation-invariant
-            fit = decode(out, model, chunk.to(dev), scale, icp_steps=icp_steps)
+            out = net(_centred_metres(chunk, dev, net_dtype, scale)[0])  # translation-invariant
+            fit = decode(out, model, chunk, scale, icp_steps=icp_steps)
         if refine:
-            fit = refine_fit(fit, chunk.to(dev), model, scale, steps=refine_steps,
-                             full_scan=full_scan, weights=weights, progress=progress)
+            fit = refine_fit(fit, chunk, model, scale, **opts)
         results.append(fit)
     res = _concat(results)
     res.seconds_per_scan = (time.perf_counter() - t0) / len(res)

@@ -277,7 +277,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(betas 0): geo3d.body.pose_body(model, poses, trans=trans) gives the scanned bodies.",
     )
     pose_args(sc, "walking,sitting,reaching,extreme", 4)
-    sc.add_argument("--points", type=int, default=5000)
+    sc.add_argument("--points", type=int, default=5000,
+                    help="points per full scan [5000]; a --partial scan has one point per "
+                    "pixel that sees the body (set by --width/--height)")
     sc.add_argument("--noise", type=float, default=1e-3, help="noise sigma in metres [0.001]")
     sc.add_argument("--partial", action="store_true", help="virtual depth camera (open3d)")
     sc.add_argument("--width", type=int, default=160)

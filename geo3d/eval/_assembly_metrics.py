@@ -43,10 +43,12 @@ results with ``reduction="none"`` and raises ``ValueError`` with ``reduction="me
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from geo3d._validation import promote_floats
+from geo3d._validation import check_finite, promote_floats
 
 __all__ = [
     "transform_parts",
@@ -70,6 +72,9 @@ def _check(name: str, x: Tensor, shape: tuple, what: str) -> None:
 
 def _check_points(points: Tensor) -> None:
     _check("points", points, (None, None, None, 3), "(B, P, N, 3)")
+    if points.device.type == "meta":  # shapes only: no values to score (or to check)
+        raise ValueError("points: expected a tensor on a device that computes, got one on "
+                         "'meta'")
     if points.shape[2] == 0:
         raise ValueError(f"points: expected at least one point per part (N >= 1), "
                          f"got shape {tuple(points.shape)}")
@@ -77,6 +82,9 @@ def _check_points(points: Tensor) -> None:
 
 def _check_valid(valid: Tensor, B: int, P: int) -> Tensor:
     _check("valid", valid, (B, P), f"(B, P) = {(B, P)}")
+    if valid.device.type == "meta":
+        raise ValueError("valid: expected a tensor on a device that computes, got one on "
+                         "'meta'")
     if valid.dtype != torch.bool:
         valid = valid != 0
     if not bool(valid.any(dim=1).all()):
@@ -123,11 +131,28 @@ def _zero_padded(points: Tensor, valid: Tensor) -> Tensor:
 
 
 def _promote(points: Tensor, pred_rot: Tensor, pred_trans: Tensor, gt_rot: Tensor,
-             gt_trans: Tensor) -> list[Tensor]:
+             gt_trans: Tensor, valid: Tensor | None = None) -> list[Tensor]:
     """Mixed float dtypes (a float32 prediction against float64 ground truth) are scored in
-    the widest one (ValueError for a non-floating input or mixed devices)."""
-    return promote_floats(points=points, pred_rot=pred_rot, pred_trans=pred_trans,
-                          gt_rot=gt_rot, gt_trans=gt_trans)
+    the widest one (ValueError for a non-floating input or mixed devices); NaN/inf in the
+    parts that count (``valid``; all without it) is a ValueError naming the argument."""
+    B, P = points.shape[:2]
+    for name, x, tail in (("pred_rot", pred_rot, (3, 3)), ("gt_rot", gt_rot, (3, 3)),
+                          ("pred_trans", pred_trans, (3,)), ("gt_trans", gt_trans, (3,))):
+        want = (B, P, *tail)
+        _check(name, x, want, str(want).replace(f"({B}, {P}", "(B, P") + f" = {want}")
+    out = promote_floats(points=points, pred_rot=pred_rot, pred_trans=pred_trans,
+                         gt_rot=gt_rot, gt_trans=gt_trans)
+    for name, x in zip(("points", "pred_rot", "pred_trans", "gt_rot", "gt_trans"), out,
+                       strict=True):
+        check_finite(name, x, valid)
+    return out
+
+
+def _check_threshold(threshold: Any) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
+            not 0 <= float(threshold) < float("inf"):
+        raise ValueError(f"threshold: expected a finite number >= 0, got {threshold!r}")
+    return float(threshold)
 
 
 def _check_reduction(reduction: str) -> None:
@@ -317,13 +342,23 @@ def part_accuracy(
 
     Raises:
         ValueError: bad shapes, an object without valid parts, ``N = 0``, a bad
-            ``reduction``, or ``reduction="mean"`` with ``B = 0``.
+            ``reduction`` or ``threshold`` (not a finite number >= 0), NaN/inf in a valid
+            part, or ``reduction="mean"`` with ``B = 0``.
     """
     _check_points(points)
     B, P = points.shape[:2]
     valid = _check_valid(valid, B, P)
     _check_reduction(reduction)
+    threshold = _check_threshold(threshold)
+    points, pred_rot, pred_trans, gt_rot, gt_trans = _promote(points, pred_rot, pred_trans,
+                                                              gt_rot, gt_trans, valid)
+    # padded parts may hold anything (NaN padding): identity poses on zero points there
     points = _zero_padded(points, valid)
+    eye = torch.eye(3, dtype=points.dtype, device=points.device)
+    keep = valid[..., None, None]
+    pred_rot, gt_rot = torch.where(keep, pred_rot, eye), torch.where(keep, gt_rot, eye)
+    pred_trans = torch.where(valid[..., None], pred_trans, 0.0)
+    gt_trans = torch.where(valid[..., None], gt_trans, 0.0)
     cd = part_chamfer(points, pred_rot, pred_trans, gt_rot, gt_trans)
     ok = (cd < threshold).to(cd.dtype)
     return _reduce(_valid_mean(ok, valid), reduction)
@@ -362,7 +397,7 @@ def shape_chamfer(
     valid = _check_valid(valid, B, P)
     _check_reduction(reduction)
     points, pred_rot, pred_trans, gt_rot, gt_trans = _promote(points, pred_rot, pred_trans,
-                                                              gt_rot, gt_trans)
+                                                              gt_rot, gt_trans, valid)
     pred_trans, gt_trans = _recentre(pred_trans, gt_trans, valid)
     points = _zero_padded(points, valid)
     x = transform_parts(points, pred_rot, pred_trans)
@@ -552,8 +587,9 @@ def assembly_metrics(
     _check_reduction(reduction)
     _check("pred_trans", pred_trans, (B, P, 3), f"(B, P, 3) = {(B, P, 3)}")
     _check("gt_trans", gt_trans, (B, P, 3), f"(B, P, 3) = {(B, P, 3)}")
+    threshold = _check_threshold(threshold)
     points, pred_rot, pred_trans, gt_rot, gt_trans = _promote(points, pred_rot, pred_trans,
-                                                              gt_rot, gt_trans)
+                                                              gt_rot, gt_trans, valid)
     # one object-centred origin for everything below (float64 offsets, see _recentre)
     pred_trans, gt_trans = _recentre(pred_trans, gt_trans, valid)
     if protocol == "anchor":

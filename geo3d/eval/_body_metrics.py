@@ -23,6 +23,9 @@ is accepted); average over the batch yourself (``.mean()``).
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -81,7 +84,7 @@ def v2v_error(pred_vertices: Tensor, gt_vertices: Tensor) -> Tensor:
     Reference: ArtEq (arXiv:2304.10528), Sec. 4 ("V2V"); reference code HavenFeng/ArtEq.
     """
     pred_vertices, gt_vertices = _check_pair("pred_vertices", "gt_vertices", pred_vertices,
-                                             gt_vertices, "(B, V, 3)")
+                                             gt_vertices, "(*, V, 3)")
     return (pred_vertices - gt_vertices).norm(dim=-1).mean(-1)
 
 
@@ -120,13 +123,15 @@ def mpjpe(
     TPAMI 2014 (DOI 10.1109/TPAMI.2013.248) for the metric.
     """
     pred_joints, gt_joints = _check_pair("pred_joints", "gt_joints", pred_joints, gt_joints,
-                                         "(B, J, 3)")
+                                         "(*, J, 3)")
     if align not in ("none", "root"):
         raise ValueError(f"align: expected 'none' or 'root', got {align!r}")
     J = pred_joints.shape[-2]
     if align == "root":
-        if not isinstance(root_index, int) or isinstance(root_index, bool) or not 0 <= root_index < J:
+        if not isinstance(root_index, numbers.Integral) or isinstance(root_index, (bool, np.bool_)) \
+                or not 0 <= int(root_index) < J:
             raise ValueError(f"root_index: expected an int in [0, {J}), got {root_index!r}")
+        root_index = int(root_index)
         pred_joints = pred_joints - pred_joints[..., root_index : root_index + 1, :]
         gt_joints = gt_joints - gt_joints[..., root_index : root_index + 1, :]
     return (pred_joints - gt_joints).norm(dim=-1).mean(-1)

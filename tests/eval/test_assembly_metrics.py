@@ -442,3 +442,31 @@ def test_float32_far_from_the_origin_scores_like_near_it(generator, protocol):
     assert near["part_acc"].shape == (3,)
     for k in ("shape_cd", "rmse_t", "mae_t", "part_acc"):
         assert torch.allclose(far[k].double(), ref[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_nan_poses_thresholds_and_meta_are_named(generator):
+    """Fresh-user run 2: a NaN pred_trans was reported as 'x' (chamfer's argument), a
+    negative or NaN threshold was accepted, 'meta' tensors gave a raw .item() error. NaN in
+    a padded part still counts for nothing."""
+    pts, valid, rot, trans = _batch(generator)
+    bad = trans.clone()
+    bad[0, 1, 2] = float("nan")
+    for fn in (lambda t: assembly_metrics(pts, valid, rot, t, rot, trans),
+               lambda t: part_accuracy(pts, rot, t, rot, trans, valid),
+               lambda t: shape_chamfer(pts, rot, t, rot, trans, valid)):
+        with pytest.raises(ValueError, match="^pred_trans: expected finite"):
+            fn(bad)
+    pad = trans.clone()
+    pad[1, 3] = float("nan")  # object 1's part 3 is padding
+    prot = rot.clone()
+    prot[1, 3] = float("nan")
+    ref = assembly_metrics(pts, valid, rot, trans, rot, trans, reduction="none")
+    got = assembly_metrics(pts, valid, prot, pad, rot, trans, reduction="none")
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], msg=k)
+    for t in (-1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="^threshold: expected a finite number >= 0"):
+            assembly_metrics(pts, valid, rot, trans, rot, trans, threshold=t)
+    with pytest.raises(ValueError, match="^points: expected a tensor on a device that computes"):
+        assembly_metrics(pts.to("meta"), valid.to("meta"), rot.to("meta"), trans.to("meta"),
+                         rot.to("meta"), trans.to("meta"))

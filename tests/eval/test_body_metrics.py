@@ -216,3 +216,21 @@ class TestPartAccuracyPoints:
 
         assert ev.part_accuracy is part_accuracy
         assert ev.part_accuracy_points is part_accuracy_points
+
+
+def test_meta_tensors_numpy_root_index_and_shape_text():
+    """Fresh-user run 2: 'meta' tensors gave a raw .item() RuntimeError; root_index as a
+    numpy integer was refused; the shape message said (B, V, 3) where any leading shape is
+    accepted."""
+    x = torch.zeros(2, 5, 3)
+    with pytest.raises(ValueError, match="^pred_vertices: expected a tensor on a device"):
+        v2v_error(x.to("meta"), x.to("meta"))
+    with pytest.raises(ValueError, match=r"expected shape \(\*, V, 3\)"):
+        v2v_error(torch.zeros(2, 5, 2), torch.zeros(2, 5, 2))
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(2, 24, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(2, 24, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(mpjpe(a, b, align="root", root_index=np.int64(3)),
+                               mpjpe(a, b, align="root", root_index=3), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="root_index"):
+        mpjpe(a, b, align="root", root_index=np.int64(24))
