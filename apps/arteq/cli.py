@@ -218,6 +218,9 @@ def _predict(argv: list[str]) -> int:
     from geo3d._app import resolve_device
 
     device = resolve_device(a.device, "--device")
+    if device.type == "meta":
+        raise UsageError("--device: expected a device that computes (cpu, cuda, ...), got "
+                         "'meta'")
     from geo3d.apps.arteq._checkpoint import checkpoint_info, load_model
     from geo3d.apps.arteq._data import load_body
     from geo3d.apps.arteq._fit import _check_min_points, fit_smpl, same_body_spec, scale_warning

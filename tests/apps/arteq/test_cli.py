@@ -268,6 +268,8 @@ def test_predict_refuses_bad_arguments_naming_them(trained: Path, tmp_path, caps
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     err = _predict_err([*base, "--points", one, "--device", "cuda"], capsys)
     assert "--device: expected an available device, got 'cuda'" in err
+    err = _predict_err([*base, "--points", one, "--device", "meta"], capsys)
+    assert "--device: expected a device that computes" in err  # named 'device' before
 
 
 def test_predict_warns_once_about_millimetres(trained: Path, tmp_path, capsys):
