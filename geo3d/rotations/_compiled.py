@@ -82,6 +82,22 @@ def _safe_sqrt(t2: torch.Tensor) -> torch.Tensor:
     return torch.where(pos, torch.sqrt(torch.where(pos, t2, 1.0)), 0.0)
 
 
+def _unit_scale(*comps: torch.Tensor) -> list[torch.Tensor]:
+    """The components of scale-invariant rows divided by each row's largest ``|component|``
+    (rows of zeros kept): their squared norms (``|q|`` of 1e20 in float32, 1e160 in
+    float64, or subnormal) then neither overflow nor underflow, as in the eager functions.
+    Pointwise only (maxima of components, one reciprocal per row), so that inductor fuses
+    it into the conversion's loop; tiny rows are first multiplied by the exact power of
+    two 2^64 so that the reciprocal stays finite."""
+    m = comps[0].abs()
+    for c in comps[1:]:
+        m = torch.maximum(m, c.abs())
+    pre = torch.where(m < 2.0**-64, 2.0**64, 1.0)
+    mm = m * pre
+    r = torch.where(mm > 0, 1.0 / torch.where(mm > 0, mm, 1.0), 1.0)
+    return [(c * pre) * r for c in comps]  # pre * r itself would overflow for tiny rows
+
+
 def _rotvec_from_quat_comps(w, x, y, z) -> torch.Tensor:
     """Rotation vectors from (not necessarily unit) quaternion components, as
     :func:`quat_to_axis_angle`: ``u sign(w) 2 atan2(|u|, |w|)/|u|``, scale invariant;
@@ -110,12 +126,14 @@ def _f_axis_angle_to_quat(v: torch.Tensor) -> torch.Tensor:
 
 def _f_quat_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
     check_tensor("q", q, (4,))
-    return _rotvec_from_quat_comps(*q.unbind(-1))
+    return _rotvec_from_quat_comps(*_unit_scale(*q.unbind(-1)))
 
 
 def _f_sixd_to_matrix(x: torch.Tensor) -> torch.Tensor:
     check_tensor("x", x, (6,))
     ax, ay, az, cx, cy, cz = x.unbind(-1)
+    ax, ay, az = _unit_scale(ax, ay, az)
+    cx, cy, cz = _unit_scale(cx, cy, cz)
     r1 = torch.rsqrt(ax * ax + ay * ay + az * az)
     x1, y1, z1 = ax * r1, ay * r1, az * r1
     d = x1 * cx + y1 * cy + z1 * cz
@@ -182,7 +200,7 @@ def _f_quat_apply(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     check_tensor("q", q, (4,))
     check_tensor("v", v, (3,))
     check_pair("q", q, 1, "v", v, 1)
-    w, x, y, z = q.unbind(-1)
+    w, x, y, z = _unit_scale(*q.unbind(-1))
     vx, vy, vz = v.unbind(-1)
     s = 2.0 / ((w * w + x * x) + (y * y + z * z))
     # t = u × v, v' = v + s (w t + u × t)

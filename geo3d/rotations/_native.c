@@ -192,8 +192,29 @@ INLINE void r_quat_to_matrix(const float *a, float *o) {
     matrix_from_quat(a[0], a[1], a[2], a[3], 2.0f, o);
 }
 
+/* A scale-invariant row (a quaternion, a 6D column) rescaled so that its largest
+ * |component| is about 1: its squared norm then neither overflows (|q| 1e20 in float32)
+ * nor underflows (1e-20, subnormal 1e-40), as in the eager functions. One division per
+ * row; the tiny rows are first multiplied by the exact power of two 2^64 so that the
+ * reciprocal stays finite. Ternaries, not fmaxf, so that the loops still vectorise. A
+ * zero row stays zero (scale 1). */
+INLINE float max4(float a, float b, float c, float d) {
+    a = fabsf(a); b = fabsf(b); c = fabsf(c); d = fabsf(d);
+    float ab = a > b ? a : b, cd = c > d ? c : d;
+    return ab > cd ? ab : cd;
+}
+
+INLINE void rescale4(float *a, float *b, float *c, float *d) {
+    float m = max4(*a, *b, *c, *d);
+    float pre = m < 0x1p-64f ? 0x1p64f : 1.0f;
+    float mm = m * pre;
+    float r = mm > 0.0f ? 1.0f / mm : 1.0f;
+    *a = (*a * pre) * r; *b = (*b * pre) * r; *c = (*c * pre) * r; *d = (*d * pre) * r;
+}
+
 INLINE void r_quat_to_matrix_normalize(const float *a, float *o) {
     float w = a[0], x = a[1], y = a[2], z = a[3];
+    rescale4(&w, &x, &y, &z);
     matrix_from_quat(w, x, y, z, 2.0f / ((w * w + x * x) + (y * y + z * z)), o);
 }
 
@@ -242,11 +263,15 @@ INLINE void r_axis_angle_to_quat(const float *a, float *o) {
 }
 
 INLINE void r_quat_to_axis_angle(const float *a, float *o) {
-    rotvec_from_quat(a[0], a[1], a[2], a[3], o);
+    float w = a[0], x = a[1], y = a[2], z = a[3];
+    rescale4(&w, &x, &y, &z);
+    rotvec_from_quat(w, x, y, z, o);
 }
 
 INLINE void r_sixd_to_matrix(const float *a, float *o) {
-    float ax = a[0], ay = a[1], az = a[2], cx = a[3], cy = a[4], cz = a[5];
+    float ax = a[0], ay = a[1], az = a[2], cx = a[3], cy = a[4], cz = a[5], zero = 0.0f;
+    rescale4(&ax, &ay, &az, &zero);
+    rescale4(&cx, &cy, &cz, &zero);
     float r1 = 1.0f / sqrtf(ax * ax + ay * ay + az * az);
     float x1 = ax * r1, y1 = ay * r1, z1 = az * r1;
     float d = x1 * cx + y1 * cy + z1 * cz;

@@ -363,3 +363,28 @@ def test_fast_atan2_accuracy_and_conventions():
     n2 = x.detach()[:3] ** 2 + y.detach()[:3] ** 2
     assert (gy[:3] - x.detach()[:3] / n2).abs().max() < 1e-5
     assert (gx[:3] + y.detach()[:3] / n2).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype,scales", [(torch.float32, (1e20, 1e-20, 1e-40, 1e30)),
+                                          (torch.float64, (1e160, 1e-160, 1e300))])
+def test_scale_invariant_formulations_take_any_scale(dtype, scales):
+    """Audit: the fused quat_to_axis_angle / quat_apply / sixd_to_matrix squared the raw
+    components, so |q| = 1e20 (float32) or 1e160 (float64) overflowed (a zero rotation
+    vector, NaN, a zero column) and 1e-20 underflowed, where the eager functions rescale
+    first. Run uncompiled here (the same code torch.compile fuses); compared with float64
+    eager on the same input."""
+    base = torch.tensor([[0.3, -0.5, 0.7, 0.1], [-0.2, 0.1, 0.0, 0.9], [0.0, 0.0, 0.0, -2.0]],
+                        dtype=dtype)
+    v = torch.tensor([[1.0, 2.0, -0.5], [0.3, -1.0, 2.0], [0.5, 0.5, 0.5]], dtype=dtype)
+    x = torch.tensor([[1.0, 0.2, 0.1, 0.0, 1.0, 0.3], [0.0, 2.0, 0.0, 3.0, 0.5, -1.0]],
+                     dtype=dtype)
+    tol = 4 * torch.finfo(dtype).eps
+    for s in scales:
+        for name, args in (("quat_to_axis_angle", (base * s,)),
+                           ("quat_apply", (base * s, v)),
+                           ("sixd_to_matrix", (x * s,))):
+            got = _compiled._IMPLS[name](*args)
+            # eager in float64 on the same (scaled) input: subnormal inputs lose digits
+            ref = getattr(G, name)(*(a.double() for a in args)).to(dtype)
+            assert torch.isfinite(got).all(), (name, s)
+            torch.testing.assert_close(got, ref, rtol=0, atol=tol * 10, msg=f"{name} {s}")

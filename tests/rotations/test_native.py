@@ -262,3 +262,25 @@ def test_non_finite_rows_stay_in_their_row(lib):
         keep = torch.ones(len(x), dtype=torch.bool)
         keep[bad_rows] = False
         assert torch.equal(out[keep], clean[keep]), name
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-20, 1e-40, 1e30])
+def test_scale_invariant_kernels_take_any_scale(lib, scale):
+    """Audit: the float32 kernels for quat_to_axis_angle, quat_to_matrix(normalize=True)
+    and sixd_to_matrix squared the raw components: |q| = 1e20 gave a zero rotation vector
+    and a wrong matrix, 1e-40 (subnormal) -inf/NaN, a 6D column of 1e20 a zero column. They
+    now divide each row by its largest component first, as the eager functions do."""
+    base = torch.tensor([[0.3, -0.5, 0.7, 0.1], [-0.2, 0.1, 0.0, 0.9], [0.0, 0.0, 0.0, -2.0]])
+    x = torch.tensor([[1.0, 0.2, 0.1, 0.0, 1.0, 0.3], [0.0, 2.0, 0.0, 3.0, 0.5, -1.0]])
+    tol = 8 * EPS
+    cases = (("quat_to_axis_angle", base, {}), ("quat_to_matrix_normalize", base, {}),
+             ("sixd_to_matrix", x, {}))
+    for kernel, inp, _ in cases:
+        got = _native.run(kernel, inp * scale, None)
+        name = "quat_to_matrix" if kernel == "quat_to_matrix_normalize" else kernel
+        kw = {"normalize": True} if kernel == "quat_to_matrix_normalize" else {}
+        # the float64 eager result of the same float32 input (1e-40 is subnormal: the
+        # input itself has lost digits)
+        ref = getattr(G, name)((inp * scale).double(), **kw).float()
+        assert torch.isfinite(got).all(), kernel
+        torch.testing.assert_close(got, ref, rtol=0, atol=tol, msg=kernel)
