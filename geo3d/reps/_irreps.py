@@ -9,6 +9,10 @@ from geo3d.reps._wigner import irreps_d_from_matrix
 __all__ = ["Irreps"]
 
 
+#: Highest degree ``l`` of :class:`Irreps` (e3nn's ``spherical_harmonics`` stops at 12).
+MAX_L = 12
+
+
 class Irreps(LinearRep):
     """Direct sum of O(3) irreps in e3nn notation, e.g. ``"2x0e + 1x1o + 1x2e"``.
 
@@ -22,8 +26,12 @@ class Irreps(LinearRep):
     Args:
         group: :class:`~geo3d.groups.SO3`, :class:`~geo3d.groups.O3` or
             :class:`~geo3d.groups.SE3`.
-        irreps: an e3nn irreps string or ``e3nn.o3.Irreps``.
+        irreps: an e3nn irreps string or ``e3nn.o3.Irreps``; degrees ``l <=`` :data:`MAX_L`.
         axis: the feature axis (size ``dim``).
+
+    Raises:
+        ValueError: another group, irreps that do not parse, empty irreps, or a degree
+            above :data:`MAX_L` (it would fail at the first ``matrix`` call).
     """
 
     def __init__(self, group: Group, irreps, axis: int = -1) -> None:
@@ -35,6 +43,11 @@ class Irreps(LinearRep):
             parsed = o3.Irreps(irreps)
         except (ValueError, AssertionError, TypeError) as err:
             raise ValueError(f"irreps: cannot parse {irreps!r} as e3nn irreps ({err})") from None
+        lmax = max((ir.l for _, ir in parsed), default=0)
+        if lmax > MAX_L:  # the Wigner-D matrices are fitted through e3nn's spherical harmonics
+            raise ValueError(f"irreps: expected degrees l <= {MAX_L} (e3nn's spherical "
+                             f"harmonics, which build the Wigner-D matrices here), got l = "
+                             f"{lmax} in {irreps!r}")
         self.irreps = parsed
         super().__init__(group, parsed.dim, axis)
         if self.dim == 0:

@@ -127,3 +127,27 @@ def test_bad_max_rapidity():
         Lorentz(max_rapidity=-1.0)
     with pytest.raises(ValueError, match="rapidity"):
         boost(torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("dtype,rapidity", [(torch.float32, 50.0), (torch.float32, 80.0),
+                                            (torch.float64, 360.0), (torch.float64, 700.0)])
+def test_element_error_of_huge_boosts(dtype, rapidity):
+    """Audit: element_error squared Λ's entries, so a boost of rapidity 50 (float32) or 360
+    (float64), itself finite (cosh 50 = 2.6e21), gave NaN: valid elements were refused by
+    inverse/compose. It is now computed on Λ / max|Λ|: ~eps for exact elements, and a
+    non-element is still refused."""
+    L = Lorentz()
+    b = boost(torch.tensor([0.0, 0.0, rapidity], dtype=dtype))
+    assert torch.isfinite(b).all()
+    eps = torch.finfo(dtype).eps
+    assert float(L.element_error(b)) <= 4 * eps
+    inv = L.inverse(b)
+    # η Bᵀ η of a z-boost is the boost of -ζ: compare with cosh/sinh computed here
+    ch, sh = math.cosh(rapidity), math.sinh(rapidity)
+    assert float(inv[0, 0]) == pytest.approx(ch, rel=8 * eps)
+    assert float(inv[0, 3]) == pytest.approx(-sh, rel=8 * eps)
+    bad = b.clone()
+    bad[0, 3] = bad[3, 0] = 0.0  # cosh without its sinh: not an element
+    assert float(L.element_error(bad)) > 0.5
+    with pytest.raises(ValueError):
+        L.inverse(bad)

@@ -301,3 +301,18 @@ def test_image_empty_batch_regression():
     rep = Image(OcticGroup())
     out = rep.act(OcticGroup().sample(0), torch.zeros(0, 6, 6))
     assert out.shape == (0, 6, 6)
+
+
+def test_irreps_above_degree_12_are_refused_at_construction():
+    """Audit: Irreps(SO3(), "1x13e") was built and failed only at .matrix() with e3nn's
+    NotImplementedError (its spherical harmonics stop at l = 12); l = 12 still works."""
+    import torch
+
+    from geo3d.groups import SO3
+    from geo3d.reps import Irreps
+
+    r = Irreps(SO3(), "1x12e")
+    d = r.matrix(torch.eye(3, dtype=torch.float64)[None])
+    torch.testing.assert_close(d[0], torch.eye(25, dtype=torch.float64), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="degrees l <= 12.*l = 13"):
+        Irreps(SO3(), "2x0e + 1x13e")
