@@ -186,6 +186,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return ckpt
 
 
+def check_output_path(path: str | os.PathLike, flag: str, kind: str = "file") -> Path:
+    """An output path checked before any work: no existing *file* among its parent folders
+    (``--out afile/x.json`` cannot be created), and for ``kind="file"`` not an existing
+    folder, for ``kind="folder"`` not an existing file. Without this the writers failed
+    after the work with a raw ``FileExistsError`` or named their temporary file.
+
+    Raises:
+        UsageError: naming ``flag`` and the offending path.
+    """
+    p = Path(path)
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag}: cannot write {str(p)!r}: {str(parent)!r} is an "
+                                 f"existing file, not a folder")
+            break
+    if kind == "file" and p.is_dir():
+        raise UsageError(f"{flag}: expected a file name, got the existing folder {str(p)!r}")
+    if kind == "folder" and p.exists() and not p.is_dir():
+        raise UsageError(f"{flag}: expected a folder, got the existing file {str(p)!r}")
+    return p
+
+
 def resolve_device(device: str | torch.device | None, name: str = "device",
                    default: torch.device | None = None) -> torch.device:
     """The :class:`torch.device` a user asked for, checked to exist on this machine.

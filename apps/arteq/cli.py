@@ -208,13 +208,9 @@ def _predict(argv: list[str]) -> int:
     if a.partial and not a.refine:
         print("geo3d arteq predict: warning: --partial changes only the refinement; without "
               "--refine it has no effect", file=sys.stderr, flush=True)
-    out = Path(a.out)
-    for parent in (out, *out.parents):  # `--out afile/sub` cannot become a folder either
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"--out: expected a folder, got {str(out)!r} ({str(parent)!r} "
-                                 f"is an existing file)")
-            break
+    from geo3d._app import check_output_path
+
+    out = check_output_path(a.out, "--out", "folder")  # `--out afile/sub` neither
     from geo3d._app import resolve_device
 
     device = resolve_device(a.device, "--device")

@@ -50,8 +50,9 @@ def load_model(checkpoint: str | os.PathLike, map_location: Any = "cpu") -> Any:
         ValueError: ``map_location`` names a device that is not a device or not
             available here (see :func:`resolve_device`).
         FileNotFoundError: no such file.
-        CheckpointError: (a ``RuntimeError``) a truncated/corrupt checkpoint, or one
-            without ``state_dict``.
+        CheckpointError: (a ``RuntimeError``) a truncated/corrupt checkpoint, one
+            without ``state_dict``, another app's checkpoint, or weights that do not fit
+            the settings.
     """
     from geo3d.apps.assembly._module import AssemblyModule
 
@@ -65,8 +66,20 @@ def load_model(checkpoint: str | os.PathLike, map_location: Any = "cpu") -> Any:
                                           "entry")
     hp = dict(ckpt.get("hyper_parameters", {}))
     hp = {k: v for k, v in hp.items() if not k.startswith("_")}
-    model = AssemblyModule(**hp)
-    model.load_state_dict(ckpt["state_dict"])
+    from geo3d.apps.assembly._checkpoint import CheckpointError
+
+    try:
+        model = AssemblyModule(**hp)
+    except TypeError as err:  # settings AssemblyModule does not take: another app's file
+        raise CheckpointError(checkpoint, f"checkpoint {str(checkpoint)!r}: its model settings "
+                                          f"are not `geo3d assembly`'s (a checkpoint of "
+                                          f"another geo3d app?): {err}") from err
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        first = " ".join(str(err).split())[:200]
+        raise CheckpointError(checkpoint, f"checkpoint {str(checkpoint)!r}: its weights do "
+                                          f"not fit its settings ({first})") from err
     model.on_load_checkpoint(ckpt)  # the template bank, when the checkpoint has one
     dm = ckpt.get("datamodule_hyper_parameters") or {}
     mp = dm.get("max_parts") if isinstance(dm, dict) else None

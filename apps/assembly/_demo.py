@@ -268,8 +268,10 @@ def demo_main(argv: list[str]) -> int:
                         "(same --config-set) with the current test-time pipeline and rewrite "
                         "the tables, pictures and results.json")
     a, extra = p.parse_known_args(argv)
+    from geo3d._app import check_output_path
+
+    out = check_output_path(a.out, "--out", "folder")  # before anything is trained
     torch.set_num_threads(max(1, a.threads))
-    out = Path(a.out)
     data_root = out / "data"
     if a.max_epochs is not None:
         if a.eval_only:

@@ -161,6 +161,10 @@ def _predict_pieces(argv: list[str]) -> int:
     from geo3d._app import resolve_device
 
     device = resolve_device(a.device, "--device")  # name the option, before any loading
+    if a.out:
+        from geo3d._app import check_output_path
+
+        check_output_path(a.out, "--out")  # before the assembly runs
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         T = assemble(a.pieces, a.checkpoint, num_points=a.num_points, scale=a.scale,

@@ -290,6 +290,9 @@ class MultiviewCorrDataModule(L.LightningDataModule):
         root = Path(h.root)
         if root.is_dir() and find_objects(root):
             return
+        if root.exists() and not root.is_dir():  # render_dataset would name its own `out`
+            raise ValueError(f"root: expected a folder (existing or new), got the existing "
+                             f"file {str(root)!r}")
         if h.render is None:
             raise ValueError(f"root: expected rendered objects in {str(root)!r} (geo3d data "
                              "render) or data.render settings to render them, got neither")

@@ -113,6 +113,9 @@ def demo_main(argv: list[str]) -> int:
     p.add_argument("--track-frames", type=int, default=12,
                    help="frames of the tracking video per held-out object (0: skip) [12]")
     a = p.parse_args(argv)
+    from geo3d._app import check_output_path
+
+    check_output_path(a.out, "--out", "folder")
     if a.steps is not None and a.steps < 1:
         raise UsageError(f"--steps: expected an int >= 1, got {a.steps}")
     # a repeated --config layers on the first (argparse used to keep only the last, so

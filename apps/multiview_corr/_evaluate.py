@@ -340,6 +340,15 @@ def eval_adapter_main(a: Any) -> int:
     from geo3d.datasets.multiview import find_objects
 
     check_eval_args(a.pairs, a.max_points, a.pose_queries, a.track_frames)
+    from geo3d._app import check_output_path
+
+    if a.out is not None:  # checked before the evaluation, not after it
+        check_output_path(a.out, "--out")
+    if a.picture is not None:
+        check_output_path(a.picture, "--picture")
+    if a.data is not None and not Path(a.data).is_dir():
+        raise ValueError(f"--data: expected the rendered dataset folder, got {str(a.data)!r} "
+                         f"({'an existing file' if Path(a.data).exists() else 'no such folder'})")
     t0 = time.perf_counter()
     ckpt = read_checkpoint(a.adapter)
     after = load_adapter(a.adapter, vit=a.vit)

@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from geo3d._validation import check_finite
 from geo3d.render import depth_to_points, project_points
 
 __all__ = [
@@ -89,8 +90,17 @@ def _image_chw(name: str, img: Any) -> Tensor:
     if x.shape[-1] == 3:  # (H, W, 3); an ambiguous (3, n, 3) is read this way too
         x = x.permute(2, 0, 1)
     if x.dtype == torch.uint8:
-        x = x.float() / 255.0
-    return x.float()
+        return x.float() / 255.0
+    if not x.is_floating_point():  # uint16 etc. went to the extractor as 0..65535
+        raise ValueError(f"{name}: expected a float image in [0, 1] or uint8, got {x.dtype}")
+    x = x.float()
+    if x.numel() and bool(torch.isfinite(x).all()) and (float(x.min()) < -1e-3
+                                                          or float(x.max()) > 1.0 + 1e-3):
+        raise ValueError(f"{name}: expected a float image in [0, 1] (or uint8), got values in "
+                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}] (a 0-255 image? "
+                         f"divide by 255)")
+    check_finite(name, x)
+    return x
 
 
 def _parse_view(name: str, view: Any) -> dict[str, Tensor]:
@@ -256,7 +266,7 @@ def nearest_pixels(feat_query: Tensor, feat_target: Tensor, *, chunk: int = 512)
         lowest index.
 
     Raises:
-        ValueError: shapes, empty target.
+        ValueError: shapes, empty target, NaN/inf features (value checks on).
 
     Example:
         >>> idx, sim = nearest_pixels(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0], [2.0, 0.1]]))
@@ -269,6 +279,8 @@ def nearest_pixels(feat_query: Tensor, feat_target: Tensor, *, chunk: int = 512)
         )
     if feat_target.shape[0] == 0:
         raise ValueError("feat_target: expected at least one target feature, got 0")
+    check_finite("feat_query", feat_query)  # NaN rows matched candidate 0 silently
+    check_finite("feat_target", feat_target)
     q = F.normalize(feat_query, dim=1)
     t = F.normalize(feat_target.to(q.device), dim=1)
     return _nearest_normalized(q, t, chunk)
@@ -321,7 +333,7 @@ def dense_cosine_similarity(
         a feature is zero.
 
     Raises:
-        ValueError: shapes.
+        ValueError: shapes, NaN/inf features (value checks on).
 
     Example:
         >>> f = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0))
@@ -336,6 +348,10 @@ def dense_cosine_similarity(
         raise ValueError(f"feat_query: expected shape (M, {fmap.shape[0]}), got {tuple(feat_query.shape)}")
     if pixels is not None and (pixels.ndim != 2 or pixels.shape[1] != 2):
         raise ValueError(f"pixels: expected shape (P, 2), got {tuple(pixels.shape)}")
+    # a NaN feature makes every similarity of its row NaN, and the matching then silently
+    # picks candidate 0 for every query
+    check_finite("feat_query", feat_query)
+    check_finite("fmap", fmap)
     C, h, w = fmap.shape
     H, W = (int(s) for s in image_size)
     dev = fmap.device
@@ -611,7 +627,8 @@ def transfer_keypoints(
         :math:`(K, 2)` long pixels ``(u, v)`` of B.
 
     Raises:
-        ValueError: shapes, an empty ``mask_b``.
+        ValueError: shapes, an empty ``mask_b``, keypoints outside image A or not finite,
+            images that are not uint8 or float in [0, 1], NaN/inf features.
 
     Example:
         >>> img = torch.rand(3, 8, 8)
@@ -623,6 +640,15 @@ def transfer_keypoints(
     kp = torch.as_tensor(keypoints_a)
     if kp.ndim != 2 or kp.shape[1] != 2:
         raise ValueError(f"keypoints_a: expected shape (K, 2), got {tuple(kp.shape)}")
+    Ha, Wa = ia.shape[-2:]
+    kf = kp.double()
+    inside = torch.isfinite(kf).all(1) & (kf[:, 0] >= -0.5) & (kf[:, 0] <= Wa - 0.5) & (
+        kf[:, 1] >= -0.5) & (kf[:, 1] <= Ha - 0.5)
+    if not bool(inside.all()):  # they read the border feature (or NaN) and matched (0, 0)
+        bad = int((~inside).nonzero()[0, 0])
+        raise ValueError(f"keypoints_a: expected finite (u, v) inside image A (u in [-0.5, "
+                         f"{Wa - 0.5}], v in [-0.5, {Ha - 0.5}]), got {kp[bad].tolist()} at "
+                         f"row {bad}")
     Hb, Wb = ib.shape[-2:]
     cand = torch.ones(Hb, Wb, dtype=torch.bool) if mask_b is None else torch.as_tensor(mask_b).bool()
     if cand.shape != (Hb, Wb):

@@ -328,3 +328,36 @@ class TestKeypoints:
         assert pred.tolist() == [[19, 21], [10, 15]]
         m = keypoint_pck(pred, torch.tensor([[19.0, 21.0], [10.0, 15.0]]), mask_bbox_size(vb["mask"]))
         assert m["pck@0.05"] == 1.0
+
+
+class TestBadInputFromAFreshUser:
+    def test_uint16_and_0_255_float_images_are_refused(self):
+        """uint16 images went to the extractor as 0..65535 (a plausible APE, no error);
+        float images in [0, 255] too."""
+        va, vb = _scene_views()
+        for bad, match in ((va["rgb"].mul(65535).to(torch.int32), "expected a float image"),
+                           (va["rgb"].float() * 255.0, r"values in \[")):
+            with pytest.raises(ValueError, match=match):
+                dense_correspondence_metrics(_oracle, dict(va, rgb=bad), vb)
+
+    def test_nan_features_are_refused_not_matched_to_pixel_0(self):
+        """One NaN in a feature map made every similarity NaN and every match candidate 0
+        (APE 0.12 -> 17 px, silently)."""
+        va, vb = _scene_views()
+        fa, fb = _oracle(torch.stack([va["rgb"], vb["rgb"]]).permute(0, 3, 1, 2)
+                         if va["rgb"].shape[-1] == 3 else torch.stack([va["rgb"], vb["rgb"]]))
+        fb = fb.clone()
+        fb[:, 5, 7] = float("nan")
+        with pytest.raises(ValueError, match="fmap: expected finite"):
+            dense_correspondence_metrics(None, va, vb, features=(fa, fb), max_points=None)
+        with pytest.raises(ValueError, match="feat_target: expected finite"):
+            nearest_pixels(torch.ones(2, 3), torch.tensor([[1.0, 0, 0], [float("nan"), 0, 0]]))
+
+    def test_keypoints_outside_image_a_or_nan_are_refused(self):
+        """They read the border feature (or NaN) and came back as pixel (0, 0)."""
+        img = torch.rand(3, 8, 10, generator=torch.Generator().manual_seed(0))
+        assert transfer_keypoints(lambda x: x, img, img, torch.tensor([[9.5, -0.5]])).tolist() \
+            == [[9, 0]]  # the edges themselves are inside
+        for kp in ([[-50.0, -50.0]], [[1e6, 3.0]], [[float("nan"), 3.0]], [[3.0, 7.6]]):
+            with pytest.raises(ValueError, match="keypoints_a: expected finite"):
+                transfer_keypoints(lambda x: x, img, img, torch.tensor(kp))

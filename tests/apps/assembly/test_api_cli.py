@@ -438,3 +438,39 @@ def test_assemble_names_scale_when_the_scaled_object_is_absurdly_sized(trained: 
     with pytest.warns(UserWarning, match="far from the training data's ~1; check scale"):
         T = assemble([good, good * 0.5], model, num_points=16, scale=1e3)
     assert torch.isfinite(T).all()
+
+
+def test_predict_refuses_foreign_checkpoints_and_unwritable_out_before_work(
+        trained: Path, tmp_path, capsys, monkeypatch):
+    """Fresh-user run: another app's checkpoint gave a raw TypeError (exit 1; assemble()
+    raised TypeError, not CheckpointError); `--out afile/x.json` failed with a
+    FileExistsError traceback after the whole assembly; `--out` an existing folder named
+    the writer's temporary file; `demo --out afile` gave a traceback."""
+    from geo3d._app import CheckpointError
+
+    f = _bad_files(tmp_path)
+    ckpt = _ckpt(trained)
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    raw["hyper_parameters"] = {"backbone": "vn_dgcnn", "net": {}}  # an ArtEq module's
+    foreign = tmp_path / "arteq.ckpt"
+    torch.save(raw, foreign)
+    with pytest.raises(CheckpointError, match="not `geo3d assembly`'s"):
+        assemble([f["good"], f["good"]], foreign)
+    pieces = ["--pieces", str(f["good"]), str(f["good"])]
+    assert geo3d_main(["assembly", "predict", "--checkpoint", str(foreign), *pieces]) == 2
+    assert "a checkpoint of another geo3d app?" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    called = []
+    import geo3d.apps.assembly._api as api
+
+    monkeypatch.setattr(api, "assemble", lambda *a, **k: called.append(1))
+    for out, needle in ((afile / "x.json", "is an existing file, not a folder"),
+                        (tmp_path, "expected a file name, got the existing folder")):
+        assert geo3d_main(["assembly", "predict", "--checkpoint", str(ckpt), *pieces,
+                           "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "--out: " in err and needle in err and "Traceback" not in err
+    assert called == []  # refused before any work
+    assert geo3d_main(["assembly", "demo", "--out", str(afile)]) == 2
+    assert "--out: expected a folder, got the existing file" in capsys.readouterr().err

@@ -236,3 +236,29 @@ def test_ctrl_c_mid_fit_saves_the_step_and_resume_continues(run, tmp_path, monke
 
     cli = run_lightning_cli(args[1:] + ["--ckpt_path", "last"])
     assert cli.trainer.global_step == 6 and cli.model.train_steps == 3
+
+
+def test_output_paths_and_data_root_are_checked_before_any_work(tmp_path, capsys):
+    """Fresh-user run: `eval --out afile/x.json` (or --picture) crashed with a
+    FileExistsError traceback after the whole evaluation; `fit --data.root afile` named
+    the renderer's `out`; `demo --out afile` is refused before rendering."""
+    from geo3d.apps.multiview_corr._data import MultiviewCorrDataModule
+
+    from geo3d.cli import main as geo3d_main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for flag in ("--out", "--picture"):
+        argv = ["multiview", "eval", "--adapter", str(tmp_path / "none.ckpt"), flag,
+                str(afile / "x.json")]
+        assert geo3d_main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{flag}: cannot write" in err and "Traceback" not in err
+    assert geo3d_main(["multiview", "eval", "--adapter", str(tmp_path / "none.ckpt"),
+                       "--data", str(afile)]) == 2
+    assert "--data: expected the rendered dataset folder" in capsys.readouterr().err
+    assert geo3d_main(["multiview", "demo", "--out", str(afile)]) == 2
+    assert "--out: expected a folder, got the existing file" in capsys.readouterr().err
+    dm = MultiviewCorrDataModule(root=str(afile), render={"num_synthetic": 1})
+    with pytest.raises(ValueError, match="^root: expected a folder"):
+        dm.prepare_data()
