@@ -390,12 +390,12 @@ def assemble(
     # "6D vectors") or returns poses 1e28 units away (1e-30), so say it in terms of scale.
     size = float(x64c.square().sum(-1).mean(-1).sqrt().max())
     if not 1e-6 <= size <= 1e6:
-        raise ValueError(f"scale: the scaled pieces are {size:.3g} units across (RMS radius of "
-                         f"the largest), expected about 1 (the training data's size); got "
+        raise ValueError(f"scale: the largest scaled piece has an RMS radius of {size:.3g} "
+                         f"units, expected about 1 (the training data's size); got "
                          f"scale={scale!r}")
     if not 1e-2 <= size <= 1e2:
-        warnings.warn(f"assemble: the scaled pieces are {size:.3g} units across (RMS radius of "
-                      "the largest), far from the training data's ~1; check scale",
+        warnings.warn(f"assemble: the largest scaled piece has an RMS radius of {size:.3g} "
+                      "units, far from the training data's ~1; check scale",
                       UserWarning, stacklevel=2)
     xin = xin.to(dev)
     valid = torch.ones(1, xin.shape[0], dtype=torch.bool, device=xin.device)

@@ -383,6 +383,13 @@ def load_adapter(path: str | os.PathLike, vit: str | None = None,
     except TypeError as err:
         raise ValueError(f"adapter: expected the hyper-parameters of a multiview adapter "
                          f"checkpoint in {str(path)!r}, got {sorted(hp)} ({err})") from err
+    except ValueError as err:
+        if vit is None:
+            raise
+        # e.g. 'lora_blocks: expected an int in [1, 2]': the adapter's settings do not fit
+        # the backbone given instead of the recorded one
+        raise ValueError(f"vit: the adapter in {str(path)!r} was trained on another backbone "
+                         f"than {vit!r} ({err})") from err
     check_adapter_checkpoint(ckpt, module, "adapter")
     module.load_state_dict(ckpt["state_dict"], strict=False)
     return module.eval()

@@ -433,7 +433,7 @@ def test_assemble_names_scale_when_the_scaled_object_is_absurdly_sized(trained: 
     model = load_model(_ckpt(trained))
     good = torch.randn(20, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for scale in (1e30, 1e-30):
-        with pytest.raises(ValueError, match=r"^scale: the scaled pieces are .* units across"):
+        with pytest.raises(ValueError, match=r"^scale: the largest scaled piece has an RMS radius of .* units"):
             assemble([good, good * 0.5], model, num_points=16, scale=scale)
     with pytest.warns(UserWarning, match="far from the training data's ~1; check scale"):
         T = assemble([good, good * 0.5], model, num_points=16, scale=1e3)

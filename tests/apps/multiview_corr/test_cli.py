@@ -262,3 +262,21 @@ def test_output_paths_and_data_root_are_checked_before_any_work(tmp_path, capsys
     dm = MultiviewCorrDataModule(root=str(afile), render={"num_synthetic": 1})
     with pytest.raises(ValueError, match="^root: expected a folder"):
         dm.prepare_data()
+
+
+def test_eval_vit_override_that_does_not_fit_the_adapter_is_named(run, monkeypatch):
+    """Fresh-user run: `eval --vit <another backbone>` said 'lora_blocks: expected an int
+    in [1, 2], got 4', naming a setting the user never gave; it now names --vit."""
+    import geo3d.apps.multiview_corr._module as mod
+
+    _, _, ckpt_path = run
+
+    def too_shallow(**hp):
+        raise ValueError("lora_blocks: expected an int in [1, 2], got 4")
+
+    monkeypatch.setattr(mod, "MultiviewCorrModule", too_shallow)
+    with pytest.raises(ValueError, match="^vit: the adapter in .* was trained on another "
+                                         "backbone than 'other.pth' \\(lora_blocks"):
+        load_adapter(ckpt_path, vit="other.pth")
+    with pytest.raises(ValueError, match="^lora_blocks"):  # no override: as it was
+        load_adapter(ckpt_path)
