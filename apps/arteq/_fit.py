@@ -1038,15 +1038,11 @@ def canonical_rows(points: Tensor, m: int) -> Tensor:
     return torch.gather(points, 1, idx[..., None].expand(-1, -1, points.shape[-1]))
 
 
-def _unique_points(points: Tensor) -> Tensor:
-    """The distinct rows of ``points (N, 3)`` (exact duplicates removed; sorted)."""
-    return torch.unique(points, dim=0)
-
-
-def _fit_distinct(net: nn.Module, model: nn.Module, scan: Tensor, num_points: int | None,
-                  dtype: torch.dtype, scale: float, icp_steps: int,
+def _fit_distinct(net: nn.Module, model: nn.Module, uniq: Tensor, inverse: Tensor,
+                  num_points: int | None, dtype: torch.dtype, scale: float, icp_steps: int,
                   refine: dict[str, Any] | None) -> FitResult:
-    """The fit of one scan ``(N, 3)`` from its distinct points: exact duplicates (merged
+    """The fit of one scan from its distinct points ``uniq (U, 3)`` (``torch.unique`` of the
+    scan's rows; ``inverse (N,)`` maps every row to its distinct point): exact duplicates (merged
     views, repeated rows) are dropped, so they weigh nothing in the network's kNN
     neighbourhoods, the translation, the ICP or the refinement; the distinct points are
     subsampled to ``num_points`` (:func:`canonical_subsample`) for the network, centred on
@@ -1055,7 +1051,6 @@ def _fit_distinct(net: nn.Module, model: nn.Module, scan: Tensor, num_points: in
     row order or repetitions)."""
     from geo3d.ops import knn
 
-    uniq, inverse = torch.unique(scan, dim=0, return_inverse=True)
     x = uniq[None]
     if num_points is not None and uniq.shape[0] > num_points:
         sub = uniq[canonical_subsample(uniq, num_points)]
@@ -1282,14 +1277,15 @@ def fit_smpl(
     for chunk in _chunks(pts, batch_size):
         chunk = chunk.to(dev)
         n = chunk.shape[1]
+        distinct = [torch.unique(s, dim=0, return_inverse=True) for s in chunk]
         if (num_points is not None and n > num_points) or any(
-                torch.unique(s, dim=0).shape[0] < n for s in chunk):
+                u.shape[0] < n for u, _ in distinct):
             # a scan to subsample or with repeated points: one scan at a time, its
             # distinct points only
             with torch.no_grad():
-                results.extend(_fit_distinct(net, model, s, num_points, net_dtype, scale,
+                results.extend(_fit_distinct(net, model, u, inv, num_points, net_dtype, scale,
                                              icp_steps, opts if refine else None)
-                               for s in chunk)
+                               for u, inv in distinct)
             continue
         with torch.no_grad():
             out = net(_centred_metres(chunk, dev, net_dtype, scale)[0])  # translation-invariant

@@ -139,7 +139,7 @@ def _promote(points: Tensor, pred_rot: Tensor, pred_trans: Tensor, gt_rot: Tenso
     for name, x, tail in (("pred_rot", pred_rot, (3, 3)), ("gt_rot", gt_rot, (3, 3)),
                           ("pred_trans", pred_trans, (3,)), ("gt_trans", gt_trans, (3,))):
         want = (B, P, *tail)
-        _check(name, x, want, str(want).replace(f"({B}, {P}", "(B, P") + f" = {want}")
+        _check(name, x, want, f"(B, P, {', '.join(map(str, tail))}) = {want}")
     out = promote_floats(points=points, pred_rot=pred_rot, pred_trans=pred_trans,
                          gt_rot=gt_rot, gt_trans=gt_trans)
     for name, x in zip(("points", "pred_rot", "pred_trans", "gt_rot", "gt_trans"), out,
